@@ -1,0 +1,78 @@
+"""Registry credentials from the standard auth files (podman's, then Docker's), never from argv."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from habana_tasks.errors import RegistryError
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)
+
+
+def auth_files(env: Mapping[str, str] | None = None) -> list[Path]:
+    """Where podman, skopeo and docker look, in their order; REGISTRY_AUTH_FILE overrides all."""
+    env = os.environ if env is None else env
+    if env.get("REGISTRY_AUTH_FILE"):
+        return [Path(env["REGISTRY_AUTH_FILE"])]
+    home = Path(env.get("HOME", str(Path.home())))
+    files = []
+    if env.get("XDG_RUNTIME_DIR"):
+        files.append(Path(env["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
+    else:
+        files.append(Path(f"/run/containers/{os.getuid()}/auth.json"))
+    files.append(
+        Path(env.get("XDG_CONFIG_HOME", str(home / ".config"))) / "containers" / "auth.json"
+    )
+    files.append(Path(env.get("DOCKER_CONFIG", str(home / ".docker"))) / "config.json")
+    return files
+
+
+def _normalise_key(key: str) -> str:
+    key = key.removeprefix("https://").removeprefix("http://").rstrip("/")
+    if key in ("index.docker.io/v1", "index.docker.io", "registry-1.docker.io"):
+        return "docker.io"
+    return key.removesuffix("/v1").removesuffix("/v2")
+
+
+def find_credentials(
+    registry: str, repository: str, env: Mapping[str, str] | None = None
+) -> Credentials | None:
+    """The most specific entry (registry/ns/repo before registry) of the first file that has one."""
+    wanted = [
+        registry + "/" + "/".join(repository.split("/")[:n])
+        for n in range(repository.count("/") + 1, 0, -1)
+    ] + [registry]
+    for path in auth_files(env):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"{path}: cannot read auth file: {exc}") from exc
+        auths = data.get("auths", {}) if isinstance(data, dict) else {}
+        entries = {_normalise_key(k): v for k, v in auths.items() if isinstance(v, dict)}
+        for key in wanted:
+            entry = entries.get(key)
+            if entry and entry.get("auth"):
+                return _decode(path, key, entry["auth"])
+    return None
+
+
+def _decode(path: Path, key: str, encoded: str) -> Credentials:
+    try:
+        user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise RegistryError(f"{path}: auths.{key}.auth is not base64 of user:password") from exc
+    if not user:
+        raise RegistryError(f"{path}: auths.{key}.auth holds no user name")
+    return Credentials(user, password)

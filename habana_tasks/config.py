@@ -1,0 +1,397 @@
+"""versions.toml: parsed into frozen build targets, with every problem reported at once."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import string
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from habana_tasks import kernel_release
+from habana_tasks.errors import ConfigError, UsageError
+from habana_tasks.image_reference import ImageReference
+from habana_tasks.tags import image_tag, tag_problem
+
+DRIVER_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)+(-[0-9A-Za-z.]+)?$")
+MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+RHEL_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+PLACEHOLDERS = ("kernel", "arch", "oci_arch", "driver", "rhel_version", "rhel_major")
+DEFAULT_MODULES = ("habanalabs",)
+
+SCHEMA: dict[str, tuple[str, ...]] = {
+    "": ("library", "base", "toolkit", "driver", "drivers", "kernels"),
+    "library": ("repository", "source", "vendor", "insecure_registries"),
+    "base": ("image",),
+    "toolkit": ("image",),
+    "driver": ("package_url", "firmware_url", "modules"),
+    "drivers.*": ("package_url", "firmware_url", "modules"),
+    "kernels[]": ("release", "drivers", "arch", "rhel_version"),
+}
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """One image to maintain: one driver version for one kernel release."""
+
+    kernel: str
+    arch: str
+    rhel_version: str | None
+    driver: str
+    modules: tuple[str, ...]
+    base_image: str
+    toolkit_image: str
+    package_url: str
+    firmware_url: str | None
+    repository: str
+    tag: str
+
+    @property
+    def image(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+    @property
+    def name(self) -> str:
+        return self.tag
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    repository: str
+    source: str
+    vendor: str
+    insecure_registries: frozenset[str]
+    targets: tuple[BuildTarget, ...] = field(default=())
+
+    def select(
+        self, kernel: str | None = None, driver: str | None = None
+    ) -> tuple[BuildTarget, ...]:
+        """Targets for a kernel and/or driver; a name the file does not hold is a usage error."""
+        chosen = tuple(
+            t
+            for t in self.targets
+            if (kernel is None or t.kernel == kernel) and (driver is None or t.driver == driver)
+        )
+        if not chosen:
+            kernels = sorted({t.kernel for t in self.targets})
+            wanted = " and ".join(
+                f"{k} {v!r}" for k, v in (("kernel", kernel), ("driver", driver)) if v is not None
+            )
+            close = difflib.get_close_matches(kernel or "", kernels, n=1)
+            hint = (
+                f"did you mean {close[0]!r}?" if close else f"known kernels: {', '.join(kernels)}"
+            )
+            raise UsageError(f"{self.path}: no kernels entry with {wanted}", hint=hint)
+        return chosen
+
+
+class _Problems:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: list[str] = []
+
+    def add(self, key: str, value: object, expected: str) -> None:
+        shown = repr(value)
+        if isinstance(value, dict) or len(shown) > 80:
+            shown = f"<{type(value).__name__}>" if isinstance(value, dict | list) else shown
+        self.items.append(f"{self.path}: {key} = {shown}: {expected}")
+
+    def missing(self, key: str, expected: str) -> None:
+        self.items.append(f"{self.path}: {key} is missing: {expected}")
+
+
+def load(path: Path) -> Config:
+    """Read and validate versions.toml; raises ConfigError listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    return parse(data, path)
+
+
+def parse(data: Mapping[str, Any], path: Path) -> Config:
+    problems = _Problems(path)
+    _check_keys(problems, data, "", SCHEMA[""])
+    library = _table(problems, data, "library")
+    base = _table(problems, data, "base")
+    toolkit = _table(problems, data, "toolkit")
+    driver = _table(problems, data, "driver")
+    for name, table, schema in (
+        ("library", library, "library"),
+        ("base", base, "base"),
+        ("toolkit", toolkit, "toolkit"),
+        ("driver", driver, "driver"),
+    ):
+        _check_keys(problems, table, name, SCHEMA[schema])
+
+    repository = _string(problems, library, "library.repository", required=True)
+    if repository:
+        try:
+            ref = ImageReference.parse(repository)
+            if ref.tag or ref.digest:
+                problems.add("library.repository", repository, "expected a repository without tag")
+        except ValueError as exc:
+            problems.add("library.repository", repository, str(exc))
+    source = _string(problems, library, "library.source") or ""
+    vendor = _string(problems, library, "library.vendor") or ""
+    insecure = _string_list(problems, library, "library.insecure_registries") or ()
+
+    base_template = _template(problems, base, "base.image", required=True)
+    toolkit_template = _template(problems, toolkit, "toolkit.image", required=True)
+    defaults = _driver_settings(problems, driver, "driver", None)
+    overrides: dict[str, dict[str, Any]] = {}
+    drivers_table = _table(problems, data, "drivers")
+    for version, settings in drivers_table.items():
+        key = f"drivers.{_quote(version)}"
+        if not DRIVER_VERSION_RE.match(version):
+            problems.add(key, version, "expected a driver version like 1.6.0-439")
+        if not isinstance(settings, dict):
+            problems.add(key, settings, "expected a table")
+            continue
+        _check_keys(problems, settings, key, SCHEMA["drivers.*"])
+        overrides[version] = _driver_settings(problems, settings, key, defaults)
+
+    targets: list[BuildTarget] = []
+    seen: dict[tuple[str, str], str] = {}
+    tags: dict[str, str] = {}
+    kernels = data.get("kernels", [])
+    if "kernels" not in data:
+        problems.missing("kernels", "expected at least one [[kernels]] entry")
+    elif not isinstance(kernels, list) or not kernels:
+        problems.add("kernels", kernels, "expected a non-empty array of [[kernels]] tables")
+        kernels = []
+    for index, entry in enumerate(kernels):
+        key = f"kernels[{index}]"
+        if not isinstance(entry, dict):
+            problems.add(key, entry, "expected a table with release and drivers")
+            continue
+        _check_keys(problems, entry, key, SCHEMA["kernels[]"])
+        release = _string(problems, entry, f"{key}.release", required=True)
+        if release is None:
+            continue
+        if not kernel_release.is_valid_release(release):
+            problems.add(
+                f"{key}.release",
+                release,
+                "expected a full kernel release as `uname -r` prints it "
+                "(e.g. 4.18.0-372.19.1.el8_6.x86_64 or 6.1.0-56-amd64)",
+            )
+            continue
+        arch = _string(problems, entry, f"{key}.arch") or kernel_release.derive_arch(release)
+        if arch is None:
+            problems.missing(f"{key}.arch", f"release {release!r} names no architecture; set arch")
+            continue
+        if arch not in kernel_release.KNOWN_ARCHES:
+            problems.add(
+                f"{key}.arch", arch, f"expected one of {', '.join(kernel_release.KNOWN_ARCHES)}"
+            )
+            continue
+        derived = kernel_release.derive_arch(release)
+        if derived is not None and derived != arch:
+            problems.add(f"{key}.arch", arch, f"release {release!r} is for {derived}")
+        rhel = _string(
+            problems, entry, f"{key}.rhel_version"
+        ) or kernel_release.derive_rhel_version(release)
+        if rhel is not None and not RHEL_VERSION_RE.match(rhel):
+            problems.add(f"{key}.rhel_version", rhel, "expected MAJOR or MAJOR.MINOR, e.g. 8.6")
+        versions = _string_list(problems, entry, f"{key}.drivers", required=True) or ()
+        if entry.get("drivers") == []:
+            problems.add(f"{key}.drivers", [], "expected at least one driver version")
+        for version in versions:
+            if not DRIVER_VERSION_RE.match(version):
+                problems.add(f"{key}.drivers", version, "expected a driver version like 1.6.0-439")
+                continue
+            if (release, version) in seen:
+                problems.add(
+                    f"{key}.drivers",
+                    version,
+                    f"duplicate pair: {release} x {version} is already in {seen[release, version]}",
+                )
+                continue
+            seen[release, version] = key
+            tag = image_tag(version, release)
+            if why := tag_problem(tag):
+                problems.add(f"{key}.release", release, f"image tag {tag!r} {why}")
+                continue
+            if tag in tags:
+                problems.add(
+                    f"{key}.release", release, f"image tag {tag!r} clashes with {tags[tag]}"
+                )
+                continue
+            tags[tag] = key
+            settings = overrides.get(version, defaults)
+            values = {
+                "kernel": release,
+                "arch": arch,
+                "oci_arch": kernel_release.OCI_ARCH[arch],
+                "driver": version,
+                "rhel_version": rhel,
+                "rhel_major": rhel.split(".")[0] if rhel else None,
+            }
+            rendered = {
+                name: _render(problems, f"{key} ({name})", template, values)
+                for name, template in (
+                    ("base.image", base_template),
+                    ("toolkit.image", toolkit_template),
+                    ("package_url", settings.get("package_url")),
+                    ("firmware_url", settings.get("firmware_url")),
+                )
+            }
+            for name in ("base.image", "toolkit.image"):
+                image = rendered[name]
+                if image is None:
+                    continue
+                try:
+                    ImageReference.parse(image)
+                except ValueError as exc:
+                    problems.add(f"{key} ({name})", image, str(exc))
+            if None in (rendered["base.image"], rendered["toolkit.image"], rendered["package_url"]):
+                continue
+            if not repository:
+                continue
+            targets.append(
+                BuildTarget(
+                    kernel=release,
+                    arch=arch,
+                    rhel_version=rhel,
+                    driver=version,
+                    modules=tuple(settings.get("modules") or DEFAULT_MODULES),
+                    base_image=str(rendered["base.image"]),
+                    toolkit_image=str(rendered["toolkit.image"]),
+                    package_url=str(rendered["package_url"]),
+                    firmware_url=rendered["firmware_url"],
+                    repository=repository,
+                    tag=tag,
+                )
+            )
+    unused = sorted(set(overrides) - {v for _, v in seen})
+    for version in unused:
+        problems.add(f"drivers.{_quote(version)}", version, "no [[kernels]] entry uses this driver")
+    if problems.items:
+        raise ConfigError(problems.items)
+    assert repository is not None
+    return Config(path, repository, source, vendor, frozenset(insecure), tuple(targets))
+
+
+def _quote(key: str) -> str:
+    return f'"{key}"' if not re.match(r"^[A-Za-z0-9_-]+$", key) else key
+
+
+def _check_keys(
+    problems: _Problems, table: Mapping[str, Any], prefix: str, known: Iterable[str]
+) -> None:
+    known = tuple(known)
+    for key in table:
+        if key in known:
+            continue
+        shown = f"{prefix}.{key}" if prefix else key
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+        problems.items.append(f"{problems.path}: {shown}: unknown key; {hint}")
+
+
+def _table(problems: _Problems, data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        problems.add(key, value, "expected a table")
+        return {}
+    return value
+
+
+def _string(
+    problems: _Problems, table: Mapping[str, Any], key: str, *, required: bool = False
+) -> str | None:
+    name = key.rsplit(".", 1)[-1]
+    if name not in table:
+        if required:
+            problems.missing(key, "expected a string")
+        return None
+    value = table[name]
+    if not isinstance(value, str) or not value.strip():
+        problems.add(key, value, "expected a non-empty string")
+        return None
+    return value
+
+
+def _string_list(
+    problems: _Problems, table: Mapping[str, Any], key: str, *, required: bool = False
+) -> tuple[str, ...] | None:
+    name = key.rsplit(".", 1)[-1]
+    if name not in table:
+        if required:
+            problems.missing(key, "expected an array of strings")
+        return None
+    value = table[name]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        problems.add(key, value, "expected an array of non-empty strings")
+        return None
+    return tuple(value)
+
+
+def _template(
+    problems: _Problems, table: Mapping[str, Any], key: str, *, required: bool = False
+) -> str | None:
+    value = _string(problems, table, key, required=required)
+    if value is None:
+        return None
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+    except ValueError as exc:
+        problems.add(key, value, f"is not a valid template ({exc})")
+        return None
+    for name in fields:
+        if name not in PLACEHOLDERS:
+            close = difflib.get_close_matches(name, PLACEHOLDERS, n=1)
+            hint = f"did you mean {{{close[0]}}}?" if close else f"known: {', '.join(PLACEHOLDERS)}"
+            problems.add(key, value, f"unknown placeholder {{{name}}}; {hint}")
+            return None
+    return value
+
+
+def _driver_settings(
+    problems: _Problems, table: Mapping[str, Any], prefix: str, defaults: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    settings: dict[str, Any] = dict(defaults or {})
+    package = _template(problems, table, f"{prefix}.package_url", required=defaults is None)
+    if package is not None:
+        settings["package_url"] = package
+    firmware = _template(problems, table, f"{prefix}.firmware_url")
+    if firmware is not None:
+        settings["firmware_url"] = firmware
+    modules = _string_list(problems, table, f"{prefix}.modules")
+    if modules is not None:
+        if not modules:
+            problems.add(f"{prefix}.modules", [], "expected at least one module name")
+        for module in modules:
+            if not MODULE_RE.match(module):
+                problems.add(f"{prefix}.modules", module, "expected a module name like habanalabs")
+        if len(set(modules)) != len(modules):
+            problems.add(f"{prefix}.modules", list(modules), "lists a module twice")
+        settings["modules"] = modules
+    return settings
+
+
+def _render(
+    problems: _Problems, key: str, template: str | None, values: Mapping[str, str | None]
+) -> str | None:
+    if template is None:
+        return None
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+    for name in fields:
+        if values.get(name) is None:
+            problems.add(
+                key,
+                template,
+                f"uses {{{name}}} but kernel {values['kernel']!r} has no RHEL version; "
+                "set rhel_version in its [[kernels]] entry",
+            )
+            return None
+    return template.format(**values)

@@ -1,0 +1,193 @@
+"""Vendor driver packages: downloaded once into a content-addressed cache, read without rpm tools.
+
+The git SHA the build passes to `make GIT_SHA=` comes from `KMD_LAST_GIT_SHA=` in the package's
+`dkms.conf`; anything but exactly one well-formed value is an error naming the package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import unquote, urlsplit
+
+import requests
+import rpmfile
+
+from habana_tasks.errors import DriverPackageError
+from habana_tasks.http_client import HTTPClient, TransientHTTPError, redact, short_reason
+
+GIT_SHA_RE = re.compile(r"^[0-9a-f]{7,40}$")
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class CachedPackage:
+    url: str
+    path: Path
+    sha256: str
+    size: int
+
+    @property
+    def filename(self) -> str:
+        return unquote(urlsplit(self.url).path.rsplit("/", 1)[-1]) or self.path.name
+
+
+class PackageCache:
+    """`<root>/sha256/<hex>` holds each package once; `<root>/urls/` maps a URL to its content."""
+
+    def __init__(self, root: Path, http: HTTPClient | None = None) -> None:
+        self.root = root
+        self.http = http or HTTPClient()
+        self.downloads = 0
+        self._lock = threading.Lock()
+
+    def fetch(self, url: str) -> CachedPackage:
+        """The package at url, from the cache when its recorded content is intact."""
+        index = self.root / "urls" / (hashlib.sha256(url.encode()).hexdigest() + ".json")
+        if cached := self._cached(url, index):
+            return cached
+        blobs = self.root / "sha256"
+        blobs.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=blobs, prefix=".partial-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                digest, size = self._download(url, out)
+                out.flush()
+                os.fsync(out.fileno())
+            path = blobs / digest
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        record = {"url": redact(url), "sha256": digest, "size": size}
+        _atomic_write(index, json.dumps(record).encode())
+        with self._lock:
+            self.downloads += 1
+        return CachedPackage(url, path, digest, size)
+
+    def _cached(self, url: str, index: Path) -> CachedPackage | None:
+        try:
+            record = json.loads(index.read_text())
+            path = self.root / "sha256" / record["sha256"]
+            if path.stat().st_size != record["size"] or _sha256_file(path) != record["sha256"]:
+                return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return CachedPackage(url, path, record["sha256"], record["size"])
+
+    def _download(self, url: str, out: BinaryIO) -> tuple[str, int]:
+        hasher = hashlib.sha256()
+        size = 0
+        write = out.write
+        parts = urlsplit(url)
+        if parts.scheme == "file" or not parts.scheme:
+            source = Path(unquote(parts.path))
+            try:
+                with source.open("rb") as src:
+                    while chunk := src.read(CHUNK):
+                        hasher.update(chunk)
+                        size += len(chunk)
+                        write(chunk)
+            except OSError as exc:
+                raise DriverPackageError(f"{source}: cannot read package: {exc.strerror}") from exc
+            return hasher.hexdigest(), size
+        if parts.scheme not in ("http", "https"):
+            raise DriverPackageError(f"{redact(url)}: unsupported URL scheme {parts.scheme!r}")
+        try:
+            response = self.http.send("GET", url, stream=True)
+            with response:
+                if response.status_code != 200:
+                    raise DriverPackageError(
+                        f"{redact(url)}: HTTP {response.status_code} ({response.reason})"
+                    )
+                expected = response.headers.get("Content-Length")
+                for chunk in response.iter_content(CHUNK):
+                    hasher.update(chunk)
+                    size += len(chunk)
+                    write(chunk)
+        except TransientHTTPError as exc:
+            raise DriverPackageError(str(exc)) from exc
+        except requests.RequestException as exc:
+            raise DriverPackageError(f"{redact(url)}: {short_reason(exc)}") from exc
+        if expected is not None and expected.isdigit() and int(expected) != size:
+            raise DriverPackageError(
+                f"{redact(url)}: download truncated: got {size} of {expected} bytes"
+            )
+        return hasher.hexdigest(), size
+
+
+def read_git_sha(package: Path, driver_version: str, name: str | None = None) -> str:
+    """KMD_LAST_GIT_SHA from ./usr/src/habanalabs-<version>/dkms.conf inside the RPM payload."""
+    shown = name or package.name
+    member = f"usr/src/habanalabs-{driver_version}/dkms.conf"
+    try:
+        with rpmfile.open(str(package)) as rpm:
+            names = {m.name.lstrip("./").lstrip("/"): m for m in rpm.getmembers()}
+            if member not in names:
+                found = sorted(n for n in names if n.endswith("dkms.conf"))
+                where = f"; it has {', '.join(found)}" if found else ""
+                raise DriverPackageError(f"{shown}: no ./{member} in the package{where}")
+            handle = rpm.extractfile(names[member])
+            text = handle.read().decode("utf-8", "replace")
+    except DriverPackageError:
+        raise
+    except Exception as exc:  # rpmfile raises bare KeyError/EOFError/lzma errors on bad input
+        raise DriverPackageError(
+            f"{shown}: not a readable RPM ({type(exc).__name__}: {exc})"
+        ) from exc
+    return parse_git_sha(text, f"{shown}: ./{member}")
+
+
+def parse_git_sha(dkms_conf: str, where: str) -> str:
+    values = []
+    for line in dkms_conf.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("KMD_LAST_GIT_SHA="):
+            values.append(stripped.split("=", 1)[1].strip().strip("\"'"))
+    if not values:
+        raise DriverPackageError(f"{where}: no KMD_LAST_GIT_SHA= line")
+    if len(values) > 1:
+        raise DriverPackageError(
+            f"{where}: {len(values)} KMD_LAST_GIT_SHA= lines ({', '.join(values)}); expected one"
+        )
+    if not GIT_SHA_RE.match(values[0]):
+        raise DriverPackageError(
+            f"{where}: KMD_LAST_GIT_SHA={values[0]!r}; expected 7-40 lowercase hex digits"
+        )
+    return values[0]
+
+
+def link_into(package: CachedPackage, directory: Path, name: str) -> Path:
+    """Place a cached package in a build context: a hard link when possible, else a copy."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    target.unlink(missing_ok=True)
+    try:
+        os.link(package.path, target)
+    except OSError:
+        shutil.copyfile(package.path, target)
+    return target
+
+
+def _sha256_file(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    Path(tmp).replace(path)

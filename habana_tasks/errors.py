@@ -1,0 +1,71 @@
+"""Typed errors: each class carries the exit code the command line ends with."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class HabanaError(Exception):
+    """Base of every error this tool reports as a one-line message."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if self.hint is None else f"{self.message} (hint: {self.hint})"
+
+
+class ConfigError(HabanaError):
+    """versions.toml (or a command-line argument) is invalid; lists every problem at once."""
+
+    exit_code = 2
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class UsageError(HabanaError):
+    """A command-line argument names nothing the configuration knows."""
+
+    exit_code = 2
+
+
+class RegistryError(HabanaError):
+    """A registry could not answer a question definitively (network, auth, server error)."""
+
+
+class DigestMismatchError(RegistryError):
+    """A registry body does not hash to the digest it was served under."""
+
+
+class DriverPackageError(HabanaError):
+    """A vendor package could not be fetched or does not hold what the build needs."""
+
+
+class CommandError(HabanaError):
+    """An external command failed; keeps the tail of its output for the report."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, tail: Sequence[str]) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.tail = list(tail)
+        last = self.tail[-1].strip() if self.tail else "no output"
+        super().__init__(
+            f"{self.argv[0]} {self.argv[1] if len(self.argv) > 1 else ''}".strip()
+            + f" exited with {returncode}: {last}"
+        )
+
+
+class CheckError(HabanaError):
+    """A built image failed a check; it must not be published."""
+
+
+class Interrupted(HabanaError):
+    """The user pressed Ctrl-C; every child process was stopped."""
+
+    exit_code = 130

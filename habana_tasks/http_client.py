@@ -1,0 +1,128 @@
+"""HTTP with a bounded retry policy, shared by the registry client and the package downloader."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+RETRY_STATUSES = frozenset((429, 500, 502, 503, 504))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded: a few attempts, exponential backoff, one deadline per operation, timeouts always."""
+
+    attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    deadline: float = 60.0
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+    def backoff(self, attempt: int) -> float:
+        return float(min(self.base_delay * 2 ** (attempt - 1), self.max_delay))
+
+
+class TransientHTTPError(Exception):
+    """Retries ran out (or the deadline passed) on a transient failure."""
+
+
+class HTTPClient:
+    """One requests.Session per thread; counts every request it sends."""
+
+    def __init__(
+        self, retry: RetryPolicy | None = None, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.requests_sent = 0
+
+    def session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            self._local.session = session
+        return session
+
+    def count(self) -> None:
+        with self._lock:
+            self.requests_sent += 1
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+        auth: tuple[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> requests.Response:
+        """Send, retrying connection errors, timeouts, 429 (Retry-After) and 500/502/503/504.
+
+        TLS errors and every other status come back at once: retrying them cannot help.
+        """
+        policy = self.retry
+        started = time.monotonic()
+        last = ""
+        attempt = 0
+        while True:
+            attempt += 1
+            self.count()
+            try:
+                response = self.session().request(
+                    method,
+                    url,
+                    headers=headers,
+                    params=params,
+                    auth=auth,
+                    stream=stream,
+                    timeout=(policy.connect_timeout, policy.read_timeout),
+                )
+            except requests.exceptions.SSLError:
+                raise
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                last = f"cannot reach {host_of(url)} ({short_reason(exc)})"
+                delay = policy.backoff(attempt)
+            else:
+                if response.status_code not in RETRY_STATUSES:
+                    return response
+                last = f"HTTP {response.status_code}"
+                delay = policy.backoff(attempt)
+                retry_after = response.headers.get("Retry-After", "")
+                if response.status_code == 429 and retry_after.isdigit():
+                    delay = min(float(retry_after), policy.max_delay)
+                response.close()
+            if attempt >= policy.attempts or time.monotonic() - started + delay > policy.deadline:
+                raise TransientHTTPError(
+                    f"{method} {redact(url)}: {last} after {attempt} attempt(s)"
+                )
+            self._sleep(delay)
+
+
+def host_of(url: str) -> str:
+    return urlsplit(url).hostname or url
+
+
+def redact(url: str) -> str:
+    """A URL fit for logs and labels: no user:password, no query string (tokens live there)."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def short_reason(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in ("Failed to resolve", "Connection refused", "timed out", "Name or service"):
+        if marker in text:
+            return marker.lower()
+    return text.splitlines()[0][:160] if text else type(exc).__name__

@@ -1,0 +1,38 @@
+"""Kernel release strings (`uname -r`): validation, architecture and RHEL version derivation."""
+
+from __future__ import annotations
+
+import re
+
+RELEASE_RE = re.compile(r"^[0-9]+\.[0-9]+(\.[0-9]+)?[-+][A-Za-z0-9._+~-]+$")
+RHEL_RE = re.compile(r"\.el(?P<major>[0-9]+)(?:_(?P<minor>[0-9]+))?(?:\.|$)")
+KNOWN_ARCHES = ("x86_64", "aarch64", "ppc64le", "s390x")
+# RPM-style suffixes first (".x86_64", ".aarch64+64k"), then Debian flavours ("-cloud-arm64").
+_RPM_ARCH_RE = re.compile(r"\.(?P<arch>x86_64|aarch64|ppc64le|s390x)(?:\+[a-z0-9]+)?$")
+_DEBIAN_ARCH_RE = re.compile(r"-(?P<arch>amd64|arm64|ppc64el|s390x)$")
+_DEBIAN_TO_ARCH = {"amd64": "x86_64", "arm64": "aarch64", "ppc64el": "ppc64le", "s390x": "s390x"}
+# Go/OCI platform names, used to pick a child of a multi-arch image index.
+OCI_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x"}
+
+
+def is_valid_release(release: str) -> bool:
+    return bool(RELEASE_RE.match(release))
+
+
+def derive_arch(release: str) -> str | None:
+    """The architecture a release names, or None when it names none (then versions.toml must)."""
+    if m := _RPM_ARCH_RE.search(release):
+        return m.group("arch")
+    if m := _DEBIAN_ARCH_RE.search(release):
+        return _DEBIAN_TO_ARCH[m.group("arch")]
+    return None
+
+
+def derive_rhel_version(release: str) -> str | None:
+    """`4.18.0-372.19.1.el8_6.x86_64` -> `8.6`; `5.14.0-284.el9.x86_64` -> `9`; Debian -> None."""
+    m = RHEL_RE.search(release)
+    if m is None:
+        return None
+    return (
+        m.group("major") if m.group("minor") is None else f"{m.group('major')}.{m.group('minor')}"
+    )

@@ -1,0 +1,419 @@
+"""A complete local upstream built from Debian packages, so the whole pipeline runs disconnected.
+
+It stands in for the upstream pieces the pipeline talks to, on 127.0.0.1 only:
+- an OCI registry (Debian's docker-registry) holding a base image (mmdebstrap, standing in for
+  ubi-minimal) and one toolkit image per kernel (headers, compiler, kmod, rpm2cpio, /boot/vmlinuz);
+- an HTTP server holding a vendor-style `habanalabs-<ver>.el8.noarch.rpm`, built with rpmbuild from
+  the upstream habanalabs source in Debian's linux-source-6.1 (the driver the vendor packages).
+Everything is cached by content under one ignored folder; a warm `up` takes about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from habana_tasks import process
+from habana_tasks.errors import HabanaError
+from habana_tasks.podman import Podman
+from habana_tasks.process import LineSink, ProcessRunner
+
+LINUX_SOURCE = Path("/usr/src/linux-source-6.1.tar.xz")
+DRIVER_SUBDIR = "drivers/misc/habanalabs"
+UAPI_HEADER = "include/uapi/misc/habanalabs.h"
+PAYLOADS = {"gzip": "w9.gzdio", "xz": "w6.xzdio", "zstd": "w19.zstdio"}
+BASE_SUITE = "bookworm"
+# Bumped whenever the recipes below change, so cached artefacts are rebuilt.
+RECIPE_VERSION = "1"
+MMDEBSTRAP_ARGV = (
+    "mmdebstrap",
+    "--variant=minbase",
+    "--format=tar",
+    "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+    "--dpkgopt=path-exclude=/usr/share/man/*",
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-exclude=/usr/share/locale/*",
+    "--dpkgopt=path-exclude=/usr/share/info/*",
+    BASE_SUITE,
+)
+TOOLKIT_PACKAGES = ("gcc", "make", "kmod", "binutils", "cpio", "rpm2cpio", "xz-utils")
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where the local upstream lives and listens."""
+
+    root: Path
+    registry_port: int = 5055
+    http_port: int = 5056
+    # Content-addressed artefacts (rootfs tar, driver source); shareable between upstreams.
+    cache: Path | None = None
+
+    @property
+    def artefacts(self) -> Path:
+        return self.cache or self.root
+
+    @property
+    def registry(self) -> str:
+        return f"127.0.0.1:{self.registry_port}"
+
+    @property
+    def base_image(self) -> str:
+        return f"{self.registry}/upstream/debian:{BASE_SUITE}"
+
+    def toolkit_image(self, kernel: str) -> str:
+        return f"{self.registry}/upstream/driver-toolkit:{kernel}"
+
+    @property
+    def package_dir(self) -> Path:
+        return self.root / "packages"
+
+    def package_url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}/{name}"
+
+
+def _pidfile(upstream: Upstream, service: str) -> Path:
+    return upstream.root / "run" / f"{service}.pid"
+
+
+def _running(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if process.service_alive(pid) else None
+
+
+def _wait_http(url: str, what: str, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if requests.get(url, timeout=1).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise HabanaError(f"{what} did not answer on {url} within {seconds:g} s")
+        time.sleep(0.1)
+
+
+def start_registry(upstream: Upstream) -> int:
+    """docker-registry on 127.0.0.1, deletes enabled (prune), data under the upstream root."""
+    pidfile = _pidfile(upstream, "registry")
+    if pid := _running(pidfile):
+        return pid
+    config = upstream.root / "registry.yml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        "storage:\n"
+        f"  filesystem:\n    rootdirectory: {upstream.root / 'registry-data'}\n"
+        "  delete:\n    enabled: true\n"
+        f"http:\n  addr: {upstream.registry}\n"
+    )
+    pid = process.spawn_service(
+        ["docker-registry", "serve", str(config)], upstream.root / "logs" / "registry.log"
+    )
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    pidfile.write_text(str(pid))
+    _wait_http(f"http://{upstream.registry}/v2/", "docker-registry")
+    return pid
+
+
+def start_file_server(upstream: Upstream) -> int:
+    """A static HTTP server for the vendor-style packages (stands in for the vendor's vault)."""
+    pidfile = _pidfile(upstream, "http")
+    if pid := _running(pidfile):
+        return pid
+    upstream.package_dir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(upstream.http_port)]
+    argv += ["--directory", str(upstream.package_dir)]
+    pid = process.spawn_service(argv, upstream.root / "logs" / "http.log")
+    pidfile.parent.mkdir(parents=True, exist_ok=True)
+    pidfile.write_text(str(pid))
+    _wait_http(f"http://127.0.0.1:{upstream.http_port}/", "package server")
+    return pid
+
+
+def stop(upstream: Upstream) -> list[str]:
+    """Stop the services; returns the names of those that were running."""
+    stopped = []
+    for service in ("registry", "http"):
+        pidfile = _pidfile(upstream, service)
+        pid = _running(pidfile)
+        if pid is not None and process.stop_service(pid):
+            stopped.append(service)
+        pidfile.unlink(missing_ok=True)
+    return stopped
+
+
+# Port-independent local names: every upstream shares one base image ID, so the toolkit builds
+# hit podman's layer cache whichever registry they are pushed to.
+LOCAL_BASE = f"localhost/habana-upstream/debian:{BASE_SUITE}"
+
+
+def local_toolkit(kernel: str) -> str:
+    return f"localhost/habana-upstream/driver-toolkit:{kernel}"
+
+
+def _push(podman: Podman, local: str, remote: str, on_line: LineSink | None) -> None:
+    podman.tag(local, remote)
+    podman.runner.run(["podman", "push", "--quiet", "--tls-verify=false", remote], on_line=on_line)
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps([RECIPE_VERSION, *map(str, parts)]).encode()).hexdigest()[:16]
+
+
+KEY_LABEL = "habana-ai-driver.upstream.key"
+
+
+def ensure_base_image(upstream: Upstream, podman: Podman, on_line: LineSink | None = None) -> None:
+    """mmdebstrap a minimal Debian once; re-import only when the recipe changes (stable digest)."""
+    key = _key(*MMDEBSTRAP_ARGV)
+    if podman.image_label(LOCAL_BASE, KEY_LABEL) != key:
+        tarball = upstream.artefacts / f"base-{key}.tar"
+        if not tarball.exists():
+            tarball.parent.mkdir(parents=True, exist_ok=True)
+            partial = tarball.with_suffix(".partial")
+            podman.runner.run([*MMDEBSTRAP_ARGV, str(partial)], on_line=on_line)
+            partial.replace(tarball)
+        podman.import_tarball(tarball, LOCAL_BASE, [f"LABEL {KEY_LABEL}={key}"])
+    _push(podman, LOCAL_BASE, upstream.base_image, on_line)
+
+
+def toolkit_containerfile(base_image: str, kernel: str) -> str:
+    """A driver-toolkit stand-in: headers for exactly one kernel, and that kernel's vmlinuz."""
+    packages = " ".join((*TOOLKIT_PACKAGES, f"linux-headers-{kernel}"))
+    release = json.dumps({"KERNEL_VERSION": kernel, "RT_KERNEL_VERSION": "", "RHEL_VERSION": ""})
+    return (
+        f"FROM {base_image}\n"
+        "RUN apt-get update -q \\\n"
+        f" && apt-get install -y -q --no-install-recommends {packages} \\\n"
+        f" && cd /tmp && apt-get download -q linux-image-{kernel} \\\n"
+        f" && dpkg-deb --fsys-tarfile linux-image-{kernel}_*.deb \\\n"
+        f"    | tar -x -C / ./boot/vmlinuz-{kernel} \\\n"
+        " && rm -f /tmp/*.deb && rm -rf /var/lib/apt/lists/*\n"
+        f"RUN echo '{release}' > /etc/driver-toolkit-release.json\n"
+    )
+
+
+def ensure_toolkit_image(
+    upstream: Upstream, podman: Podman, kernel: str, on_line: LineSink | None = None
+) -> None:
+    directory = upstream.artefacts / "toolkit" / kernel
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "Containerfile").write_text(toolkit_containerfile(LOCAL_BASE, kernel))
+    local = local_toolkit(kernel)
+    podman.runner.run(
+        ["podman", "build", "--pull=never", "--layers", "--tag", local, str(directory)],
+        on_line=on_line,
+    )
+    _push(podman, local, upstream.toolkit_image(kernel), on_line)
+
+
+def _sha256_file(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def extract_driver_source(upstream: Upstream, runner: ProcessRunner) -> Path:
+    """The habanalabs subtree of linux-source-6.1, extracted once per tarball content."""
+    if not LINUX_SOURCE.exists():
+        raise HabanaError(
+            f"{LINUX_SOURCE} is missing; install it: apt-get install linux-source-6.1"
+        )
+    key = _key(_sha256_file(LINUX_SOURCE))
+    target = upstream.artefacts / "source" / key
+    if (target / "linux-source-6.1" / DRIVER_SUBDIR / "Makefile").exists():
+        return target / "linux-source-6.1"
+    partial = target.with_suffix(".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    members = [f"linux-source-6.1/{DRIVER_SUBDIR}", f"linux-source-6.1/{UAPI_HEADER}"]
+    runner.run(["tar", "-xJf", str(LINUX_SOURCE), "-C", str(partial), *members])
+    partial.replace(target)
+    return target / "linux-source-6.1"
+
+
+def tree_sha(directory: Path) -> str:
+    """A 40-hex digest of a source tree's paths and contents: the stand-in for a git commit."""
+    hasher = hashlib.sha1(usedforsecurity=False)
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        hasher.update(str(path.relative_to(directory)).encode() + b"\0")
+        hasher.update(path.read_bytes())
+    return hasher.hexdigest()
+
+
+VENDOR_MAKEFILE = """\
+# Vendor-style entry point, as in the vendor's package: make KVERSION=<uname -r> GIT_SHA=<sha>
+KVERSION ?= $(shell uname -r)
+GIT_SHA ?= unknown
+KDIR ?= /lib/modules/$(KVERSION)/build
+
+all:
+\t$(MAKE) -C $(KDIR) M=$(CURDIR)/drivers/misc/habanalabs CONFIG_HABANA_AI=m modules
+\t@echo "habanalabs built for $(KVERSION) from $(GIT_SHA)"
+
+clean:
+\t$(MAKE) -C $(KDIR) M=$(CURDIR)/drivers/misc/habanalabs clean
+"""
+
+SPEC = """\
+Name: habanalabs
+Version: %{drv_version}
+Release: %{drv_release}.el8
+Summary: habanalabs driver source (upstream Linux 6.1 tree, vendor-style DKMS layout)
+License: GPLv2
+BuildArch: noarch
+AutoReqProv: no
+%global debug_package %{nil}
+%global __os_install_post %{nil}
+
+%description
+The upstream habanalabs driver from Debian's linux-source-6.1, packaged the way the vendor
+packages its driver: DKMS-style source under /usr/src/habanalabs-<version>/.
+
+%install
+mkdir -p %{buildroot}/usr/src
+cp -a %{srcdir}/habanalabs-%{drv_full} %{buildroot}/usr/src/
+
+%files
+/usr/src/habanalabs-%{drv_full}
+"""
+
+
+def dkms_conf(version: str, git_sha: str, source: str) -> str:
+    return (
+        'PACKAGE_NAME="habanalabs"\n'
+        f'PACKAGE_VERSION="{version}"\n'
+        f"KMD_LAST_GIT_SHA={git_sha}\n"
+        f"# Source: {source}\n"
+        'BUILT_MODULE_NAME[0]="habanalabs"\n'
+        f'BUILT_MODULE_LOCATION[0]="{DRIVER_SUBDIR}"\n'
+        'DEST_MODULE_LOCATION[0]="/extra"\n'
+        'MAKE[0]="make KVERSION=${kernelver} GIT_SHA=' + git_sha + '"\n'
+        'AUTOINSTALL="yes"\n'
+    )
+
+
+def build_driver_rpm(
+    upstream: Upstream,
+    runner: ProcessRunner,
+    version: str,
+    *,
+    payload: str = "gzip",
+    dkms: str | None = None,
+    output_dir: Path | None = None,
+) -> Path:
+    """`habanalabs-<version>.el8.noarch.rpm`, made once per (version, payload, dkms.conf)."""
+    if "-" not in version:
+        raise HabanaError(f"driver version {version!r}: expected VERSION-RELEASE, e.g. 6.1.0-1")
+    source = extract_driver_source(upstream, runner)
+    git_sha = tree_sha(source / DRIVER_SUBDIR)
+    conf = dkms if dkms is not None else dkms_conf(version, git_sha, "linux-source-6.1")
+    out_dir = output_dir or upstream.package_dir
+    rpm = out_dir / f"habanalabs-{version}.el8.noarch.rpm"
+    key = _key(source, version, payload, conf)
+    stamp = out_dir / f".{rpm.name}.key"
+    if rpm.exists() and stamp.exists() and stamp.read_text() == key:
+        return rpm
+    work = upstream.artefacts / "rpmbuild" / key
+    tree = work / "src" / f"habanalabs-{version}"
+    runner.run(["rm", "-rf", str(work)])
+    (tree / "drivers" / "misc").mkdir(parents=True)
+    runner.run(["cp", "-a", str(source / DRIVER_SUBDIR), str(tree / "drivers" / "misc")])
+    (tree / "include" / "uapi" / "misc").mkdir(parents=True)
+    runner.run(["cp", "-a", str(source / UAPI_HEADER), str(tree / "include" / "uapi" / "misc")])
+    (tree / "Makefile").write_text(VENDOR_MAKEFILE)
+    (tree / "dkms.conf").write_text(conf)
+    (work / "habanalabs.spec").write_text(SPEC)
+    ver, rel = version.rsplit("-", 1)
+    defines = {
+        "_topdir": str(work / "top"),
+        "srcdir": str(work / "src"),
+        "drv_version": ver,
+        "drv_release": rel,
+        "drv_full": version,
+        "_binary_payload": PAYLOADS[payload],
+        "_rpmfilename": "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}.rpm",
+    }
+    argv = ["rpmbuild", "-bb", "--quiet"]
+    for name, value in defines.items():
+        argv += ["--define", f"{name} {value}"]
+    runner.run([*argv, str(work / "habanalabs.spec")], env={"SOURCE_DATE_EPOCH": "1700000000"})
+    built = work / "top" / "RPMS" / f"habanalabs-{version}.el8.noarch.rpm"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    built.replace(rpm)
+    stamp.write_text(key)
+    runner.run(["rm", "-rf", str(work)])
+    return rpm
+
+
+def build_firmware_rpm(upstream: Upstream, runner: ProcessRunner, version: str, arch: str) -> Path:
+    """A vendor-style firmware package with a placeholder file where the driver looks for firmware.
+
+    Upstream Gaudi firmware is not redistributable through Debian; this only proves the layout.
+    """
+    rpm = upstream.package_dir / f"habanalabs-firmware-{version}.el8.{arch}.rpm"
+    if rpm.exists():
+        return rpm
+    work = upstream.root / "rpmbuild" / f"firmware-{version}-{arch}"
+    runner.run(["rm", "-rf", str(work)])
+    files = work / "src" / "lib" / "firmware" / "habanalabs" / "gaudi"
+    files.mkdir(parents=True)
+    (files / "gaudi-boot-fit.itb").write_bytes(b"placeholder firmware for layout tests\n")
+    ver, rel = version.rsplit("-", 1)
+    spec = (
+        f"Name: habanalabs-firmware\nVersion: {ver}\nRelease: {rel}.el8\n"
+        "Summary: placeholder firmware layout\nLicense: Proprietary\nAutoReqProv: no\n"
+        "%global debug_package %{nil}\n%global __os_install_post %{nil}\n"
+        "%description\nPlaceholder.\n%install\nmkdir -p %{buildroot}/lib\n"
+        f"cp -a {work / 'src' / 'lib' / 'firmware'} %{{buildroot}}/lib/\n"
+        "%files\n/lib/firmware/habanalabs\n"
+    )
+    (work / "fw.spec").write_text(spec)
+    runner.run(
+        [
+            "rpmbuild", "-bb", "--quiet", "--target", arch,
+            "--define", f"_topdir {work / 'top'}",
+            "--define", "_rpmfilename %{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}.rpm",
+            str(work / "fw.spec"),
+        ]
+    )  # fmt: skip
+    upstream.package_dir.mkdir(parents=True, exist_ok=True)
+    (work / "top" / "RPMS" / rpm.name).replace(rpm)
+    return rpm
+
+
+def up(
+    upstream: Upstream,
+    runner: ProcessRunner,
+    kernels: Iterable[str],
+    drivers: Iterable[str],
+    on_line: LineSink | None = None,
+) -> None:
+    """Start the services and make every image and package the example versions file names."""
+    podman = Podman(runner)
+    start_registry(upstream)
+    start_file_server(upstream)
+    ensure_base_image(upstream, podman, on_line)
+    for kernel in sorted(set(kernels)):
+        ensure_toolkit_image(upstream, podman, kernel, on_line)
+    for driver in sorted(set(drivers)):
+        build_driver_rpm(upstream, runner, driver)
+
+
+def default_root(project_root: Path) -> Path:
+    return Path(os.environ.get("HABANA_UPSTREAM_DIR", project_root / ".cache" / "upstream"))

@@ -1,0 +1,221 @@
+"""Execution of a plan: pull inputs once, build in parallel, check, push, verify.
+
+A target's failure is recorded in its result and never stops or touches another target; nothing
+that failed a check is pushed, and a tag only moves when the registry accepts the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from habana_tasks import image_checks, labels
+from habana_tasks.config import BuildTarget, Config
+from habana_tasks.driver_package import link_into
+from habana_tasks.errors import HabanaError, Interrupted
+from habana_tasks.image_reference import ImageReference
+from habana_tasks.plan import Action, BuildJob
+from habana_tasks.podman import BuildSpec, Podman
+from habana_tasks.process import LineSink
+from habana_tasks.registry import Existence, RegistryClient
+from habana_tasks.reporter import JobResult, Reporter
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    dockerfile: Path
+    work_dir: Path
+    logs_dir: Path
+    jobs: int = 1
+    push: bool = True
+    keep_work: bool = False
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        podman: Podman,
+        registry: RegistryClient,
+        reporter: Reporter,
+        options: RunOptions,
+    ) -> None:
+        self.config = config
+        self.podman = podman
+        self.registry = registry
+        self.reporter = reporter
+        self.options = options
+        self.created = labels.created_timestamp()
+
+    def tls_verify(self, image: str) -> bool:
+        return ImageReference.parse(image).registry not in self.config.insecure_registries
+
+    def execute(self, jobs: Sequence[BuildJob]) -> list[JobResult]:
+        results: dict[str, JobResult] = {}
+        for job in jobs:
+            if job.action is Action.SKIP:
+                results[job.target.tag] = JobResult(
+                    job.target.tag, "skip", "skipped", job.reason, job.remote_digest
+                )
+            elif job.action is Action.FAIL:
+                results[job.target.tag] = JobResult(job.target.tag, "fail", "failed", job.reason)
+        to_build = [job for job in jobs if job.action is Action.BUILD]
+        if to_build:
+            self.options.logs_dir.mkdir(parents=True, exist_ok=True)
+            self.reporter.start([job.target.tag for job in to_build])
+            try:
+                pull_failures = self._pull_inputs(to_build)
+                runnable = []
+                for job in to_build:
+                    if why := pull_failures.get(job.target.tag):
+                        results[job.target.tag] = JobResult(job.target.tag, "build", "failed", why)
+                        self.reporter.finish(results[job.target.tag])
+                    else:
+                        runnable.append(job)
+                for result in self._run_parallel(runnable):
+                    results[result.name] = result
+            finally:
+                self.reporter.close()
+        ordered = [results[job.target.tag] for job in jobs]
+        self._write_report(ordered)
+        return ordered
+
+    def _pull_inputs(self, jobs: Sequence[BuildJob]) -> dict[str, str]:
+        """Pull every FROM image by digest, one at a time: parallel pulls race in shared storage."""
+        needed: dict[str, list[str]] = {}
+        for job in jobs:
+            assert job.inputs is not None
+            for image in (job.inputs.toolkit.pinned, job.inputs.base.pinned):
+                needed.setdefault(image, []).append(job.target.tag)
+        failures: dict[str, str] = {}
+        for image, tags in needed.items():
+            if self.podman.image_exists(image):
+                continue
+            for tag in tags:
+                self.reporter.stage(tag, f"pull {image.rsplit('/', 1)[-1][:40]}")
+            try:
+                self.podman.pull(image, self.tls_verify(image))
+            except HabanaError as exc:
+                for tag in tags:
+                    failures.setdefault(tag, f"pull {image}: {exc}")
+        return failures
+
+    def _run_parallel(self, jobs: Sequence[BuildJob]) -> list[JobResult]:
+        results: list[JobResult] = []
+        with ThreadPoolExecutor(max(1, self.options.jobs), thread_name_prefix="build") as pool:
+            futures: list[Future[JobResult]] = [pool.submit(self._run_job, job) for job in jobs]
+            try:
+                for future in futures:
+                    results.append(future.result())
+            except KeyboardInterrupt:
+                for future in futures:
+                    future.cancel()
+                self.podman.runner.terminate_all()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise Interrupted("interrupted: every build and push was stopped") from None
+        return results
+
+    def _run_job(self, job: BuildJob) -> JobResult:
+        target = job.target
+        started = time.monotonic()
+        log_path = self.options.logs_dir / f"{target.tag}.log"
+        work = self.options.work_dir / target.tag
+        with log_path.open("w", encoding="utf-8") as log:
+
+            def sink(line: str) -> None:
+                log.write(line + "\n")
+                self.reporter.line(target.tag, line)
+
+            def stage(name: str) -> None:
+                log.write(f"==> {name}\n")
+                log.flush()
+                self.reporter.stage(target.tag, name)
+
+            try:
+                detail, digest = self._build_check_publish(job, work, stage, sink)
+                status = "ok"
+            except HabanaError as exc:
+                detail, digest, status = str(exc), None, "failed"
+                log.write(f"FAILED: {exc}\n")
+            except Exception as exc:  # a bug in one target must not take the others down
+                detail, digest, status = f"internal error: {exc!r}", None, "failed"
+                log.write(traceback.format_exc())
+            finally:
+                if not self.options.keep_work:
+                    shutil.rmtree(work, ignore_errors=True)
+        result = JobResult(
+            target.tag,
+            "build",
+            status,
+            detail,
+            digest,
+            time.monotonic() - started,
+            str(log_path),
+        )
+        self.reporter.finish(result)
+        return result
+
+    def _build_check_publish(
+        self, job: BuildJob, work: Path, stage: Callable[[str], None], sink: LineSink
+    ) -> tuple[str, str | None]:
+        target, inputs = job.target, job.inputs
+        assert inputs is not None and job.fingerprint is not None
+        stage("context")
+        if work.exists():
+            shutil.rmtree(work)
+        context = work / "context"
+        context.mkdir(parents=True)
+        shutil.copyfile(self.options.dockerfile, context / "Dockerfile")
+        link_into(inputs.package, context / "packages", "habanalabs.rpm")
+        if inputs.firmware:
+            link_into(inputs.firmware, context / "packages", "habanalabs-firmware.rpm")
+        stage("build")
+        spec = BuildSpec(
+            context=context,
+            containerfile=context / "Dockerfile",
+            iidfile=work / "image-id",
+            build_args=labels.build_args(target, inputs),
+            labels=labels.image_labels(self.config, target, inputs, self.created, False),
+        )
+        image_id = self.podman.build(spec, sink)
+        stage("check")
+        image_checks.check_image(
+            self.podman, image_id, target, work / "check", inputs.firmware is not None, sink
+        )
+        # Only a checked image gets the final name, locally and remotely.
+        self.podman.tag(image_id, target.image)
+        if not self.options.push:
+            return f"built and checked, not pushed ({job.reason})", None
+        stage("push")
+        digest = self.podman.push(
+            image_id, target.image, work / "digest", self.tls_verify(target.image), sink
+        )
+        stage("verify")
+        verify_pushed(self.registry, target, digest, job.fingerprint)
+        return f"pushed ({job.reason})", digest
+
+    def _write_report(self, results: Sequence[JobResult]) -> None:
+        self.options.logs_dir.mkdir(parents=True, exist_ok=True)
+        report = self.options.logs_dir / "report.json"
+        report.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+
+
+def verify_pushed(
+    registry: RegistryClient, target: BuildTarget, digest: str, fingerprint: str
+) -> None:
+    """The registry must now serve exactly what was pushed, with the expected fingerprint."""
+    remote = registry.inspect(target.image)
+    if remote.existence is not Existence.PRESENT:
+        raise HabanaError(f"{target.image}: not readable after push ({remote.error or 'absent'})")
+    if remote.digest != digest:
+        raise HabanaError(
+            f"{target.image}: pushed {digest} but the registry serves {remote.digest}"
+        )
+    if remote.labels.get(labels.FINGERPRINT) != fingerprint:
+        raise HabanaError(f"{target.image}: fingerprint label differs after push")

@@ -1,0 +1,127 @@
+"""podman command lines (pure, asserted in tests) and the operations that run them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from habana_tasks.errors import CommandError
+from habana_tasks.process import LineSink, ProcessRunner
+
+PODMAN = "podman"
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything `podman build` is given; build args and labels never hold secrets."""
+
+    context: Path
+    containerfile: Path
+    iidfile: Path
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    tags: Sequence[str] = ()
+
+    @property
+    def argv(self) -> list[str]:
+        # --pull=never: every FROM image was pulled by digest before, one at a time, so that
+        # parallel builds never pull into the shared storage at once.
+        argv = [PODMAN, "build", "--pull=never", "--layers", "--file", str(self.containerfile)]
+        argv += ["--iidfile", str(self.iidfile)]
+        for key, value in sorted(self.build_args.items()):
+            argv += ["--build-arg", f"{key}={value}"]
+        for key, value in sorted(self.labels.items()):
+            argv += ["--label", f"{key}={value}"]
+        for tag in self.tags:
+            argv += ["--tag", tag]
+        argv.append(str(self.context))
+        return argv
+
+
+def tls_flag(tls_verify: bool) -> list[str]:
+    return [] if tls_verify else ["--tls-verify=false"]
+
+
+def pull_argv(image: str, tls_verify: bool = True) -> list[str]:
+    return [PODMAN, "pull", "--quiet", *tls_flag(tls_verify), image]
+
+
+def push_argv(
+    image_id: str, destination: str, digestfile: Path, tls_verify: bool = True
+) -> list[str]:
+    return [
+        PODMAN,
+        "push",
+        "--quiet",
+        *tls_flag(tls_verify),
+        "--digestfile",
+        str(digestfile),
+        image_id,
+        f"docker://{destination}",
+    ]
+
+
+def export_argv(container: str, output: Path) -> list[str]:
+    return [PODMAN, "export", "--output", str(output), container]
+
+
+class Podman:
+    """The podman operations the pipeline needs, all through the one process runner."""
+
+    def __init__(self, runner: ProcessRunner) -> None:
+        self.runner = runner
+
+    def image_exists(self, image: str) -> bool:
+        done = self.runner.run([PODMAN, "image", "exists", image], check=False)
+        return done.returncode == 0
+
+    def pull(self, image: str, tls_verify: bool, on_line: LineSink | None = None) -> None:
+        self.runner.run(pull_argv(image, tls_verify), on_line=on_line)
+
+    def build(self, spec: BuildSpec, on_line: LineSink | None = None) -> str:
+        spec.iidfile.unlink(missing_ok=True)
+        self.runner.run(spec.argv, on_line=on_line)
+        return spec.iidfile.read_text().strip()
+
+    def tag(self, image_id: str, name: str) -> None:
+        self.runner.run([PODMAN, "tag", image_id, name])
+
+    def push(
+        self,
+        image_id: str,
+        destination: str,
+        digestfile: Path,
+        tls_verify: bool,
+        on_line: LineSink | None = None,
+    ) -> str:
+        digestfile.unlink(missing_ok=True)
+        self.runner.run(push_argv(image_id, destination, digestfile, tls_verify), on_line=on_line)
+        return digestfile.read_text().strip()
+
+    def export_rootfs(self, image: str, output: Path, on_line: LineSink | None = None) -> None:
+        """The image's filesystem as a tar, without running anything inside it."""
+        name = f"habana-export-{uuid.uuid4().hex[:12]}"
+        self.runner.run([PODMAN, "create", "--name", name, image, "/bin/true"], on_line=on_line)
+        try:
+            self.runner.run(export_argv(name, output), on_line=on_line)
+        finally:
+            self.runner.run([PODMAN, "rm", "--force", name], check=False)
+
+    def image_label(self, image: str, label: str) -> str | None:
+        try:
+            done = self.runner.run(
+                [PODMAN, "image", "inspect", "--format", f'{{{{index .Labels "{label}"}}}}', image],
+                keep_output=True,
+            )
+        except CommandError:
+            return None
+        value = done.text.strip()
+        return value if value and value != "<no value>" else None
+
+    def import_tarball(self, tarball: Path, name: str, changes: Sequence[str]) -> None:
+        argv = [PODMAN, "import"]
+        for change in changes:
+            argv += ["--change", change]
+        self.runner.run([*argv, str(tarball), name])

@@ -1,0 +1,179 @@
+"""The one place that starts external processes.
+
+Every command is an argv list with stdin closed, in its own process group (so Ctrl-C stops the whole
+tree), its output streamed line by line to a callback and its tail kept for the error message.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from habana_tasks.errors import CommandError
+
+LineSink = Callable[[str], None]
+TAIL_LINES = 40
+TERMINATE_GRACE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Completed:
+    """What a finished command left: exit code, the lines it printed (when kept) and its tail."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    output: tuple[str, ...]
+    tail: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.output)
+
+
+class CommandTimeout(CommandError):
+    """A command outlived its deadline and was killed."""
+
+
+class ProcessRunner:
+    """Runs commands and remembers the live ones so that an interrupt can stop them all."""
+
+    def __init__(self) -> None:
+        self._live: set[subprocess.Popen[str]] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        on_line: LineSink | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+        keep_output: bool = False,
+    ) -> Completed:
+        """Run argv to completion, streaming each output line (stdout and stderr merged)."""
+        argv = [str(a) for a in argv]
+        if self._stopping.is_set():
+            raise CommandError(argv, -signal.SIGINT, ["not started: interrupted"])
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=full_env,
+                cwd=cwd,
+                text=True,
+                errors="replace",
+                bufsize=1,
+            )
+        except OSError as exc:
+            raise CommandError(argv, 127, [f"cannot start {argv[0]}: {exc.strerror}"]) from exc
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        kept: list[str] = []
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                tail.append(line)
+                if keep_output:
+                    kept.append(line)
+                if on_line is not None:
+                    on_line(line)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        with self._lock:
+            self._live.add(proc)
+        reader.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _terminate(proc)
+            reader.join()
+            raise CommandTimeout(
+                argv, -signal.SIGKILL, [*tail, f"killed after {timeout:g} s"]
+            ) from None
+        except BaseException:
+            _terminate(proc)
+            raise
+        finally:
+            with self._lock:
+                self._live.discard(proc)
+        reader.join()
+        done = Completed(tuple(argv), proc.returncode, tuple(kept), tuple(tail))
+        if check and proc.returncode != 0:
+            raise CommandError(argv, proc.returncode, list(tail))
+        return done
+
+    def terminate_all(self) -> None:
+        """Stop every running command (and its children) and refuse to start new ones."""
+        self._stopping.set()
+        with self._lock:
+            live = list(self._live)
+        for proc in live:
+            _terminate(proc)
+
+
+def _terminate(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM the process group, then SIGKILL it if it has not gone after a grace period."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=TERMINATE_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        proc.wait()
+
+
+def spawn_service(argv: Sequence[str], log_path: Path, cwd: Path | None = None) -> int:
+    """Start a long-running service detached from this run; returns its pid (its group id too)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [str(a) for a in argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=cwd,
+        )
+    return proc.pid
+
+
+def stop_service(pid: int) -> bool:
+    """Stop a service started by spawn_service; False when it was not running."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def service_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

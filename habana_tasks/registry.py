@@ -1,0 +1,341 @@
+"""OCI distribution API client: digests verified, tri-state existence, bounded retries, token auth.
+
+Lookups go through the HTTP API, never through podman or skopeo, so that one run asks each
+question once and concurrently.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from habana_tasks.auth import Credentials, find_credentials
+from habana_tasks.errors import DigestMismatchError, RegistryError
+from habana_tasks.http_client import HTTPClient, TransientHTTPError, host_of, short_reason
+from habana_tasks.image_reference import ImageReference
+from habana_tasks.kernel_release import OCI_ARCH
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
+INDEX_TYPES = frozenset((OCI_INDEX, DOCKER_LIST))
+ABSENT_CODES = frozenset(("MANIFEST_UNKNOWN", "NAME_UNKNOWN"))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    reference: ImageReference
+    digest: str
+    media_type: str
+    body: bytes = field(repr=False)
+
+    def json(self) -> dict[str, Any]:
+        data = json.loads(self.body)
+        if not isinstance(data, dict):
+            raise RegistryError(f"{self.reference}: manifest is not a JSON object")
+        return data
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """An image reference pinned to the manifest of one platform (what a FROM line uses)."""
+
+    requested: str
+    name: str
+    digest: str
+    index_digest: str | None
+
+    @property
+    def pinned(self) -> str:
+        return f"{self.name}@{self.digest}"
+
+
+class Existence(enum.Enum):
+    PRESENT = "present"
+    ABSENT = "absent"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class RemoteImage:
+    """What the repository holds under a tag. UNKNOWN carries the error and never means absent."""
+
+    reference: str
+    existence: Existence
+    digest: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    size: int | None = None
+    error: str | None = None
+
+
+class ManifestUnknown(RegistryError):
+    """The registry said, authenticated, that this manifest or repository does not exist."""
+
+
+def sha256_digest(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+_CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
+
+
+class RegistryClient:
+    """Thread-safe; tokens cached per registry and scope."""
+
+    def __init__(
+        self,
+        insecure_registries: Iterable[str] = (),
+        http: HTTPClient | None = None,
+        credentials: Callable[[str, str], Credentials | None] = find_credentials,
+    ) -> None:
+        self.insecure = frozenset(insecure_registries)
+        self.http = http or HTTPClient()
+        self._credentials = credentials
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def requests_sent(self) -> int:
+        return self.http.requests_sent
+
+    # -- public questions ---------------------------------------------------------------------
+
+    def get_manifest(self, ref: ImageReference) -> Manifest:
+        url = f"{self._base(ref)}/manifests/{ref.reference}"
+        response = self._request("GET", url, ref, headers={"Accept": MANIFEST_ACCEPT})
+        if response.status_code == 404 and _error_codes(response) & ABSENT_CODES:
+            raise ManifestUnknown(f"{ref}: not found ({', '.join(sorted(_error_codes(response)))})")
+        _raise_for_status(response, f"{ref}")
+        body = response.content
+        digest = sha256_digest(body)
+        header = response.headers.get("Docker-Content-Digest")
+        if header and header != digest:
+            raise DigestMismatchError(
+                f"{ref}: registry says digest {header} but the manifest body hashes to {digest}"
+            )
+        if ref.digest and ref.digest != digest:
+            raise DigestMismatchError(f"{ref}: manifest body hashes to {digest}, not {ref.digest}")
+        media_type = _media_type(body, response.headers.get("Content-Type", ""))
+        return Manifest(ref, digest, media_type, body)
+
+    def resolve(self, image: str, arch: str) -> ResolvedImage:
+        """Pin an image to its linux/<arch> manifest digest (an index's child, if an index)."""
+        ref = ImageReference.parse(image)
+        manifest = self.get_manifest(ref)
+        index_digest = None
+        if manifest.media_type in INDEX_TYPES:
+            index_digest = manifest.digest
+            child = select_platform(manifest.json(), arch, str(ref))
+            manifest = self.get_manifest(ref.with_digest(child))
+        return ResolvedImage(image, ref.name, manifest.digest, index_digest)
+
+    def image_config(self, manifest: Manifest) -> dict[str, Any]:
+        """The image's config blob (labels, created, architecture), verified against its digest."""
+        data = manifest.json()
+        if manifest.media_type in INDEX_TYPES:
+            raise RegistryError(f"{manifest.reference}: is an index, expected an image manifest")
+        config = data.get("config", {})
+        digest = config.get("digest") if isinstance(config, dict) else None
+        if not isinstance(digest, str):
+            raise RegistryError(f"{manifest.reference}: manifest has no config digest")
+        blob = self.get_blob(manifest.reference, digest)
+        parsed = json.loads(blob)
+        if not isinstance(parsed, dict):
+            raise RegistryError(f"{manifest.reference}: config blob is not a JSON object")
+        return parsed
+
+    def get_blob(self, ref: ImageReference, digest: str) -> bytes:
+        url = f"{self._base(ref)}/blobs/{digest}"
+        response = self._request("GET", url, ref)
+        _raise_for_status(response, f"{ref.name}@{digest} (blob)")
+        if sha256_digest(response.content) != digest:
+            raise DigestMismatchError(f"{ref.name}: blob {digest} does not hash to its digest")
+        return response.content
+
+    def inspect(self, image: str) -> RemoteImage:
+        """Tri-state: PRESENT with labels, ABSENT only on an authenticated 404, else UNKNOWN."""
+        ref = ImageReference.parse(image)
+        try:
+            manifest = self.get_manifest(ref)
+            config = self.image_config(manifest)
+        except ManifestUnknown:
+            return RemoteImage(image, Existence.ABSENT)
+        except RegistryError as exc:
+            return RemoteImage(image, Existence.UNKNOWN, error=str(exc))
+        labels = (config.get("config") or {}).get("Labels") or {}
+        layers = manifest.json().get("layers", [])
+        size = sum(int(layer.get("size", 0)) for layer in layers if isinstance(layer, dict))
+        return RemoteImage(image, Existence.PRESENT, manifest.digest, dict(labels), size)
+
+    def list_tags(self, repository: str) -> list[str]:
+        """All tags of a repository, following Link pagination."""
+        ref = ImageReference.parse(repository)
+        url: str | None = f"{self._base(ref)}/tags/list?n=1000"
+        tags: list[str] = []
+        while url:
+            response = self._request("GET", url, ref)
+            if response.status_code == 404 and _error_codes(response) & ABSENT_CODES:
+                return []
+            _raise_for_status(response, f"{repository} (tags)")
+            tags.extend(response.json().get("tags") or [])
+            url = _next_link(response, self._scheme(ref.api_host) + "://" + ref.api_host)
+        return tags
+
+    def delete_manifest(self, ref: ImageReference, digest: str) -> None:
+        url = f"{self._base(ref)}/manifests/{digest}"
+        response = self._request("DELETE", url, ref, scope_action="delete")
+        _raise_for_status(response, f"{ref.name}@{digest} (delete)")
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def _scheme(self, host: str) -> str:
+        return "http" if host in self.insecure else "https"
+
+    def _base(self, ref: ImageReference) -> str:
+        return f"{self._scheme(ref.api_host)}://{ref.api_host}/v2/{ref.repository}"
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        ref: ImageReference,
+        headers: dict[str, str] | None = None,
+        scope_action: str = "pull",
+    ) -> requests.Response:
+        headers = dict(headers or {})
+        scope = f"repository:{ref.repository}:{scope_action}"
+        token = self._cached_token(ref.api_host, scope)
+        if token:
+            headers["Authorization"] = token
+        response = self._send(method, url, headers)
+        if response.status_code == 401:
+            challenge = response.headers.get("WWW-Authenticate", "")
+            headers["Authorization"] = self._authorize(ref, challenge, scope)
+            response = self._send(method, url, headers)
+            if response.status_code == 401:
+                raise RegistryError(
+                    f"{ref.name}: authentication refused (401); check `podman login {ref.registry}`"
+                )
+        return response
+
+    def _send(self, method: str, url: str, headers: dict[str, str]) -> requests.Response:
+        try:
+            return self.http.send(method, url, headers=headers)
+        except requests.exceptions.SSLError as exc:
+            raise RegistryError(f"{method} {host_of(url)}: TLS error: {short_reason(exc)}") from exc
+        except TransientHTTPError as exc:
+            raise RegistryError(str(exc)) from exc
+
+    def _cached_token(self, host: str, scope: str) -> str | None:
+        with self._lock:
+            entry = self._tokens.get((host, scope))
+        if entry and entry[1] > time.monotonic():
+            return entry[0]
+        return None
+
+    def _authorize(self, ref: ImageReference, challenge: str, scope: str) -> str:
+        scheme, _, params_text = challenge.partition(" ")
+        params = dict(_CHALLENGE_RE.findall(params_text))
+        creds = self._credentials(ref.registry, ref.repository)
+        if scheme.lower() == "basic":
+            if creds is None:
+                raise RegistryError(
+                    f"{ref.name}: registry needs a login; run `podman login {ref.registry}`"
+                )
+            header = requests.auth._basic_auth_str(creds.username, creds.password)
+            with self._lock:
+                self._tokens[(ref.api_host, scope)] = (header, time.monotonic() + 3600)
+            return header
+        if scheme.lower() != "bearer" or "realm" not in params:
+            raise RegistryError(f"{ref.name}: unsupported auth challenge {challenge!r}")
+        query = {"scope": params.get("scope", scope)}
+        if "service" in params:
+            query["service"] = params["service"]
+        auth = (creds.username, creds.password) if creds else None
+        response = self._token_request(params["realm"], query, auth)
+        if response.status_code in (401, 403):
+            raise RegistryError(
+                f"{ref.name}: token service refused access ({response.status_code}); "
+                f"check `podman login {ref.registry}`"
+            )
+        _raise_for_status(response, f"{ref.name} (token from {host_of(params['realm'])})")
+        data = response.json()
+        token = data.get("token") or data.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"{ref.name}: token service answered without a token")
+        lifetime = max(int(data.get("expires_in", 60)) - 10, 10)
+        header = f"Bearer {token}"
+        with self._lock:
+            self._tokens[(ref.api_host, scope)] = (header, time.monotonic() + lifetime)
+        return header
+
+    def _token_request(
+        self, realm: str, query: dict[str, str], auth: tuple[str, str] | None
+    ) -> requests.Response:
+        try:
+            return self.http.send("GET", realm, params=query, auth=auth)
+        except (requests.RequestException, TransientHTTPError) as exc:
+            raise RegistryError(f"token service {host_of(realm)}: {short_reason(exc)}") from exc
+
+
+def select_platform(index: dict[str, Any], arch: str, where: str) -> str:
+    """The digest of the linux/<arch> child of an index; an explicit choice, never the default."""
+    oci_arch = OCI_ARCH.get(arch, arch)
+    for entry in index.get("manifests", []):
+        platform = entry.get("platform") or {}
+        if platform.get("os") == "linux" and platform.get("architecture") == oci_arch:
+            digest = entry.get("digest")
+            if isinstance(digest, str):
+                return digest
+    raise RegistryError(f"{where}: the image index has no linux/{oci_arch} manifest")
+
+
+def _media_type(body: bytes, content_type: str) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise RegistryError("manifest is not JSON") from exc
+    declared = data.get("mediaType") if isinstance(data, dict) else None
+    if isinstance(declared, str) and declared:
+        return declared
+    header = content_type.split(";", maxsplit=1)[0].strip()
+    if header:
+        return header
+    if isinstance(data, dict) and "manifests" in data:
+        return OCI_INDEX
+    return OCI_MANIFEST
+
+
+def _error_codes(response: requests.Response) -> set[str]:
+    try:
+        errors = response.json().get("errors", [])
+    except ValueError:
+        return set()
+    return {e.get("code", "") for e in errors if isinstance(e, dict)}
+
+
+def _raise_for_status(response: requests.Response, what: str) -> None:
+    if response.status_code < 400:
+        return
+    codes = ", ".join(sorted(_error_codes(response))) or response.reason
+    raise RegistryError(f"{what}: HTTP {response.status_code} ({codes})")
+
+
+def _next_link(response: requests.Response, base: str) -> str | None:
+    link = response.headers.get("Link", "")
+    m = re.search(r'<([^>]+)>\s*;\s*rel="?next"?', link)
+    if not m:
+        return None
+    target = m.group(1)
+    return target if "://" in target else base + target

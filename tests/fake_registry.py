@@ -1,0 +1,149 @@
+"""A scriptable registry speaking the distribution API over HTTP on 127.0.0.1 (unit tests only).
+
+Its real counterpart is Debian's docker-registry in tests/integration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Response = tuple[int, dict[str, str], bytes]
+
+
+def digest(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+@dataclass
+class FakeRegistry:
+    manifests: dict[str, tuple[str, bytes]] = field(
+        default_factory=dict
+    )  # "repo:ref" -> (type, body)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    token: str | None = None  # when set, every /v2 request needs "Bearer <token>"
+    require_basic: tuple[str, str] | None = None  # token endpoint needs these credentials
+    script: list[Response] = field(default_factory=list)  # answered first, in order
+    send_digest_header: bool = True
+    tamper_digest: bool = False
+    hook: Callable[[str], Response | None] | None = None
+    log: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+
+    def start(self) -> str:
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                return None
+
+            def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                registry.log.append((self.command, self.path, dict(self.headers)))
+                self._send(*registry.answer(self.path, dict(self.headers), self.server))
+
+            do_HEAD = do_GET
+            do_DELETE = do_GET
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+    def add_image(self, repo: str, tag: str, labels: dict[str, str], media_type: str) -> str:
+        config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Labels": labels}})
+        config_bytes = config.encode()
+        self.blobs[digest(config_bytes)] = config_bytes
+        manifest = {
+            "schemaVersion": 2,
+            "config": {"mediaType": "x", "digest": digest(config_bytes), "size": len(config_bytes)},
+            "layers": [{"mediaType": "x", "digest": "sha256:" + "0" * 64, "size": 1234}],
+        }
+        if media_type.startswith("application/vnd.docker"):
+            manifest["mediaType"] = media_type
+        body = json.dumps(manifest).encode()
+        self.manifests[f"{repo}:{tag}"] = (media_type, body)
+        self.manifests[f"{repo}:{digest(body)}"] = (media_type, body)
+        return digest(body)
+
+    def add_index(self, repo: str, tag: str, children: dict[str, str]) -> str:
+        index = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                {"digest": d, "size": 1, "platform": {"os": "linux", "architecture": a}}
+                for a, d in children.items()
+            ],
+        }
+        body = json.dumps(index).encode()
+        self.manifests[f"{repo}:{tag}"] = ("application/vnd.oci.image.index.v1+json", body)
+        return digest(body)
+
+    def answer(self, path: str, headers: dict[str, str], server: Any) -> Response:
+        if self.script:
+            return self.script.pop(0)
+        if self.hook and (hooked := self.hook(path)):
+            return hooked
+        if path.startswith("/token"):
+            if self.require_basic:
+                import base64
+
+                expected = base64.b64encode(":".join(self.require_basic).encode()).decode()
+                if headers.get("Authorization") != f"Basic {expected}":
+                    return 401, {}, b'{"details":"bad credentials"}'
+            return (
+                200,
+                {"Content-Type": "application/json"},
+                json.dumps({"token": self.token, "expires_in": 300}).encode(),
+            )
+        if self.token and headers.get("Authorization") != f"Bearer {self.token}":
+            port = server.server_address[1]
+            challenge = (
+                f'Bearer realm="http://127.0.0.1:{port}/token",service="fake",'
+                f'scope="repository:{_repo_of(path)}:pull"'
+            )
+            return 401, {"WWW-Authenticate": challenge}, b'{"errors":[{"code":"UNAUTHORIZED"}]}'
+        parts = path.split("/")
+        if "/manifests/" in path:
+            repo = "/".join(parts[2 : parts.index("manifests")])
+            ref = parts[-1]
+            if f"{repo}:{ref}" not in self.manifests:
+                return 404, {}, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}'
+            media_type, body = self.manifests[f"{repo}:{ref}"]
+            accept = headers.get("Accept", "")
+            if media_type not in accept:
+                return 404, {}, b'{"errors":[{"code":"MANIFEST_UNKNOWN","message":"not accepted"}]}'
+            out = {"Content-Type": media_type}
+            if self.send_digest_header:
+                out["Docker-Content-Digest"] = (
+                    "sha256:" + "f" * 64 if self.tamper_digest else digest(body)
+                )
+            return 200, out, body
+        if "/blobs/" in path:
+            blob = self.blobs.get(parts[-1])
+            if blob is None:
+                return 404, {}, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}'
+            return 200, {}, blob
+        return 404, {}, b""
+
+
+def _repo_of(path: str) -> str:
+    parts = path.split("?")[0].split("/")[2:]
+    for marker in ("manifests", "blobs", "tags"):
+        if marker in parts:
+            return "/".join(parts[: parts.index(marker)])
+    return "/".join(parts)

@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from habana_tasks import config
+from habana_tasks.errors import ConfigError, UsageError
+from habana_tasks.kernel_release import derive_arch, derive_rhel_version
+from habana_tasks.tags import image_tag, tag_problem
+
+ROOT = Path(__file__).resolve().parents[2]
+
+GOOD = """
+[library]
+repository = "registry.example.com/team/habana-ai-driver"
+[base]
+image = "registry.example.com/ubi8/ubi-minimal:{rhel_version}"
+[toolkit]
+image = "registry.example.com/dtk:{kernel}"
+[driver]
+package_url = "https://vault.example.com/{rhel_major}/habanalabs-{driver}.el8.noarch.rpm"
+[[kernels]]
+release = "4.18.0-372.19.1.el8_6.x86_64"
+drivers = ["1.6.0-439", "1.7.0-1"]
+"""
+
+
+def load_text(tmp_path: Path, text: str) -> config.Config:
+    path = tmp_path / "versions.toml"
+    path.write_text(text)
+    return config.load(path)
+
+
+def problems_of(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, text)
+    assert info.value.exit_code == 2
+    return info.value.problems
+
+
+def test_shipped_versions_file_is_valid() -> None:
+    cfg = config.load(ROOT / "versions.toml")
+    (target,) = cfg.targets
+    assert target.tag == "1.6.0-439-4.18.0-372.19.1.el8_6.x86_64"
+    assert target.base_image == "registry.access.redhat.com/ubi8/ubi-minimal:8.6"
+    assert target.toolkit_image == "ghcr.io/smgglrs/driver-toolkit:4.18.0-372.19.1.el8_6.x86_64"
+    assert target.package_url.endswith("/rhel/8/8.6/habanalabs-1.6.0-439.el8.noarch.rpm")
+    assert target.firmware_url and target.firmware_url.endswith("-1.6.0-439.el8.x86_64.rpm")
+
+
+def test_example_versions_file_is_valid() -> None:
+    cfg = config.load(ROOT / "examples/local/versions.toml")
+    assert [t.kernel for t in cfg.targets] == ["6.1.0-55-amd64", "6.1.0-56-amd64"]
+    assert {t.arch for t in cfg.targets} == {"x86_64"}
+    assert cfg.insecure_registries == {"127.0.0.1:5055"}
+
+
+def test_one_kernel_carries_several_drivers(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, GOOD)
+    assert [t.driver for t in cfg.targets] == ["1.6.0-439", "1.7.0-1"]
+    assert cfg.targets[0].rhel_version == "8.6"
+    assert cfg.targets[0].package_url == (
+        "https://vault.example.com/8/habanalabs-1.6.0-439.el8.noarch.rpm"
+    )
+    assert cfg.select(driver="1.7.0-1")[0].tag == "1.7.0-1-4.18.0-372.19.1.el8_6.x86_64"
+
+
+def test_select_unknown_kernel_suggests_the_close_one(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, GOOD)
+    with pytest.raises(UsageError) as info:
+        cfg.select(kernel="4.18.0-372.19.1.el8_6.x86_6")
+    assert "no kernels entry with kernel '4.18.0-372.19.1.el8_6.x86_6'" in str(info.value)
+    assert "did you mean '4.18.0-372.19.1.el8_6.x86_64'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("release", "arch", "rhel"),
+    [
+        ("4.18.0-372.19.1.el8_6.x86_64", "x86_64", "8.6"),
+        ("5.14.0-284.30.1.el9_2.aarch64+64k", "aarch64", "9.2"),
+        ("5.14.0-284.el9.ppc64le", "ppc64le", "9"),
+        ("6.1.0-56-amd64", "x86_64", None),
+        ("6.1.0-56-cloud-arm64", "aarch64", None),
+        ("6.1.0-56-rt-amd64", "x86_64", None),
+        ("6.8.0-40-generic", None, None),
+    ],
+)
+def test_release_derivations(release: str, arch: str | None, rhel: str | None) -> None:
+    assert derive_arch(release) == arch
+    assert derive_rhel_version(release) == rhel
+
+
+def test_tag_maps_plus_and_checks_length() -> None:
+    assert image_tag("1.17.0-495", "5.14.0-284.el9.aarch64+64k") == (
+        "1.17.0-495-5.14.0-284.el9.aarch64_64k"
+    )
+    assert tag_problem("a" * 129) == "is 129 characters long; a tag holds at most 128"
+    assert tag_problem("1.0-a~b") == "contains '~'; a tag holds only [A-Za-z0-9_.-]"
+    assert tag_problem("1.6.0-439-6.1.0-56-amd64") is None
+
+
+BAD_CASES = [
+    # (edit applied to GOOD, expected fragment of the single problem)
+    (lambda t: t.replace("[library]", "[librar]"), "librar: unknown key; did you mean 'library'?"),
+    (
+        lambda t: t.replace('repository = "', 'repositry = "'),
+        "library.repositry: unknown key; did you mean 'repository'?",
+    ),
+    (
+        lambda t: t.replace('drivers = ["1.6.0-439", "1.7.0-1"]', 'driver = ["1.6.0-439"]'),
+        "kernels[0].driver: unknown key; did you mean 'drivers'?",
+    ),
+    (
+        lambda t: t.replace('"registry.example.com/team/habana-ai-driver"', '"habana-ai-driver"'),
+        "library.repository = 'habana-ai-driver': names no registry",
+    ),
+    (
+        lambda t: t.replace("team/habana-ai-driver", "team/habana-ai-driver:latest"),
+        "expected a repository without tag",
+    ),
+    (
+        lambda t: t.replace("4.18.0-372.19.1.el8_6.x86_64", "4.18"),
+        "kernels[0].release = '4.18': expected a full kernel release",
+    ),
+    (
+        lambda t: t.replace('"1.6.0-439", "1.7.0-1"', '"1.6.0-439", "1.6.0-439"'),
+        "kernels[0].drivers = '1.6.0-439': duplicate pair",
+    ),
+    (
+        lambda t: t.replace('"1.6.0-439", "1.7.0-1"', '"latest"'),
+        "kernels[0].drivers = 'latest': expected a driver version like 1.6.0-439",
+    ),
+    (
+        lambda t: t.replace('"1.6.0-439", "1.7.0-1"', "1"),
+        "kernels[0].drivers = [1]: expected an array of non-empty strings",
+    ),
+    (
+        lambda t: t.replace('"1.6.0-439", "1.7.0-1"', ""),
+        "kernels[0].drivers = []: expected at least one driver version",
+    ),
+    (
+        lambda t: t.replace("{kernel}", "{kernal}"),
+        "unknown placeholder {kernal}; did you mean {kernel}?",
+    ),
+    (
+        lambda t: t.replace("4.18.0-372.19.1.el8_6.x86_64", "6.8.0-40-generic"),
+        "kernels[0].arch is missing: release '6.8.0-40-generic' names no architecture",
+    ),
+    (
+        lambda t: t.replace("4.18.0-372.19.1.el8_6.x86_64", "6.1.0-56-amd64"),
+        "uses {rhel_version} but kernel '6.1.0-56-amd64' has no RHEL version",
+    ),
+    (
+        lambda t: t.replace(
+            'drivers = ["1.6.0-439", "1.7.0-1"]', 'drivers = ["1.6.0-439"]\narch = "arm"'
+        ),
+        "kernels[0].arch = 'arm': expected one of x86_64, aarch64, ppc64le, s390x",
+    ),
+    (
+        lambda t: t.replace(
+            'drivers = ["1.6.0-439", "1.7.0-1"]', 'drivers = ["1.6.0-439"]\narch = "aarch64"'
+        ),
+        "kernels[0].arch = 'aarch64': release '4.18.0-372.19.1.el8_6.x86_64' is for x86_64",
+    ),
+    (
+        lambda t: t.replace(
+            'drivers = ["1.6.0-439", "1.7.0-1"]', 'drivers = ["1.6.0-439"]\nrhel_version = "eight"'
+        ),
+        "kernels[0].rhel_version = 'eight': expected MAJOR or MAJOR.MINOR",
+    ),
+    (
+        lambda t: t.replace(
+            "[[kernels]]", '[drivers."1.9.0-1"]\nmodules = ["habanalabs"]\n[[kernels]]'
+        ),
+        "drivers.\"1.9.0-1\" = '1.9.0-1': no [[kernels]] entry uses this driver",
+    ),
+    (
+        lambda t: t.replace(
+            "[[kernels]]", '[drivers."1.6.0-439"]\nmodules = ["habana labs"]\n[[kernels]]'
+        ),
+        "drivers.\"1.6.0-439\".modules = 'habana labs': expected a module name",
+    ),
+    (
+        lambda t: t.replace("dtk:{kernel}", "dtk:{kernel}@sha256:abc"),
+        "has digest 'sha256:abc'; expected sha256:<64 hex digits>",
+    ),
+    (
+        lambda t: t.replace('package_url = "https', 'package_url = 42\n#"'),
+        "driver.package_url = 42: expected a non-empty string",
+    ),
+    (
+        lambda t: t.replace(
+            "4.18.0-372.19.1.el8_6.x86_64", "4.18.0-" + "1" * 120 + ".el8_6.x86_64"
+        ),
+        "is 148 characters long; a tag holds at most 128",
+    ),
+]
+
+
+@pytest.mark.parametrize(("edit", "expected"), BAD_CASES)
+def test_bad_input_names_file_key_value_and_expectation(
+    tmp_path: Path, edit: object, expected: str
+) -> None:
+    problems = problems_of(tmp_path, edit(GOOD))  # type: ignore[operator]
+    assert any(expected in p for p in problems), problems
+    assert all(p.startswith(f"{tmp_path / 'versions.toml'}: ") for p in problems)
+
+
+def test_missing_sections_are_all_reported_at_once(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, "[library]\nsource = 'x'\n")
+    text = "\n".join(problems)
+    for fragment in (
+        "library.repository is missing",
+        "base.image is missing",
+        "toolkit.image is missing",
+        "driver.package_url is missing",
+        "kernels is missing",
+    ):
+        assert fragment in text
+    assert len(problems) == 5
+
+
+def test_not_toml_is_one_clear_line(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, "[library\n")
+    assert len(problems) == 1 and "not valid TOML" in problems[0]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(tmp_path / "nope.toml")
+    assert "nope.toml: cannot read: No such file or directory" in str(info.value)

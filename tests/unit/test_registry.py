@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from habana_tasks.auth import Credentials, find_credentials
+from habana_tasks.errors import DigestMismatchError, RegistryError
+from habana_tasks.http_client import HTTPClient, RetryPolicy
+from habana_tasks.image_reference import ImageReference
+from habana_tasks.registry import OCI_MANIFEST, Existence, RegistryClient
+from tests.fake_registry import FakeRegistry
+
+DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeRegistry]:
+    registry = FakeRegistry()
+    registry.host = registry.start()  # type: ignore[attr-defined]
+    yield registry
+    registry.stop()
+
+
+def client(fake: FakeRegistry, creds: Credentials | None = None, **policy: float) -> RegistryClient:
+    sleeps: list[float] = []
+    http = HTTPClient(RetryPolicy(**{"base_delay": 0.01, **policy}), sleep=sleeps.append)  # type: ignore[arg-type]
+    c = RegistryClient([fake.host], http, credentials=lambda r, n: creds)  # type: ignore[attr-defined]
+    c.sleeps = sleeps  # type: ignore[attr-defined]
+    return c
+
+
+def test_resolves_oci_manifest_and_verifies_digest(fake: FakeRegistry) -> None:
+    d = fake.add_image("base/debian", "12", {}, OCI_MANIFEST)
+    resolved = client(fake).resolve(f"{fake.host}/base/debian:12", "x86_64")  # type: ignore[attr-defined]
+    assert resolved.digest == d
+    assert resolved.index_digest is None
+    assert resolved.pinned == f"{fake.host}/base/debian@{d}"  # type: ignore[attr-defined]
+
+
+def test_every_manifest_type_is_accepted(fake: FakeRegistry) -> None:
+    fake.add_image("base/debian", "12", {}, DOCKER_V2)
+    client(fake).resolve(f"{fake.host}/base/debian:12", "x86_64")  # type: ignore[attr-defined]
+    accept = fake.log[-1][2]["Accept"]
+    for media_type in (OCI_MANIFEST, DOCKER_V2, "image.index.v1", "manifest.list.v2"):
+        assert media_type in accept
+
+
+def test_index_pins_the_platform_child(fake: FakeRegistry) -> None:
+    amd = fake.add_image("ubi", "amd", {"a": "1"}, OCI_MANIFEST)
+    arm = fake.add_image("ubi", "arm", {"a": "2"}, OCI_MANIFEST)
+    index = fake.add_index("ubi", "8.6", {"amd64": amd, "arm64": arm})
+    c = client(fake)
+    got = c.resolve(f"{fake.host}/ubi:8.6", "aarch64")  # type: ignore[attr-defined]
+    assert (got.digest, got.index_digest) == (arm, index)
+    with pytest.raises(RegistryError, match="no linux/s390x manifest"):
+        c.resolve(f"{fake.host}/ubi:8.6", "s390x")  # type: ignore[attr-defined]
+
+
+def test_digest_header_mismatch_is_rejected(fake: FakeRegistry) -> None:
+    fake.add_image("base/debian", "12", {}, OCI_MANIFEST)
+    fake.tamper_digest = True
+    with pytest.raises(DigestMismatchError, match="hashes to sha256:"):
+        client(fake).resolve(f"{fake.host}/base/debian:12", "x86_64")  # type: ignore[attr-defined]
+
+
+def test_missing_digest_header_falls_back_to_the_body_hash(fake: FakeRegistry) -> None:
+    d = fake.add_image("base/debian", "12", {}, OCI_MANIFEST)
+    fake.send_digest_header = False
+    assert client(fake).resolve(f"{fake.host}/base/debian:12", "x86_64").digest == d  # type: ignore[attr-defined]
+
+
+def test_body_not_matching_requested_digest_is_rejected(fake: FakeRegistry) -> None:
+    fake.add_image("base/debian", "12", {}, OCI_MANIFEST)
+    wrong = "sha256:" + "1" * 64
+    _, body = fake.manifests["base/debian:12"]
+    fake.manifests[f"base/debian:{wrong}"] = (OCI_MANIFEST, body)
+    fake.send_digest_header = False
+    with pytest.raises(DigestMismatchError):
+        client(fake).get_manifest(ImageReference.parse(f"{fake.host}/base/debian@{wrong}"))  # type: ignore[attr-defined]
+
+
+def test_token_challenge_then_success_with_credentials(fake: FakeRegistry) -> None:
+    d = fake.add_image("private/x", "1", {}, OCI_MANIFEST)
+    fake.token = "tok123"
+    fake.require_basic = ("robot", "s3cret")
+    c = client(fake, Credentials("robot", "s3cret"))
+    assert c.resolve(f"{fake.host}/private/x:1", "x86_64").digest == d  # type: ignore[attr-defined]
+    token_requests = [entry for entry in fake.log if entry[1].startswith("/token")]
+    assert (
+        len(token_requests) == 1 and "scope=repository%3Aprivate%2Fx%3Apull" in token_requests[0][1]
+    )
+    # A second lookup reuses the cached token: no new token request, no 401 round trip.
+    before = len(fake.log)
+    c.resolve(f"{fake.host}/private/x:1", "x86_64")  # type: ignore[attr-defined]
+    assert len(fake.log) == before + 1
+
+
+def test_refused_credentials_are_unknown_not_absent(fake: FakeRegistry) -> None:
+    fake.add_image("private/x", "1", {}, OCI_MANIFEST)
+    fake.token = "tok123"
+    fake.require_basic = ("robot", "s3cret")
+    remote = client(fake, Credentials("robot", "wrong")).inspect(f"{fake.host}/private/x:1")  # type: ignore[attr-defined]
+    assert remote.existence is Existence.UNKNOWN
+    assert "token service refused access (401)" in (remote.error or "")
+    assert "wrong" not in (remote.error or "")
+
+
+def test_429_and_503_are_retried_then_succeed(fake: FakeRegistry) -> None:
+    d = fake.add_image("base/debian", "12", {}, OCI_MANIFEST)
+    fake.script = [(429, {"Retry-After": "2"}, b""), (503, {}, b"")]
+    c = client(fake)
+    assert c.resolve(f"{fake.host}/base/debian:12", "x86_64").digest == d  # type: ignore[attr-defined]
+    assert c.sleeps == [2.0, 0.02]  # type: ignore[attr-defined]
+    assert c.requests_sent == 3
+
+
+def test_500_forever_gives_a_clear_error_after_bounded_attempts(fake: FakeRegistry) -> None:
+    fake.hook = lambda path: (500, {}, b"boom")
+    c = client(fake, attempts=3)
+    with pytest.raises(RegistryError) as info:
+        c.resolve(f"{fake.host}/base/debian:12", "x86_64")  # type: ignore[attr-defined]
+    assert str(info.value).endswith("/v2/base/debian/manifests/12: HTTP 500 after 3 attempt(s)")
+    assert c.requests_sent == 3
+
+
+def test_400_is_not_retried(fake: FakeRegistry) -> None:
+    fake.hook = lambda path: (400, {}, b'{"errors":[{"code":"NAME_INVALID"}]}')
+    c = client(fake)
+    with pytest.raises(RegistryError, match=r"HTTP 400 \(NAME_INVALID\)"):
+        c.resolve(f"{fake.host}/base/debian:12", "x86_64")  # type: ignore[attr-defined]
+    assert c.requests_sent == 1
+
+
+def test_unreachable_registry_is_a_clear_error() -> None:
+    http = HTTPClient(RetryPolicy(attempts=2, base_delay=0.01))
+    c = RegistryClient(["127.0.0.1:9"], http)
+    remote = c.inspect("127.0.0.1:9/x/y:1")
+    assert remote.existence is Existence.UNKNOWN
+    assert "cannot reach 127.0.0.1 (connection refused) after 2 attempt(s)" in (remote.error or "")
+
+
+def test_existence_is_tri_state(fake: FakeRegistry) -> None:
+    d = fake.add_image("lib/drv", "1.0-k", {"fp": "abc"}, OCI_MANIFEST)
+    c = client(fake)
+    present = c.inspect(f"{fake.host}/lib/drv:1.0-k")  # type: ignore[attr-defined]
+    assert (present.existence, present.digest, present.labels, present.size) == (
+        Existence.PRESENT,
+        d,
+        {"fp": "abc"},
+        1234,
+    )
+    assert c.inspect(f"{fake.host}/lib/drv:2.0-k").existence is Existence.ABSENT  # type: ignore[attr-defined]
+    fake.hook = lambda path: (404, {}, b"<html>not here</html>")  # a proxy's 404: no error code
+    assert c.inspect(f"{fake.host}/lib/drv:1.0-k").existence is Existence.UNKNOWN  # type: ignore[attr-defined]
+
+
+def test_tags_follow_link_pagination(fake: FakeRegistry) -> None:
+    pages = {
+        "/v2/lib/drv/tags/list?n=1000": (
+            200,
+            {"Link": '</v2/lib/drv/tags/list?n=1000&last=b>; rel="next"'},
+            b'{"tags":["a","b"]}',
+        ),
+        "/v2/lib/drv/tags/list?n=1000&last=b": (200, {}, b'{"tags":["c"]}'),
+    }
+    fake.hook = lambda path: pages.get(path)
+    assert client(fake).list_tags(f"{fake.host}/lib/drv") == ["a", "b", "c"]  # type: ignore[attr-defined]
+
+
+def test_credentials_most_specific_entry_wins(tmp_path: Path) -> None:
+    import base64
+
+    def enc(s: str) -> str:
+        return base64.b64encode(s.encode()).decode()
+
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps({"auths": {
+        "quay.io": {"auth": enc("general:pw1")},
+        "quay.io/openshift-release-dev": {"auth": enc("release:pw2")},
+        "https://index.docker.io/v1/": {"auth": enc("hub:pw3")},
+    }}))  # fmt: skip
+    env = {"REGISTRY_AUTH_FILE": str(auth)}
+    assert find_credentials("quay.io", "openshift-release-dev/ocp-release", env) == Credentials(
+        "release", "pw2"
+    )
+    assert find_credentials("quay.io", "other/repo", env) == Credentials("general", "pw1")
+    assert find_credentials("docker.io", "library/debian", env) == Credentials("hub", "pw3")
+    assert find_credentials("ghcr.io", "x/y", env) is None
+    assert "pw2" not in repr(find_credentials("quay.io", "openshift-release-dev/x", env))
