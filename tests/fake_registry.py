@@ -5,6 +5,7 @@ Its real counterpart is Debian's docker-registry in tests/integration.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
@@ -100,8 +101,6 @@ class FakeRegistry:
             return hooked
         if path.startswith("/token"):
             if self.require_basic:
-                import base64
-
                 expected = base64.b64encode(":".join(self.require_basic).encode()).decode()
                 if headers.get("Authorization") != f"Basic {expected}":
                     return 401, {}, b'{"details":"bad credentials"}'
@@ -142,7 +141,7 @@ class FakeRegistry:
 
 
 def _repo_of(path: str) -> str:
-    parts = path.split("?")[0].split("/")[2:]
+    parts = path.split("?", maxsplit=1)[0].split("/")[2:]
     for marker in ("manifests", "blobs", "tags"):
         if marker in parts:
             return "/".join(parts[: parts.index(marker)])

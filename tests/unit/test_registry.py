@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,13 +167,11 @@ def test_tags_follow_link_pagination(fake: FakeRegistry) -> None:
         ),
         "/v2/lib/drv/tags/list?n=1000&last=b": (200, {}, b'{"tags":["c"]}'),
     }
-    fake.hook = lambda path: pages.get(path)
+    fake.hook = pages.get
     assert client(fake).list_tags(f"{fake.host}/lib/drv") == ["a", "b", "c"]  # type: ignore[attr-defined]
 
 
 def test_credentials_most_specific_entry_wins(tmp_path: Path) -> None:
-    import base64
-
     def enc(s: str) -> str:
         return base64.b64encode(s.encode()).decode()
 

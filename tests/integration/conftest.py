@@ -1,0 +1,51 @@
+"""A fresh local upstream per test session: a new registry (random port) and package server,
+with base and toolkit images from the shared content cache (podman's layer cache keeps it fast)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from habana_tasks import local_upstream
+from habana_tasks.process import ProcessRunner
+from tests.conftest import ROOT, free_port, require_tools
+
+KERNELS = ("6.1.0-55-amd64", "6.1.0-56-amd64")
+DRIVER = "6.1.0-1"
+
+
+@dataclass(frozen=True)
+class UpstreamFixture:
+    upstream: local_upstream.Upstream
+    runner: ProcessRunner
+
+    def versions(self, path: Path, kernels: tuple[str, ...] = KERNELS, extra: str = "") -> Path:
+        u = self.upstream
+        entries = "".join(
+            f'\n[[kernels]]\nrelease = "{k}"\ndrivers = ["{DRIVER}"]\n' for k in kernels
+        )
+        path.write_text(
+            f'[library]\nrepository = "{u.registry}/library/habana-ai-driver"\n'
+            f'source = "https://example.invalid/src"\ninsecure_registries = ["{u.registry}"]\n'
+            f'[base]\nimage = "{u.base_image}"\n'
+            f'[toolkit]\nimage = "{u.registry}/upstream/driver-toolkit:{{kernel}}"\n'
+            f'[driver]\npackage_url = "{u.package_url("habanalabs-{driver}.el8.noarch.rpm")}"\n'
+            f"{extra}{entries}"
+        )
+        return path
+
+
+@pytest.fixture(scope="session")
+def test_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamFixture]:
+    require_tools("podman", "docker-registry", "mmdebstrap", "rpmbuild", "modprobe", "modinfo")
+    root = tmp_path_factory.mktemp("upstream")
+    upstream = local_upstream.Upstream(
+        root, registry_port=free_port(), http_port=free_port(), cache=ROOT / ".cache" / "upstream"
+    )
+    runner = ProcessRunner()
+    local_upstream.up(upstream, runner, KERNELS, [DRIVER])
+    yield UpstreamFixture(upstream, runner)
+    local_upstream.stop(upstream)

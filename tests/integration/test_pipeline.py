@@ -1,0 +1,165 @@
+"""The whole product path against real parts: docker-registry, podman, rpmbuild RPMs, kmod."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from habana_tasks import commands, config, labels
+from habana_tasks.errors import ConfigError
+from habana_tasks.registry import Existence, RegistryClient
+from tests.conftest import ROOT
+from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
+
+pytestmark = pytest.mark.integration
+
+
+def run(
+    project: commands.Project, versions: Path, jobs: int = 1, dry_run: bool = False
+) -> tuple[int, str, list[dict[str, object]]]:
+    """Run the build as `invoke build-all` does; returns exit code, console text, results."""
+    out = io.StringIO()
+    cfg = config.load(versions)
+    results, _ = commands.run_build(
+        project, cfg, cfg.targets, jobs=jobs, force=False, dry_run=dry_run, push=True,
+        console=Console(file=out, width=250),
+    )  # fmt: skip
+    code = 0 if all(r.ok for r in results) else 1
+    return code, out.getvalue(), [asdict(r) for r in results]
+
+
+@pytest.fixture(scope="module")
+def project(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: pytest.MonkeyPatch
+) -> commands.Project:
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch_module.setenv("HABANA_CACHE_DIR", str(cache))
+    return commands.Project(ROOT)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> pytest.MonkeyPatch:
+    mp = pytest.MonkeyPatch()
+    yield mp  # type: ignore[misc]
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def versions(test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return test_upstream.versions(tmp_path_factory.mktemp("v") / "versions.toml")
+
+
+def registry_for(test_upstream: UpstreamFixture) -> RegistryClient:
+    return RegistryClient([test_upstream.upstream.registry])
+
+
+def test_1_build_all_from_scratch_in_parallel(
+    project: commands.Project, versions: Path, test_upstream: UpstreamFixture
+) -> None:
+    code, text, report = run(project, versions, jobs=2)
+    assert code == 0, text
+    assert [(r["name"], r["status"]) for r in report] == [(f"{DRIVER}-{k}", "ok") for k in KERNELS]
+    registry = registry_for(test_upstream)
+    cfg = config.load(versions)
+    base = registry.resolve(test_upstream.upstream.base_image, "x86_64")
+    for target, result in zip(cfg.targets, report, strict=True):
+        remote = registry.inspect(target.image)
+        assert remote.existence is Existence.PRESENT
+        assert remote.digest == result["digest"]
+        got = remote.labels
+        assert got[labels.KERNEL] == target.kernel
+        assert got[labels.DRIVER] == DRIVER
+        assert got["org.opencontainers.image.base.digest"] == base.digest
+        assert got["org.opencontainers.image.base.name"] == test_upstream.upstream.base_image
+        assert len(got["org.opencontainers.image.revision"]) == 40
+        toolkit = registry.resolve(target.toolkit_image, "x86_64")
+        assert got["io.habana-ai-driver.toolkit.digest"] == toolkit.digest
+        assert got[labels.FINGERPRINT].startswith("sha256:")
+        assert (remote.size or 0) < 90_000_000
+
+
+def test_2_second_run_builds_and_pushes_nothing(project: commands.Project, versions: Path) -> None:
+    code, text, report = run(project, versions)
+    assert code == 0, text
+    assert [r["status"] for r in report] == ["skipped", "skipped"]
+    assert all(r["detail"].startswith("up to date") for r in report)
+    assert "==> push" not in text
+
+
+def test_3_new_toolkit_for_one_kernel_rebuilds_only_that_image(
+    project: commands.Project, versions: Path, test_upstream: UpstreamFixture
+) -> None:
+    u, runner = test_upstream.upstream, test_upstream.runner
+    kernel = KERNELS[1]
+    context = Path(str(versions) + ".toolkit")
+    context.mkdir(exist_ok=True)
+    (context / "Containerfile").write_text(
+        f"FROM {u.toolkit_image(kernel)}\nRUN echo refreshed > /etc/toolkit-refresh\n"
+    )
+    runner.run(["podman", "build", "--tag", u.toolkit_image(kernel), str(context)])
+    runner.run(["podman", "push", "--tls-verify=false", u.toolkit_image(kernel)])
+    code, text, report = run(project, versions)
+    assert code == 0, text
+    assert [(r["action"], r["status"]) for r in report] == [("skip", "skipped"), ("build", "ok")]
+    assert "stale: toolkit image digest changed" in report[1]["detail"]
+
+
+def test_4_module_for_another_abi_is_refused_before_push(
+    project: commands.Project, test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    u, runner = test_upstream.upstream, test_upstream.runner
+    # A toolkit that claims 6.1.0-56 but carries 6.1.0-55 headers: the module loads on 56
+    # (matching CRCs), so only the vermagic check can catch it.
+    (tmp_path / "Containerfile").write_text(
+        f"FROM {u.toolkit_image(KERNELS[0])}\n"
+        f"RUN mkdir -p /lib/modules/{KERNELS[1]} "
+        f"&& ln -s /usr/src/linux-headers-{KERNELS[0]} /lib/modules/{KERNELS[1]}/build\n"
+    )
+    wrong = f"{u.registry}/upstream/wrong-toolkit:{KERNELS[1]}"
+    runner.run(["podman", "build", "--tag", wrong, str(tmp_path)])
+    runner.run(["podman", "push", "--tls-verify=false", wrong])
+    versions = test_upstream.versions(tmp_path / "versions.toml", (KERNELS[1],))
+    text = versions.read_text().replace("/library/habana-ai-driver", "/library/wrong-abi")
+    text = text.replace("upstream/driver-toolkit:", "upstream/wrong-toolkit:")
+    versions.write_text(text)
+    code, out, report = run(project, versions)
+    assert code == 1, out
+    assert report[0]["status"] == "failed"
+    assert (
+        f"habanalabs: vermagic names kernel '{KERNELS[0]}', not '{KERNELS[1]}'"
+        in report[0]["detail"]
+    )
+    target = config.load(versions).targets[0]
+    assert registry_for(test_upstream).inspect(target.image).existence is Existence.ABSENT
+
+
+def test_5_one_unresolvable_target_fails_alone(
+    project: commands.Project, test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    versions = test_upstream.versions(tmp_path / "versions.toml", (*KERNELS, "6.1.0-54-amd64"))
+    code, _, report = run(project, versions, dry_run=True)
+    assert code == 1
+    assert [r["action"] for r in report] == ["skip", "skip", "fail"]
+    assert "toolkit image" in report[2]["detail"] and "not found" in report[2]["detail"]
+
+
+def test_6_dry_run_offline_names_the_unreachable_upstream(project: commands.Project) -> None:
+    code, _, report = run(project, ROOT / "versions.toml", dry_run=True)
+    assert code == 1
+    (result,) = report
+    assert result["action"] == "fail"
+    assert "base image registry.access.redhat.com/ubi8/ubi-minimal:8.6" in result["detail"]
+
+
+def test_7_config_errors_stop_before_any_side_effect(
+    project: commands.Project, tmp_path: Path
+) -> None:
+    bad = tmp_path / "versions.toml"
+    bad.write_text((ROOT / "versions.toml").read_text().replace("[toolkit]", "[toolkits]"))
+    with pytest.raises(ConfigError) as info:
+        run(project, bad)
+    assert "toolkits: unknown key; did you mean 'toolkit'?" in str(info.value)

@@ -1,0 +1,168 @@
+"""Real RPMs made by rpmbuild, read with rpmfile; downloads served by a real HTTP server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from habana_tasks import local_upstream
+from habana_tasks.driver_package import PackageCache, parse_git_sha, read_git_sha
+from habana_tasks.errors import DriverPackageError
+from habana_tasks.process import ProcessRunner
+from tests.conftest import ROOT, require_tools
+
+VERSION = "6.1.0-1"
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> local_upstream.Upstream:
+    require_tools("rpmbuild", "tar", "xz")
+    if not local_upstream.LINUX_SOURCE.exists():
+        pytest.skip(
+            f"SKIPPED: needs {local_upstream.LINUX_SOURCE} (apt-get install linux-source-6.1)"
+        )
+    root = tmp_path_factory.mktemp("upstream")
+    return local_upstream.Upstream(root, cache=ROOT / ".cache" / "upstream")
+
+
+def make_rpm(upstream: local_upstream.Upstream, name: str, **kwargs: Any) -> Path:
+    out = upstream.root / name
+    return local_upstream.build_driver_rpm(
+        upstream, ProcessRunner(), VERSION, output_dir=out, **kwargs
+    )
+
+
+@pytest.mark.parametrize("payload", ["gzip", "xz", "zstd"])
+def test_git_sha_is_read_from_every_payload(
+    upstream: local_upstream.Upstream, payload: str
+) -> None:
+    rpm = make_rpm(upstream, payload, payload=payload)
+    assert rpm.name == "habanalabs-6.1.0-1.el8.noarch.rpm"
+    source = local_upstream.extract_driver_source(upstream, ProcessRunner())
+    expected = local_upstream.tree_sha(source / local_upstream.DRIVER_SUBDIR)
+    assert read_git_sha(rpm, VERSION) == expected
+    # Cross-check with the rpm tools themselves.
+    done = ProcessRunner().run(
+        [
+            "sh",
+            "-c",
+            f"rpm2cpio {rpm} | cpio -i --quiet --to-stdout ./usr/src/habanalabs-{VERSION}/dkms.conf",
+        ],
+        keep_output=True,
+    )
+    assert f"KMD_LAST_GIT_SHA={expected}" in done.output
+
+
+def test_wrong_version_names_what_the_package_holds(upstream: local_upstream.Upstream) -> None:
+    rpm = make_rpm(upstream, "gzip-v")
+    with pytest.raises(DriverPackageError) as info:
+        read_git_sha(rpm, "9.9.9-1")
+    assert str(info.value) == (
+        "habanalabs-6.1.0-1.el8.noarch.rpm: no ./usr/src/habanalabs-9.9.9-1/dkms.conf in the "
+        "package; it has usr/src/habanalabs-6.1.0-1/dkms.conf"
+    )
+
+
+@pytest.mark.parametrize(
+    ("dkms", "expected"),
+    [
+        ('PACKAGE_NAME="habanalabs"\n', "no KMD_LAST_GIT_SHA= line"),
+        ("KMD_LAST_GIT_SHA=abcdef1\nKMD_LAST_GIT_SHA=1234567\n", "2 KMD_LAST_GIT_SHA= lines"),
+        (
+            "KMD_LAST_GIT_SHA=not-a-sha\n",
+            "KMD_LAST_GIT_SHA='not-a-sha'; expected 7-40 lowercase hex",
+        ),
+    ],
+)
+def test_bad_dkms_conf_is_a_clear_error(
+    upstream: local_upstream.Upstream, dkms: str, expected: str
+) -> None:
+    rpm = make_rpm(upstream, f"bad-{abs(hash(dkms))}", dkms=dkms)
+    with pytest.raises(DriverPackageError) as info:
+        read_git_sha(rpm, VERSION)
+    assert str(info.value).startswith(f"{rpm.name}: ./usr/src/habanalabs-{VERSION}/dkms.conf: ")
+    assert expected in str(info.value)
+
+
+def test_truncated_rpm_is_refused(upstream: local_upstream.Upstream, tmp_path: Path) -> None:
+    rpm = make_rpm(upstream, "gzip-t")
+    cut = tmp_path / "habanalabs-6.1.0-1.el8.noarch.rpm"
+    cut.write_bytes(rpm.read_bytes()[: rpm.stat().st_size // 2])
+    with pytest.raises(DriverPackageError, match=r"^habanalabs-6.1.0-1.el8.noarch.rpm: "):
+        read_git_sha(cut, VERSION)
+    garbage = tmp_path / "garbage.rpm"
+    garbage.write_bytes(b"not an rpm at all")
+    with pytest.raises(DriverPackageError, match=r"garbage\.rpm: not a readable RPM"):
+        read_git_sha(garbage, VERSION)
+
+
+def test_quoted_sha_is_accepted() -> None:
+    assert parse_git_sha('KMD_LAST_GIT_SHA="abcdef1"\n', "x") == "abcdef1"
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    directory = tmp_path / "www"
+    directory.mkdir()
+    handler = partial(SimpleHTTPRequestHandler, directory=str(directory))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", directory
+    server.shutdown()
+
+
+def test_download_once_then_from_cache(served: tuple[str, Path], tmp_path: Path) -> None:
+    url, directory = served
+    (directory / "p.rpm").write_bytes(b"x" * 5000)
+    cache = PackageCache(tmp_path / "cache")
+    first = cache.fetch(f"{url}/p.rpm")
+    second = cache.fetch(f"{url}/p.rpm")
+    assert cache.downloads == 1
+    assert first == second and first.size == 5000
+    assert first.path == tmp_path / "cache" / "sha256" / first.sha256
+    # A damaged cache entry is noticed and fetched again.
+    first.path.write_bytes(b"y" * 5000)
+    again = cache.fetch(f"{url}/p.rpm")
+    assert cache.downloads == 2 and again.path.read_bytes() == b"x" * 5000
+
+
+def test_http_error_names_the_url_without_credentials(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, _ = served
+    with_creds = url.replace("http://", "http://user:hunter2@") + "/missing.rpm?token=abc"
+    with pytest.raises(DriverPackageError) as info:
+        PackageCache(tmp_path / "c").fetch(with_creds)
+    assert str(info.value) == f"{url}/missing.rpm: HTTP 404 (File not found)"
+    assert not list((tmp_path / "c" / "sha256").iterdir())
+
+
+def test_truncated_download_is_refused(tmp_path: Path) -> None:
+    class Short(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"z" * 10)
+            self.close_connection = True
+
+        def log_message(self, *a: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Short)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        cache = PackageCache(tmp_path / "c")
+        with pytest.raises(DriverPackageError):
+            cache.fetch(f"http://127.0.0.1:{server.server_address[1]}/p.rpm")
+        assert cache.downloads == 0
+        assert not [p for p in (tmp_path / "c" / "sha256").iterdir()]
+    finally:
+        server.shutdown()

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from habana_tasks import labels
+from habana_tasks.config import BuildTarget, Config
+from habana_tasks.driver_package import CachedPackage
+from habana_tasks.labels import TargetInputs
+from habana_tasks.plan import Action, plan, plan_job
+from habana_tasks.registry import Existence, RemoteImage, ResolvedImage
+
+TARGET = BuildTarget(
+    kernel="6.1.0-56-amd64",
+    arch="x86_64",
+    rhel_version=None,
+    driver="6.1.0-1",
+    modules=("habanalabs",),
+    base_image="r.example/base:12",
+    toolkit_image="r.example/dtk:6.1.0-56-amd64",
+    package_url="https://user:secret@vault.example/habanalabs-6.1.0-1.el8.noarch.rpm?token=t",
+    firmware_url=None,
+    repository="r.example/lib/drv",
+    tag="6.1.0-1-6.1.0-56-amd64",
+)
+D = "sha256:" + "a" * 64
+INPUTS = TargetInputs(
+    base=ResolvedImage("r.example/base:12", "r.example/base", D, None),
+    toolkit=ResolvedImage(TARGET.toolkit_image, "r.example/dtk", "sha256:" + "b" * 64, None),
+    package=CachedPackage(TARGET.package_url, Path("/cache/x"), "c" * 64, 10),
+    firmware=None,
+    git_sha="0123456789abcdef0123456789abcdef01234567",
+    dockerfile_sha256="d" * 64,
+)
+CONFIG = Config(Path("v.toml"), "r.example/lib/drv", "https://src", "", frozenset(), (TARGET,))
+
+
+def present(inputs: TargetInputs = INPUTS) -> RemoteImage:
+    image_labels = labels.image_labels(CONFIG, TARGET, inputs, "2026-01-01T00:00:00Z", False)
+    return RemoteImage(TARGET.image, Existence.PRESENT, "sha256:" + "e" * 64, image_labels)
+
+
+def test_absent_builds() -> None:
+    job = plan_job(TARGET, INPUTS, RemoteImage(TARGET.image, Existence.ABSENT))
+    assert (job.action, job.reason) == (Action.BUILD, "not in the repository")
+    assert job.fingerprint == labels.fingerprint(TARGET, INPUTS)
+
+
+def test_same_fingerprint_skips() -> None:
+    job = plan_job(TARGET, INPUTS, present())
+    assert job.action is Action.SKIP and job.reason.startswith("up to date")
+    assert job.remote_digest == "sha256:" + "e" * 64
+
+
+def test_changed_toolkit_rebuilds_and_says_why() -> None:
+    newer = replace(INPUTS, toolkit=replace(INPUTS.toolkit, digest="sha256:" + "f" * 64))
+    job = plan_job(TARGET, newer, present())
+    assert (job.action, job.reason) == (Action.BUILD, "stale: toolkit image digest changed")
+
+
+def test_two_changed_inputs_are_both_named() -> None:
+    newer = replace(INPUTS, git_sha="1" * 40, dockerfile_sha256="2" * 64)
+    job = plan_job(TARGET, newer, present())
+    assert job.reason == "stale: driver git SHA, Dockerfile changed"
+
+
+def test_image_without_fingerprint_rebuilds() -> None:
+    remote = RemoteImage(TARGET.image, Existence.PRESENT, D, {"other": "label"})
+    assert plan_job(TARGET, INPUTS, remote).reason == "stale: the image has no fingerprint label"
+
+
+def test_unknown_state_fails_even_when_forced() -> None:
+    remote = RemoteImage(TARGET.image, Existence.UNKNOWN, error="HTTP 503 after 4 attempt(s)")
+    job = plan_job(TARGET, INPUTS, remote, force=True)
+    assert job.action is Action.FAIL
+    assert job.reason == "registry state unknown, not building: HTTP 503 after 4 attempt(s)"
+
+
+def test_force_rebuilds_an_up_to_date_image() -> None:
+    job = plan_job(TARGET, INPUTS, present(), force=True)
+    assert (job.action, job.reason) == (Action.BUILD, "forced")
+
+
+def test_unresolved_inputs_fail_with_their_reason() -> None:
+    remote = RemoteImage(TARGET.image, Existence.ABSENT)
+    job = plan_job(TARGET, "base image r.example/base:12: cannot reach r.example", remote)
+    assert (job.action, job.reason) == (
+        Action.FAIL,
+        "base image r.example/base:12: cannot reach r.example",
+    )
+
+
+def test_plan_keeps_target_order() -> None:
+    other = replace(TARGET, kernel="6.1.0-55-amd64", tag="6.1.0-1-6.1.0-55-amd64")
+    jobs = plan(
+        [TARGET, other],
+        {TARGET.tag: INPUTS, other.tag: INPUTS},
+        {TARGET.tag: present(), other.tag: RemoteImage(other.image, Existence.ABSENT)},
+    )
+    assert [(j.target.tag, j.action) for j in jobs] == [
+        (TARGET.tag, Action.SKIP),
+        (other.tag, Action.BUILD),
+    ]
+
+
+def test_labels_carry_provenance_and_no_secret() -> None:
+    image_labels = labels.image_labels(CONFIG, TARGET, INPUTS, "2026-01-01T00:00:00Z", False)
+    assert image_labels["org.opencontainers.image.base.name"] == "r.example/base:12"
+    assert image_labels["org.opencontainers.image.base.digest"] == D
+    assert image_labels["org.opencontainers.image.revision"] == INPUTS.git_sha
+    assert image_labels["org.opencontainers.image.version"] == "6.1.0-1"
+    assert image_labels["io.habana-ai-driver.kernel.release"] == "6.1.0-56-amd64"
+    assert image_labels["io.habana-ai-driver.driver.package.sha256"] == "c" * 64
+    assert image_labels["io.habana-ai-driver.driver.package"] == "habanalabs-6.1.0-1.el8.noarch.rpm"
+    assert image_labels["io.habana-ai-driver.load-tested"] == "false"
+    everything = " ".join([*image_labels.values(), *labels.build_args(TARGET, INPUTS).values()])
+    assert "secret" not in everything and "token" not in everything
+
+
+def test_fingerprint_ignores_created_time_but_not_inputs() -> None:
+    assert labels.fingerprint(TARGET, INPUTS) == labels.fingerprint(TARGET, replace(INPUTS))
+    changed = replace(INPUTS, package=replace(INPUTS.package, sha256="9" * 64))
+    assert labels.fingerprint(TARGET, INPUTS) != labels.fingerprint(TARGET, changed)
