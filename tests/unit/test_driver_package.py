@@ -52,7 +52,7 @@ def test_git_sha_is_read_from_every_payload(
         [
             "sh",
             "-c",
-            f"rpm2cpio {rpm} | cpio -i --quiet --to-stdout ./usr/src/habanalabs-{VERSION}/dkms.conf",
+            f"rpm2cpio {rpm} | cpio -i --quiet --to-stdout ./usr/src/*/dkms.conf",
         ],
         keep_output=True,
     )
