@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from habana_tasks import image_checks, labels
+from habana_tasks import smoke as smoke_module
 from habana_tasks.config import BuildTarget, Config
 from habana_tasks.driver_package import link_into
-from habana_tasks.errors import HabanaError, Interrupted
+from habana_tasks.errors import CheckError, HabanaError, Interrupted
 from habana_tasks.image_reference import ImageReference
 from habana_tasks.plan import Action, BuildJob
 from habana_tasks.podman import BuildSpec, Podman
@@ -35,6 +36,8 @@ class RunOptions:
     jobs: int = 1
     push: bool = True
     keep_work: bool = False
+    smoke: bool = True
+    smoke_timeout: float = smoke_module.DEFAULT_TIMEOUT
 
 
 class Pipeline:
@@ -61,8 +64,9 @@ class Pipeline:
         for job in jobs:
             if job.action is Action.SKIP:
                 results[job.target.tag] = JobResult(
-                    job.target.tag, "skip", "skipped", job.reason, job.remote_digest
-                )
+                    job.target.tag, "skip", "skipped", job.reason, job.remote_digest,
+                    load_tested=job.load_tested,
+                )  # fmt: skip
             elif job.action is Action.FAIL:
                 results[job.target.tag] = JobResult(job.target.tag, "fail", "failed", job.reason)
         to_build = [job for job in jobs if job.action is Action.BUILD]
@@ -137,8 +141,9 @@ class Pipeline:
                 log.flush()
                 self.reporter.stage(target.tag, name)
 
+            smoked: list[smoke_module.SmokeResult] = []
             try:
-                detail, digest = self._build_check_publish(job, work, stage, sink)
+                detail, digest = self._build_check_publish(job, work, stage, sink, smoked)
                 status = "ok"
             except HabanaError as exc:
                 detail, digest, status = str(exc), None, "failed"
@@ -157,12 +162,20 @@ class Pipeline:
             digest,
             time.monotonic() - started,
             str(log_path),
+            load_tested=bool(smoked) and smoked[0].passed,
+            smoke_kernel=smoked[0].kernel if smoked else None,
+            smoke_seconds=round(smoked[0].seconds, 1) if smoked else None,
         )
         self.reporter.finish(result)
         return result
 
     def _build_check_publish(
-        self, job: BuildJob, work: Path, stage: Callable[[str], None], sink: LineSink
+        self,
+        job: BuildJob,
+        work: Path,
+        stage: Callable[[str], None],
+        sink: LineSink,
+        smoked: list[smoke_module.SmokeResult],
     ) -> tuple[str, str | None]:
         target, inputs = job.target, job.inputs
         assert inputs is not None and job.fingerprint is not None
@@ -181,13 +194,34 @@ class Pipeline:
             containerfile=context / "Dockerfile",
             iidfile=work / "image-id",
             build_args=labels.build_args(target, inputs),
-            labels=labels.image_labels(self.config, target, inputs, self.created, False),
+            # Only an image that passes the load test below is ever published, so a published
+            # image with load-tested=true was booted in its kernel with its driver loaded.
+            labels=labels.image_labels(
+                self.config, target, inputs, self.created, self.options.smoke
+            ),
+            # A forced rebuild really rebuilds: no layer is taken from the cache.
+            no_cache=job.forced,
         )
         image_id = self.podman.build(spec, sink)
         stage("check")
-        image_checks.check_image(
+        rootfs = image_checks.check_image(
             self.podman, image_id, target, work / "check", inputs.firmware is not None, sink
         )
+        if self.options.smoke:
+            stage("smoke")
+            kernel = smoke_module.extract_kernel(
+                self.podman, inputs.toolkit.pinned, target.kernel, work / "vmlinuz"
+            )
+            result = smoke_module.run_smoke(
+                self.podman, rootfs, kernel, target.kernel, target.modules, work / "smoke",
+                timeout=self.options.smoke_timeout, on_line=sink,
+            )  # fmt: skip
+            smoked.append(result)
+            if not result.passed:
+                raise CheckError(
+                    f"load test in {target.kernel} failed: {result.reason}"
+                    + "".join(f"\n    {line}" for line in result.evidence)
+                )
         # Only a checked image gets the final name, locally and remotely.
         self.podman.tag(image_id, target.image)
         if not self.options.push:

@@ -28,6 +28,8 @@ class BuildJob:
     inputs: TargetInputs | None = None
     fingerprint: str | None = None
     remote_digest: str | None = None
+    forced: bool = False
+    load_tested: bool = False
 
 
 def plan_job(
@@ -35,6 +37,7 @@ def plan_job(
     inputs: TargetInputs | str,
     remote: RemoteImage,
     force: bool = False,
+    require_load_test: bool = False,
 ) -> BuildJob:
     if isinstance(inputs, str):
         return BuildJob(target, Action.FAIL, inputs)
@@ -45,13 +48,16 @@ def plan_job(
             target, Action.FAIL, f"registry state unknown, not building: {remote.error}", inputs
         )
     if force:
-        return BuildJob(target, Action.BUILD, "forced", inputs, current, remote.digest)
+        return BuildJob(target, Action.BUILD, "forced", inputs, current, remote.digest, forced=True)
     if remote.existence is Existence.ABSENT:
         return BuildJob(target, Action.BUILD, "not in the repository", inputs, current)
+    load_tested = remote.labels.get(labels.LOAD_TESTED) == "true"
     if remote.labels.get(labels.FINGERPRINT) == current:
-        return BuildJob(
-            target, Action.SKIP, f"up to date ({current[7:19]})", inputs, current, remote.digest
-        )
+        if require_load_test and not load_tested:
+            return BuildJob(target, Action.BUILD, "stale: never load-tested", inputs, current,
+                            remote.digest)  # fmt: skip
+        return BuildJob(target, Action.SKIP, f"up to date ({current[7:19]})", inputs, current,
+                        remote.digest, load_tested=load_tested)  # fmt: skip
     changed = labels.changed_inputs(target, inputs, remote.labels)
     if labels.FINGERPRINT not in remote.labels:
         why = "the image has no fingerprint label"
@@ -67,5 +73,8 @@ def plan(
     inputs: Mapping[str, TargetInputs | str],
     remote: Mapping[str, RemoteImage],
     force: bool = False,
+    require_load_test: bool = False,
 ) -> tuple[BuildJob, ...]:
-    return tuple(plan_job(t, inputs[t.tag], remote[t.tag], force) for t in targets)
+    return tuple(
+        plan_job(t, inputs[t.tag], remote[t.tag], force, require_load_test) for t in targets
+    )

@@ -23,6 +23,7 @@ class BuildSpec:
     build_args: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
     tags: Sequence[str] = ()
+    no_cache: bool = False
 
     @property
     def argv(self) -> list[str]:
@@ -30,6 +31,8 @@ class BuildSpec:
         # parallel builds never pull into the shared storage at once.
         argv = [PODMAN, "build", "--pull=never", "--layers", "--file", str(self.containerfile)]
         argv += ["--iidfile", str(self.iidfile)]
+        if self.no_cache:
+            argv.append("--no-cache")
         for key, value in sorted(self.build_args.items()):
             argv += ["--build-arg", f"{key}={value}"]
         for key, value in sorted(self.labels.items()):
@@ -108,6 +111,16 @@ class Podman:
             self.runner.run(export_argv(name, output), on_line=on_line)
         finally:
             self.runner.run([PODMAN, "rm", "--force", name], check=False)
+
+    def copy_from_image(self, image: str, path: str, dest: Path) -> bool:
+        """Copy one file out of an image without running it; False when the path is absent."""
+        name = f"habana-copy-{uuid.uuid4().hex[:12]}"
+        self.runner.run([PODMAN, "create", "--name", name, image, "/bin/true"])
+        try:
+            done = self.runner.run([PODMAN, "cp", f"{name}:{path}", str(dest)], check=False)
+        finally:
+            self.runner.run([PODMAN, "rm", "--force", name], check=False)
+        return done.returncode == 0 and dest.is_file()
 
     def image_label(self, image: str, label: str) -> str | None:
         try:

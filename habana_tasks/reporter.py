@@ -29,7 +29,8 @@ class JobResult:
     seconds: float = 0.0
     log: str | None = None
     load_tested: bool = False
-    size: int | None = None
+    smoke_kernel: str | None = None
+    smoke_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -172,7 +173,7 @@ def summary_table(results: Sequence[JobResult], title: str = "summary") -> Table
             r.action,
             r.status if r.ok else f"{r.status}: {r.detail}",
             (r.digest or "")[:19],
-            "yes" if r.load_tested else "no",
+            f"yes ({r.smoke_kernel}, {r.smoke_seconds} s)" if r.load_tested else "no",
             f"{r.seconds:.1f}",
             r.log or "",
         )

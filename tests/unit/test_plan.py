@@ -76,9 +76,19 @@ def test_unknown_state_fails_even_when_forced() -> None:
     assert job.reason == "registry state unknown, not building: HTTP 503 after 4 attempt(s)"
 
 
+def test_an_image_never_load_tested_is_rebuilt_when_load_tests_are_required() -> None:
+    remote = present()  # labelled load-tested=false
+    assert plan_job(TARGET, INPUTS, remote).action is Action.SKIP
+    job = plan_job(TARGET, INPUTS, remote, require_load_test=True)
+    assert (job.action, job.reason) == (Action.BUILD, "stale: never load-tested")
+    tested = replace(remote, labels={**remote.labels, labels.LOAD_TESTED: "true"})
+    job = plan_job(TARGET, INPUTS, tested, require_load_test=True)
+    assert (job.action, job.load_tested) == (Action.SKIP, True)
+
+
 def test_force_rebuilds_an_up_to_date_image() -> None:
     job = plan_job(TARGET, INPUTS, present(), force=True)
-    assert (job.action, job.reason) == (Action.BUILD, "forced")
+    assert (job.action, job.reason, job.forced) == (Action.BUILD, "forced", True)
 
 
 def test_unresolved_inputs_fail_with_their_reason() -> None:

@@ -24,6 +24,11 @@ def test_build_argv_is_complete_and_ordered() -> None:
     ]  # fmt: skip
 
 
+def test_forced_build_bypasses_the_layer_cache() -> None:
+    spec = BuildSpec(Path("/c"), Path("/c/Dockerfile"), Path("/i"), no_cache=True)
+    assert spec.argv[6:9] == ["--iidfile", "/i", "--no-cache"]
+
+
 def test_push_records_the_digest_and_pushes_by_image_id() -> None:
     assert push_argv("abc123", "r.example/lib:1-k", Path("/w/d")) == [
         "podman", "push", "--quiet", "--digestfile", "/w/d", "abc123", "docker://r.example/lib:1-k",
