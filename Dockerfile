@@ -37,7 +37,7 @@ RUN if command -v microdnf >/dev/null; then \
       microdnf install -y --setopt=install_weak_deps=0 kmod && microdnf clean all; \
     elif command -v apt-get >/dev/null; then \
       apt-get update -q && apt-get install -y -q --no-install-recommends kmod \
-      && rm -rf /var/lib/apt/lists/*; \
+      && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
     else echo "the base image has neither microdnf nor apt-get" >&2; exit 1; fi; \
     command -v depmod && command -v modprobe && command -v cp
 ARG KERNEL_RELEASE

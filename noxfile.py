@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+# The load test runs by default wherever it can: it needs podman and qemu.
+SMOKE_TOOLS = ("podman", "qemu-system-x86_64", "docker-registry", "mmdebstrap", "rpmbuild")
+nox.options.sessions = ["lint", "typecheck", "tests"] + (
+    ["smoke"] if all(shutil.which(tool) for tool in SMOKE_TOOLS) else []
+)
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
 
@@ -30,3 +36,15 @@ def tests(session: nox.Session) -> None:
     """Unit and integration tests (real registry, podman, rpmbuild); posargs go to pytest."""
     session.install("-e", ".[test]")
     session.run("pytest", *(session.posargs or ["-ra"]))
+
+
+@nox.session
+def smoke(session: nox.Session) -> None:
+    """The example library, built and load-tested in each exact kernel, then its pushed images
+    pulled and load-tested again; the local upstream is stopped afterwards."""
+    session.install("-e", ".")
+    try:
+        session.run("invoke", "example")
+        session.run("invoke", "smoke", "--versions", "examples/local/versions.toml")
+    finally:
+        session.run("invoke", "upstream-down")

@@ -33,6 +33,7 @@ def _run(call: Callable[[], int | None]) -> None:
         "force": "rebuild even when the image is up to date",
         "dry-run": "print the plan (target, image, action, reason) and stop",
         "push": "push checked images (default); --no-push only builds and checks",
+        "smoke": "load-test in the target kernel before pushing (default); --no-smoke skips it",
     }
 )
 def build(
@@ -43,10 +44,11 @@ def build(
     force: bool = False,
     dry_run: bool = False,
     push: bool = True,
+    smoke: bool = True,
 ) -> None:
-    """Build, check and push the image(s) of one kernel."""
+    """Build, check, load-test and push the image(s) of one kernel."""
     _run(lambda: commands.build(PROJECT, versions, kernel, driver, force=force, dry_run=dry_run,
-                                push=push))  # fmt: skip
+                                push=push, smoke=smoke))  # fmt: skip
 
 
 @task(
@@ -56,6 +58,7 @@ def build(
         "force": "rebuild every target, up to date or not",
         "dry-run": "print the plan (target, image, action, reason) and stop",
         "push": "push checked images (default); --no-push only builds and checks",
+        "smoke": "load-test in the target kernel before pushing (default); --no-smoke skips it",
     }
 )
 def build_all(
@@ -65,10 +68,32 @@ def build_all(
     force: bool = False,
     dry_run: bool = False,
     push: bool = True,
+    smoke: bool = True,
 ) -> None:
-    """Build, check and push every kernel x driver pair that is missing or stale."""
+    """Build, check, load-test and push every kernel x driver pair that is missing or stale."""
     _run(lambda: commands.build(PROJECT, versions, jobs=jobs, force=force, dry_run=dry_run,
-                                push=push))  # fmt: skip
+                                push=push, smoke=smoke))  # fmt: skip
+
+
+@task(
+    help={
+        "kernel": "full kernel release (default: every kernel in the versions file)",
+        "driver": "driver version (default: every driver listed for the kernel)",
+        "versions": "versions file (default: versions.toml)",
+        "image": "test this image (tag or digest) instead of the library's, for one kernel",
+        "timeout": "seconds before a guest that has not finished is killed (default 120)",
+    }
+)
+def smoke(
+    c: Context,
+    kernel: str | None = None,
+    driver: str | None = None,
+    versions: str | None = None,
+    image: str | None = None,
+    timeout: float = 120.0,
+) -> None:
+    """Boot each image's exact kernel under qemu and load its driver as KMM does."""
+    _run(lambda: commands.smoke(PROJECT, versions, kernel, driver, image=image, timeout=timeout))
 
 
 @task(help={"versions": "versions file naming the kernels (default: the example)"})
@@ -83,7 +108,12 @@ def upstream_down(c: Context) -> None:
     _run(lambda: commands.upstream_down(PROJECT))
 
 
-@task(help={"jobs": "targets built at once (default 1)"})
-def example(c: Context, jobs: int = 1) -> None:
+@task(
+    help={
+        "jobs": "targets built at once (default 1)",
+        "smoke": "load-test each image before pushing (default); --no-smoke skips it",
+    }
+)
+def example(c: Context, jobs: int = 1, smoke: bool = True) -> None:
     """Build the example library end to end against the local upstream and print it."""
-    _run(lambda: commands.example(PROJECT, jobs=jobs))
+    _run(lambda: commands.example(PROJECT, jobs=jobs, smoke=smoke))

@@ -10,6 +10,7 @@ import json
 import shutil
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -57,7 +58,7 @@ class Pipeline:
         self.created = labels.created_timestamp()
 
     def tls_verify(self, image: str) -> bool:
-        return ImageReference.parse(image).registry not in self.config.insecure_registries
+        return tls_verify(self.config, image)
 
     def execute(self, jobs: Sequence[BuildJob]) -> list[JobResult]:
         results: dict[str, JobResult] = {}
@@ -99,12 +100,10 @@ class Pipeline:
                 needed.setdefault(image, []).append(job.target.tag)
         failures: dict[str, str] = {}
         for image, tags in needed.items():
-            if self.podman.image_exists(image):
-                continue
             for tag in tags:
                 self.reporter.stage(tag, f"pull {image.rsplit('/', 1)[-1][:40]}")
             try:
-                self.podman.pull(image, self.tls_verify(image))
+                self.podman.ensure(image, self.tls_verify(image))
             except HabanaError as exc:
                 for tag in tags:
                     failures.setdefault(tag, f"pull {image}: {exc}")
@@ -238,6 +237,15 @@ class Pipeline:
         self.options.logs_dir.mkdir(parents=True, exist_ok=True)
         report = self.options.logs_dir / "report.json"
         report.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+
+
+def tls_verify(config: Config, image: str) -> bool:
+    return ImageReference.parse(image).registry not in config.insecure_registries
+
+
+def run_stamp() -> str:
+    """A run's folder name: sortable by time, unique across runs in the same second."""
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
 
 
 def verify_pushed(

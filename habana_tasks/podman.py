@@ -83,6 +83,13 @@ class Podman:
     def pull(self, image: str, tls_verify: bool, on_line: LineSink | None = None) -> None:
         self.runner.run(pull_argv(image, tls_verify), on_line=on_line)
 
+    def ensure(self, image: str, tls_verify: bool, on_line: LineSink | None = None) -> bool:
+        """Pull the image unless local storage has it; True when it was pulled."""
+        if self.image_exists(image):
+            return False
+        self.pull(image, tls_verify, on_line)
+        return True
+
     def build(self, spec: BuildSpec, on_line: LineSink | None = None) -> str:
         spec.iidfile.unlink(missing_ok=True)
         self.runner.run(spec.argv, on_line=on_line)

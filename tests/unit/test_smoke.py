@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from pathlib import Path
+
+from habana_tasks.initramfs import rootfs_to_cpio
+from habana_tasks.smoke import evaluate, init_script, qemu_argv
+from tests.conftest import require_tools
+
+R = "6.1.0-56-amd64"
+PASSING = [
+    "[    1.2] Run /init as init process\r",
+    f"SMOKE: booted {R}\r",
+    "SMOKE: modprobe habanalabs ok",
+    "SMOKE: loaded habanalabs",
+    "SMOKE: vermagic habanalabs ok",
+    "SMOKE: pci driver habanalabs registered",
+    "SMOKE: dmesg [ 4.9] habanalabs: module verification failed: signature and/or required key",
+    "SMOKE: PASS",
+]
+
+
+def test_a_clean_load_passes() -> None:
+    assert evaluate(PASSING, R) == (True, "loaded", ())
+
+
+def test_another_booted_kernel_fails() -> None:
+    lines = [line.replace(R, "6.1.0-55-amd64") for line in PASSING]
+    assert evaluate(lines, R)[:2] == (False, f"booted kernel '6.1.0-55-amd64', expected '{R}'")
+
+
+def test_first_fail_mark_is_the_reason_and_kernel_errors_are_evidence() -> None:
+    lines = [
+        f"SMOKE: booted {R}",
+        "[ 5.0] habanalabs: disagrees about version of symbol module_layout",
+        "SMOKE: FAIL modprobe -d /opt habanalabs failed",
+        "SMOKE: FAIL pci driver habanalabs not registered",
+        "SMOKE: FAIL",
+    ]
+    passed, reason, evidence = evaluate(lines, R)
+    assert (passed, reason) == (False, "modprobe -d /opt habanalabs failed")
+    assert evidence[0] == "[ 5.0] habanalabs: disagrees about version of symbol module_layout"
+
+
+def test_kernel_error_alone_fails_even_with_a_pass_mark() -> None:
+    lines = [
+        *PASSING[:-1],
+        "SMOKE: dmesg [ 5] habanalabs: Unknown symbol foo (err -2)",
+        "SMOKE: PASS",
+    ]
+    passed, reason, _ = evaluate(lines, R)
+    assert not passed and reason.startswith(
+        "kernel log: SMOKE: dmesg [ 5] habanalabs: Unknown symbol"
+    )
+
+
+def test_guest_that_never_reaches_init_shows_the_console_tail() -> None:
+    lines = [
+        "[ 0.1] Linux version 6.1",
+        "[ 0.9] Kernel panic - not syncing: VFS: Unable to mount root",
+    ]
+    passed, reason, evidence = evaluate(lines, R)
+    assert (passed, reason) == (False, "the guest never reached /init (see console tail)")
+    assert evidence[-1].endswith("Unable to mount root")
+
+
+def test_guest_without_verdict_fails() -> None:
+    assert evaluate(PASSING[:-1], R)[:2] == (False, "the guest stopped before its verdict")
+
+
+def test_qemu_uses_tcg_unless_asked_and_never_reboots() -> None:
+    argv = qemu_argv(Path("/k"), Path("/i"))
+    assert argv[:3] == ["qemu-system-x86_64", "-accel", "tcg"]
+    assert "-no-reboot" in argv and argv[-1] == "console=ttyS0 panic=-1 quiet"
+    assert qemu_argv(Path("/k"), Path("/i"), accel="kvm")[2] == "kvm"
+
+
+def test_init_loads_every_module_in_order() -> None:
+    script = init_script(["habanalabs", "habanalabs_cn", "habanalabs_en"]).decode()
+    assert "for m in habanalabs habanalabs_cn habanalabs_en; do" in script
+    assert 'modprobe -v -d /opt "$m"' in script
+    assert "/sys/bus/pci/drivers/habanalabs " in script
+
+
+def test_initramfs_is_a_faithful_newc_archive(tmp_path: Path) -> None:
+    require_tools("cpio")
+    rootfs = tmp_path / "rootfs.tar"
+    with tarfile.open(rootfs, "w") as tar:
+        for name, data, mode in [
+            ("usr/bin/tool", b"#!/bin/sh\necho hi\n", 0o755),
+            ("etc/a", b"x" * 5, 0o644),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("bin")
+        link.type, link.linkname = tarfile.SYMTYPE, "usr/bin"
+        tar.addfile(link)
+        hard = tarfile.TarInfo("etc/b")
+        hard.type, hard.linkname = tarfile.LNKTYPE, "etc/a"
+        tar.addfile(hard)
+    out = tmp_path / "initrd.cpio"
+    size = rootfs_to_cpio(rootfs, out, {"init": (0o755, b"#!/bin/sh\n")})
+    assert size == out.stat().st_size
+    listing = subprocess.run(
+        ["cpio", "-itv", "--quiet"],
+        stdin=out.open("rb"),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "crw-------" in listing and "dev/console" in listing
+    assert "bin -> usr/bin" in listing
+    extracted = tmp_path / "x"
+    extracted.mkdir()
+    subprocess.run(
+        ["cpio", "-id", "--quiet", "--no-absolute-filenames", "--nonmatching", "dev/console"],
+        stdin=out.open("rb"), cwd=extracted, check=True,
+    )  # fmt: skip
+    assert (extracted / "usr/bin/tool").read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert (extracted / "usr/bin/tool").stat().st_mode & 0o777 == 0o755
+    assert (extracted / "etc/b").read_bytes() == b"xxxxx"
+    assert (extracted / "init").stat().st_mode & 0o777 == 0o755
