@@ -1,0 +1,203 @@
+"""Load tests in the exact target kernel (qemu, TCG), on real images and on broken variants."""
+
+from __future__ import annotations
+
+import io
+import lzma
+import subprocess
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from habana_tasks import commands, config, smoke
+from habana_tasks.podman import Podman
+from habana_tasks.process import ProcessRunner
+from tests.conftest import ROOT, require_tools
+from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
+
+pytestmark = pytest.mark.integration
+OLD, NEW = KERNELS
+Member = tuple[tarfile.TarInfo, bytes | None]
+
+
+@pytest.fixture(scope="module")
+def library(
+    test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[commands.Project, Path]]:
+    require_tools("qemu-system-x86_64")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HABANA_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    versions = test_upstream.versions(tmp_path_factory.mktemp("v") / "versions.toml")
+    project = commands.Project(ROOT)
+    cfg = config.load(versions)
+    results, _ = commands.run_build(
+        project, cfg, cfg.targets, jobs=1, force=False, dry_run=False, push=True,
+        console=Console(file=io.StringIO()),
+    )  # fmt: skip
+    assert all(r.ok and r.load_tested for r in results), results
+    yield project, versions
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def parts(
+    library: tuple[commands.Project, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Exported root filesystems of both example images and the 6.1.0-56 kernel."""
+    _, versions = library
+    cfg = config.load(versions)
+    podman = Podman(ProcessRunner())
+    work = tmp_path_factory.mktemp("parts")
+    out: dict[str, Path] = {}
+    for target in cfg.targets:
+        out[target.kernel] = work / f"{target.kernel}.tar"
+        podman.export_rootfs(target.image, out[target.kernel])
+    toolkit = cfg.targets[1].toolkit_image
+    out["vmlinuz"] = smoke.extract_kernel(podman, toolkit, NEW, work / "vmlinuz")
+    return out
+
+
+def rewrite(
+    src: Path, dst: Path, change: Callable[[tarfile.TarInfo, bytes | None], list[Member]]
+) -> Path:
+    with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
+        for member in tin.getmembers():
+            data = tin.extractfile(member).read() if member.isfile() else None  # type: ignore[union-attr]
+            for info, body in change(member, data):
+                if body is None:
+                    tout.addfile(info)
+                else:
+                    info.size = len(body)
+                    tout.addfile(info, io.BytesIO(body))
+    return dst
+
+
+def boot(
+    parts: dict[str, Path], rootfs: Path, work: Path, timeout: float = 90
+) -> smoke.SmokeResult:
+    lines: list[str] = []
+    result = smoke.run_smoke(
+        Podman(ProcessRunner()), rootfs, parts["vmlinuz"], NEW, ["habanalabs"], work,
+        timeout=timeout, on_line=lines.append,
+    )  # fmt: skip
+    boot.console = lines  # type: ignore[attr-defined]
+    return result
+
+
+def test_the_example_library_passes_in_both_kernels(library: tuple[commands.Project, Path]) -> None:
+    project, versions = library
+    out = io.StringIO()
+    assert commands.smoke(project, str(versions), console=Console(file=out, width=250)) == 0
+    text = out.getvalue()
+    for kernel in KERNELS:
+        assert f"{DRIVER}-{kernel}" in text and kernel in text
+    assert text.count("pass") >= 2
+
+
+def test_module_for_another_abi_loads_but_vermagic_catches_it(
+    parts: dict[str, Path], tmp_path: Path
+) -> None:
+    def relabel(info: tarfile.TarInfo, data: bytes | None) -> list[Member]:
+        info.name = info.name.replace(f"lib/modules/{OLD}", f"lib/modules/{NEW}")
+        return [(info, data)]
+
+    rootfs = rewrite(parts[OLD], tmp_path / "r.tar", relabel)
+    result = boot(parts, rootfs, tmp_path)
+    assert not result.passed
+    assert (
+        result.reason
+        == f"vermagic of habanalabs is '{OLD} SMP preempt mod_unload modversions ', booted {NEW}"
+    )
+    # It really loaded: only the vermagic comparison stands between it and a node.
+    assert "SMOKE: loaded habanalabs" in "\n".join(boot.console)  # type: ignore[attr-defined]
+
+
+def patch_module(parts: dict[str, Path], tmp_path: Path, patch: Callable[[bytes], bytes]) -> Path:
+    def change(info: tarfile.TarInfo, data: bytes | None) -> list[Member]:
+        if info.name.endswith("/habanalabs.ko") and data is not None:
+            return [(info, patch(data))]
+        return [(info, data)]
+
+    return rewrite(parts[NEW], tmp_path / "r.tar", change)
+
+
+def test_altered_vermagic_is_refused_by_the_kernel(parts: dict[str, Path], tmp_path: Path) -> None:
+    rootfs = patch_module(parts, tmp_path, lambda d: d.replace(b"mod_unload ", b"mod_unlaod ", 1))
+    result = boot(parts, rootfs, tmp_path)
+    assert (result.passed, result.reason) == (False, "modprobe -d /opt habanalabs failed")
+    assert any("version magic" in line for line in result.evidence), result.evidence
+
+
+def test_corrupted_symbol_crc_is_refused_by_the_kernel(
+    parts: dict[str, Path], tmp_path: Path
+) -> None:
+    def corrupt(data: bytes) -> bytes:
+        # __versions holds {u64 crc; char name[56]}: flip the CRC in front of module_layout.
+        at = data.index(b"module_layout\0") - 8
+        return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+    result = boot(parts, patch_module(parts, tmp_path, corrupt), tmp_path)
+    assert (result.passed, result.reason) == (False, "modprobe -d /opt habanalabs failed")
+    assert any("disagrees about version of symbol module_layout" in e for e in result.evidence)
+
+
+def test_image_without_modules_dep_fails(parts: dict[str, Path], tmp_path: Path) -> None:
+    def drop(info: tarfile.TarInfo, data: bytes | None) -> list[Member]:
+        return [] if "/modules.dep" in info.name else [(info, data)]
+
+    result = boot(parts, rewrite(parts[NEW], tmp_path / "r.tar", drop), tmp_path)
+    assert (result.passed, result.reason) == (False, "modprobe -d /opt habanalabs failed")
+
+
+def test_default_xz_module_is_accepted_because_kmod_decompresses_in_userspace(
+    parts: dict[str, Path], tmp_path: Path
+) -> None:
+    """Debian 12's kmod 30 decompresses .ko.xz itself and calls init_module with the plain ELF,
+    so the kernel's xz decoder (CRC32, <= 1 MiB dictionary only) is never involved. kmod >= 31
+    with kernel >= 6.4 hands compressed modules to the kernel: there, default xz settings fail."""
+    require_tools("depmod")
+    tree = tmp_path / "tree"
+    moddir = tree / "opt" / "lib" / "modules" / NEW
+    (moddir / "extra").mkdir(parents=True)
+    with tarfile.open(parts[NEW]) as tar:
+        plain = tar.extractfile(f"opt/lib/modules/{NEW}/extra/habanalabs.ko").read()  # type: ignore[union-attr]
+    compressed = lzma.compress(plain)  # the defaults: CRC64, preset 6 (8 MiB dictionary)
+    assert compressed[6:8] == b"\x00\x04"  # stream flags: CRC64
+    (moddir / "extra" / "habanalabs.ko.xz").write_bytes(compressed)
+    (moddir / "modules.order").write_text("extra/habanalabs.ko.xz\n")
+    (moddir / "modules.builtin").write_text("")
+    subprocess.run(["depmod", "-b", str(tree / "opt"), NEW], check=True)
+    regenerated = {
+        f"opt/lib/modules/{NEW}/{p.name}": p.read_bytes() for p in moddir.iterdir() if p.is_file()
+    }
+
+    def swap(info: tarfile.TarInfo, data: bytes | None) -> list[Member]:
+        if info.name.startswith(f"opt/lib/modules/{NEW}/") and info.isfile():
+            if info.name.endswith("habanalabs.ko"):
+                info.name += ".xz"
+                return [(info, compressed)]
+            return [(info, regenerated.pop(info.name))] if info.name in regenerated else []
+        return [(info, data)]
+
+    result = boot(parts, rewrite(parts[NEW], tmp_path / "r.tar", swap), tmp_path)
+    assert (result.passed, result.reason) == (True, "loaded")
+    assert any("habanalabs.ko.xz" in line for line in boot.console)  # type: ignore[attr-defined]
+
+
+def test_hanging_guest_is_killed_and_reported(parts: dict[str, Path], tmp_path: Path) -> None:
+    def hang(info: tarfile.TarInfo, data: bytes | None) -> list[Member]:
+        if info.name in ("usr/sbin/modprobe", "sbin/modprobe"):
+            info.type, info.linkname, info.mode = tarfile.REGTYPE, "", 0o755
+            return [(info, b"#!/bin/sh\nsleep 1000\n")]
+        return [(info, data)]
+
+    rootfs = rewrite(parts[NEW], tmp_path / "r.tar", hang)
+    result = boot(parts, rootfs, tmp_path, timeout=25)
+    assert (result.passed, result.reason) == (False, "guest timed out after 25 s (qemu killed)")
+    left = subprocess.run(
+        ["pgrep", "-f", f"qemu-system-x86_64.*{tmp_path}"], capture_output=True, check=False
+    )
+    assert left.returncode == 1, left.stdout
