@@ -21,6 +21,8 @@ def _run(call: Callable[[], int | None]) -> None:
         code = call()
     except HabanaError as exc:
         raise Exit(f"error: {exc}", code=exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise Exit("interrupted", code=130) from None
     if code:
         raise Exit(code=code)
 

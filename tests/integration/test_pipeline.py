@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from habana_tasks import commands, config, labels
+from habana_tasks import commands, config, labels, local_upstream
 from habana_tasks.errors import ConfigError
+from habana_tasks.podman import Podman
 from habana_tasks.registry import Existence, RegistryClient
 from tests.conftest import ROOT
 from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
@@ -163,3 +170,56 @@ def test_7_config_errors_stop_before_any_side_effect(
     with pytest.raises(ConfigError) as info:
         run(project, bad)
     assert "toolkits: unknown key; did you mean 'toolkit'?" in str(info.value)
+
+
+def test_8_firmware_lands_where_the_driver_requests_it(
+    project: commands.Project, test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    u = test_upstream.upstream
+    local_upstream.build_firmware_rpm(u, test_upstream.runner, DRIVER, "x86_64")
+    firmware = u.package_url("habanalabs-firmware-{driver}.el8.{arch}.rpm")
+    versions = test_upstream.versions(
+        tmp_path / "versions.toml", (KERNELS[1],), extra=f'firmware_url = "{firmware}"\n'
+    )
+    versions.write_text(versions.read_text().replace("/library/habana-ai-driver", "/library/fw"))
+    code, text, _ = run(project, versions)
+    assert code == 0, text
+    target = config.load(versions).targets[0]
+    remote = registry_for(test_upstream).inspect(target.image)
+    assert remote.labels["io.habana-ai-driver.firmware.package"] == (
+        f"habanalabs-firmware-{DRIVER}.el8.x86_64.rpm"
+    )
+    rootfs = tmp_path / "rootfs.tar"
+    Podman(test_upstream.runner).export_rootfs(target.image, rootfs)
+    with tarfile.open(rootfs) as tar:
+        names = set(tar.getnames())
+    # The driver requests "habanalabs/gaudi/<file>" relative to the firmware search path.
+    assert "opt/lib/firmware/habanalabs/gaudi/gaudi-boot-fit.itb" in names
+
+
+def test_9_ctrl_c_stops_every_child_and_moves_no_tag(
+    project: commands.Project, versions: Path, test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    registry = registry_for(test_upstream)
+    targets = config.load(versions).targets
+    before = {t.tag: registry.inspect(t.image).digest for t in targets}
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "build-all", "--versions", str(versions), "--force"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "HABANA_CACHE_DIR": str(cache)},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.rstrip().endswith("] build"):
+            break
+    time.sleep(3)  # podman build is running now
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, "".join(seen) + rest
+    assert "interrupted" in rest
+    left = subprocess.run(["pgrep", "-f", str(cache)], capture_output=True, check=False)
+    assert left.returncode == 1, left.stdout
+    assert {t.tag: registry.inspect(t.image).digest for t in targets} == before
