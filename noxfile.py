@@ -27,7 +27,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(tags=["check"])
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".", "mypy", "types-requests")
+    session.install("-e", ".", "mypy", "types-requests", "types-PyYAML")
     session.run("mypy", "habana_tasks")
 
 

@@ -119,3 +119,63 @@ def upstream_down(c: Context) -> None:
 def example(c: Context, jobs: int = 1, smoke: bool = True) -> None:
     """Build the example library end to end against the local upstream and print it."""
     _run(lambda: commands.example(PROJECT, jobs=jobs, smoke=smoke))
+
+
+@task(
+    help={
+        "versions": "versions file (default: versions.toml)",
+        "format": "table (default), json, or markdown (a catalogue to publish)",
+    }
+)
+def status(c: Context, versions: str | None = None, format: str = "table") -> None:
+    """Every kernel x driver pair: current, stale (why), missing or unknown; unnamed tags."""
+    _run(lambda: commands.status(PROJECT, versions, output_format=format))
+
+
+@task(help={"versions": "versions file (default: versions.toml)", "format": "github"})
+def matrix(c: Context, versions: str | None = None, format: str = "github") -> None:
+    """Print the pending pairs (missing or stale) as a GitHub Actions matrix."""
+    _run(lambda: print(commands.matrix(PROJECT, versions, format)))
+
+
+@task(
+    help={
+        "driver": "driver version to map",
+        "versions": "versions file (default: versions.toml)",
+        "output": "write the YAML here (default: standard output)",
+        "name": "Module name (default habanalabs)",
+        "namespace": "Module namespace (default habana-ai-operator)",
+    }
+)
+def kmm_module(
+    c: Context,
+    driver: str,
+    versions: str | None = None,
+    output: str | None = None,
+    name: str = "habanalabs",
+    namespace: str = "habana-ai-operator",
+) -> None:
+    """Write a KMM Module whose kernelMappings cover every kernel the library holds."""
+
+    def write() -> None:
+        text = commands.kmm_module(PROJECT, driver, versions, name=name, namespace=namespace)
+        if output:
+            Path(output).write_text(text)
+        else:
+            print(text, end="")
+
+    _run(write)
+
+
+@task(
+    help={
+        "versions": "versions file (default: versions.toml)",
+        "older-than": "only tags whose image is older than this many days",
+        "apply": "delete what is listed (by digest); without it, only list",
+    }
+)
+def prune(
+    c: Context, versions: str | None = None, older_than: int | None = None, apply: bool = False
+) -> None:
+    """List, and with --apply delete, tags the matrix no longer names (never a named one)."""
+    _run(lambda: commands.prune(PROJECT, versions, older_than=older_than, apply=apply))

@@ -7,25 +7,31 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 from habana_tasks import config as config_module
-from habana_tasks import labels, local_upstream, metadata
+from habana_tasks import kmm, labels, local_upstream, metadata
+from habana_tasks import prune as prune_module
 from habana_tasks import smoke as smoke_module
+from habana_tasks import status as status_module
 from habana_tasks.config import BuildTarget, Config
 from habana_tasks.driver_package import PackageCache
 from habana_tasks.errors import HabanaError, UsageError
 from habana_tasks.http_client import HTTPClient
+from habana_tasks.image_reference import ImageReference
 from habana_tasks.pipeline import Pipeline, RunOptions, run_stamp, tls_verify
 from habana_tasks.plan import Action, BuildJob, plan
 from habana_tasks.podman import Podman
 from habana_tasks.process import ProcessRunner
-from habana_tasks.registry import Existence, RegistryClient
+from habana_tasks.registry import Existence, RegistryClient, RemoteImage
 from habana_tasks.reporter import JobResult, make_console, make_reporter, summary_table
 
 EXAMPLE_VERSIONS = Path("examples/local/versions.toml")
@@ -89,6 +95,41 @@ def build(
     return 0 if all(r.ok for r in results) else 1
 
 
+@dataclass(frozen=True)
+class PlannedRun:
+    jobs: tuple[BuildJob, ...]
+    remote: dict[str, RemoteImage]
+    registry: RegistryClient
+    packages: PackageCache
+    seconds: float
+
+    @property
+    def summary(self) -> str:
+        return (
+            f"resolved {len(self.jobs)} target(s) in {self.seconds:.2f} s: "
+            f"{self.registry.requests_sent} HTTP request(s), "
+            f"{self.packages.downloads} package download(s)"
+        )
+
+
+def resolve_and_plan(
+    project: Project,
+    config: Config,
+    targets: Sequence[BuildTarget],
+    *,
+    force: bool = False,
+    load_tests: bool = True,
+) -> PlannedRun:
+    """Every input and registry state resolved once, concurrently; then the pure plan."""
+    http = HTTPClient()
+    registry = RegistryClient(config.insecure_registries, http)
+    packages = PackageCache(project.cache / "downloads", http)
+    started = time.monotonic()
+    resolution = metadata.resolve(targets, registry, packages, project.dockerfile)
+    jobs = plan(targets, resolution.inputs, resolution.remote, force, require_load_test=load_tests)
+    return PlannedRun(jobs, resolution.remote, registry, packages, time.monotonic() - started)
+
+
 def run_build(
     project: Project,
     config: Config,
@@ -101,18 +142,10 @@ def run_build(
     console: Console,
     smoke: bool = True,
 ) -> tuple[list[JobResult], RegistryClient]:
-    http = HTTPClient()
-    registry = RegistryClient(config.insecure_registries, http)
-    packages = PackageCache(project.cache / "downloads", http)
-    started = time.monotonic()
-    resolution = metadata.resolve(targets, registry, packages, project.dockerfile)
-    planned = plan(targets, resolution.inputs, resolution.remote, force, require_load_test=smoke)
+    planned_run = resolve_and_plan(project, config, targets, force=force, load_tests=smoke)
+    planned, registry = planned_run.jobs, planned_run.registry
     console.print(_plan_table(planned))
-    console.print(
-        f"resolved {len(targets)} target(s) in {time.monotonic() - started:.2f} s: "
-        f"{registry.requests_sent} HTTP request(s), {packages.downloads} package download(s)",
-        highlight=False,
-    )
+    console.print(planned_run.summary, highlight=False)
     if dry_run:
         return [
             JobResult(j.target.tag, j.action.value, "failed" if j.action is Action.FAIL else "ok",
@@ -293,3 +326,138 @@ def _smoke_one(
         ref, outcome.passed, outcome.reason, log.name, outcome.kernel,
         round(outcome.seconds, 1), outcome.initramfs_bytes, outcome.evidence,
     )  # fmt: skip
+
+
+def status(
+    project: Project,
+    versions: str | None = None,
+    *,
+    output_format: str = "table",
+    console: Console | None = None,
+) -> int:
+    """Every pair: current, stale (why), missing or unknown; and tags no longer named."""
+    console = console or make_console()
+    config = config_module.load(project.versions(versions))
+    run = resolve_and_plan(project, config, config.targets)
+    items = status_module.statuses(run.jobs, run.remote)
+    try:
+        orphans = status_module.orphan_tags(
+            run.registry.list_tags(config.repository), config.targets
+        )
+        orphan_note = ""
+    except HabanaError as exc:
+        orphans, orphan_note = [], f"cannot list tags: {exc}"
+    if output_format == "json":
+        console.print_json(status_module.to_json(items, orphans))
+    elif output_format == "markdown":
+        console.print(status_module.to_markdown(items, config.repository), markup=False,
+                      highlight=False, soft_wrap=True)  # fmt: skip
+    elif output_format == "table":
+        table = Table(title=f"status: {config.repository}")
+        for column in ("kernel", "driver", "state", "reason", "digest", "size", "load-tested",
+                       "built"):  # fmt: skip
+            table.add_column(column, overflow="fold")
+        colours = {"current": "green", "stale": "yellow", "missing": "yellow", "unknown": "red"}
+        for item in items:
+            table.add_row(
+                item.kernel, item.driver, f"[{colours[item.state.value]}]{item.state.value}[/]",
+                item.reason, (item.digest or "")[:19],
+                f"{item.size / 1e6:.1f} MB" if item.size else "",
+                "yes" if item.load_tested else "no", item.created or "",
+            )  # fmt: skip
+        console.print(table)
+        if orphans:
+            console.print(f"tags the matrix no longer names: {', '.join(orphans)}", highlight=False)
+        if orphan_note:
+            console.print(orphan_note, highlight=False)
+        console.print(run.summary, highlight=False)
+    else:
+        raise UsageError(f"--format {output_format!r}: expected table, json or markdown")
+    return 1 if any(i.state is status_module.State.UNKNOWN for i in items) else 0
+
+
+def matrix(project: Project, versions: str | None = None, output_format: str = "github") -> str:
+    """The pending pairs (missing or stale) for a CI fan-out; printed by the task."""
+    if output_format != "github":
+        raise UsageError(f"--format {output_format!r}: expected github")
+    config = config_module.load(project.versions(versions))
+    run = resolve_and_plan(project, config, config.targets)
+    return status_module.github_matrix(status_module.statuses(run.jobs, run.remote))
+
+
+def kmm_module(
+    project: Project,
+    driver: str,
+    versions: str | None = None,
+    *,
+    name: str = "habanalabs",
+    namespace: str = "habana-ai-operator",
+) -> str:
+    """A KMM Module (YAML) mapping every kernel whose image the repository holds for driver."""
+    config = config_module.load(project.versions(versions))
+    targets = config.select(driver=driver)
+    registry = RegistryClient(config.insecure_registries)
+    with ThreadPoolExecutor(16) as pool:
+        remote = list(pool.map(lambda t: registry.inspect(t.image), targets))
+    unknown = [r for r in remote if r.existence is Existence.UNKNOWN]
+    if unknown:
+        raise HabanaError(f"{unknown[0].reference}: {unknown[0].error}")
+    held = [t for t, r in zip(targets, remote, strict=True) if r.existence is Existence.PRESENT]
+    if not held:
+        raise HabanaError(f"{config.repository} holds no image for driver {driver}; build first")
+    manifest = kmm.module_manifest(
+        held, name=name, namespace=namespace, with_firmware=held[0].firmware_url is not None
+    )
+    return yaml.safe_dump(manifest, sort_keys=False)
+
+
+def prune(
+    project: Project,
+    versions: str | None = None,
+    *,
+    older_than: int | None = None,
+    apply: bool = False,
+    console: Console | None = None,
+) -> int:
+    """List (and with apply, delete by digest) tags the matrix no longer names."""
+    console = console or make_console()
+    config = config_module.load(project.versions(versions))
+    registry = RegistryClient(config.insecure_registries)
+    repository = ImageReference.parse(config.repository)
+    tags = registry.list_tags(config.repository)
+    with ThreadPoolExecutor(16) as pool:
+        found = list(pool.map(lambda tag: registry.inspect(f"{config.repository}:{tag}"), tags))
+    info = {}
+    for tag, remote in zip(tags, found, strict=True):
+        if remote.existence is Existence.UNKNOWN or remote.digest is None:
+            raise HabanaError(f"{config.repository}:{tag}: {remote.error or 'unreadable'}")
+        created = remote.labels.get(labels.OCI + "created")
+        info[tag] = prune_module.TagInfo(remote.digest, _parse_time(created))
+    items = prune_module.prune_plan(
+        info, config.named_tags, older_than_days=older_than, now=datetime.now(UTC)
+    )
+    table = Table(title=f"prune: {config.repository}" + ("" if apply else " (dry run: --apply)"))
+    for column in ("tag", "digest", "reason", "result"):
+        table.add_column(column, overflow="fold")
+    failed = 0
+    for item in items:
+        result = "would delete"
+        if apply:
+            try:
+                registry.delete_manifest(repository, item.digest)
+                result = "deleted"
+            except HabanaError as exc:
+                result, failed = f"failed: {exc}", failed + 1
+        table.add_row(item.tag, item.digest[:19], item.reason, result)
+    console.print(table)
+    console.print(f"{len(tags)} tag(s), {len(items)} to prune", highlight=False)
+    return 1 if failed else 0
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None

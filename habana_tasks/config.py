@@ -23,13 +23,14 @@ PLACEHOLDERS = ("kernel", "arch", "oci_arch", "driver", "rhel_version", "rhel_ma
 DEFAULT_MODULES = ("habanalabs",)
 
 SCHEMA: dict[str, tuple[str, ...]] = {
-    "": ("library", "base", "toolkit", "driver", "drivers", "kernels"),
+    "": ("library", "base", "toolkit", "driver", "drivers", "kernels", "discover"),
     "library": ("repository", "source", "vendor", "insecure_registries"),
     "base": ("image",),
     "toolkit": ("image",),
     "driver": ("package_url", "firmware_url", "modules"),
     "drivers.*": ("package_url", "firmware_url", "modules"),
-    "kernels[]": ("release", "drivers", "arch", "rhel_version"),
+    "kernels[]": ("release", "drivers", "arch", "rhel_version", "openshift"),
+    "discover": ("release_repository", "minors", "arches", "drivers", "rt"),
 }
 
 
@@ -48,6 +49,7 @@ class BuildTarget:
     firmware_url: str | None
     repository: str
     tag: str
+    openshift: tuple[str, ...] = ()
 
     @property
     def image(self) -> str:
@@ -59,6 +61,17 @@ class BuildTarget:
 
 
 @dataclass(frozen=True)
+class DiscoverSettings:
+    """Where `invoke discover` looks for OpenShift releases and what it adds for new kernels."""
+
+    release_repository: str = "quay.io/openshift-release-dev/ocp-release"
+    minors: tuple[str, ...] = ()
+    arches: tuple[str, ...] = ("x86_64",)
+    drivers: tuple[str, ...] = ()
+    rt: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     repository: str
@@ -66,6 +79,11 @@ class Config:
     vendor: str
     insecure_registries: frozenset[str]
     targets: tuple[BuildTarget, ...] = field(default=())
+    discover: DiscoverSettings = field(default_factory=DiscoverSettings)
+
+    @property
+    def named_tags(self) -> frozenset[str]:
+        return frozenset(t.tag for t in self.targets)
 
     def select(
         self, kernel: str | None = None, driver: str | None = None
@@ -202,6 +220,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         ) or kernel_release.derive_rhel_version(release)
         if rhel is not None and not RHEL_VERSION_RE.match(rhel):
             problems.add(f"{key}.rhel_version", rhel, "expected MAJOR or MAJOR.MINOR, e.g. 8.6")
+        openshift = _string_list(problems, entry, f"{key}.openshift") or ()
         versions = _string_list(problems, entry, f"{key}.drivers", required=True) or ()
         if entry.get("drivers") == []:
             problems.add(f"{key}.drivers", [], "expected at least one driver version")
@@ -270,15 +289,47 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
                     firmware_url=rendered["firmware_url"],
                     repository=repository,
                     tag=tag,
+                    openshift=openshift,
                 )
             )
+    discover = _discover_settings(problems, _table(problems, data, "discover"))
     unused = sorted(set(overrides) - {v for _, v in seen})
     for version in unused:
         problems.add(f"drivers.{_quote(version)}", version, "no [[kernels]] entry uses this driver")
     if problems.items:
         raise ConfigError(problems.items)
     assert repository is not None
-    return Config(path, repository, source, vendor, frozenset(insecure), tuple(targets))
+    return Config(path, repository, source, vendor, frozenset(insecure), tuple(targets), discover)
+
+
+def _discover_settings(problems: _Problems, table: Mapping[str, Any]) -> DiscoverSettings:
+    _check_keys(problems, table, "discover", SCHEMA["discover"])
+    defaults = DiscoverSettings()
+    repository = _string(problems, table, "discover.release_repository")
+    if repository:
+        try:
+            ImageReference.parse(repository)
+        except ValueError as exc:
+            problems.add("discover.release_repository", repository, str(exc))
+    minors = _string_list(problems, table, "discover.minors") or ()
+    for minor in minors:
+        if not re.match(r"^[0-9]+\.[0-9]+$", minor):
+            problems.add("discover.minors", minor, "expected an OpenShift minor like 4.14")
+    arches = _string_list(problems, table, "discover.arches") or defaults.arches
+    for arch in arches:
+        if arch not in kernel_release.KNOWN_ARCHES:
+            problems.add(
+                "discover.arches", arch, f"expected one of {', '.join(kernel_release.KNOWN_ARCHES)}"
+            )
+    drivers = _string_list(problems, table, "discover.drivers") or ()
+    for version in drivers:
+        if not DRIVER_VERSION_RE.match(version):
+            problems.add("discover.drivers", version, "expected a driver version like 1.6.0-439")
+    rt = table.get("rt", False)
+    if not isinstance(rt, bool):
+        problems.add("discover.rt", rt, "expected true or false")
+        rt = False
+    return DiscoverSettings(repository or defaults.release_repository, minors, arches, drivers, rt)
 
 
 def _quote(key: str) -> str:

@@ -1,0 +1,49 @@
+"""A KMM `Module` for one driver version, mapping exactly the kernels the library holds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from habana_tasks.config import BuildTarget
+
+API_VERSION = "kmm.sigs.x-k8s.io/v1beta1"
+# The driver requests firmware as "habanalabs/gaudi/<file>", relative to the firmware search path.
+# The image ships it at /opt/lib/firmware/habanalabs/gaudi/, and KMM copies the *contents* of
+# firmwarePath into the node's search path, so firmwarePath is /opt/lib/firmware (one level
+# deeper, /opt/lib/firmware/habanalabs, would make the driver's requests miss).
+FIRMWARE_PATH = "/opt/lib/firmware"
+MODULES_DIR = "/opt"
+# Nodes with a Habana device (PCI vendor 0x1da3), as labelled by Node Feature Discovery.
+NODE_SELECTOR = {"feature.node.kubernetes.io/pci-1da3.present": "true"}
+
+
+def module_manifest(
+    targets: Sequence[BuildTarget],
+    *,
+    name: str = "habanalabs",
+    namespace: str = "habana-ai-operator",
+    with_firmware: bool = False,
+) -> dict[str, Any]:
+    """Literal kernelMappings, one per target, each naming its exact image tag."""
+    if not targets:
+        raise ValueError("no images to map")
+    modules = targets[0].modules
+    modprobe: dict[str, Any] = {"moduleName": modules[0], "dirName": MODULES_DIR}
+    if len(modules) > 1:
+        modprobe["modulesLoadingOrder"] = list(modules)
+    if with_firmware:
+        modprobe["firmwarePath"] = FIRMWARE_PATH
+    mappings = [
+        {"literal": t.kernel, "containerImage": t.image}
+        for t in sorted(targets, key=lambda t: t.kernel)
+    ]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Module",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "moduleLoader": {"container": {"modprobe": modprobe, "kernelMappings": mappings}},
+            "selector": dict(NODE_SELECTOR),
+        },
+    }

@@ -1,0 +1,100 @@
+"""What the library holds against what the matrix names: pure, from a plan and registry state."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+
+from habana_tasks import labels
+from habana_tasks.config import BuildTarget
+from habana_tasks.plan import Action, BuildJob
+from habana_tasks.registry import Existence, RemoteImage
+
+
+class State(enum.Enum):
+    CURRENT = "current"
+    STALE = "stale"
+    MISSING = "missing"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    kernel: str
+    driver: str
+    tag: str
+    image: str
+    state: State
+    reason: str
+    digest: str | None = None
+    size: int | None = None
+    created: str | None = None
+    load_tested: bool = False
+    openshift: tuple[str, ...] = ()
+
+    @property
+    def pending(self) -> bool:
+        """Work for a builder: missing or stale (unknown is an error to look at, not work)."""
+        return self.state in (State.MISSING, State.STALE)
+
+
+def target_status(job: BuildJob, remote: RemoteImage) -> TargetStatus:
+    t = job.target
+    missing = TargetStatus(t.kernel, t.driver, t.tag, t.image, State.MISSING,
+                           "not in the repository", openshift=t.openshift)  # fmt: skip
+    if remote.existence is Existence.UNKNOWN:
+        return replace(missing, state=State.UNKNOWN, reason=remote.error or "registry error")
+    if remote.existence is Existence.ABSENT:
+        return missing
+    found = replace(
+        missing,
+        digest=remote.digest,
+        size=remote.size,
+        created=remote.labels.get(labels.OCI + "created"),
+        load_tested=remote.labels.get(labels.LOAD_TESTED) == "true",
+    )
+    if job.action is Action.SKIP:
+        return replace(found, state=State.CURRENT, reason=job.reason)
+    if job.action is Action.BUILD:
+        return replace(found, state=State.STALE, reason=job.reason.removeprefix("stale: "))
+    return replace(found, state=State.UNKNOWN, reason=f"cannot tell if current: {job.reason}")
+
+
+def statuses(jobs: Sequence[BuildJob], remote: Mapping[str, RemoteImage]) -> list[TargetStatus]:
+    return [target_status(job, remote[job.target.tag]) for job in jobs]
+
+
+def orphan_tags(tags: Iterable[str], targets: Iterable[BuildTarget]) -> list[str]:
+    """Tags in the repository that the matrix no longer names."""
+    named = {t.tag for t in targets}
+    return sorted(tag for tag in tags if tag not in named)
+
+
+def to_json(items: Sequence[TargetStatus], orphans: Sequence[str]) -> str:
+    rows = [{**asdict(s), "state": s.state.value} for s in items]
+    return json.dumps({"targets": rows, "unnamed_tags": list(orphans)}, indent=2)
+
+
+def to_markdown(items: Sequence[TargetStatus], repository: str) -> str:
+    """A catalogue a team can publish: kernel -> image by digest -> OpenShift versions."""
+    lines = [
+        f"# habanalabs driver images in `{repository}`",
+        "",
+        "| kernel | driver | image | OpenShift | load-tested | built |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in sorted(items, key=lambda s: (s.kernel, s.driver)):
+        image = f"`{s.image.rsplit(':', 1)[0]}@{s.digest}`" if s.digest else f"_{s.state.value}_"
+        lines.append(
+            f"| `{s.kernel}` | {s.driver} | {image} | {', '.join(s.openshift) or '-'} | "
+            f"{'yes' if s.load_tested else 'no'} | {s.created or '-'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def github_matrix(items: Sequence[TargetStatus]) -> str:
+    """Pending pairs as a GitHub Actions matrix (`fromJSON` of one line)."""
+    include = [{"kernel": s.kernel, "driver": s.driver, "tag": s.tag} for s in items if s.pending]
+    return json.dumps({"include": include}, separators=(",", ":"))
