@@ -179,3 +179,32 @@ def prune(
 ) -> None:
     """List, and with --apply delete, tags the matrix no longer names (never a named one)."""
     _run(lambda: commands.prune(PROJECT, versions, older_than=older_than, apply=apply))
+
+
+@task(
+    iterable=["minor", "arch", "driver"],
+    help={
+        "versions": "versions file to update (default: versions.toml)",
+        "minor": "OpenShift minor to scan, e.g. 4.14 (repeatable; default: discover.minors)",
+        "arch": "architecture (repeatable; default: discover.arches, else x86_64)",
+        "driver": "driver version(s) for new kernels (default: discover.drivers)",
+        "release-repository": "release images (default quay.io/openshift-release-dev/ocp-release)",
+        "authfile": "pull secret / auth file for the release and toolkit repositories",
+        "dry-run": "show the diff of versions.toml instead of writing it",
+    },
+)
+def discover(
+    c: Context,
+    versions: str | None = None,
+    minor: list[str] | None = None,
+    arch: list[str] | None = None,
+    driver: list[str] | None = None,
+    release_repository: str | None = None,
+    authfile: str | None = None,
+    dry_run: bool = False,
+) -> None:
+    """Add the kernels that OpenShift releases ship to versions.toml, comments kept."""
+    _run(lambda: commands.discover(
+        PROJECT, versions, minors=minor or (), arches=arch or (), drivers=driver or (),
+        release_repository=release_repository, authfile=authfile, dry_run=dry_run,
+    ))  # fmt: skip

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
 import time
+import tomllib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -18,10 +20,12 @@ from rich.console import Console
 from rich.table import Table
 
 from habana_tasks import config as config_module
+from habana_tasks import discover as discover_module
 from habana_tasks import kmm, labels, local_upstream, metadata
 from habana_tasks import prune as prune_module
 from habana_tasks import smoke as smoke_module
 from habana_tasks import status as status_module
+from habana_tasks.auth import Credentials, find_credentials
 from habana_tasks.config import BuildTarget, Config
 from habana_tasks.driver_package import PackageCache
 from habana_tasks.errors import HabanaError, UsageError
@@ -461,3 +465,68 @@ def _parse_time(text: str | None) -> datetime | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def discover(
+    project: Project,
+    versions: str | None = None,
+    *,
+    minors: Sequence[str] = (),
+    arches: Sequence[str] = (),
+    drivers: Sequence[str] = (),
+    release_repository: str | None = None,
+    authfile: str | None = None,
+    dry_run: bool = False,
+    console: Console | None = None,
+) -> int:
+    """Add the kernels of the requested OpenShift releases to versions.toml (comments kept)."""
+    console = console or make_console()
+    path = project.versions(versions)
+    config = config_module.load(path)
+    settings = replace(
+        config.discover,
+        minors=tuple(minors) or config.discover.minors,
+        arches=tuple(arches) or config.discover.arches,
+        release_repository=release_repository or config.discover.release_repository,
+    )
+    if not settings.minors:
+        raise UsageError("no OpenShift minors to look at: pass --minor 4.14 or set discover.minors")
+    chosen = tuple(drivers) or settings.drivers or (config.targets[-1:][0].driver,)
+
+    def credentials(registry: str, repository: str) -> Credentials | None:
+        env = {**os.environ, "REGISTRY_AUTH_FILE": authfile} if authfile else None
+        return find_credentials(registry, repository, env)
+
+    registry = RegistryClient(config.insecure_registries, credentials=credentials)
+    started = time.monotonic()
+    found = discover_module.discover(registry, settings)
+    known = {t.kernel for t in config.targets}
+    table = Table(title=f"kernels in {settings.release_repository} {', '.join(settings.minors)}")
+    for column in ("kernel", "OpenShift releases", "in versions.toml"):
+        table.add_column(column, overflow="fold")
+    for kernel, releases in found.kernels.items():
+        table.add_row(kernel, ", ".join(releases), "yes" if kernel in known else "[yellow]new[/]")
+    console.print(table)
+    for problem in found.problems:
+        console.print(f"note: {problem}", highlight=False, markup=False)
+    text = path.read_text(encoding="utf-8")
+    new_text, added, updated = discover_module.update_versions(text, found.kernels, chosen)
+    console.print(
+        f"{found.releases_read} release(s) read in {time.monotonic() - started:.2f} s "
+        f"({registry.requests_sent} HTTP requests): {len(found.kernels)} kernel(s), "
+        f"{len(added)} new, {len(updated)} with new OpenShift releases",
+        highlight=False,
+    )
+    if dry_run:
+        diff = difflib.unified_diff(
+            text.splitlines(True), new_text.splitlines(True), str(path), str(path) + " (new)"
+        )
+        console.print("".join(diff) or "no change", markup=False, highlight=False)
+        return 0
+    if new_text != text:
+        config_module.parse(tomllib.loads(new_text), path)  # never write a file we cannot read
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(new_text, encoding="utf-8")
+        tmp.replace(path)
+        console.print(f"updated {path}", highlight=False)
+    return 0

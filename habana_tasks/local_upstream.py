@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Iterable
@@ -105,11 +106,23 @@ def _wait_http(url: str, what: str, seconds: float = 15.0) -> None:
         time.sleep(0.1)
 
 
+def _refuse_taken_port(port: int, service: str) -> None:
+    """Another process answering on our port would silently stand in for our service."""
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise HabanaError(
+                f"127.0.0.1:{port} is already in use by a process this upstream did not start; "
+                f"stop it before starting the {service}"
+            )
+
+
 def start_registry(upstream: Upstream) -> int:
     """docker-registry on 127.0.0.1, deletes enabled (prune), data under the upstream root."""
     pidfile = _pidfile(upstream, "registry")
     if pid := _running(pidfile):
         return pid
+    _refuse_taken_port(upstream.registry_port, "registry")
     config = upstream.root / "registry.yml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(
@@ -134,6 +147,7 @@ def start_file_server(upstream: Upstream) -> int:
     pidfile = _pidfile(upstream, "http")
     if pid := _running(pidfile):
         return pid
+    _refuse_taken_port(upstream.http_port, "package server")
     upstream.package_dir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(upstream.http_port)]
     argv += ["--directory", str(upstream.package_dir)]

@@ -10,11 +10,12 @@ import enum
 import hashlib
 import json
 import re
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any, cast
 
 import requests
 
@@ -192,6 +193,49 @@ class RegistryClient:
             url = _next_link(response, self._scheme(ref.api_host) + "://" + ref.api_host)
         return tags
 
+    def read_file(self, image: str, path: str, arch: str) -> bytes | None:
+        """One file from an image without pulling it: layers are read newest first, streamed as
+        tar, and each layer read is verified against its digest. None when no layer has it."""
+        ref = ImageReference.parse(image)
+        manifest = self.get_manifest(ref)
+        if manifest.media_type in INDEX_TYPES:
+            child = select_platform(manifest.json(), arch, str(ref))
+            manifest = self.get_manifest(ref.with_digest(child))
+        wanted = path.lstrip("/")
+        whiteout = wanted.rsplit("/", 1)
+        whiteout_name = "/".join([*whiteout[:-1], ".wh." + whiteout[-1]])
+        for layer in reversed(manifest.json().get("layers", [])):
+            digest = layer.get("digest", "")
+            response = self._request("GET", f"{self._base(ref)}/blobs/{digest}", ref, stream=True)
+            with response:
+                _raise_for_status(response, f"{ref.name}@{digest} (layer)")
+                reader = _HashingReader(response.raw)
+                found: bytes | None = None
+                deleted = False
+                try:
+                    with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|*") as tar:
+                        for member in tar:
+                            name = member.name.lstrip("./")
+                            if name == wanted and member.isfile():
+                                handle = tar.extractfile(member)
+                                found = handle.read() if handle else None
+                            elif name == whiteout_name:
+                                deleted = True
+                except tarfile.TarError as exc:
+                    raise RegistryError(
+                        f"{ref.name}@{digest}: layer is not a readable tar ({exc})"
+                    ) from exc
+                reader.drain()
+                if reader.digest != digest:
+                    raise DigestMismatchError(
+                        f"{ref.name}: layer {digest} does not hash to its digest"
+                    )
+            if found is not None:
+                return found
+            if deleted:
+                return None
+        return None
+
     def delete_manifest(self, ref: ImageReference, digest: str) -> None:
         url = f"{self._base(ref)}/manifests/{digest}"
         response = self._request("DELETE", url, ref, scope_action="delete")
@@ -212,26 +256,30 @@ class RegistryClient:
         ref: ImageReference,
         headers: dict[str, str] | None = None,
         scope_action: str = "pull",
+        stream: bool = False,
     ) -> requests.Response:
         headers = dict(headers or {})
         scope = f"repository:{ref.repository}:{scope_action}"
         token = self._cached_token(ref.api_host, scope)
         if token:
             headers["Authorization"] = token
-        response = self._send(method, url, headers)
+        response = self._send(method, url, headers, stream)
         if response.status_code == 401:
+            response.close()
             challenge = response.headers.get("WWW-Authenticate", "")
             headers["Authorization"] = self._authorize(ref, challenge, scope)
-            response = self._send(method, url, headers)
+            response = self._send(method, url, headers, stream)
             if response.status_code == 401:
                 raise RegistryError(
                     f"{ref.name}: authentication refused (401); check `podman login {ref.registry}`"
                 )
         return response
 
-    def _send(self, method: str, url: str, headers: dict[str, str]) -> requests.Response:
+    def _send(
+        self, method: str, url: str, headers: dict[str, str], stream: bool = False
+    ) -> requests.Response:
         try:
-            return self.http.send(method, url, headers=headers)
+            return self.http.send(method, url, headers=headers, stream=stream)
         except requests.exceptions.SSLError as exc:
             raise RegistryError(f"{method} {host_of(url)}: TLS error: {short_reason(exc)}") from exc
         except TransientHTTPError as exc:
@@ -287,6 +335,27 @@ class RegistryClient:
             return self.http.send("GET", realm, params=query, auth=auth)
         except (requests.RequestException, TransientHTTPError) as exc:
             raise RegistryError(f"token service {host_of(realm)}: {short_reason(exc)}") from exc
+
+
+class _HashingReader:
+    """A file-like view of a response body that hashes everything read through it."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.hasher = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self.raw.read(size)
+        self.hasher.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hasher.hexdigest()
 
 
 def select_platform(index: dict[str, Any], arch: str, where: str) -> str:

@@ -1,0 +1,201 @@
+"""status, discover, matrix, kmm-module and prune against the real registry, with small release
+and toolkit images built here in the shape OpenShift publishes them."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+
+from habana_tasks import commands, config
+from habana_tasks.registry import Existence, RegistryClient
+from tests.conftest import ROOT
+from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
+
+pytestmark = pytest.mark.integration
+KERNEL_A = "5.14.0-284.25.1.el9_2.x86_64"
+KERNEL_B = "5.14.0-284.30.1.el9_2"  # as some toolkits write it: no arch suffix
+
+
+@pytest.fixture(scope="module")
+def library(
+    test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[commands.Project, Path]]:
+    """The example pair built and pushed (skipped when an earlier module already did)."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HABANA_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    versions = test_upstream.versions(tmp_path_factory.mktemp("v") / "versions.toml")
+    project = commands.Project(ROOT)
+    cfg = config.load(versions)
+    results, _ = commands.run_build(
+        project, cfg, cfg.targets, jobs=1, force=False, dry_run=False, push=True,
+        console=Console(file=io.StringIO()),
+    )  # fmt: skip
+    assert all(r.ok for r in results), results
+    yield project, versions
+    mp.undo()
+
+
+def out() -> tuple[Console, io.StringIO]:
+    buffer = io.StringIO()
+    return Console(file=buffer, width=300), buffer
+
+
+def build_and_push(
+    test_upstream: UpstreamFixture, context: Path, files: dict[str, str], ref: str
+) -> str:
+    context.mkdir(parents=True, exist_ok=True)
+    lines = ["FROM scratch"]
+    for i, (target, content) in enumerate(files.items()):
+        (context / f"f{i}").write_text(content)
+        lines.append(f"COPY f{i} {target}")
+    (context / "Containerfile").write_text("\n".join(lines) + "\n")
+    runner = test_upstream.runner
+    runner.run(["podman", "build", "--tag", ref, str(context)])
+    digestfile = context / "digest"
+    runner.run(["podman", "push", "--tls-verify=false", "--digestfile", str(digestfile), ref])
+    return digestfile.read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def releases(test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFactory) -> str:
+    reg = test_upstream.upstream.registry
+    work = tmp_path_factory.mktemp("releases")
+    toolkits = {}
+    for name, kernel in (("a", KERNEL_A), ("b", KERNEL_B)):
+        release_json = json.dumps({"KERNEL_VERSION": kernel, "RT_KERNEL_VERSION": kernel + ".rt",
+                                   "RHEL_VERSION": "9.2"})  # fmt: skip
+        ref = f"{reg}/ocp/driver-toolkit:{name}"
+        files = {
+            "/usr/share/dtk/README": f"toolkit {name}\n",
+            "/etc/driver-toolkit-release.json": release_json,  # the last layer, as in OpenShift
+        }
+        digest = build_and_push(test_upstream, work / f"dtk-{name}", files, ref)
+        toolkits[name] = f"{reg}/ocp/driver-toolkit@{digest}"
+
+    def stream(toolkit: str | None) -> str:
+        tags = [
+            {
+                "name": "machine-os-content",
+                "from": {"kind": "DockerImage", "name": "x@sha256:" + "0" * 64},
+            }
+        ]
+        if toolkit:
+            tags.append(
+                {"name": "driver-toolkit", "from": {"kind": "DockerImage", "name": toolkit}}
+            )
+        return json.dumps(
+            {"kind": "ImageStream", "apiVersion": "image.openshift.io/v1", "spec": {"tags": tags}}
+        )
+
+    for version, toolkit in (("4.14.1", "a"), ("4.14.2", "a"), ("4.14.3", "b"), ("4.14.4", None)):
+        build_and_push(
+            test_upstream, work / version,
+            {"/release-manifests/image-references": stream(toolkits.get(toolkit or ""))},
+            f"{reg}/ocp/release:{version}-x86_64",
+        )  # fmt: skip
+    return f"{reg}/ocp/release"
+
+
+def test_status_shows_the_library(library: tuple[commands.Project, Path]) -> None:
+    project, versions = library
+    console, buffer = out()
+    assert commands.status(project, str(versions), output_format="json", console=console) == 0
+    data = json.loads(buffer.getvalue())
+    assert [(t["kernel"], t["state"]) for t in data["targets"]] == [(k, "current") for k in KERNELS]
+    assert all(t["digest"].startswith("sha256:") and t["size"] > 0 for t in data["targets"])
+
+
+def test_discover_adds_missing_kernels_keeping_comments(
+    library: tuple[commands.Project, Path], releases: str, tmp_path: Path
+) -> None:
+    project, versions = library
+    edited = tmp_path / "versions.toml"
+    original = "# Our GPU fleet: keep this comment.\n" + versions.read_text()
+    edited.write_text(original)
+    args = {"minors": ["4.14", "4.15"], "arches": ["x86_64", "aarch64"], "drivers": [DRIVER],
+            "release_repository": releases}  # fmt: skip
+
+    console, buffer = out()
+    assert commands.discover(project, str(edited), dry_run=True, console=console, **args) == 0
+    assert edited.read_text() == original  # a dry run writes nothing
+    text = buffer.getvalue()
+    assert f'+release = "{KERNEL_A}"' in text
+    assert "4.14.4 (x86_64): no driver-toolkit in the release payload" in text
+    assert "4.15 (x86_64): no release" in text and "4.14 (aarch64): no release" in text
+
+    console, buffer = out()
+    assert commands.discover(project, str(edited), console=console, **args) == 0
+    cfg = config.load(edited)
+    assert edited.read_text().startswith("# Our GPU fleet: keep this comment.\n")
+    by_kernel = {t.kernel: t for t in cfg.targets}
+    assert by_kernel[KERNEL_A].openshift == ("4.14.1", "4.14.2")
+    assert by_kernel[KERNEL_B + ".x86_64"].openshift == ("4.14.3",)
+    assert KERNEL_A + ".rt" not in by_kernel  # RT kernels only when asked
+    assert [t.kernel for t in cfg.targets][:2] == list(KERNELS)  # order kept
+
+    # Run again: nothing new, file unchanged.
+    before = edited.read_text()
+    assert commands.discover(project, str(edited), console=out()[0], **args) == 0
+    assert edited.read_text() == before
+
+    # matrix lists exactly the pending pairs: the two new kernels, not the built ones.
+    pending = json.loads(commands.matrix(project, str(edited)))["include"]
+    assert sorted(p["kernel"] for p in pending) == sorted([KERNEL_A, KERNEL_B + ".x86_64"])
+
+    console, buffer = out()
+    commands.status(project, str(edited), output_format="markdown", console=console)
+    catalogue = buffer.getvalue()
+    assert f"| `{KERNEL_A}` | {DRIVER} | _missing_ | 4.14.1, 4.14.2 |" in catalogue
+    assert f"| `{KERNELS[0]}` | {DRIVER} | `" in catalogue and "@sha256:" in catalogue
+
+
+def test_kmm_module_maps_every_built_kernel_to_an_existing_image(
+    library: tuple[commands.Project, Path], test_upstream: UpstreamFixture
+) -> None:
+    project, versions = library
+    module = yaml.safe_load(commands.kmm_module(project, DRIVER, str(versions)))
+    assert module["apiVersion"] == "kmm.sigs.x-k8s.io/v1beta1" and module["kind"] == "Module"
+    container = module["spec"]["moduleLoader"]["container"]
+    assert container["modprobe"] == {"moduleName": "habanalabs", "dirName": "/opt"}
+    mappings = container["kernelMappings"]
+    assert [m["literal"] for m in mappings] == list(KERNELS)
+    registry = RegistryClient([test_upstream.upstream.registry])
+    for mapping in mappings:
+        remote = registry.inspect(mapping["containerImage"])
+        assert remote.existence is Existence.PRESENT
+        assert remote.labels["io.habana-ai-driver.kernel.release"] == mapping["literal"]
+
+
+def test_prune_removes_only_what_it_listed(
+    library: tuple[commands.Project, Path], test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    project, versions = library
+    cfg = config.load(versions)
+    repo = cfg.repository
+    runner = test_upstream.runner
+    build_and_push(test_upstream, tmp_path / "old", {"/old": "old image\n"}, f"{repo}:0.0.1-old")
+    # An unnamed alias of a named image: deleting its digest would delete the named tag too.
+    runner.run(["podman", "pull", "--tls-verify=false", cfg.targets[0].image])
+    runner.run(["podman", "tag", cfg.targets[0].image, f"{repo}:alias"])
+    runner.run(["podman", "push", "--tls-verify=false", f"{repo}:alias"])
+
+    console, buffer = out()
+    assert commands.prune(project, str(versions), console=console) == 0
+    listed = buffer.getvalue()
+    assert "0.0.1-old" in listed and "would delete" in listed and "alias" not in listed
+    registry = RegistryClient([test_upstream.upstream.registry])
+    assert registry.inspect(f"{repo}:0.0.1-old").existence is Existence.PRESENT
+
+    console, buffer = out()
+    assert commands.prune(project, str(versions), apply=True, console=console) == 0
+    assert "deleted" in buffer.getvalue()
+    assert registry.inspect(f"{repo}:0.0.1-old").existence is Existence.ABSENT
+    for target in cfg.targets:
+        assert registry.inspect(target.image).existence is Existence.PRESENT
+    assert registry.inspect(f"{repo}:alias").existence is Existence.PRESENT
