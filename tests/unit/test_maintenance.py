@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from habana_tasks import discover, kmm, labels
+from habana_tasks.errors import HabanaError
+from habana_tasks.plan import plan_job
+from habana_tasks.prune import PruneItem, TagInfo, prune_plan
+from habana_tasks.registry import Existence, RemoteImage
+from habana_tasks.status import State, github_matrix, orphan_tags, statuses, to_markdown
+from tests.unit.test_plan import CONFIG, INPUTS, TARGET
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 11, 26, tzinfo=UTC)
+
+
+def test_prune_never_touches_named_tags_or_their_digests() -> None:
+    tags = {
+        "1.0-k1": TagInfo("sha256:a", NOW),
+        "alias": TagInfo("sha256:a", NOW - timedelta(days=400)),
+        "0.9-k1": TagInfo("sha256:b", NOW - timedelta(days=100)),
+        "0.9-k2": TagInfo("sha256:c", NOW - timedelta(days=5)),
+    }
+    assert prune_plan(tags, {"1.0-k1"}, now=NOW) == [
+        PruneItem("0.9-k1", "sha256:b", "no longer named by the matrix"),
+        PruneItem("0.9-k2", "sha256:c", "no longer named by the matrix"),
+    ]
+    assert prune_plan(tags, {"1.0-k1"}, older_than_days=90, now=NOW) == [
+        PruneItem("0.9-k1", "sha256:b", "not named, older than 90 days"),
+    ]
+    assert prune_plan(tags, set(tags), now=NOW) == []
+
+
+def test_status_states_and_pending_matrix() -> None:
+    current = replace(TARGET, tag="current", kernel="k-current")
+    present = labels.image_labels(CONFIG, current, INPUTS, "2026-01-01T00:00:00Z", True)
+    remote = {
+        "current": RemoteImage("x", Existence.PRESENT, "sha256:1", present, 10),
+        "stale": RemoteImage(
+            "x", Existence.PRESENT, "sha256:2", {**present, labels.FINGERPRINT: "old"}
+        ),
+        "missing": RemoteImage("x", Existence.ABSENT),
+        "unknown": RemoteImage("x", Existence.UNKNOWN, error="HTTP 503 after 4 attempt(s)"),
+    }
+    jobs, remotes = [], {}
+    for name, state in remote.items():
+        target = replace(TARGET, tag=name, kernel=f"k-{name}")
+        jobs.append(plan_job(target, INPUTS, state, require_load_test=True))
+        remotes[name] = state
+    items = statuses(jobs, remotes)
+    assert [(s.state, s.reason) for s in items] == [
+        (State.CURRENT, items[0].reason),
+        (State.STALE, "build recipe changed"),
+        (State.MISSING, "not in the repository"),
+        (State.UNKNOWN, "HTTP 503 after 4 attempt(s)"),
+    ]
+    assert items[0].load_tested and items[0].created == "2026-01-01T00:00:00Z"
+    matrix = json.loads(github_matrix(items))
+    assert matrix == {"include": [
+        {"kernel": "k-stale", "driver": TARGET.driver, "tag": "stale"},
+        {"kernel": "k-missing", "driver": TARGET.driver, "tag": "missing"},
+    ]}  # fmt: skip
+    assert "| `k-current` | 6.1.0-1 | `r.example/lib/drv@sha256:1` | - | yes |" in to_markdown(
+        items, "r"
+    )
+    assert orphan_tags(
+        ["current", "old-1", "stale"], [replace(TARGET, tag=t) for t in ("current", "stale")]
+    ) == ["old-1"]
+
+
+def test_kmm_module_encodes_load_order_and_firmware_path() -> None:
+    nic = replace(TARGET, modules=("habanalabs", "habanalabs_cn", "habanalabs_ib", "habanalabs_en"))
+    module = kmm.module_manifest([nic], with_firmware=True)
+    modprobe = module["spec"]["moduleLoader"]["container"]["modprobe"]
+    assert modprobe["moduleName"] == "habanalabs"
+    assert modprobe["modulesLoadingOrder"] == list(nic.modules)
+    # The image ships /opt/lib/firmware/habanalabs/gaudi/<file>; the driver asks for
+    # habanalabs/gaudi/<file>; KMM copies the contents of firmwarePath: so /opt/lib/firmware.
+    assert modprobe["firmwarePath"] == "/opt/lib/firmware"
+    assert module["spec"]["moduleLoader"]["container"]["kernelMappings"] == [
+        {"literal": TARGET.kernel, "containerImage": TARGET.image}
+    ]
+    assert yaml.safe_load(yaml.safe_dump(module)) == module
+
+
+def test_release_selection_and_payload_parsing() -> None:
+    tags = [
+        "4.14.10-x86_64",
+        "4.14.2-x86_64",
+        "4.14.2-aarch64",
+        "4.15.0-x86_64",
+        "4.1.3-x86_64",
+        "latest",
+    ]
+    assert discover.select_releases(tags, ["4.14"], ["x86_64"]) == [
+        ("4.14.2", "x86_64", "4.14.2-x86_64"),
+        ("4.14.10", "x86_64", "4.14.10-x86_64"),
+    ]
+    stream = {"spec": {"tags": [{"name": "driver-toolkit", "from": {"name": "q.io/dtk@sha256:1"}}]}}
+    assert discover.toolkit_reference(json.dumps(stream).encode(), "r") == "q.io/dtk@sha256:1"
+    assert discover.toolkit_reference(b'{"spec": {"tags": []}}', "r") is None
+    with pytest.raises(
+        HabanaError, match="r: release-manifests/image-references is not an ImageStream"
+    ):
+        discover.toolkit_reference(b"[]", "r")
+    body = json.dumps(
+        {"KERNEL_VERSION": "5.14.0-284.el9", "RT_KERNEL_VERSION": "5.14.0-284.rt14.el9",
+         "RHEL_VERSION": "9.2"}
+    ).encode()  # fmt: skip
+    assert discover.parse_toolkit_release(body, "aarch64", "w") == (
+        "5.14.0-284.el9.aarch64",
+        "5.14.0-284.rt14.el9.aarch64",
+        "9.2",
+    )
+
+
+def test_versions_file_edit_keeps_comments_and_order() -> None:
+    text = (ROOT / "versions.toml").read_text()
+    new, added, updated = discover.update_versions(
+        text,
+        {"4.18.0-372.19.1.el8_6.x86_64": ["4.11.2"], "5.14.0-1.el9_2.x86_64": ["4.13.1"]},
+        ["1.6.0-439"],
+    )
+    assert (added, updated) == (["5.14.0-1.el9_2.x86_64"], ["4.18.0-372.19.1.el8_6.x86_64"])
+    assert new.startswith(text.split("[[kernels]]")[0])  # every comment above the kernels kept
+    assert new.index('release = "4.18.0') < new.index('release = "5.14.0-1.el9_2.x86_64"')
+    assert 'openshift = ["4.11.2"]' in new
+    with pytest.raises(HabanaError, match="no driver versions are known"):
+        discover.update_versions(text, {"5.14.0-2.el9_2.x86_64": ["4.13.2"]}, [])
