@@ -53,3 +53,10 @@ def smoke(session: nox.Session) -> None:
         session.run("invoke", "smoke", "--versions", "examples/local/versions.toml")
     finally:
         session.run("invoke", "upstream-down")
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks (not a default session): writes docs/benchmarks.md and docs/benchmarks.json."""
+    session.install("-e", ".", "matplotlib")
+    session.run("invoke", "bench")

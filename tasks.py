@@ -10,7 +10,7 @@ from invoke import Context, Exit, task
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from habana_tasks import commands
+from habana_tasks import benchmarks, commands
 from habana_tasks.errors import HabanaError
 
 PROJECT = commands.Project(Path(__file__).resolve().parent)
@@ -208,3 +208,13 @@ def discover(
         PROJECT, versions, minors=minor or (), arches=arch or (), drivers=driver or (),
         release_repository=release_repository, authfile=authfile, dry_run=dry_run,
     ))  # fmt: skip
+
+
+@task
+def bench(c: Context) -> None:
+    """Measure the pipeline against the per-image way; writes docs/benchmarks.md."""
+
+    def measure() -> None:
+        benchmarks.run(PROJECT)
+
+    _run(measure)

@@ -46,10 +46,12 @@ class Project:
     """Where the recipe lives (Dockerfile, versions.toml) and where it keeps its cache."""
 
     root: Path
+    cache_dir: Path | None = None
 
     @property
     def cache(self) -> Path:
-        return Path(os.environ.get("HABANA_CACHE_DIR", self.root / ".cache"))
+        """cache_dir, else $HABANA_CACHE_DIR, else .cache beside the recipe."""
+        return self.cache_dir or Path(os.environ.get("HABANA_CACHE_DIR", self.root / ".cache"))
 
     @property
     def dockerfile(self) -> Path:

@@ -130,13 +130,13 @@ class Pipeline:
         log_path = self.options.logs_dir / f"{target.tag}.log"
         work = self.options.work_dir / target.tag
         with log_path.open("w", encoding="utf-8") as log:
-
+            # Every log line carries the seconds since the job started: where the time goes.
             def sink(line: str) -> None:
-                log.write(line + "\n")
+                log.write(f"[{time.monotonic() - started:7.1f}] {line}\n")
                 self.reporter.line(target.tag, line)
 
             def stage(name: str) -> None:
-                log.write(f"==> {name}\n")
+                log.write(f"[{time.monotonic() - started:7.1f}] ==> {name}\n")
                 log.flush()
                 self.reporter.stage(target.tag, name)
 

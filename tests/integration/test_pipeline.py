@@ -89,12 +89,22 @@ def test_1_build_all_from_scratch_in_parallel(
         assert (remote.size or 0) < 90_000_000
 
 
-def test_2_second_run_builds_and_pushes_nothing(project: commands.Project, versions: Path) -> None:
+def test_2_second_run_builds_and_pushes_nothing(
+    project: commands.Project, versions: Path, test_upstream: UpstreamFixture
+) -> None:
+    registry = registry_for(test_upstream)
+    targets = config.load(versions).targets
+    before = {t.tag: registry.inspect(t.image).digest for t in targets}
+    logs = project.cache / "logs"
+    runs_before = set(logs.iterdir()) if logs.exists() else set()
     code, text, report = run(project, versions)
     assert code == 0, text
     assert [r["status"] for r in report] == ["skipped", "skipped"]
     assert all(r["detail"].startswith("up to date") for r in report)
-    assert "==> push" not in text
+    assert {t.tag: registry.inspect(t.image).digest for t in targets} == before
+    # No job ran, so no job log was written: nothing was built or pushed.
+    new_runs = set(logs.iterdir()) - runs_before
+    assert [p.name for run_dir in new_runs for p in run_dir.iterdir()] == ["report.json"]
 
 
 def test_3_new_toolkit_for_one_kernel_rebuilds_only_that_image(

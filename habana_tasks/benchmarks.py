@@ -1,0 +1,454 @@
+"""`nox -s bench`: the library pipeline against the per-image way, measured in one run.
+
+Every figure is written to docs/benchmarks.md (and benchmarks.json) with its setup, its
+baseline measured in the same run, and the command that reproduces it. No goal here is a test.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import itertools
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import tarfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import requests
+from rich.console import Console
+
+from habana_tasks import commands, config, labels, local_upstream, metadata
+from habana_tasks.driver_package import PackageCache
+from habana_tasks.http_client import HTTPClient
+from habana_tasks.podman import Podman
+from habana_tasks.process import ProcessRunner
+from habana_tasks.registry import MANIFEST_ACCEPT, OCI_MANIFEST, RegistryClient
+
+DRIVER = "6.1.0-1"
+BUILD_KERNELS = ("6.1.0-54-amd64", "6.1.0-55-amd64", "6.1.0-56-amd64")
+REFRESH_SIZES = (10, 50, 200)
+ORIGINAL_IMAGE_MB = 143.0
+STEP_RE = re.compile(r"^\[\s*([0-9.]+)\] (STEP \d+/\d+: .*)$")
+
+
+@dataclass
+class Results:
+    setup: dict[str, str] = field(default_factory=dict)
+    sections: list[tuple[str, str]] = field(default_factory=list)  # (title, markdown)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def timed(fn: Callable[[], object], repeat: int) -> list[float]:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def spread(times: Sequence[float]) -> str:
+    return f"{statistics.median(times):.2f} s ({min(times):.2f}–{max(times):.2f}, n={len(times)})"
+
+
+class Bench:
+    def __init__(self, project: commands.Project, work: Path, console: Console) -> None:
+        self.project = project
+        self.work = work
+        self.console = console
+        self.runner = ProcessRunner()
+        self.podman = Podman(self.runner)
+        self.results = Results()
+        self.upstream = local_upstream.Upstream(
+            work / "upstream",
+            registry_port=_free_port(),
+            http_port=_free_port(),
+            cache=local_upstream.default_root(project.root),
+        )
+        self.http = requests.Session()
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.console.print("bench: local upstream (cached images, fresh registry)")
+        local_upstream.up(self.upstream, self.runner, BUILD_KERNELS, [DRIVER])
+        versions = {
+            "podman": self._version(["podman", "--version"]),
+            "docker-registry": self._version(["docker-registry", "--version"]),
+            "skopeo": self._version(["skopeo", "--version"]),
+            "qemu": self._version(["qemu-system-x86_64", "--version"]),
+        }
+        mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+        self.results.setup = {
+            "cores": str(os.cpu_count()),
+            "memory": f"{mem_kb / 1024 / 1024:.0f} GiB",
+            "python": platform.python_version(),
+            "kernel (host)": platform.release(),
+            **versions,
+        }
+
+    def stop(self) -> None:
+        local_upstream.stop(self.upstream)
+
+    def _version(self, argv: list[str]) -> str:
+        done = self.runner.run(argv, keep_output=True, check=False)
+        return done.output[0] if done.output else "not installed"
+
+    def versions_file(self, name: str, kernels: Sequence[str], toolkit: str | None = None) -> Path:
+        u = self.upstream
+        toolkit_template = toolkit or f"{u.registry}/upstream/driver-toolkit:{{kernel}}"
+        entries = "".join(
+            f'\n[[kernels]]\nrelease = "{k}"\ndrivers = ["{DRIVER}"]\n' for k in kernels
+        )
+        path = self.work / f"{name}.toml"
+        path.write_text(
+            f'[library]\nrepository = "{u.registry}/bench/{name}"\n'
+            f'insecure_registries = ["{u.registry}"]\n'
+            f'[base]\nimage = "{u.base_image}"\n[toolkit]\nimage = "{toolkit_template}"\n'
+            f'[driver]\npackage_url = "{u.package_url("habanalabs-{driver}.el8.noarch.rpm")}"\n'
+            + entries
+        )
+        return path
+
+    # -- registry plumbing for synthetic matrices (HTTP API, like any registry client) ---------
+
+    def _url(self, repo: str, rest: str) -> str:
+        return f"http://{self.upstream.registry}/v2/{repo}/{rest}"
+
+    def _put_blob(self, repo: str, body: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        start = self.http.post(self._url(repo, "blobs/uploads/"), timeout=30)
+        start.raise_for_status()
+        location = start.headers["Location"]
+        if location.startswith("/"):
+            location = f"http://{self.upstream.registry}{location}"
+        sep = "&" if "?" in location else "?"
+        self.http.put(f"{location}{sep}digest={digest}", data=body, timeout=30).raise_for_status()
+        return digest
+
+    def _put_manifest(self, repo: str, tag: str, body: bytes, media_type: str) -> None:
+        response = self.http.put(
+            self._url(repo, f"manifests/{tag}"), data=body,
+            headers={"Content-Type": media_type}, timeout=30,
+        )  # fmt: skip
+        response.raise_for_status()
+
+    def copy_tag(self, repo: str, source_tag: str, tags: Sequence[str]) -> None:
+        got = self.http.get(
+            self._url(repo, f"manifests/{source_tag}"),
+            headers={"Accept": MANIFEST_ACCEPT},
+            timeout=30,
+        )
+        got.raise_for_status()
+        for tag in tags:
+            self._put_manifest(repo, tag, got.content, got.headers["Content-Type"].split(";")[0])
+
+    def push_labelled(
+        self, repo: str, tag: str, image_labels: dict[str, str], layer: tuple[str, int, str]
+    ) -> None:
+        layer_digest, layer_size, diff_id = layer
+        cfg = json.dumps({
+            "architecture": "amd64", "os": "linux", "config": {"Labels": image_labels},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        }).encode()  # fmt: skip
+        cfg_digest = self._put_blob(repo, cfg)
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": cfg_digest, "size": len(cfg)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": layer_digest, "size": layer_size}],
+        }).encode()  # fmt: skip
+        self._put_manifest(repo, tag, manifest, OCI_MANIFEST)
+
+    def synthetic_library(self, size: int) -> Path:
+        """N pairs, each already published under its tag with the labels a build would give."""
+        kernels = [f"6.1.0-{1000 + i}-amd64" for i in range(size)]
+        self.copy_tag("upstream/driver-toolkit", BUILD_KERNELS[-1], kernels)
+        versions = self.versions_file(f"refresh-{size}", kernels)
+        cfg = config.load(versions)
+        http = HTTPClient()
+        resolution = metadata.resolve(
+            cfg.targets, RegistryClient(cfg.insecure_registries, http),
+            PackageCache(self.work / "downloads", http), self.project.dockerfile, with_remote=False,
+        )  # fmt: skip
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w"):
+            pass
+        layer = gzip.compress(raw.getvalue(), mtime=0)
+        repo = f"bench/refresh-{size}"
+        layer_digest = self._put_blob(repo, layer)
+        diff_id = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
+        for target in cfg.targets:
+            inputs = resolution.inputs[target.tag]
+            assert not isinstance(inputs, str), inputs
+            image_labels = labels.image_labels(cfg, target, inputs, "2026-01-01T00:00:00Z", True)
+            self.push_labelled(repo, target.tag, image_labels, (layer_digest, len(layer), diff_id))
+        return versions
+
+    # -- 1. no-op refresh ------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        rows, curve = [], []
+        for size in REFRESH_SIZES:
+            versions = self.synthetic_library(size)
+            cfg = config.load(versions)
+            tags = [t.tag for t in cfg.targets]
+            counts: list[int] = []
+
+            def ours(cfg: config.Config = cfg, counts: list[int] = counts) -> None:
+                run = commands.resolve_and_plan(self.project, cfg, cfg.targets)
+                assert all(j.action.value == "skip" for j in run.jobs), run.jobs[0].reason
+                counts.append(run.registry.requests_sent)
+
+            ours_times = timed(ours, 5)
+
+            def cli(v: Path = versions) -> None:
+                self.runner.run(
+                    ["invoke", "build-all", "--dry-run", "--versions", str(v)],
+                    cwd=self.project.root, env={"HABANA_CACHE_DIR": str(self.work / "cli-cache")},
+                )  # fmt: skip
+
+            cli_times = timed(cli, 5)
+            loop = (
+                'for t in "$@"; do skopeo inspect --tls-verify=false '
+                f'"docker://{cfg.repository}:$t" >/dev/null || exit 1; done'
+            )
+
+            def per_image(t: list[str] = tags, script: str = loop) -> None:
+                self.runner.run(["sh", "-c", script, "sh", *t])
+
+            loop_times = timed(per_image, 5 if size < 200 else 3)
+            ratio = statistics.median(loop_times) / statistics.median(cli_times)
+            per_pair = counts[-1] / size
+            rows.append(
+                f"| {size} | {spread(ours_times)} | {spread(cli_times)} | {spread(loop_times)} | "
+                f"{ratio:.0f}× | {per_pair:.2f} |"
+            )
+            curve.append((size, statistics.median(cli_times), statistics.median(loop_times)))
+            self.results.data[f"refresh_{size}"] = {
+                "in_process_s": ours_times, "cli_s": cli_times, "skopeo_loop_s": loop_times,
+                "requests_per_pair": per_pair, "ratio": ratio,
+            }  # fmt: skip
+        self.results.sections.append((
+            "1. No-op refresh (every image current)",
+            "Each pair already published with the labels a build gives it; every run must decide "
+            "`skip` for all. *In process*: resolution and planning as `build-all` does them. "
+            "*CLI*: `invoke build-all --dry-run` as a user runs it (process start included). "
+            "*Baseline*: one `skopeo inspect` process per tag, sequentially, as the original "
+            "build-matrix script did with `podman inspect`. Ratio = baseline / CLI.\n\n"
+            "| pairs | in process | CLI | skopeo loop | ratio | requests / pair |\n"
+            "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
+            "![refresh time vs pairs](refresh-scaling.png)\n",
+        ))  # fmt: skip
+        self._plot(curve)
+
+    def _plot(self, curve: list[tuple[int, float, float]]) -> None:
+        try:
+            # Only the bench session installs matplotlib.
+            import matplotlib  # type: ignore[import-not-found]  # noqa: PLC0415
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt  # type: ignore[import-not-found]  # noqa: PLC0415
+        except ImportError:
+            self.console.print("matplotlib is not installed: no plot")
+            return
+        fig, ax = plt.subplots(figsize=(6, 4))
+        sizes = [c[0] for c in curve]
+        ax.plot(sizes, [c[1] for c in curve], marker="o", label="invoke build-all --dry-run")
+        ax.plot(sizes, [c[2] for c in curve], marker="s", label="skopeo inspect loop")
+        ax.set_xlabel("pairs in the matrix")
+        ax.set_ylabel("seconds (median)")
+        ax.set_yscale("log")
+        ax.set_title("No-op refresh against a local registry")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(self.project.root / "docs" / "refresh-scaling.png", dpi=100)
+
+    # -- 2/3. builds -------------------------------------------------------------------------
+
+    def build_run(
+        self, name: str, kernels: Sequence[str], *, jobs: int, force: bool
+    ) -> dict[str, Any]:
+        versions = self.versions_file(name, kernels)
+        cfg = config.load(versions)
+        cache = self.work / f"cache-{name}"
+        started = time.perf_counter()
+        results, _ = commands.run_build(
+            replace(self.project, cache_dir=cache), cfg, cfg.targets, jobs=jobs, force=force,
+            dry_run=False, push=True, console=Console(file=io.StringIO()), smoke=False,
+        )  # fmt: skip
+        wall = time.perf_counter() - started
+        assert all(r.ok for r in results), results
+        compile_s = sum(_compile_seconds(Path(r.log)) for r in results if r.log)
+        downloads = len(list((cache / "downloads" / "sha256").glob("*")))
+        return {"wall": wall, "compile": compile_s, "downloads": downloads, "results": results}
+
+    def builds(self) -> None:
+        rows = []
+        single = 0.0
+        for k in (1, 2, 3):
+            kernels = BUILD_KERNELS[:k]
+            cold = self.build_run(f"k{k}", kernels, jobs=1, force=True)
+            warm = self.build_run(f"k{k}-warm", kernels, jobs=1, force=False)
+            single = cold["wall"] if k == 1 else single
+            rows.append(
+                f"| {k} | {cold['wall']:.1f} s | {k * single:.1f} s | "
+                f"{cold['wall'] / (k * single):.2f} | {cold['compile'] / cold['wall']:.0%} | "
+                f"{warm['wall']:.1f} s | {cold['downloads']} / {warm['downloads']} |"
+            )
+            self.results.data[f"build_k{k}"] = {kk: v for kk, v in cold.items() if kk != "results"}
+            self.results.data[f"build_k{k}_warm"] = {
+                kk: v for kk, v in warm.items() if kk != "results"
+            }
+        self.results.sections.append((
+            "2. Building K kernels for one driver",
+            "Cold = `--force` (no layer cache: every stage rebuilt, module compiled); warm = a "
+            "fresh repository with podman's layer cache populated. Load tests off here (see 4). "
+            "Baseline: K × the single-kernel cold time. Compile share = time between the "
+            "`RUN make` step and the next step, from the timestamped logs. Downloads = vendor "
+            "RPMs fetched into that run's empty download cache (cold / warm: each run starts "
+            "with an empty cache, so 1 per driver version is the floor; a second run over the "
+            "same cache fetches none, see the unit tests).\n\n"
+            "| K | cold | K × single | ratio | compile share | warm | RPM downloads |\n"
+            "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n",
+        ))  # fmt: skip
+
+    def parallel(self) -> None:
+        kernels = BUILD_KERNELS[1:]
+        one = self.build_run("jobs1", kernels, jobs=1, force=True)
+        two = self.build_run("jobs2", kernels, jobs=2, force=True)
+        self.results.data["parallel"] = {"jobs1": one["wall"], "jobs2": two["wall"]}
+        self.results.sections.append((
+            "3. Parallelism (K = 2, cold, 2 cores)",
+            f"| --jobs 1 | --jobs 2 | speed-up |\n| --- | --- | --- |\n"
+            f"| {one['wall']:.1f} s | {two['wall']:.1f} s | {one['wall'] / two['wall']:.2f}× |\n\n"
+            "The compile already uses both cores (`make -j$(nproc)`), so two builds at once "
+            "mostly overlap the single-threaded parts (image export, checks, push).\n",
+        ))  # fmt: skip
+
+    # -- 4. smoke, 5. sizes ------------------------------------------------------------------
+
+    def smoke_and_sizes(self) -> None:
+        versions = self.versions_file("k3-warm", BUILD_KERNELS)  # built in section 2
+        cfg = config.load(versions)
+        registry = RegistryClient(cfg.insecure_registries)
+        smoke_rows, size_rows = [], []
+        for target in cfg.targets[1:]:
+            out = io.StringIO()
+            seconds = []
+            for _ in range(3):
+                code = commands.smoke(self.project, str(versions), target.kernel,
+                                      console=Console(file=out, width=300))  # fmt: skip
+                assert code == 0, out.getvalue()
+            reports = sorted((self.project.cache / "logs").glob("smoke-*/report.json"))[-3:]
+            data = [json.loads(p.read_text())[0] for p in reports]
+            seconds = [d["seconds"] for d in data]
+            initramfs = data[-1]["initramfs_bytes"]
+            smoke_rows.append(f"| {target.kernel} | {spread(seconds)} | {initramfs / 1e6:.0f} MB |")
+            self.results.data[f"smoke_{target.kernel}"] = {
+                "seconds": seconds,
+                "initramfs": initramfs,
+            }
+        for target in cfg.targets:
+            remote = registry.inspect(target.image)
+            image_mb = self._podman_size(target.image)
+            toolkit_mb = self._podman_size(local_upstream.local_toolkit(target.kernel))
+            size_rows.append(
+                f"| {target.kernel} | {(remote.size or 0) / 1e6:.1f} MB | {image_mb:.1f} MB | "
+                f"{toolkit_mb:.0f} MB | {ORIGINAL_IMAGE_MB:.0f} MB |"
+            )
+        self.results.sections.append((
+            "4. Load test (qemu, TCG, no KVM)",
+            "`invoke smoke --kernel K`: export, initramfs from the image, boot, load, verdict. "
+            "Seconds are the guest's (qemu start to power-off).\n\n"
+            "| kernel | seconds | initramfs |\n| --- | --- | --- |\n"
+            + "\n".join(smoke_rows) + "\n",
+        ))  # fmt: skip
+        self.results.sections.append((
+            "5. Image size",
+            "Compressed = what the registry stores (sum of layers); uncompressed = podman's "
+            "image size. The original recipe's ubi-minimal image was 143 MB (reference line).\n\n"
+            "| kernel | compressed | uncompressed | toolkit image | original |\n"
+            "| --- | --- | --- | --- | --- |\n" + "\n".join(size_rows) + "\n",
+        ))  # fmt: skip
+
+    def _podman_size(self, image: str) -> float:
+        if not self.podman.image_exists(image):
+            self.podman.pull(image, tls_verify=False)
+        done = self.runner.run(
+            ["podman", "image", "inspect", "--format", "{{.Size}}", image], keep_output=True
+        )
+        return int(done.text.strip()) / 1e6
+
+    # -- report ------------------------------------------------------------------------------
+
+    def write(self, seconds: float) -> Path:
+        docs = self.project.root / "docs"
+        docs.mkdir(exist_ok=True)
+        setup = "\n".join(f"| {k} | {v} |" for k, v in self.results.setup.items())
+        body = "\n\n".join(f"## {title}\n\n{text}" for title, text in self.results.sections)
+        (docs / "benchmarks.md").write_text(
+            "# Benchmarks\n\n"
+            "Regenerate with `.venv/bin/nox -s bench` (after `scripts/install-deps`); it stands up "
+            "its own registry on 127.0.0.1 and uses the local upstream's cached images. "
+            f"This run took {seconds / 60:.1f} min.\n\n"
+            f"| setup | |\n| --- | --- |\n{setup}\n\n{body}\n"
+        )
+        (docs / "benchmarks.json").write_text(
+            json.dumps({"setup": self.results.setup, "data": self.results.data}, indent=2,
+                       default=str) + "\n"
+        )  # fmt: skip
+        return docs / "benchmarks.md"
+
+
+def _compile_seconds(log: Path) -> float:
+    """Seconds between the `RUN make` step and the step after it, from a timestamped job log."""
+    steps = [
+        (float(m.group(1)), m.group(2))
+        for line in log.read_text().splitlines()
+        if (m := STEP_RE.match(line))
+    ]
+    for (at, text), (after, _) in itertools.pairwise(steps):
+        if "RUN make" in text:
+            return after - at
+    return 0.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(project: commands.Project, console: Console | None = None) -> Path:
+    console = console or Console()
+    work = project.cache / "bench"
+    started = time.perf_counter()
+    bench = Bench(project, work, console)
+    bench.start()
+    try:
+        steps = (
+            ("no-op refresh", bench.refresh),
+            ("builds", bench.builds),
+            ("parallelism", bench.parallel),
+            ("smoke and sizes", bench.smoke_and_sizes),
+        )
+        for name, step in steps:
+            console.print(f"bench: {name}")
+            step()
+    finally:
+        bench.stop()
+    path = bench.write(time.perf_counter() - started)
+    console.print(f"wrote {path}")
+    return path
