@@ -24,7 +24,10 @@ LOAD_TESTED = PREFIX + "load-tested"
 KERNEL = PREFIX + "kernel.release"
 DRIVER = PREFIX + "driver.version"
 # Bump when the meaning of the fingerprint changes, so every image is rebuilt once.
-FINGERPRINT_SCHEMA = "1"
+FINGERPRINT_SCHEMA = "2"
+# Image references are fingerprinted by digest only (already an input): the same base or toolkit
+# served from a mirror under another name needs no rebuild.
+UNFINGERPRINTED_ARGS = ("TOOLKIT_IMAGE", "BASE_IMAGE")
 
 # Input name (as shown in a "stale" reason) -> the label that records it.
 INPUT_LABELS = {
@@ -78,7 +81,9 @@ def fingerprint(target: BuildTarget, inputs: TargetInputs) -> str:
     material = {
         "schema": FINGERPRINT_SCHEMA,
         "inputs": input_values(target, inputs),
-        "build_args": build_args(target, inputs),
+        "build_args": {
+            k: v for k, v in build_args(target, inputs).items() if k not in UNFINGERPRINTED_ARGS
+        },
     }
     return "sha256:" + hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 

@@ -3,13 +3,15 @@ with base and toolkit images from the shared content cache (podman's layer cache
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from habana_tasks import local_upstream
+from habana_tasks import commands, config, local_upstream
 from habana_tasks.process import ProcessRunner
 from tests.conftest import ROOT, free_port, require_tools
 
@@ -40,7 +42,10 @@ class UpstreamFixture:
 
 @pytest.fixture(scope="session")
 def test_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamFixture]:
-    require_tools("podman", "docker-registry", "mmdebstrap", "rpmbuild", "modprobe", "modinfo")
+    require_tools(
+        "podman", "docker-registry", "mmdebstrap", "rpmbuild", "modprobe", "modinfo",
+        "qemu-system-x86_64",
+    )  # fmt: skip
     root = tmp_path_factory.mktemp("upstream")
     upstream = local_upstream.Upstream(
         root, registry_port=free_port(), http_port=free_port(), cache=ROOT / ".cache" / "upstream"
@@ -49,3 +54,19 @@ def test_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream
     local_upstream.up(upstream, runner, KERNELS, [DRIVER])
     yield UpstreamFixture(upstream, runner)
     local_upstream.stop(upstream)
+
+
+@pytest.fixture(scope="module")
+def library(
+    test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[commands.Project, Path]]:
+    """The example pair built, load-tested and pushed (skipped when an earlier module did)."""
+    project = commands.Project(ROOT, cache_dir=tmp_path_factory.mktemp("cache"))
+    versions = test_upstream.versions(tmp_path_factory.mktemp("v") / "versions.toml")
+    cfg = config.load(versions)
+    results, _ = commands.run_build(
+        project, cfg, cfg.targets, jobs=1, force=False, dry_run=False, push=True,
+        console=Console(file=io.StringIO()),
+    )  # fmt: skip
+    assert all(r.ok and r.load_tested for r in results), results
+    yield project, versions

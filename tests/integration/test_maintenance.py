@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,31 +13,11 @@ from rich.console import Console
 
 from habana_tasks import commands, config
 from habana_tasks.registry import Existence, RegistryClient
-from tests.conftest import ROOT
 from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
 
 pytestmark = pytest.mark.integration
 KERNEL_A = "5.14.0-284.25.1.el9_2.x86_64"
 KERNEL_B = "5.14.0-284.30.1.el9_2"  # as some toolkits write it: no arch suffix
-
-
-@pytest.fixture(scope="module")
-def library(
-    test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[commands.Project, Path]]:
-    """The example pair built and pushed (skipped when an earlier module already did)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("HABANA_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    versions = test_upstream.versions(tmp_path_factory.mktemp("v") / "versions.toml")
-    project = commands.Project(ROOT)
-    cfg = config.load(versions)
-    results, _ = commands.run_build(
-        project, cfg, cfg.targets, jobs=1, force=False, dry_run=False, push=True,
-        console=Console(file=io.StringIO()),
-    )  # fmt: skip
-    assert all(r.ok for r in results), results
-    yield project, versions
-    mp.undo()
 
 
 def out() -> tuple[Console, io.StringIO]:

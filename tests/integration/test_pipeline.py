@@ -40,19 +40,8 @@ def run(
 
 
 @pytest.fixture(scope="module")
-def project(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: pytest.MonkeyPatch
-) -> commands.Project:
-    cache = tmp_path_factory.mktemp("cache")
-    monkeypatch_module.setenv("HABANA_CACHE_DIR", str(cache))
-    return commands.Project(ROOT)
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module() -> pytest.MonkeyPatch:
-    mp = pytest.MonkeyPatch()
-    yield mp  # type: ignore[misc]
-    mp.undo()
+def project(tmp_path_factory: pytest.TempPathFactory) -> commands.Project:
+    return commands.Project(ROOT, cache_dir=tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import io
 import lzma
 import subprocess
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,31 +15,12 @@ from rich.console import Console
 from habana_tasks import commands, config, smoke
 from habana_tasks.podman import Podman
 from habana_tasks.process import ProcessRunner
-from tests.conftest import ROOT, require_tools
-from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
+from tests.conftest import require_tools
+from tests.integration.conftest import DRIVER, KERNELS
 
 pytestmark = pytest.mark.integration
 OLD, NEW = KERNELS
 Member = tuple[tarfile.TarInfo, bytes | None]
-
-
-@pytest.fixture(scope="module")
-def library(
-    test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[commands.Project, Path]]:
-    require_tools("qemu-system-x86_64")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("HABANA_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    versions = test_upstream.versions(tmp_path_factory.mktemp("v") / "versions.toml")
-    project = commands.Project(ROOT)
-    cfg = config.load(versions)
-    results, _ = commands.run_build(
-        project, cfg, cfg.targets, jobs=1, force=False, dry_run=False, push=True,
-        console=Console(file=io.StringIO()),
-    )  # fmt: skip
-    assert all(r.ok and r.load_tested for r in results), results
-    yield project, versions
-    mp.undo()
 
 
 @pytest.fixture(scope="module")

@@ -127,6 +127,16 @@ def test_labels_carry_provenance_and_no_secret() -> None:
     assert "secret" not in everything and "token" not in everything
 
 
+def test_fingerprint_follows_digests_not_registry_names() -> None:
+    mirrored = replace(
+        INPUTS,
+        base=replace(INPUTS.base, name="mirror.example/base"),
+        toolkit=replace(INPUTS.toolkit, name="mirror.example/dtk"),
+    )
+    assert labels.build_args(TARGET, mirrored)["BASE_IMAGE"].startswith("mirror.example/base@")
+    assert labels.fingerprint(TARGET, mirrored) == labels.fingerprint(TARGET, INPUTS)
+
+
 def test_fingerprint_ignores_created_time_but_not_inputs() -> None:
     assert labels.fingerprint(TARGET, INPUTS) == labels.fingerprint(TARGET, replace(INPUTS))
     changed = replace(INPUTS, package=replace(INPUTS.package, sha256="9" * 64))
