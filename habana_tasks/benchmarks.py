@@ -226,6 +226,14 @@ class Bench:
                 )  # fmt: skip
 
             cli_times = timed(cli, 5)
+
+            def status(v: Path = versions) -> None:
+                self.runner.run(
+                    ["invoke", "status", "--format", "json", "--versions", str(v)],
+                    cwd=self.project.root, env={"HABANA_CACHE_DIR": str(self.work / "cli-cache")},
+                )  # fmt: skip
+
+            status_times = timed(status, 3)
             loop = (
                 'for t in "$@"; do skopeo inspect --tls-verify=false '
                 f'"docker://{cfg.repository}:$t" >/dev/null || exit 1; done'
@@ -238,14 +246,15 @@ class Bench:
             ratio = statistics.median(loop_times) / statistics.median(cli_times)
             per_pair = counts[-1] / size
             rows.append(
-                f"| {size} | {spread(ours_times)} | {spread(cli_times)} | {spread(loop_times)} | "
-                f"{ratio:.0f}× | {per_pair:.2f} |"
+                f"| {size} | {spread(ours_times)} | {spread(cli_times)} | {spread(status_times)} | "
+                f"{spread(loop_times)} | {ratio:.0f}× | {per_pair:.2f} |"
             )
             curve.append((size, statistics.median(cli_times), statistics.median(loop_times)))
             if size >= 50:
                 far_rows.append(self._refresh_far(size, tags))
             self.results.data[f"refresh_{size}"] = {
-                "in_process_s": ours_times, "cli_s": cli_times, "skopeo_loop_s": loop_times,
+                "in_process_s": ours_times, "cli_s": cli_times, "status_cli_s": status_times,
+                "skopeo_loop_s": loop_times,
                 "requests_per_pair": per_pair, "ratio": ratio,
             }  # fmt: skip
         self.results.sections.append((
@@ -255,8 +264,10 @@ class Bench:
             "*CLI*: `invoke build-all --dry-run` as a user runs it (process start included). "
             "*Baseline*: one `skopeo inspect` process per tag, sequentially, as the original "
             "build-matrix script did with `podman inspect`. Ratio = baseline / CLI.\n\n"
-            "| pairs | in process | CLI | skopeo loop | ratio | requests / pair |\n"
-            "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
+            "`invoke status` (the same resolution plus the repository's tag list) is shown too."
+            "\n\n| pairs | in process | CLI | `invoke status` | skopeo loop | ratio "
+            "| requests / pair |\n"
+            "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
             "![refresh time vs pairs](refresh-scaling.png)\n\n"
             f"**With {LATENCY_SECONDS * 1000:.0f} ms per request** (a proxy on 127.0.0.1 delays "
             "every registry request, as a registry in another region would): the same runs.\n\n"

@@ -24,13 +24,19 @@ class UpstreamFixture:
     upstream: local_upstream.Upstream
     runner: ProcessRunner
 
-    def versions(self, path: Path, kernels: tuple[str, ...] = KERNELS, extra: str = "") -> Path:
+    def versions(
+        self,
+        path: Path,
+        kernels: tuple[str, ...] = KERNELS,
+        extra: str = "",
+        repository: str = "library/habana-ai-driver",
+    ) -> Path:
         u = self.upstream
         entries = "".join(
             f'\n[[kernels]]\nrelease = "{k}"\ndrivers = ["{DRIVER}"]\n' for k in kernels
         )
         path.write_text(
-            f'[library]\nrepository = "{u.registry}/library/habana-ai-driver"\n'
+            f'[library]\nrepository = "{u.registry}/{repository}"\n'
             f'source = "https://example.invalid/src"\ninsecure_registries = ["{u.registry}"]\n'
             f'[base]\nimage = "{u.base_image}"\n'
             f'[toolkit]\nimage = "{u.registry}/upstream/driver-toolkit:{{kernel}}"\n'

@@ -46,7 +46,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> commands.Project:
 
 @pytest.fixture(scope="module")
 def versions(test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return test_upstream.versions(tmp_path_factory.mktemp("v") / "versions.toml")
+    # A repository of its own: the first test starts from an empty one, whatever ran before.
+    path = tmp_path_factory.mktemp("v") / "versions.toml"
+    return test_upstream.versions(path, repository="library/pipeline")
 
 
 def registry_for(test_upstream: UpstreamFixture) -> RegistryClient:
@@ -128,9 +130,10 @@ def test_4_module_for_another_abi_is_refused_before_push(
     wrong = f"{u.registry}/upstream/wrong-toolkit:{KERNELS[1]}"
     runner.run(["podman", "build", "--tag", wrong, str(tmp_path)])
     runner.run(["podman", "push", "--tls-verify=false", wrong])
-    versions = test_upstream.versions(tmp_path / "versions.toml", (KERNELS[1],))
-    text = versions.read_text().replace("/library/habana-ai-driver", "/library/wrong-abi")
-    text = text.replace("upstream/driver-toolkit:", "upstream/wrong-toolkit:")
+    versions = test_upstream.versions(
+        tmp_path / "versions.toml", (KERNELS[1],), repository="library/wrong-abi"
+    )
+    text = versions.read_text().replace("upstream/driver-toolkit:", "upstream/wrong-toolkit:")
     versions.write_text(text)
     code, out, report = run(project, versions)
     assert code == 1, out
@@ -178,9 +181,9 @@ def test_8_firmware_lands_where_the_driver_requests_it(
     local_upstream.build_firmware_rpm(u, test_upstream.runner, DRIVER, "x86_64")
     firmware = u.package_url("habanalabs-firmware-{driver}.el8.{arch}.rpm")
     versions = test_upstream.versions(
-        tmp_path / "versions.toml", (KERNELS[1],), extra=f'firmware_url = "{firmware}"\n'
-    )
-    versions.write_text(versions.read_text().replace("/library/habana-ai-driver", "/library/fw"))
+        tmp_path / "versions.toml", (KERNELS[1],), extra=f'firmware_url = "{firmware}"\n',
+        repository="library/fw",
+    )  # fmt: skip
     code, text, _ = run(project, versions)
     assert code == 0, text
     target = config.load(versions).targets[0]
