@@ -149,7 +149,9 @@ def test_4_module_for_another_abi_is_refused_before_push(
 def test_5_one_unresolvable_target_fails_alone(
     project: commands.Project, test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:
-    versions = test_upstream.versions(tmp_path / "versions.toml", (*KERNELS, "6.1.0-54-amd64"))
+    versions = test_upstream.versions(
+        tmp_path / "versions.toml", (*KERNELS, "6.1.0-54-amd64"), repository="library/pipeline"
+    )
     code, _, report = run(project, versions, dry_run=True)
     assert code == 1
     assert [r["action"] for r in report] == ["skip", "skip", "fail"]
