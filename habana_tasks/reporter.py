@@ -93,8 +93,9 @@ class RichReporter:
         self.console = console or Console()
         self._rows: dict[str, _Row] = {}
         self._lock = threading.Lock()
+        # get_renderable: every refresh redraws from the rows, so elapsed seconds keep ticking.
         self._live = Live(
-            self._render(), console=self.console, refresh_per_second=4, transient=True
+            console=self.console, refresh_per_second=4, transient=True, get_renderable=self._render
         )
 
     def _render(self) -> Table:
@@ -117,7 +118,6 @@ class RichReporter:
             for name in names:
                 self._rows[name] = _Row()
         self._live.start()
-        self._live.update(self._render())
 
     def stage(self, name: str, stage: str) -> None:
         with self._lock:
@@ -125,12 +125,10 @@ class RichReporter:
             if row.stage == "waiting":
                 row.started = time.monotonic()
             row.stage = stage
-        self._live.update(self._render())
 
     def line(self, name: str, line: str) -> None:
         with self._lock:
             self._rows.setdefault(name, _Row()).last = line.strip()
-        self._live.update(self._render())
 
     def finish(self, result: JobResult) -> None:
         with self._lock:
@@ -141,7 +139,6 @@ class RichReporter:
             f"({result.seconds:.1f} s)",
             highlight=False,
         )
-        self._live.update(self._render())
 
     def message(self, text: str) -> None:
         self._live.console.print(text, markup=False, highlight=False)

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from habana_tasks.reporter import JobResult, PlainReporter, RichReporter, make_reporter
+
+RESULT = JobResult("1.0-k", "build", "failed", "load test failed", None, 3.2, "/l.log")
+
+
+def test_plain_reporter_prints_stages_and_results_not_log_lines() -> None:
+    out = io.StringIO()
+    reporter = PlainReporter(Console(file=out, width=200))
+    reporter.start(["1.0-k"])
+    reporter.stage("1.0-k", "build")
+    reporter.line("1.0-k", "CC [M] noisy compiler line")
+    reporter.finish(RESULT)
+    assert out.getvalue().splitlines() == [
+        "[1.0-k] build",
+        "[1.0-k] failed: load test failed (3.2 s)",
+    ]
+
+
+def test_rich_board_has_one_row_per_running_target() -> None:
+    out = io.StringIO()
+    reporter = RichReporter(Console(file=out, width=200, force_terminal=True))
+    reporter.start(["1.0-k", "1.0-j"])
+    reporter.stage("1.0-k", "smoke")
+    reporter.line("1.0-k", "SMOKE: booted 6.1.0-56-amd64")
+    text = _render(reporter)
+    assert "smoke" in text and "SMOKE: booted 6.1.0-56-amd64" in text and "waiting" in text
+    reporter.finish(RESULT)
+    assert "1.0-k" not in _render(reporter)  # finished rows leave the board
+    reporter.close()
+    assert "failed" in out.getvalue()
+
+
+def _render(reporter: RichReporter) -> str:
+    console = Console(file=io.StringIO(), width=200)
+    console.print(reporter._render())
+    return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_without_a_terminal_the_reporter_is_plain() -> None:
+    assert isinstance(make_reporter(Console(file=io.StringIO())), PlainReporter)
