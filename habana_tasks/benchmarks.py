@@ -493,9 +493,10 @@ class DelayProxy:
                 time.sleep(delay)
                 session = getattr(local, "session", None) or requests.Session()
                 local.session = session
-                forwarded = {
-                    k: v for k, v in self.headers.items() if k in ("Accept", "Authorization")
-                }
+                # Clients send several Accept lines (skopeo does): forward them all, joined.
+                forwarded = {"Accept": ", ".join(self.headers.get_all("Accept") or ["*/*"])}
+                if self.headers.get("Authorization"):
+                    forwarded["Authorization"] = self.headers["Authorization"]
                 response = session.request(
                     self.command, f"http://{upstream}{self.path}", headers=forwarded,
                     allow_redirects=False, timeout=30,
