@@ -244,10 +244,11 @@ class Bench:
 
             loop_times = timed(per_image, 5 if size < 200 else 3)
             ratio = statistics.median(loop_times) / statistics.median(cli_times)
-            per_pair = counts[-1] / size
+            per_pair = counts[-1] / size  # a repeated run: config blobs come from the cache
+            first_per_pair = counts[0] / size
             rows.append(
                 f"| {size} | {spread(ours_times)} | {spread(cli_times)} | {spread(status_times)} | "
-                f"{spread(loop_times)} | {ratio:.0f}× | {per_pair:.2f} |"
+                f"{spread(loop_times)} | {ratio:.1f}× | {first_per_pair:.2f} / {per_pair:.2f} |"
             )
             curve.append((size, statistics.median(cli_times), statistics.median(loop_times)))
             if size >= 50:
@@ -255,7 +256,8 @@ class Bench:
             self.results.data[f"refresh_{size}"] = {
                 "in_process_s": ours_times, "cli_s": cli_times, "status_cli_s": status_times,
                 "skopeo_loop_s": loop_times,
-                "requests_per_pair": per_pair, "ratio": ratio,
+                "requests_per_pair": per_pair, "requests_per_pair_first": first_per_pair,
+                "ratio": ratio,
             }  # fmt: skip
         self.results.sections.append((
             "1. No-op refresh (every image current)",
@@ -266,18 +268,19 @@ class Bench:
             "build-matrix script did with `podman inspect`. Ratio = baseline / CLI.\n\n"
             "`invoke status` (the same resolution plus the repository's tag list) is shown too."
             "\n\n| pairs | in process | CLI | `invoke status` | skopeo loop | ratio "
-            "| requests / pair |\n"
+            "| requests / pair (first / repeated run) |\n"
             "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
             "![refresh time vs pairs](refresh-scaling.png)\n\n"
             f"**With {LATENCY_SECONDS * 1000:.0f} ms per request** (a proxy on 127.0.0.1 delays "
             "every registry request, as a registry in another region would): the same runs.\n\n"
             "| pairs | CLI | skopeo loop | ratio |\n| --- | --- | --- | --- |\n"
             + "\n".join(far_rows) + "\n\n"
-            "Where the time goes (profiled with the in-process figures): each pair costs three "
-            "registry requests (its toolkit manifest, its image manifest, its config blob for the "
-            "labels), sent 16 at a time; at 200 pairs locally that is ~1.1 s of Python request "
-            "handling (~2 ms per request under the GIL), and ~0.4 s more of process start and "
-            "imports in the CLI. The per-image loop pays a process start and three sequential "
+            "Where the time goes (profiled with the in-process figures): on a first run each pair "
+            "costs three registry requests (its toolkit manifest, its image manifest, its config "
+            "blob for the labels), on later runs two (config blobs are immutable and cached by "
+            "digest), sent 16 at a time; locally each costs ~2 ms of Python request handling "
+            "under the GIL, and the CLI adds ~0.5 s of interpreter start and imports. "
+            "The per-image loop pays a process start and three sequential "
             "round trips per tag, so the gap grows with latency, not with a local registry that "
             "answers in under a millisecond.\n",
         ))  # fmt: skip
@@ -338,20 +341,22 @@ class Bench:
     # -- 2/3. builds -------------------------------------------------------------------------
 
     def build_run(
-        self, name: str, kernels: Sequence[str], *, jobs: int, force: bool
+        self, name: str, kernels: Sequence[str], *, jobs: int, force: bool, cache: str = ""
     ) -> dict[str, Any]:
+        """One build-all; `cache` names a download cache shared with an earlier run."""
         versions = self.versions_file(name, kernels)
         cfg = config.load(versions)
-        cache = self.work / f"cache-{name}"
+        cache_dir = self.work / f"cache-{cache or name}"
+        downloads_before = len(list((cache_dir / "downloads" / "sha256").glob("*")))
         started = time.perf_counter()
         results, _ = commands.run_build(
-            replace(self.project, cache_dir=cache), cfg, cfg.targets, jobs=jobs, force=force,
+            replace(self.project, cache_dir=cache_dir), cfg, cfg.targets, jobs=jobs, force=force,
             dry_run=False, push=True, console=Console(file=io.StringIO()), smoke=False,
         )  # fmt: skip
         wall = time.perf_counter() - started
         assert all(r.ok for r in results), results
         compile_s = sum(_compile_seconds(Path(r.log)) for r in results if r.log)
-        downloads = len(list((cache / "downloads" / "sha256").glob("*")))
+        downloads = len(list((cache_dir / "downloads" / "sha256").glob("*"))) - downloads_before
         return {"wall": wall, "compile": compile_s, "downloads": downloads, "results": results}
 
     def builds(self) -> None:
@@ -362,7 +367,7 @@ class Bench:
             cold = self.build_run(f"k{k}", kernels, jobs=1, force=True)
             # A --no-cache build leaves no reusable RUN layers: one cached build primes the cache.
             self.build_run(f"k{k}-prime", kernels, jobs=1, force=False)
-            warm = self.build_run(f"k{k}-warm", kernels, jobs=1, force=False)
+            warm = self.build_run(f"k{k}-warm", kernels, jobs=1, force=False, cache=f"k{k}-prime")
             if k == 2:
                 self.k2_cold = cold["wall"]
             single = cold["wall"] if k == 1 else single
@@ -381,10 +386,10 @@ class Bench:
             "same inputs built for a fresh repository once podman's layer cache holds them (a "
             "priming build runs in between, unmeasured). Load tests off here (see 4). "
             "Baseline: K × the single-kernel cold time. Compile share = time between the "
-            "`RUN make` step and the next step, from the timestamped logs. Downloads = vendor "
-            "RPMs fetched into that run's empty download cache (cold / warm: each run starts "
-            "with an empty cache, so 1 per driver version is the floor; a second run over the "
-            "same cache fetches none, see the unit tests).\n\n"
+            "`RUN make` step and the next step, from the timestamped logs. RPM downloads = "
+            "vendor packages fetched by that run: the cold run starts with an empty download "
+            "cache (one driver version: one download however many kernels), the warm run "
+            "reuses the priming run's cache.\n\n"
             "| K | cold | K × single | ratio | compile share | warm | RPM downloads |\n"
             "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n",
         ))  # fmt: skip
@@ -428,6 +433,7 @@ class Bench:
             remote = registry.inspect(target.image)
             image_mb = self._podman_size(target.image)
             toolkit_mb = self._podman_size(local_upstream.local_toolkit(target.kernel))
+            self.results.data[f"size_{target.kernel}"] = image_mb
             size_rows.append(
                 f"| {target.kernel} | {(remote.size or 0) / 1e6:.1f} MB | {image_mb:.1f} MB | "
                 f"{toolkit_mb:.0f} MB | {ORIGINAL_IMAGE_MB:.0f} MB |"
@@ -457,6 +463,53 @@ class Bench:
 
     # -- report ------------------------------------------------------------------------------
 
+    def goals(self, seconds: float) -> str:
+        """Each goal of the benchmark brief, met or missed by how much, from this run's data."""
+        d = self.results.data
+        refresh = statistics.median(d["refresh_200"]["cli_s"])
+        ratio = d["refresh_200"]["ratio"]
+        far = d.get("refresh_200_far", {}).get("ratio", 0.0)
+        loop_ms = statistics.median(d["refresh_200"]["skopeo_loop_s"]) / 200 * 1000
+        smoke = max(statistics.median(v["seconds"]) for k, v in d.items() if k.startswith("smoke_"))
+        size = max(v for k, v in d.items() if k.startswith("size_"))
+        warm_downloads = max(d[f"build_k{k}_warm"]["downloads"] for k in (1, 2, 3))
+        cold_downloads = max(d[f"build_k{k}"]["downloads"] for k in (1, 2, 3))
+
+        def row(goal: str, measured: str, met: bool, note: str = "") -> str:
+            return f"| {goal} | {measured} | {'met' if met else '**missed**'} | {note} |"
+
+        rows = [
+            row("no-op refresh of 200 pairs < 2 s", f"{refresh:.2f} s (CLI)", refresh < 2.0),
+            row(
+                "≥ 50× faster than the per-image loop",
+                f"{ratio:.1f}× local, {far:.0f}× at {LATENCY_SECONDS * 1000:.0f} ms",
+                ratio >= 50,
+                ""
+                if ratio >= 50
+                else (
+                    f"missed by {50 / ratio:.0f}× locally: skopeo answers a local tag in "
+                    f"~{loop_ms:.0f} ms, "
+                    "so the loop has little to lose; the gap is latency-bound and grows with "
+                    "distance. Closing it further: fewer requests per pair (a toolkit digest "
+                    "cache keyed by tag with a short TTL, or HEAD instead of GET for manifests "
+                    "whose digest is already known), more concurrency than 16, and a leaner "
+                    "HTTP stack than requests (~2 ms of CPU per request here)"
+                ),
+            ),
+            row(
+                "one RPM download per driver per run, none when cached",
+                f"{cold_downloads} cold / {warm_downloads} cached",
+                cold_downloads == 1 and warm_downloads == 0,
+            ),
+            row("load test ≤ 10 s per image", f"{smoke:.1f} s (worst median)", smoke <= 10),
+            row("Debian example image ≤ 90 MB", f"{size:.1f} MB uncompressed", size <= 90),
+            row("benchmark < 15 min", f"{seconds / 60:.1f} min", seconds < 900),
+        ]
+        return (
+            "| goal | measured | result | why / what would close the gap |\n"
+            "| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
+        )
+
     def write(self, seconds: float) -> Path:
         docs = self.project.root / "docs"
         docs.mkdir(exist_ok=True)
@@ -467,7 +520,7 @@ class Bench:
             "Regenerate with `.venv/bin/nox -s bench` (after `scripts/install-deps`); it stands up "
             "its own registry on 127.0.0.1 and uses the local upstream's cached images. "
             f"This run took {seconds / 60:.1f} min.\n\n"
-            f"| setup | |\n| --- | --- |\n{setup}\n\n{body}\n"
+            f"| setup | |\n| --- | --- |\n{setup}\n\n## Goals\n\n{self.goals(seconds)}\n{body}\n"
         )
         (docs / "benchmarks.json").write_text(
             json.dumps({"setup": self.results.setup, "data": self.results.data}, indent=2,

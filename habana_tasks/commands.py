@@ -128,7 +128,7 @@ def resolve_and_plan(
 ) -> PlannedRun:
     """Every input and registry state resolved once, concurrently; then the pure plan."""
     http = HTTPClient()
-    registry = RegistryClient(config.insecure_registries, http)
+    registry = RegistryClient(config.insecure_registries, http, blob_cache=project.cache / "blobs")
     packages = PackageCache(project.cache / "downloads", http)
     started = time.monotonic()
     resolution = metadata.resolve(targets, registry, packages, project.dockerfile)

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, cast
 
 import requests
@@ -99,9 +100,12 @@ class RegistryClient:
         insecure_registries: Iterable[str] = (),
         http: HTTPClient | None = None,
         credentials: Callable[[str, str], Credentials | None] = find_credentials,
+        blob_cache: Path | None = None,
     ) -> None:
         self.insecure = frozenset(insecure_registries)
         self.http = http or HTTPClient()
+        # Blobs are immutable by digest: a config read once (labels) is never asked for again.
+        self.blob_cache = blob_cache
         self._credentials = credentials
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
         self._lock = threading.Lock()
@@ -157,11 +161,21 @@ class RegistryClient:
         return parsed
 
     def get_blob(self, ref: ImageReference, digest: str) -> bytes:
+        cached = self.blob_cache / digest.replace(":", "-") if self.blob_cache else None
+        if cached is not None and cached.is_file():
+            body = cached.read_bytes()
+            if sha256_digest(body) == digest:
+                return body
         url = f"{self._base(ref)}/blobs/{digest}"
         response = self._request("GET", url, ref)
         _raise_for_status(response, f"{ref.name}@{digest} (blob)")
         if sha256_digest(response.content) != digest:
             raise DigestMismatchError(f"{ref.name}: blob {digest} does not hash to its digest")
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_name(f".{cached.name}.{threading.get_ident()}")
+            partial.write_bytes(response.content)
+            partial.replace(cached)
         return response.content
 
     def inspect(self, image: str) -> RemoteImage:

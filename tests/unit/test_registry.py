@@ -189,3 +189,17 @@ def test_credentials_most_specific_entry_wins(tmp_path: Path) -> None:
     assert find_credentials("docker.io", "library/debian", env) == Credentials("hub", "pw3")
     assert find_credentials("ghcr.io", "x/y", env) is None
     assert "pw2" not in repr(find_credentials("quay.io", "openshift-release-dev/x", env))
+
+
+def test_config_blobs_are_cached_by_digest(fake: FakeRegistry, tmp_path: Path) -> None:
+    fake.add_image("lib/drv", "1.0-k", {"fp": "abc"}, OCI_MANIFEST)
+    http = HTTPClient(RetryPolicy(base_delay=0.01))
+    c = RegistryClient([fake.host], http, credentials=lambda r, n: None, blob_cache=tmp_path)  # type: ignore[attr-defined]
+    assert c.inspect(f"{fake.host}/lib/drv:1.0-k").labels == {"fp": "abc"}  # type: ignore[attr-defined]
+    assert c.requests_sent == 2
+    assert c.inspect(f"{fake.host}/lib/drv:1.0-k").labels == {"fp": "abc"}  # type: ignore[attr-defined]
+    assert c.requests_sent == 3  # the manifest only: tags move, blobs do not
+    # A damaged cache entry is not trusted.
+    (cached,) = tmp_path.iterdir()
+    cached.write_bytes(b'{"config": {"Labels": {"fp": "forged"}}}')
+    assert c.inspect(f"{fake.host}/lib/drv:1.0-k").labels == {"fp": "abc"}  # type: ignore[attr-defined]
