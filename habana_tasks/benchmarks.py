@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import statistics
 import tarfile
@@ -65,7 +66,11 @@ def spread(times: Sequence[float]) -> str:
 
 class Bench:
     def __init__(self, project: commands.Project, work: Path, console: Console) -> None:
-        self.project = project
+        # Every run starts from nothing of its own: registry data, caches and logs live under
+        # `work`, which is wiped; only the local upstream's content cache is shared.
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        self.project = replace(project, cache_dir=work / "cache")
         self.work = work
         self.console = console
         self.runner = ProcessRunner()
