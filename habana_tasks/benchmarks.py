@@ -224,30 +224,9 @@ class Bench:
 
             ours_times = timed(ours, 5)
 
-            def cli(v: Path = versions) -> None:
-                self.runner.run(
-                    ["invoke", "build-all", "--dry-run", "--versions", str(v)],
-                    cwd=self.project.root, env={"HABANA_CACHE_DIR": str(self.work / "cli-cache")},
-                )  # fmt: skip
-
-            cli_times = timed(cli, 5)
-
-            def status(v: Path = versions) -> None:
-                self.runner.run(
-                    ["invoke", "status", "--format", "json", "--versions", str(v)],
-                    cwd=self.project.root, env={"HABANA_CACHE_DIR": str(self.work / "cli-cache")},
-                )  # fmt: skip
-
-            status_times = timed(status, 3)
-            loop = (
-                'for t in "$@"; do skopeo inspect --tls-verify=false '
-                f'"docker://{cfg.repository}:$t" >/dev/null || exit 1; done'
-            )
-
-            def per_image(t: list[str] = tags, script: str = loop) -> None:
-                self.runner.run(["sh", "-c", script, "sh", *t])
-
-            loop_times = timed(per_image, 5 if size < 200 else 3)
+            cli_times = timed(self._cli("build-all", "--dry-run", versions=versions), 5)
+            status_times = timed(self._cli("status", "--format", "json", versions=versions), 3)
+            loop_times = timed(self._per_image_loop(cfg.repository, tags), 5 if size < 200 else 3)
             ratio = statistics.median(loop_times) / statistics.median(cli_times)
             per_pair = counts[-1] / size  # a repeated run: config blobs come from the cache
             first_per_pair = counts[0] / size
@@ -291,6 +270,20 @@ class Bench:
         ))  # fmt: skip
         self._plot(curve)
 
+    def _cli(self, *args: str, versions: Path) -> Callable[[], object]:
+        """A task run as a user runs it: a new process, from the project folder."""
+        argv = ["invoke", *args, "--versions", str(versions)]
+        env = {"HABANA_CACHE_DIR": str(self.work / "cli-cache")}
+        return lambda: self.runner.run(argv, cwd=self.project.root, env=env)
+
+    def _per_image_loop(self, repository: str, tags: Sequence[str]) -> Callable[[], object]:
+        """The baseline: one skopeo process per tag, one after another."""
+        script = (
+            'for t in "$@"; do skopeo inspect --tls-verify=false '
+            f'"docker://{repository}:$t" >/dev/null || exit 1; done'
+        )
+        return lambda: self.runner.run(["sh", "-c", script, "sh", *tags])
+
     def _refresh_far(self, size: int, tags: Sequence[str]) -> str:
         proxy = DelayProxy(self.upstream.registry, LATENCY_SECONDS)
         try:
@@ -298,19 +291,8 @@ class Bench:
                 f"refresh-{size}-far", [f"6.1.0-{1000 + i}-amd64" for i in range(size)], proxy.host
             )
             cfg = config.load(versions)
-
-            def cli() -> None:
-                self.runner.run(
-                    ["invoke", "build-all", "--dry-run", "--versions", str(versions)],
-                    cwd=self.project.root, env={"HABANA_CACHE_DIR": str(self.work / "cli-cache")},
-                )  # fmt: skip
-
-            cli_times = timed(cli, 3)
-            loop = (
-                'for t in "$@"; do skopeo inspect --tls-verify=false '
-                f'"docker://{cfg.repository}:$t" >/dev/null || exit 1; done'
-            )
-            loop_times = timed(lambda: self.runner.run(["sh", "-c", loop, "sh", *tags]), 3)
+            cli_times = timed(self._cli("build-all", "--dry-run", versions=versions), 3)
+            loop_times = timed(self._per_image_loop(cfg.repository, tags), 3)
         finally:
             proxy.stop()
         ratio = statistics.median(loop_times) / statistics.median(cli_times)

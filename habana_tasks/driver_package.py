@@ -77,7 +77,7 @@ class PackageCache:
         try:
             record = json.loads(index.read_text())
             path = self.root / "sha256" / record["sha256"]
-            if path.stat().st_size != record["size"] or _sha256_file(path) != record["sha256"]:
+            if path.stat().st_size != record["size"] or sha256_file(path) != record["sha256"]:
                 return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -177,7 +177,7 @@ def link_into(package: CachedPackage, directory: Path, name: str) -> Path:
     return target
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     hasher = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(CHUNK):

@@ -71,9 +71,6 @@ class ImageReference:
     def with_digest(self, digest: str) -> ImageReference:
         return ImageReference(self.registry, self.repository, None, digest)
 
-    def with_tag(self, tag: str) -> ImageReference:
-        return ImageReference(self.registry, self.repository, tag, None)
-
     def __str__(self) -> str:
         text = self.name
         if self.tag:

@@ -23,6 +23,7 @@ from pathlib import Path
 import requests
 
 from habana_tasks import process
+from habana_tasks.driver_package import sha256_file
 from habana_tasks.errors import HabanaError
 from habana_tasks.podman import Podman
 from habana_tasks.process import LineSink, ProcessRunner
@@ -235,21 +236,13 @@ def ensure_toolkit_image(
     _push(podman, local, upstream.toolkit_image(kernel), on_line)
 
 
-def _sha256_file(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
 def extract_driver_source(upstream: Upstream, runner: ProcessRunner) -> Path:
     """The habanalabs subtree of linux-source-6.1, extracted once per tarball content."""
     if not LINUX_SOURCE.exists():
         raise HabanaError(
             f"{LINUX_SOURCE} is missing; install it: apt-get install linux-source-6.1"
         )
-    key = _key(_sha256_file(LINUX_SOURCE))
+    key = _key(sha256_file(LINUX_SOURCE))
     target = upstream.artefacts / "source" / key
     if (target / "linux-source-6.1" / DRIVER_SUBDIR / "Makefile").exists():
         return target / "linux-source-6.1"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from habana_tasks.config import BuildTarget
-from habana_tasks.driver_package import CachedPackage, PackageCache, read_git_sha
+from habana_tasks.driver_package import CachedPackage, PackageCache, read_git_sha, sha256_file
 from habana_tasks.errors import HabanaError
 from habana_tasks.labels import TargetInputs
 from habana_tasks.registry import RegistryClient, RemoteImage, ResolvedImage
@@ -25,10 +24,6 @@ class Resolution:
 
     inputs: dict[str, TargetInputs | str]
     remote: dict[str, RemoteImage]
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class _Once:
@@ -66,7 +61,7 @@ def resolve(
     *,
     with_remote: bool = True,
 ) -> Resolution:
-    dockerfile_sha = file_sha256(dockerfile)
+    dockerfile_sha = sha256_file(dockerfile)
     with ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="lookup") as pool:
         once = _Once(pool)
 

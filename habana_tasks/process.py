@@ -48,10 +48,6 @@ class ProcessRunner:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
     def run(
         self,
         argv: Sequence[str],
