@@ -27,15 +27,20 @@ def _run(call: Callable[[], int | None]) -> None:
         raise Exit(code=code)
 
 
+BUILD_HELP = {
+    "versions": "versions file (default: versions.toml)",
+    "force": "rebuild (without the layer cache) even when the image is up to date",
+    "dry-run": "print the plan (target, image, action, reason) and stop",
+    "push": "push checked images (default); --no-push only builds and checks",
+    "smoke": "load-test in the target kernel before pushing (default); --no-smoke skips it",
+}
+
+
 @task(
     help={
         "kernel": "full kernel release (uname -r), as listed in versions.toml",
         "driver": "driver version (default: every driver listed for that kernel)",
-        "versions": "versions file (default: versions.toml)",
-        "force": "rebuild even when the image is up to date",
-        "dry-run": "print the plan (target, image, action, reason) and stop",
-        "push": "push checked images (default); --no-push only builds and checks",
-        "smoke": "load-test in the target kernel before pushing (default); --no-smoke skips it",
+        **BUILD_HELP,
     }
 )
 def build(
@@ -53,16 +58,7 @@ def build(
                                 push=push, smoke=smoke))  # fmt: skip
 
 
-@task(
-    help={
-        "versions": "versions file (default: versions.toml)",
-        "jobs": "targets built at once (default 1)",
-        "force": "rebuild every target, up to date or not",
-        "dry-run": "print the plan (target, image, action, reason) and stop",
-        "push": "push checked images (default); --no-push only builds and checks",
-        "smoke": "load-test in the target kernel before pushing (default); --no-smoke skips it",
-    }
-)
+@task(help={"jobs": "targets built at once (default 1)", **BUILD_HELP})
 def build_all(
     c: Context,
     versions: str | None = None,
