@@ -323,9 +323,8 @@ def _smoke_one(
     podman.ensure(toolkit, tls_verify(config, toolkit), sink)
     work.mkdir(parents=True, exist_ok=True)
     podman.export_rootfs(ref, work / "rootfs.tar", sink)
-    vmlinuz = smoke_module.extract_kernel(podman, toolkit, target.kernel, work / "vmlinuz")
-    outcome = smoke_module.run_smoke(
-        podman, work / "rootfs.tar", vmlinuz, target.kernel, target.modules, work,
+    outcome = smoke_module.load_test(
+        podman, work / "rootfs.tar", toolkit, target.kernel, target.modules, work,
         timeout=timeout, on_line=sink,
     )  # fmt: skip
     return SmokeReport(

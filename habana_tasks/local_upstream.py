@@ -96,15 +96,18 @@ def _running(pidfile: Path) -> int | None:
 
 def _wait_http(url: str, what: str, seconds: float = 15.0) -> None:
     deadline = time.monotonic() + seconds
-    while True:
+    last = "no answer"
+    while time.monotonic() < deadline:
         try:
-            if requests.get(url, timeout=1).status_code < 500:
+            status = requests.get(url, timeout=1).status_code
+        except requests.RequestException as exc:  # not up yet: poll again
+            last = type(exc).__name__
+        else:
+            if status < 500:
                 return
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            raise HabanaError(f"{what} did not answer on {url} within {seconds:g} s")
+            last = f"HTTP {status}"
         time.sleep(0.1)
+    raise HabanaError(f"{what} did not answer on {url} within {seconds:g} s ({last})")
 
 
 def _refuse_taken_port(port: int, service: str) -> None:

@@ -78,6 +78,9 @@ def resolve(
 
             return once.get(("sha", url, version), read)
 
+        def remote_state(image: str) -> Future[RemoteImage]:
+            return once.get(("remote", image), lambda: registry.inspect(image))
+
         pending = {}
         for t in targets:
             pending[t.tag] = (
@@ -86,9 +89,7 @@ def resolve(
                 package(t.package_url),
                 package(t.firmware_url) if t.firmware_url else None,
                 git_sha(t.package_url, t.driver),
-                once.get(("remote", t.image), lambda t=t: registry.inspect(t.image))  # type: ignore[misc]
-                if with_remote
-                else None,
+                remote_state(t.image) if with_remote else None,
             )
         inputs: dict[str, TargetInputs | str] = {}
         remote: dict[str, RemoteImage] = {}

@@ -208,12 +208,9 @@ class Pipeline:
         )
         if self.options.smoke:
             stage("smoke")
-            kernel = smoke_module.extract_kernel(
-                self.podman, inputs.toolkit.pinned, target.kernel, work / "vmlinuz"
-            )
-            result = smoke_module.run_smoke(
-                self.podman, rootfs, kernel, target.kernel, target.modules, work / "smoke",
-                timeout=self.options.smoke_timeout, on_line=sink,
+            result = smoke_module.load_test(
+                self.podman, rootfs, inputs.toolkit.pinned, target.kernel, target.modules,
+                work / "smoke", timeout=self.options.smoke_timeout, on_line=sink,
             )  # fmt: skip
             smoked.append(result)
             if not result.passed:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,24 +111,29 @@ class Podman:
         self.runner.run(push_argv(image_id, destination, digestfile, tls_verify), on_line=on_line)
         return digestfile.read_text().strip()
 
-    def export_rootfs(self, image: str, output: Path, on_line: LineSink | None = None) -> None:
-        """The image's filesystem as a tar, without running anything inside it."""
-        name = f"habana-export-{uuid.uuid4().hex[:12]}"
+    @contextmanager
+    def _container(self, image: str, on_line: LineSink | None = None) -> Iterator[str]:
+        """A created, never started container of the image, removed afterwards."""
+        name = f"habana-{uuid.uuid4().hex[:12]}"
         self.runner.run([PODMAN, "create", "--name", name, image, "/bin/true"], on_line=on_line)
         try:
-            self.runner.run(export_argv(name, output), on_line=on_line)
+            yield name
         finally:
             self.runner.run([PODMAN, "rm", "--force", name], check=False)
 
-    def copy_from_image(self, image: str, path: str, dest: Path) -> bool:
-        """Copy one file out of an image without running it; False when the path is absent."""
-        name = f"habana-copy-{uuid.uuid4().hex[:12]}"
-        self.runner.run([PODMAN, "create", "--name", name, image, "/bin/true"])
-        try:
-            done = self.runner.run([PODMAN, "cp", f"{name}:{path}", str(dest)], check=False)
-        finally:
-            self.runner.run([PODMAN, "rm", "--force", name], check=False)
-        return done.returncode == 0 and dest.is_file()
+    def export_rootfs(self, image: str, output: Path, on_line: LineSink | None = None) -> None:
+        """The image's filesystem as a tar, without running anything inside it."""
+        with self._container(image, on_line) as name:
+            self.runner.run(export_argv(name, output), on_line=on_line)
+
+    def copy_from_image(self, image: str, candidates: Sequence[str], dest: Path) -> str | None:
+        """Copy the first of the candidate paths that the image holds; None when it holds none."""
+        with self._container(image) as name:
+            for path in candidates:
+                done = self.runner.run([PODMAN, "cp", f"{name}:{path}", str(dest)], check=False)
+                if done.returncode == 0 and dest.is_file():
+                    return path
+        return None
 
     def image_label(self, image: str, label: str) -> str | None:
         try:

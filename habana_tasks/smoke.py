@@ -103,10 +103,28 @@ def evaluate(lines: Sequence[str], release: str) -> tuple[bool, str, tuple[str, 
 def extract_kernel(podman: Podman, toolkit_image: str, release: str, dest: Path) -> Path:
     """The target kernel from its toolkit image (RHEL driver-toolkit or Debian layout)."""
     tried = [p.format(release=release) for p in KERNEL_PATHS]
-    for path in tried:
-        if podman.copy_from_image(toolkit_image, path, dest):
-            return dest
-    raise HabanaError(f"{toolkit_image}: no kernel image at {' or '.join(tried)}")
+    if podman.copy_from_image(toolkit_image, tried, dest) is None:
+        raise HabanaError(f"{toolkit_image}: no kernel image at {' or '.join(tried)}")
+    return dest
+
+
+def load_test(
+    podman: Podman,
+    rootfs_tar: Path,
+    toolkit_image: str,
+    release: str,
+    modules: Sequence[str],
+    work: Path,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    on_line: LineSink | None = None,
+) -> SmokeResult:
+    """An exported image booted in the kernel its toolkit image carries."""
+    work.mkdir(parents=True, exist_ok=True)
+    kernel = extract_kernel(podman, toolkit_image, release, work / "vmlinuz")
+    return run_smoke(
+        podman, rootfs_tar, kernel, release, modules, work, timeout=timeout, on_line=on_line
+    )
 
 
 def run_smoke(
