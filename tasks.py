@@ -12,17 +12,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from habana_tasks import benchmarks, commands
 from habana_tasks.errors import HabanaError
+from habana_tasks.process import interruption, sigterm_as_interrupt
 
 PROJECT = commands.Project(Path(__file__).resolve().parent)
 
 
 def _run(call: Callable[[], int | None]) -> None:
     try:
-        code = call()
+        with sigterm_as_interrupt():
+            code = call()
     except HabanaError as exc:
         raise Exit(f"error: {exc}", code=exc.exit_code) from None
-    except KeyboardInterrupt:
-        raise Exit("interrupted", code=130) from None
+    except KeyboardInterrupt as exc:
+        error = interruption(exc)
+        raise Exit(f"{error.word}: every child process was stopped", code=error.exit_code) from None
     if code:
         raise Exit(code=code)
 

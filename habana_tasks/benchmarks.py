@@ -89,7 +89,7 @@ class Bench:
 
     def start(self) -> None:
         self.console.print("bench: local upstream (cached images, fresh registry)")
-        local_upstream.up(self.upstream, self.runner, BUILD_KERNELS, [DRIVER])
+        local_upstream.up(self.upstream, self.podman, BUILD_KERNELS, [DRIVER])
         versions = {
             "podman": self._version(["podman", "--version"]),
             "docker-registry": self._version(["docker-registry", "--version"]),

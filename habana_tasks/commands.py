@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -28,9 +28,10 @@ from habana_tasks import status as status_module
 from habana_tasks.auth import Credentials, find_credentials
 from habana_tasks.config import BuildTarget, Config
 from habana_tasks.driver_package import PackageCache
-from habana_tasks.errors import HabanaError, UsageError
+from habana_tasks.errors import HabanaError, Interrupted, UsageError
 from habana_tasks.http_client import HTTPClient
 from habana_tasks.image_reference import ImageReference
+from habana_tasks.isolation import BuildIsolation
 from habana_tasks.pipeline import Pipeline, RunOptions, run_stamp, tls_verify
 from habana_tasks.plan import Action, BuildJob, plan
 from habana_tasks.podman import Podman
@@ -147,6 +148,7 @@ def run_build(
     push: bool,
     console: Console,
     smoke: bool = True,
+    podman: Podman | None = None,
 ) -> tuple[list[JobResult], RegistryClient]:
     planned_run = resolve_and_plan(project, config, targets, force=force, load_tests=smoke)
     planned, registry = planned_run.jobs, planned_run.registry
@@ -167,9 +169,15 @@ def run_build(
         push=push,
         smoke=smoke,
     )
-    runner = ProcessRunner()
-    pipeline = Pipeline(config, Podman(runner), registry, make_reporter(console), options)
-    results = pipeline.execute(planned)
+    reporter = make_reporter(console)
+    podman = podman or _podman(reporter.message)
+    pipeline = Pipeline(config, podman, registry, reporter, options)
+    try:
+        results = pipeline.execute(planned)
+    except Interrupted as exc:
+        console.print(summary_table([r for r in exc.results if isinstance(r, JobResult)]))
+        console.print(f"report: {options.logs_dir / 'report.json'}", highlight=False)
+        raise
     console.print(summary_table(results))
     console.print(f"report: {options.logs_dir / 'report.json'}", highlight=False)
     return results, registry
@@ -194,12 +202,25 @@ def library_table(config: Config, registry: RegistryClient) -> Table:
     return table
 
 
+def _podman(announce: Callable[[str], None]) -> Podman:
+    """One podman per run: its build isolation is decided once and announced once."""
+    runner = ProcessRunner()
+    return Podman(runner, BuildIsolation(runner, announce=announce))
+
+
+def _announcer(console: Console) -> Callable[[str], None]:
+    return lambda text: console.print(text, markup=False, highlight=False)
+
+
 def upstream(project: Project) -> local_upstream.Upstream:
     return local_upstream.Upstream(local_upstream.default_root(project.root))
 
 
 def upstream_up(
-    project: Project, versions: str | None = None, console: Console | None = None
+    project: Project,
+    versions: str | None = None,
+    console: Console | None = None,
+    podman: Podman | None = None,
 ) -> None:
     """Stand up the local upstream with what the example versions file names."""
     console = console or make_console()
@@ -208,7 +229,7 @@ def upstream_up(
     console.print("local upstream: registry, package server, base and toolkit images, RPMs")
     local_upstream.up(
         upstream(project),
-        ProcessRunner(),
+        podman or _podman(_announcer(console)),
         kernels=[t.kernel for t in config.targets],
         drivers=[t.driver for t in config.targets],
     )
@@ -227,11 +248,12 @@ def example(
     """The example library end to end: local upstream, build-all, and the library table."""
     console = console or make_console()
     versions = str(project.root / EXAMPLE_VERSIONS)
-    upstream_up(project, versions, console)
+    podman = _podman(_announcer(console))
+    upstream_up(project, versions, console, podman)
     config = config_module.load(project.versions(versions))
     results, registry = run_build(
         project, config, config.targets, jobs=jobs, force=False, dry_run=False, push=True,
-        console=console, smoke=smoke,
+        console=console, smoke=smoke, podman=podman,
     )  # fmt: skip
     console.print(library_table(config, registry))
     return 0 if all(r.ok for r in results) else 1

@@ -66,6 +66,19 @@ class CheckError(HabanaError):
 
 
 class Interrupted(HabanaError):
-    """The user pressed Ctrl-C; every child process was stopped."""
+    """The user pressed Ctrl-C; every child process was stopped, no tag was moved."""
 
     exit_code = 130
+    word = "interrupted"
+
+    def __init__(self, message: str, results: Sequence[object] = ()) -> None:
+        super().__init__(message)
+        # What each target came to, for the summary (JobResult records).
+        self.results = list(results)
+
+
+class Terminated(Interrupted):
+    """SIGTERM (timeout, systemd, Kubernetes, CI cancellation): handled exactly like Ctrl-C."""
+
+    exit_code = 143
+    word = "terminated"

@@ -11,6 +11,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from habana_tasks import archive
 from habana_tasks.config import BuildTarget
 from habana_tasks.errors import CheckError, CommandError
 from habana_tasks.podman import Podman
@@ -43,7 +44,7 @@ def unpack(rootfs_tar: Path, destination: Path) -> ImageTree:
         members = tar.getmembers()
         names = frozenset(m.name.lstrip("./") for m in members)
         wanted = [m for m in members if m.name.lstrip("./").startswith("opt/")]
-        tar.extractall(destination, members=wanted, filter="data")
+        archive.extract(tar, destination, wanted)
     return ImageTree(names, destination)
 
 

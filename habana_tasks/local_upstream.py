@@ -25,7 +25,7 @@ import requests
 from habana_tasks import process
 from habana_tasks.driver_package import sha256_file
 from habana_tasks.errors import HabanaError
-from habana_tasks.podman import Podman
+from habana_tasks.podman import BuildSpec, Podman
 from habana_tasks.process import LineSink, ProcessRunner
 
 LINUX_SOURCE = Path("/usr/src/linux-source-6.1.tar.xz")
@@ -232,10 +232,13 @@ def ensure_toolkit_image(
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "Containerfile").write_text(toolkit_containerfile(LOCAL_BASE, kernel))
     local = local_toolkit(kernel)
-    podman.runner.run(
-        ["podman", "build", "--pull=never", "--layers", "--tag", local, str(directory)],
-        on_line=on_line,
+    spec = BuildSpec(
+        context=directory,
+        containerfile=directory / "Containerfile",
+        iidfile=directory / "image-id",
+        tags=(local,),
     )
+    podman.build(spec, on_line)
     _push(podman, local, upstream.toolkit_image(kernel), on_line)
 
 
@@ -409,20 +412,19 @@ def build_firmware_rpm(upstream: Upstream, runner: ProcessRunner, version: str, 
 
 def up(
     upstream: Upstream,
-    runner: ProcessRunner,
+    podman: Podman,
     kernels: Iterable[str],
     drivers: Iterable[str],
     on_line: LineSink | None = None,
 ) -> None:
     """Start the services and make every image and package the example versions file names."""
-    podman = Podman(runner)
     start_registry(upstream)
     start_file_server(upstream)
     ensure_base_image(upstream, podman, on_line)
     for kernel in sorted(set(kernels)):
         ensure_toolkit_image(upstream, podman, kernel, on_line)
     for driver in sorted(set(drivers)):
-        build_driver_rpm(upstream, runner, driver)
+        build_driver_rpm(upstream, podman.runner, driver)
 
 
 def default_root(project_root: Path) -> Path:

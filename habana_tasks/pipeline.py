@@ -24,7 +24,7 @@ from habana_tasks.errors import CheckError, HabanaError, Interrupted
 from habana_tasks.image_reference import ImageReference
 from habana_tasks.plan import Action, BuildJob
 from habana_tasks.podman import BuildSpec, Podman
-from habana_tasks.process import LineSink
+from habana_tasks.process import LineSink, interruption
 from habana_tasks.registry import Existence, RegistryClient
 from habana_tasks.reporter import JobResult, Reporter
 
@@ -83,8 +83,9 @@ class Pipeline:
                         self.reporter.finish(results[job.target.tag])
                     else:
                         runnable.append(job)
-                for result in self._run_parallel(runnable):
-                    results[result.name] = result
+                self._run_parallel(runnable, results)
+            except KeyboardInterrupt as exc:
+                raise self._stopped(jobs, results, interruption(exc)) from None
             finally:
                 self.reporter.close()
         ordered = [results[job.target.tag] for job in jobs]
@@ -109,20 +110,36 @@ class Pipeline:
                     failures.setdefault(tag, f"pull {image}: {exc}")
         return failures
 
-    def _run_parallel(self, jobs: Sequence[BuildJob]) -> list[JobResult]:
-        results: list[JobResult] = []
+    def _run_parallel(self, jobs: Sequence[BuildJob], results: dict[str, JobResult]) -> None:
+        """Run the jobs; each result lands in `results` as soon as the caller has it."""
         with ThreadPoolExecutor(max(1, self.options.jobs), thread_name_prefix="build") as pool:
             futures: list[Future[JobResult]] = [pool.submit(self._run_job, job) for job in jobs]
             try:
                 for future in futures:
-                    results.append(future.result())
+                    result = future.result()
+                    results[result.name] = result
             except KeyboardInterrupt:
                 for future in futures:
                     future.cancel()
                 self.podman.runner.terminate_all()
                 pool.shutdown(wait=True, cancel_futures=True)
-                raise Interrupted("interrupted: every build and push was stopped") from None
-        return results
+                raise
+
+    def _stopped(
+        self, jobs: Sequence[BuildJob], results: dict[str, JobResult], error: type[Interrupted]
+    ) -> Interrupted:
+        """Every child stopped; targets that had not finished are reported as stopped."""
+        self.podman.runner.terminate_all()
+        ordered = [
+            results.get(job.target.tag)
+            or JobResult(job.target.tag, job.action.value, error.word, "stopped before it ended")
+            for job in jobs
+        ]
+        self._write_report(ordered)
+        return error(
+            f"{error.word}: every build, load test and push was stopped; no tag was moved",
+            ordered,
+        )
 
     def _run_job(self, job: BuildJob) -> JobResult:
         target = job.target

@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from habana_tasks.errors import CommandError
+from habana_tasks.isolation import BuildIsolation
 from habana_tasks.process import LineSink, ProcessRunner
 
 PODMAN = "podman"
@@ -25,6 +26,8 @@ class BuildSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     tags: Sequence[str] = ()
     no_cache: bool = False
+    # --isolation, chosen per host by habana_tasks.isolation (None: podman's own default).
+    isolation: str | None = None
 
     @property
     def argv(self) -> list[str]:
@@ -32,6 +35,8 @@ class BuildSpec:
         # parallel builds never pull into the shared storage at once.
         argv = [PODMAN, "build", "--pull=never", "--layers", "--file", str(self.containerfile)]
         argv += ["--iidfile", str(self.iidfile)]
+        if self.isolation:
+            argv += ["--isolation", self.isolation]
         if self.no_cache:
             argv.append("--no-cache")
         for key, value in sorted(self.build_args.items()):
@@ -74,8 +79,9 @@ def export_argv(container: str, output: Path) -> list[str]:
 class Podman:
     """The podman operations the pipeline needs, all through the one process runner."""
 
-    def __init__(self, runner: ProcessRunner) -> None:
+    def __init__(self, runner: ProcessRunner, isolation: BuildIsolation | None = None) -> None:
         self.runner = runner
+        self.isolation = isolation or BuildIsolation(runner)
 
     def image_exists(self, image: str) -> bool:
         done = self.runner.run([PODMAN, "image", "exists", image], check=False)
@@ -92,6 +98,9 @@ class Podman:
         return True
 
     def build(self, spec: BuildSpec, on_line: LineSink | None = None) -> str:
+        """Build with the isolation this host supports (asked once per run); the image ID."""
+        if spec.isolation is None:
+            spec = replace(spec, isolation=self.isolation.choose().flag)
         spec.iidfile.unlink(missing_ok=True)
         self.runner.run(spec.argv, on_line=on_line)
         return spec.iidfile.read_text().strip()

@@ -7,19 +7,52 @@ tree), its output streamed line by line to a callback and its tail kept for the 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from habana_tasks.errors import CommandError
+from habana_tasks.errors import CommandError, Interrupted, Terminated
 
 LineSink = Callable[[str], None]
 TAIL_LINES = 40
 TERMINATE_GRACE_SECONDS = 5.0
+# kmod's modinfo/depmod/modprobe live in /sbin, which an ordinary user's PATH often lacks.
+SYSTEM_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+class TerminationSignal(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds exactly like Ctrl-C."""
+
+
+def _raise_termination(signum: int, frame: object) -> None:
+    raise TerminationSignal
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM stops children and moves no tag, as Ctrl-C does."""
+    previous = signal.signal(signal.SIGTERM, _raise_termination)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interruption(exc: KeyboardInterrupt) -> type[Interrupted]:
+    """The error (and exit code) an interrupt ends a run with: 143 for SIGTERM, else 130."""
+    return Terminated if isinstance(exc, TerminationSignal) else Interrupted
+
+
+def find_tool(name: str) -> str | None:
+    """The full path of a command: PATH first, then the system directories."""
+    path = os.pathsep.join([os.environ.get("PATH", os.defpath), *SYSTEM_DIRS])
+    return shutil.which(name, path=path)
 
 
 @dataclass(frozen=True)
@@ -61,6 +94,8 @@ class ProcessRunner:
     ) -> Completed:
         """Run argv to completion, streaming each output line (stdout and stderr merged)."""
         argv = [str(a) for a in argv]
+        # Messages keep the command as given; only the executable is resolved.
+        resolved = argv if "/" in argv[0] else [find_tool(argv[0]) or argv[0], *argv[1:]]
         if self._stopping.is_set():
             raise CommandError(argv, -signal.SIGINT, ["not started: interrupted"])
         full_env = dict(os.environ)
@@ -68,7 +103,7 @@ class ProcessRunner:
             full_env.update(env)
         try:
             proc = subprocess.Popen(
-                argv,
+                resolved,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

@@ -19,7 +19,7 @@ from rich.table import Table
 
 @dataclass(frozen=True)
 class JobResult:
-    """How one target ended; `status` is ok, skipped or failed."""
+    """How one target ended; `status` is ok, skipped, failed, interrupted or terminated."""
 
     name: str
     action: str
@@ -34,7 +34,7 @@ class JobResult:
 
     @property
     def ok(self) -> bool:
-        return self.status != "failed"
+        return self.status in ("ok", "skipped")
 
 
 class Reporter(Protocol):

@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from habana_tasks import commands, config, local_upstream
+from habana_tasks.podman import BuildSpec, Podman
 from habana_tasks.process import ProcessRunner
 from tests.conftest import ROOT, free_port, require_tools
 
@@ -45,6 +46,14 @@ class UpstreamFixture:
         )
         return path
 
+    def build_and_push(self, context: Path, image: str) -> None:
+        """Build a Containerfile in context (with the host's isolation) and push it."""
+        podman = Podman(self.runner)
+        podman.build(
+            BuildSpec(context, context / "Containerfile", context / "image-id", tags=(image,))
+        )
+        self.runner.run(["podman", "push", "--quiet", "--tls-verify=false", image])
+
 
 @pytest.fixture(scope="session")
 def test_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamFixture]:
@@ -57,7 +66,7 @@ def test_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream
         root, registry_port=free_port(), http_port=free_port(), cache=ROOT / ".cache" / "upstream"
     )
     runner = ProcessRunner()
-    local_upstream.up(upstream, runner, KERNELS, [DRIVER])
+    local_upstream.up(upstream, Podman(runner), KERNELS, [DRIVER])
     yield UpstreamFixture(upstream, runner)
     local_upstream.stop(upstream)
 

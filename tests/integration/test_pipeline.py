@@ -101,15 +101,14 @@ def test_2_second_run_builds_and_pushes_nothing(
 def test_3_new_toolkit_for_one_kernel_rebuilds_only_that_image(
     project: commands.Project, versions: Path, test_upstream: UpstreamFixture
 ) -> None:
-    u, runner = test_upstream.upstream, test_upstream.runner
+    u = test_upstream.upstream
     kernel = KERNELS[1]
     context = Path(str(versions) + ".toolkit")
     context.mkdir(exist_ok=True)
     (context / "Containerfile").write_text(
         f"FROM {u.toolkit_image(kernel)}\nRUN echo refreshed > /etc/toolkit-refresh\n"
     )
-    runner.run(["podman", "build", "--tag", u.toolkit_image(kernel), str(context)])
-    runner.run(["podman", "push", "--tls-verify=false", u.toolkit_image(kernel)])
+    test_upstream.build_and_push(context, u.toolkit_image(kernel))
     code, text, report = run(project, versions)
     assert code == 0, text
     assert [(r["action"], r["status"]) for r in report] == [("skip", "skipped"), ("build", "ok")]
@@ -119,7 +118,7 @@ def test_3_new_toolkit_for_one_kernel_rebuilds_only_that_image(
 def test_4_module_for_another_abi_is_refused_before_push(
     project: commands.Project, test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:
-    u, runner = test_upstream.upstream, test_upstream.runner
+    u = test_upstream.upstream
     # A toolkit that claims 6.1.0-56 but carries 6.1.0-55 headers: the module loads on 56
     # (matching CRCs), so only the vermagic check can catch it.
     (tmp_path / "Containerfile").write_text(
@@ -128,8 +127,7 @@ def test_4_module_for_another_abi_is_refused_before_push(
         f"&& ln -s /usr/src/linux-headers-{KERNELS[0]} /lib/modules/{KERNELS[1]}/build\n"
     )
     wrong = f"{u.registry}/upstream/wrong-toolkit:{KERNELS[1]}"
-    runner.run(["podman", "build", "--tag", wrong, str(tmp_path)])
-    runner.run(["podman", "push", "--tls-verify=false", wrong])
+    test_upstream.build_and_push(tmp_path, wrong)
     versions = test_upstream.versions(
         tmp_path / "versions.toml", (KERNELS[1],), repository="library/wrong-abi"
     )

@@ -15,7 +15,7 @@ from habana_tasks import local_upstream
 from habana_tasks.driver_package import PackageCache, parse_git_sha, read_git_sha
 from habana_tasks.errors import DriverPackageError
 from habana_tasks.process import ProcessRunner
-from tests.conftest import ROOT, require_tools
+from tests.conftest import ROOT, require, require_tools
 
 VERSION = "6.1.0-1"
 
@@ -23,10 +23,7 @@ VERSION = "6.1.0-1"
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> local_upstream.Upstream:
     require_tools("rpmbuild", "tar", "xz")
-    if not local_upstream.LINUX_SOURCE.exists():
-        pytest.skip(
-            f"SKIPPED: needs {local_upstream.LINUX_SOURCE} (apt-get install linux-source-6.1)"
-        )
+    require(local_upstream.LINUX_SOURCE.exists(), f"{local_upstream.LINUX_SOURCE}")
     root = tmp_path_factory.mktemp("upstream")
     return local_upstream.Upstream(root, cache=ROOT / ".cache" / "upstream")
 
