@@ -134,12 +134,13 @@ def _shared_libraries(runner: ProcessRunner, binary: Path) -> list[Path]:
 
 
 def _cause(tail: tuple[str, ...]) -> str:
-    """The runtime's own complaint (crun/runc lines say why), else podman's last line."""
-    for line in tail:
-        if "crun" in line or "runc" in line or "cgroup" in line:
-            return line.split(": ", 2)[-1].strip()[:160]
-    last = [line for line in tail if line.strip()]
-    return last[-1].strip()[:160] if last else "the RUN step failed"
+    """The runtime's own complaint ("error running container: … for [argv]: why"), else the
+    last line podman printed."""
+    lines = [line.strip() for line in tail if line.strip()]
+    for line in lines:
+        if line.startswith("error running container"):
+            return line.rsplit("]: ", 1)[-1][:160]
+    return lines[-1][:160] if lines else "the RUN step failed"
 
 
 def default_state_file() -> Path:

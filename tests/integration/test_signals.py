@@ -1,0 +1,147 @@
+"""Ctrl-C and SIGTERM (timeout, systemd, Kubernetes, CI cancellation) during a build, a load test
+and a push: every child process stops, no tag moves, the exit code says which signal it was."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from habana_tasks import config, local_upstream
+from habana_tasks.registry import RegistryClient
+from tests.conftest import ROOT
+from tests.integration.conftest import KERNELS, UpstreamFixture
+from tests.registry_proxy import Faults, registry_proxy
+
+pytestmark = pytest.mark.integration
+
+WAIT_SECONDS = 240.0
+# A push is held at the proxy: blob uploads and the manifest (which is what moves a tag).
+PUSH_WRITES = re.compile(r"^(PUT|PATCH) .*/blobs/uploads/|^PUT .*/manifests/")
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every live process below pid, with its command name."""
+    parents: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # the process ended while we read the table
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+        names[int(entry.name)] = name
+    found: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found[child] = names[child]
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_until(what: str, condition: object, proc: subprocess.Popen[str], log: Path) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended before {what}:\n{log.read_text()}")
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"no {what} within {WAIT_SECONDS:g} s:\n{log.read_text()}")
+
+
+@pytest.mark.parametrize(
+    ("signum", "stage"),
+    [
+        (signal.SIGINT, "build"),
+        (signal.SIGTERM, "build"),
+        (signal.SIGTERM, "smoke"),
+        (signal.SIGTERM, "push"),
+    ],
+    ids=["sigint-build", "sigterm-build", "sigterm-load-test", "sigterm-push"],
+)
+def test_signal_stops_every_child_and_moves_no_tag(
+    signum: signal.Signals, stage: str, test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    u, runner = test_upstream.upstream, test_upstream.runner
+    repository = f"library/signal-{stage}-{signum.name.lower()}"
+    faults = Faults(hold=PUSH_WRITES if stage == "push" else None)
+    with registry_proxy(u.registry, faults) as proxy:
+        versions = test_upstream.versions(
+            tmp_path / "versions.toml", (KERNELS[0],), repository=repository
+        )
+        # The library is written through the proxy; its registry is the same real one.
+        text = versions.read_text().replace(
+            f'"{u.registry}/{repository}"', f'"{proxy}/{repository}"'
+        )
+        versions.write_text(
+            text.replace("insecure_registries = [", f'insecure_registries = ["{proxy}", ')
+        )
+        target = config.load(versions).targets[0]
+        # An older image already holds the tag: it must still hold it afterwards.
+        old = f"{u.registry}/{repository}:{target.tag}"
+        runner.run(["podman", "tag", local_upstream.LOCAL_BASE, old])
+        runner.run(["podman", "push", "--quiet", "--tls-verify=false", old])
+        registry = RegistryClient([u.registry, proxy])
+        before = registry.inspect(target.image).digest
+        assert before is not None
+
+        cache = tmp_path / "cache"
+        log = tmp_path / "output.log"
+        argv = [sys.executable, "-m", "invoke", "build", "--kernel", target.kernel,
+                "--versions", str(versions)]  # fmt: skip
+        if stage == "build":
+            argv.append("--force")  # every RUN step really runs
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True,
+                env={**os.environ, "HABANA_CACHE_DIR": str(cache)},
+            )  # fmt: skip
+            conditions = {
+                "build": lambda: {"make", "cc1", "gcc"} & set(descendants(proc.pid).values()),
+                "smoke": lambda: any(
+                    n.startswith("qemu-system") for n in descendants(proc.pid).values()
+                ),
+                "push": faults.held.is_set,
+            }
+            wait_until(f"{stage} in progress", conditions[stage], proc, log)
+            children = descendants(proc.pid)
+            assert children, "the signal must land while children run"
+            sent = time.monotonic()
+            proc.send_signal(signum)
+            try:
+                proc.wait(timeout=60)
+            finally:
+                proc.kill()
+            seconds = time.monotonic() - sent
+
+    output = log.read_text()
+    word, code = ("terminated", 143) if signum == signal.SIGTERM else ("interrupted", 130)
+    assert proc.returncode == code, output
+    assert f"{word}: every build, load test and push was stopped" in output
+    assert re.search(rf"│ {re.escape(target.tag)} .*{word}", output), output  # the summary
+    left = {pid: name for pid, name in children.items() if alive(pid)}
+    assert left == {}, f"still running after exit: {left}"
+    assert subprocess.run(["pgrep", "-f", str(cache)], check=False).returncode == 1
+    assert registry.inspect(target.image).digest == before
+    print(f"{signum.name} during {stage}: exit {code} after {seconds:.1f} s, 0 children left")

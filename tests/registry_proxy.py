@@ -1,0 +1,102 @@
+"""A fault-injecting HTTP proxy in front of the real test registry (stdlib only, loopback only).
+
+Requests are forwarded unchanged (the Host header too, so the registry's Location headers point
+back at the proxy); a fault rule can hold a request instead, bounded in time, so that a test can
+interrupt a client while its push is in flight.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
+MAX_HOLD_SECONDS = 60.0
+
+
+@dataclass
+class Faults:
+    """What the proxy does to matching requests; changed by the test while it runs."""
+
+    hold: re.Pattern[str] | None = None  # "METHOD path" held until released (or 60 s, then 503)
+    released: threading.Event = field(default_factory=threading.Event)
+    held: threading.Event = field(default_factory=threading.Event)  # set once a request is held
+    seen: list[str] = field(default_factory=list)
+
+
+def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        chunks = []
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                handler.rfile.readline()
+                return b"".join(chunks)
+            chunks.append(handler.rfile.read(size))
+            handler.rfile.readline()
+    length = int(handler.headers.get("Content-Length") or 0)
+    return handler.rfile.read(length) if length else b""
+
+
+def _handler(upstream: tuple[str, int], faults: Faults) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            return None
+
+        def _forward(self) -> None:
+            line = f"{self.command} {self.path}"
+            faults.seen.append(line)
+            body = _read_body(self)
+            if faults.hold is not None and faults.hold.search(line):
+                faults.held.set()
+                if not faults.released.wait(MAX_HOLD_SECONDS):
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+            connection = http.client.HTTPConnection(*upstream, timeout=60)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+            headers["Content-Length"] = str(len(body))
+            connection.request(self.command, self.path, body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+            connection.close()
+            try:
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                # The client was stopped mid-request (as interrupt tests do): no one to answer.
+                self.close_connection = True
+
+        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+    return Handler
+
+
+@contextmanager
+def registry_proxy(upstream: str, faults: Faults) -> Iterator[str]:
+    """Serve on 127.0.0.1:<free port> in front of upstream ("127.0.0.1:port"); yields host:port."""
+    host, port = upstream.rsplit(":", 1)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler((host, int(port)), faults))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        faults.released.set()
+        server.shutdown()
+        server.server_close()

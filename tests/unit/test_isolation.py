@@ -1,0 +1,82 @@
+"""Build isolation: the user's choice wins, the probe's answer is remembered per host and
+announced once; the real probe runs in tests/integration/test_isolation.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from habana_tasks.errors import UsageError
+from habana_tasks.isolation import BuildIsolation, explicit_choice
+from habana_tasks.podman import BuildSpec, Podman
+from tests.fake_runner import FakeRunner
+
+CRUN = (
+    "error running container: from /usr/bin/crun creating container for [/usr/bin/true]: "
+    "cgroups in hybrid mode not supported, drop all controllers from cgroupv2"
+)
+
+
+def host_without_runtime(argv: list[str]) -> tuple[int, list[str]] | None:
+    if argv[:2] == ["podman", "--version"]:
+        return 0, ["podman version 4.3.1"]
+    if argv[:2] == ["podman", "build"] and "--no-cache" in argv and "--quiet" in argv:
+        return 1, [CRUN, ": exit status 1", 'Error: building at STEP "RUN /usr/bin/true"']
+    if argv[:2] == ["podman", "build"]:
+        Path(argv[argv.index("--iidfile") + 1]).write_text("sha256:built\n")
+    return None
+
+
+def test_the_users_choice_wins_and_is_never_probed(tmp_path: Path) -> None:
+    runner = FakeRunner(host_without_runtime)
+    chosen = BuildIsolation(
+        runner, state_file=tmp_path / "s.json", env={"BUILDAH_ISOLATION": "oci"}
+    ).choose()
+    # podman reads BUILDAH_ISOLATION itself: no flag, and no probe that could override it.
+    assert (chosen.flag, chosen.source) == (None, "BUILDAH_ISOLATION")
+    ours = BuildIsolation(runner, state_file=tmp_path / "s.json", env={"HABANA_ISOLATION": "oci"})
+    assert ours.choose().flag == "oci"
+    assert runner.calls == []
+
+
+@pytest.mark.parametrize("name", ["BUILDAH_ISOLATION", "HABANA_ISOLATION"])
+def test_an_unknown_isolation_is_refused_by_name(name: str) -> None:
+    with pytest.raises(UsageError, match=rf"{name}='chroott': expected one of oci, chroot"):
+        explicit_choice({name: "chroott"})
+
+
+def test_fallback_is_announced_once_and_remembered(tmp_path: Path) -> None:
+    runner = FakeRunner(host_without_runtime)
+    said: list[str] = []
+    state = tmp_path / "state.json"
+    podman = Podman(runner, BuildIsolation(runner, announce=said.append, state_file=state, env={}))
+    for name in ("a", "b"):
+        spec = BuildSpec(tmp_path, tmp_path / "Dockerfile", tmp_path / f"{name}.iid")
+        assert podman.build(spec) == "sha256:built"
+    builds = [c for c in runner.commands("podman", "build") if "--file" in c]
+    assert all(c[c.index("--isolation") + 1] == "chroot" for c in builds) and len(builds) == 2
+    assert said == [
+        "podman cannot run containers here (cgroups in hybrid mode not supported, drop all "
+        "controllers from cgroupv2); building with --isolation chroot"
+    ]
+    # A second run on the same host takes the remembered answer: no probe build this time.
+    again = FakeRunner(host_without_runtime)
+    chosen = BuildIsolation(again, state_file=state, env={}).choose()
+    assert (chosen.flag, chosen.source) == ("chroot", "cached probe")
+    assert again.commands("podman", "build") == []
+
+
+def test_another_podman_version_probes_again(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    BuildIsolation(FakeRunner(host_without_runtime), state_file=state, env={}).choose()
+
+    def upgraded(argv: list[str]) -> tuple[int, list[str]] | None:
+        if argv[:2] == ["podman", "--version"]:
+            return 0, ["podman version 5.0.0"]
+        return None  # this podman runs containers
+
+    runner = FakeRunner(upgraded)
+    chosen = BuildIsolation(runner, state_file=state, env={}).choose()
+    assert (chosen.flag, chosen.source) == (None, "probe")
+    assert chosen.notice is None
