@@ -367,15 +367,17 @@ def status(
     config = config_module.load(project.versions(versions))
     run = resolve_and_plan(project, config, config.targets)
     items = status_module.statuses(run.jobs, run.remote)
+    orphans: list[str] | None
     try:
         orphans = status_module.orphan_tags(
             run.registry.list_tags(config.repository), config.targets
         )
         orphan_note = ""
     except HabanaError as exc:
-        orphans, orphan_note = [], f"cannot list tags: {exc}"
+        orphans, orphan_note = None, f"cannot list tags: {exc}"
     if output_format == "json":
-        console.print_json(status_module.to_json(items, orphans))
+        errors = [orphan_note] if orphan_note else []
+        console.print_json(status_module.to_json(items, orphans, errors))
     elif output_format == "markdown":
         console.print(status_module.to_markdown(items, config.repository), markup=False,
                       highlight=False, soft_wrap=True)  # fmt: skip
@@ -400,7 +402,9 @@ def status(
         console.print(run.summary, highlight=False)
     else:
         raise UsageError(f"--format {output_format!r}: expected table, json or markdown")
-    return 1 if any(i.state is status_module.State.UNKNOWN for i in items) else 0
+    unknown = any(i.state is status_module.State.UNKNOWN for i in items)
+    # A repository whose tags cannot be listed is a question unanswered, not an empty answer.
+    return 1 if unknown or orphans is None else 0
 
 
 def matrix(project: Project, versions: str | None = None, output_format: str = "github") -> str:

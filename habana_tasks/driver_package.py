@@ -13,6 +13,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -22,7 +23,14 @@ import requests
 import rpmfile
 
 from habana_tasks.errors import DriverPackageError
-from habana_tasks.http_client import HTTPClient, TransientHTTPError, redact, short_reason
+from habana_tasks.http_client import (
+    BODY_ERRORS,
+    HTTPClient,
+    TransientHTTPError,
+    iter_body,
+    redact,
+    short_reason,
+)
 
 GIT_SHA_RE = re.compile(r"^[0-9a-f]{7,40}$")
 CHUNK = 1 << 20
@@ -101,6 +109,7 @@ class PackageCache:
             return hasher.hexdigest(), size
         if parts.scheme not in ("http", "https"):
             raise DriverPackageError(f"{redact(url)}: unsupported URL scheme {parts.scheme!r}")
+        deadline = time.monotonic() + self.http.retry.download_deadline
         try:
             response = self.http.send("GET", url, stream=True)
             with response:
@@ -109,13 +118,15 @@ class PackageCache:
                         f"{redact(url)}: HTTP {response.status_code} ({response.reason})"
                     )
                 expected = response.headers.get("Content-Length")
-                for chunk in response.iter_content(CHUNK):
+                for chunk in iter_body(response, deadline, f"GET {redact(url)}"):
                     hasher.update(chunk)
                     size += len(chunk)
                     write(chunk)
         except TransientHTTPError as exc:
-            raise DriverPackageError(str(exc)) from exc
-        except requests.RequestException as exc:
+            raise DriverPackageError(
+                f"{exc} (bound: {self.http.retry.download_deadline:g} s)"
+            ) from exc
+        except (requests.RequestException, *BODY_ERRORS) as exc:
             raise DriverPackageError(f"{redact(url)}: {short_reason(exc)}") from exc
         if expected is not None and expected.isdigit() and int(expected) != size:
             raise DriverPackageError(

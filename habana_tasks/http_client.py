@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
 
 RETRY_STATUSES = frozenset((429, 500, 502, 503, 504))
 
@@ -23,6 +24,8 @@ class RetryPolicy:
     deadline: float = 60.0
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    # A package download may take longer than an API call, but never forever.
+    download_deadline: float = 900.0
 
     def backoff(self, attempt: int) -> float:
         return float(min(self.base_delay * 2 ** (attempt - 1), self.max_delay))
@@ -30,6 +33,36 @@ class RetryPolicy:
 
 class TransientHTTPError(Exception):
     """Retries ran out (or the deadline passed) on a transient failure."""
+
+
+class BodyDeadlineError(TransientHTTPError):
+    """A response body was still arriving when its deadline passed (a trickling server)."""
+
+
+# Failures while a body arrives: a cut chunked body, a reset, a decoding error, a read timeout.
+BODY_ERRORS = (
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+    urllib3.exceptions.HTTPError,
+    OSError,
+)
+CHUNK = 1 << 16
+
+
+def iter_body(response: requests.Response, deadline: float, what: str) -> Iterator[bytes]:
+    """The body as it arrives, refused once the monotonic deadline passes.
+
+    read1 returns whatever has arrived, so a trickle of bytes cannot hold a read past the
+    deadline by more than one read timeout.
+    """
+    while True:
+        if time.monotonic() > deadline:
+            response.close()
+            raise BodyDeadlineError(f"{what}: the response body did not arrive in time")
+        chunk = response.raw.read1(CHUNK, decode_content=True)
+        if not chunk:
+            return
+        yield chunk
 
 
 class HTTPClient:
@@ -83,12 +116,19 @@ class HTTPClient:
                     headers=headers,
                     params=params,
                     auth=auth,
-                    stream=stream,
+                    stream=True,
                     timeout=(policy.connect_timeout, policy.read_timeout),
                 )
+                if not stream and response.status_code not in RETRY_STATUSES:
+                    what = f"{method} {redact(url)}"
+                    body = b"".join(iter_body(response, started + policy.deadline, what))
+                    # The body is complete: hand it to requests as if it had read it itself.
+                    response._content = body
             except requests.exceptions.SSLError:
                 raise
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except BodyDeadlineError:
+                raise
+            except (requests.ConnectionError, requests.Timeout, *BODY_ERRORS) as exc:
                 last = f"cannot reach {host_of(url)} ({short_reason(exc)})"
                 delay = policy.backoff(attempt)
             else:

@@ -22,7 +22,13 @@ import requests
 
 from habana_tasks.auth import Credentials, find_credentials
 from habana_tasks.errors import DigestMismatchError, RegistryError
-from habana_tasks.http_client import HTTPClient, TransientHTTPError, host_of, short_reason
+from habana_tasks.http_client import (
+    BODY_ERRORS,
+    HTTPClient,
+    TransientHTTPError,
+    host_of,
+    short_reason,
+)
 from habana_tasks.image_reference import ImageReference
 from habana_tasks.kernel_release import OCI_ARCH
 
@@ -33,6 +39,8 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
 INDEX_TYPES = frozenset((OCI_INDEX, DOCKER_LIST))
 ABSENT_CODES = frozenset(("MANIFEST_UNKNOWN", "NAME_UNKNOWN"))
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_PAGES = 1000
 
 
 @dataclass(frozen=True)
@@ -131,7 +139,15 @@ class RegistryClient:
             )
         if ref.digest and ref.digest != digest:
             raise DigestMismatchError(f"{ref}: manifest body hashes to {digest}, not {ref.digest}")
-        media_type = _media_type(body, response.headers.get("Content-Type", ""))
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise RegistryError(
+                f"{ref}: the manifest {ref.registry} served is not JSON ({len(body)} bytes)"
+            ) from None
+        media_type = _media_type(data, response.headers.get("Content-Type", ""))
+        if why := manifest_problem(data, media_type):
+            raise RegistryError(f"{ref}: {ref.registry} served a malformed manifest: {why}")
         return Manifest(ref, digest, media_type, body)
 
     def resolve(self, image: str, arch: str) -> ResolvedImage:
@@ -194,17 +210,38 @@ class RegistryClient:
         return RemoteImage(image, Existence.PRESENT, manifest.digest, dict(labels), size)
 
     def list_tags(self, repository: str) -> list[str]:
-        """All tags of a repository, following Link pagination."""
+        """All tags of a repository, following Link pagination on the registry's own host only
+        (credentials never go elsewhere), never the same page twice, at most MAX_PAGES pages."""
         ref = ImageReference.parse(repository)
+        origin = self._scheme(ref.api_host) + "://" + ref.api_host
         url: str | None = f"{self._base(ref)}/tags/list?n=1000"
         tags: list[str] = []
+        seen: set[str] = set()
         while url:
+            if url in seen:
+                raise RegistryError(f"{repository} (tags): pagination loops back to {url}")
+            if len(seen) >= MAX_PAGES:
+                raise RegistryError(f"{repository} (tags): more than {MAX_PAGES} pages")
+            seen.add(url)
             response = self._request("GET", url, ref)
             if response.status_code == 404 and _error_codes(response) & ABSENT_CODES:
                 return []
             _raise_for_status(response, f"{repository} (tags)")
-            tags.extend(response.json().get("tags") or [])
-            url = _next_link(response, self._scheme(ref.api_host) + "://" + ref.api_host)
+            try:
+                page = response.json().get("tags") or []
+            except (ValueError, AttributeError):
+                raise RegistryError(
+                    f"{repository} (tags): the tag list is not a JSON object"
+                ) from None
+            if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
+                raise RegistryError(f"{repository} (tags): 'tags' is not a list of strings")
+            tags.extend(page)
+            url = _next_link(response, origin)
+            if url is not None and not url.startswith(origin + "/"):
+                raise RegistryError(
+                    f"{repository} (tags): the next page is on another host "
+                    f"({host_of(url)}); refused, credentials stay with {ref.api_host}"
+                )
         return tags
 
     def read_file(self, image: str, path: str, arch: str) -> bytes | None:
@@ -223,7 +260,8 @@ class RegistryClient:
             response = self._request("GET", f"{self._base(ref)}/blobs/{digest}", ref, stream=True)
             with response:
                 _raise_for_status(response, f"{ref.name}@{digest} (layer)")
-                reader = _HashingReader(response.raw)
+                deadline = time.monotonic() + self.http.retry.download_deadline
+                reader = _HashingReader(response, deadline, f"{ref.name}@{digest} (layer)")
                 found: bytes | None = None
                 deleted = False
                 try:
@@ -352,14 +390,25 @@ class RegistryClient:
 
 
 class _HashingReader:
-    """A file-like view of a response body that hashes everything read through it."""
+    """A file-like view of a response body that hashes everything read through it, and gives
+    up once its deadline passes (a trickling layer cannot hold a run)."""
 
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
+    def __init__(self, response: requests.Response, deadline: float, what: str) -> None:
+        self.response = response
+        self.deadline = deadline
+        self.what = what
         self.hasher = hashlib.sha256()
 
     def read(self, size: int = -1) -> bytes:
-        data: bytes = self.raw.read(size)
+        if time.monotonic() > self.deadline:
+            self.response.close()
+            raise RegistryError(f"{self.what}: the layer did not arrive in time")
+        try:
+            data: bytes = self.response.raw.read1(size if size > 0 else 1 << 20)
+        except BODY_ERRORS as exc:
+            raise RegistryError(
+                f"{self.what}: the layer was cut off ({short_reason(exc)})"
+            ) from exc
         self.hasher.update(data)
         return data
 
@@ -384,11 +433,46 @@ def select_platform(index: dict[str, Any], arch: str, where: str) -> str:
     raise RegistryError(f"{where}: the image index has no linux/{oci_arch} manifest")
 
 
-def _media_type(body: bytes, content_type: str) -> str:
-    try:
-        data = json.loads(body)
-    except ValueError as exc:
-        raise RegistryError("manifest is not JSON") from exc
+def manifest_problem(data: Any, media_type: str) -> str | None:
+    """What makes a manifest unusable as the OCI spec defines it; None when it is well-formed.
+    A malformed body must never be pinned as a digest or read for labels."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    if data.get("schemaVersion") != 2:
+        return f"schemaVersion is {data.get('schemaVersion')!r}, expected 2"
+    if media_type in INDEX_TYPES:
+        entries = data.get("manifests")
+        if not isinstance(entries, list):
+            return "an index without a 'manifests' list"
+        for i, entry in enumerate(entries):
+            if why := _descriptor_problem(entry):
+                return f"manifests[{i}] {why}"
+        return None
+    if why := _descriptor_problem(data.get("config")):
+        return f"config {why}"
+    layers = data.get("layers")
+    if not isinstance(layers, list):
+        return "no 'layers' list"
+    for i, layer in enumerate(layers):
+        if why := _descriptor_problem(layer):
+            return f"layers[{i}] {why}"
+    return None
+
+
+def _descriptor_problem(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "is not a descriptor object"
+    if not isinstance(value.get("digest"), str) or not DIGEST_RE.fullmatch(value["digest"]):
+        return f"has digest {value.get('digest')!r}, expected sha256:<64 hex>"
+    size = value.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return f"has size {size!r}, expected a non-negative integer"
+    if not isinstance(value.get("mediaType"), str):
+        return "has no mediaType string"
+    return None
+
+
+def _media_type(data: Any, content_type: str) -> str:
     declared = data.get("mediaType") if isinstance(data, dict) else None
     if isinstance(declared, str) and declared:
         return declared

@@ -72,9 +72,13 @@ def orphan_tags(tags: Iterable[str], targets: Iterable[BuildTarget]) -> list[str
     return sorted(tag for tag in tags if tag not in named)
 
 
-def to_json(items: Sequence[TargetStatus], orphans: Sequence[str]) -> str:
+def to_json(
+    items: Sequence[TargetStatus], orphans: Sequence[str] | None, errors: Sequence[str] = ()
+) -> str:
+    """`unnamed_tags` is null (never an empty list) when the tags could not be listed."""
     rows = [{**asdict(s), "state": s.state.value} for s in items]
-    return json.dumps({"targets": rows, "unnamed_tags": list(orphans)}, indent=2)
+    unnamed = None if orphans is None else list(orphans)
+    return json.dumps({"targets": rows, "unnamed_tags": unnamed, "errors": list(errors)}, indent=2)
 
 
 def to_markdown(items: Sequence[TargetStatus], repository: str) -> str:

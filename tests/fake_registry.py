@@ -86,7 +86,12 @@ class FakeRegistry:
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": [
-                {"digest": d, "size": 1, "platform": {"os": "linux", "architecture": a}}
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": d,
+                    "size": 1,
+                    "platform": {"os": "linux", "architecture": a},
+                }
                 for a, d in children.items()
             ],
         }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import http.client
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,6 +27,17 @@ class Faults:
     released: threading.Event = field(default_factory=threading.Event)
     held: threading.Event = field(default_factory=threading.Event)  # set once a request is held
     seen: list[str] = field(default_factory=list)
+    # (request line, status, headers, body) -> what to answer instead; None keeps the answer.
+    rewrite: Rewrite | None = None
+    # Takes the whole answer over (cut or trickled bodies); True when it answered.
+    raw: RawFault | None = None
+    # Authorization headers that reached the proxy, in order (for canary checks).
+    authorizations: list[str] = field(default_factory=list)
+
+
+Answer = tuple[int, dict[str, str], bytes]
+Rewrite = Callable[[str, Answer], Answer | None]
+RawFault = Callable[[str, BaseHTTPRequestHandler], bool]
 
 
 def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
@@ -53,7 +64,12 @@ def _handler(upstream: tuple[str, int], faults: Faults) -> type[BaseHTTPRequestH
         def _forward(self) -> None:
             line = f"{self.command} {self.path}"
             faults.seen.append(line)
+            if "Authorization" in self.headers:
+                faults.authorizations.append(self.headers["Authorization"])
             body = _read_body(self)
+            if faults.raw is not None and faults.raw(line, self):
+                self.close_connection = True
+                return
             if faults.hold is not None and faults.hold.search(line):
                 faults.held.set()
                 if not faults.released.wait(MAX_HOLD_SECONDS):
@@ -66,12 +82,19 @@ def _handler(upstream: tuple[str, int], faults: Faults) -> type[BaseHTTPRequestH
             headers["Content-Length"] = str(len(body))
             connection.request(self.command, self.path, body=body, headers=headers)
             response = connection.getresponse()
-            data = response.read()
+            answer: Answer = (
+                response.status,
+                {k: v for k, v in response.getheaders() if k.lower() not in HOP_BY_HOP},
+                response.read(),
+            )
             connection.close()
+            if faults.rewrite is not None:
+                answer = faults.rewrite(line, answer) or answer
+            status, reply_headers, data = answer
             try:
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
+                self.send_response(status)
+                for key, value in reply_headers.items():
+                    if key.lower() != "content-length":
                         self.send_header(key, value)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

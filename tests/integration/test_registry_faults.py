@@ -1,0 +1,208 @@
+"""Registry faults injected by a proxy in front of the real test registry: each one is survived
+or fails closed within its bound, no credential leaves its host, no traceback."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from habana_tasks import commands, config, local_upstream
+from habana_tasks.auth import Credentials
+from habana_tasks.errors import RegistryError
+from habana_tasks.http_client import HTTPClient, RetryPolicy
+from habana_tasks.plan import Action
+from habana_tasks.registry import Existence, RegistryClient
+from tests.conftest import ROOT
+from tests.integration.conftest import KERNELS, UpstreamFixture
+from tests.registry_proxy import Answer, Faults, registry_proxy
+
+pytestmark = pytest.mark.integration
+
+CANARY = "canary-Pa55-d0-not-leak"
+FAST = RetryPolicy(attempts=2, base_delay=0.05, deadline=4.0, read_timeout=2.0)
+
+
+def basic_challenge(line: str, handler: BaseHTTPRequestHandler) -> bool:
+    """The proxy demands a login, as a private registry does."""
+    if "Authorization" in handler.headers:
+        return False
+    handler.send_response(401)
+    handler.send_header("WWW-Authenticate", 'Basic realm="test"')
+    handler.send_header("Content-Length", "0")
+    handler.end_headers()
+    return True
+
+
+def client(proxy: str, policy: RetryPolicy = FAST) -> RegistryClient:
+    return RegistryClient(
+        [proxy],
+        HTTPClient(policy),
+        credentials=lambda registry, repository: Credentials("robot", CANARY),
+    )
+
+
+def pushed(test_upstream: UpstreamFixture, repository: str, tags: tuple[str, ...]) -> None:
+    u, runner = test_upstream.upstream, test_upstream.runner
+    for tag in tags:
+        image = f"{u.registry}/{repository}:{tag}"
+        runner.run(["podman", "tag", local_upstream.LOCAL_BASE, image])
+        runner.run(["podman", "push", "--quiet", "--tls-verify=false", image])
+
+
+def test_credentials_never_follow_a_link_to_another_host(test_upstream: UpstreamFixture) -> None:
+    pushed(test_upstream, "faults/leak", ("a",))
+    elsewhere_faults = Faults()
+    with registry_proxy(test_upstream.upstream.registry, elsewhere_faults) as elsewhere:
+
+        def link_away(line: str, answer: Answer) -> Answer | None:
+            status, headers, body = answer
+            if "/tags/list" in line:
+                headers["Link"] = (
+                    f'<http://{elsewhere}/v2/faults/leak/tags/list?last=a>; rel="next"'
+                )
+            return status, headers, body
+
+        faults = Faults(raw=basic_challenge, rewrite=link_away)
+        with (
+            registry_proxy(test_upstream.upstream.registry, faults) as leaky,
+            pytest.raises(RegistryError, match="next page is on another host"),
+        ):
+            client(leaky).list_tags(f"{leaky}/faults/leak")
+    # The login went to the registry it belongs to, and the other host heard nothing at all.
+    expected = "Basic " + base64.b64encode(f"robot:{CANARY}".encode()).decode()
+    assert faults.authorizations == [expected]
+    assert elsewhere_faults.seen == [] and elsewhere_faults.authorizations == []
+
+
+def test_pagination_that_loops_is_refused(test_upstream: UpstreamFixture) -> None:
+    pushed(test_upstream, "faults/loop", ("a",))
+
+    def loop(line: str, answer: Answer) -> Answer | None:
+        status, headers, body = answer
+        if "/tags/list" in line:
+            headers["Link"] = '</v2/faults/loop/tags/list?n=1000>; rel="next"'
+        return status, headers, body
+
+    faults = Faults(rewrite=loop)
+    with (
+        registry_proxy(test_upstream.upstream.registry, faults) as proxy,
+        pytest.raises(RegistryError, match="pagination loops back"),
+    ):
+        client(proxy).list_tags(f"{proxy}/faults/loop")
+    # The page that points back at itself is read once and never asked for again.
+    assert len([s for s in faults.seen if "/tags/list" in s]) == 1
+
+
+def cut_body(line: str, handler: BaseHTTPRequestHandler) -> bool:
+    """Headers promise 1000 bytes; 10 arrive, then the connection closes."""
+    if "/manifests/" not in line:
+        return False
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+    handler.send_header("Content-Length", "1000")
+    handler.end_headers()
+    handler.wfile.write(b'{"schemaVe')
+    handler.wfile.flush()
+    return True
+
+
+def trickle(line: str, handler: BaseHTTPRequestHandler) -> bool:
+    """A body of 10,000 bytes, one byte every 0.2 s: each read succeeds, the whole never ends."""
+    if "/manifests/" not in line:
+        return False
+    handler.send_response(200)
+    handler.send_header("Content-Length", "10000")
+    handler.end_headers()
+    try:
+        for _ in range(10_000):
+            handler.wfile.write(b" ")
+            handler.wfile.flush()
+            time.sleep(0.2)
+    except (BrokenPipeError, ConnectionResetError):
+        return True  # the client gave up, as it must
+    return True
+
+
+@pytest.mark.parametrize(("fault", "message"), [(cut_body, "cannot reach"), (trickle, "in time")])
+def test_a_cut_or_trickling_body_fails_closed_within_the_bound(
+    test_upstream: UpstreamFixture, fault: object, message: str
+) -> None:
+    pushed(test_upstream, "faults/body", ("a",))
+    with registry_proxy(test_upstream.upstream.registry, Faults(raw=fault)) as proxy:  # type: ignore[arg-type]
+        started = time.monotonic()
+        remote = client(proxy).inspect(f"{proxy}/faults/body:a")
+        seconds = time.monotonic() - started
+    assert remote.existence is Existence.UNKNOWN and message in (remote.error or ""), remote
+    # The bound: the operation deadline plus at most one read timeout.
+    assert seconds < FAST.deadline + FAST.read_timeout + 1, seconds
+
+
+def test_a_malformed_toolkit_manifest_fails_the_target_not_rebuilds_it(
+    test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    u = test_upstream.upstream
+
+    def no_config(line: str, answer: Answer) -> Answer | None:
+        status, headers, body = answer
+        if "/driver-toolkit/manifests/" not in line or line.startswith("HEAD"):
+            return None
+        data = json.loads(body)
+        data.pop("config", None)
+        new = json.dumps(data).encode()
+        headers.pop("Docker-Content-Digest", None)
+        return status, headers, new
+
+    with registry_proxy(u.registry, Faults(rewrite=no_config)) as proxy:
+        versions = test_upstream.versions(tmp_path / "versions.toml", KERNELS[:1])
+        versions.write_text(
+            versions.read_text()
+            .replace(
+                f'image = "{u.registry}/upstream/driver-toolkit',
+                f'image = "{proxy}/upstream/driver-toolkit',
+            )
+            .replace("insecure_registries = [", f'insecure_registries = ["{proxy}", ')
+        )
+        project = commands.Project(ROOT, cache_dir=tmp_path / "cache")
+        cfg = config.load(versions)
+        run = commands.resolve_and_plan(project, cfg, cfg.targets)
+    (job,) = run.jobs
+    assert job.action is Action.FAIL, job
+    assert "malformed manifest: config is not a descriptor object" in job.reason
+    assert proxy in job.reason
+
+
+def test_status_json_says_when_tags_could_not_be_listed(
+    test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    u = test_upstream.upstream
+
+    def broken_list(line: str, answer: Answer) -> Answer | None:
+        return (
+            (200, {"Content-Type": "application/json"}, b"not json")
+            if "/tags/list" in line
+            else None
+        )
+
+    with registry_proxy(u.registry, Faults(rewrite=broken_list)) as proxy:
+        versions = test_upstream.versions(tmp_path / "versions.toml", KERNELS[:1])
+        versions.write_text(
+            versions.read_text()
+            .replace(f'repository = "{u.registry}/', f'repository = "{proxy}/')
+            .replace("insecure_registries = [", f'insecure_registries = ["{proxy}", ')
+        )
+        out = io.StringIO()
+        code = commands.status(
+            commands.Project(ROOT, cache_dir=tmp_path / "cache"), str(versions),
+            output_format="json", console=Console(file=out, width=200),
+        )  # fmt: skip
+    data = json.loads(out.getvalue())
+    assert code == 1
+    assert data["unnamed_tags"] is None
+    assert "the tag list is not a JSON object" in data["errors"][0]
