@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import string
 import tomllib
@@ -10,15 +11,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from habana_tasks import kernel_release
 from habana_tasks.errors import ConfigError, UsageError
 from habana_tasks.image_reference import ImageReference
 from habana_tasks.tags import image_tag, tag_problem
 
-DRIVER_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)+(-[0-9A-Za-z.]+)?$")
-MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-RHEL_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+DRIVER_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)+(-[0-9A-Za-z.]+)?\Z")
+MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
+RHEL_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)?\Z")
+REGISTRY_HOST_RE = re.compile(
+    r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?\Z"
+)
 PLACEHOLDERS = ("kernel", "arch", "oci_arch", "driver", "rhel_version", "rhel_major")
 DEFAULT_MODULES = ("habanalabs",)
 
@@ -116,7 +121,9 @@ class _Problems:
         shown = repr(value)
         if isinstance(value, dict) or len(shown) > 80:
             shown = f"<{type(value).__name__}>" if isinstance(value, dict | list) else shown
-        self.items.append(f"{self.path}: {key} = {shown}: {expected}")
+        item = f"{self.path}: {key} = {shown}: {expected}"
+        if item not in self.items:
+            self.items.append(item)
 
     def missing(self, key: str, expected: str) -> None:
         self.items.append(f"{self.path}: {key} is missing: {expected}")
@@ -128,6 +135,12 @@ def load(path: Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        where = f"byte 0x{byte:02x} at offset {exc.start}"
+        raise ConfigError(
+            [f"{path}: not UTF-8 text ({where}); expected a UTF-8 TOML file"]
+        ) from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -161,6 +174,12 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     source = _string(problems, library, "library.source") or ""
     vendor = _string(problems, library, "library.vendor") or ""
     insecure = _string_list(problems, library, "library.insecure_registries") or ()
+    for host in insecure:
+        if not REGISTRY_HOST_RE.match(host):
+            problems.add(
+                "library.insecure_registries", host,
+                "expected host[:port] without scheme or path, e.g. 127.0.0.1:5000",
+            )  # fmt: skip
 
     base_template = _template(problems, base, "base.image", required=True)
     toolkit_template = _template(problems, toolkit, "toolkit.image", required=True)
@@ -192,38 +211,48 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
             problems.add(key, entry, "expected a table with release and drivers")
             continue
         _check_keys(problems, entry, key, SCHEMA["kernels[]"])
+        # Every field of the entry is checked, whatever else is wrong with it.
+        before = len(problems.items)
         release = _string(problems, entry, f"{key}.release", required=True)
-        if release is None:
-            continue
-        if not kernel_release.is_valid_release(release):
+        if release is not None and not kernel_release.is_valid_release(release):
             problems.add(
                 f"{key}.release",
                 release,
                 "expected a full kernel release as `uname -r` prints it "
                 "(e.g. 4.18.0-372.19.1.el8_6.x86_64 or 6.1.0-56-amd64)",
             )
-            continue
-        arch = _string(problems, entry, f"{key}.arch") or kernel_release.derive_arch(release)
-        if arch is None:
+            release = None
+        derived = kernel_release.derive_arch(release) if release else None
+        arch = _string(problems, entry, f"{key}.arch") or derived
+        if arch is None and release is not None:
             problems.missing(f"{key}.arch", f"release {release!r} names no architecture; set arch")
-            continue
-        if arch not in kernel_release.KNOWN_ARCHES:
+        elif arch is not None and arch not in kernel_release.KNOWN_ARCHES:
             problems.add(
                 f"{key}.arch", arch, f"expected one of {', '.join(kernel_release.KNOWN_ARCHES)}"
             )
-            continue
-        derived = kernel_release.derive_arch(release)
-        if derived is not None and derived != arch:
+        elif derived is not None and derived != arch:
             problems.add(f"{key}.arch", arch, f"release {release!r} is for {derived}")
-        rhel = _string(
-            problems, entry, f"{key}.rhel_version"
-        ) or kernel_release.derive_rhel_version(release)
-        if rhel is not None and not RHEL_VERSION_RE.match(rhel):
-            problems.add(f"{key}.rhel_version", rhel, "expected MAJOR or MAJOR.MINOR, e.g. 8.6")
+        given_rhel = _string(problems, entry, f"{key}.rhel_version")
+        derived_rhel = kernel_release.derive_rhel_version(release) if release else None
+        rhel = given_rhel or derived_rhel
+        if given_rhel is not None and not RHEL_VERSION_RE.match(given_rhel):
+            problems.add(
+                f"{key}.rhel_version", given_rhel, "expected MAJOR or MAJOR.MINOR, e.g. 8.6"
+            )
+        elif given_rhel is not None and derived_rhel is not None and given_rhel != derived_rhel:
+            problems.add(
+                f"{key}.rhel_version", given_rhel,
+                f"release {release!r} is RHEL {derived_rhel}; leave rhel_version out or match it",
+            )  # fmt: skip
         openshift = _string_list(problems, entry, f"{key}.openshift") or ()
         versions = _string_list(problems, entry, f"{key}.drivers", required=True) or ()
         if entry.get("drivers") == []:
             problems.add(f"{key}.drivers", [], "expected at least one driver version")
+        for version in versions:
+            if not DRIVER_VERSION_RE.match(version):
+                problems.add(f"{key}.drivers", version, "expected a driver version like 1.6.0-439")
+        if release is None or arch is None or len(problems.items) > before:
+            continue
         for version in versions:
             if not DRIVER_VERSION_RE.match(version):
                 problems.add(f"{key}.drivers", version, "expected a driver version like 1.6.0-439")
@@ -313,7 +342,7 @@ def _discover_settings(problems: _Problems, table: Mapping[str, Any]) -> Discove
             problems.add("discover.release_repository", repository, str(exc))
     minors = _string_list(problems, table, "discover.minors") or ()
     for minor in minors:
-        if not re.match(r"^[0-9]+\.[0-9]+$", minor):
+        if not re.match(r"^[0-9]+\.[0-9]+\Z", minor):
             problems.add("discover.minors", minor, "expected an OpenShift minor like 4.14")
     arches = _string_list(problems, table, "discover.arches") or defaults.arches
     for arch in arches:
@@ -333,7 +362,8 @@ def _discover_settings(problems: _Problems, table: Mapping[str, Any]) -> Discove
 
 
 def _quote(key: str) -> str:
-    return f'"{key}"' if not re.match(r"^[A-Za-z0-9_-]+$", key) else key
+    """A key as TOML would write it: bare when it can be, else quoted with escapes."""
+    return key if re.match(r"^[A-Za-z0-9_-]+\Z", key) else json.dumps(key)
 
 
 def _check_keys(
@@ -343,7 +373,7 @@ def _check_keys(
     for key in table:
         if key in known:
             continue
-        shown = f"{prefix}.{key}" if prefix else key
+        shown = f"{prefix}.{_quote(key)}" if prefix else _quote(key)
         close = difflib.get_close_matches(key, known, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
         problems.items.append(f"{problems.path}: {shown}: unknown key; {hint}")
@@ -394,10 +424,14 @@ def _template(
     if value is None:
         return None
     try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(value)]
     except ValueError as exc:
         problems.add(key, value, f"is not a valid template ({exc})")
         return None
+    if any(f is not None and (spec or conv) for f, spec, conv in parsed):
+        problems.add(key, value, "a placeholder takes no !conversion or :format; write {name}")
+        return None
+    fields = [f for f, _, _ in parsed if f is not None]
     for name in fields:
         if name not in PLACEHOLDERS:
             close = difflib.get_close_matches(name, PLACEHOLDERS, n=1)
@@ -411,12 +445,15 @@ def _driver_settings(
     problems: _Problems, table: Mapping[str, Any], prefix: str, defaults: Mapping[str, Any] | None
 ) -> dict[str, Any]:
     settings: dict[str, Any] = dict(defaults or {})
-    package = _template(problems, table, f"{prefix}.package_url", required=defaults is None)
-    if package is not None:
-        settings["package_url"] = package
-    firmware = _template(problems, table, f"{prefix}.firmware_url")
-    if firmware is not None:
-        settings["firmware_url"] = firmware
+    for name, required in (("package_url", defaults is None), ("firmware_url", False)):
+        key = f"{prefix}.{name}"
+        template = _template(problems, table, key, required=required)
+        if template is None:
+            continue
+        if why := url_problem(template.format(**dict.fromkeys(PLACEHOLDERS, "x"))):
+            problems.add(key, template, why)
+            continue
+        settings[name] = template
     modules = _string_list(problems, table, f"{prefix}.modules")
     if modules is not None:
         if not modules:
@@ -428,6 +465,33 @@ def _driver_settings(
             problems.add(f"{prefix}.modules", list(modules), "lists a module twice")
         settings["modules"] = modules
     return settings
+
+
+def url_problem(url: str) -> str | None:
+    """Why a package URL cannot be fetched as written; None when its form is usable."""
+    expected = "expected http(s)://host/path or file:///absolute/path"
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        return f"contains white space or a control character; {expected}"
+    parts = urlsplit(url)
+    if not parts.scheme:
+        return f"has no scheme; {expected}"
+    if parts.scheme not in ("http", "https", "file"):
+        return f"scheme {parts.scheme!r} is not supported; {expected}"
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            return f"names host {parts.netloc!r}, which a file URL cannot reach; {expected}"
+        if not parts.path.startswith("/"):
+            return f"is a relative file path; {expected}"
+        return None
+    if not parts.hostname:
+        return f"has no host; {expected}"
+    if parts.username is not None or parts.password is not None:
+        return "holds credentials; put them in ~/.netrc, never in versions.toml"
+    try:
+        parts.port  # noqa: B018  (raises on a port that is not a number in range)
+    except ValueError:
+        return f"has an invalid port; {expected}"
+    return None
 
 
 def _render(

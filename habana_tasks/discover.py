@@ -21,7 +21,7 @@ from habana_tasks.errors import HabanaError
 from habana_tasks.kernel_release import derive_arch
 from habana_tasks.registry import RegistryClient
 
-RELEASE_TAG_RE = re.compile(r"^(?P<version>[0-9]+\.[0-9]+\.[0-9]+)-(?P<arch>[a-z0-9_]+)$")
+RELEASE_TAG_RE = re.compile(r"^(?P<version>[0-9]+\.[0-9]+\.[0-9]+)-(?P<arch>[a-z0-9_]+)\Z")
 IMAGE_REFERENCES = "release-manifests/image-references"
 TOOLKIT_RELEASE = "etc/driver-toolkit-release.json"
 

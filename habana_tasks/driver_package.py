@@ -32,7 +32,7 @@ from habana_tasks.http_client import (
     short_reason,
 )
 
-GIT_SHA_RE = re.compile(r"^[0-9a-f]{7,40}$")
+GIT_SHA_RE = re.compile(r"^[0-9a-f]{7,40}\Z")
 CHUNK = 1 << 20
 
 

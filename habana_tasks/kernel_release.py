@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
-RELEASE_RE = re.compile(r"^[0-9]+\.[0-9]+(\.[0-9]+)?[-+][A-Za-z0-9._+~-]+$")
-RHEL_RE = re.compile(r"\.el(?P<major>[0-9]+)(?:_(?P<minor>[0-9]+))?(?:\.|$)")
+RELEASE_RE = re.compile(r"^[0-9]+\.[0-9]+(\.[0-9]+)?[-+][A-Za-z0-9._+~-]+\Z")
+RHEL_RE = re.compile(r"\.el(?P<major>[0-9]+)(?:_(?P<minor>[0-9]+))?(?:\.|\Z)")
 KNOWN_ARCHES = ("x86_64", "aarch64", "ppc64le", "s390x")
 # RPM-style suffixes first (".x86_64", ".aarch64+64k"), then Debian flavours ("-cloud-arm64").
-_RPM_ARCH_RE = re.compile(r"\.(?P<arch>x86_64|aarch64|ppc64le|s390x)(?:\+[a-z0-9]+)?$")
-_DEBIAN_ARCH_RE = re.compile(r"-(?P<arch>amd64|arm64|ppc64el|s390x)$")
+_RPM_ARCH_RE = re.compile(r"\.(?P<arch>x86_64|aarch64|ppc64le|s390x)(?:\+[a-z0-9]+)?\Z")
+_DEBIAN_ARCH_RE = re.compile(r"-(?P<arch>amd64|arm64|ppc64el|s390x)\Z")
 _DEBIAN_TO_ARCH = {"amd64": "x86_64", "arm64": "aarch64", "ppc64el": "ppc64le", "s390x": "s390x"}
 # Go/OCI platform names, used to pick a child of a multi-arch image index.
 OCI_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x"}

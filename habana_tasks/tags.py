@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 MAX_TAG_LENGTH = 128
 # A tag cannot hold '+' (64k-page kernels: "...el9.aarch64+64k"); it becomes '_', as other
 # driver libraries do. A KMM kernelMapping for such kernels must name the mapped tag literally.

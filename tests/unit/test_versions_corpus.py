@@ -1,0 +1,90 @@
+"""Every file of the bad-input corpus is refused at parse time: exit 2, every expected problem
+named, and nothing fetched or started (sockets and processes are forbidden while it runs)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from habana_tasks import commands, config
+from habana_tasks.errors import ConfigError
+from tests.conftest import ROOT
+from tests.corpus.versions import CASES, GOOD, Case
+
+
+class SideEffect(AssertionError):
+    """A network connection or a child process was attempted while parsing."""
+
+
+@pytest.fixture
+def no_side_effects(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise SideEffect(f"side effect attempted: {args[:2]}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
+def refusal(path: Path) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        commands.build(
+            commands.Project(ROOT, cache_dir=path.parent / "cache"), str(path),
+            dry_run=True, console=Console(file=None, quiet=True),
+        )  # fmt: skip
+    return info.value
+
+
+def test_the_corpus_is_large_and_its_good_file_is_accepted(
+    tmp_path: Path, no_side_effects: None
+) -> None:
+    assert len(CASES) >= 100
+    path = tmp_path / "versions.toml"
+    path.write_text(GOOD)
+    assert len(config.load(path).targets) == 3
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_file_is_refused_before_any_side_effect(
+    case: Case, tmp_path: Path, no_side_effects: None
+) -> None:
+    path = tmp_path / "versions.toml"
+    path.write_bytes(case.content)
+    error = refusal(path)
+    assert error.exit_code == 2
+    for line in error.problems:
+        assert line.startswith(f"{path}: "), line  # every problem names the file
+        assert "\n" not in line
+    text = "\n".join(error.problems)
+    for expected in case.expected:
+        assert expected in text, f"{expected!r} not in:\n{text}"
+    assert not (tmp_path / "cache").exists()
+
+
+# A few through the real command line: exit 2, one line per problem, never a traceback.
+CLI_CASES = [c for c in CASES if c.name.split("/")[1] in (
+    "latin-1", "binary", "empty", "release", "package-ftp", "entry-with-three-problems",
+    "insecure-with-scheme", "rhel-contradicts-release", "nul-byte", "kernels-not-array",
+)]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c.name for c in CLI_CASES])
+def test_the_command_line_refuses_it_with_exit_2_and_no_traceback(
+    case: Case, tmp_path: Path
+) -> None:
+    path = tmp_path / "versions.toml"
+    path.write_bytes(case.content)
+    done = subprocess.run(
+        [sys.executable, "-m", "invoke", "build-all", "--dry-run", "--versions", str(path)],
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert "Traceback" not in output
+    for expected in case.expected:
+        assert expected in output
