@@ -18,6 +18,7 @@ from typing import TextIO
 import yaml
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from habana_tasks import config as config_module
 from habana_tasks import discover as discover_module
@@ -37,7 +38,13 @@ from habana_tasks.plan import Action, BuildJob, plan
 from habana_tasks.podman import Podman
 from habana_tasks.process import ProcessRunner
 from habana_tasks.registry import Existence, RegistryClient, RemoteImage
-from habana_tasks.reporter import JobResult, make_console, make_reporter, summary_table
+from habana_tasks.reporter import (
+    JobResult,
+    add_text_row,
+    make_console,
+    make_reporter,
+    summary_table,
+)
 
 EXAMPLE_VERSIONS = Path("examples/local/versions.toml")
 
@@ -69,11 +76,8 @@ def _plan_table(jobs: Sequence[BuildJob]) -> Table:
         table.add_column(column, overflow="fold")
     for job in jobs:
         style = {"build": "yellow", "skip": "green", "fail": "red"}[job.action.value]
-        table.add_row(
-            job.target.tag,
-            job.target.image,
-            f"[{style}]{job.action.value}[/]",
-            job.reason,
+        add_text_row(
+            table, job.target.tag, job.target.image, Text(job.action.value, style), job.reason
         )
     return table
 
@@ -115,7 +119,8 @@ class PlannedRun:
         return (
             f"resolved {len(self.jobs)} target(s) in {self.seconds:.2f} s: "
             f"{self.registry.requests_sent} HTTP request(s), "
-            f"{self.packages.downloads} package download(s)"
+            f"{self.packages.downloads} package download(s), "
+            f"{self.packages.revalidations} package check(s)"
         )
 
 
@@ -153,7 +158,7 @@ def run_build(
     planned_run = resolve_and_plan(project, config, targets, force=force, load_tests=smoke)
     planned, registry = planned_run.jobs, planned_run.registry
     console.print(_plan_table(planned))
-    console.print(planned_run.summary, highlight=False)
+    console.print(planned_run.summary, markup=False, highlight=False)
     if dry_run:
         return [
             JobResult(j.target.tag, j.action.value, "failed" if j.action is Action.FAIL else "ok",
@@ -176,10 +181,10 @@ def run_build(
         results = pipeline.execute(planned)
     except Interrupted as exc:
         console.print(summary_table([r for r in exc.results if isinstance(r, JobResult)]))
-        console.print(f"report: {options.logs_dir / 'report.json'}", highlight=False)
+        console.print(f"report: {options.logs_dir / 'report.json'}", markup=False, highlight=False)
         raise
     console.print(summary_table(results))
-    console.print(f"report: {options.logs_dir / 'report.json'}", highlight=False)
+    console.print(f"report: {options.logs_dir / 'report.json'}", markup=False, highlight=False)
     return results, registry
 
 
@@ -194,11 +199,11 @@ def library_table(config: Config, registry: RegistryClient) -> Table:
             size = f"{(remote.size or 0) / 1e6:.1f} MB"
             created = remote.labels.get("org.opencontainers.image.created", "")
             tested = remote.labels.get(labels.LOAD_TESTED, "no label")
-            table.add_row(target.kernel, target.driver, target.image, remote.digest or "", size,
-                          tested, created)  # fmt: skip
+            add_text_row(table, target.kernel, target.driver, target.image, remote.digest or "",
+                         size, tested, created)  # fmt: skip
         else:
-            table.add_row(target.kernel, target.driver, target.image, remote.existence.value,
-                          remote.error or "", "", "")  # fmt: skip
+            add_text_row(table, target.kernel, target.driver, target.image,
+                         remote.existence.value, remote.error or "", "", "")  # fmt: skip
     return table
 
 
@@ -233,13 +238,15 @@ def upstream_up(
         kernels=[t.kernel for t in config.targets],
         drivers=[t.driver for t in config.targets],
     )
-    console.print(f"local upstream ready in {time.monotonic() - started:.1f} s", highlight=False)
+    console.print(
+        f"local upstream ready in {time.monotonic() - started:.1f} s", markup=False, highlight=False
+    )
 
 
 def upstream_down(project: Project, console: Console | None = None) -> None:
     console = console or make_console()
     stopped = local_upstream.stop(upstream(project))
-    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}", markup=False)
 
 
 def example(
@@ -312,9 +319,10 @@ def smoke(
     for column in ("image", "result", "kernel booted", "seconds", "initramfs MB", "reason"):
         table.add_column(column, overflow="fold")
     for r in reports:
-        table.add_row(
+        add_text_row(
+            table,
             r.image,
-            "[green]pass[/]" if r.passed else "[red]FAIL[/]",
+            Text("pass", "green") if r.passed else Text("FAIL", "red"),
             r.kernel or "",
             f"{r.seconds:.1f}" if r.seconds is not None else "",
             f"{r.initramfs_bytes / 1e6:.0f}" if r.initramfs_bytes else "",
@@ -323,7 +331,7 @@ def smoke(
     console.print(table)
     report = logs / "report.json"
     report.write_text(json.dumps([asdict(r) for r in reports], indent=2) + "\n")
-    console.print(f"report: {report}", highlight=False)
+    console.print(f"report: {report}", markup=False, highlight=False)
     return 0 if all(r.passed for r in reports) else 1
 
 
@@ -388,18 +396,22 @@ def status(
             table.add_column(column, overflow="fold")
         colours = {"current": "green", "stale": "yellow", "missing": "yellow", "unknown": "red"}
         for item in items:
-            table.add_row(
-                item.kernel, item.driver, f"[{colours[item.state.value]}]{item.state.value}[/]",
+            add_text_row(
+                table, item.kernel, item.driver, Text(item.state.value, colours[item.state.value]),
                 item.reason, (item.digest or "")[:19],
                 f"{item.size / 1e6:.1f} MB" if item.size else "",
                 "yes" if item.load_tested else "no", item.created or "",
             )  # fmt: skip
         console.print(table)
         if orphans:
-            console.print(f"tags the matrix no longer names: {', '.join(orphans)}", highlight=False)
+            console.print(
+                f"tags the matrix no longer names: {', '.join(orphans)}",
+                markup=False,
+                highlight=False,
+            )
         if orphan_note:
-            console.print(orphan_note, highlight=False)
-        console.print(run.summary, highlight=False)
+            console.print(orphan_note, markup=False, highlight=False)
+        console.print(run.summary, markup=False, highlight=False)
     else:
         raise UsageError(f"--format {output_format!r}: expected table, json or markdown")
     unknown = any(i.state is status_module.State.UNKNOWN for i in items)
@@ -479,9 +491,9 @@ def prune(
                 result = "deleted"
             except HabanaError as exc:
                 result, failed = f"failed: {exc}", failed + 1
-        table.add_row(item.tag, item.digest[:19], item.reason, result)
+        add_text_row(table, item.tag, item.digest[:19], item.reason, result)
     console.print(table)
-    console.print(f"{len(tags)} tag(s), {len(items)} to prune", highlight=False)
+    console.print(f"{len(tags)} tag(s), {len(items)} to prune", markup=False, highlight=False)
     return 1 if failed else 0
 
 
@@ -532,7 +544,9 @@ def discover(
     for column in ("kernel", "OpenShift releases", "in versions.toml"):
         table.add_column(column, overflow="fold")
     for kernel, releases in found.kernels.items():
-        table.add_row(kernel, ", ".join(releases), "yes" if kernel in known else "[yellow]new[/]")
+        add_text_row(
+            table, kernel, ", ".join(releases), "yes" if kernel in known else Text("new", "yellow")
+        )
     console.print(table)
     for problem in found.problems:
         console.print(f"note: {problem}", highlight=False, markup=False)
@@ -555,5 +569,5 @@ def discover(
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(new_text, encoding="utf-8")
         tmp.replace(path)
-        console.print(f"updated {path}", highlight=False)
+        console.print(f"updated {path}", markup=False, highlight=False)
     return 0

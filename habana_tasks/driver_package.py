@@ -6,6 +6,7 @@ The git SHA the build passes to `make GIT_SHA=` comes from `KMD_LAST_GIT_SHA=` i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import requests
@@ -49,39 +50,60 @@ class CachedPackage:
 
 
 class PackageCache:
-    """`<root>/sha256/<hex>` holds each package once; `<root>/urls/` maps a URL to its content."""
+    """`<root>/sha256/<hex>` holds each package once; `<root>/urls/` maps a URL to its content
+    and to the validators its server gave (ETag, Last-Modified, size).
+
+    One instance serves one run: the first time a run asks for a URL that is cached, the server
+    is asked once whether the package changed (a conditional GET, or a HEAD when the server gave
+    no validator), so a package re-published under the same URL is noticed.
+    """
 
     def __init__(self, root: Path, http: HTTPClient | None = None) -> None:
         self.root = root
         self.http = http or HTTPClient()
         self.downloads = 0
+        self.revalidations = 0
+        self._checked: set[str] = set()  # URLs already confirmed current in this run
         self._lock = threading.Lock()
 
     def fetch(self, url: str) -> CachedPackage:
-        """The package at url, from the cache when its recorded content is intact."""
+        """The package at url: from the cache when intact and still current, else downloaded."""
         index = self.root / "urls" / (hashlib.sha256(url.encode()).hexdigest() + ".json")
-        if cached := self._cached(url, index):
-            return cached
         blobs = self.root / "sha256"
         blobs.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_partials(blobs)
+        record = self._cached(index)
+        if record is not None and (url in self._checked or self._still_current(url, record)):
+            self._checked.add(url)
+            return CachedPackage(url, blobs / record["sha256"], record["sha256"], record["size"])
         fd, tmp_name = tempfile.mkstemp(dir=blobs, prefix=".partial-")
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out:
-                digest, size = self._download(url, out)
+                digest, size, validators = self._download(url, out)
                 out.flush()
                 os.fsync(out.fileno())
             path = blobs / digest
             tmp.replace(path)
         finally:
             tmp.unlink(missing_ok=True)
-        record = {"url": redact(url), "sha256": digest, "size": size}
+        record = {"url": redact(url), "sha256": digest, "size": size, **validators}
         _atomic_write(index, json.dumps(record).encode())
         with self._lock:
             self.downloads += 1
+            self._checked.add(url)
         return CachedPackage(url, path, digest, size)
 
-    def _cached(self, url: str, index: Path) -> CachedPackage | None:
+    def _remove_stale_partials(self, blobs: Path) -> None:
+        """A run killed mid-download (SIGKILL) leaves its partial file: none outlives the bound."""
+        oldest = time.time() - self.http.retry.download_deadline - 60
+        for partial in blobs.glob(".partial-*"):
+            with contextlib.suppress(FileNotFoundError):  # another run removed it first
+                if partial.stat().st_mtime < oldest:
+                    partial.unlink()
+
+    def _cached(self, index: Path) -> dict[str, Any] | None:
+        """The recorded entry, when its content is intact on disk."""
         try:
             record = json.loads(index.read_text())
             path = self.root / "sha256" / record["sha256"]
@@ -89,9 +111,47 @@ class PackageCache:
                 return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return CachedPackage(url, path, record["sha256"], record["size"])
+        return record if isinstance(record, dict) else None
 
-    def _download(self, url: str, out: BinaryIO) -> tuple[str, int]:
+    def _still_current(self, url: str, record: dict[str, Any]) -> bool:
+        """Ask the source once whether the package changed since it was cached."""
+        with self._lock:
+            self.revalidations += 1
+        parts = urlsplit(url)
+        if parts.scheme == "file":
+            try:
+                stat = Path(unquote(parts.path)).stat()
+            except OSError as exc:
+                raise DriverPackageError(
+                    f"{parts.path}: cannot read package: {exc.strerror}"
+                ) from exc
+            return stat.st_size == record["size"] and stat.st_mtime_ns == record.get("mtime_ns")
+        headers = {}
+        if etag := record.get("etag"):
+            headers["If-None-Match"] = etag
+        if modified := record.get("last_modified"):
+            headers["If-Modified-Since"] = modified
+        method = "GET" if headers else "HEAD"
+        try:
+            response = self.http.send(method, url, headers=headers, stream=True)
+        except TransientHTTPError as exc:
+            raise DriverPackageError(f"cannot check whether the package changed: {exc}") from exc
+        except requests.RequestException as exc:
+            raise DriverPackageError(f"{redact(url)}: {short_reason(exc)}") from exc
+        with response:
+            if response.status_code == 304:
+                return True
+            if response.status_code != 200:
+                raise DriverPackageError(
+                    f"{redact(url)}: HTTP {response.status_code} ({response.reason}) "
+                    "when checking whether the package changed"
+                )
+            if method == "HEAD":
+                length = response.headers.get("Content-Length", "")
+                return length.isdigit() and int(length) == record["size"]
+        return False  # 200 to a conditional GET: the package changed
+
+    def _download(self, url: str, out: BinaryIO) -> tuple[str, int, dict[str, Any]]:
         hasher = hashlib.sha256()
         size = 0
         write = out.write
@@ -100,13 +160,14 @@ class PackageCache:
             source = Path(unquote(parts.path))
             try:
                 with source.open("rb") as src:
+                    mtime_ns = os.fstat(src.fileno()).st_mtime_ns
                     while chunk := src.read(CHUNK):
                         hasher.update(chunk)
                         size += len(chunk)
                         write(chunk)
             except OSError as exc:
                 raise DriverPackageError(f"{source}: cannot read package: {exc.strerror}") from exc
-            return hasher.hexdigest(), size
+            return hasher.hexdigest(), size, {"mtime_ns": mtime_ns}
         if parts.scheme not in ("http", "https"):
             raise DriverPackageError(f"{redact(url)}: unsupported URL scheme {parts.scheme!r}")
         deadline = time.monotonic() + self.http.retry.download_deadline
@@ -118,6 +179,11 @@ class PackageCache:
                         f"{redact(url)}: HTTP {response.status_code} ({response.reason})"
                     )
                 expected = response.headers.get("Content-Length")
+                validators = {
+                    key: response.headers[header]
+                    for key, header in (("etag", "ETag"), ("last_modified", "Last-Modified"))
+                    if header in response.headers
+                }
                 for chunk in iter_body(response, deadline, f"GET {redact(url)}"):
                     hasher.update(chunk)
                     size += len(chunk)
@@ -132,7 +198,7 @@ class PackageCache:
             raise DriverPackageError(
                 f"{redact(url)}: download truncated: got {size} of {expected} bytes"
             )
-        return hasher.hexdigest(), size
+        return hasher.hexdigest(), size, validators
 
 
 def read_git_sha(package: Path, driver_version: str, name: str | None = None) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import signal
 from collections.abc import Sequence
 
 
@@ -47,6 +50,27 @@ class DriverPackageError(HabanaError):
     """A vendor package could not be fetched or does not hold what the build needs."""
 
 
+# Lines that say a step failed without saying why: podman's and make's wrappers.
+WRAPPER_LINE = re.compile(
+    r"^(Error: building at STEP|make(\[\d+\])?: \*\*\*|error running container|"
+    r"subprocess exited with status|time=\S+ level=)"
+)
+# Lines that say why: compiler and modpost errors, missing files, refusals.
+CAUSE_LINE = re.compile(
+    r"(?i)(\berror\b|undefined!|\bfatal\b|no such file|not found|permission denied|refused)"
+)
+
+
+def cause_of(tail: Sequence[str]) -> str:
+    """The first line of a failed command's output tail that says why (e.g. `ERROR: modpost:
+    "hwmon_device_register_with_info" [...] undefined!`), else its last line."""
+    lines = [line.strip() for line in tail if line.strip()]
+    for line in lines:
+        if CAUSE_LINE.search(line) and not WRAPPER_LINE.match(line):
+            return line
+    return lines[-1] if lines else "no output"
+
+
 class CommandError(HabanaError):
     """An external command failed; keeps the tail of its output for the report."""
 
@@ -54,10 +78,13 @@ class CommandError(HabanaError):
         self.argv = list(argv)
         self.returncode = returncode
         self.tail = list(tail)
-        last = self.tail[-1].strip() if self.tail else "no output"
+        status = f"exited with {returncode}"
+        if returncode < 0:
+            with contextlib.suppress(ValueError):
+                status = f"was stopped by {signal.Signals(-returncode).name}"
         super().__init__(
             f"{self.argv[0]} {self.argv[1] if len(self.argv) > 1 else ''}".strip()
-            + f" exited with {returncode}: {last}"
+            + f" {status}: {cause_of(self.tail)}"
         )
 
 

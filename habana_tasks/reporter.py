@@ -15,6 +15,7 @@ from typing import Protocol
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class RichReporter:
             if row.done:
                 continue
             elapsed = time.monotonic() - row.started if row.stage != "waiting" else 0.0
-            table.add_row(name, row.stage, f"{elapsed:.0f}", row.last)
+            add_text_row(table, name, row.stage, f"{elapsed:.0f}", row.last)
         return table
 
     def start(self, names: Sequence[str]) -> None:
@@ -135,8 +136,10 @@ class RichReporter:
             self._rows.setdefault(result.name, _Row()).done = True
         style = {"ok": "green", "skipped": "dim", "failed": "red"}.get(result.status, "")
         self._live.console.print(
-            f"[{style}]{result.status:7}[/] {result.name}: {result.detail} "
-            f"({result.seconds:.1f} s)",
+            Text.assemble(
+                (f"{result.status:7}", style),
+                f" {result.name}: {result.detail} ({result.seconds:.1f} s)",
+            ),
             highlight=False,
         )
 
@@ -160,12 +163,19 @@ def make_reporter(console: Console | None = None) -> Reporter:
     return PlainReporter(console)
 
 
+def add_text_row(table: Table, *cells: str | Text) -> None:
+    """Cells are shown as written: text from logs, registries and files (`[drivers/...]`) is never
+    read as rich markup. Styled cells are passed as Text."""
+    table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in cells))
+
+
 def summary_table(results: Sequence[JobResult], title: str = "summary") -> Table:
     table = Table(title=title, show_lines=False)
     for column in ("target", "action", "result", "digest", "load-tested", "seconds", "log"):
         table.add_column(column, overflow="fold")
     for r in results:
-        table.add_row(
+        add_text_row(
+            table,
             r.name,
             r.action,
             r.status if r.ok else f"{r.status}: {r.detail}",

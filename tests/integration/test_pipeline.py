@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import re
 import tarfile
 from dataclasses import asdict
 from pathlib import Path
@@ -192,3 +194,33 @@ def test_8_firmware_lands_where_the_driver_requests_it(
         names = set(tar.getnames())
     # The driver requests "habanalabs/gaudi/<file>" relative to the firmware search path.
     assert "opt/lib/firmware/habanalabs/gaudi/gaudi-boot-fit.itb" in names
+
+
+def test_9_a_kernel_without_a_symbol_the_driver_needs_is_reported_by_its_cause(
+    project: commands.Project, test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    u = test_upstream.upstream
+    kernel = KERNELS[0]
+    # A toolkit whose kernel exports no hwmon_device_register_with_info (as with CONFIG_HWMON=n).
+    (tmp_path / "Containerfile").write_text(
+        f"FROM {u.toolkit_image(kernel)}\n"
+        f"RUN sed -i '/\\thwmon_device_register_with_info\\t/d' "
+        f"/usr/src/linux-headers-{kernel}/Module.symvers\n"
+    )
+    no_hwmon = f"{u.registry}/upstream/no-hwmon-toolkit:{kernel}"
+    test_upstream.build_and_push(tmp_path, no_hwmon)
+    versions = test_upstream.versions(
+        tmp_path / "versions.toml", (kernel,), repository="library/no-hwmon"
+    )
+    versions.write_text(
+        versions.read_text().replace("upstream/driver-toolkit:", "upstream/no-hwmon-toolkit:")
+    )
+    code, out, report = run(project, versions)
+    assert code == 1, out
+    cause = re.compile(
+        r'ERROR: modpost: "hwmon_device_register_with_info" \[\S+/habanalabs\.ko\] undefined!'
+    )
+    assert cause.search(report[0]["detail"]), report[0]["detail"]
+    assert '"hwmon_device_register_with_info"' in out  # the summary (its table folds long lines)
+    saved = json.loads((Path(report[0]["log"]).parent / "report.json").read_text())
+    assert cause.search(saved[0]["detail"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Iterator
 from functools import partial
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +16,7 @@ import pytest
 from habana_tasks import local_upstream
 from habana_tasks.driver_package import PackageCache, parse_git_sha, read_git_sha
 from habana_tasks.errors import DriverPackageError
+from habana_tasks.http_client import HTTPClient, RetryPolicy
 from habana_tasks.process import ProcessRunner
 from tests.conftest import ROOT, require, require_tools
 
@@ -161,5 +164,72 @@ def test_truncated_download_is_refused(tmp_path: Path) -> None:
             cache.fetch(f"http://127.0.0.1:{server.server_address[1]}/p.rpm")
         assert cache.downloads == 0
         assert not [p for p in (tmp_path / "c" / "sha256").iterdir()]
+    finally:
+        server.shutdown()
+
+
+def test_a_package_republished_under_the_same_url_is_noticed_next_run(
+    served: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, directory = served
+    package = directory / "p.rpm"
+    package.write_bytes(b"first" * 1000)
+    first = PackageCache(tmp_path / "cache").fetch(f"{url}/p.rpm")
+    # Next run, nothing changed: one conditional request, answered 304, no download.
+    unchanged = PackageCache(tmp_path / "cache")
+    assert unchanged.fetch(f"{url}/p.rpm") == first
+    assert unchanged.fetch(f"{url}/p.rpm") == first  # asked once per run, not per use
+    assert (unchanged.downloads, unchanged.revalidations) == (0, 1)
+    # The vendor re-publishes under the same URL: the next run downloads the new content.
+    package.write_bytes(b"second" * 1000)
+    stamp = package.stat().st_mtime + 10
+    os.utime(package, (stamp, stamp))
+    changed = PackageCache(tmp_path / "cache")
+    again = changed.fetch(f"{url}/p.rpm")
+    assert (changed.downloads, changed.revalidations) == (1, 1)
+    assert again.sha256 != first.sha256 and again.path.read_bytes() == b"second" * 1000
+
+
+def test_a_changed_file_url_is_noticed_and_stale_partials_are_removed(tmp_path: Path) -> None:
+    package = tmp_path / "p.rpm"
+    package.write_bytes(b"one")
+    cache_root = tmp_path / "cache"
+    first = PackageCache(cache_root).fetch(package.as_uri())
+    stale = cache_root / "sha256" / ".partial-left-by-a-killed-run"
+    stale.write_bytes(b"half")
+    os.utime(stale, (0, 0))
+    package.write_bytes(b"two!")
+    again = PackageCache(cache_root).fetch(package.as_uri())
+    assert again.sha256 != first.sha256 and again.size == 4
+    assert not stale.exists()
+
+
+def test_a_trickling_server_is_cut_off_at_the_deadline(tmp_path: Path) -> None:
+    class Trickle(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(100_000):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the client gave up, as it must
+
+        def log_message(self, *a: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        policy = RetryPolicy(download_deadline=1.5, read_timeout=1.0)
+        cache = PackageCache(tmp_path / "c", HTTPClient(policy))
+        started = time.monotonic()
+        with pytest.raises(DriverPackageError, match=r"did not arrive in time \(bound: 1.5 s\)"):
+            cache.fetch(f"http://127.0.0.1:{server.server_address[1]}/p.rpm")
+        assert time.monotonic() - started < 1.5 + 1.0 + 1
+        assert not list((tmp_path / "c" / "sha256").iterdir())
     finally:
         server.shutdown()

@@ -71,3 +71,21 @@ def test_terminate_all_stops_running_commands_and_refuses_new_ones() -> None:
     assert not thread.is_alive() and errors[0].returncode < 0
     with pytest.raises(CommandError, match="interrupted"):
         runner.run(["true"])
+
+
+def test_a_failed_build_is_reported_by_its_cause_not_its_wrapper() -> None:
+    tail = [
+        "  CC [M]  drivers/misc/habanalabs/common/hwmon.o",
+        "  MODPOST drivers/misc/habanalabs/Module.symvers",
+        'ERROR: modpost: "hwmon_device_register_with_info" '
+        "[drivers/misc/habanalabs/habanalabs.ko] undefined!",
+        "make[2]: *** [scripts/Makefile.modpost:126: Module.symvers] Error 1",
+        "make[1]: *** [Makefile:1990: modpost] Error 2",
+        'Error: building at STEP "RUN make -j2": while running runtime: exit status 2',
+    ]
+    error = CommandError(["podman", "build", "--layers"], 2, tail)
+    assert str(error) == (
+        'podman build exited with 2: ERROR: modpost: "hwmon_device_register_with_info" '
+        "[drivers/misc/habanalabs/habanalabs.ko] undefined!"
+    )
+    assert str(CommandError(["qemu"], -9, ["booting"])).startswith("qemu was stopped by SIGKILL")

@@ -4,7 +4,13 @@ import io
 
 from rich.console import Console
 
-from habana_tasks.reporter import JobResult, PlainReporter, RichReporter, make_reporter
+from habana_tasks.reporter import (
+    JobResult,
+    PlainReporter,
+    RichReporter,
+    make_reporter,
+    summary_table,
+)
 
 RESULT = JobResult("1.0-k", "build", "failed", "load test failed", None, 3.2, "/l.log")
 
@@ -44,3 +50,19 @@ def _render(reporter: RichReporter) -> str:
 
 def test_without_a_terminal_the_reporter_is_plain() -> None:
     assert isinstance(make_reporter(Console(file=io.StringIO())), PlainReporter)
+
+
+def test_text_from_logs_is_never_read_as_markup() -> None:
+    cause = 'ERROR: modpost: "x" [/tmp/unpacked/drivers/misc/habanalabs/habanalabs.ko] undefined!'
+    failed = JobResult("1.0-k", "build", "failed", cause, None, 1.0, "/l.log")
+    out = io.StringIO()
+    reporter = RichReporter(Console(file=out, width=300, force_terminal=True))
+    reporter.start(["1.0-k"])
+    reporter.line("1.0-k", "[/bold] a make line with [brackets]")
+    assert "[/bold] a make line" in _render(reporter)
+    reporter.finish(failed)
+    reporter.close()
+    console = Console(file=io.StringIO(), width=300)
+    console.print(summary_table([failed]))
+    assert cause in console.file.getvalue()  # type: ignore[attr-defined]
+    assert cause in out.getvalue()
