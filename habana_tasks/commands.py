@@ -131,9 +131,10 @@ def resolve_and_plan(
     *,
     force: bool = False,
     load_tests: bool = True,
+    http: HTTPClient | None = None,
 ) -> PlannedRun:
     """Every input and registry state resolved once, concurrently; then the pure plan."""
-    http = HTTPClient()
+    http = http or HTTPClient()
     registry = RegistryClient(config.insecure_registries, http, blob_cache=project.cache / "blobs")
     packages = PackageCache(project.cache / "downloads", http)
     started = time.monotonic()

@@ -133,7 +133,7 @@ class PackageCache:
             headers["If-Modified-Since"] = modified
         method = "GET" if headers else "HEAD"
         try:
-            response = self.http.send(method, url, headers=headers, stream=True)
+            response = self.http.send(method, url, headers=headers, stream=True, netrc=True)
         except TransientHTTPError as exc:
             raise DriverPackageError(f"cannot check whether the package changed: {exc}") from exc
         except requests.RequestException as exc:
@@ -172,7 +172,7 @@ class PackageCache:
             raise DriverPackageError(f"{redact(url)}: unsupported URL scheme {parts.scheme!r}")
         deadline = time.monotonic() + self.http.retry.download_deadline
         try:
-            response = self.http.send("GET", url, stream=True)
+            response = self.http.send("GET", url, stream=True, netrc=True)
             with response:
                 if response.status_code != 200:
                     raise DriverPackageError(

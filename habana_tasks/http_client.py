@@ -65,6 +65,16 @@ def iter_body(response: requests.Response, deadline: float, what: str) -> Iterat
         yield chunk
 
 
+class _NoAuth(requests.auth.AuthBase):
+    """Sends no credentials, and keeps requests from taking some from ~/.netrc."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+NO_AUTH = _NoAuth()
+
+
 class HTTPClient:
     """One requests.Session per thread; counts every request it sends."""
 
@@ -97,10 +107,13 @@ class HTTPClient:
         stream: bool = False,
         auth: tuple[str, str] | None = None,
         params: dict[str, str] | None = None,
+        netrc: bool = False,
     ) -> requests.Response:
         """Send, retrying connection errors, timeouts, 429 (Retry-After) and 500/502/503/504.
 
         TLS errors and every other status come back at once: retrying them cannot help.
+        ~/.netrc credentials go only where `netrc` is asked for (the vendor's package server):
+        netrc matches hosts without ports, so a registry on the same host must never get them.
         """
         policy = self.retry
         started = time.monotonic()
@@ -115,7 +128,7 @@ class HTTPClient:
                     url,
                     headers=headers,
                     params=params,
-                    auth=auth,
+                    auth=auth if auth is not None or netrc else NO_AUTH,
                     stream=True,
                     timeout=(policy.connect_timeout, policy.read_timeout),
                 )

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import http.client
 import re
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -123,3 +125,64 @@ def registry_proxy(upstream: str, faults: Faults) -> Iterator[str]:
         faults.released.set()
         server.shutdown()
         server.server_close()
+
+
+def _matching(pattern: str, times: int) -> Callable[[str], bool]:
+    """True for the first `times` requests whose line matches pattern (times < 0: always)."""
+    compiled = re.compile(pattern)
+    count = [0]
+    lock = threading.Lock()
+
+    def hit(line: str) -> bool:
+        if not compiled.search(line):
+            return False
+        with lock:
+            count[0] += 1
+            return times < 0 or count[0] <= times
+
+    return hit
+
+
+def fail_with(
+    pattern: str, status: int, times: int, headers: dict[str, str] | None = None
+) -> RawFault:
+    """Answer `status` (with headers) instead of forwarding, the first `times` times."""
+    hit = _matching(pattern, times)
+
+    def fault(line: str, handler: BaseHTTPRequestHandler) -> bool:
+        if not hit(line):
+            return False
+        handler.send_response(status)
+        for key, value in (headers or {}).items():
+            handler.send_header(key, value)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+        return True
+
+    return fault
+
+
+def reset(pattern: str, times: int) -> RawFault:
+    """Close the connection without answering, the first `times` times."""
+    hit = _matching(pattern, times)
+
+    def fault(line: str, handler: BaseHTTPRequestHandler) -> bool:
+        if not hit(line):
+            return False
+        handler.connection.shutdown(socket.SHUT_RDWR)
+        return True
+
+    return fault
+
+
+def hang(pattern: str, seconds: float) -> RawFault:
+    """Accept the request and say nothing for `seconds` (bounded), then close."""
+    hit = _matching(pattern, -1)
+
+    def fault(line: str, handler: BaseHTTPRequestHandler) -> bool:
+        if not hit(line):
+            return False
+        time.sleep(seconds)
+        return True
+
+    return fault

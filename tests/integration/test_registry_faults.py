@@ -19,6 +19,7 @@ from habana_tasks.errors import RegistryError
 from habana_tasks.http_client import HTTPClient, RetryPolicy
 from habana_tasks.plan import Action
 from habana_tasks.registry import Existence, RegistryClient
+from tests import registry_proxy as proxy_faults
 from tests.conftest import ROOT
 from tests.integration.conftest import KERNELS, UpstreamFixture
 from tests.registry_proxy import Answer, Faults, registry_proxy
@@ -206,3 +207,80 @@ def test_status_json_says_when_tags_could_not_be_listed(
     assert code == 1
     assert data["unnamed_tags"] is None
     assert "the tag list is not a JSON object" in data["errors"][0]
+
+
+def strip_digest(line: str, answer: Answer) -> Answer | None:
+    status, headers, body = answer
+    headers.pop("Docker-Content-Digest", None)
+    return status, headers, body
+
+
+def wrong_digest(line: str, answer: Answer) -> Answer | None:
+    status, headers, body = answer
+    if "/manifests/" in line:
+        headers["Docker-Content-Digest"] = "sha256:" + "e" * 64
+    return status, headers, body
+
+
+def tampered_blob(line: str, answer: Answer) -> Answer | None:
+    status, headers, body = answer
+    if "/blobs/sha256:" in line and line.startswith("GET") and body.startswith(b"{"):
+        return status, headers, body.replace(b'"Labels":{', b'"Labels":{"evil":"1",', 1)
+    return None
+
+
+def not_json(line: str, answer: Answer) -> Answer | None:
+    if "/manifests/" in line and line.startswith("GET"):
+        return 200, {"Content-Type": "text/html"}, b"<html>maintenance</html>"
+    return None
+
+
+MANIFESTS = r"/v2/library/[^ ]*/manifests/"
+fail_with, reset, hang = proxy_faults.fail_with, proxy_faults.reset, proxy_faults.hang
+LOGIN = {"WWW-Authenticate": 'Basic realm="x"'}
+# (fault, what the plan must decide, what its reason must say)
+FAULTS: dict[str, tuple[Faults, str, str]] = {
+    "500-twice-then-ok": (Faults(raw=fail_with(MANIFESTS, 500, 2)), "skip", "up to date"),
+    "429-retry-after-then-ok": (
+        Faults(raw=fail_with(MANIFESTS, 429, 1, {"Retry-After": "1"})),
+        "skip",
+        "up to date",
+    ),
+    "reset-once-then-ok": (Faults(raw=reset(MANIFESTS, 1)), "skip", "up to date"),
+    "digest-header-stripped": (Faults(rewrite=strip_digest), "skip", "up to date"),
+    "503-forever": (Faults(raw=fail_with(MANIFESTS, 503, -1)), "fail", "HTTP 503 after 2 attempt"),
+    "hang-forever": (Faults(raw=hang(MANIFESTS, 30)), "fail", "timed out"),
+    "wrong-digest-header": (Faults(rewrite=wrong_digest), "fail", "the manifest body hashes to"),
+    "tampered-config-blob": (Faults(rewrite=tampered_blob), "fail", "does not hash to its digest"),
+    "html-404": (Faults(raw=fail_with(MANIFESTS, 404, -1)), "fail", "HTTP 404"),
+    "401-forever": (Faults(raw=fail_with(MANIFESTS, 401, -1, LOGIN)), "fail", "needs a login"),
+    "manifest-not-json": (Faults(rewrite=not_json), "fail", "is not JSON"),
+    "body-cut-forever": (Faults(raw=cut_body), "fail", "cannot reach"),
+}
+
+
+@pytest.mark.parametrize("name", list(FAULTS))
+def test_a_registry_fault_is_survived_or_fails_closed(
+    name: str, library: tuple[commands.Project, Path], tmp_path: Path
+) -> None:
+    faults, decision, reason = FAULTS[name]
+    _, versions = library
+    cfg = config.load(versions)
+    registry = cfg.repository.split("/", 1)[0]
+    with registry_proxy(registry, faults) as proxy:
+        through = tmp_path / "versions.toml"
+        through.write_text(
+            versions.read_text()
+            .replace(f'repository = "{registry}/', f'repository = "{proxy}/')
+            .replace("insecure_registries = [", f'insecure_registries = ["{proxy}", ')
+        )
+        proxied = config.load(through)
+        project = commands.Project(ROOT, cache_dir=tmp_path / "cache")  # nothing cached
+        started = time.monotonic()
+        run = commands.resolve_and_plan(project, proxied, proxied.targets, http=HTTPClient(FAST))
+        seconds = time.monotonic() - started
+    assert {job.action.value for job in run.jobs} == {decision}, [j.reason for j in run.jobs]
+    assert all(reason in job.reason for job in run.jobs), [j.reason for j in run.jobs]
+    if decision == "fail":
+        assert all(proxy in job.reason for job in run.jobs)  # names the registry
+    assert seconds < FAST.deadline + FAST.read_timeout + 2, seconds

@@ -233,3 +233,35 @@ def test_a_trickling_server_is_cut_off_at_the_deadline(tmp_path: Path) -> None:
         assert not list((tmp_path / "c" / "sha256").iterdir())
     finally:
         server.shutdown()
+
+
+def test_netrc_credentials_go_to_the_package_server_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str | None] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *a: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login vendor password s3cret\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        http = HTTPClient()
+        PackageCache(tmp_path / "c", http).fetch(f"{base}/p.rpm")
+        http.send("GET", f"{base}/v2/")  # what the registry client sends: no netrc
+    finally:
+        server.shutdown()
+    assert seen[0] is not None and seen[0].startswith("Basic ")
+    assert seen[1] is None
