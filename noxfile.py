@@ -76,6 +76,15 @@ def rootless(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def reliability(session: nox.Session) -> None:
+    """The hostile-input and fault-injection tests (also part of `tests`), writing
+    docs/reliability.md from the run."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "reliability", "--reliability-report", "docs/reliability.md",
+                *session.posargs)  # fmt: skip
+
+
+@nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Benchmarks (not a default session): writes docs/benchmarks.md and docs/benchmarks.json."""
     session.install("-e", ".", "matplotlib")

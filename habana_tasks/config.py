@@ -15,15 +15,12 @@ from urllib.parse import urlsplit
 
 from habana_tasks import kernel_release
 from habana_tasks.errors import ConfigError, UsageError
-from habana_tasks.image_reference import ImageReference
+from habana_tasks.image_reference import ImageReference, registry_host_problem
 from habana_tasks.tags import image_tag, tag_problem
 
 DRIVER_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)+(-[0-9A-Za-z.]+)?\Z")
 MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 RHEL_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)?\Z")
-REGISTRY_HOST_RE = re.compile(
-    r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?\Z"
-)
 PLACEHOLDERS = ("kernel", "arch", "oci_arch", "driver", "rhel_version", "rhel_major")
 DEFAULT_MODULES = ("habanalabs",)
 
@@ -175,11 +172,8 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     vendor = _string(problems, library, "library.vendor") or ""
     insecure = _string_list(problems, library, "library.insecure_registries") or ()
     for host in insecure:
-        if not REGISTRY_HOST_RE.match(host):
-            problems.add(
-                "library.insecure_registries", host,
-                "expected host[:port] without scheme or path, e.g. 127.0.0.1:5000",
-            )  # fmt: skip
+        if why := registry_host_problem(host):
+            problems.add("library.insecure_registries", host, why)
 
     base_template = _template(problems, base, "base.image", required=True)
     toolkit_template = _template(problems, toolkit, "toolkit.image", required=True)

@@ -8,7 +8,21 @@ from dataclasses import dataclass
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 _REPO_COMPONENT_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*\Z")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+# host[:port] as podman names a registry: a DNS name, an IPv4 address or a bracketed IPv6 one.
+REGISTRY_HOST_RE = re.compile(
+    r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::([0-9]{1,5}))?\Z"
+)
 DOCKER_HUB = "docker.io"
+
+
+def registry_host_problem(host: str) -> str | None:
+    """Why host is not a registry's host[:port] (a scheme, a path, a bad port); None if it is."""
+    m = REGISTRY_HOST_RE.match(host)
+    if m is None or (m.group(2) is not None and not 0 < int(m.group(2)) < 65536):
+        return "expected host[:port] without scheme or path, e.g. 127.0.0.1:5000"
+    return None
+
+
 DOCKER_HUB_API = "registry-1.docker.io"
 
 
@@ -25,6 +39,10 @@ class ImageReference:
         rest = text.strip()
         if not rest or rest != text:
             raise ValueError("is empty or has surrounding spaces")
+        if "://" in rest:
+            raise ValueError(
+                f"has a scheme ({rest.split('://', 1)[0]}://); expected registry/repository[:tag]"
+            )
         digest = None
         if "@" in rest:
             rest, digest = rest.split("@", 1)
@@ -42,6 +60,8 @@ class ImageReference:
                 "names no registry; expected registry/repository[:tag] (e.g. quay.io/x/y)"
             )
         registry, repository = rest.split("/", 1)
+        if registry_host_problem(registry):
+            raise ValueError(f"has registry {registry!r}; expected host[:port], e.g. quay.io")
         if not ("." in registry or ":" in registry or registry == "localhost"):
             raise ValueError(
                 f"starts with {registry!r}, which is not a registry host; "

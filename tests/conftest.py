@@ -2,14 +2,18 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from habana_tasks.process import find_tool
 
+pytest_plugins = ("tests.reliability",)
+
 ROOT = Path(__file__).resolve().parents[1]
 # Under CI every real component must run: a missing tool is a failure, never a skip.
+RecordProperty = Callable[[str, object], None]  # pytest's record_property fixture
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 

@@ -55,6 +55,7 @@ class Case:
     family: str
 
 
+TOOLKIT = 'image = "registry.example.com/dtk:{kernel}"'
 # The second kernel entry's drivers line (the last line of GOOD).
 K1D = 'el9_2.x86_64"\ndrivers = ["1.6.0-439"]'
 
@@ -474,6 +475,33 @@ def _meaning() -> list[Case]:
             "driver-not-table",
             "driver = 1\n" + _sub("[driver]\n", "[driverx]\n"),
             "driver = 1: expected a table",
+        ),
+        _case(
+            "meaning",
+            "image-with-scheme",
+            _sub(TOOLKIT, TOOLKIT.replace('"registry', '"https://registry')),
+            "toolkit.image",
+            "has a scheme (https://)",
+        ),
+        _case(
+            "meaning",
+            "image-bad-port",
+            _sub(TOOLKIT, TOOLKIT.replace("example.com/", "example.com:99999/")),
+            "toolkit.image",
+            "has registry 'registry.example.com:99999'",
+        ),
+        _case(
+            "meaning",
+            "insecure-bad-port",
+            _sub('["mirror.local:5000"]', '["mirror.local:0"]'),
+            "library.insecure_registries = 'mirror.local:0'",
+        ),
+        _case(
+            "meaning",
+            "repository-with-scheme",
+            _sub('repository = "registry', 'repository = "http://registry'),
+            "library.repository",
+            "has a scheme (http://)",
         ),
         _case(
             "meaning",

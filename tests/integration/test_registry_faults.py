@@ -20,11 +20,11 @@ from habana_tasks.http_client import HTTPClient, RetryPolicy
 from habana_tasks.plan import Action
 from habana_tasks.registry import Existence, RegistryClient
 from tests import registry_proxy as proxy_faults
-from tests.conftest import ROOT
+from tests.conftest import ROOT, RecordProperty
 from tests.integration.conftest import KERNELS, UpstreamFixture
-from tests.registry_proxy import Answer, Faults, registry_proxy
+from tests.registry_proxy import Answer, Faults, RawFault, registry_proxy
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.reliability("registry faults")]
 
 CANARY = "canary-Pa55-d0-not-leak"
 FAST = RetryPolicy(attempts=2, base_delay=0.05, deadline=4.0, read_timeout=2.0)
@@ -133,16 +133,18 @@ def trickle(line: str, handler: BaseHTTPRequestHandler) -> bool:
 
 @pytest.mark.parametrize(("fault", "message"), [(cut_body, "cannot reach"), (trickle, "in time")])
 def test_a_cut_or_trickling_body_fails_closed_within_the_bound(
-    test_upstream: UpstreamFixture, fault: object, message: str
+    test_upstream: UpstreamFixture, fault: RawFault, message: str, record_property: RecordProperty
 ) -> None:
     pushed(test_upstream, "faults/body", ("a",))
-    with registry_proxy(test_upstream.upstream.registry, Faults(raw=fault)) as proxy:  # type: ignore[arg-type]
+    with registry_proxy(test_upstream.upstream.registry, Faults(raw=fault)) as proxy:
         started = time.monotonic()
         remote = client(proxy).inspect(f"{proxy}/faults/body:a")
         seconds = time.monotonic() - started
     assert remote.existence is Existence.UNKNOWN and message in (remote.error or ""), remote
     # The bound: the operation deadline plus at most one read timeout.
     assert seconds < FAST.deadline + FAST.read_timeout + 1, seconds
+    record_property("outcome", "failed closed")
+    record_property("seconds", seconds)
 
 
 def test_a_malformed_toolkit_manifest_fails_the_target_not_rebuilds_it(
@@ -261,7 +263,10 @@ FAULTS: dict[str, tuple[Faults, str, str]] = {
 
 @pytest.mark.parametrize("name", list(FAULTS))
 def test_a_registry_fault_is_survived_or_fails_closed(
-    name: str, library: tuple[commands.Project, Path], tmp_path: Path
+    name: str,
+    library: tuple[commands.Project, Path],
+    tmp_path: Path,
+    record_property: RecordProperty,
 ) -> None:
     faults, decision, reason = FAULTS[name]
     _, versions = library
@@ -284,3 +289,5 @@ def test_a_registry_fault_is_survived_or_fails_closed(
     if decision == "fail":
         assert all(proxy in job.reason for job in run.jobs)  # names the registry
     assert seconds < FAST.deadline + FAST.read_timeout + 2, seconds
+    record_property("outcome", "survived" if decision == "skip" else "failed closed")
+    record_property("seconds", seconds)

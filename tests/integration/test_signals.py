@@ -15,11 +15,11 @@ import pytest
 
 from habana_tasks import config, local_upstream
 from habana_tasks.registry import RegistryClient
-from tests.conftest import ROOT
+from tests.conftest import ROOT, RecordProperty
 from tests.integration.conftest import KERNELS, UpstreamFixture
 from tests.registry_proxy import Faults, registry_proxy
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.reliability("signals")]
 
 WAIT_SECONDS = 240.0
 # A push is held at the proxy: blob uploads and the manifest (which is what moves a tag).
@@ -81,7 +81,11 @@ def wait_until(what: str, condition: object, proc: subprocess.Popen[str], log: P
     ids=["sigint-build", "sigterm-build", "sigterm-load-test", "sigterm-push"],
 )
 def test_signal_stops_every_child_and_moves_no_tag(
-    signum: signal.Signals, stage: str, test_upstream: UpstreamFixture, tmp_path: Path
+    signum: signal.Signals,
+    stage: str,
+    test_upstream: UpstreamFixture,
+    tmp_path: Path,
+    record_property: RecordProperty,
 ) -> None:
     u, runner = test_upstream.upstream, test_upstream.runner
     repository = f"library/signal-{stage}-{signum.name.lower()}"
@@ -144,4 +148,5 @@ def test_signal_stops_every_child_and_moves_no_tag(
     assert left == {}, f"still running after exit: {left}"
     assert subprocess.run(["pgrep", "-f", str(cache)], check=False).returncode == 1
     assert registry.inspect(target.image).digest == before
-    print(f"{signum.name} during {stage}: exit {code} after {seconds:.1f} s, 0 children left")
+    record_property("outcome", f"exit {code}, 0 children left, tag unchanged")
+    record_property("seconds", seconds)

@@ -13,8 +13,10 @@ from rich.console import Console
 
 from habana_tasks import commands, config
 from habana_tasks.errors import ConfigError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, RecordProperty
 from tests.corpus.versions import CASES, GOOD, Case
+
+pytestmark = pytest.mark.reliability("bad versions files")
 
 
 class SideEffect(AssertionError):
@@ -51,8 +53,9 @@ def test_the_corpus_is_large_and_its_good_file_is_accepted(
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_file_is_refused_before_any_side_effect(
-    case: Case, tmp_path: Path, no_side_effects: None
+    case: Case, tmp_path: Path, no_side_effects: None, record_property: RecordProperty
 ) -> None:
+    record_property("outcome", "refused")
     path = tmp_path / "versions.toml"
     path.write_bytes(case.content)
     error = refusal(path)
@@ -75,8 +78,9 @@ CLI_CASES = [c for c in CASES if c.name.split("/")[1] in (
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c.name for c in CLI_CASES])
 def test_the_command_line_refuses_it_with_exit_2_and_no_traceback(
-    case: Case, tmp_path: Path
+    case: Case, tmp_path: Path, record_property: RecordProperty
 ) -> None:
+    record_property("outcome", "refused by the CLI, no traceback")
     path = tmp_path / "versions.toml"
     path.write_bytes(case.content)
     done = subprocess.run(
