@@ -32,7 +32,7 @@ from habana_tasks.driver_package import PackageCache
 from habana_tasks.errors import HabanaError, Interrupted, UsageError
 from habana_tasks.http_client import HTTPClient
 from habana_tasks.image_reference import ImageReference
-from habana_tasks.isolation import BuildIsolation
+from habana_tasks.isolation import BuildIsolation, explicit_choice
 from habana_tasks.pipeline import Pipeline, RunOptions, run_stamp, tls_verify
 from habana_tasks.plan import Action, BuildJob, plan
 from habana_tasks.podman import Podman
@@ -156,6 +156,7 @@ def run_build(
     smoke: bool = True,
     podman: Podman | None = None,
 ) -> tuple[list[JobResult], RegistryClient]:
+    explicit_choice(os.environ)  # a mistyped isolation is refused before anything runs
     planned_run = resolve_and_plan(project, config, targets, force=force, load_tests=smoke)
     planned, registry = planned_run.jobs, planned_run.registry
     console.print(_plan_table(planned))
@@ -210,6 +211,7 @@ def library_table(config: Config, registry: RegistryClient) -> Table:
 
 def _podman(announce: Callable[[str], None]) -> Podman:
     """One podman per run: its build isolation is decided once and announced once."""
+    explicit_choice(os.environ)  # a mistyped isolation is refused before anything runs
     runner = ProcessRunner()
     return Podman(runner, BuildIsolation(runner, announce=announce))
 

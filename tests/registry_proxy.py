@@ -186,3 +186,25 @@ def hang(pattern: str, seconds: float) -> RawFault:
         return True
 
     return fault
+
+
+def send_partial(
+    handler: BaseHTTPRequestHandler, headers: dict[str, str], body: bytes, pause: float = 0.0
+) -> None:
+    """Answer 200 with these headers, then only `body` (byte by byte `pause` s apart when
+    pause > 0), then stop: a cut or trickling body. A client that gives up ends it early."""
+    handler.send_response(200)
+    for key, value in headers.items():
+        handler.send_header(key, value)
+    handler.end_headers()
+    try:
+        if pause <= 0:
+            handler.wfile.write(body)
+            handler.wfile.flush()
+            return
+        for byte in body:
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            time.sleep(pause)
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the client gave up, as it must

@@ -22,7 +22,7 @@ from habana_tasks.registry import Existence, RegistryClient
 from tests import registry_proxy as proxy_faults
 from tests.conftest import ROOT, RecordProperty
 from tests.integration.conftest import KERNELS, UpstreamFixture
-from tests.registry_proxy import Answer, Faults, RawFault, registry_proxy
+from tests.registry_proxy import Answer, Faults, RawFault, registry_proxy, send_partial
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability("registry faults")]
 
@@ -101,34 +101,32 @@ def test_pagination_that_loops_is_refused(test_upstream: UpstreamFixture) -> Non
     assert len([s for s in faults.seen if "/tags/list" in s]) == 1
 
 
+MANIFEST_TYPE = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+
+
 def cut_body(line: str, handler: BaseHTTPRequestHandler) -> bool:
     """Headers promise 1000 bytes; 10 arrive, then the connection closes."""
-    if "/manifests/" not in line:
-        return False
-    handler.send_response(200)
-    handler.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-    handler.send_header("Content-Length", "1000")
-    handler.end_headers()
-    handler.wfile.write(b'{"schemaVe')
-    handler.wfile.flush()
-    return True
+    if "/manifests/" in line:
+        send_partial(handler, {**MANIFEST_TYPE, "Content-Length": "1000"}, b'{"schemaVe')
+        return True
+    return False
+
+
+def cut_chunked(line: str, handler: BaseHTTPRequestHandler) -> bool:
+    """A chunked body that stops in the middle of a chunk, then the connection closes."""
+    if "/manifests/" in line:
+        chunked = {**MANIFEST_TYPE, "Transfer-Encoding": "chunked"}
+        send_partial(handler, chunked, b'400\r\n{"schemaVersion": 2')
+        return True
+    return False
 
 
 def trickle(line: str, handler: BaseHTTPRequestHandler) -> bool:
     """A body of 10,000 bytes, one byte every 0.2 s: each read succeeds, the whole never ends."""
-    if "/manifests/" not in line:
-        return False
-    handler.send_response(200)
-    handler.send_header("Content-Length", "10000")
-    handler.end_headers()
-    try:
-        for _ in range(10_000):
-            handler.wfile.write(b" ")
-            handler.wfile.flush()
-            time.sleep(0.2)
-    except (BrokenPipeError, ConnectionResetError):
-        return True  # the client gave up, as it must
-    return True
+    if "/manifests/" in line:
+        send_partial(handler, {"Content-Length": "10000"}, b" " * 10_000, pause=0.2)
+        return True
+    return False
 
 
 @pytest.mark.parametrize(("fault", "message"), [(cut_body, "cannot reach"), (trickle, "in time")])
@@ -258,6 +256,7 @@ FAULTS: dict[str, tuple[Faults, str, str]] = {
     "401-forever": (Faults(raw=fail_with(MANIFESTS, 401, -1, LOGIN)), "fail", "needs a login"),
     "manifest-not-json": (Faults(rewrite=not_json), "fail", "is not JSON"),
     "body-cut-forever": (Faults(raw=cut_body), "fail", "cannot reach"),
+    "chunked-body-cut-forever": (Faults(raw=cut_chunked), "fail", "cannot reach"),
 }
 
 

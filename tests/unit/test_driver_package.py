@@ -17,6 +17,7 @@ import pytest
 from habana_tasks.driver_package import PackageCache, parse_git_sha
 from habana_tasks.errors import DriverPackageError
 from habana_tasks.http_client import HTTPClient, RetryPolicy
+from tests.registry_proxy import send_partial
 
 pytestmark = pytest.mark.reliability("package servers")
 
@@ -66,10 +67,7 @@ def test_http_error_names_the_url_without_credentials(
 def test_truncated_download_is_refused(tmp_path: Path) -> None:
     class Short(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            self.wfile.write(b"z" * 10)
+            send_partial(self, {"Content-Length": "1000"}, b"z" * 10)
             self.close_connection = True
 
         def log_message(self, *a: Any) -> None:
@@ -126,16 +124,7 @@ def test_a_changed_file_url_is_noticed_and_stale_partials_are_removed(tmp_path: 
 def test_a_trickling_server_is_cut_off_at_the_deadline(tmp_path: Path) -> None:
     class Trickle(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", "100000")
-            self.end_headers()
-            try:
-                for _ in range(100_000):
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                    time.sleep(0.05)
-            except (BrokenPipeError, ConnectionResetError):
-                return  # the client gave up, as it must
+            send_partial(self, {"Content-Length": "100000"}, b"x" * 100_000, pause=0.05)
 
         def log_message(self, *a: Any) -> None:
             return None

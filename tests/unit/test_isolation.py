@@ -3,13 +3,18 @@ announced once; the real probe runs in tests/integration/test_isolation.py."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
+from habana_tasks import commands
 from habana_tasks.errors import UsageError
+from habana_tasks.http_client import HTTPClient
 from habana_tasks.isolation import BuildIsolation, explicit_choice
 from habana_tasks.podman import BuildSpec, Podman
+from tests.conftest import ROOT
 from tests.fake_runner import FakeRunner
 
 CRUN = (
@@ -80,3 +85,17 @@ def test_another_podman_version_probes_again(tmp_path: Path) -> None:
     chosen = BuildIsolation(runner, state_file=state, env={}).choose()
     assert (chosen.flag, chosen.source) == (None, "probe")
     assert chosen.notice is None
+
+
+def test_a_mistyped_isolation_stops_a_build_before_any_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HABANA_ISOLATION", "chroots")
+    versions = tmp_path / "versions.toml"
+    versions.write_text((ROOT / "versions.toml").read_text())
+    sent: list[str] = []
+    monkeypatch.setattr(HTTPClient, "send", lambda self, method, url, **kw: sent.append(url))
+    with pytest.raises(UsageError) as info:
+        commands.build(commands.Project(ROOT, tmp_path / "cache"), str(versions), dry_run=False,
+                       console=Console(file=io.StringIO()))  # fmt: skip
+    assert info.value.exit_code == 2 and sent == []

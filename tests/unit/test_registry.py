@@ -203,3 +203,34 @@ def test_config_blobs_are_cached_by_digest(fake: FakeRegistry, tmp_path: Path) -
     (cached,) = tmp_path.iterdir()
     cached.write_bytes(b'{"config": {"Labels": {"fp": "forged"}}}')
     assert c.inspect(f"{fake.host}/lib/drv:1.0-k").labels == {"fp": "abc"}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json"},
+         "an index without a 'manifests' list"),
+        ({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+          "manifests": [{"digest": 42, "size": 1, "mediaType": OCI_MANIFEST}]},
+         "manifests[0] has digest 42"),
+        ({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []},
+         "config is not a descriptor object"),
+        ({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [],
+          "config": {"digest": "sha256:" + "a" * 64, "size": "12", "mediaType": "x"}},
+         "config has size '12'"),
+        ({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+          "config": {"digest": "sha256:" + "a" * 64, "size": 1, "mediaType": "x"},
+          "layers": "none"}, "no 'layers' list"),
+        ({"schemaVersion": 1, "mediaType": OCI_MANIFEST}, "schemaVersion is 1, expected 2"),
+        ([1, 2, 3], "not a JSON object"),
+    ],
+    ids=["index-no-list", "index-entry-type", "no-config", "size-type", "layers-type",
+         "schema-1", "not-object"],
+)  # fmt: skip
+def test_a_malformed_manifest_is_never_pinned(fake: FakeRegistry, body: object, why: str) -> None:
+    media = body.get("mediaType", OCI_MANIFEST) if isinstance(body, dict) else OCI_MANIFEST
+    fake.manifests["base/bad:1"] = (media, json.dumps(body).encode())
+    with pytest.raises(RegistryError) as info:
+        client(fake).resolve(f"{fake.host}/base/bad:1", "x86_64")  # type: ignore[attr-defined]
+    assert f"served a malformed manifest: {why}" in str(info.value)
+    assert fake.host in str(info.value)  # type: ignore[attr-defined]
