@@ -57,6 +57,7 @@ def pushed(test_upstream: UpstreamFixture, repository: str, tags: tuple[str, ...
         runner.run(["podman", "push", "--quiet", "--tls-verify=false", image])
 
 
+@pytest.mark.reliability("registry faults", outcome="refused, credential kept to its host")
 def test_credentials_never_follow_a_link_to_another_host(test_upstream: UpstreamFixture) -> None:
     pushed(test_upstream, "faults/leak", ("a",))
     elsewhere_faults = Faults()
@@ -82,6 +83,7 @@ def test_credentials_never_follow_a_link_to_another_host(test_upstream: Upstream
     assert elsewhere_faults.seen == [] and elsewhere_faults.authorizations == []
 
 
+@pytest.mark.reliability("registry faults", outcome="failed closed")
 def test_pagination_that_loops_is_refused(test_upstream: UpstreamFixture) -> None:
     pushed(test_upstream, "faults/loop", ("a",))
 
@@ -145,6 +147,7 @@ def test_a_cut_or_trickling_body_fails_closed_within_the_bound(
     record_property("seconds", seconds)
 
 
+@pytest.mark.reliability("registry faults", outcome="failed closed")
 def test_a_malformed_toolkit_manifest_fails_the_target_not_rebuilds_it(
     test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:
@@ -179,6 +182,7 @@ def test_a_malformed_toolkit_manifest_fails_the_target_not_rebuilds_it(
     assert proxy in job.reason
 
 
+@pytest.mark.reliability("registry faults", outcome="failed closed")
 def test_status_json_says_when_tags_could_not_be_listed(
     test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:

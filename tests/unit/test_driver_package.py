@@ -17,11 +17,13 @@ import pytest
 from habana_tasks.driver_package import PackageCache, parse_git_sha
 from habana_tasks.errors import DriverPackageError
 from habana_tasks.http_client import HTTPClient, RetryPolicy
+from tests.conftest import RecordProperty
 from tests.registry_proxy import send_partial
 
 pytestmark = pytest.mark.reliability("package servers")
 
 
+@pytest.mark.reliability("package servers", outcome="read")
 def test_quoted_sha_is_accepted() -> None:
     assert parse_git_sha('KMD_LAST_GIT_SHA="abcdef1"\n', "x") == "abcdef1"
 
@@ -38,6 +40,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     server.shutdown()
 
 
+@pytest.mark.reliability("package servers", outcome="survived")
 def test_download_once_then_from_cache(served: tuple[str, Path], tmp_path: Path) -> None:
     url, directory = served
     (directory / "p.rpm").write_bytes(b"x" * 5000)
@@ -53,6 +56,7 @@ def test_download_once_then_from_cache(served: tuple[str, Path], tmp_path: Path)
     assert cache.downloads == 2 and again.path.read_bytes() == b"x" * 5000
 
 
+@pytest.mark.reliability("package servers", outcome="failed closed")
 def test_http_error_names_the_url_without_credentials(
     served: tuple[str, Path], tmp_path: Path
 ) -> None:
@@ -64,6 +68,7 @@ def test_http_error_names_the_url_without_credentials(
     assert not list((tmp_path / "c" / "sha256").iterdir())
 
 
+@pytest.mark.reliability("package servers", outcome="failed closed")
 def test_truncated_download_is_refused(tmp_path: Path) -> None:
     class Short(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -85,6 +90,7 @@ def test_truncated_download_is_refused(tmp_path: Path) -> None:
         server.shutdown()
 
 
+@pytest.mark.reliability("package servers", outcome="noticed")
 def test_a_package_republished_under_the_same_url_is_noticed_next_run(
     served: tuple[str, Path], tmp_path: Path
 ) -> None:
@@ -107,6 +113,7 @@ def test_a_package_republished_under_the_same_url_is_noticed_next_run(
     assert again.sha256 != first.sha256 and again.path.read_bytes() == b"second" * 1000
 
 
+@pytest.mark.reliability("package servers", outcome="noticed")
 def test_a_changed_file_url_is_noticed_and_stale_partials_are_removed(tmp_path: Path) -> None:
     package = tmp_path / "p.rpm"
     package.write_bytes(b"one")
@@ -121,7 +128,10 @@ def test_a_changed_file_url_is_noticed_and_stale_partials_are_removed(tmp_path: 
     assert not stale.exists()
 
 
-def test_a_trickling_server_is_cut_off_at_the_deadline(tmp_path: Path) -> None:
+@pytest.mark.reliability("package servers", outcome="failed closed")
+def test_a_trickling_server_is_cut_off_at_the_deadline(
+    tmp_path: Path, record_property: RecordProperty
+) -> None:
     class Trickle(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             send_partial(self, {"Content-Length": "100000"}, b"x" * 100_000, pause=0.05)
@@ -137,12 +147,15 @@ def test_a_trickling_server_is_cut_off_at_the_deadline(tmp_path: Path) -> None:
         started = time.monotonic()
         with pytest.raises(DriverPackageError, match=r"did not arrive in time \(bound: 1.5 s\)"):
             cache.fetch(f"http://127.0.0.1:{server.server_address[1]}/p.rpm")
-        assert time.monotonic() - started < 1.5 + 1.0 + 1
+        seconds = time.monotonic() - started
+        assert seconds < 1.5 + 1.0 + 1
+        record_property("seconds", seconds)
         assert not list((tmp_path / "c" / "sha256").iterdir())
     finally:
         server.shutdown()
 
 
+@pytest.mark.reliability("package servers", outcome="kept to its host")
 def test_netrc_credentials_go_to_the_package_server_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -15,6 +15,7 @@ from habana_tasks import commands, config
 from habana_tasks.errors import ConfigError
 from tests.conftest import ROOT, RecordProperty
 from tests.corpus.versions import CASES, GOOD, Case
+from tests.reliability import CLI_OUTCOME
 
 pytestmark = pytest.mark.reliability("bad versions files")
 
@@ -80,7 +81,7 @@ CLI_CASES = [c for c in CASES if c.name.split("/")[1] in (
 def test_the_command_line_refuses_it_with_exit_2_and_no_traceback(
     case: Case, tmp_path: Path, record_property: RecordProperty
 ) -> None:
-    record_property("outcome", "refused by the CLI, no traceback")
+    record_property("outcome", CLI_OUTCOME)
     path = tmp_path / "versions.toml"
     path.write_bytes(case.content)
     done = subprocess.run(
