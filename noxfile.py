@@ -1,5 +1,6 @@
-"""nox sessions: lint, typecheck, tests, smoke and rootless run by default; `nox` before every
-commit. Under CI=true every session runs and a missing tool fails it: nothing passes by skipping."""
+"""nox sessions: lint, typecheck, tests, load_test and rootless run by default; `nox` before every
+commit (`nox -s unit` in seconds while editing). Under CI=true every session runs and a missing tool
+fails it: nothing passes by skipping."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ ROOTLESS_COMMAND = (
     f" && .venv/bin/invoke build --kernel 6.1.0-55-amd64 --versions {EXAMPLE}"
     f" && .venv/bin/invoke build-all --versions {EXAMPLE}"
     f" && .venv/bin/invoke status --versions {EXAMPLE}"
-    f" && .venv/bin/invoke smoke --kernel 6.1.0-56-amd64 --versions {EXAMPLE}"
+    f" && .venv/bin/invoke load-test --kernel 6.1.0-56-amd64 --versions {EXAMPLE}"
     "; code=$?; .venv/bin/invoke upstream-down; exit $code"
 )
-nox.options.sessions = ["lint", "typecheck", "tests"] + (["smoke", "rootless"] if HAS_TOOLS else [])
+nox.options.sessions = ["lint", "typecheck", "tests"] + (
+    ["load_test", "rootless"] if HAS_TOOLS else []
+)
 nox.options.reuse_venv = "yes"
 nox.options.error_on_missing_interpreters = True
 
@@ -37,16 +40,19 @@ def lint(session: nox.Session) -> None:
     session.run("hadolint", "Dockerfile")
     # actionlint's PyPI wrapper downloads its binary at install time; the schema check does not.
     session.run(
-        "check-jsonschema", "--builtin-schema", "vendor.github-workflows",
-        ".github/workflows/library.yml", ".github/workflows/tests.yml",
-    )  # fmt: skip
+        "check-jsonschema",
+        "--builtin-schema",
+        "vendor.github-workflows",
+        ".github/workflows/library.yml",
+        ".github/workflows/tests.yml",
+    )
 
 
 @nox.session(tags=["check"])
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict on the package."""
-    session.install("-e", ".", "mypy", "types-requests", "types-PyYAML")
-    session.run("mypy", "habana_tasks")
+    """mypy --strict on everything that runs: the package, devtools, tests, tasks and nox."""
+    session.install("-e", ".[test]", "mypy", "types-requests", "types-PyYAML")
+    session.run("mypy", "habana_tasks", "devtools", "tests", "tasks.py", "noxfile.py")
 
 
 @nox.session
@@ -56,14 +62,21 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *(session.posargs or ["-ra"]))
 
 
+@nox.session(default=False)
+def unit(session: nox.Session) -> None:
+    """The fast tests only (fakes at the process and HTTP boundaries): seconds, no podman."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "not integration", "-q", *session.posargs)
+
+
 @nox.session
-def smoke(session: nox.Session) -> None:
+def load_test(session: nox.Session) -> None:
     """The example library, built and load-tested in each exact kernel, then its pushed images
     pulled and load-tested again; the local upstream is stopped afterwards."""
     session.install("-e", ".")
     try:
         session.run("invoke", "example")
-        session.run("invoke", "smoke", "--versions", EXAMPLE)
+        session.run("invoke", "load-test", "--versions", EXAMPLE)
     finally:
         session.run("invoke", "upstream-down")
 
@@ -80,8 +93,14 @@ def reliability(session: nox.Session) -> None:
     """The hostile-input and fault-injection tests (also part of `tests`), writing
     docs/reliability.md from the run."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "reliability", "--reliability-report", "docs/reliability.md",
-                *session.posargs)  # fmt: skip
+    session.run(
+        "pytest",
+        "-m",
+        "reliability",
+        "--reliability-report",
+        "docs/reliability.md",
+        *session.posargs,
+    )
 
 
 @nox.session(default=False)

@@ -6,15 +6,20 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from invoke import Context, Exit, task
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import task
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from habana_tasks import benchmarks, commands
+from devtools import benchmarks
+from devtools import example as example_module
+from habana_tasks import commands
 from habana_tasks.errors import HabanaError
 from habana_tasks.process import interruption, sigterm_as_interrupt
+from habana_tasks.project import Project
 
-PROJECT = commands.Project(Path(__file__).resolve().parent)
+PROJECT = Project(Path(__file__).resolve().parent)
 
 
 def _run(call: Callable[[], int | None]) -> None:
@@ -22,7 +27,8 @@ def _run(call: Callable[[], int | None]) -> None:
         with sigterm_as_interrupt():
             code = call()
     except HabanaError as exc:
-        raise Exit(f"error: {exc}", code=exc.exit_code) from None
+        details = f"\n{exc.details}" if exc.details else ""
+        raise Exit(f"error: {exc}{details}", code=exc.exit_code) from None
     except KeyboardInterrupt as exc:
         error = interruption(exc)
         raise Exit(f"{error.word}: every child process was stopped", code=error.exit_code) from None
@@ -35,7 +41,8 @@ BUILD_HELP = {
     "force": "rebuild (without the layer cache) even when the image is up to date",
     "dry-run": "print the plan (target, image, action, reason) and stop",
     "push": "push checked images (default); --no-push only builds and checks",
-    "smoke": "load-test in the target kernel before pushing (default); --no-smoke skips it",
+    "load-test": "boot the target kernel and load the driver before pushing (default); "
+    "--no-load-test skips it",
 }
 
 
@@ -54,11 +61,21 @@ def build(
     force: bool = False,
     dry_run: bool = False,
     push: bool = True,
-    smoke: bool = True,
+    load_test: bool = True,
 ) -> None:
     """Build, check, load-test and push the image(s) of one kernel."""
-    _run(lambda: commands.build(PROJECT, versions, kernel, driver, force=force, dry_run=dry_run,
-                                push=push, smoke=smoke))  # fmt: skip
+    _run(
+        lambda: commands.build(
+            PROJECT,
+            versions,
+            kernel,
+            driver,
+            force=force,
+            dry_run=dry_run,
+            push=push,
+            load_test=load_test,
+        )
+    )
 
 
 @task(help={"jobs": "targets built at once (default 1)", **BUILD_HELP})
@@ -69,11 +86,20 @@ def build_all(
     force: bool = False,
     dry_run: bool = False,
     push: bool = True,
-    smoke: bool = True,
+    load_test: bool = True,
 ) -> None:
     """Build, check, load-test and push every kernel x driver pair that is missing or stale."""
-    _run(lambda: commands.build(PROJECT, versions, jobs=jobs, force=force, dry_run=dry_run,
-                                push=push, smoke=smoke))  # fmt: skip
+    _run(
+        lambda: commands.build(
+            PROJECT,
+            versions,
+            jobs=jobs,
+            force=force,
+            dry_run=dry_run,
+            push=push,
+            load_test=load_test,
+        )
+    )
 
 
 @task(
@@ -85,7 +111,7 @@ def build_all(
         "timeout": "seconds before a guest that has not finished is killed (default 120)",
     }
 )
-def smoke(
+def load_test(
     c: Context,
     kernel: str | None = None,
     driver: str | None = None,
@@ -94,30 +120,32 @@ def smoke(
     timeout: float = 120.0,
 ) -> None:
     """Boot each image's exact kernel under qemu and load its driver as KMM does."""
-    _run(lambda: commands.smoke(PROJECT, versions, kernel, driver, image=image, timeout=timeout))
+    _run(
+        lambda: commands.load_tests(PROJECT, versions, kernel, driver, image=image, timeout=timeout)
+    )
 
 
 @task(help={"versions": "versions file naming the kernels (default: the example)"})
 def upstream_up(c: Context, versions: str | None = None) -> None:
     """Start the local upstream (registry, package server) and build its images and RPMs."""
-    _run(lambda: commands.upstream_up(PROJECT, versions))
+    _run(lambda: example_module.upstream_up(PROJECT, versions))
 
 
 @task
 def upstream_down(c: Context) -> None:
     """Stop the local upstream's services (their data stays in .cache/upstream)."""
-    _run(lambda: commands.upstream_down(PROJECT))
+    _run(lambda: example_module.upstream_down(PROJECT))
 
 
 @task(
     help={
         "jobs": "targets built at once (default 1)",
-        "smoke": "load-test each image before pushing (default); --no-smoke skips it",
+        "load-test": "load-test each image before pushing (default); --no-load-test skips it",
     }
 )
-def example(c: Context, jobs: int = 1, smoke: bool = True) -> None:
+def example(c: Context, jobs: int = 1, load_test: bool = True) -> None:
     """Build the example library end to end against the local upstream and print it."""
-    _run(lambda: commands.example(PROJECT, jobs=jobs, smoke=smoke))
+    _run(lambda: example_module.example(PROJECT, jobs=jobs, load_test=load_test))
 
 
 @task(
@@ -128,7 +156,7 @@ def example(c: Context, jobs: int = 1, smoke: bool = True) -> None:
 )
 def status(c: Context, versions: str | None = None, format: str = "table") -> None:
     """Every kernel x driver pair: current, stale (why), missing or unknown; unnamed tags."""
-    _run(lambda: commands.status(PROJECT, versions, output_format=format))
+    _run(lambda: commands.status_command(PROJECT, versions, output_format=format))
 
 
 @task(help={"versions": "versions file (default: versions.toml)", "format": "github"})
@@ -177,7 +205,7 @@ def prune(
     c: Context, versions: str | None = None, older_than: int | None = None, apply: bool = False
 ) -> None:
     """List, and with --apply delete, tags the matrix no longer names (never a named one)."""
-    _run(lambda: commands.prune(PROJECT, versions, older_than=older_than, apply=apply))
+    _run(lambda: commands.prune_command(PROJECT, versions, older_than=older_than, apply=apply))
 
 
 @task(
@@ -203,10 +231,18 @@ def discover(
     dry_run: bool = False,
 ) -> None:
     """Add the kernels that OpenShift releases ship to versions.toml, comments kept."""
-    _run(lambda: commands.discover(
-        PROJECT, versions, minors=minor or (), arches=arch or (), drivers=driver or (),
-        release_repository=release_repository, authfile=authfile, dry_run=dry_run,
-    ))  # fmt: skip
+    _run(
+        lambda: commands.discover(
+            PROJECT,
+            versions,
+            minors=minor or (),
+            arches=arch or (),
+            drivers=driver or (),
+            release_repository=release_repository,
+            authfile=authfile,
+            dry_run=dry_run,
+        )
+    )
 
 
 @task

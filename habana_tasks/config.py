@@ -7,7 +7,7 @@ import json
 import re
 import string
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,12 @@ MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 RHEL_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)?\Z")
 PLACEHOLDERS = ("kernel", "arch", "oci_arch", "driver", "rhel_version", "rhel_major")
 DEFAULT_MODULES = ("habanalabs",)
+MAX_SHOWN = 80  # longer values are named by their type in messages
+DRIVER_EXPECTED = "expected a driver version like 1.6.0-439"
+RELEASE_EXPECTED = (
+    "expected a full kernel release as `uname -r` prints it "
+    "(e.g. 4.18.0-372.19.1.el8_6.x86_64 or 6.1.0-56-amd64)"
+)
 
 SCHEMA: dict[str, tuple[str, ...]] = {
     "": ("library", "base", "toolkit", "driver", "drivers", "kernels", "discover"),
@@ -57,10 +63,6 @@ class BuildTarget:
     def image(self) -> str:
         return f"{self.repository}:{self.tag}"
 
-    @property
-    def name(self) -> str:
-        return self.tag
-
 
 @dataclass(frozen=True)
 class DiscoverSettings:
@@ -82,6 +84,10 @@ class Config:
     insecure_registries: frozenset[str]
     targets: tuple[BuildTarget, ...] = field(default=())
     discover: DiscoverSettings = field(default_factory=DiscoverSettings)
+
+    def tls_verify(self, image: str) -> bool:
+        """Whether podman must verify TLS for this image's registry (not an insecure mirror)."""
+        return ImageReference.parse(image).registry not in self.insecure_registries
 
     @property
     def named_tags(self) -> frozenset[str]:
@@ -116,7 +122,7 @@ class _Problems:
 
     def add(self, key: str, value: object, expected: str) -> None:
         shown = repr(value)
-        if isinstance(value, dict) or len(shown) > 80:
+        if isinstance(value, dict) or len(shown) > MAX_SHOWN:
             shown = f"<{type(value).__name__}>" if isinstance(value, dict | list) else shown
         item = f"{self.path}: {key} = {shown}: {expected}"
         if item not in self.items:
@@ -146,21 +152,43 @@ def load(path: Path) -> Config:
 
 
 def parse(data: Mapping[str, Any], path: Path) -> Config:
+    """The file's tables, each checked by its own helper; every problem raised at once."""
     problems = _Problems(path)
     _check_keys(problems, data, "", SCHEMA[""])
-    library = _table(problems, data, "library")
-    base = _table(problems, data, "base")
-    toolkit = _table(problems, data, "toolkit")
-    driver = _table(problems, data, "driver")
-    for name, table, schema in (
-        ("library", library, "library"),
-        ("base", base, "base"),
-        ("toolkit", toolkit, "toolkit"),
-        ("driver", driver, "driver"),
-    ):
-        _check_keys(problems, table, name, SCHEMA[schema])
+    sections = {name: _table(problems, data, name) for name in ("library", "base", "toolkit")}
+    for name, table in sections.items():
+        _check_keys(problems, table, name, SCHEMA[name])
+    library = _library(problems, sections["library"])
+    templates = _templates(problems, data, sections["base"], sections["toolkit"])
+    kernels = _kernel_entries(problems, data)
+    targets, used = _targets(problems, kernels, templates, library.repository)
+    discover = _discover_settings(problems, _table(problems, data, "discover"))
+    for version in sorted(set(templates.overrides) - used):
+        problems.add(f"drivers.{_quote(version)}", version, "no [[kernels]] entry uses this driver")
+    if problems.items:
+        raise ConfigError(problems.items)
+    assert library.repository is not None
+    return Config(
+        path,
+        library.repository,
+        library.source,
+        library.vendor,
+        frozenset(library.insecure),
+        tuple(targets),
+        discover,
+    )
 
-    repository = _string(problems, library, "library.repository", required=True)
+
+@dataclass(frozen=True)
+class _Library:
+    repository: str | None
+    source: str
+    vendor: str
+    insecure: tuple[str, ...]
+
+
+def _library(problems: _Problems, table: Mapping[str, Any]) -> _Library:
+    repository = _string(problems, table, "library.repository", required=True)
     if repository:
         try:
             ref = ImageReference.parse(repository)
@@ -168,161 +196,215 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
                 problems.add("library.repository", repository, "expected a repository without tag")
         except ValueError as exc:
             problems.add("library.repository", repository, str(exc))
-    source = _string(problems, library, "library.source") or ""
-    vendor = _string(problems, library, "library.vendor") or ""
-    insecure = _string_list(problems, library, "library.insecure_registries") or ()
+    insecure = _string_list(problems, table, "library.insecure_registries") or ()
     for host in insecure:
         if why := registry_host_problem(host):
             problems.add("library.insecure_registries", host, why)
+    source = _string(problems, table, "library.source") or ""
+    vendor = _string(problems, table, "library.vendor") or ""
+    return _Library(repository, source, vendor, insecure)
 
-    base_template = _template(problems, base, "base.image", required=True)
-    toolkit_template = _template(problems, toolkit, "toolkit.image", required=True)
+
+@dataclass(frozen=True)
+class _Templates:
+    base: str | None
+    toolkit: str | None
+    defaults: dict[str, Any]  # [driver]: package_url, firmware_url, modules
+    overrides: dict[str, dict[str, Any]]  # [drivers."<version>"], defaults filled in
+
+
+def _templates(
+    problems: _Problems,
+    data: Mapping[str, Any],
+    base: Mapping[str, Any],
+    toolkit: Mapping[str, Any],
+) -> _Templates:
+    driver = _table(problems, data, "driver")
+    _check_keys(problems, driver, "driver", SCHEMA["driver"])
     defaults = _driver_settings(problems, driver, "driver", None)
     overrides: dict[str, dict[str, Any]] = {}
-    drivers_table = _table(problems, data, "drivers")
-    for version, settings in drivers_table.items():
+    for version, settings in _table(problems, data, "drivers").items():
         key = f"drivers.{_quote(version)}"
         if not DRIVER_VERSION_RE.match(version):
-            problems.add(key, version, "expected a driver version like 1.6.0-439")
+            problems.add(key, version, DRIVER_EXPECTED)
         if not isinstance(settings, dict):
             problems.add(key, settings, "expected a table")
             continue
         _check_keys(problems, settings, key, SCHEMA["drivers.*"])
         overrides[version] = _driver_settings(problems, settings, key, defaults)
+    return _Templates(
+        _template(problems, base, "base.image", required=True),
+        _template(problems, toolkit, "toolkit.image", required=True),
+        defaults,
+        overrides,
+    )
 
-    targets: list[BuildTarget] = []
-    seen: dict[tuple[str, str], str] = {}
-    tags: dict[str, str] = {}
-    kernels = data.get("kernels", [])
+
+@dataclass(frozen=True)
+class _Kernel:
+    key: str
+    release: str
+    arch: str
+    rhel: str | None
+    drivers: tuple[str, ...]
+    openshift: tuple[str, ...]
+
+
+def _kernel_entries(problems: _Problems, data: Mapping[str, Any]) -> list[_Kernel]:
+    """The [[kernels]] entries without a problem; every field of every entry is checked."""
+    entries = data.get("kernels", [])
     if "kernels" not in data:
         problems.missing("kernels", "expected at least one [[kernels]] entry")
-    elif not isinstance(kernels, list) or not kernels:
-        problems.add("kernels", kernels, "expected a non-empty array of [[kernels]] tables")
-        kernels = []
-    for index, entry in enumerate(kernels):
+        return []
+    if not isinstance(entries, list) or not entries:
+        problems.add("kernels", entries, "expected a non-empty array of [[kernels]] tables")
+        return []
+    found = []
+    for index, entry in enumerate(entries):
         key = f"kernels[{index}]"
         if not isinstance(entry, dict):
             problems.add(key, entry, "expected a table with release and drivers")
             continue
-        _check_keys(problems, entry, key, SCHEMA["kernels[]"])
-        # Every field of the entry is checked, whatever else is wrong with it.
         before = len(problems.items)
-        release = _string(problems, entry, f"{key}.release", required=True)
-        if release is not None and not kernel_release.is_valid_release(release):
-            problems.add(
-                f"{key}.release",
-                release,
-                "expected a full kernel release as `uname -r` prints it "
-                "(e.g. 4.18.0-372.19.1.el8_6.x86_64 or 6.1.0-56-amd64)",
-            )
-            release = None
-        derived = kernel_release.derive_arch(release) if release else None
-        arch = _string(problems, entry, f"{key}.arch") or derived
-        if arch is None and release is not None:
-            problems.missing(f"{key}.arch", f"release {release!r} names no architecture; set arch")
-        elif arch is not None and arch not in kernel_release.KNOWN_ARCHES:
-            problems.add(
-                f"{key}.arch", arch, f"expected one of {', '.join(kernel_release.KNOWN_ARCHES)}"
-            )
-        elif derived is not None and derived != arch:
-            problems.add(f"{key}.arch", arch, f"release {release!r} is for {derived}")
-        given_rhel = _string(problems, entry, f"{key}.rhel_version")
-        derived_rhel = kernel_release.derive_rhel_version(release) if release else None
-        rhel = given_rhel or derived_rhel
-        if given_rhel is not None and not RHEL_VERSION_RE.match(given_rhel):
-            problems.add(
-                f"{key}.rhel_version", given_rhel, "expected MAJOR or MAJOR.MINOR, e.g. 8.6"
-            )
-        elif given_rhel is not None and derived_rhel is not None and given_rhel != derived_rhel:
-            problems.add(
-                f"{key}.rhel_version", given_rhel,
-                f"release {release!r} is RHEL {derived_rhel}; leave rhel_version out or match it",
-            )  # fmt: skip
-        openshift = _string_list(problems, entry, f"{key}.openshift") or ()
-        versions = _string_list(problems, entry, f"{key}.drivers", required=True) or ()
-        if entry.get("drivers") == []:
-            problems.add(f"{key}.drivers", [], "expected at least one driver version")
-        for version in versions:
-            if not DRIVER_VERSION_RE.match(version):
-                problems.add(f"{key}.drivers", version, "expected a driver version like 1.6.0-439")
-        if release is None or arch is None or len(problems.items) > before:
-            continue
-        for version in versions:
-            if not DRIVER_VERSION_RE.match(version):
-                problems.add(f"{key}.drivers", version, "expected a driver version like 1.6.0-439")
-                continue
-            if (release, version) in seen:
+        kernel = _kernel_entry(problems, key, entry)
+        if kernel is not None and len(problems.items) == before:
+            found.append(kernel)
+    return found
+
+
+def _kernel_entry(problems: _Problems, key: str, entry: Mapping[str, Any]) -> _Kernel | None:
+    _check_keys(problems, entry, key, SCHEMA["kernels[]"])
+    release = _string(problems, entry, f"{key}.release", required=True)
+    if release is not None and not kernel_release.is_valid_release(release):
+        problems.add(f"{key}.release", release, RELEASE_EXPECTED)
+        release = None
+    arch = _arch(problems, key, entry, release)
+    rhel = _rhel_version(problems, key, entry, release)
+    openshift = _string_list(problems, entry, f"{key}.openshift") or ()
+    versions = _string_list(problems, entry, f"{key}.drivers", required=True) or ()
+    if entry.get("drivers") == []:
+        problems.add(f"{key}.drivers", [], "expected at least one driver version")
+    for version in versions:
+        if not DRIVER_VERSION_RE.match(version):
+            problems.add(f"{key}.drivers", version, DRIVER_EXPECTED)
+    if release is None or arch is None:
+        return None
+    return _Kernel(key, release, arch, rhel, versions, openshift)
+
+
+def _arch(
+    problems: _Problems, key: str, entry: Mapping[str, Any], release: str | None
+) -> str | None:
+    derived = kernel_release.derive_arch(release) if release else None
+    arch = _string(problems, entry, f"{key}.arch") or derived
+    if arch is None and release is not None:
+        problems.missing(f"{key}.arch", f"release {release!r} names no architecture; set arch")
+    elif arch is not None and arch not in kernel_release.KNOWN_ARCHES:
+        problems.add(
+            f"{key}.arch", arch, f"expected one of {', '.join(kernel_release.KNOWN_ARCHES)}"
+        )
+        return None
+    elif derived is not None and derived != arch:
+        problems.add(f"{key}.arch", arch, f"release {release!r} is for {derived}")
+    return arch
+
+
+def _rhel_version(
+    problems: _Problems, key: str, entry: Mapping[str, Any], release: str | None
+) -> str | None:
+    given = _string(problems, entry, f"{key}.rhel_version")
+    derived = kernel_release.derive_rhel_version(release) if release else None
+    if given is not None and not RHEL_VERSION_RE.match(given):
+        problems.add(f"{key}.rhel_version", given, "expected MAJOR or MAJOR.MINOR, e.g. 8.6")
+    elif given is not None and derived is not None and given != derived:
+        problems.add(
+            f"{key}.rhel_version",
+            given,
+            f"release {release!r} is RHEL {derived}; leave rhel_version out or match it",
+        )
+    return given or derived
+
+
+def _targets(
+    problems: _Problems,
+    kernels: Sequence[_Kernel],
+    templates: _Templates,
+    repository: str | None,
+) -> tuple[list[BuildTarget], set[str]]:
+    """One target per kernel x driver pair; pairs and tags must be unique. Also returns the
+    driver versions the entries use."""
+    targets: list[BuildTarget] = []
+    seen: dict[tuple[str, str], str] = {}
+    tags: dict[str, str] = {}
+    for kernel in kernels:
+        for version in kernel.drivers:
+            if (kernel.release, version) in seen:
+                where = seen[kernel.release, version]
                 problems.add(
-                    f"{key}.drivers",
+                    f"{kernel.key}.drivers",
                     version,
-                    f"duplicate pair: {release} x {version} is already in {seen[release, version]}",
+                    f"duplicate pair: {kernel.release} x {version} is already in {where}",
                 )
                 continue
-            seen[release, version] = key
-            tag = image_tag(version, release)
-            if why := tag_problem(tag):
-                problems.add(f"{key}.release", release, f"image tag {tag!r} {why}")
+            seen[kernel.release, version] = kernel.key
+            tag = image_tag(version, kernel.release)
+            why = tag_problem(tag) or (f"clashes with {tags[tag]}" if tag in tags else None)
+            if why:
+                problems.add(f"{kernel.key}.release", kernel.release, f"image tag {tag!r} {why}")
                 continue
-            if tag in tags:
-                problems.add(
-                    f"{key}.release", release, f"image tag {tag!r} clashes with {tags[tag]}"
-                )
-                continue
-            tags[tag] = key
-            settings = overrides.get(version, defaults)
-            values = {
-                "kernel": release,
-                "arch": arch,
-                "oci_arch": kernel_release.OCI_ARCH[arch],
-                "driver": version,
-                "rhel_version": rhel,
-                "rhel_major": rhel.split(".")[0] if rhel else None,
-            }
-            rendered = {
-                name: _render(problems, f"{key} ({name})", template, values)
-                for name, template in (
-                    ("base.image", base_template),
-                    ("toolkit.image", toolkit_template),
-                    ("package_url", settings.get("package_url")),
-                    ("firmware_url", settings.get("firmware_url")),
-                )
-            }
-            for name in ("base.image", "toolkit.image"):
-                image = rendered[name]
-                if image is None:
-                    continue
-                try:
-                    ImageReference.parse(image)
-                except ValueError as exc:
-                    problems.add(f"{key} ({name})", image, str(exc))
-            if None in (rendered["base.image"], rendered["toolkit.image"], rendered["package_url"]):
-                continue
-            if not repository:
-                continue
-            targets.append(
-                BuildTarget(
-                    kernel=release,
-                    arch=arch,
-                    rhel_version=rhel,
-                    driver=version,
-                    modules=tuple(settings.get("modules") or DEFAULT_MODULES),
-                    base_image=str(rendered["base.image"]),
-                    toolkit_image=str(rendered["toolkit.image"]),
-                    package_url=str(rendered["package_url"]),
-                    firmware_url=rendered["firmware_url"],
-                    repository=repository,
-                    tag=tag,
-                    openshift=openshift,
-                )
-            )
-    discover = _discover_settings(problems, _table(problems, data, "discover"))
-    unused = sorted(set(overrides) - {v for _, v in seen})
-    for version in unused:
-        problems.add(f"drivers.{_quote(version)}", version, "no [[kernels]] entry uses this driver")
-    if problems.items:
-        raise ConfigError(problems.items)
-    assert repository is not None
-    return Config(path, repository, source, vendor, frozenset(insecure), tuple(targets), discover)
+            tags[tag] = kernel.key
+            target = _target(problems, kernel, version, tag, templates, repository)
+            if target is not None:
+                targets.append(target)
+    return targets, {version for _, version in seen}
+
+
+def _target(
+    problems: _Problems,
+    kernel: _Kernel,
+    version: str,
+    tag: str,
+    templates: _Templates,
+    repository: str | None,
+) -> BuildTarget | None:
+    settings = templates.overrides.get(version, templates.defaults)
+    values = {
+        "kernel": kernel.release,
+        "arch": kernel.arch,
+        "oci_arch": kernel_release.OCI_ARCH[kernel.arch],
+        "driver": version,
+        "rhel_version": kernel.rhel,
+        "rhel_major": kernel.rhel.split(".")[0] if kernel.rhel else None,
+    }
+    key = kernel.key
+    base = _render(problems, f"{key} (base.image)", templates.base, values)
+    toolkit = _render(problems, f"{key} (toolkit.image)", templates.toolkit, values)
+    package = _render(problems, f"{key} (package_url)", settings.get("package_url"), values)
+    firmware = _render(problems, f"{key} (firmware_url)", settings.get("firmware_url"), values)
+    for name, image in (("base.image", base), ("toolkit.image", toolkit)):
+        if image is None:
+            continue
+        try:
+            ImageReference.parse(image)
+        except ValueError as exc:
+            problems.add(f"{key} ({name})", image, str(exc))
+            return None
+    if base is None or toolkit is None or package is None or not repository:
+        return None
+    return BuildTarget(
+        kernel=kernel.release,
+        arch=kernel.arch,
+        rhel_version=kernel.rhel,
+        driver=version,
+        modules=tuple(settings.get("modules") or DEFAULT_MODULES),
+        base_image=base,
+        toolkit_image=toolkit,
+        package_url=package,
+        firmware_url=firmware,
+        repository=repository,
+        tag=tag,
+        openshift=kernel.openshift,
+    )
 
 
 def _discover_settings(problems: _Problems, table: Mapping[str, Any]) -> DiscoverSettings:
@@ -347,7 +429,7 @@ def _discover_settings(problems: _Problems, table: Mapping[str, Any]) -> Discove
     drivers = _string_list(problems, table, "discover.drivers") or ()
     for version in drivers:
         if not DRIVER_VERSION_RE.match(version):
-            problems.add("discover.drivers", version, "expected a driver version like 1.6.0-439")
+            problems.add("discover.drivers", version, DRIVER_EXPECTED)
     rt = table.get("rt", False)
     if not isinstance(rt, bool):
         problems.add("discover.rt", rt, "expected true or false")
@@ -464,7 +546,7 @@ def _driver_settings(
 def url_problem(url: str) -> str | None:
     """Why a package URL cannot be fetched as written; None when its form is usable."""
     expected = "expected http(s)://host/path or file:///absolute/path"
-    if any(c.isspace() or ord(c) < 32 for c in url):
+    if any(c.isspace() or not c.isprintable() for c in url):
         return f"contains white space or a control character; {expected}"
     parts = urlsplit(url)
     if not parts.scheme:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import tomlkit
 from tomlkit.items import AoT, Array, Table
 
+from habana_tasks import config
 from habana_tasks.config import DiscoverSettings
 from habana_tasks.errors import HabanaError
 from habana_tasks.kernel_release import derive_arch
@@ -176,6 +179,14 @@ def update_versions(
     # Each [[kernels]] entry stands apart, as a person writes them.
     text = re.sub(r"([^\n])\n\[\[kernels\]\]", "\\1\n\n[[kernels]]", tomlkit.dumps(doc))
     return text, added, updated
+
+
+def write_versions(path: Path, new_text: str) -> None:
+    """Replace versions.toml atomically, and never with a file that does not parse."""
+    config.parse(tomllib.loads(new_text), path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(new_text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _array(values: Sequence[str]) -> Array:

@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -23,11 +24,10 @@ from urllib.parse import unquote, urlsplit
 import requests
 import rpmfile
 
-from habana_tasks.errors import DriverPackageError
+from habana_tasks.errors import DriverPackageError, TransientHTTPError
 from habana_tasks.http_client import (
     BODY_ERRORS,
     HTTPClient,
-    TransientHTTPError,
     iter_body,
     redact,
     short_reason,
@@ -139,9 +139,9 @@ class PackageCache:
         except requests.RequestException as exc:
             raise DriverPackageError(f"{redact(url)}: {short_reason(exc)}") from exc
         with response:
-            if response.status_code == 304:
+            if response.status_code == HTTPStatus.NOT_MODIFIED:
                 return True
-            if response.status_code != 200:
+            if response.status_code != HTTPStatus.OK:
                 raise DriverPackageError(
                     f"{redact(url)}: HTTP {response.status_code} ({response.reason}) "
                     "when checking whether the package changed"
@@ -174,7 +174,7 @@ class PackageCache:
         try:
             response = self.http.send("GET", url, stream=True, netrc=True)
             with response:
-                if response.status_code != 200:
+                if response.status_code != HTTPStatus.OK:
                     raise DriverPackageError(
                         f"{redact(url)}: HTTP {response.status_code} ({response.reason})"
                     )

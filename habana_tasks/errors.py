@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shlex
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class HabanaError(Exception):
-    """Base of every error this tool reports as a one-line message."""
+    """Base of every error this tool reports as a one-line message; `details`, when there are
+    some, follow it on the terminal and in the job's log."""
 
     exit_code = 1
 
@@ -20,6 +23,11 @@ class HabanaError(Exception):
 
     def __str__(self) -> str:
         return self.message if self.hint is None else f"{self.message} (hint: {self.hint})"
+
+    @property
+    def details(self) -> str | None:
+        """More than the one line, when there is more to say (a command's full line and tail)."""
+        return None
 
 
 class ConfigError(HabanaError):
@@ -40,6 +48,18 @@ class UsageError(HabanaError):
 
 class RegistryError(HabanaError):
     """A registry could not answer a question definitively (network, auth, server error)."""
+
+
+class ManifestUnknown(RegistryError):
+    """The registry said, authenticated, that this manifest or repository does not exist."""
+
+
+class TransientHTTPError(HabanaError):
+    """Retries ran out (or the deadline passed) on a transient failure."""
+
+
+class BodyDeadlineError(TransientHTTPError):
+    """A response body was still arriving when its deadline passed (a trickling server)."""
 
 
 class DigestMismatchError(RegistryError):
@@ -72,7 +92,11 @@ def cause_of(tail: Sequence[str]) -> str:
 
 
 class CommandError(HabanaError):
-    """An external command failed; keeps the tail of its output for the report."""
+    """An external command failed. The message is one line (command, exit status or signal,
+    the line that says why); `details` adds the full command line, quoted, and the last lines
+    of its output, for the log and the terminal."""
+
+    DETAIL_LINES = 10
 
     def __init__(self, argv: Sequence[str], returncode: int, tail: Sequence[str]) -> None:
         self.argv = list(argv)
@@ -82,10 +106,18 @@ class CommandError(HabanaError):
         if returncode < 0:
             with contextlib.suppress(ValueError):
                 status = f"was stopped by {signal.Signals(-returncode).name}"
-        super().__init__(
-            f"{self.argv[0]} {self.argv[1] if len(self.argv) > 1 else ''}".strip()
-            + f" {status}: {cause_of(self.tail)}"
+        super().__init__(f"{shlex.join(self.argv[:2])} {status}: {cause_of(self.tail)}")
+
+    @property
+    def details(self) -> str:
+        last = [line for line in self.tail if line.strip()][-self.DETAIL_LINES :]
+        return "\n".join(
+            [f"command: {shlex.join(self.argv)}", "last lines:", *(f"  {line}" for line in last)]
         )
+
+
+class CommandTimeout(CommandError):
+    """A command outlived its deadline and was killed."""
 
 
 class CheckError(HabanaError):
@@ -98,10 +130,13 @@ class Interrupted(HabanaError):
     exit_code = 130
     word = "interrupted"
 
-    def __init__(self, message: str, results: Sequence[object] = ()) -> None:
+    def __init__(
+        self, message: str, results: Sequence[object] = (), report: Path | None = None
+    ) -> None:
         super().__init__(message)
-        # What each target came to, for the summary (JobResult records).
+        # What each target came to (JobResult records) and where report.json holds them.
         self.results = list(results)
+        self.report = report
 
 
 class Terminated(Interrupted):

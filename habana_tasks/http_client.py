@@ -6,10 +6,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import urllib3
+
+from habana_tasks.errors import BodyDeadlineError, TransientHTTPError
 
 RETRY_STATUSES = frozenset((429, 500, 502, 503, 504))
 
@@ -29,14 +32,6 @@ class RetryPolicy:
 
     def backoff(self, attempt: int) -> float:
         return float(min(self.base_delay * 2 ** (attempt - 1), self.max_delay))
-
-
-class TransientHTTPError(Exception):
-    """Retries ran out (or the deadline passed) on a transient failure."""
-
-
-class BodyDeadlineError(TransientHTTPError):
-    """A response body was still arriving when its deadline passed (a trickling server)."""
 
 
 # Failures while a body arrives: a cut chunked body, a reset, a decoding error, a read timeout.
@@ -150,7 +145,7 @@ class HTTPClient:
                 last = f"HTTP {response.status_code}"
                 delay = policy.backoff(attempt)
                 retry_after = response.headers.get("Retry-After", "")
-                if response.status_code == 429 and retry_after.isdigit():
+                if response.status_code == HTTPStatus.TOO_MANY_REQUESTS and retry_after.isdigit():
                     delay = min(float(retry_after), policy.max_delay)
                 response.close()
             if attempt >= policy.attempts or time.monotonic() - started + delay > policy.deadline:

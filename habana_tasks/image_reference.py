@@ -13,12 +13,13 @@ REGISTRY_HOST_RE = re.compile(
     r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::([0-9]{1,5}))?\Z"
 )
 DOCKER_HUB = "docker.io"
+MAX_PORT = 65535
 
 
 def registry_host_problem(host: str) -> str | None:
     """Why host is not a registry's host[:port] (a scheme, a path, a bad port); None if it is."""
     m = REGISTRY_HOST_RE.match(host)
-    if m is None or (m.group(2) is not None and not 0 < int(m.group(2)) < 65536):
+    if m is None or (m.group(2) is not None and not 0 < int(m.group(2)) <= MAX_PORT):
         return "expected host[:port] without scheme or path, e.g. 127.0.0.1:5000"
     return None
 

@@ -13,8 +13,17 @@ from typing import BinaryIO
 TRAILER = "TRAILER!!!"
 
 
-def _header(ino: int, mode: int, uid: int, gid: int, mtime: int, size: int, name: str,
-            rdev: tuple[int, int] = (0, 0), nlink: int = 1) -> bytes:  # fmt: skip
+def _header(
+    ino: int,
+    mode: int,
+    uid: int,
+    gid: int,
+    mtime: int,
+    size: int,
+    name: str,
+    rdev: tuple[int, int] = (0, 0),
+    nlink: int = 1,
+) -> bytes:
     encoded = name.encode() + b"\0"
     fields = (ino, mode, uid, gid, nlink, mtime, size, 0, 0, rdev[0], rdev[1], len(encoded), 0)
     head = b"070701" + b"".join(f"{v & 0xFFFFFFFF:08X}".encode() for v in fields) + encoded
@@ -27,9 +36,15 @@ class CpioWriter:
         self.ino = 1
         self.names: set[str] = set()
 
-    def add(self, name: str, mode: int, data: bytes = b"", *,
-            owner: tuple[int, int, int] = (0, 0, 0),
-            rdev: tuple[int, int] = (0, 0)) -> None:  # fmt: skip
+    def add(
+        self,
+        name: str,
+        mode: int,
+        data: bytes = b"",
+        *,
+        owner: tuple[int, int, int] = (0, 0, 0),
+        rdev: tuple[int, int] = (0, 0),
+    ) -> None:
         """owner is (uid, gid, mtime)."""
         uid, gid, mtime = owner
         name = name.lstrip("./") or "."
@@ -71,11 +86,13 @@ def rootfs_to_cpio(rootfs_tar: Path, output: Path, extra: dict[str, tuple[int, b
                 writer.add(member.name, stat.S_IFREG | perm, data, owner=common)
             elif member.isfile():
                 handle = tar.extractfile(member)
-                writer.add(member.name, stat.S_IFREG | perm, handle.read() if handle else b"",
-                           owner=common)  # fmt: skip
+                writer.add(
+                    member.name, stat.S_IFREG | perm, handle.read() if handle else b"", owner=common
+                )
             elif member.ischr() or member.isblk():
                 kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-                writer.add(member.name, kind | perm, rdev=(member.devmajor, member.devminor),
-                           owner=common)  # fmt: skip
+                writer.add(
+                    member.name, kind | perm, rdev=(member.devmajor, member.devminor), owner=common
+                )
         writer.close()
     return output.stat().st_size

@@ -111,10 +111,18 @@ def probe(runner: ProcessRunner) -> Isolation:
         )
         iidfile = context / "image-id"
         done = runner.run(
-            ["podman", "build", "--no-cache", "--quiet", "--pull=never",
-             "--iidfile", str(iidfile), str(context)],
+            [
+                "podman",
+                "build",
+                "--no-cache",
+                "--quiet",
+                "--pull=never",
+                "--iidfile",
+                str(iidfile),
+                str(context),
+            ],
             check=False,
-        )  # fmt: skip
+        )
         if iidfile.is_file():
             runner.run(["podman", "rmi", "--force", iidfile.read_text().strip()], check=False)
     if done.returncode == 0:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from habana_tasks.config import BuildTarget
+from habana_tasks.config import BuildTarget, Config
+from habana_tasks.errors import HabanaError
+from habana_tasks.registry import Existence, RegistryClient
 
 API_VERSION = "kmm.sigs.x-k8s.io/v1beta1"
 # The driver requests firmware as "habanalabs/gaudi/<file>", relative to the firmware search path.
@@ -47,3 +50,26 @@ def module_manifest(
             "selector": dict(NODE_SELECTOR),
         },
     }
+
+
+def library_module(
+    config: Config,
+    driver: str,
+    registry: RegistryClient,
+    *,
+    name: str = "habanalabs",
+    namespace: str = "habana-ai-operator",
+) -> dict[str, Any]:
+    """The Module for one driver, mapping every kernel whose image the repository holds."""
+    targets = config.select(driver=driver)
+    with ThreadPoolExecutor(16) as pool:
+        remote = list(pool.map(lambda t: registry.inspect(t.image), targets))
+    unknown = [r for r in remote if r.existence is Existence.UNKNOWN]
+    if unknown:
+        raise HabanaError(f"{unknown[0].reference}: {unknown[0].error}")
+    held = [t for t, r in zip(targets, remote, strict=True) if r.existence is Existence.PRESENT]
+    if not held:
+        raise HabanaError(f"{config.repository} holds no image for driver {driver}; build first")
+    return module_manifest(
+        held, name=name, namespace=namespace, with_firmware=held[0].firmware_url is not None
+    )

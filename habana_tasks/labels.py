@@ -140,3 +140,8 @@ def image_labels(
     if config.vendor:
         labels[OCI + "vendor"] = config.vendor
     return labels
+
+
+def short_digest(digest: str | None, length: int = 12) -> str:
+    """The first hex digits of a digest, enough to tell images apart in a line or a table."""
+    return (digest or "").removeprefix("sha256:")[:length]

@@ -17,16 +17,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from habana_tasks import image_checks, labels
-from habana_tasks import smoke as smoke_module
+from habana_tasks import load_test as load_test_module
 from habana_tasks.config import BuildTarget, Config
 from habana_tasks.driver_package import link_into
 from habana_tasks.errors import CheckError, HabanaError, Interrupted
-from habana_tasks.image_reference import ImageReference
 from habana_tasks.plan import Action, BuildJob
 from habana_tasks.podman import BuildSpec, Podman
 from habana_tasks.process import LineSink, interruption
 from habana_tasks.registry import Existence, RegistryClient
-from habana_tasks.reporter import JobResult, Reporter
+from habana_tasks.reporter import JobResult, JobStatus, Reporter
 
 
 @dataclass(frozen=True)
@@ -36,9 +35,8 @@ class RunOptions:
     logs_dir: Path
     jobs: int = 1
     push: bool = True
-    keep_work: bool = False
-    smoke: bool = True
-    smoke_timeout: float = smoke_module.DEFAULT_TIMEOUT
+    load_test: bool = True
+    load_test_timeout: float = load_test_module.DEFAULT_TIMEOUT
 
 
 class Pipeline:
@@ -57,19 +55,22 @@ class Pipeline:
         self.options = options
         self.created = labels.created_timestamp()
 
-    def tls_verify(self, image: str) -> bool:
-        return tls_verify(self.config, image)
-
     def execute(self, jobs: Sequence[BuildJob]) -> list[JobResult]:
         results: dict[str, JobResult] = {}
         for job in jobs:
             if job.action is Action.SKIP:
                 results[job.target.tag] = JobResult(
-                    job.target.tag, "skip", "skipped", job.reason, job.remote_digest,
+                    job.target.tag,
+                    Action.SKIP,
+                    JobStatus.SKIPPED,
+                    job.reason,
+                    job.remote_digest,
                     load_tested=job.load_tested,
-                )  # fmt: skip
+                )
             elif job.action is Action.FAIL:
-                results[job.target.tag] = JobResult(job.target.tag, "fail", "failed", job.reason)
+                results[job.target.tag] = JobResult(
+                    job.target.tag, Action.FAIL, JobStatus.FAILED, job.reason
+                )
         to_build = [job for job in jobs if job.action is Action.BUILD]
         if to_build:
             self.options.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,9 @@ class Pipeline:
                 runnable = []
                 for job in to_build:
                     if why := pull_failures.get(job.target.tag):
-                        results[job.target.tag] = JobResult(job.target.tag, "build", "failed", why)
+                        results[job.target.tag] = JobResult(
+                            job.target.tag, Action.BUILD, JobStatus.FAILED, why
+                        )
                         self.reporter.finish(results[job.target.tag])
                     else:
                         runnable.append(job)
@@ -104,7 +107,7 @@ class Pipeline:
             for tag in tags:
                 self.reporter.stage(tag, f"pull {image.rsplit('/', 1)[-1][:40]}")
             try:
-                self.podman.ensure(image, self.tls_verify(image))
+                self.podman.ensure(image, self.config.tls_verify(image))
             except HabanaError as exc:
                 for tag in tags:
                     failures.setdefault(tag, f"pull {image}: {exc}")
@@ -130,15 +133,17 @@ class Pipeline:
     ) -> Interrupted:
         """Every child stopped; targets that had not finished are reported as stopped."""
         self.podman.runner.terminate_all()
+        status = JobStatus(error.word)
         ordered = [
             results.get(job.target.tag)
-            or JobResult(job.target.tag, job.action.value, error.word, "stopped before it ended")
+            or JobResult(job.target.tag, job.action, status, "stopped before it ended")
             for job in jobs
         ]
-        self._write_report(ordered)
+        report = self._write_report(ordered)
         return error(
             f"{error.word}: every build, load test and push was stopped; no tag was moved",
             ordered,
+            report,
         )
 
     def _run_job(self, job: BuildJob) -> JobResult:
@@ -157,30 +162,29 @@ class Pipeline:
                 log.flush()
                 self.reporter.stage(target.tag, name)
 
-            smoked: list[smoke_module.SmokeResult] = []
+            tested: list[load_test_module.LoadTestResult] = []
             try:
-                detail, digest = self._build_check_publish(job, work, stage, sink, smoked)
-                status = "ok"
+                detail, digest = self._build_check_publish(job, work, stage, sink, tested)
+                status = JobStatus.OK
             except HabanaError as exc:
-                detail, digest, status = str(exc), None, "failed"
-                log.write(f"FAILED: {exc}\n")
+                detail, digest, status = str(exc), None, JobStatus.FAILED
+                log.write(f"FAILED: {exc}\n" + (f"{exc.details}\n" if exc.details else ""))
             except Exception as exc:  # a bug in one target must not take the others down
-                detail, digest, status = f"internal error: {exc!r}", None, "failed"
+                detail, digest, status = f"internal error: {exc!r}", None, JobStatus.FAILED
                 log.write(traceback.format_exc())
             finally:
-                if not self.options.keep_work:
-                    shutil.rmtree(work, ignore_errors=True)
+                shutil.rmtree(work, ignore_errors=True)
         result = JobResult(
             target.tag,
-            "build",
+            Action.BUILD,
             status,
             detail,
             digest,
             time.monotonic() - started,
             str(log_path),
-            load_tested=bool(smoked) and smoked[0].passed,
-            smoke_kernel=smoked[0].kernel if smoked else None,
-            smoke_seconds=round(smoked[0].seconds, 1) if smoked else None,
+            load_tested=bool(tested) and tested[0].passed,
+            load_test_kernel=tested[0].kernel if tested else None,
+            load_test_seconds=round(tested[0].seconds, 1) if tested else None,
         )
         self.reporter.finish(result)
         return result
@@ -191,7 +195,7 @@ class Pipeline:
         work: Path,
         stage: Callable[[str], None],
         sink: LineSink,
-        smoked: list[smoke_module.SmokeResult],
+        tested: list[load_test_module.LoadTestResult],
     ) -> tuple[str, str | None]:
         target, inputs = job.target, job.inputs
         assert inputs is not None and job.fingerprint is not None
@@ -213,7 +217,7 @@ class Pipeline:
             # Only an image that passes the load test below is ever published, so a published
             # image with load-tested=true was booted in its kernel with its driver loaded.
             labels=labels.image_labels(
-                self.config, target, inputs, self.created, self.options.smoke
+                self.config, target, inputs, self.created, self.options.load_test
             ),
             # A forced rebuild really rebuilds: no layer is taken from the cache.
             no_cache=job.forced,
@@ -223,13 +227,19 @@ class Pipeline:
         rootfs = image_checks.check_image(
             self.podman, image_id, target, work / "check", inputs.firmware is not None, sink
         )
-        if self.options.smoke:
-            stage("smoke")
-            result = smoke_module.load_test(
-                self.podman, rootfs, inputs.toolkit.pinned, target.kernel, target.modules,
-                work / "smoke", timeout=self.options.smoke_timeout, on_line=sink,
-            )  # fmt: skip
-            smoked.append(result)
+        if self.options.load_test:
+            stage("load test")
+            result = load_test_module.run_load_test(
+                self.podman,
+                rootfs,
+                inputs.toolkit.pinned,
+                target.kernel,
+                target.modules,
+                work / "load-test",
+                timeout=self.options.load_test_timeout,
+                on_line=sink,
+            )
+            tested.append(result)
             if not result.passed:
                 raise CheckError(
                     f"load test in {target.kernel} failed: {result.reason}"
@@ -241,20 +251,17 @@ class Pipeline:
             return f"built and checked, not pushed ({job.reason})", None
         stage("push")
         digest = self.podman.push(
-            image_id, target.image, work / "digest", self.tls_verify(target.image), sink
+            image_id, target.image, work / "digest", self.config.tls_verify(target.image), sink
         )
         stage("verify")
         verify_pushed(self.registry, target, digest, job.fingerprint)
         return f"pushed ({job.reason})", digest
 
-    def _write_report(self, results: Sequence[JobResult]) -> None:
+    def _write_report(self, results: Sequence[JobResult]) -> Path:
         self.options.logs_dir.mkdir(parents=True, exist_ok=True)
         report = self.options.logs_dir / "report.json"
         report.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-
-
-def tls_verify(config: Config, image: str) -> bool:
-    return ImageReference.parse(image).registry not in config.insecure_registries
+        return report
 
 
 def run_stamp() -> str:

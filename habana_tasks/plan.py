@@ -12,7 +12,7 @@ from habana_tasks.labels import TargetInputs
 from habana_tasks.registry import Existence, RemoteImage
 
 
-class Action(enum.Enum):
+class Action(enum.StrEnum):
     BUILD = "build"
     SKIP = "skip"
     FAIL = "fail"
@@ -54,10 +54,18 @@ def plan_job(
     load_tested = remote.labels.get(labels.LOAD_TESTED) == "true"
     if remote.labels.get(labels.FINGERPRINT) == current:
         if require_load_test and not load_tested:
-            return BuildJob(target, Action.BUILD, "stale: never load-tested", inputs, current,
-                            remote.digest)  # fmt: skip
-        return BuildJob(target, Action.SKIP, f"up to date ({current[7:19]})", inputs, current,
-                        remote.digest, load_tested=load_tested)  # fmt: skip
+            return BuildJob(
+                target, Action.BUILD, "stale: never load-tested", inputs, current, remote.digest
+            )
+        return BuildJob(
+            target,
+            Action.SKIP,
+            f"up to date ({labels.short_digest(current)})",
+            inputs,
+            current,
+            remote.digest,
+            load_tested=load_tested,
+        )
     changed = labels.changed_inputs(target, inputs, remote.labels)
     if labels.FINGERPRINT not in remote.labels:
         why = "the image has no fingerprint label"

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from habana_tasks.errors import CommandError, Interrupted, Terminated
+from habana_tasks.errors import CommandError, CommandTimeout, Interrupted, Terminated
 
 LineSink = Callable[[str], None]
 TAIL_LINES = 40
@@ -59,7 +59,6 @@ def find_tool(name: str) -> str | None:
 class Completed:
     """What a finished command left: exit code, the lines it printed (when kept) and its tail."""
 
-    argv: tuple[str, ...]
     returncode: int
     output: tuple[str, ...]
     tail: tuple[str, ...]
@@ -67,10 +66,6 @@ class Completed:
     @property
     def text(self) -> str:
         return "\n".join(self.output)
-
-
-class CommandTimeout(CommandError):
-    """A command outlived its deadline and was killed."""
 
 
 class ProcessRunner:
@@ -148,7 +143,7 @@ class ProcessRunner:
             with self._lock:
                 self._live.discard(proc)
         reader.join()
-        done = Completed(tuple(argv), proc.returncode, tuple(kept), tuple(tail))
+        done = Completed(proc.returncode, tuple(kept), tuple(tail))
         if check and proc.returncode != 0:
             raise CommandError(argv, proc.returncode, list(tail))
         return done
@@ -176,7 +171,7 @@ def _terminate(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
-def spawn_service(argv: Sequence[str], log_path: Path, cwd: Path | None = None) -> int:
+def spawn_service(argv: Sequence[str], log_path: Path) -> int:
     """Start a long-running service detached from this run; returns its pid (its group id too)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
@@ -186,7 +181,6 @@ def spawn_service(argv: Sequence[str], log_path: Path, cwd: Path | None = None) 
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            cwd=cwd,
         )
     return proc.pid
 

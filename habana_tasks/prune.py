@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Set
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from habana_tasks import labels
+from habana_tasks.config import Config
+from habana_tasks.errors import HabanaError
+from habana_tasks.image_reference import ImageReference
+from habana_tasks.registry import Existence, RegistryClient
 
 
 @dataclass(frozen=True)
@@ -45,3 +52,57 @@ def prune_plan(
         else:
             items.append(PruneItem(tag, info.digest, "no longer named by the matrix"))
     return items
+
+
+@dataclass(frozen=True)
+class PruneOutcome:
+    item: PruneItem
+    result: str  # "would delete", "deleted" or "failed: <why>"
+
+    @property
+    def failed(self) -> bool:
+        return self.result.startswith("failed")
+
+
+def prune_library(
+    config: Config,
+    registry: RegistryClient,
+    *,
+    older_than_days: int | None,
+    apply: bool,
+    now: datetime,
+) -> tuple[int, list[PruneOutcome]]:
+    """The repository's tags read (each one's digest and build time), the pure plan made, and
+    with apply each listed tag deleted by digest; returns the number of tags and the outcomes.
+    A tag that cannot be read stops everything: deciding without it could delete a shared digest.
+    """
+    repository = ImageReference.parse(config.repository)
+    tags = registry.list_tags(config.repository)
+    with ThreadPoolExecutor(16) as pool:
+        found = list(pool.map(lambda tag: registry.inspect(f"{config.repository}:{tag}"), tags))
+    info = {}
+    for tag, remote in zip(tags, found, strict=True):
+        if remote.existence is Existence.UNKNOWN or remote.digest is None:
+            raise HabanaError(f"{config.repository}:{tag}: {remote.error or 'unreadable'}")
+        info[tag] = TagInfo(remote.digest, parse_time(remote.labels.get(labels.OCI + "created")))
+    outcomes = []
+    for item in prune_plan(info, config.named_tags, older_than_days=older_than_days, now=now):
+        result = "would delete"
+        if apply:
+            try:
+                registry.delete_manifest(repository, item.digest)
+                result = "deleted"
+            except HabanaError as exc:
+                result = f"failed: {exc}"
+        outcomes.append(PruneOutcome(item, result))
+    return len(tags), outcomes
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """An RFC 3339 label value; None when absent or unreadable (such a tag is never "older")."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None

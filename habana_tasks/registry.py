@@ -6,6 +6,7 @@ question once and concurrently.
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import json
@@ -15,17 +16,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import IO, Any, cast
 
 import requests
 
 from habana_tasks.auth import Credentials, find_credentials
-from habana_tasks.errors import DigestMismatchError, RegistryError
+from habana_tasks.errors import (
+    DigestMismatchError,
+    ManifestUnknown,
+    RegistryError,
+    TransientHTTPError,
+)
 from habana_tasks.http_client import (
     BODY_ERRORS,
     HTTPClient,
-    TransientHTTPError,
     host_of,
     short_reason,
 )
@@ -41,6 +47,7 @@ INDEX_TYPES = frozenset((OCI_INDEX, DOCKER_LIST))
 ABSENT_CODES = frozenset(("MANIFEST_UNKNOWN", "NAME_UNKNOWN"))
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_PAGES = 1000
+SCHEMA_VERSION = 2  # image manifests and indexes, OCI and Docker v2 alike
 
 
 @dataclass(frozen=True)
@@ -89,10 +96,6 @@ class RemoteImage:
     error: str | None = None
 
 
-class ManifestUnknown(RegistryError):
-    """The registry said, authenticated, that this manifest or repository does not exist."""
-
-
 def sha256_digest(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()
 
@@ -127,7 +130,7 @@ class RegistryClient:
     def get_manifest(self, ref: ImageReference) -> Manifest:
         url = f"{self._base(ref)}/manifests/{ref.reference}"
         response = self._request("GET", url, ref, headers={"Accept": MANIFEST_ACCEPT})
-        if response.status_code == 404 and _error_codes(response) & ABSENT_CODES:
+        if response.status_code == HTTPStatus.NOT_FOUND and _error_codes(response) & ABSENT_CODES:
             raise ManifestUnknown(f"{ref}: not found ({', '.join(sorted(_error_codes(response)))})")
         _raise_for_status(response, f"{ref}")
         body = response.content
@@ -224,7 +227,10 @@ class RegistryClient:
                 raise RegistryError(f"{repository} (tags): more than {MAX_PAGES} pages")
             seen.add(url)
             response = self._request("GET", url, ref)
-            if response.status_code == 404 and _error_codes(response) & ABSENT_CODES:
+            if (
+                response.status_code == HTTPStatus.NOT_FOUND
+                and _error_codes(response) & ABSENT_CODES
+            ):
                 return []
             _raise_for_status(response, f"{repository} (tags)")
             try:
@@ -316,12 +322,12 @@ class RegistryClient:
         if token:
             headers["Authorization"] = token
         response = self._send(method, url, headers, stream)
-        if response.status_code == 401:
+        if response.status_code == HTTPStatus.UNAUTHORIZED:
             response.close()
             challenge = response.headers.get("WWW-Authenticate", "")
             headers["Authorization"] = self._authorize(ref, challenge, scope)
             response = self._send(method, url, headers, stream)
-            if response.status_code == 401:
+            if response.status_code == HTTPStatus.UNAUTHORIZED:
                 raise RegistryError(
                     f"{ref.name}: authentication refused (401); check `podman login {ref.registry}`"
                 )
@@ -353,7 +359,7 @@ class RegistryClient:
                 raise RegistryError(
                     f"{ref.name}: registry needs a login; run `podman login {ref.registry}`"
                 )
-            header = requests.auth._basic_auth_str(creds.username, creds.password)
+            header = basic_authorization(creds.username, creds.password)
             with self._lock:
                 self._tokens[(ref.api_host, scope)] = (header, time.monotonic() + 3600)
             return header
@@ -364,7 +370,7 @@ class RegistryClient:
             query["service"] = params["service"]
         auth = (creds.username, creds.password) if creds else None
         response = self._token_request(params["realm"], query, auth)
-        if response.status_code in (401, 403):
+        if response.status_code in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
             raise RegistryError(
                 f"{ref.name}: token service refused access ({response.status_code}); "
                 f"check `podman login {ref.registry}`"
@@ -421,6 +427,12 @@ class _HashingReader:
         return "sha256:" + self.hasher.hexdigest()
 
 
+def basic_authorization(username: str, password: str) -> str:
+    """The HTTP Basic Authorization header value (RFC 7617)."""
+    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
 def select_platform(index: dict[str, Any], arch: str, where: str) -> str:
     """The digest of the linux/<arch> child of an index; an explicit choice, never the default."""
     oci_arch = OCI_ARCH.get(arch, arch)
@@ -438,8 +450,8 @@ def manifest_problem(data: Any, media_type: str) -> str | None:
     A malformed body must never be pinned as a digest or read for labels."""
     if not isinstance(data, dict):
         return "not a JSON object"
-    if data.get("schemaVersion") != 2:
-        return f"schemaVersion is {data.get('schemaVersion')!r}, expected 2"
+    if data.get("schemaVersion") != SCHEMA_VERSION:
+        return f"schemaVersion is {data.get('schemaVersion')!r}, expected {SCHEMA_VERSION}"
     if media_type in INDEX_TYPES:
         entries = data.get("manifests")
         if not isinstance(entries, list):
@@ -493,7 +505,7 @@ def _error_codes(response: requests.Response) -> set[str]:
 
 
 def _raise_for_status(response: requests.Response, what: str) -> None:
-    if response.status_code < 400:
+    if response.status_code < HTTPStatus.BAD_REQUEST:
         return
     codes = ", ".join(sorted(_error_codes(response))) or response.reason
     raise RegistryError(f"{what}: HTTP {response.status_code} ({codes})")

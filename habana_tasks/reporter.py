@@ -5,6 +5,7 @@ Workers call it from their threads; full logs go to files, the board shows the l
 
 from __future__ import annotations
 
+import enum
 import sys
 import threading
 import time
@@ -17,25 +18,38 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from habana_tasks.plan import Action
+
+
+class JobStatus(enum.StrEnum):
+    """How a target ended. PLANNED is a dry run's "would do"; SKIPPED a real run's "up to date"."""
+
+    OK = "ok"
+    PLANNED = "planned"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    TERMINATED = "terminated"
+
 
 @dataclass(frozen=True)
 class JobResult:
-    """How one target ended; `status` is ok, skipped, failed, interrupted or terminated."""
+    """How one target ended: what the plan said to do, and what came of it."""
 
     name: str
-    action: str
-    status: str
+    action: Action
+    status: JobStatus
     detail: str
     digest: str | None = None
     seconds: float = 0.0
     log: str | None = None
     load_tested: bool = False
-    smoke_kernel: str | None = None
-    smoke_seconds: float | None = None
+    load_test_kernel: str | None = None
+    load_test_seconds: float | None = None
 
     @property
     def ok(self) -> bool:
-        return self.status in ("ok", "skipped")
+        return self.status in (JobStatus.OK, JobStatus.PLANNED, JobStatus.SKIPPED)
 
 
 class Reporter(Protocol):
@@ -111,7 +125,7 @@ class RichReporter:
             if row.done:
                 continue
             elapsed = time.monotonic() - row.started if row.stage != "waiting" else 0.0
-            add_text_row(table, name, row.stage, f"{elapsed:.0f}", row.last)
+            table.add_row(Text(name), Text(row.stage), f"{elapsed:.0f}", Text(row.last))
         return table
 
     def start(self, names: Sequence[str]) -> None:
@@ -134,7 +148,7 @@ class RichReporter:
     def finish(self, result: JobResult) -> None:
         with self._lock:
             self._rows.setdefault(result.name, _Row()).done = True
-        style = {"ok": "green", "skipped": "dim", "failed": "red"}.get(result.status, "")
+        style = {JobStatus.OK: "green", JobStatus.SKIPPED: "dim"}.get(result.status, "red")
         self._live.console.print(
             Text.assemble(
                 (f"{result.status:7}", style),
@@ -161,27 +175,3 @@ def make_reporter(console: Console | None = None) -> Reporter:
     if console.is_terminal and sys.stdout.isatty():
         return RichReporter(console)
     return PlainReporter(console)
-
-
-def add_text_row(table: Table, *cells: str | Text) -> None:
-    """Cells are shown as written: text from logs, registries and files (`[drivers/...]`) is never
-    read as rich markup. Styled cells are passed as Text."""
-    table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in cells))
-
-
-def summary_table(results: Sequence[JobResult], title: str = "summary") -> Table:
-    table = Table(title=title, show_lines=False)
-    for column in ("target", "action", "result", "digest", "load-tested", "seconds", "log"):
-        table.add_column(column, overflow="fold")
-    for r in results:
-        add_text_row(
-            table,
-            r.name,
-            r.action,
-            r.status if r.ok else f"{r.status}: {r.detail}",
-            (r.digest or "")[:19],
-            f"yes ({r.smoke_kernel}, {r.smoke_seconds} s)" if r.load_tested else "no",
-            f"{r.seconds:.1f}",
-            r.log or "",
-        )
-    return table

@@ -7,9 +7,11 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
-from habana_tasks import labels
-from habana_tasks.config import BuildTarget
+from habana_tasks import build_service, labels
+from habana_tasks.config import BuildTarget, Config
+from habana_tasks.errors import HabanaError
 from habana_tasks.plan import Action, BuildJob
+from habana_tasks.project import Project
 from habana_tasks.registry import Existence, RemoteImage
 
 
@@ -42,8 +44,15 @@ class TargetStatus:
 
 def target_status(job: BuildJob, remote: RemoteImage) -> TargetStatus:
     t = job.target
-    missing = TargetStatus(t.kernel, t.driver, t.tag, t.image, State.MISSING,
-                           "not in the repository", openshift=t.openshift)  # fmt: skip
+    missing = TargetStatus(
+        t.kernel,
+        t.driver,
+        t.tag,
+        t.image,
+        State.MISSING,
+        "not in the repository",
+        openshift=t.openshift,
+    )
     if remote.existence is Existence.UNKNOWN:
         return replace(missing, state=State.UNKNOWN, reason=remote.error or "registry error")
     if remote.existence is Existence.ABSENT:
@@ -102,3 +111,29 @@ def github_matrix(items: Sequence[TargetStatus]) -> str:
     """Pending pairs as a GitHub Actions matrix (`fromJSON` of one line)."""
     include = [{"kernel": s.kernel, "driver": s.driver, "tag": s.tag} for s in items if s.pending]
     return json.dumps({"include": include}, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class LibraryStatus:
+    """Every pair's state, and the tags no longer named (None when they could not be listed)."""
+
+    items: tuple[TargetStatus, ...]
+    orphans: tuple[str, ...] | None
+    problems: tuple[str, ...]
+    summary: str
+
+    @property
+    def ok(self) -> bool:
+        """Every question answered: no unknown state, and the tags could be listed."""
+        return self.orphans is not None and not any(i.state is State.UNKNOWN for i in self.items)
+
+
+def library_status(project: Project, config: Config) -> LibraryStatus:
+    """What the repository holds against the matrix, with the registry asked once per question."""
+    run = build_service.resolve_and_plan(project, config, config.targets)
+    items = tuple(statuses(run.jobs, run.remote))
+    try:
+        tags = run.registry.list_tags(config.repository)
+    except HabanaError as exc:
+        return LibraryStatus(items, None, (f"cannot list tags: {exc}",), run.summary)
+    return LibraryStatus(items, tuple(orphan_tags(tags, config.targets)), (), run.summary)

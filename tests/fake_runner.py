@@ -41,7 +41,7 @@ class FakeRunner(ProcessRunner):
                 on_line(line)
         if check and code != 0:
             raise CommandError(argv, code, lines)
-        return Completed(tuple(argv), code, tuple(lines) if keep_output else (), tuple(lines))
+        return Completed(code, tuple(lines) if keep_output else (), tuple(lines))
 
     def commands(self, *prefix: str) -> list[list[str]]:
         """The calls whose argv starts with prefix."""

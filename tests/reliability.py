@@ -135,10 +135,13 @@ def bounds(policy: RetryPolicy) -> str:
     """The time bounds as the code sets them (RetryPolicy's defaults), not as text kept by hand."""
     worst = policy.deadline + policy.connect_timeout + policy.read_timeout
     return BOUNDS.format(
-        attempts=policy.attempts, deadline=f"{policy.deadline:g}",
-        connect=f"{policy.connect_timeout:g}", read=f"{policy.read_timeout:g}",
-        worst=f"{worst:g}", download=f"{policy.download_deadline:g}",
-    )  # fmt: skip
+        attempts=policy.attempts,
+        deadline=f"{policy.deadline:g}",
+        connect=f"{policy.connect_timeout:g}",
+        read=f"{policy.read_timeout:g}",
+        worst=f"{worst:g}",
+        download=f"{policy.download_deadline:g}",
+    )
 
 
 BOUNDS = """\

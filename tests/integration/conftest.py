@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from habana_tasks import commands, config, local_upstream
+from devtools import local_upstream
+from habana_tasks import commands, config
 from habana_tasks.podman import BuildSpec, Podman
 from habana_tasks.process import ProcessRunner
+from habana_tasks.project import Project
 from tests.conftest import ROOT, free_port, require_tools
 
 KERNELS = ("6.1.0-55-amd64", "6.1.0-56-amd64")
@@ -58,9 +60,14 @@ class UpstreamFixture:
 @pytest.fixture(scope="session")
 def test_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamFixture]:
     require_tools(
-        "podman", "docker-registry", "mmdebstrap", "rpmbuild", "modprobe", "modinfo",
+        "podman",
+        "docker-registry",
+        "mmdebstrap",
+        "rpmbuild",
+        "modprobe",
+        "modinfo",
         "qemu-system-x86_64",
-    )  # fmt: skip
+    )
     root = tmp_path_factory.mktemp("upstream")
     upstream = local_upstream.Upstream(
         root, registry_port=free_port(), http_port=free_port(), cache=ROOT / ".cache" / "upstream"
@@ -74,14 +81,11 @@ def test_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream
 @pytest.fixture(scope="module")
 def library(
     test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[commands.Project, Path]]:
+) -> Iterator[tuple[Project, Path]]:
     """The example pair built, load-tested and pushed (skipped when an earlier module did)."""
-    project = commands.Project(ROOT, cache_dir=tmp_path_factory.mktemp("cache"))
+    project = Project(ROOT, cache_dir=tmp_path_factory.mktemp("cache"))
     versions = test_upstream.versions(tmp_path_factory.mktemp("v") / "versions.toml")
     cfg = config.load(versions)
-    results, _ = commands.run_build(
-        project, cfg, cfg.targets, jobs=1, force=False, dry_run=False, push=True,
-        console=Console(file=io.StringIO()),
-    )  # fmt: skip
-    assert all(r.ok and r.load_tested for r in results), results
+    run = commands.run_build(project, cfg, cfg.targets, console=Console(file=io.StringIO()))
+    assert all(r.ok and r.load_tested for r in run.results), run.results
     yield project, versions

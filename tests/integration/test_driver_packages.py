@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks import local_upstream
+from devtools import local_upstream
 from habana_tasks.driver_package import read_git_sha
 from habana_tasks.errors import DriverPackageError
 from habana_tasks.process import ProcessRunner
@@ -77,13 +77,19 @@ CASES = [
         "KMD_LAST_GIT_SHA='abc12'; expected 7-40 lowercase hex digits",
     ),
     PackageCase("truncated", bytes_of(lambda good: good[: len(good) // 2]), "not a readable RPM"),
-    PackageCase("payload-corrupted", bytes_of(lambda good: good[:-4000] + b"\0" * 4000),
-                "not a readable RPM"),
+    PackageCase(
+        "payload-corrupted",
+        bytes_of(lambda good: good[:-4000] + b"\0" * 4000),
+        "not a readable RPM",
+    ),
     PackageCase("empty-file", bytes_of(b""), "not a readable RPM"),
-    PackageCase("html-error-page", bytes_of(b"<html><body>Access denied</body></html>\n"),
-                "not a readable RPM"),
+    PackageCase(
+        "html-error-page",
+        bytes_of(b"<html><body>Access denied</body></html>\n"),
+        "not a readable RPM",
+    ),
     PackageCase("garbage", bytes_of(bytes(range(256)) * 64), "not a readable RPM"),
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks import local_upstream
+from devtools import local_upstream
 from habana_tasks.isolation import BuildIsolation, probe
 from habana_tasks.podman import BuildSpec, Podman
 from habana_tasks.process import ProcessRunner

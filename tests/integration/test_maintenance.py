@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from rich.console import Console
 
 from habana_tasks import commands, config
+from habana_tasks.project import Project
 from habana_tasks.registry import Existence, RegistryClient
 from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
 
@@ -47,8 +49,9 @@ def releases(test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFa
     work = tmp_path_factory.mktemp("releases")
     toolkits = {}
     for name, kernel in (("a", KERNEL_A), ("b", KERNEL_B)):
-        release_json = json.dumps({"KERNEL_VERSION": kernel, "RT_KERNEL_VERSION": kernel + ".rt",
-                                   "RHEL_VERSION": "9.2"})  # fmt: skip
+        release_json = json.dumps(
+            {"KERNEL_VERSION": kernel, "RT_KERNEL_VERSION": kernel + ".rt", "RHEL_VERSION": "9.2"}
+        )
         ref = f"{reg}/ocp/driver-toolkit:{name}"
         files = {
             "/usr/share/dtk/README": f"toolkit {name}\n",
@@ -74,31 +77,38 @@ def releases(test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFa
 
     for version, toolkit in (("4.14.1", "a"), ("4.14.2", "a"), ("4.14.3", "b"), ("4.14.4", None)):
         build_and_push(
-            test_upstream, work / version,
+            test_upstream,
+            work / version,
             {"/release-manifests/image-references": stream(toolkits.get(toolkit or ""))},
             f"{reg}/ocp/release:{version}-x86_64",
-        )  # fmt: skip
+        )
     return f"{reg}/ocp/release"
 
 
-def test_status_shows_the_library(library: tuple[commands.Project, Path]) -> None:
+def test_status_shows_the_library(library: tuple[Project, Path]) -> None:
     project, versions = library
     console, buffer = out()
-    assert commands.status(project, str(versions), output_format="json", console=console) == 0
+    assert (
+        commands.status_command(project, str(versions), output_format="json", console=console) == 0
+    )
     data = json.loads(buffer.getvalue())
     assert [(t["kernel"], t["state"]) for t in data["targets"]] == [(k, "current") for k in KERNELS]
     assert all(t["digest"].startswith("sha256:") and t["size"] > 0 for t in data["targets"])
 
 
 def test_discover_adds_missing_kernels_keeping_comments(
-    library: tuple[commands.Project, Path], releases: str, tmp_path: Path
+    library: tuple[Project, Path], releases: str, tmp_path: Path
 ) -> None:
     project, versions = library
     edited = tmp_path / "versions.toml"
     original = "# Our GPU fleet: keep this comment.\n" + versions.read_text()
     edited.write_text(original)
-    args = {"minors": ["4.14", "4.15"], "arches": ["x86_64", "aarch64"], "drivers": [DRIVER],
-            "release_repository": releases}  # fmt: skip
+    args: dict[str, Any] = {
+        "minors": ["4.14", "4.15"],
+        "arches": ["x86_64", "aarch64"],
+        "drivers": [DRIVER],
+        "release_repository": releases,
+    }
 
     console, buffer = out()
     assert commands.discover(project, str(edited), dry_run=True, console=console, **args) == 0
@@ -128,14 +138,14 @@ def test_discover_adds_missing_kernels_keeping_comments(
     assert sorted(p["kernel"] for p in pending) == sorted([KERNEL_A, KERNEL_B + ".x86_64"])
 
     console, buffer = out()
-    commands.status(project, str(edited), output_format="markdown", console=console)
+    commands.status_command(project, str(edited), output_format="markdown", console=console)
     catalogue = buffer.getvalue()
     assert f"| `{KERNEL_A}` | {DRIVER} | _missing_ | 4.14.1, 4.14.2 |" in catalogue
     assert f"| `{KERNELS[0]}` | {DRIVER} | `" in catalogue and "@sha256:" in catalogue
 
 
 def test_kmm_module_maps_every_built_kernel_to_an_existing_image(
-    library: tuple[commands.Project, Path], test_upstream: UpstreamFixture
+    library: tuple[Project, Path], test_upstream: UpstreamFixture
 ) -> None:
     project, versions = library
     module = yaml.safe_load(commands.kmm_module(project, DRIVER, str(versions)))
@@ -152,7 +162,7 @@ def test_kmm_module_maps_every_built_kernel_to_an_existing_image(
 
 
 def test_prune_removes_only_what_it_listed(
-    library: tuple[commands.Project, Path], test_upstream: UpstreamFixture, tmp_path: Path
+    library: tuple[Project, Path], test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:
     project, versions = library
     cfg = config.load(versions)
@@ -165,14 +175,14 @@ def test_prune_removes_only_what_it_listed(
     runner.run(["podman", "push", "--tls-verify=false", f"{repo}:alias"])
 
     console, buffer = out()
-    assert commands.prune(project, str(versions), console=console) == 0
+    assert commands.prune_command(project, str(versions), console=console) == 0
     listed = buffer.getvalue()
     assert "0.0.1-old" in listed and "would delete" in listed and "alias" not in listed
     registry = RegistryClient([test_upstream.upstream.registry])
     assert registry.inspect(f"{repo}:0.0.1-old").existence is Existence.PRESENT
 
     console, buffer = out()
-    assert commands.prune(project, str(versions), apply=True, console=console) == 0
+    assert commands.prune_command(project, str(versions), apply=True, console=console) == 0
     assert "deleted" in buffer.getvalue()
     assert registry.inspect(f"{repo}:0.0.1-old").existence is Existence.ABSENT
     for target in cfg.targets:

@@ -8,37 +8,40 @@ import re
 import tarfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
-from habana_tasks import commands, config, labels, local_upstream
+from devtools import local_upstream
+from habana_tasks import commands, config, labels
 from habana_tasks.errors import ConfigError
 from habana_tasks.podman import Podman
+from habana_tasks.project import Project
 from habana_tasks.registry import Existence, RegistryClient
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
 
 pytestmark = pytest.mark.integration
 
 
 def run(
-    project: commands.Project, versions: Path, jobs: int = 1, dry_run: bool = False
-) -> tuple[int, str, list[dict[str, object]]]:
+    project: Project, versions: Path, jobs: int = 1, dry_run: bool = False
+) -> tuple[int, str, list[dict[str, Any]]]:
     """Run the build as `invoke build-all` does; returns exit code, console text, results."""
     out = io.StringIO()
     cfg = config.load(versions)
-    results, _ = commands.run_build(
-        project, cfg, cfg.targets, jobs=jobs, force=False, dry_run=dry_run, push=True,
-        console=Console(file=out, width=250),
-    )  # fmt: skip
-    code = 0 if all(r.ok for r in results) else 1
+    run = commands.run_build(
+        project, cfg, cfg.targets, jobs=jobs, dry_run=dry_run, console=Console(file=out, width=250)
+    )
+    results = run.results
+    code = 0 if run.ok else 1
     return code, out.getvalue(), [asdict(r) for r in results]
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> commands.Project:
-    return commands.Project(ROOT, cache_dir=tmp_path_factory.mktemp("cache"))
+def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    return Project(ROOT, cache_dir=tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +55,19 @@ def registry_for(test_upstream: UpstreamFixture) -> RegistryClient:
     return RegistryClient([test_upstream.upstream.registry])
 
 
+Outcome = tuple[int, str, list[dict[str, Any]]]
+
+
+@pytest.fixture(scope="module")
+def first_build(project: Project, versions: Path, test_upstream: UpstreamFixture) -> Outcome:
+    """The library built from an empty repository, once for the tests that start from it."""
+    return run(project, versions, jobs=2)
+
+
 def test_1_build_all_from_scratch_in_parallel(
-    project: commands.Project, versions: Path, test_upstream: UpstreamFixture
+    first_build: Outcome, versions: Path, test_upstream: UpstreamFixture
 ) -> None:
-    code, text, report = run(project, versions, jobs=2)
+    code, text, report = first_build
     assert code == 0, text
     assert [(r["name"], r["status"]) for r in report] == [(f"{DRIVER}-{k}", "ok") for k in KERNELS]
     registry = registry_for(test_upstream)
@@ -78,7 +90,7 @@ def test_1_build_all_from_scratch_in_parallel(
 
 
 def test_2_second_run_builds_and_pushes_nothing(
-    project: commands.Project, versions: Path, test_upstream: UpstreamFixture
+    first_build: Outcome, project: Project, versions: Path, test_upstream: UpstreamFixture
 ) -> None:
     registry = registry_for(test_upstream)
     targets = config.load(versions).targets
@@ -96,24 +108,32 @@ def test_2_second_run_builds_and_pushes_nothing(
 
 
 def test_3_new_toolkit_for_one_kernel_rebuilds_only_that_image(
-    project: commands.Project, versions: Path, test_upstream: UpstreamFixture
+    first_build: Outcome, project: Project, versions: Path, test_upstream: UpstreamFixture
 ) -> None:
-    u = test_upstream.upstream
-    kernel = KERNELS[1]
+    # A toolkit repository of this test's own, so the shared upstream stays as it was: the
+    # same digest for the first kernel, a refreshed one for the second.
+    u, runner = test_upstream.upstream, test_upstream.runner
+    refreshed = f"{u.registry}/upstream/refreshed-toolkit"
+    runner.run(["podman", "tag", u.toolkit_image(KERNELS[0]), f"{refreshed}:{KERNELS[0]}"])
+    runner.run(["podman", "push", "--quiet", "--tls-verify=false", f"{refreshed}:{KERNELS[0]}"])
     context = Path(str(versions) + ".toolkit")
     context.mkdir(exist_ok=True)
     (context / "Containerfile").write_text(
-        f"FROM {u.toolkit_image(kernel)}\nRUN echo refreshed > /etc/toolkit-refresh\n"
+        f"FROM {u.toolkit_image(KERNELS[1])}\nRUN echo refreshed > /etc/toolkit-refresh\n"
     )
-    test_upstream.build_and_push(context, u.toolkit_image(kernel))
-    code, text, report = run(project, versions)
+    test_upstream.build_and_push(context, f"{refreshed}:{KERNELS[1]}")
+    moved = Path(str(versions) + ".refreshed.toml")
+    moved.write_text(
+        versions.read_text().replace("/upstream/driver-toolkit:", "/upstream/refreshed-toolkit:")
+    )
+    code, text, report = run(project, moved)
     assert code == 0, text
     assert [(r["action"], r["status"]) for r in report] == [("skip", "skipped"), ("build", "ok")]
     assert "stale: toolkit image digest changed" in report[1]["detail"]
 
 
 def test_4_module_for_another_abi_is_refused_before_push(
-    project: commands.Project, test_upstream: UpstreamFixture, tmp_path: Path
+    project: Project, test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:
     u = test_upstream.upstream
     # A toolkit that claims 6.1.0-56 but carries 6.1.0-55 headers: the module loads on 56
@@ -142,7 +162,7 @@ def test_4_module_for_another_abi_is_refused_before_push(
 
 
 def test_5_one_unresolvable_target_fails_alone(
-    project: commands.Project, test_upstream: UpstreamFixture, tmp_path: Path
+    project: Project, test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:
     versions = test_upstream.versions(
         tmp_path / "versions.toml", (*KERNELS, "6.1.0-54-amd64"), repository="library/pipeline"
@@ -153,17 +173,26 @@ def test_5_one_unresolvable_target_fails_alone(
     assert "toolkit image" in report[2]["detail"] and "not found" in report[2]["detail"]
 
 
-def test_6_dry_run_offline_names_the_unreachable_upstream(project: commands.Project) -> None:
-    code, _, report = run(project, ROOT / "versions.toml", dry_run=True)
+def test_6_an_unreachable_upstream_is_named_in_a_dry_run(project: Project, tmp_path: Path) -> None:
+    # The shipped file, its upstreams moved to a port where nothing listens: deterministic
+    # whether or not this machine reaches the public registries.
+    closed = f"127.0.0.1:{free_port()}"
+    text = (ROOT / "versions.toml").read_text()
+    for host in ("registry.access.redhat.com", "ghcr.io", "vault.habana.ai"):
+        text = text.replace(f"{host}/", f"{closed}/")
+    text = text.replace("insecure_registries = []", f'insecure_registries = ["{closed}"]')
+    text = text.replace("https://" + closed, "http://" + closed)
+    offline = tmp_path / "versions.toml"
+    offline.write_text(text)
+    code, _, report = run(project, offline, dry_run=True)
     assert code == 1
     (result,) = report
     assert result["action"] == "fail"
-    assert "base image registry.access.redhat.com/ubi8/ubi-minimal:8.6" in result["detail"]
+    assert f"base image {closed}/ubi8/ubi-minimal:8.6" in result["detail"]
+    assert f"cannot reach {closed.split(':', maxsplit=1)[0]}" in result["detail"]
 
 
-def test_7_config_errors_stop_before_any_side_effect(
-    project: commands.Project, tmp_path: Path
-) -> None:
+def test_7_config_errors_stop_before_any_side_effect(project: Project, tmp_path: Path) -> None:
     bad = tmp_path / "versions.toml"
     bad.write_text((ROOT / "versions.toml").read_text().replace("[toolkit]", "[toolkits]"))
     with pytest.raises(ConfigError) as info:
@@ -172,15 +201,17 @@ def test_7_config_errors_stop_before_any_side_effect(
 
 
 def test_8_firmware_lands_where_the_driver_requests_it(
-    project: commands.Project, test_upstream: UpstreamFixture, tmp_path: Path
+    project: Project, test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:
     u = test_upstream.upstream
     local_upstream.build_firmware_rpm(u, test_upstream.runner, DRIVER, "x86_64")
     firmware = u.package_url("habanalabs-firmware-{driver}.el8.{arch}.rpm")
     versions = test_upstream.versions(
-        tmp_path / "versions.toml", (KERNELS[1],), extra=f'firmware_url = "{firmware}"\n',
+        tmp_path / "versions.toml",
+        (KERNELS[1],),
+        extra=f'firmware_url = "{firmware}"\n',
         repository="library/fw",
-    )  # fmt: skip
+    )
     code, text, _ = run(project, versions)
     assert code == 0, text
     target = config.load(versions).targets[0]
@@ -197,7 +228,7 @@ def test_8_firmware_lands_where_the_driver_requests_it(
 
 
 def test_9_a_kernel_without_a_symbol_the_driver_needs_is_reported_by_its_cause(
-    project: commands.Project, test_upstream: UpstreamFixture, tmp_path: Path
+    project: Project, test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:
     u = test_upstream.upstream
     kernel = KERNELS[0]

@@ -13,11 +13,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from habana_tasks import commands, config, local_upstream
+from devtools import local_upstream
+from habana_tasks import build_service, commands, config
 from habana_tasks.auth import Credentials
 from habana_tasks.errors import RegistryError
 from habana_tasks.http_client import HTTPClient, RetryPolicy
 from habana_tasks.plan import Action
+from habana_tasks.project import Project
 from habana_tasks.registry import Existence, RegistryClient
 from tests import registry_proxy as proxy_faults
 from tests.conftest import ROOT, RecordProperty
@@ -173,9 +175,9 @@ def test_a_malformed_toolkit_manifest_fails_the_target_not_rebuilds_it(
             )
             .replace("insecure_registries = [", f'insecure_registries = ["{proxy}", ')
         )
-        project = commands.Project(ROOT, cache_dir=tmp_path / "cache")
+        project = Project(ROOT, cache_dir=tmp_path / "cache")
         cfg = config.load(versions)
-        run = commands.resolve_and_plan(project, cfg, cfg.targets)
+        run = build_service.resolve_and_plan(project, cfg, cfg.targets)
     (job,) = run.jobs
     assert job.action is Action.FAIL, job
     assert "malformed manifest: config is not a descriptor object" in job.reason
@@ -203,10 +205,12 @@ def test_status_json_says_when_tags_could_not_be_listed(
             .replace("insecure_registries = [", f'insecure_registries = ["{proxy}", ')
         )
         out = io.StringIO()
-        code = commands.status(
-            commands.Project(ROOT, cache_dir=tmp_path / "cache"), str(versions),
-            output_format="json", console=Console(file=out, width=200),
-        )  # fmt: skip
+        code = commands.status_command(
+            Project(ROOT, cache_dir=tmp_path / "cache"),
+            str(versions),
+            output_format="json",
+            console=Console(file=out, width=200),
+        )
     data = json.loads(out.getvalue())
     assert code == 1
     assert data["unnamed_tags"] is None
@@ -267,7 +271,7 @@ FAULTS: dict[str, tuple[Faults, str, str]] = {
 @pytest.mark.parametrize("name", list(FAULTS))
 def test_a_registry_fault_is_survived_or_fails_closed(
     name: str,
-    library: tuple[commands.Project, Path],
+    library: tuple[Project, Path],
     tmp_path: Path,
     record_property: RecordProperty,
 ) -> None:
@@ -283,9 +287,11 @@ def test_a_registry_fault_is_survived_or_fails_closed(
             .replace("insecure_registries = [", f'insecure_registries = ["{proxy}", ')
         )
         proxied = config.load(through)
-        project = commands.Project(ROOT, cache_dir=tmp_path / "cache")  # nothing cached
+        project = Project(ROOT, cache_dir=tmp_path / "cache")  # nothing cached
         started = time.monotonic()
-        run = commands.resolve_and_plan(project, proxied, proxied.targets, http=HTTPClient(FAST))
+        run = build_service.resolve_and_plan(
+            project, proxied, proxied.targets, http=HTTPClient(FAST)
+        )
         seconds = time.monotonic() - started
     assert {job.action.value for job in run.jobs} == {decision}, [j.reason for j in run.jobs]
     assert all(reason in job.reason for job in run.jobs), [j.reason for j in run.jobs]

@@ -75,12 +75,28 @@ def test_the_canary_reaches_its_registry_and_nothing_else(
         watcher.start()
         try:
             done = subprocess.run(
-                [sys.executable, "-m", "invoke", "build", "--kernel", target.kernel,
-                 "--versions", str(versions)],
-                cwd=ROOT, capture_output=True, text=True, check=False, timeout=900,
-                env={**os.environ, "HABANA_CACHE_DIR": str(cache),
-                     "REGISTRY_AUTH_FILE": str(auth), "NETRC": str(netrc)},
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "invoke",
+                    "build",
+                    "--kernel",
+                    target.kernel,
+                    "--versions",
+                    str(versions),
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=900,
+                env={
+                    **os.environ,
+                    "HABANA_CACHE_DIR": str(cache),
+                    "REGISTRY_AUTH_FILE": str(auth),
+                    "NETRC": str(netrc),
+                },
+            )
         finally:
             stop.set()
             watcher.join()

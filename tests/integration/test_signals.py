@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks import config, local_upstream
+from devtools import local_upstream
+from habana_tasks import config
 from habana_tasks.registry import RegistryClient
 from tests.conftest import ROOT, RecordProperty
 from tests.integration.conftest import KERNELS, UpstreamFixture
@@ -75,7 +76,7 @@ def wait_until(what: str, condition: object, proc: subprocess.Popen[str], log: P
     [
         (signal.SIGINT, "build"),
         (signal.SIGTERM, "build"),
-        (signal.SIGTERM, "smoke"),
+        (signal.SIGTERM, "load-test"),
         (signal.SIGTERM, "push"),
     ],
     ids=["sigint-build", "sigterm-build", "sigterm-load-test", "sigterm-push"],
@@ -112,18 +113,30 @@ def test_signal_stops_every_child_and_moves_no_tag(
 
         cache = tmp_path / "cache"
         log = tmp_path / "output.log"
-        argv = [sys.executable, "-m", "invoke", "build", "--kernel", target.kernel,
-                "--versions", str(versions)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "invoke",
+            "build",
+            "--kernel",
+            target.kernel,
+            "--versions",
+            str(versions),
+        ]
         if stage == "build":
             argv.append("--force")  # every RUN step really runs
         with log.open("w") as out:
             proc = subprocess.Popen(
-                argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True,
+                argv,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
                 env={**os.environ, "HABANA_CACHE_DIR": str(cache)},
-            )  # fmt: skip
+            )
             conditions = {
                 "build": lambda: {"make", "cc1", "gcc"} & set(descendants(proc.pid).values()),
-                "smoke": lambda: any(
+                "load-test": lambda: any(
                     n.startswith("qemu-system") for n in descendants(proc.pid).values()
                 ),
                 "push": faults.held.is_set,

@@ -14,6 +14,7 @@ from habana_tasks.errors import UsageError
 from habana_tasks.http_client import HTTPClient
 from habana_tasks.isolation import BuildIsolation, explicit_choice
 from habana_tasks.podman import BuildSpec, Podman
+from habana_tasks.project import Project
 from tests.conftest import ROOT
 from tests.fake_runner import FakeRunner
 
@@ -96,6 +97,10 @@ def test_a_mistyped_isolation_stops_a_build_before_any_request(
     sent: list[str] = []
     monkeypatch.setattr(HTTPClient, "send", lambda self, method, url, **kw: sent.append(url))
     with pytest.raises(UsageError) as info:
-        commands.build(commands.Project(ROOT, tmp_path / "cache"), str(versions), dry_run=False,
-                       console=Console(file=io.StringIO()))  # fmt: skip
+        commands.build(
+            Project(ROOT, tmp_path / "cache"),
+            str(versions),
+            dry_run=False,
+            console=Console(file=io.StringIO()),
+        )
     assert info.value.exit_code == 2 and sent == []

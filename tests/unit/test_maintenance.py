@@ -62,10 +62,12 @@ def test_status_states_and_pending_matrix() -> None:
     ]
     assert items[0].load_tested and items[0].created == "2026-01-01T00:00:00Z"
     matrix = json.loads(github_matrix(items))
-    assert matrix == {"include": [
-        {"kernel": "k-stale", "driver": TARGET.driver, "tag": "stale"},
-        {"kernel": "k-missing", "driver": TARGET.driver, "tag": "missing"},
-    ]}  # fmt: skip
+    assert matrix == {
+        "include": [
+            {"kernel": "k-stale", "driver": TARGET.driver, "tag": "stale"},
+            {"kernel": "k-missing", "driver": TARGET.driver, "tag": "missing"},
+        ]
+    }
     assert "| `k-current` | 6.1.0-1 | `r.example/lib/drv@sha256:1` | - | yes |" in to_markdown(
         items, "r"
     )
@@ -110,9 +112,12 @@ def test_release_selection_and_payload_parsing() -> None:
     ):
         discover.toolkit_reference(b"[]", "r")
     body = json.dumps(
-        {"KERNEL_VERSION": "5.14.0-284.el9", "RT_KERNEL_VERSION": "5.14.0-284.rt14.el9",
-         "RHEL_VERSION": "9.2"}
-    ).encode()  # fmt: skip
+        {
+            "KERNEL_VERSION": "5.14.0-284.el9",
+            "RT_KERNEL_VERSION": "5.14.0-284.rt14.el9",
+            "RHEL_VERSION": "9.2",
+        }
+    ).encode()
     assert discover.parse_toolkit_release(body, "aarch64", "w") == (
         "5.14.0-284.el9.aarch64",
         "5.14.0-284.rt14.el9.aarch64",

@@ -14,14 +14,24 @@ def test_build_argv_is_complete_and_ordered() -> None:
         labels={"b": "2", "a": "1 with spaces"},
     )
     assert spec.argv == [
-        "podman", "build", "--pull=never", "--layers", "--file", "/w/ctx/Dockerfile",
-        "--iidfile", "/w/iid",
-        "--build-arg", "BASE_IMAGE=r/b@sha256:1",
-        "--build-arg", "KERNEL_RELEASE=6.1.0-56-amd64",
-        "--label", "a=1 with spaces",
-        "--label", "b=2",
+        "podman",
+        "build",
+        "--pull=never",
+        "--layers",
+        "--file",
+        "/w/ctx/Dockerfile",
+        "--iidfile",
+        "/w/iid",
+        "--build-arg",
+        "BASE_IMAGE=r/b@sha256:1",
+        "--build-arg",
+        "KERNEL_RELEASE=6.1.0-56-amd64",
+        "--label",
+        "a=1 with spaces",
+        "--label",
+        "b=2",
         "/w/ctx",
-    ]  # fmt: skip
+    ]
 
 
 def test_forced_build_bypasses_the_layer_cache() -> None:
@@ -31,8 +41,14 @@ def test_forced_build_bypasses_the_layer_cache() -> None:
 
 def test_push_records_the_digest_and_pushes_by_image_id() -> None:
     assert push_argv("abc123", "r.example/lib:1-k", Path("/w/d")) == [
-        "podman", "push", "--quiet", "--digestfile", "/w/d", "abc123", "docker://r.example/lib:1-k",
-    ]  # fmt: skip
+        "podman",
+        "push",
+        "--quiet",
+        "--digestfile",
+        "/w/d",
+        "abc123",
+        "docker://r.example/lib:1-k",
+    ]
     assert "--tls-verify=false" in push_argv("abc", "127.0.0.1:5/x:1", Path("/d"), False)
 
 

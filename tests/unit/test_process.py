@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from habana_tasks.errors import CommandError
-from habana_tasks.process import CommandTimeout, ProcessRunner
+from habana_tasks.errors import CommandError, CommandTimeout
+from habana_tasks.process import ProcessRunner
 
 
 def alive(pid: int) -> bool:

@@ -176,11 +176,17 @@ def test_credentials_most_specific_entry_wins(tmp_path: Path) -> None:
         return base64.b64encode(s.encode()).decode()
 
     auth = tmp_path / "auth.json"
-    auth.write_text(json.dumps({"auths": {
-        "quay.io": {"auth": enc("general:pw1")},
-        "quay.io/openshift-release-dev": {"auth": enc("release:pw2")},
-        "https://index.docker.io/v1/": {"auth": enc("hub:pw3")},
-    }}))  # fmt: skip
+    auth.write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "quay.io": {"auth": enc("general:pw1")},
+                    "quay.io/openshift-release-dev": {"auth": enc("release:pw2")},
+                    "https://index.docker.io/v1/": {"auth": enc("hub:pw3")},
+                }
+            }
+        )
+    )
     env = {"REGISTRY_AUTH_FILE": str(auth)}
     assert find_credentials("quay.io", "openshift-release-dev/ocp-release", env) == Credentials(
         "release", "pw2"
@@ -208,25 +214,53 @@ def test_config_blobs_are_cached_by_digest(fake: FakeRegistry, tmp_path: Path) -
 @pytest.mark.parametrize(
     ("body", "why"),
     [
-        ({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json"},
-         "an index without a 'manifests' list"),
-        ({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
-          "manifests": [{"digest": 42, "size": 1, "mediaType": OCI_MANIFEST}]},
-         "manifests[0] has digest 42"),
-        ({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []},
-         "config is not a descriptor object"),
-        ({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": [],
-          "config": {"digest": "sha256:" + "a" * 64, "size": "12", "mediaType": "x"}},
-         "config has size '12'"),
-        ({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-          "config": {"digest": "sha256:" + "a" * 64, "size": 1, "mediaType": "x"},
-          "layers": "none"}, "no 'layers' list"),
+        (
+            {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json"},
+            "an index without a 'manifests' list",
+        ),
+        (
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [{"digest": 42, "size": 1, "mediaType": OCI_MANIFEST}],
+            },
+            "manifests[0] has digest 42",
+        ),
+        (
+            {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []},
+            "config is not a descriptor object",
+        ),
+        (
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "layers": [],
+                "config": {"digest": "sha256:" + "a" * 64, "size": "12", "mediaType": "x"},
+            },
+            "config has size '12'",
+        ),
+        (
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"digest": "sha256:" + "a" * 64, "size": 1, "mediaType": "x"},
+                "layers": "none",
+            },
+            "no 'layers' list",
+        ),
         ({"schemaVersion": 1, "mediaType": OCI_MANIFEST}, "schemaVersion is 1, expected 2"),
         ([1, 2, 3], "not a JSON object"),
     ],
-    ids=["index-no-list", "index-entry-type", "no-config", "size-type", "layers-type",
-         "schema-1", "not-object"],
-)  # fmt: skip
+    ids=[
+        "index-no-list",
+        "index-entry-type",
+        "no-config",
+        "size-type",
+        "layers-type",
+        "schema-1",
+        "not-object",
+    ],
+)
 def test_a_malformed_manifest_is_never_pinned(fake: FakeRegistry, body: object, why: str) -> None:
     media = body.get("mediaType", OCI_MANIFEST) if isinstance(body, dict) else OCI_MANIFEST
     fake.manifests["base/bad:1"] = (media, json.dumps(body).encode())

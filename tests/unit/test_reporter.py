@@ -4,15 +4,11 @@ import io
 
 from rich.console import Console
 
-from habana_tasks.reporter import (
-    JobResult,
-    PlainReporter,
-    RichReporter,
-    make_reporter,
-    summary_table,
-)
+from habana_tasks.plan import Action
+from habana_tasks.reporter import JobResult, JobStatus, PlainReporter, RichReporter, make_reporter
+from habana_tasks.tables import summary_table
 
-RESULT = JobResult("1.0-k", "build", "failed", "load test failed", None, 3.2, "/l.log")
+RESULT = JobResult("1.0-k", Action.BUILD, JobStatus.FAILED, "load test failed", None, 3.2, "/l.log")
 
 
 def test_plain_reporter_prints_stages_and_results_not_log_lines() -> None:
@@ -43,9 +39,9 @@ def test_rich_board_has_one_row_per_running_target() -> None:
 
 
 def _render(reporter: RichReporter) -> str:
-    console = Console(file=io.StringIO(), width=200)
-    console.print(reporter._render())
-    return console.file.getvalue()  # type: ignore[attr-defined]
+    buffer = io.StringIO()
+    Console(file=buffer, width=200).print(reporter._render())
+    return buffer.getvalue()
 
 
 def test_without_a_terminal_the_reporter_is_plain() -> None:
@@ -54,7 +50,7 @@ def test_without_a_terminal_the_reporter_is_plain() -> None:
 
 def test_text_from_logs_is_never_read_as_markup() -> None:
     cause = 'ERROR: modpost: "x" [/tmp/unpacked/drivers/misc/habanalabs/habanalabs.ko] undefined!'
-    failed = JobResult("1.0-k", "build", "failed", cause, None, 1.0, "/l.log")
+    failed = JobResult("1.0-k", Action.BUILD, JobStatus.FAILED, cause, None, 1.0, "/l.log")
     out = io.StringIO()
     reporter = RichReporter(Console(file=out, width=300, force_terminal=True))
     reporter.start(["1.0-k"])
@@ -62,7 +58,7 @@ def test_text_from_logs_is_never_read_as_markup() -> None:
     assert "[/bold] a make line" in _render(reporter)
     reporter.finish(failed)
     reporter.close()
-    console = Console(file=io.StringIO(), width=300)
-    console.print(summary_table([failed]))
-    assert cause in console.file.getvalue()  # type: ignore[attr-defined]
+    buffer = io.StringIO()
+    Console(file=buffer, width=300).print(summary_table([failed]))
+    assert cause in buffer.getvalue()
     assert cause in out.getvalue()

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from habana_tasks import commands, config
 from habana_tasks.errors import ConfigError
+from habana_tasks.project import Project
 from tests.conftest import ROOT, RecordProperty
 from tests.corpus.versions import CASES, GOOD, Case
 from tests.reliability import CLI_OUTCOME
@@ -37,9 +38,11 @@ def no_side_effects(monkeypatch: pytest.MonkeyPatch) -> None:
 def refusal(path: Path) -> ConfigError:
     with pytest.raises(ConfigError) as info:
         commands.build(
-            commands.Project(ROOT, cache_dir=path.parent / "cache"), str(path),
-            dry_run=True, console=Console(file=None, quiet=True),
-        )  # fmt: skip
+            Project(ROOT, cache_dir=path.parent / "cache"),
+            str(path),
+            dry_run=True,
+            console=Console(file=None, quiet=True),
+        )
     return info.value
 
 
@@ -71,10 +74,23 @@ def test_bad_file_is_refused_before_any_side_effect(
 
 
 # A few through the real command line: exit 2, one line per problem, never a traceback.
-CLI_CASES = [c for c in CASES if c.name.split("/")[1] in (
-    "latin-1", "binary", "empty", "release", "package-ftp", "entry-with-three-problems",
-    "insecure-with-scheme", "rhel-contradicts-release", "nul-byte", "kernels-not-array",
-)]  # fmt: skip
+CLI_CASES = [
+    c
+    for c in CASES
+    if c.name.split("/")[1]
+    in (
+        "latin-1",
+        "binary",
+        "empty",
+        "release",
+        "package-ftp",
+        "entry-with-three-problems",
+        "insecure-with-scheme",
+        "rhel-contradicts-release",
+        "nul-byte",
+        "kernels-not-array",
+    )
+]
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c.name for c in CLI_CASES])
@@ -86,8 +102,12 @@ def test_the_command_line_refuses_it_with_exit_2_and_no_traceback(
     path.write_bytes(case.content)
     done = subprocess.run(
         [sys.executable, "-m", "invoke", "build-all", "--dry-run", "--versions", str(path)],
-        cwd=ROOT, capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 2, output
     assert "Traceback" not in output

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 
 import requests
@@ -103,7 +104,7 @@ def _wait_http(url: str, what: str, seconds: float = 15.0) -> None:
         except requests.RequestException as exc:  # not up yet: poll again
             last = type(exc).__name__
         else:
-            if status < 500:
+            if status < HTTPStatus.INTERNAL_SERVER_ERROR:
                 return
             last = f"HTTP {status}"
         time.sleep(0.1)
@@ -399,12 +400,18 @@ def build_firmware_rpm(upstream: Upstream, runner: ProcessRunner, version: str, 
     (work / "fw.spec").write_text(spec)
     runner.run(
         [
-            "rpmbuild", "-bb", "--quiet", "--target", arch,
-            "--define", f"_topdir {work / 'top'}",
-            "--define", "_rpmfilename %{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}.rpm",
+            "rpmbuild",
+            "-bb",
+            "--quiet",
+            "--target",
+            arch,
+            "--define",
+            f"_topdir {work / 'top'}",
+            "--define",
+            "_rpmfilename %{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}.rpm",
             str(work / "fw.spec"),
         ]
-    )  # fmt: skip
+    )
     upstream.package_dir.mkdir(parents=True, exist_ok=True)
     (work / "top" / "RPMS" / rpm.name).replace(rpm)
     return rpm

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from habana_tasks import commands, config, smoke
+from habana_tasks import commands, config, load_test
 from habana_tasks.podman import Podman
 from habana_tasks.process import ProcessRunner
+from habana_tasks.project import Project
 from tests.conftest import require_tools
 from tests.integration.conftest import DRIVER, KERNELS
 
@@ -25,7 +26,7 @@ Member = tuple[tarfile.TarInfo, bytes | None]
 
 @pytest.fixture(scope="module")
 def parts(
-    library: tuple[commands.Project, Path], tmp_path_factory: pytest.TempPathFactory
+    library: tuple[Project, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
     """Exported root filesystems of both example images and the 6.1.0-56 kernel."""
     _, versions = library
@@ -37,7 +38,7 @@ def parts(
         out[target.kernel] = work / f"{target.kernel}.tar"
         podman.export_rootfs(target.image, out[target.kernel])
     toolkit = cfg.targets[1].toolkit_image
-    out["vmlinuz"] = smoke.extract_kernel(podman, toolkit, NEW, work / "vmlinuz")
+    out["vmlinuz"] = load_test.extract_kernel(podman, toolkit, NEW, work / "vmlinuz")
     return out
 
 
@@ -58,20 +59,26 @@ def rewrite(
 
 def boot(
     parts: dict[str, Path], rootfs: Path, work: Path, timeout: float = 90
-) -> smoke.SmokeResult:
+) -> load_test.LoadTestResult:
     lines: list[str] = []
-    result = smoke.run_smoke(
-        Podman(ProcessRunner()), rootfs, parts["vmlinuz"], NEW, ["habanalabs"], work,
-        timeout=timeout, on_line=lines.append,
-    )  # fmt: skip
+    result = load_test.boot_and_load(
+        Podman(ProcessRunner()),
+        rootfs,
+        parts["vmlinuz"],
+        NEW,
+        ["habanalabs"],
+        work,
+        timeout=timeout,
+        on_line=lines.append,
+    )
     boot.console = lines  # type: ignore[attr-defined]
     return result
 
 
-def test_the_example_library_passes_in_both_kernels(library: tuple[commands.Project, Path]) -> None:
+def test_the_example_library_passes_in_both_kernels(library: tuple[Project, Path]) -> None:
     project, versions = library
     out = io.StringIO()
-    assert commands.smoke(project, str(versions), console=Console(file=out, width=250)) == 0
+    assert commands.load_tests(project, str(versions), console=Console(file=out, width=250)) == 0
     text = out.getvalue()
     for kernel in KERNELS:
         assert f"{DRIVER}-{kernel}" in text and kernel in text

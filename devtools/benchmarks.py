@@ -29,11 +29,12 @@ from typing import Any
 import requests
 from rich.console import Console
 
-from habana_tasks import commands, config, labels, local_upstream, metadata
+from devtools import local_upstream
+from habana_tasks import build_service, commands, config, labels, load_test, metadata
 from habana_tasks.driver_package import PackageCache
 from habana_tasks.http_client import HTTPClient
-from habana_tasks.podman import Podman
 from habana_tasks.process import ProcessRunner
+from habana_tasks.project import Project
 from habana_tasks.registry import MANIFEST_ACCEPT, OCI_MANIFEST, RegistryClient
 
 DRIVER = "6.1.0-1"
@@ -65,7 +66,7 @@ def spread(times: Sequence[float]) -> str:
 
 
 class Bench:
-    def __init__(self, project: commands.Project, work: Path, console: Console) -> None:
+    def __init__(self, project: Project, work: Path, console: Console) -> None:
         # Every run starts from nothing of its own: registry data, caches and logs live under
         # `work`, which is wiped; only the local upstream's content cache is shared.
         shutil.rmtree(work, ignore_errors=True)
@@ -74,7 +75,7 @@ class Bench:
         self.work = work
         self.console = console
         self.runner = ProcessRunner()
-        self.podman = Podman(self.runner)
+        self.podman = build_service.make_podman(commands.announcer(console), self.runner)
         self.results = Results()
         self.upstream = local_upstream.Upstream(
             work / "upstream",
@@ -149,9 +150,11 @@ class Bench:
 
     def _put_manifest(self, repo: str, tag: str, body: bytes, media_type: str) -> None:
         response = self.http.put(
-            self._url(repo, f"manifests/{tag}"), data=body,
-            headers={"Content-Type": media_type}, timeout=30,
-        )  # fmt: skip
+            self._url(repo, f"manifests/{tag}"),
+            data=body,
+            headers={"Content-Type": media_type},
+            timeout=30,
+        )
         response.raise_for_status()
 
     def copy_tag(self, repo: str, source_tag: str, tags: Sequence[str]) -> None:
@@ -168,18 +171,33 @@ class Bench:
         self, repo: str, tag: str, image_labels: dict[str, str], layer: tuple[str, int, str]
     ) -> None:
         layer_digest, layer_size, diff_id = layer
-        cfg = json.dumps({
-            "architecture": "amd64", "os": "linux", "config": {"Labels": image_labels},
-            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        }).encode()  # fmt: skip
+        cfg = json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {"Labels": image_labels},
+                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            }
+        ).encode()
         cfg_digest = self._put_blob(repo, cfg)
-        manifest = json.dumps({
-            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": cfg_digest, "size": len(cfg)},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                        "digest": layer_digest, "size": layer_size}],
-        }).encode()  # fmt: skip
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": cfg_digest,
+                    "size": len(cfg),
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": layer_digest,
+                        "size": layer_size,
+                    }
+                ],
+            }
+        ).encode()
         self._put_manifest(repo, tag, manifest, OCI_MANIFEST)
 
     def synthetic_library(self, size: int) -> Path:
@@ -190,9 +208,12 @@ class Bench:
         cfg = config.load(versions)
         http = HTTPClient()
         resolution = metadata.resolve(
-            cfg.targets, RegistryClient(cfg.insecure_registries, http),
-            PackageCache(self.work / "downloads", http), self.project.dockerfile, with_remote=False,
-        )  # fmt: skip
+            cfg.targets,
+            RegistryClient(cfg.insecure_registries, http),
+            PackageCache(self.work / "downloads", http),
+            self.project.dockerfile,
+            with_remote=False,
+        )
         raw = io.BytesIO()
         with tarfile.open(fileobj=raw, mode="w"):
             pass
@@ -218,7 +239,7 @@ class Bench:
             counts: list[int] = []
 
             def ours(cfg: config.Config = cfg, counts: list[int] = counts) -> None:
-                run = commands.resolve_and_plan(self.project, cfg, cfg.targets)
+                run = build_service.resolve_and_plan(self.project, cfg, cfg.targets)
                 assert all(j.action.value == "skip" for j in run.jobs), run.jobs[0].reason
                 counts.append(run.registry.requests_sent)
 
@@ -238,36 +259,47 @@ class Bench:
             if size >= 50:
                 far_rows.append(self._refresh_far(size, tags))
             self.results.data[f"refresh_{size}"] = {
-                "in_process_s": ours_times, "cli_s": cli_times, "status_cli_s": status_times,
+                "in_process_s": ours_times,
+                "cli_s": cli_times,
+                "status_cli_s": status_times,
                 "skopeo_loop_s": loop_times,
-                "requests_per_pair": per_pair, "requests_per_pair_first": first_per_pair,
+                "requests_per_pair": per_pair,
+                "requests_per_pair_first": first_per_pair,
                 "ratio": ratio,
-            }  # fmt: skip
-        self.results.sections.append((
-            "1. No-op refresh (every image current)",
-            "Each pair already published with the labels a build gives it; every run must decide "
-            "`skip` for all. *In process*: resolution and planning as `build-all` does them. "
-            "*CLI*: `invoke build-all --dry-run` as a user runs it (process start included). "
-            "*Baseline*: one `skopeo inspect` process per tag, sequentially, as the original "
-            "build-matrix script did with `podman inspect`. Ratio = baseline / CLI.\n\n"
-            "`invoke status` (the same resolution plus the repository's tag list) is shown too."
-            "\n\n| pairs | in process | CLI | `invoke status` | skopeo loop | ratio "
-            "| requests / pair (first / repeated run) |\n"
-            "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
-            "![refresh time vs pairs](refresh-scaling.png)\n\n"
-            f"**With {LATENCY_SECONDS * 1000:.0f} ms per request** (a proxy on 127.0.0.1 delays "
-            "every registry request, as a registry in another region would): the same runs.\n\n"
-            "| pairs | CLI | skopeo loop | ratio |\n| --- | --- | --- | --- |\n"
-            + "\n".join(far_rows) + "\n\n"
-            "Where the time goes (profiled with the in-process figures): on a first run each pair "
-            "costs three registry requests (its toolkit manifest, its image manifest, its config "
-            "blob for the labels), on later runs two (config blobs are immutable and cached by "
-            "digest), sent 16 at a time; locally each costs ~2 ms of Python request handling "
-            "under the GIL, and the CLI adds ~0.5 s of interpreter start and imports. "
-            "The per-image loop pays a process start and three sequential "
-            "round trips per tag, so the gap grows with latency, not with a local registry that "
-            "answers in under a millisecond.\n",
-        ))  # fmt: skip
+            }
+        self.results.sections.append(
+            (
+                "1. No-op refresh (every image current)",
+                "Each pair already published with the labels a build gives it; every run must "
+                "decide "
+                "`skip` for all. *In process*: resolution and planning as `build-all` does them. "
+                "*CLI*: `invoke build-all --dry-run` as a user runs it (process start included). "
+                "*Baseline*: one `skopeo inspect` process per tag, sequentially, as the original "
+                "build-matrix script did with `podman inspect`. Ratio = baseline / CLI.\n\n"
+                "`invoke status` (the same resolution plus the repository's tag list) is shown too."
+                "\n\n| pairs | in process | CLI | `invoke status` | skopeo loop | ratio "
+                "| requests / pair (first / repeated run) |\n"
+                "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
+                "![refresh time vs pairs](refresh-scaling.png)\n\n"
+                f"**With {LATENCY_SECONDS * 1000:.0f} ms per request** (a proxy on 127.0.0.1 "
+                "delays "
+                "every registry request, as a registry in another region would): the same runs.\n\n"
+                "| pairs | CLI | skopeo loop | ratio |\n| --- | --- | --- | --- |\n"
+                + "\n".join(far_rows)
+                + "\n\n"
+                "Where the time goes (profiled with the in-process figures): on a first run each "
+                "pair "
+                "costs three registry requests (its toolkit manifest, its image manifest, its "
+                "config "
+                "blob for the labels), on later runs two (config blobs are immutable and cached by "
+                "digest), sent 16 at a time; locally each costs ~2 ms of Python request handling "
+                "under the GIL, and the CLI adds ~0.5 s of interpreter start and imports. "
+                "The per-image loop pays a process start and three sequential "
+                "round trips per tag, so the gap grows with latency, not with a local registry "
+                "that "
+                "answers in under a millisecond.\n",
+            )
+        )
         self._plot(curve)
 
     def _cli(self, *args: str, versions: Path) -> Callable[[], object]:
@@ -297,9 +329,11 @@ class Bench:
             proxy.stop()
         ratio = statistics.median(loop_times) / statistics.median(cli_times)
         self.results.data[f"refresh_{size}_far"] = {
-            "cli_s": cli_times, "skopeo_loop_s": loop_times, "ratio": ratio,
+            "cli_s": cli_times,
+            "skopeo_loop_s": loop_times,
+            "ratio": ratio,
             "latency_s": LATENCY_SECONDS,
-        }  # fmt: skip
+        }
         return f"| {size} | {spread(cli_times)} | {spread(loop_times)} | {ratio:.0f}× |"
 
     def _plot(self, curve: list[tuple[int, float, float]]) -> None:
@@ -336,10 +370,16 @@ class Bench:
         cache_dir = self.work / f"cache-{cache or name}"
         downloads_before = len(list((cache_dir / "downloads" / "sha256").glob("*")))
         started = time.perf_counter()
-        results, _ = commands.run_build(
-            replace(self.project, cache_dir=cache_dir), cfg, cfg.targets, jobs=jobs, force=force,
-            dry_run=False, push=True, console=Console(file=io.StringIO()), smoke=False,
-        )  # fmt: skip
+        results = commands.run_build(
+            replace(self.project, cache_dir=cache_dir),
+            cfg,
+            cfg.targets,
+            jobs=jobs,
+            force=force,
+            console=Console(file=io.StringIO()),
+            load_test=False,
+            podman=self.podman,
+        ).results
         wall = time.perf_counter() - started
         assert all(r.ok for r in results), results
         compile_s = sum(_compile_seconds(Path(r.log)) for r in results if r.log)
@@ -367,31 +407,36 @@ class Bench:
             self.results.data[f"build_k{k}_warm"] = {
                 kk: v for kk, v in warm.items() if kk != "results"
             }
-        self.results.sections.append((
-            "2. Building K kernels for one driver",
-            "Cold = `--force` (no layer cache: every stage rebuilt, module compiled); warm = the "
-            "same inputs built for a fresh repository once podman's layer cache holds them (a "
-            "priming build runs in between, unmeasured). Load tests off here (see 4). "
-            "Baseline: K × the single-kernel cold time. Compile share = time between the "
-            "`RUN make` step and the next step, from the timestamped logs. RPM downloads = "
-            "vendor packages fetched by that run: the cold run starts with an empty download "
-            "cache (one driver version: one download however many kernels), the warm run "
-            "reuses the priming run's cache.\n\n"
-            "| K | cold | K × single | ratio | compile share | warm | RPM downloads |\n"
-            "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n",
-        ))  # fmt: skip
+        self.results.sections.append(
+            (
+                "2. Building K kernels for one driver",
+                "Cold = `--force` (no layer cache: every stage rebuilt, module compiled); warm = "
+                "the "
+                "same inputs built for a fresh repository once podman's layer cache holds them (a "
+                "priming build runs in between, unmeasured). Load tests off here (see 4). "
+                "Baseline: K × the single-kernel cold time. Compile share = time between the "
+                "`RUN make` step and the next step, from the timestamped logs. RPM downloads = "
+                "vendor packages fetched by that run: the cold run starts with an empty download "
+                "cache (one driver version: one download however many kernels), the warm run "
+                "reuses the priming run's cache.\n\n"
+                "| K | cold | K × single | ratio | compile share | warm | RPM downloads |\n"
+                "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n",
+            )
+        )
 
     def parallel(self) -> None:
         one = self.k2_cold  # measured in section 2: K = 2, cold, --jobs 1
         two = self.build_run("jobs2", BUILD_KERNELS[:2], jobs=2, force=True)["wall"]
         self.results.data["parallel"] = {"jobs1": one, "jobs2": two}
-        self.results.sections.append((
-            "3. Parallelism (K = 2, cold, 2 cores)",
-            f"| --jobs 1 | --jobs 2 | speed-up |\n| --- | --- | --- |\n"
-            f"| {one:.1f} s | {two:.1f} s | {one / two:.2f}× |\n\n"
-            "The compile already uses both cores (`make -j$(nproc)`), so two builds at once "
-            "mostly overlap the single-threaded parts (image export, checks, push).\n",
-        ))  # fmt: skip
+        self.results.sections.append(
+            (
+                "3. Parallelism (K = 2, cold, 2 cores)",
+                f"| --jobs 1 | --jobs 2 | speed-up |\n| --- | --- | --- |\n"
+                f"| {one:.1f} s | {two:.1f} s | {one / two:.2f}× |\n\n"
+                "The compile already uses both cores (`make -j$(nproc)`), so two builds at once "
+                "mostly overlap the single-threaded parts (image export, checks, push).\n",
+            )
+        )
 
     # -- 4. smoke, 5. sizes ------------------------------------------------------------------
 
@@ -401,16 +446,16 @@ class Bench:
         registry = RegistryClient(cfg.insecure_registries)
         smoke_rows, size_rows = [], []
         for target in cfg.targets[1:]:
-            out = io.StringIO()
-            seconds = []
+            reports = []
             for _ in range(3):
-                code = commands.smoke(self.project, str(versions), target.kernel,
-                                      console=Console(file=out, width=300))  # fmt: skip
-                assert code == 0, out.getvalue()
-            reports = sorted((self.project.cache / "logs").glob("smoke-*/report.json"))[-3:]
-            data = [json.loads(p.read_text())[0] for p in reports]
-            seconds = [d["seconds"] for d in data]
-            initramfs = data[-1]["initramfs_bytes"]
+                with (self.work / f"load-test-{target.tag}.log").open("w") as log:
+                    report = load_test.retest_image(
+                        self.podman, registry, cfg, target, target.image, self.work / "lt", log
+                    )
+                assert report.passed, report
+                reports.append(report)
+            seconds = [r.seconds or 0.0 for r in reports]
+            initramfs = reports[-1].initramfs_bytes or 0
             smoke_rows.append(f"| {target.kernel} | {spread(seconds)} | {initramfs / 1e6:.0f} MB |")
             self.results.data[f"smoke_{target.kernel}"] = {
                 "seconds": seconds,
@@ -425,20 +470,26 @@ class Bench:
                 f"| {target.kernel} | {(remote.size or 0) / 1e6:.1f} MB | {image_mb:.1f} MB | "
                 f"{toolkit_mb:.0f} MB | {ORIGINAL_IMAGE_MB:.0f} MB |"
             )
-        self.results.sections.append((
-            "4. Load test (qemu, TCG, no KVM)",
-            "`invoke smoke --kernel K`: export, initramfs from the image, boot, load, verdict. "
-            "Seconds are the guest's (qemu start to power-off).\n\n"
-            "| kernel | seconds | initramfs |\n| --- | --- | --- |\n"
-            + "\n".join(smoke_rows) + "\n",
-        ))  # fmt: skip
-        self.results.sections.append((
-            "5. Image size",
-            "Compressed = what the registry stores (sum of layers); uncompressed = podman's "
-            "image size. The original recipe's ubi-minimal image was 143 MB (reference line).\n\n"
-            "| kernel | compressed | uncompressed | toolkit image | original |\n"
-            "| --- | --- | --- | --- | --- |\n" + "\n".join(size_rows) + "\n",
-        ))  # fmt: skip
+        self.results.sections.append(
+            (
+                "4. Load test (qemu, TCG, no KVM)",
+                "`invoke smoke --kernel K`: export, initramfs from the image, boot, load, verdict. "
+                "Seconds are the guest's (qemu start to power-off).\n\n"
+                "| kernel | seconds | initramfs |\n| --- | --- | --- |\n"
+                + "\n".join(smoke_rows)
+                + "\n",
+            )
+        )
+        self.results.sections.append(
+            (
+                "5. Image size",
+                "Compressed = what the registry stores (sum of layers); uncompressed = podman's "
+                "image size. The original recipe's ubi-minimal image was 143 MB (reference "
+                "line).\n\n"
+                "| kernel | compressed | uncompressed | toolkit image | original |\n"
+                "| --- | --- | --- | --- | --- |\n" + "\n".join(size_rows) + "\n",
+            )
+        )
 
     def _podman_size(self, image: str) -> float:
         if not self.podman.image_exists(image):
@@ -510,17 +561,25 @@ class Bench:
             f"| setup | |\n| --- | --- |\n{setup}\n\n## Goals\n\n{self.goals(seconds)}\n{body}\n"
         )
         (docs / "benchmarks.json").write_text(
-            json.dumps({"setup": self.results.setup, "data": self.results.data}, indent=2,
-                       default=str) + "\n"
-        )  # fmt: skip
+            json.dumps(
+                {"setup": self.results.setup, "data": self.results.data}, indent=2, default=str
+            )
+            + "\n"
+        )
         return docs / "benchmarks.md"
 
 
 class DelayProxy:
     """Forwards registry reads after a fixed delay: a far-away registry, on loopback only."""
 
-    HEADERS = ("Content-Type", "Docker-Content-Digest", "Location", "WWW-Authenticate", "Link",
-               "Docker-Distribution-Api-Version")  # fmt: skip
+    HEADERS = (
+        "Content-Type",
+        "Docker-Content-Digest",
+        "Location",
+        "WWW-Authenticate",
+        "Link",
+        "Docker-Distribution-Api-Version",
+    )
 
     def __init__(self, upstream: str, delay: float) -> None:
         local = threading.local()
@@ -538,9 +597,12 @@ class DelayProxy:
                 if self.headers.get("Authorization"):
                     forwarded["Authorization"] = self.headers["Authorization"]
                 response = session.request(
-                    self.command, f"http://{upstream}{self.path}", headers=forwarded,
-                    allow_redirects=False, timeout=30,
-                )  # fmt: skip
+                    self.command,
+                    f"http://{upstream}{self.path}",
+                    headers=forwarded,
+                    allow_redirects=False,
+                    timeout=30,
+                )
                 body = response.content
                 self.send_response(response.status_code)
                 for name in DelayProxy.HEADERS:
@@ -582,7 +644,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run(project: commands.Project, console: Console | None = None) -> Path:
+def run(project: Project, console: Console | None = None) -> Path:
     console = console or Console()
     work = project.cache / "bench"
     started = time.perf_counter()

@@ -10,11 +10,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 from habana_tasks import initramfs
-from habana_tasks.errors import CommandError, HabanaError
+from habana_tasks.config import BuildTarget, Config
+from habana_tasks.errors import CommandError, CommandTimeout, HabanaError
 from habana_tasks.podman import Podman
-from habana_tasks.process import CommandTimeout, LineSink
+from habana_tasks.process import LineSink
+from habana_tasks.registry import RegistryClient
 
 MARK = "SMOKE:"
 DEFAULT_TIMEOUT = 120.0
@@ -55,7 +58,7 @@ sleep 10
 
 
 @dataclass(frozen=True)
-class SmokeResult:
+class LoadTestResult:
     passed: bool
     reason: str
     kernel: str
@@ -71,11 +74,27 @@ def init_script(modules: Sequence[str]) -> bytes:
 def qemu_argv(kernel: Path, initrd: Path, memory_mb: int = 1024, accel: str = "tcg") -> list[str]:
     """TCG unless asked: a /dev/kvm that exists can still be unusable (nested virtualisation)."""
     return [
-        "qemu-system-x86_64", "-accel", accel, "-m", str(memory_mb), "-smp", "1",
-        "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none",
-        "-kernel", str(kernel), "-initrd", str(initrd),
-        "-append", "console=ttyS0 panic=-1 quiet",
-    ]  # fmt: skip
+        "qemu-system-x86_64",
+        "-accel",
+        accel,
+        "-m",
+        str(memory_mb),
+        "-smp",
+        "1",
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-kernel",
+        str(kernel),
+        "-initrd",
+        str(initrd),
+        "-append",
+        "console=ttyS0 panic=-1 quiet",
+    ]
 
 
 def evaluate(lines: Sequence[str], release: str) -> tuple[bool, str, tuple[str, ...]]:
@@ -108,7 +127,7 @@ def extract_kernel(podman: Podman, toolkit_image: str, release: str, dest: Path)
     return dest
 
 
-def load_test(
+def run_load_test(
     podman: Podman,
     rootfs_tar: Path,
     toolkit_image: str,
@@ -118,16 +137,16 @@ def load_test(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     on_line: LineSink | None = None,
-) -> SmokeResult:
+) -> LoadTestResult:
     """An exported image booted in the kernel its toolkit image carries."""
     work.mkdir(parents=True, exist_ok=True)
     kernel = extract_kernel(podman, toolkit_image, release, work / "vmlinuz")
-    return run_smoke(
+    return boot_and_load(
         podman, rootfs_tar, kernel, release, modules, work, timeout=timeout, on_line=on_line
     )
 
 
-def run_smoke(
+def boot_and_load(
     podman: Podman,
     rootfs_tar: Path,
     kernel: Path,
@@ -137,7 +156,7 @@ def run_smoke(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     on_line: LineSink | None = None,
-) -> SmokeResult:
+) -> LoadTestResult:
     work.mkdir(parents=True, exist_ok=True)
     initrd = work / "initrd.cpio"
     size = initramfs.rootfs_to_cpio(rootfs_tar, initrd, {"init": (0o755, init_script(modules))})
@@ -145,18 +164,87 @@ def run_smoke(
     started = time.monotonic()
     try:
         done = podman.runner.run(
-            qemu_argv(kernel, initrd, accel=accel), timeout=timeout, keep_output=True,
-            check=False, on_line=on_line,
-        )  # fmt: skip
+            qemu_argv(kernel, initrd, accel=accel),
+            timeout=timeout,
+            keep_output=True,
+            check=False,
+            on_line=on_line,
+        )
         lines: Sequence[str] = done.output
     except CommandTimeout as exc:
         seconds = time.monotonic() - started
-        return SmokeResult(False, f"guest timed out after {timeout:g} s (qemu killed)", release,
-                           seconds, size, tuple(exc.tail[-12:]))  # fmt: skip
+        return LoadTestResult(
+            False,
+            f"guest timed out after {timeout:g} s (qemu killed)",
+            release,
+            seconds,
+            size,
+            tuple(exc.tail[-12:]),
+        )
     except CommandError as exc:
         raise HabanaError(f"qemu could not run: {exc}") from exc
     finally:
         initrd.unlink(missing_ok=True)
     seconds = time.monotonic() - started
     passed, reason, evidence = evaluate(lines, release)
-    return SmokeResult(passed, reason, release, seconds, size, evidence)
+    return LoadTestResult(passed, reason, release, seconds, size, evidence)
+
+
+@dataclass(frozen=True)
+class LoadTestReport:
+    """One published (or local) image's load test, as the table and report.json show it."""
+
+    image: str
+    passed: bool
+    reason: str
+    log: str
+    kernel: str | None = None
+    seconds: float | None = None
+    initramfs_bytes: int | None = None
+    evidence: tuple[str, ...] = ()
+
+
+def retest_image(
+    podman: Podman,
+    registry: RegistryClient,
+    config: Config,
+    target: BuildTarget,
+    image: str,
+    work: Path,
+    log: TextIO,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> LoadTestReport:
+    """Pull an image (and its target's toolkit) and load-test it again, as `build` did."""
+
+    def sink(line: str) -> None:
+        log.write(line + "\n")
+
+    try:
+        podman.ensure(image, config.tls_verify(image), sink)
+        toolkit = registry.resolve(target.toolkit_image, target.arch).pinned
+        podman.ensure(toolkit, config.tls_verify(toolkit), sink)
+        work.mkdir(parents=True, exist_ok=True)
+        podman.export_rootfs(image, work / "rootfs.tar", sink)
+        outcome = run_load_test(
+            podman,
+            work / "rootfs.tar",
+            toolkit,
+            target.kernel,
+            target.modules,
+            work,
+            timeout=timeout,
+            on_line=sink,
+        )
+    except HabanaError as exc:
+        log.write(f"FAILED: {exc}\n")
+        return LoadTestReport(image, False, str(exc), log.name)
+    return LoadTestReport(
+        image,
+        outcome.passed,
+        outcome.reason,
+        log.name,
+        outcome.kernel,
+        round(outcome.seconds, 1),
+        outcome.initramfs_bytes,
+        outcome.evidence,
+    )

@@ -6,7 +6,7 @@ import tarfile
 from pathlib import Path
 
 from habana_tasks.initramfs import rootfs_to_cpio
-from habana_tasks.smoke import evaluate, init_script, qemu_argv
+from habana_tasks.load_test import evaluate, init_script, qemu_argv
 from tests.conftest import require_tools
 
 R = "6.1.0-56-amd64"
@@ -117,8 +117,10 @@ def test_initramfs_is_a_faithful_newc_archive(tmp_path: Path) -> None:
     extracted.mkdir()
     subprocess.run(
         ["cpio", "-id", "--quiet", "--no-absolute-filenames", "--nonmatching", "dev/console"],
-        stdin=out.open("rb"), cwd=extracted, check=True,
-    )  # fmt: skip
+        stdin=out.open("rb"),
+        cwd=extracted,
+        check=True,
+    )
     assert (extracted / "usr/bin/tool").read_bytes() == b"#!/bin/sh\necho hi\n"
     assert (extracted / "usr/bin/tool").stat().st_mode & 0o777 == 0o755
     assert (extracted / "etc/b").read_bytes() == b"xxxxx"

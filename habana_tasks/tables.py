@@ -1,0 +1,161 @@
+"""Every table the commands print, rendered from the records the services return.
+
+Cells are Text, never markup: log lines, registry errors and paths can hold `[...]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from rich.table import Table
+from rich.text import Text
+
+from habana_tasks import labels
+from habana_tasks.config import BuildTarget
+from habana_tasks.discover import Discovery
+from habana_tasks.load_test import LoadTestReport
+from habana_tasks.plan import Action, BuildJob
+from habana_tasks.prune import PruneOutcome
+from habana_tasks.registry import Existence, RemoteImage
+from habana_tasks.reporter import JobResult
+from habana_tasks.status import State, TargetStatus
+
+ACTION_STYLE = {Action.BUILD: "yellow", Action.SKIP: "green", Action.FAIL: "red"}
+STATE_STYLE = {State.CURRENT: "green", State.STALE: "yellow", State.MISSING: "yellow"}
+
+
+def short(digest: str | None) -> str:
+    return f"sha256:{labels.short_digest(digest)}" if digest else ""
+
+
+def table(title: str, *columns: str) -> Table:
+    result = Table(title=title)
+    for column in columns:
+        result.add_column(column, overflow="fold")
+    return result
+
+
+def add_row(into: Table, *cells: str | Text) -> None:
+    """Cells are shown as written; styled cells are passed as Text."""
+    into.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in cells))
+
+
+def plan_table(jobs: Iterable[BuildJob]) -> Table:
+    out = table("plan", "target", "image", "action", "reason")
+    for job in jobs:
+        action = Text(job.action.value, ACTION_STYLE[job.action])
+        add_row(out, job.target.tag, job.target.image, action, job.reason)
+    return out
+
+
+def summary_table(results: Sequence[JobResult], title: str = "summary") -> Table:
+    out = table(title, "target", "action", "result", "digest", "load-tested", "seconds", "log")
+    for r in results:
+        tested = f"yes ({r.load_test_kernel}, {r.load_test_seconds} s)" if r.load_tested else "no"
+        result = r.status.value if r.ok else f"{r.status.value}: {r.detail}"
+        add_row(
+            out,
+            r.name,
+            r.action.value,
+            result,
+            short(r.digest),
+            tested,
+            f"{r.seconds:.1f}",
+            r.log or "",
+        )
+    return out
+
+
+def library_table(repository: str, held: Iterable[tuple[BuildTarget, RemoteImage]]) -> Table:
+    """What the repository holds for every target: the library as a user would publish it."""
+    columns = ("kernel", "driver", "image", "digest", "size", "load-tested", "created")
+    out = table(f"library: {repository}", *columns)
+    for target, remote in held:
+        if remote.existence is Existence.PRESENT:
+            size = f"{(remote.size or 0) / 1e6:.1f} MB"
+            created = remote.labels.get(labels.OCI + "created", "")
+            tested = remote.labels.get(labels.LOAD_TESTED, "no label")
+            add_row(
+                out,
+                target.kernel,
+                target.driver,
+                target.image,
+                remote.digest or "",
+                size,
+                tested,
+                created,
+            )
+        else:
+            add_row(
+                out,
+                target.kernel,
+                target.driver,
+                target.image,
+                remote.existence.value,
+                remote.error or "",
+                "",
+                "",
+            )
+    return out
+
+
+def load_test_table(reports: Iterable[LoadTestReport]) -> Table:
+    out = table(
+        "load tests", "image", "result", "kernel booted", "seconds", "initramfs MB", "reason"
+    )
+    for r in reports:
+        add_row(
+            out,
+            r.image,
+            Text("pass", "green") if r.passed else Text("FAIL", "red"),
+            r.kernel or "",
+            f"{r.seconds:.1f}" if r.seconds is not None else "",
+            f"{r.initramfs_bytes / 1e6:.0f}" if r.initramfs_bytes else "",
+            "\n".join([r.reason, *r.evidence]),
+        )
+    return out
+
+
+def status_table(repository: str, items: Iterable[TargetStatus]) -> Table:
+    out = table(
+        f"status: {repository}",
+        "kernel",
+        "driver",
+        "state",
+        "reason",
+        "digest",
+        "size",
+        "load-tested",
+        "built",
+    )
+    for item in items:
+        state = Text(item.state.value, STATE_STYLE.get(item.state, "red"))
+        size = f"{item.size / 1e6:.1f} MB" if item.size else ""
+        add_row(
+            out,
+            item.kernel,
+            item.driver,
+            state,
+            item.reason,
+            short(item.digest),
+            size,
+            "yes" if item.load_tested else "no",
+            item.created or "",
+        )
+    return out
+
+
+def prune_table(repository: str, outcomes: Iterable[PruneOutcome], applied: bool) -> Table:
+    title = f"prune: {repository}" + ("" if applied else " (dry run: --apply)")
+    out = table(title, "tag", "digest", "reason", "result")
+    for o in outcomes:
+        add_row(out, o.item.tag, short(o.item.digest), o.item.reason, o.result)
+    return out
+
+
+def discover_table(title: str, found: Discovery, known: set[str]) -> Table:
+    out = table(title, "kernel", "OpenShift releases", "in versions.toml")
+    for kernel, releases in found.kernels.items():
+        state = "yes" if kernel in known else Text("new", "yellow")
+        add_row(out, kernel, ", ".join(releases), state)
+    return out

@@ -1,0 +1,261 @@
+"""The pipeline's decisions with fakes at both boundaries (FakeRunner for podman, kmod and qemu;
+FakeRegistry for the registry API), in seconds. The same paths run for real in
+tests/integration/test_pipeline.py and test_signals.py."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import tarfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from habana_tasks import build_service, config, labels, metadata
+from habana_tasks.errors import Interrupted
+from habana_tasks.http_client import HTTPClient, RetryPolicy
+from habana_tasks.isolation import BuildIsolation
+from habana_tasks.podman import Podman
+from habana_tasks.project import Project
+from habana_tasks.registry import OCI_MANIFEST
+from habana_tasks.reporter import JobStatus, PlainReporter
+from tests.conftest import ROOT
+from tests.fake_registry import FakeRegistry
+from tests.fake_runner import FakeRunner
+
+KERNELS = ("6.1.0-55-amd64", "6.1.0-56-amd64")
+DRIVER = "6.1.0-1"
+
+
+def image_tar(release: str) -> bytes:
+    """An exported image as the checks expect it: kmod, cp, a module and its modules.dep."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in (
+            ("usr/bin/cp", b"cp"),
+            ("usr/sbin/modprobe", b"kmod"),
+            (f"opt/lib/modules/{release}/extra/habanalabs.ko", b"\x7fELF module"),
+            (f"opt/lib/modules/{release}/modules.dep", b"extra/habanalabs.ko:\n"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+class FakePodman(FakeRunner):
+    """podman, modinfo and modprobe as the pipeline calls them; pushes land in the FakeRegistry."""
+
+    def __init__(self, registry: FakeRegistry) -> None:
+        super().__init__(self.answer_for)
+        self.registry = registry
+        self.failing_pulls: set[str] = set()
+        self.vermagic: dict[str, str] = {}  # release -> what modinfo says
+        self.labels: dict[str, dict[str, str]] = {}  # image id -> labels given to the build
+        self.release_of: dict[str, str] = {}  # image id -> kernel release
+        self.block_builds = threading.Event()
+        self.building = threading.Event()
+        self.terminated = threading.Event()
+        self.created: dict[str, str] = {}  # container name -> image id
+
+    def terminate_all(self) -> None:
+        self.terminated.set()
+        self.block_builds.clear()
+        super().terminate_all()
+
+    def answer_for(self, argv: list[str]) -> tuple[int, list[str]] | None:
+        command = argv[:2]
+        if command == ["podman", "image"] and argv[2] == "exists":
+            return 1, []
+        if command == ["podman", "pull"]:
+            return (
+                (125, [f"Error: {argv[-1]}: manifest unknown"])
+                if argv[-1] in self.failing_pulls
+                else None
+            )
+        if command == ["podman", "build"]:
+            return self.build(argv)
+        if command == ["podman", "export"]:
+            container = argv[-1]
+            image = self.created[container]
+            Path(argv[argv.index("--output") + 1]).write_bytes(image_tar(self.release_of[image]))
+        if command == ["podman", "create"]:
+            self.created[argv[argv.index("--name") + 1]] = argv[-2]
+        if command == ["podman", "push"]:
+            return self.push(argv)
+        if argv[0] == "modinfo":
+            release = argv[-1].split("/modules/", 1)[1].split("/", 1)[0]
+            return 0, [self.vermagic.get(release, f"{release} SMP preempt mod_unload")]
+        if argv[0] == "modprobe":
+            return 0, [f"insmod {argv[2]}/lib/modules/{argv[4]}/extra/habanalabs.ko"]
+        return None
+
+    def build(self, argv: list[str]) -> tuple[int, list[str]]:
+        self.building.set()
+        if self.block_builds.is_set():
+            self.terminated.wait(10)
+            return -15, ["make: *** [all] Terminated"]
+        given = {
+            argv[i + 1].split("=", 1)[0]: argv[i + 1].split("=", 1)[1]
+            for i, a in enumerate(argv)
+            if a == "--label"
+        }
+        release = next(
+            argv[i + 1].split("=", 1)[1]
+            for i, a in enumerate(argv)
+            if a == "--build-arg" and argv[i + 1].startswith("KERNEL_RELEASE=")
+        )
+        image_id = f"sha256:{release}-{len(self.labels)}"
+        self.labels[image_id], self.release_of[image_id] = given, release
+        Path(argv[argv.index("--iidfile") + 1]).write_text(image_id + "\n")
+        return 0, ["STEP 1/1: done"]
+
+    def push(self, argv: list[str]) -> tuple[int, list[str]]:
+        image_id, destination = argv[-2], argv[-1].removeprefix("docker://")
+        name, tag = destination.rsplit(":", 1)
+        repo = name.split("/", 1)[1]
+        digest = self.registry.add_image(repo, tag, self.labels[image_id], OCI_MANIFEST)
+        Path(argv[argv.index("--digestfile") + 1]).write_text(digest)
+        return 0, []
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeRegistry]:
+    registry = FakeRegistry()
+    registry.host = registry.start()  # type: ignore[attr-defined]
+    yield registry
+    registry.stop()
+
+
+def library(fake: FakeRegistry, tmp_path: Path) -> config.Config:
+    host = fake.host  # type: ignore[attr-defined]
+    fake.add_image("base/debian", "12", {}, OCI_MANIFEST)
+    for kernel in KERNELS:  # one toolkit per kernel, each with its own digest
+        fake.add_image("dtk", kernel, {"kernel": kernel}, OCI_MANIFEST)
+    package = tmp_path / "habanalabs.rpm"
+    package.write_bytes(b"rpm")
+    entries = "".join(f'[[kernels]]\nrelease = "{k}"\ndrivers = ["{DRIVER}"]\n' for k in KERNELS)
+    path = tmp_path / "versions.toml"
+    path.write_text(
+        f'[library]\nrepository = "{host}/library/driver"\ninsecure_registries = ["{host}"]\n'
+        f'[base]\nimage = "{host}/base/debian:12"\n[toolkit]\nimage = "{host}/dtk:{{kernel}}"\n'
+        f'[driver]\npackage_url = "{package.as_uri()}"\n{entries}'
+    )
+    return config.load(path)
+
+
+def run(
+    runner: FakePodman, cfg: config.Config, tmp_path: Path, *, push: bool = True
+) -> build_service.BuildRun:
+    project = Project(ROOT, cache_dir=tmp_path / "cache")
+    http = HTTPClient(RetryPolicy(attempts=1))
+    planned = build_service.resolve_and_plan(project, cfg, cfg.targets, load_tests=False, http=http)
+    isolation = BuildIsolation(runner, env={"HABANA_ISOLATION": "chroot"})
+    return build_service.execute(
+        project,
+        cfg,
+        planned,
+        podman=Podman(runner, isolation),
+        reporter=PlainReporter(Console(file=io.StringIO())),
+        jobs=2,
+        push=push,
+        load_test=False,
+    )
+
+
+@pytest.fixture(autouse=True)
+def fixed_git_sha(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The package boundary: reading an RPM is tested for real in test_driver_packages.py."""
+    monkeypatch.setattr(metadata, "read_git_sha", lambda path, version, name=None: "abcdef1")
+
+
+def pushes(runner: FakePodman) -> list[str]:
+    return [c[-1] for c in runner.commands("podman", "push")]
+
+
+def test_every_target_is_built_checked_pushed_and_verified(
+    fake: FakeRegistry, tmp_path: Path
+) -> None:
+    runner = FakePodman(fake)
+    result = run(runner, library(fake, tmp_path), tmp_path)
+    assert [r.status for r in result.results] == [JobStatus.OK, JobStatus.OK]
+    assert len(pushes(runner)) == 2
+    for job, result_ in zip(result.planned.jobs, result.results, strict=True):
+        pushed = json.loads(fake.manifests[f"library/driver:{job.target.tag}"][1])
+        config_blob = json.loads(fake.blobs[pushed["config"]["digest"]])
+        assert config_blob["config"]["Labels"][labels.FINGERPRINT] == job.fingerprint
+        assert result_.digest is not None
+
+
+def test_a_failed_pull_stays_in_its_own_target(fake: FakeRegistry, tmp_path: Path) -> None:
+    runner = FakePodman(fake)
+    cfg = library(fake, tmp_path)
+    failing = next(
+        j
+        for j in build_service.resolve_and_plan(
+            Project(ROOT, cache_dir=tmp_path / "c0"), cfg, cfg.targets, load_tests=False
+        ).jobs
+        if j.target.kernel == KERNELS[0]
+    )
+    assert failing.inputs is not None
+    runner.failing_pulls.add(failing.inputs.toolkit.pinned)
+    result = run(runner, cfg, tmp_path)
+    first, second = result.results
+    assert first.status is JobStatus.FAILED and "manifest unknown" in first.detail
+    assert second.status is JobStatus.OK
+    assert pushes(runner) == [f"docker://{cfg.targets[1].image}"]
+
+
+def test_a_failed_check_never_pushes(fake: FakeRegistry, tmp_path: Path) -> None:
+    runner = FakePodman(fake)
+    runner.vermagic[KERNELS[1]] = f"{KERNELS[0]} SMP preempt mod_unload"
+    cfg = library(fake, tmp_path)
+    result = run(runner, cfg, tmp_path)
+    assert result.results[0].status is JobStatus.OK
+    assert result.results[1].status is JobStatus.FAILED
+    assert f"vermagic names kernel '{KERNELS[0]}'" in result.results[1].detail
+    assert pushes(runner) == [f"docker://{cfg.targets[0].image}"]
+
+
+def test_no_push_builds_and_checks_only(fake: FakeRegistry, tmp_path: Path) -> None:
+    runner = FakePodman(fake)
+    result = run(runner, library(fake, tmp_path), tmp_path, push=False)
+    assert all(r.status is JobStatus.OK and "not pushed" in r.detail for r in result.results)
+    assert pushes(runner) == [] and len(runner.commands("podman", "tag")) == 2
+
+
+def test_an_interrupt_stops_every_child_and_pushes_nothing(
+    fake: FakeRegistry, tmp_path: Path
+) -> None:
+    runner = FakePodman(fake)
+    runner.block_builds.set()
+    cfg = library(fake, tmp_path)
+
+    def interrupt_once_building() -> None:
+        runner.building.wait(10)
+        signal.raise_signal(signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_building, daemon=True).start()
+    with pytest.raises(Interrupted) as info:
+        run(runner, cfg, tmp_path)
+    assert runner.terminated.is_set()  # every child was told to stop
+    assert pushes(runner) == []
+    assert {r.status for r in info.value.results} == {JobStatus.INTERRUPTED}  # type: ignore[attr-defined]
+    assert info.value.report is not None and info.value.report.is_file()
+
+
+def test_inputs_are_resolved_once_per_distinct_reference(
+    fake: FakeRegistry, tmp_path: Path
+) -> None:
+    cfg = library(fake, tmp_path)
+    project = Project(ROOT, cache_dir=tmp_path / "cache")
+    planned = build_service.resolve_and_plan(project, cfg, cfg.targets)
+    base_gets = [p for m, p, _ in fake.log if m == "GET" and p == "/v2/base/debian/manifests/12"]
+    assert len(base_gets) == 1  # two targets share the base: asked once
+    toolkit_gets = {p for m, p, _ in fake.log if "/v2/dtk/manifests/" in p}
+    assert toolkit_gets == {f"/v2/dtk/manifests/{k}" for k in KERNELS}
+    assert planned.packages.downloads == 1  # one package URL for both targets
