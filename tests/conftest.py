@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,3 +37,8 @@ def require(condition: bool, what: str) -> None:
 def require_tools(*tools: str) -> None:
     missing = [t for t in tools if find_tool(t) is None]
     require(not missing, f"{', '.join(missing)} on PATH")
+
+
+def invoke_argv(*args: str) -> list[str]:
+    """The command line a user types (`invoke …`), run with this interpreter."""
+    return [sys.executable, "-m", "invoke", *args]

@@ -34,6 +34,7 @@ class FakeRegistry:
     tamper_digest: bool = False
     hook: Callable[[str], Response | None] | None = None
     log: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    host: str = ""  # "127.0.0.1:<port>" once started
 
     def start(self) -> str:
         registry = self

@@ -57,6 +57,16 @@ class UpstreamFixture:
         self.runner.run(["podman", "push", "--quiet", "--tls-verify=false", image])
 
 
+def route_through(source: Path, target: Path, key: str, registry: str, proxy: str) -> Path:
+    """A copy of a versions file whose `key` (repository, or an image template) names the
+    proxy instead of the registry behind it; the proxy is an insecure registry too."""
+    text = source.read_text().replace(f'{key} = "{registry}/', f'{key} = "{proxy}/')
+    target.write_text(
+        text.replace("insecure_registries = [", f'insecure_registries = ["{proxy}", ')
+    )
+    return target
+
+
 @pytest.fixture(scope="session")
 def test_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamFixture]:
     require_tools(

@@ -23,7 +23,7 @@ from habana_tasks.project import Project
 from habana_tasks.registry import Existence, RegistryClient
 from tests import registry_proxy as proxy_faults
 from tests.conftest import ROOT, RecordProperty
-from tests.integration.conftest import KERNELS, UpstreamFixture
+from tests.integration.conftest import KERNELS, UpstreamFixture, route_through
 from tests.registry_proxy import Answer, Faults, RawFault, registry_proxy, send_partial
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability("registry faults")]
@@ -166,15 +166,8 @@ def test_a_malformed_toolkit_manifest_fails_the_target_not_rebuilds_it(
         return status, headers, new
 
     with registry_proxy(u.registry, Faults(rewrite=no_config)) as proxy:
-        versions = test_upstream.versions(tmp_path / "versions.toml", KERNELS[:1])
-        versions.write_text(
-            versions.read_text()
-            .replace(
-                f'image = "{u.registry}/upstream/driver-toolkit',
-                f'image = "{proxy}/upstream/driver-toolkit',
-            )
-            .replace("insecure_registries = [", f'insecure_registries = ["{proxy}", ')
-        )
+        plain = test_upstream.versions(tmp_path / "plain.toml", KERNELS[:1])
+        versions = route_through(plain, tmp_path / "versions.toml", "image", u.registry, proxy)
         project = Project(ROOT, cache_dir=tmp_path / "cache")
         cfg = config.load(versions)
         run = build_service.resolve_and_plan(project, cfg, cfg.targets)
@@ -198,12 +191,8 @@ def test_status_json_says_when_tags_could_not_be_listed(
         )
 
     with registry_proxy(u.registry, Faults(rewrite=broken_list)) as proxy:
-        versions = test_upstream.versions(tmp_path / "versions.toml", KERNELS[:1])
-        versions.write_text(
-            versions.read_text()
-            .replace(f'repository = "{u.registry}/', f'repository = "{proxy}/')
-            .replace("insecure_registries = [", f'insecure_registries = ["{proxy}", ')
-        )
+        plain = test_upstream.versions(tmp_path / "plain.toml", KERNELS[:1])
+        versions = route_through(plain, tmp_path / "versions.toml", "repository", u.registry, proxy)
         out = io.StringIO()
         code = commands.status_command(
             Project(ROOT, cache_dir=tmp_path / "cache"),
@@ -280,12 +269,7 @@ def test_a_registry_fault_is_survived_or_fails_closed(
     cfg = config.load(versions)
     registry = cfg.repository.split("/", 1)[0]
     with registry_proxy(registry, faults) as proxy:
-        through = tmp_path / "versions.toml"
-        through.write_text(
-            versions.read_text()
-            .replace(f'repository = "{registry}/', f'repository = "{proxy}/')
-            .replace("insecure_registries = [", f'insecure_registries = ["{proxy}", ')
-        )
+        through = route_through(versions, tmp_path / "versions.toml", "repository", registry, proxy)
         proxied = config.load(through)
         project = Project(ROOT, cache_dir=tmp_path / "cache")  # nothing cached
         started = time.monotonic()

@@ -8,7 +8,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -19,8 +18,8 @@ from habana_tasks import config
 from habana_tasks.auth import Credentials
 from habana_tasks.podman import Podman
 from habana_tasks.registry import RegistryClient
-from tests.conftest import ROOT, RecordProperty
-from tests.integration.conftest import KERNELS, UpstreamFixture
+from tests.conftest import ROOT, RecordProperty, invoke_argv
+from tests.integration.conftest import KERNELS, UpstreamFixture, route_through
 from tests.integration.test_registry_faults import basic_challenge
 from tests.registry_proxy import Faults, registry_proxy
 
@@ -59,13 +58,11 @@ def test_the_canary_reaches_its_registry_and_nothing_else(
         auth.write_text(json.dumps({"auths": {private: {"auth": token}}}))
         netrc = tmp_path / "netrc"
         netrc.write_text(f"machine 127.0.0.1 login vendor password {CANARY}\n")
-        versions = test_upstream.versions(
-            tmp_path / "versions.toml", KERNELS[:1], repository="library/secrets"
+        plain = test_upstream.versions(
+            tmp_path / "plain.toml", KERNELS[:1], repository="library/secrets"
         )
-        versions.write_text(
-            versions.read_text()
-            .replace(f'repository = "{u.registry}/', f'repository = "{private}/')
-            .replace("insecure_registries = [", f'insecure_registries = ["{private}", ')
+        versions = route_through(
+            plain, tmp_path / "versions.toml", "repository", u.registry, private
         )
         target = config.load(versions).targets[0]
         cache = tmp_path / "cache"
@@ -75,16 +72,7 @@ def test_the_canary_reaches_its_registry_and_nothing_else(
         watcher.start()
         try:
             done = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "invoke",
-                    "build",
-                    "--kernel",
-                    target.kernel,
-                    "--versions",
-                    str(versions),
-                ],
+                invoke_argv("build", "--kernel", target.kernel, "--versions", str(versions)),
                 cwd=ROOT,
                 capture_output=True,
                 text=True,

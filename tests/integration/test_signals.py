@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,8 +15,8 @@ import pytest
 from devtools import local_upstream
 from habana_tasks import config
 from habana_tasks.registry import RegistryClient
-from tests.conftest import ROOT, RecordProperty
-from tests.integration.conftest import KERNELS, UpstreamFixture
+from tests.conftest import ROOT, RecordProperty, invoke_argv
+from tests.integration.conftest import KERNELS, UpstreamFixture, route_through
 from tests.registry_proxy import Faults, registry_proxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability("signals")]
@@ -92,16 +91,11 @@ def test_signal_stops_every_child_and_moves_no_tag(
     repository = f"library/signal-{stage}-{signum.name.lower()}"
     faults = Faults(hold=PUSH_WRITES if stage == "push" else None)
     with registry_proxy(u.registry, faults) as proxy:
-        versions = test_upstream.versions(
-            tmp_path / "versions.toml", (KERNELS[0],), repository=repository
+        plain = test_upstream.versions(
+            tmp_path / "plain.toml", (KERNELS[0],), repository=repository
         )
         # The library is written through the proxy; its registry is the same real one.
-        text = versions.read_text().replace(
-            f'"{u.registry}/{repository}"', f'"{proxy}/{repository}"'
-        )
-        versions.write_text(
-            text.replace("insecure_registries = [", f'insecure_registries = ["{proxy}", ')
-        )
+        versions = route_through(plain, tmp_path / "versions.toml", "repository", u.registry, proxy)
         target = config.load(versions).targets[0]
         # An older image already holds the tag: it must still hold it afterwards.
         old = f"{u.registry}/{repository}:{target.tag}"
@@ -113,16 +107,7 @@ def test_signal_stops_every_child_and_moves_no_tag(
 
         cache = tmp_path / "cache"
         log = tmp_path / "output.log"
-        argv = [
-            sys.executable,
-            "-m",
-            "invoke",
-            "build",
-            "--kernel",
-            target.kernel,
-            "--versions",
-            str(versions),
-        ]
+        argv = invoke_argv("build", "--kernel", target.kernel, "--versions", str(versions))
         if stage == "build":
             argv.append("--force")  # every RUN step really runs
         with log.open("w") as out:

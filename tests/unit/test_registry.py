@@ -20,7 +20,7 @@ DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 @pytest.fixture
 def fake() -> Iterator[FakeRegistry]:
     registry = FakeRegistry()
-    registry.host = registry.start()  # type: ignore[attr-defined]
+    registry.host = registry.start()
     yield registry
     registry.stop()
 
@@ -28,22 +28,22 @@ def fake() -> Iterator[FakeRegistry]:
 def client(fake: FakeRegistry, creds: Credentials | None = None, **policy: float) -> RegistryClient:
     sleeps: list[float] = []
     http = HTTPClient(RetryPolicy(**{"base_delay": 0.01, **policy}), sleep=sleeps.append)  # type: ignore[arg-type]
-    c = RegistryClient([fake.host], http, credentials=lambda r, n: creds)  # type: ignore[attr-defined]
+    c = RegistryClient([fake.host], http, credentials=lambda r, n: creds)
     c.sleeps = sleeps  # type: ignore[attr-defined]
     return c
 
 
 def test_resolves_oci_manifest_and_verifies_digest(fake: FakeRegistry) -> None:
     d = fake.add_image("base/debian", "12", {}, OCI_MANIFEST)
-    resolved = client(fake).resolve(f"{fake.host}/base/debian:12", "x86_64")  # type: ignore[attr-defined]
+    resolved = client(fake).resolve(f"{fake.host}/base/debian:12", "x86_64")
     assert resolved.digest == d
     assert resolved.index_digest is None
-    assert resolved.pinned == f"{fake.host}/base/debian@{d}"  # type: ignore[attr-defined]
+    assert resolved.pinned == f"{fake.host}/base/debian@{d}"
 
 
 def test_every_manifest_type_is_accepted(fake: FakeRegistry) -> None:
     fake.add_image("base/debian", "12", {}, DOCKER_V2)
-    client(fake).resolve(f"{fake.host}/base/debian:12", "x86_64")  # type: ignore[attr-defined]
+    client(fake).resolve(f"{fake.host}/base/debian:12", "x86_64")
     accept = fake.log[-1][2]["Accept"]
     for media_type in (OCI_MANIFEST, DOCKER_V2, "image.index.v1", "manifest.list.v2"):
         assert media_type in accept
@@ -54,23 +54,23 @@ def test_index_pins_the_platform_child(fake: FakeRegistry) -> None:
     arm = fake.add_image("ubi", "arm", {"a": "2"}, OCI_MANIFEST)
     index = fake.add_index("ubi", "8.6", {"amd64": amd, "arm64": arm})
     c = client(fake)
-    got = c.resolve(f"{fake.host}/ubi:8.6", "aarch64")  # type: ignore[attr-defined]
+    got = c.resolve(f"{fake.host}/ubi:8.6", "aarch64")
     assert (got.digest, got.index_digest) == (arm, index)
     with pytest.raises(RegistryError, match="no linux/s390x manifest"):
-        c.resolve(f"{fake.host}/ubi:8.6", "s390x")  # type: ignore[attr-defined]
+        c.resolve(f"{fake.host}/ubi:8.6", "s390x")
 
 
 def test_digest_header_mismatch_is_rejected(fake: FakeRegistry) -> None:
     fake.add_image("base/debian", "12", {}, OCI_MANIFEST)
     fake.tamper_digest = True
     with pytest.raises(DigestMismatchError, match="hashes to sha256:"):
-        client(fake).resolve(f"{fake.host}/base/debian:12", "x86_64")  # type: ignore[attr-defined]
+        client(fake).resolve(f"{fake.host}/base/debian:12", "x86_64")
 
 
 def test_missing_digest_header_falls_back_to_the_body_hash(fake: FakeRegistry) -> None:
     d = fake.add_image("base/debian", "12", {}, OCI_MANIFEST)
     fake.send_digest_header = False
-    assert client(fake).resolve(f"{fake.host}/base/debian:12", "x86_64").digest == d  # type: ignore[attr-defined]
+    assert client(fake).resolve(f"{fake.host}/base/debian:12", "x86_64").digest == d
 
 
 def test_body_not_matching_requested_digest_is_rejected(fake: FakeRegistry) -> None:
@@ -80,7 +80,7 @@ def test_body_not_matching_requested_digest_is_rejected(fake: FakeRegistry) -> N
     fake.manifests[f"base/debian:{wrong}"] = (OCI_MANIFEST, body)
     fake.send_digest_header = False
     with pytest.raises(DigestMismatchError):
-        client(fake).get_manifest(ImageReference.parse(f"{fake.host}/base/debian@{wrong}"))  # type: ignore[attr-defined]
+        client(fake).get_manifest(ImageReference.parse(f"{fake.host}/base/debian@{wrong}"))
 
 
 def test_token_challenge_then_success_with_credentials(fake: FakeRegistry) -> None:
@@ -88,14 +88,14 @@ def test_token_challenge_then_success_with_credentials(fake: FakeRegistry) -> No
     fake.token = "tok123"
     fake.require_basic = ("robot", "s3cret")
     c = client(fake, Credentials("robot", "s3cret"))
-    assert c.resolve(f"{fake.host}/private/x:1", "x86_64").digest == d  # type: ignore[attr-defined]
+    assert c.resolve(f"{fake.host}/private/x:1", "x86_64").digest == d
     token_requests = [entry for entry in fake.log if entry[1].startswith("/token")]
     assert (
         len(token_requests) == 1 and "scope=repository%3Aprivate%2Fx%3Apull" in token_requests[0][1]
     )
     # A second lookup reuses the cached token: no new token request, no 401 round trip.
     before = len(fake.log)
-    c.resolve(f"{fake.host}/private/x:1", "x86_64")  # type: ignore[attr-defined]
+    c.resolve(f"{fake.host}/private/x:1", "x86_64")
     assert len(fake.log) == before + 1
 
 
@@ -103,7 +103,7 @@ def test_refused_credentials_are_unknown_not_absent(fake: FakeRegistry) -> None:
     fake.add_image("private/x", "1", {}, OCI_MANIFEST)
     fake.token = "tok123"
     fake.require_basic = ("robot", "s3cret")
-    remote = client(fake, Credentials("robot", "wrong")).inspect(f"{fake.host}/private/x:1")  # type: ignore[attr-defined]
+    remote = client(fake, Credentials("robot", "wrong")).inspect(f"{fake.host}/private/x:1")
     assert remote.existence is Existence.UNKNOWN
     assert "token service refused access (401)" in (remote.error or "")
     assert "wrong" not in (remote.error or "")
@@ -113,7 +113,7 @@ def test_429_and_503_are_retried_then_succeed(fake: FakeRegistry) -> None:
     d = fake.add_image("base/debian", "12", {}, OCI_MANIFEST)
     fake.script = [(429, {"Retry-After": "2"}, b""), (503, {}, b"")]
     c = client(fake)
-    assert c.resolve(f"{fake.host}/base/debian:12", "x86_64").digest == d  # type: ignore[attr-defined]
+    assert c.resolve(f"{fake.host}/base/debian:12", "x86_64").digest == d
     assert c.sleeps == [2.0, 0.02]  # type: ignore[attr-defined]
     assert c.requests_sent == 3
 
@@ -122,7 +122,7 @@ def test_500_forever_gives_a_clear_error_after_bounded_attempts(fake: FakeRegist
     fake.hook = lambda path: (500, {}, b"boom")
     c = client(fake, attempts=3)
     with pytest.raises(RegistryError) as info:
-        c.resolve(f"{fake.host}/base/debian:12", "x86_64")  # type: ignore[attr-defined]
+        c.resolve(f"{fake.host}/base/debian:12", "x86_64")
     assert str(info.value).endswith("/v2/base/debian/manifests/12: HTTP 500 after 3 attempt(s)")
     assert c.requests_sent == 3
 
@@ -131,7 +131,7 @@ def test_400_is_not_retried(fake: FakeRegistry) -> None:
     fake.hook = lambda path: (400, {}, b'{"errors":[{"code":"NAME_INVALID"}]}')
     c = client(fake)
     with pytest.raises(RegistryError, match=r"HTTP 400 \(NAME_INVALID\)"):
-        c.resolve(f"{fake.host}/base/debian:12", "x86_64")  # type: ignore[attr-defined]
+        c.resolve(f"{fake.host}/base/debian:12", "x86_64")
     assert c.requests_sent == 1
 
 
@@ -146,16 +146,16 @@ def test_unreachable_registry_is_a_clear_error() -> None:
 def test_existence_is_tri_state(fake: FakeRegistry) -> None:
     d = fake.add_image("lib/drv", "1.0-k", {"fp": "abc"}, OCI_MANIFEST)
     c = client(fake)
-    present = c.inspect(f"{fake.host}/lib/drv:1.0-k")  # type: ignore[attr-defined]
+    present = c.inspect(f"{fake.host}/lib/drv:1.0-k")
     assert (present.existence, present.digest, present.labels, present.size) == (
         Existence.PRESENT,
         d,
         {"fp": "abc"},
         1234,
     )
-    assert c.inspect(f"{fake.host}/lib/drv:2.0-k").existence is Existence.ABSENT  # type: ignore[attr-defined]
+    assert c.inspect(f"{fake.host}/lib/drv:2.0-k").existence is Existence.ABSENT
     fake.hook = lambda path: (404, {}, b"<html>not here</html>")  # a proxy's 404: no error code
-    assert c.inspect(f"{fake.host}/lib/drv:1.0-k").existence is Existence.UNKNOWN  # type: ignore[attr-defined]
+    assert c.inspect(f"{fake.host}/lib/drv:1.0-k").existence is Existence.UNKNOWN
 
 
 def test_tags_follow_link_pagination(fake: FakeRegistry) -> None:
@@ -168,7 +168,7 @@ def test_tags_follow_link_pagination(fake: FakeRegistry) -> None:
         "/v2/lib/drv/tags/list?n=1000&last=b": (200, {}, b'{"tags":["c"]}'),
     }
     fake.hook = pages.get
-    assert client(fake).list_tags(f"{fake.host}/lib/drv") == ["a", "b", "c"]  # type: ignore[attr-defined]
+    assert client(fake).list_tags(f"{fake.host}/lib/drv") == ["a", "b", "c"]
 
 
 def test_credentials_most_specific_entry_wins(tmp_path: Path) -> None:
@@ -200,15 +200,15 @@ def test_credentials_most_specific_entry_wins(tmp_path: Path) -> None:
 def test_config_blobs_are_cached_by_digest(fake: FakeRegistry, tmp_path: Path) -> None:
     fake.add_image("lib/drv", "1.0-k", {"fp": "abc"}, OCI_MANIFEST)
     http = HTTPClient(RetryPolicy(base_delay=0.01))
-    c = RegistryClient([fake.host], http, credentials=lambda r, n: None, blob_cache=tmp_path)  # type: ignore[attr-defined]
-    assert c.inspect(f"{fake.host}/lib/drv:1.0-k").labels == {"fp": "abc"}  # type: ignore[attr-defined]
+    c = RegistryClient([fake.host], http, credentials=lambda r, n: None, blob_cache=tmp_path)
+    assert c.inspect(f"{fake.host}/lib/drv:1.0-k").labels == {"fp": "abc"}
     assert c.requests_sent == 2
-    assert c.inspect(f"{fake.host}/lib/drv:1.0-k").labels == {"fp": "abc"}  # type: ignore[attr-defined]
+    assert c.inspect(f"{fake.host}/lib/drv:1.0-k").labels == {"fp": "abc"}
     assert c.requests_sent == 3  # the manifest only: tags move, blobs do not
     # A damaged cache entry is not trusted.
     (cached,) = tmp_path.iterdir()
     cached.write_bytes(b'{"config": {"Labels": {"fp": "forged"}}}')
-    assert c.inspect(f"{fake.host}/lib/drv:1.0-k").labels == {"fp": "abc"}  # type: ignore[attr-defined]
+    assert c.inspect(f"{fake.host}/lib/drv:1.0-k").labels == {"fp": "abc"}
 
 
 @pytest.mark.parametrize(
@@ -265,6 +265,6 @@ def test_a_malformed_manifest_is_never_pinned(fake: FakeRegistry, body: object, 
     media = body.get("mediaType", OCI_MANIFEST) if isinstance(body, dict) else OCI_MANIFEST
     fake.manifests["base/bad:1"] = (media, json.dumps(body).encode())
     with pytest.raises(RegistryError) as info:
-        client(fake).resolve(f"{fake.host}/base/bad:1", "x86_64")  # type: ignore[attr-defined]
+        client(fake).resolve(f"{fake.host}/base/bad:1", "x86_64")
     assert f"served a malformed manifest: {why}" in str(info.value)
-    assert fake.host in str(info.value)  # type: ignore[attr-defined]
+    assert fake.host in str(info.value)

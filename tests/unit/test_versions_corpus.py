@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from rich.console import Console
 from habana_tasks import commands, config
 from habana_tasks.errors import ConfigError
 from habana_tasks.project import Project
-from tests.conftest import ROOT, RecordProperty
+from tests.conftest import ROOT, RecordProperty, invoke_argv
 from tests.corpus.versions import CASES, GOOD, Case
 from tests.reliability import CLI_OUTCOME
 
@@ -101,7 +100,7 @@ def test_the_command_line_refuses_it_with_exit_2_and_no_traceback(
     path = tmp_path / "versions.toml"
     path.write_bytes(case.content)
     done = subprocess.run(
-        [sys.executable, "-m", "invoke", "build-all", "--dry-run", "--versions", str(path)],
+        invoke_argv("build-all", "--dry-run", "--versions", str(path)),
         cwd=ROOT,
         capture_output=True,
         text=True,
