@@ -33,9 +33,10 @@ from devtools import local_upstream
 from habana_tasks import build_service, commands, config, labels, load_test, metadata
 from habana_tasks.driver_package import PackageCache
 from habana_tasks.http_client import HTTPClient
+from habana_tasks.manifests import MANIFEST_ACCEPT, OCI_MANIFEST
 from habana_tasks.process import ProcessRunner
 from habana_tasks.project import Project
-from habana_tasks.registry import MANIFEST_ACCEPT, OCI_MANIFEST, RegistryClient
+from habana_tasks.registry import RegistryClient
 
 DRIVER = "6.1.0-1"
 BUILD_KERNELS = ("6.1.0-54-amd64", "6.1.0-55-amd64", "6.1.0-56-amd64")

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import difflib
-import json
 import re
-import string
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from habana_tasks import config_fields as fields
 from habana_tasks import kernel_release
 from habana_tasks.errors import ConfigError, UsageError
 from habana_tasks.image_reference import ImageReference, registry_host_problem
@@ -21,9 +19,7 @@ from habana_tasks.tags import image_tag, tag_problem
 DRIVER_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)+(-[0-9A-Za-z.]+)?\Z")
 MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 RHEL_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)?\Z")
-PLACEHOLDERS = ("kernel", "arch", "oci_arch", "driver", "rhel_version", "rhel_major")
 DEFAULT_MODULES = ("habanalabs",)
-MAX_SHOWN = 80  # longer values are named by their type in messages
 DRIVER_EXPECTED = "expected a driver version like 1.6.0-439"
 RELEASE_EXPECTED = (
     "expected a full kernel release as `uname -r` prints it "
@@ -115,23 +111,6 @@ class Config:
         return chosen
 
 
-class _Problems:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.items: list[str] = []
-
-    def add(self, key: str, value: object, expected: str) -> None:
-        shown = repr(value)
-        if isinstance(value, dict) or len(shown) > MAX_SHOWN:
-            shown = f"<{type(value).__name__}>" if isinstance(value, dict | list) else shown
-        item = f"{self.path}: {key} = {shown}: {expected}"
-        if item not in self.items:
-            self.items.append(item)
-
-    def missing(self, key: str, expected: str) -> None:
-        self.items.append(f"{self.path}: {key} is missing: {expected}")
-
-
 def load(path: Path) -> Config:
     """Read and validate versions.toml; raises ConfigError listing every problem."""
     try:
@@ -153,18 +132,20 @@ def load(path: Path) -> Config:
 
 def parse(data: Mapping[str, Any], path: Path) -> Config:
     """The file's tables, each checked by its own helper; every problem raised at once."""
-    problems = _Problems(path)
-    _check_keys(problems, data, "", SCHEMA[""])
-    sections = {name: _table(problems, data, name) for name in ("library", "base", "toolkit")}
+    problems = fields.Problems(path)
+    fields.check_keys(problems, data, "", SCHEMA[""])
+    sections = {name: fields.table(problems, data, name) for name in ("library", "base", "toolkit")}
     for name, table in sections.items():
-        _check_keys(problems, table, name, SCHEMA[name])
+        fields.check_keys(problems, table, name, SCHEMA[name])
     library = _library(problems, sections["library"])
     templates = _templates(problems, data, sections["base"], sections["toolkit"])
     kernels = _kernel_entries(problems, data)
     targets, used = _targets(problems, kernels, templates, library.repository)
-    discover = _discover_settings(problems, _table(problems, data, "discover"))
+    discover = _discover_settings(problems, fields.table(problems, data, "discover"))
     for version in sorted(set(templates.overrides) - used):
-        problems.add(f"drivers.{_quote(version)}", version, "no [[kernels]] entry uses this driver")
+        problems.add(
+            f"drivers.{fields.quote(version)}", version, "no [[kernels]] entry uses this driver"
+        )
     if problems.items:
         raise ConfigError(problems.items)
     assert library.repository is not None
@@ -187,8 +168,8 @@ class _Library:
     insecure: tuple[str, ...]
 
 
-def _library(problems: _Problems, table: Mapping[str, Any]) -> _Library:
-    repository = _string(problems, table, "library.repository", required=True)
+def _library(problems: fields.Problems, table: Mapping[str, Any]) -> _Library:
+    repository = fields.text(problems, table, "library.repository", required=True)
     if repository:
         try:
             ref = ImageReference.parse(repository)
@@ -196,12 +177,12 @@ def _library(problems: _Problems, table: Mapping[str, Any]) -> _Library:
                 problems.add("library.repository", repository, "expected a repository without tag")
         except ValueError as exc:
             problems.add("library.repository", repository, str(exc))
-    insecure = _string_list(problems, table, "library.insecure_registries") or ()
+    insecure = fields.string_list(problems, table, "library.insecure_registries") or ()
     for host in insecure:
         if why := registry_host_problem(host):
             problems.add("library.insecure_registries", host, why)
-    source = _string(problems, table, "library.source") or ""
-    vendor = _string(problems, table, "library.vendor") or ""
+    source = fields.text(problems, table, "library.source") or ""
+    vendor = fields.text(problems, table, "library.vendor") or ""
     return _Library(repository, source, vendor, insecure)
 
 
@@ -214,27 +195,27 @@ class _Templates:
 
 
 def _templates(
-    problems: _Problems,
+    problems: fields.Problems,
     data: Mapping[str, Any],
     base: Mapping[str, Any],
     toolkit: Mapping[str, Any],
 ) -> _Templates:
-    driver = _table(problems, data, "driver")
-    _check_keys(problems, driver, "driver", SCHEMA["driver"])
+    driver = fields.table(problems, data, "driver")
+    fields.check_keys(problems, driver, "driver", SCHEMA["driver"])
     defaults = _driver_settings(problems, driver, "driver", None)
     overrides: dict[str, dict[str, Any]] = {}
-    for version, settings in _table(problems, data, "drivers").items():
-        key = f"drivers.{_quote(version)}"
+    for version, settings in fields.table(problems, data, "drivers").items():
+        key = f"drivers.{fields.quote(version)}"
         if not DRIVER_VERSION_RE.match(version):
             problems.add(key, version, DRIVER_EXPECTED)
         if not isinstance(settings, dict):
             problems.add(key, settings, "expected a table")
             continue
-        _check_keys(problems, settings, key, SCHEMA["drivers.*"])
+        fields.check_keys(problems, settings, key, SCHEMA["drivers.*"])
         overrides[version] = _driver_settings(problems, settings, key, defaults)
     return _Templates(
-        _template(problems, base, "base.image", required=True),
-        _template(problems, toolkit, "toolkit.image", required=True),
+        fields.template(problems, base, "base.image", required=True),
+        fields.template(problems, toolkit, "toolkit.image", required=True),
         defaults,
         overrides,
     )
@@ -250,7 +231,7 @@ class _Kernel:
     openshift: tuple[str, ...]
 
 
-def _kernel_entries(problems: _Problems, data: Mapping[str, Any]) -> list[_Kernel]:
+def _kernel_entries(problems: fields.Problems, data: Mapping[str, Any]) -> list[_Kernel]:
     """The [[kernels]] entries without a problem; every field of every entry is checked."""
     entries = data.get("kernels", [])
     if "kernels" not in data:
@@ -272,16 +253,16 @@ def _kernel_entries(problems: _Problems, data: Mapping[str, Any]) -> list[_Kerne
     return found
 
 
-def _kernel_entry(problems: _Problems, key: str, entry: Mapping[str, Any]) -> _Kernel | None:
-    _check_keys(problems, entry, key, SCHEMA["kernels[]"])
-    release = _string(problems, entry, f"{key}.release", required=True)
+def _kernel_entry(problems: fields.Problems, key: str, entry: Mapping[str, Any]) -> _Kernel | None:
+    fields.check_keys(problems, entry, key, SCHEMA["kernels[]"])
+    release = fields.text(problems, entry, f"{key}.release", required=True)
     if release is not None and not kernel_release.is_valid_release(release):
         problems.add(f"{key}.release", release, RELEASE_EXPECTED)
         release = None
     arch = _arch(problems, key, entry, release)
     rhel = _rhel_version(problems, key, entry, release)
-    openshift = _string_list(problems, entry, f"{key}.openshift") or ()
-    versions = _string_list(problems, entry, f"{key}.drivers", required=True) or ()
+    openshift = fields.string_list(problems, entry, f"{key}.openshift") or ()
+    versions = fields.string_list(problems, entry, f"{key}.drivers", required=True) or ()
     if entry.get("drivers") == []:
         problems.add(f"{key}.drivers", [], "expected at least one driver version")
     for version in versions:
@@ -293,10 +274,10 @@ def _kernel_entry(problems: _Problems, key: str, entry: Mapping[str, Any]) -> _K
 
 
 def _arch(
-    problems: _Problems, key: str, entry: Mapping[str, Any], release: str | None
+    problems: fields.Problems, key: str, entry: Mapping[str, Any], release: str | None
 ) -> str | None:
     derived = kernel_release.derive_arch(release) if release else None
-    arch = _string(problems, entry, f"{key}.arch") or derived
+    arch = fields.text(problems, entry, f"{key}.arch") or derived
     if arch is None and release is not None:
         problems.missing(f"{key}.arch", f"release {release!r} names no architecture; set arch")
     elif arch is not None and arch not in kernel_release.KNOWN_ARCHES:
@@ -310,9 +291,9 @@ def _arch(
 
 
 def _rhel_version(
-    problems: _Problems, key: str, entry: Mapping[str, Any], release: str | None
+    problems: fields.Problems, key: str, entry: Mapping[str, Any], release: str | None
 ) -> str | None:
-    given = _string(problems, entry, f"{key}.rhel_version")
+    given = fields.text(problems, entry, f"{key}.rhel_version")
     derived = kernel_release.derive_rhel_version(release) if release else None
     if given is not None and not RHEL_VERSION_RE.match(given):
         problems.add(f"{key}.rhel_version", given, "expected MAJOR or MAJOR.MINOR, e.g. 8.6")
@@ -326,7 +307,7 @@ def _rhel_version(
 
 
 def _targets(
-    problems: _Problems,
+    problems: fields.Problems,
     kernels: Sequence[_Kernel],
     templates: _Templates,
     repository: str | None,
@@ -360,7 +341,7 @@ def _targets(
 
 
 def _target(
-    problems: _Problems,
+    problems: fields.Problems,
     kernel: _Kernel,
     version: str,
     tag: str,
@@ -377,10 +358,12 @@ def _target(
         "rhel_major": kernel.rhel.split(".")[0] if kernel.rhel else None,
     }
     key = kernel.key
-    base = _render(problems, f"{key} (base.image)", templates.base, values)
-    toolkit = _render(problems, f"{key} (toolkit.image)", templates.toolkit, values)
-    package = _render(problems, f"{key} (package_url)", settings.get("package_url"), values)
-    firmware = _render(problems, f"{key} (firmware_url)", settings.get("firmware_url"), values)
+    base = fields.render(problems, f"{key} (base.image)", templates.base, values)
+    toolkit = fields.render(problems, f"{key} (toolkit.image)", templates.toolkit, values)
+    package = fields.render(problems, f"{key} (package_url)", settings.get("package_url"), values)
+    firmware = fields.render(
+        problems, f"{key} (firmware_url)", settings.get("firmware_url"), values
+    )
     for name, image in (("base.image", base), ("toolkit.image", toolkit)):
         if image is None:
             continue
@@ -407,26 +390,26 @@ def _target(
     )
 
 
-def _discover_settings(problems: _Problems, table: Mapping[str, Any]) -> DiscoverSettings:
-    _check_keys(problems, table, "discover", SCHEMA["discover"])
+def _discover_settings(problems: fields.Problems, table: Mapping[str, Any]) -> DiscoverSettings:
+    fields.check_keys(problems, table, "discover", SCHEMA["discover"])
     defaults = DiscoverSettings()
-    repository = _string(problems, table, "discover.release_repository")
+    repository = fields.text(problems, table, "discover.release_repository")
     if repository:
         try:
             ImageReference.parse(repository)
         except ValueError as exc:
             problems.add("discover.release_repository", repository, str(exc))
-    minors = _string_list(problems, table, "discover.minors") or ()
+    minors = fields.string_list(problems, table, "discover.minors") or ()
     for minor in minors:
         if not re.match(r"^[0-9]+\.[0-9]+\Z", minor):
             problems.add("discover.minors", minor, "expected an OpenShift minor like 4.14")
-    arches = _string_list(problems, table, "discover.arches") or defaults.arches
+    arches = fields.string_list(problems, table, "discover.arches") or defaults.arches
     for arch in arches:
         if arch not in kernel_release.KNOWN_ARCHES:
             problems.add(
                 "discover.arches", arch, f"expected one of {', '.join(kernel_release.KNOWN_ARCHES)}"
             )
-    drivers = _string_list(problems, table, "discover.drivers") or ()
+    drivers = fields.string_list(problems, table, "discover.drivers") or ()
     for version in drivers:
         if not DRIVER_VERSION_RE.match(version):
             problems.add("discover.drivers", version, DRIVER_EXPECTED)
@@ -437,100 +420,23 @@ def _discover_settings(problems: _Problems, table: Mapping[str, Any]) -> Discove
     return DiscoverSettings(repository or defaults.release_repository, minors, arches, drivers, rt)
 
 
-def _quote(key: str) -> str:
-    """A key as TOML would write it: bare when it can be, else quoted with escapes."""
-    return key if re.match(r"^[A-Za-z0-9_-]+\Z", key) else json.dumps(key)
-
-
-def _check_keys(
-    problems: _Problems, table: Mapping[str, Any], prefix: str, known: Iterable[str]
-) -> None:
-    known = tuple(known)
-    for key in table:
-        if key in known:
-            continue
-        shown = f"{prefix}.{_quote(key)}" if prefix else _quote(key)
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
-        problems.items.append(f"{problems.path}: {shown}: unknown key; {hint}")
-
-
-def _table(problems: _Problems, data: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = data.get(key, {})
-    if not isinstance(value, dict):
-        problems.add(key, value, "expected a table")
-        return {}
-    return value
-
-
-def _string(
-    problems: _Problems, table: Mapping[str, Any], key: str, *, required: bool = False
-) -> str | None:
-    name = key.rsplit(".", 1)[-1]
-    if name not in table:
-        if required:
-            problems.missing(key, "expected a string")
-        return None
-    value = table[name]
-    if not isinstance(value, str) or not value.strip():
-        problems.add(key, value, "expected a non-empty string")
-        return None
-    return value
-
-
-def _string_list(
-    problems: _Problems, table: Mapping[str, Any], key: str, *, required: bool = False
-) -> tuple[str, ...] | None:
-    name = key.rsplit(".", 1)[-1]
-    if name not in table:
-        if required:
-            problems.missing(key, "expected an array of strings")
-        return None
-    value = table[name]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        problems.add(key, value, "expected an array of non-empty strings")
-        return None
-    return tuple(value)
-
-
-def _template(
-    problems: _Problems, table: Mapping[str, Any], key: str, *, required: bool = False
-) -> str | None:
-    value = _string(problems, table, key, required=required)
-    if value is None:
-        return None
-    try:
-        parsed = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(value)]
-    except ValueError as exc:
-        problems.add(key, value, f"is not a valid template ({exc})")
-        return None
-    if any(f is not None and (spec or conv) for f, spec, conv in parsed):
-        problems.add(key, value, "a placeholder takes no !conversion or :format; write {name}")
-        return None
-    fields = [f for f, _, _ in parsed if f is not None]
-    for name in fields:
-        if name not in PLACEHOLDERS:
-            close = difflib.get_close_matches(name, PLACEHOLDERS, n=1)
-            hint = f"did you mean {{{close[0]}}}?" if close else f"known: {', '.join(PLACEHOLDERS)}"
-            problems.add(key, value, f"unknown placeholder {{{name}}}; {hint}")
-            return None
-    return value
-
-
 def _driver_settings(
-    problems: _Problems, table: Mapping[str, Any], prefix: str, defaults: Mapping[str, Any] | None
+    problems: fields.Problems,
+    table: Mapping[str, Any],
+    prefix: str,
+    defaults: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     settings: dict[str, Any] = dict(defaults or {})
     for name, required in (("package_url", defaults is None), ("firmware_url", False)):
         key = f"{prefix}.{name}"
-        template = _template(problems, table, key, required=required)
+        template = fields.template(problems, table, key, required=required)
         if template is None:
             continue
-        if why := url_problem(template.format(**dict.fromkeys(PLACEHOLDERS, "x"))):
+        if why := fields.url_problem(template.format(**dict.fromkeys(fields.PLACEHOLDERS, "x"))):
             problems.add(key, template, why)
             continue
         settings[name] = template
-    modules = _string_list(problems, table, f"{prefix}.modules")
+    modules = fields.string_list(problems, table, f"{prefix}.modules")
     if modules is not None:
         if not modules:
             problems.add(f"{prefix}.modules", [], "expected at least one module name")
@@ -541,48 +447,3 @@ def _driver_settings(
             problems.add(f"{prefix}.modules", list(modules), "lists a module twice")
         settings["modules"] = modules
     return settings
-
-
-def url_problem(url: str) -> str | None:
-    """Why a package URL cannot be fetched as written; None when its form is usable."""
-    expected = "expected http(s)://host/path or file:///absolute/path"
-    if any(c.isspace() or not c.isprintable() for c in url):
-        return f"contains white space or a control character; {expected}"
-    parts = urlsplit(url)
-    if not parts.scheme:
-        return f"has no scheme; {expected}"
-    if parts.scheme not in ("http", "https", "file"):
-        return f"scheme {parts.scheme!r} is not supported; {expected}"
-    if parts.scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            return f"names host {parts.netloc!r}, which a file URL cannot reach; {expected}"
-        if not parts.path.startswith("/"):
-            return f"is a relative file path; {expected}"
-        return None
-    if not parts.hostname:
-        return f"has no host; {expected}"
-    if parts.username is not None or parts.password is not None:
-        return "holds credentials; put them in ~/.netrc, never in versions.toml"
-    try:
-        parts.port  # noqa: B018  (raises on a port that is not a number in range)
-    except ValueError:
-        return f"has an invalid port; {expected}"
-    return None
-
-
-def _render(
-    problems: _Problems, key: str, template: str | None, values: Mapping[str, str | None]
-) -> str | None:
-    if template is None:
-        return None
-    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f]
-    for name in fields:
-        if values.get(name) is None:
-            problems.add(
-                key,
-                template,
-                f"uses {{{name}}} but kernel {values['kernel']!r} has no RHEL version; "
-                "set rhel_version in its [[kernels]] entry",
-            )
-            return None
-    return template.format(**values)

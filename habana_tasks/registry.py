@@ -36,32 +36,18 @@ from habana_tasks.http_client import (
     short_reason,
 )
 from habana_tasks.image_reference import ImageReference
-from habana_tasks.kernel_release import OCI_ARCH
+from habana_tasks.manifests import (
+    INDEX_TYPES,
+    MANIFEST_ACCEPT,
+    Manifest,
+    manifest_problem,
+    media_type_of,
+    select_platform,
+    sha256_digest,
+)
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
-INDEX_TYPES = frozenset((OCI_INDEX, DOCKER_LIST))
 ABSENT_CODES = frozenset(("MANIFEST_UNKNOWN", "NAME_UNKNOWN"))
-DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_PAGES = 1000
-SCHEMA_VERSION = 2  # image manifests and indexes, OCI and Docker v2 alike
-
-
-@dataclass(frozen=True)
-class Manifest:
-    reference: ImageReference
-    digest: str
-    media_type: str
-    body: bytes = field(repr=False)
-
-    def json(self) -> dict[str, Any]:
-        data = json.loads(self.body)
-        if not isinstance(data, dict):
-            raise RegistryError(f"{self.reference}: manifest is not a JSON object")
-        return data
 
 
 @dataclass(frozen=True)
@@ -94,10 +80,6 @@ class RemoteImage:
     labels: dict[str, str] = field(default_factory=dict)
     size: int | None = None
     error: str | None = None
-
-
-def sha256_digest(body: bytes) -> str:
-    return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 _CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
@@ -148,7 +130,7 @@ class RegistryClient:
             raise RegistryError(
                 f"{ref}: the manifest {ref.registry} served is not JSON ({len(body)} bytes)"
             ) from None
-        media_type = _media_type(data, response.headers.get("Content-Type", ""))
+        media_type = media_type_of(data, response.headers.get("Content-Type", ""))
         if why := manifest_problem(data, media_type):
             raise RegistryError(f"{ref}: {ref.registry} served a malformed manifest: {why}")
         return Manifest(ref, digest, media_type, body)
@@ -431,69 +413,6 @@ def basic_authorization(username: str, password: str) -> str:
     """The HTTP Basic Authorization header value (RFC 7617)."""
     token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
     return f"Basic {token}"
-
-
-def select_platform(index: dict[str, Any], arch: str, where: str) -> str:
-    """The digest of the linux/<arch> child of an index; an explicit choice, never the default."""
-    oci_arch = OCI_ARCH.get(arch, arch)
-    for entry in index.get("manifests", []):
-        platform = entry.get("platform") or {}
-        if platform.get("os") == "linux" and platform.get("architecture") == oci_arch:
-            digest = entry.get("digest")
-            if isinstance(digest, str):
-                return digest
-    raise RegistryError(f"{where}: the image index has no linux/{oci_arch} manifest")
-
-
-def manifest_problem(data: Any, media_type: str) -> str | None:
-    """What makes a manifest unusable as the OCI spec defines it; None when it is well-formed.
-    A malformed body must never be pinned as a digest or read for labels."""
-    if not isinstance(data, dict):
-        return "not a JSON object"
-    if data.get("schemaVersion") != SCHEMA_VERSION:
-        return f"schemaVersion is {data.get('schemaVersion')!r}, expected {SCHEMA_VERSION}"
-    if media_type in INDEX_TYPES:
-        entries = data.get("manifests")
-        if not isinstance(entries, list):
-            return "an index without a 'manifests' list"
-        for i, entry in enumerate(entries):
-            if why := _descriptor_problem(entry):
-                return f"manifests[{i}] {why}"
-        return None
-    if why := _descriptor_problem(data.get("config")):
-        return f"config {why}"
-    layers = data.get("layers")
-    if not isinstance(layers, list):
-        return "no 'layers' list"
-    for i, layer in enumerate(layers):
-        if why := _descriptor_problem(layer):
-            return f"layers[{i}] {why}"
-    return None
-
-
-def _descriptor_problem(value: Any) -> str | None:
-    if not isinstance(value, dict):
-        return "is not a descriptor object"
-    if not isinstance(value.get("digest"), str) or not DIGEST_RE.fullmatch(value["digest"]):
-        return f"has digest {value.get('digest')!r}, expected sha256:<64 hex>"
-    size = value.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        return f"has size {size!r}, expected a non-negative integer"
-    if not isinstance(value.get("mediaType"), str):
-        return "has no mediaType string"
-    return None
-
-
-def _media_type(data: Any, content_type: str) -> str:
-    declared = data.get("mediaType") if isinstance(data, dict) else None
-    if isinstance(declared, str) and declared:
-        return declared
-    header = content_type.split(";", maxsplit=1)[0].strip()
-    if header:
-        return header
-    if isinstance(data, dict) and "manifests" in data:
-        return OCI_INDEX
-    return OCI_MANIFEST
 
 
 def _error_codes(response: requests.Response) -> set[str]:

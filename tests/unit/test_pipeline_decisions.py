@@ -19,9 +19,9 @@ from habana_tasks import build_service, config, labels, metadata
 from habana_tasks.errors import Interrupted
 from habana_tasks.http_client import HTTPClient, RetryPolicy
 from habana_tasks.isolation import BuildIsolation
+from habana_tasks.manifests import OCI_MANIFEST
 from habana_tasks.podman import Podman
 from habana_tasks.project import Project
-from habana_tasks.registry import OCI_MANIFEST
 from habana_tasks.reporter import JobResult, JobStatus, PlainReporter
 from tests.conftest import ROOT
 from tests.fake_registry import FakeRegistry

@@ -11,7 +11,8 @@ from habana_tasks.auth import Credentials, find_credentials
 from habana_tasks.errors import DigestMismatchError, RegistryError
 from habana_tasks.http_client import HTTPClient, RetryPolicy
 from habana_tasks.image_reference import ImageReference
-from habana_tasks.registry import OCI_MANIFEST, Existence, RegistryClient
+from habana_tasks.manifests import OCI_MANIFEST
+from habana_tasks.registry import Existence, RegistryClient
 from tests.fake_registry import FakeRegistry
 
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
