@@ -120,7 +120,7 @@ class Pipeline:
             try:
                 for future in futures:
                     result = future.result()
-                    results[result.name] = result
+                    results[result.tag] = result
             except KeyboardInterrupt:
                 for future in futures:
                     future.cancel()

@@ -36,7 +36,7 @@ class JobStatus(enum.StrEnum):
 class JobResult:
     """How one target ended: what the plan said to do, and what came of it."""
 
-    name: str
+    tag: str  # the target's image tag: <driver>-<kernel release>
     action: Action
     status: JobStatus
     detail: str
@@ -89,7 +89,7 @@ class PlainReporter:
     def finish(self, result: JobResult) -> None:
         with self._lock:
             self.console.print(
-                f"[{result.name}] {result.status}: {result.detail} ({result.seconds:.1f} s)",
+                f"[{result.tag}] {result.status}: {result.detail} ({result.seconds:.1f} s)",
                 markup=False,
             )
 
@@ -147,12 +147,12 @@ class RichReporter:
 
     def finish(self, result: JobResult) -> None:
         with self._lock:
-            self._rows.setdefault(result.name, _Row()).done = True
+            self._rows.setdefault(result.tag, _Row()).done = True
         style = {JobStatus.OK: "green", JobStatus.SKIPPED: "dim"}.get(result.status, "red")
         self._live.console.print(
             Text.assemble(
                 (f"{result.status:7}", style),
-                f" {result.name}: {result.detail} ({result.seconds:.1f} s)",
+                f" {result.tag}: {result.detail} ({result.seconds:.1f} s)",
             ),
             highlight=False,
         )

@@ -55,7 +55,7 @@ def summary_table(results: Sequence[JobResult], title: str = "summary") -> Table
         result = r.status.value if r.ok else f"{r.status.value}: {r.detail}"
         add_row(
             out,
-            r.name,
+            r.tag,
             r.action.value,
             result,
             short(r.digest),

@@ -69,7 +69,7 @@ def test_1_build_all_from_scratch_in_parallel(
 ) -> None:
     code, text, report = first_build
     assert code == 0, text
-    assert [(r["name"], r["status"]) for r in report] == [(f"{DRIVER}-{k}", "ok") for k in KERNELS]
+    assert [(r["tag"], r["status"]) for r in report] == [(f"{DRIVER}-{k}", "ok") for k in KERNELS]
     registry = registry_for(test_upstream)
     cfg = config.load(versions)
     base = registry.resolve(test_upstream.upstream.base_image, "x86_64")
