@@ -51,7 +51,13 @@ def plan_table(jobs: Iterable[BuildJob]) -> Table:
 def summary_table(results: Sequence[JobResult], title: str = "summary") -> Table:
     out = table(title, "target", "action", "result", "digest", "load-tested", "seconds", "log")
     for r in results:
-        tested = f"yes ({r.load_test_kernel}, {r.load_test_seconds} s)" if r.load_tested else "no"
+        tested = "no"
+        if r.load_tested:  # an image skipped as up to date was load-tested by an earlier run
+            tested = (
+                f"yes ({r.load_test_kernel}, {r.load_test_seconds} s)"
+                if r.load_test_kernel
+                else "yes"
+            )
         result = r.status.value if r.ok else f"{r.status.value}: {r.detail}"
         add_row(
             out,

@@ -164,12 +164,17 @@ def test_4_module_for_another_abi_is_refused_before_push(
 def test_5_one_unresolvable_target_fails_alone(
     project: Project, test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:
+    # A repository of its own (its images missing): the other targets are planned as usual.
     versions = test_upstream.versions(
-        tmp_path / "versions.toml", (*KERNELS, "6.1.0-54-amd64"), repository="library/pipeline"
+        tmp_path / "versions.toml", (*KERNELS, "6.1.0-54-amd64"), repository="library/unresolved"
     )
     code, _, report = run(project, versions, dry_run=True)
     assert code == 1
-    assert [r["action"] for r in report] == ["skip", "skip", "fail"]
+    assert [(r["action"], r["status"]) for r in report] == [
+        ("build", "planned"),
+        ("build", "planned"),
+        ("fail", "failed"),
+    ]
     assert "toolkit image" in report[2]["detail"] and "not found" in report[2]["detail"]
 
 
