@@ -9,7 +9,6 @@ import json
 import signal
 import tarfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -121,14 +120,6 @@ class FakePodman(FakeRunner):
         digest = self.registry.add_image(repo, tag, self.labels[image_id], OCI_MANIFEST)
         Path(argv[argv.index("--digestfile") + 1]).write_text(digest)
         return 0, []
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeRegistry]:
-    registry = FakeRegistry()
-    registry.host = registry.start()
-    yield registry
-    registry.stop()
 
 
 def library(fake: FakeRegistry, tmp_path: Path) -> config.Config:

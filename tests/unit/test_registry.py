@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,6 @@ from habana_tasks.registry import Existence, RegistryClient
 from tests.fake_registry import FakeRegistry
 
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeRegistry]:
-    registry = FakeRegistry()
-    registry.host = registry.start()
-    yield registry
-    registry.stop()
 
 
 def client(fake: FakeRegistry, creds: Credentials | None = None, **policy: float) -> RegistryClient:
