@@ -64,6 +64,7 @@ class PackageCache:
         self.downloads = 0
         self.revalidations = 0
         self._checked: set[str] = set()  # URLs already confirmed current in this run
+        self._swept = False  # stale partial files removed yet in this run
         self._lock = threading.Lock()
 
     def fetch(self, url: str) -> CachedPackage:
@@ -71,7 +72,10 @@ class PackageCache:
         index = self.root / "urls" / (hashlib.sha256(url.encode()).hexdigest() + ".json")
         blobs = self.root / "sha256"
         blobs.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_partials(blobs)
+        with self._lock:  # once per run, not per package
+            if not self._swept:
+                self._swept = True
+                self._remove_stale_partials(blobs)
         record = self._cached(index)
         if record is not None and (url in self._checked or self._still_current(url, record)):
             self._checked.add(url)
