@@ -1,5 +1,6 @@
 # A precompiled habanalabs driver image for one kernel release, as KMM loads it:
-# modules under /opt/lib/modules/<release>/extra, firmware under /opt/lib/firmware, kmod and cp.
+# modules under /opt/lib/modules/<release>/extra, firmware under /opt/lib/firmware, kmod and cp,
+# and modules.dep resolving in-tree dependencies through /opt/lib/modules/<release>/host.
 # Built by `invoke build`: every ARG below is set by the tool (see habana_tasks/labels.py), and the
 # vendor packages arrive through the build context (packages/*.rpm), never downloaded here.
 ARG TOOLKIT_IMAGE
@@ -18,21 +19,42 @@ RUN for rpm in /tmp/packages/*.rpm; do \
     done; rm -f /tmp/payload.cpio
 WORKDIR /tmp/unpacked/usr/src/habanalabs-${DRIVER_VERSION}
 RUN make -j"$(nproc)" KVERSION="${KERNEL_RELEASE}" GIT_SHA="${DRIVER_GIT_SHA}"
-# Every module the driver builds (drivers/misc or drivers/accel), debug info stripped, not
-# compressed: an xz module made with default settings may not load (CRC64, dictionary size).
+# Every module the package built (drivers/misc, drivers/accel, the NIC modules ...), debug info
+# stripped, not compressed: an xz module made with default settings may not load (CRC64,
+# dictionary size). A module listed in MODULES that was not built fails here; one built but not
+# listed is kept, and the image checks name it.
 RUN set -e; dest="/out/lib/modules/${KERNEL_RELEASE}"; \
     install -d "${dest}/extra" /out/lib/firmware; \
     for module in ${MODULES}; do \
-      found="$(find drivers -name "${module}.ko" -print -quit)"; \
-      if [ -z "${found}" ]; then echo "${module}.ko was not built" >&2; exit 1; fi; \
-      strip --strip-debug -o "${dest}/extra/${module}.ko" "${found}"; \
-      echo "extra/${module}.ko" >> "${dest}/modules.order"; \
+      if [ -z "$(find . -name "${module}.ko" -print -quit)" ]; then \
+        echo "${module}.ko was not built (it is listed in modules)" >&2; exit 1; fi; \
+    done; \
+    find . -name '*.ko' | sort > /tmp/built; \
+    while read -r found; do \
+      name="$(basename "${found}")"; \
+      if [ -e "${dest}/extra/${name}" ]; then echo "two modules named ${name}" >&2; exit 1; fi; \
+      strip --strip-debug -o "${dest}/extra/${name}" "${found}"; \
+    done < /tmp/built; \
+    for module in ${MODULES}; do echo "extra/${module}.ko"; done > "${dest}/modules.order"; \
+    for file in modules.builtin modules.builtin.modinfo; do \
+      if [ -f "/lib/modules/${KERNEL_RELEASE}/${file}" ]; then \
+        cp "/lib/modules/${KERNEL_RELEASE}/${file}" "${dest}/"; fi; \
     done; \
     touch "${dest}/modules.builtin"; \
     if [ -d /tmp/unpacked/lib/firmware ]; then cp -a /tmp/unpacked/lib/firmware/. /out/lib/firmware/; fi
+# In-tree dependencies, KMM's way: in KMM's worker pods /host/lib/modules/<release> is the node's
+# own module tree, and the image's `host` link points there. Here it points at this toolkit's
+# kernel modules (exactly this release), so depmod resolves dependencies through the link and
+# modules.dep names in-tree modules as host/kernel/...; none of them is copied into the image.
+RUN set -e; dest="/out/lib/modules/${KERNEL_RELEASE}"; \
+    ln -s "/host/lib/modules/${KERNEL_RELEASE}" "${dest}/host"; \
+    mkdir -p /host/lib/modules; \
+    ln -sfn "/lib/modules/${KERNEL_RELEASE}" "/host/lib/modules/${KERNEL_RELEASE}"; \
+    depmod -b /out "${KERNEL_RELEASE}"; \
+    test -s "${dest}/modules.dep"
 
 FROM ${BASE_IMAGE}
-# kmod for depmod here and modprobe in KMM's worker; cp is required by KMM. No kernel-specific
+# kmod: modprobe for KMM's worker and the checks; cp is required by KMM. No kernel-specific
 # ARG is used before this layer, so one base shares it across every kernel.
 # hadolint ignore=DL3008,DL3041
 RUN set -e; if command -v microdnf >/dev/null; then \
@@ -42,7 +64,5 @@ RUN set -e; if command -v microdnf >/dev/null; then \
       && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
     else echo "the base image has neither microdnf nor apt-get" >&2; exit 1; fi; \
     command -v depmod && command -v modprobe && command -v cp
-ARG KERNEL_RELEASE
 COPY --from=builder /out/ /opt/
-RUN depmod -b /opt "${KERNEL_RELEASE}" && test -s "/opt/lib/modules/${KERNEL_RELEASE}/modules.dep"
 USER 1001

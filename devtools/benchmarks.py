@@ -33,6 +33,7 @@ from devtools import local_upstream
 from habana_tasks import build_service, commands, config, labels, load_test, metadata
 from habana_tasks.driver_package import PackageCache
 from habana_tasks.http_client import HTTPClient
+from habana_tasks.kernel_modules import KernelModuleStore
 from habana_tasks.manifests import MANIFEST_ACCEPT, OCI_MANIFEST
 from habana_tasks.process import ProcessRunner
 from habana_tasks.project import Project
@@ -451,7 +452,14 @@ class Bench:
             for _ in range(3):
                 with (self.work / f"load-test-{target.tag}.log").open("w") as log:
                     report = load_test.retest_image(
-                        self.podman, registry, cfg, target, target.image, self.work / "lt", log
+                        self.podman,
+                        KernelModuleStore(self.podman, self.work / "kernels"),
+                        registry,
+                        cfg,
+                        target,
+                        target.image,
+                        self.work / "lt",
+                        log,
                     )
                 assert report.passed, report
                 reports.append(report)

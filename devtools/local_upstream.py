@@ -2,9 +2,13 @@
 
 It stands in for the upstream pieces the pipeline talks to, on 127.0.0.1 only:
 - an OCI registry (Debian's docker-registry) holding a base image (mmdebstrap, standing in for
-  ubi-minimal) and one toolkit image per kernel (headers, compiler, kmod, rpm2cpio, /boot/vmlinuz);
+  ubi-minimal) and one toolkit image per kernel (headers, compiler, kmod, rpm2cpio, and the
+  kernel itself: /boot/vmlinuz and its in-tree modules, as the driver-toolkit's kernel-core and
+  kernel-modules packages install them);
 - an HTTP server holding a vendor-style `habanalabs-<ver>.el8.noarch.rpm`, built with rpmbuild from
-  the upstream habanalabs source in Debian's linux-source-6.1 (the driver the vendor packages).
+  the upstream habanalabs source in Debian's linux-source-6.1 (the driver the vendor packages),
+  plus a second module, `habana_example_ib` (devtools/standin), standing in for the vendor's
+  habanalabs_ib: like it, it depends on the target kernel's in-tree ib_core and ib_uverbs.
 Everything is cached by content under one ignored folder; a warm `up` takes about a second.
 """
 
@@ -32,10 +36,22 @@ from habana_tasks.process import LineSink, ProcessRunner
 LINUX_SOURCE = Path("/usr/src/linux-source-6.1.tar.xz")
 DRIVER_SUBDIR = "drivers/misc/habanalabs"
 UAPI_HEADER = "include/uapi/misc/habanalabs.h"
+# The stand-in for habanalabs_ib: a name no kernel has in tree (tests check the targets').
+STANDIN_MODULE = "habana_example_ib"
+STANDIN_SOURCE = Path(__file__).parent / "standin"
+STANDIN_SUBDIR = f"drivers/infiniband/{STANDIN_MODULE}"
+# What the example driver package builds, in load order.
+EXAMPLE_MODULES = ("habanalabs", STANDIN_MODULE)
+# Every firmware name the example modules declare (`modinfo -F firmware`); the placeholder
+# firmware package ships each one, and the image checks prove the list complete.
+FIRMWARE_FILES = (
+    "habanalabs/gaudi/gaudi-boot-fit.itb",
+    f"habanalabs/example/{STANDIN_MODULE}.bin",
+)
 PAYLOADS = {"gzip": "w9.gzdio", "xz": "w6.xzdio", "zstd": "w19.zstdio"}
 BASE_SUITE = "bookworm"
 # Bumped whenever the recipes below change, so cached artefacts are rebuilt.
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 MMDEBSTRAP_ARGV = (
     "mmdebstrap",
     "--variant=minbase",
@@ -211,7 +227,8 @@ def ensure_base_image(upstream: Upstream, podman: Podman, on_line: LineSink | No
 
 
 def toolkit_containerfile(base_image: str, kernel: str) -> str:
-    """A driver-toolkit stand-in: headers for exactly one kernel, and that kernel's vmlinuz."""
+    """A driver-toolkit stand-in: headers for exactly one kernel, its vmlinuz and its in-tree
+    modules with their depmod indexes (the real toolkit installs kernel-core + kernel-modules)."""
     packages = " ".join((*TOOLKIT_PACKAGES, f"linux-headers-{kernel}"))
     release = json.dumps({"KERNEL_VERSION": kernel, "RT_KERNEL_VERSION": "", "RHEL_VERSION": ""})
     return (
@@ -220,7 +237,9 @@ def toolkit_containerfile(base_image: str, kernel: str) -> str:
         f" && apt-get install -y -q --no-install-recommends {packages} \\\n"
         f" && cd /tmp && apt-get download -q linux-image-{kernel} \\\n"
         f" && dpkg-deb --fsys-tarfile linux-image-{kernel}_*.deb \\\n"
-        f"    | tar -x -C / ./boot/vmlinuz-{kernel} \\\n"
+        "    | tar -x --keep-directory-symlink -C / \\\n"
+        f"      ./boot/vmlinuz-{kernel} ./lib/modules/{kernel} \\\n"
+        f" && depmod {kernel} && test -s /lib/modules/{kernel}/modules.dep \\\n"
         " && rm -f /tmp/*.deb && rm -rf /var/lib/apt/lists/*\n"
         f"RUN echo '{release}' > /etc/driver-toolkit-release.json\n"
     )
@@ -278,11 +297,13 @@ KDIR ?= /lib/modules/$(KVERSION)/build
 
 all:
 \t$(MAKE) -C $(KDIR) M=$(CURDIR)/drivers/misc/habanalabs CONFIG_HABANA_AI=m modules
+\t$(MAKE) -C $(KDIR) M=$(CURDIR)/@STANDIN_SUBDIR@ modules
 \t@echo "habanalabs built for $(KVERSION) from $(GIT_SHA)"
 
 clean:
 \t$(MAKE) -C $(KDIR) M=$(CURDIR)/drivers/misc/habanalabs clean
-"""
+\t$(MAKE) -C $(KDIR) M=$(CURDIR)/@STANDIN_SUBDIR@ clean
+""".replace("@STANDIN_SUBDIR@", STANDIN_SUBDIR)
 
 SPEC = """\
 Name: habanalabs
@@ -297,7 +318,8 @@ AutoReqProv: no
 
 %description
 The upstream habanalabs driver from Debian's linux-source-6.1, packaged the way the vendor
-packages its driver: DKMS-style source under /usr/src/habanalabs-<version>/.
+packages its driver: DKMS-style source under /usr/src/habanalabs-<version>/. It also builds
+habana_example_ib, an example stand-in for the vendor's habanalabs_ib (not a driver).
 
 %install
 mkdir -p %{buildroot}/usr/src
@@ -317,6 +339,9 @@ def dkms_conf(version: str, git_sha: str, source: str) -> str:
         'BUILT_MODULE_NAME[0]="habanalabs"\n'
         f'BUILT_MODULE_LOCATION[0]="{DRIVER_SUBDIR}"\n'
         'DEST_MODULE_LOCATION[0]="/extra"\n'
+        f'BUILT_MODULE_NAME[1]="{STANDIN_MODULE}"\n'
+        f'BUILT_MODULE_LOCATION[1]="{STANDIN_SUBDIR}"\n'
+        'DEST_MODULE_LOCATION[1]="/extra"\n'
         'MAKE[0]="make KVERSION=${kernelver} GIT_SHA=' + git_sha + '"\n'
         'AUTOINSTALL="yes"\n'
     )
@@ -339,7 +364,8 @@ def build_driver_rpm(
     conf = dkms if dkms is not None else dkms_conf(version, git_sha, "linux-source-6.1")
     out_dir = output_dir or upstream.package_dir
     rpm = out_dir / f"habanalabs-{version}.el8.noarch.rpm"
-    key = _key(source, version, payload, conf)
+    standin = {p.name: p.read_bytes() for p in sorted(STANDIN_SOURCE.iterdir()) if p.is_file()}
+    key = _key(source, version, payload, conf, hashlib.sha256(repr(standin).encode()).hexdigest())
     stamp = out_dir / f".{rpm.name}.key"
     if rpm.exists() and stamp.exists() and stamp.read_text() == key:
         return rpm
@@ -350,6 +376,9 @@ def build_driver_rpm(
     runner.run(["cp", "-a", str(source / DRIVER_SUBDIR), str(tree / "drivers" / "misc")])
     (tree / "include" / "uapi" / "misc").mkdir(parents=True)
     runner.run(["cp", "-a", str(source / UAPI_HEADER), str(tree / "include" / "uapi" / "misc")])
+    (tree / STANDIN_SUBDIR).mkdir(parents=True)
+    for name, data in standin.items():
+        (tree / STANDIN_SUBDIR / name).write_bytes(data)
     (tree / "Makefile").write_text(VENDOR_MAKEFILE)
     (tree / "dkms.conf").write_text(conf)
     (work / "habanalabs.spec").write_text(SPEC)
@@ -375,19 +404,29 @@ def build_driver_rpm(
     return rpm
 
 
-def build_firmware_rpm(upstream: Upstream, runner: ProcessRunner, version: str, arch: str) -> Path:
-    """A vendor-style firmware package with a placeholder file where the driver looks for firmware.
+def build_firmware_rpm(
+    upstream: Upstream,
+    runner: ProcessRunner,
+    version: str,
+    arch: str,
+    files: Iterable[str] = FIRMWARE_FILES,
+    name: str | None = None,
+) -> Path:
+    """A vendor-style firmware package with placeholder files where the modules request them.
 
     Upstream Gaudi firmware is not redistributable through Debian; this only proves the layout.
     """
-    rpm = upstream.package_dir / f"habanalabs-firmware-{version}.el8.{arch}.rpm"
-    if rpm.exists():
+    rpm = upstream.package_dir / (name or f"habanalabs-firmware-{version}.el8.{arch}.rpm")
+    wanted = sorted(files)
+    stamp = rpm.with_name(f".{rpm.name}.key")
+    if rpm.exists() and stamp.exists() and stamp.read_text() == _key(*wanted):
         return rpm
-    work = upstream.root / "rpmbuild" / f"firmware-{version}-{arch}"
+    work = upstream.root / "rpmbuild" / f"firmware-{rpm.name}"
     runner.run(["rm", "-rf", str(work)])
-    files = work / "src" / "lib" / "firmware" / "habanalabs" / "gaudi"
-    files.mkdir(parents=True)
-    (files / "gaudi-boot-fit.itb").write_bytes(b"placeholder firmware for layout tests\n")
+    for file in wanted:
+        placeholder = work / "src" / "lib" / "firmware" / file
+        placeholder.parent.mkdir(parents=True, exist_ok=True)
+        placeholder.write_bytes(b"placeholder firmware for layout tests\n")
     ver, rel = version.rsplit("-", 1)
     spec = (
         f"Name: habanalabs-firmware\nVersion: {ver}\nRelease: {rel}.el8\n"
@@ -413,7 +452,9 @@ def build_firmware_rpm(upstream: Upstream, runner: ProcessRunner, version: str, 
         ]
     )
     upstream.package_dir.mkdir(parents=True, exist_ok=True)
-    (work / "top" / "RPMS" / rpm.name).replace(rpm)
+    built = work / "top" / "RPMS" / f"habanalabs-firmware-{version}.el8.{arch}.rpm"
+    built.replace(rpm)
+    stamp.write_text(_key(*wanted))
     return rpm
 
 

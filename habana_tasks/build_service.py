@@ -115,6 +115,7 @@ def execute(
     options = RunOptions(
         dockerfile=project.dockerfile,
         work_dir=project.cache / "work" / stamp,
+        kernels_dir=project.kernels,
         logs_dir=project.cache / "logs" / stamp,
         jobs=jobs,
         push=push,

@@ -21,6 +21,7 @@ from habana_tasks.auth import Credentials, find_credentials
 from habana_tasks.build_service import BuildRun
 from habana_tasks.config import BuildTarget, Config
 from habana_tasks.errors import Interrupted, UsageError
+from habana_tasks.kernel_modules import KernelModuleStore
 from habana_tasks.pipeline import run_stamp
 from habana_tasks.podman import Podman
 from habana_tasks.project import Project
@@ -129,6 +130,7 @@ def load_tests(
         raise UsageError("--image tests one image: name its --kernel (and --driver)")
     registry = RegistryClient(config.insecure_registries)
     podman = build_service.make_podman(announcer(console))
+    store = KernelModuleStore(podman, project.kernels)
     stamp = run_stamp()
     logs = project.cache / "logs" / f"load-test-{stamp}"
     logs.mkdir(parents=True, exist_ok=True)
@@ -139,7 +141,15 @@ def load_tests(
             try:
                 reports.append(
                     load_test.retest_image(
-                        podman, registry, config, target, image or target.image, work, log, timeout
+                        podman,
+                        store,
+                        registry,
+                        config,
+                        target,
+                        image or target.image,
+                        work,
+                        log,
+                        timeout,
                     )
                 )
             finally:

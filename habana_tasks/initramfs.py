@@ -60,13 +60,17 @@ class CpioWriter:
 
 
 def rootfs_to_cpio(rootfs_tar: Path, output: Path, extra: dict[str, tuple[int, bytes]]) -> int:
-    """Convert an exported image into a cpio initramfs, adding `extra` files (path -> mode, data).
+    """Convert an exported image into a cpio initramfs, adding `extra` files (path -> mode, data)
+    and their parent folders; an extra file wins over the image's file of the same path.
 
     Returns the archive size in bytes.
     """
     with tarfile.open(rootfs_tar) as tar, output.open("wb") as out:
         writer = CpioWriter(out)
         for path, (mode, data) in extra.items():
+            parents = path.strip("/").split("/")[:-1]
+            for depth in range(1, len(parents) + 1):
+                writer.add("/".join(parents[:depth]), stat.S_IFDIR | 0o755)
             writer.add(path, stat.S_IFREG | mode, data)
         writer.add("dev", stat.S_IFDIR | 0o755)
         writer.add("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))

@@ -21,6 +21,13 @@ MODULES_DIR = "/opt"
 NODE_SELECTOR = {"feature.node.kubernetes.io/pci-1da3.present": "true"}
 
 
+def loading_order(modules: Sequence[str]) -> list[str]:
+    """`modules` is in load order; the CRD's modulesLoadingOrder is the reverse: "upmost module,
+    then the module it depends on", and KMM loads it from the last element to the first, with
+    moduleName equal to the first element. So independent modules load in their declared order."""
+    return list(reversed(modules))
+
+
 def module_manifest(
     targets: Sequence[BuildTarget],
     *,
@@ -31,10 +38,10 @@ def module_manifest(
     """Literal kernelMappings, one per target, each naming its exact image tag."""
     if not targets:
         raise ValueError("no images to map")
-    modules = targets[0].modules
-    modprobe: dict[str, Any] = {"moduleName": modules[0], "dirName": MODULES_DIR}
-    if len(modules) > 1:
-        modprobe["modulesLoadingOrder"] = list(modules)
+    order = loading_order(targets[0].modules)
+    modprobe: dict[str, Any] = {"moduleName": order[0], "dirName": MODULES_DIR}
+    if len(order) > 1:
+        modprobe["modulesLoadingOrder"] = order
     if with_firmware:
         modprobe["firmwarePath"] = FIRMWARE_PATH
     mappings = [

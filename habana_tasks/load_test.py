@@ -1,13 +1,19 @@
 """Load test: boot the exact target kernel under qemu with the image itself as the initramfs,
 load the driver with the image's own modprobe (as KMM does) and read the verdict off the console.
+
+The guest is the node: the in-tree modules the image's modules.dep reaches through its `host` link
+are taken from the target kernel (its toolkit image) and put at /host/lib/modules/<release>, where
+KMM's worker pod sees the node's own modules. Only that dependency closure is added, so the
+initramfs stays small.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -15,13 +21,13 @@ from typing import TextIO
 from habana_tasks import initramfs
 from habana_tasks.config import BuildTarget, Config
 from habana_tasks.errors import CommandError, CommandTimeout, HabanaError
+from habana_tasks.kernel_modules import KernelModuleStore, module_name
 from habana_tasks.podman import Podman
 from habana_tasks.process import LineSink
 from habana_tasks.registry import RegistryClient
 
 MARK = "SMOKE:"
 DEFAULT_TIMEOUT = 120.0
-KERNEL_PATHS = ("/lib/modules/{release}/vmlinuz", "/boot/vmlinuz-{release}")
 # Kernel log lines that mean a module did not load as built.
 LOAD_FAILURES = re.compile(
     r"disagrees about version of symbol|Unknown symbol|version magic|Invalid module format|"
@@ -29,7 +35,7 @@ LOAD_FAILURES = re.compile(
 )
 
 INIT = """#!/bin/sh
-# Loads the driver as KMM's worker does (modprobe -d /opt), reports, powers off.
+# Loads the driver as KMM's worker does (modprobe -d /opt), in order, reports, powers off.
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -37,9 +43,21 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 release="$(uname -r)"
 echo "SMOKE: booted $release"
 status=PASS
+node="/opt/lib/modules/$release/host/"
 for m in @MODULES@; do
-  if modprobe -v -d /opt "$m"; then echo "SMOKE: modprobe $m ok"; else
-    echo "SMOKE: FAIL modprobe -d /opt $m failed"; status=FAIL; continue; fi
+  missing="$(modprobe -d /opt --show-depends "$m" 2>/dev/null | while read -r word file rest; do
+    if [ "$word" = insmod ] && [ ! -e "$file" ]; then printf ' %s' "${file#"$node"}"; fi
+  done)"
+  if [ -n "$missing" ]; then
+    echo "SMOKE: FAIL $m needs in-tree$missing, absent from this node's /lib/modules/$release"
+    status=FAIL; continue
+  fi
+  if out="$(modprobe -v -d /opt "$m" 2>&1)"; then echo "SMOKE: modprobe $m ok"; else
+    echo "$out" | sed 's/^/SMOKE: modprobe: /'
+    why="$(echo "$out" | sed -n '/^modprobe: /p' | tail -n 1)"
+    echo "SMOKE: FAIL modprobe -d /opt $m failed: ${why:-$(echo "$out" | tail -n 1)}"
+    status=FAIL; continue; fi
+  echo "$out" | sed 's/^/SMOKE: modprobe: /'
   if [ -d "/sys/module/$m" ]; then echo "SMOKE: loaded $m"; else
     echo "SMOKE: FAIL $m is not in /sys/module"; status=FAIL; fi
   magic="$(modinfo -b /opt -k "$release" -F vermagic "$m")"
@@ -65,6 +83,8 @@ class LoadTestResult:
     seconds: float
     initramfs_bytes: int
     evidence: tuple[str, ...] = ()
+    # The node's in-tree modules the image needed (paths under /lib/modules/<release>).
+    node_modules: tuple[str, ...] = ()
 
 
 def init_script(modules: Sequence[str]) -> bytes:
@@ -110,6 +130,11 @@ def evaluate(lines: Sequence[str], release: str) -> tuple[bool, str, tuple[str, 
     if booted != release:
         return False, f"booted kernel {booted!r}, expected {release!r}", evidence
     fails = [m[5:] for m in marks if m.startswith("FAIL ")]
+    kernel_said = [line for line in failures if "SMOKE: modprobe:" not in line]
+    if fails and kernel_said and fails[0].startswith("modprobe "):
+        # modprobe only says "Invalid argument"; the kernel says which symbol or magic.
+        said = re.sub(r"^(SMOKE: dmesg )?\[[ \d.]+\]\s*", "", kernel_said[0].strip())
+        return False, f"{fails[0]} (kernel: {said})", evidence
     if fails:
         return False, fails[0], evidence
     if failures:
@@ -119,16 +144,27 @@ def evaluate(lines: Sequence[str], release: str) -> tuple[bool, str, tuple[str, 
     return True, "loaded", evidence
 
 
-def extract_kernel(podman: Podman, toolkit_image: str, release: str, dest: Path) -> Path:
-    """The target kernel from its toolkit image (RHEL driver-toolkit or Debian layout)."""
-    tried = [p.format(release=release) for p in KERNEL_PATHS]
-    if podman.copy_from_image(toolkit_image, tried, dest) is None:
-        raise HabanaError(f"{toolkit_image}: no kernel image at {' or '.join(tried)}")
-    return dest
+def in_tree_closure(rootfs_tar: Path, release: str) -> tuple[str, ...]:
+    """The in-tree modules (relative to /lib/modules/<release>) that the image's modules.dep
+    reaches through its `host` link, for the image's own modules only."""
+    name = f"opt/lib/modules/{release}/modules.dep"
+    with tarfile.open(rootfs_tar) as tar:
+        try:
+            handle = tar.extractfile(name) or tar.extractfile("./" + name)
+        except KeyError:
+            return ()
+        text = handle.read().decode("utf-8", "replace") if handle else ""
+    needed: set[str] = set()
+    for line in text.splitlines():
+        module, sep, deps = line.partition(":")
+        if sep and not module.startswith("host/"):
+            needed.update(d[len("host/") :] for d in deps.split() if d.startswith("host/"))
+    return tuple(sorted(needed))
 
 
 def run_load_test(
     podman: Podman,
+    store: KernelModuleStore,
     rootfs_tar: Path,
     toolkit_image: str,
     release: str,
@@ -138,11 +174,20 @@ def run_load_test(
     timeout: float = DEFAULT_TIMEOUT,
     on_line: LineSink | None = None,
 ) -> LoadTestResult:
-    """An exported image booted in the kernel its toolkit image carries."""
-    work.mkdir(parents=True, exist_ok=True)
-    kernel = extract_kernel(podman, toolkit_image, release, work / "vmlinuz")
+    """An exported image booted in the kernel its toolkit image carries, with that kernel's
+    in-tree modules the image depends on where the node's would be."""
+    kernel = store.vmlinuz(toolkit_image, release)
+    node = store.files(toolkit_image, release, in_tree_closure(rootfs_tar, release))
     return boot_and_load(
-        podman, rootfs_tar, kernel, release, modules, work, timeout=timeout, on_line=on_line
+        podman,
+        rootfs_tar,
+        kernel,
+        release,
+        modules,
+        work,
+        node={path: file.read_bytes() for path, file in node.items()},
+        timeout=timeout,
+        on_line=on_line,
     )
 
 
@@ -154,12 +199,19 @@ def boot_and_load(
     modules: Sequence[str],
     work: Path,
     *,
+    node: Mapping[str, bytes] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     on_line: LineSink | None = None,
 ) -> LoadTestResult:
+    """Boot `kernel` with the image as initramfs; `node` holds the node's in-tree module files
+    (path under /lib/modules/<release> -> content), placed where KMM's worker sees them."""
     work.mkdir(parents=True, exist_ok=True)
     initrd = work / "initrd.cpio"
-    size = initramfs.rootfs_to_cpio(rootfs_tar, initrd, {"init": (0o755, init_script(modules))})
+    extra = {"init": (0o755, init_script(modules))}
+    for path, data in (node or {}).items():
+        extra[f"host/lib/modules/{release}/{path}"] = (0o644, data)
+    size = initramfs.rootfs_to_cpio(rootfs_tar, initrd, extra)
+    provided = tuple(module_name(p) for p in sorted(node or {}))
     accel = os.environ.get("HABANA_QEMU_ACCEL", "tcg")
     started = time.monotonic()
     try:
@@ -180,6 +232,7 @@ def boot_and_load(
             seconds,
             size,
             tuple(exc.tail[-12:]),
+            provided,
         )
     except CommandError as exc:
         raise HabanaError(f"qemu could not run: {exc}") from exc
@@ -187,7 +240,7 @@ def boot_and_load(
         initrd.unlink(missing_ok=True)
     seconds = time.monotonic() - started
     passed, reason, evidence = evaluate(lines, release)
-    return LoadTestResult(passed, reason, release, seconds, size, evidence)
+    return LoadTestResult(passed, reason, release, seconds, size, evidence, provided)
 
 
 @dataclass(frozen=True)
@@ -202,10 +255,12 @@ class LoadTestReport:
     seconds: float | None = None
     initramfs_bytes: int | None = None
     evidence: tuple[str, ...] = ()
+    node_modules: tuple[str, ...] = ()
 
 
 def retest_image(
     podman: Podman,
+    store: KernelModuleStore,
     registry: RegistryClient,
     config: Config,
     target: BuildTarget,
@@ -227,6 +282,7 @@ def retest_image(
         podman.export_rootfs(image, work / "rootfs.tar", sink)
         outcome = run_load_test(
             podman,
+            store,
             work / "rootfs.tar",
             toolkit,
             target.kernel,
@@ -247,4 +303,5 @@ def retest_image(
         round(outcome.seconds, 1),
         outcome.initramfs_bytes,
         outcome.evidence,
+        outcome.node_modules,
     )

@@ -21,6 +21,7 @@ from habana_tasks import load_test as load_test_module
 from habana_tasks.config import BuildTarget, Config
 from habana_tasks.driver_package import link_into
 from habana_tasks.errors import CheckError, HabanaError, Interrupted
+from habana_tasks.kernel_modules import KernelModuleStore
 from habana_tasks.plan import Action, BuildJob
 from habana_tasks.podman import BuildSpec, Podman
 from habana_tasks.process import LineSink, interruption
@@ -33,6 +34,7 @@ class RunOptions:
     dockerfile: Path
     work_dir: Path
     logs_dir: Path
+    kernels_dir: Path
     jobs: int = 1
     push: bool = True
     load_test: bool = True
@@ -54,6 +56,7 @@ class Pipeline:
         self.reporter = reporter
         self.options = options
         self.created = labels.created_timestamp()
+        self.kernels = KernelModuleStore(podman, options.kernels_dir)
 
     def execute(self, jobs: Sequence[BuildJob]) -> list[JobResult]:
         results: dict[str, JobResult] = {}
@@ -224,13 +227,15 @@ class Pipeline:
         )
         image_id = self.podman.build(spec, sink)
         stage("check")
+        kernel = self.kernels.load(inputs.toolkit.pinned, target.kernel)
         rootfs = image_checks.check_image(
-            self.podman, image_id, target, work / "check", inputs.firmware is not None, sink
+            self.podman, image_id, target, kernel, work / "check", inputs.firmware is not None, sink
         )
         if self.options.load_test:
             stage("load test")
             result = load_test_module.run_load_test(
                 self.podman,
+                self.kernels,
                 rootfs,
                 inputs.toolkit.pinned,
                 target.kernel,

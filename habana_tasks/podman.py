@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -137,12 +138,29 @@ class Podman:
 
     def copy_from_image(self, image: str, candidates: Sequence[str], dest: Path) -> str | None:
         """Copy the first of the candidate paths that the image holds; None when it holds none."""
+        found = self.copy_files_from_image(image, {dest.name: candidates}, dest.parent)
+        return found.get(dest.name)
+
+    def copy_files_from_image(
+        self, image: str, wanted: Mapping[str, Iterable[str]], dest_dir: Path
+    ) -> dict[str, str]:
+        """Copy files out of one created (never started) container: each name in `wanted` gets
+        the first of its candidate paths that the image holds as a file. Returns name -> path."""
+        found: dict[str, str] = {}
         with self._container(image) as name:
-            for path in candidates:
-                done = self.runner.run([PODMAN, "cp", f"{name}:{path}", str(dest)], check=False)
-                if done.returncode == 0 and dest.is_file():
-                    return path
-        return None
+            for dest_name, candidates in wanted.items():
+                dest = dest_dir / dest_name
+                for path in candidates:
+                    done = self.runner.run([PODMAN, "cp", f"{name}:{path}", str(dest)], check=False)
+                    # A link copied as a link would name a path on this host: not the file.
+                    if done.returncode == 0 and dest.is_file() and not dest.is_symlink():
+                        found[dest_name] = path
+                        break
+                    if dest.is_symlink() or dest.is_file():
+                        dest.unlink()
+                    elif dest.is_dir():
+                        shutil.rmtree(dest)
+        return found
 
     def image_label(self, image: str, label: str) -> str | None:
         try:

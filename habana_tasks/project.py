@@ -21,6 +21,11 @@ class Project:
         return self.cache_dir or Path(os.environ.get("HABANA_CACHE_DIR", self.root / ".cache"))
 
     @property
+    def kernels(self) -> Path:
+        """Target kernels read from toolkit images, keyed by the toolkit's digest."""
+        return self.cache / "kernels"
+
+    @property
     def dockerfile(self) -> Path:
         return self.root / "Dockerfile"
 

@@ -4,6 +4,7 @@ with base and toolkit images from the shared content cache (podman's layer cache
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ class UpstreamFixture:
         kernels: tuple[str, ...] = KERNELS,
         extra: str = "",
         repository: str = "library/habana-ai-driver",
+        modules: tuple[str, ...] = local_upstream.EXAMPLE_MODULES,
     ) -> Path:
         u = self.upstream
         entries = "".join(
@@ -44,6 +46,7 @@ class UpstreamFixture:
             f'[base]\nimage = "{u.base_image}"\n'
             f'[toolkit]\nimage = "{u.registry}/upstream/driver-toolkit:{{kernel}}"\n'
             f'[driver]\npackage_url = "{u.package_url("habanalabs-{driver}.el8.noarch.rpm")}"\n'
+            f"modules = {json.dumps(list(modules))}\n"
             f"{extra}{entries}"
         )
         return path

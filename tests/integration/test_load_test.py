@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import io
 import lzma
+import struct
 import subprocess
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from devtools.local_upstream import EXAMPLE_MODULES, STANDIN_MODULE
 from habana_tasks import commands, config, load_test
+from habana_tasks.kernel_modules import KernelModuleStore
 from habana_tasks.podman import Podman
 from habana_tasks.process import ProcessRunner
 from habana_tasks.project import Project
@@ -24,11 +27,15 @@ OLD, NEW = KERNELS
 Member = tuple[tarfile.TarInfo, bytes | None]
 
 
+IB_CORE = "kernel/drivers/infiniband/core/ib_core.ko"
+
+
 @pytest.fixture(scope="module")
 def parts(
     library: tuple[Project, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
-    """Exported root filesystems of both example images and the 6.1.0-56 kernel."""
+    """Exported root filesystems of both example images, the 6.1.0-56 kernel, and the node's
+    in-tree modules the 6.1.0-56 image needs (taken from its toolkit, as the load test does)."""
     _, versions = library
     cfg = config.load(versions)
     podman = Podman(ProcessRunner())
@@ -38,8 +45,17 @@ def parts(
         out[target.kernel] = work / f"{target.kernel}.tar"
         podman.export_rootfs(target.image, out[target.kernel])
     toolkit = cfg.targets[1].toolkit_image
-    out["vmlinuz"] = load_test.extract_kernel(podman, toolkit, NEW, work / "vmlinuz")
+    store = KernelModuleStore(podman, work / "kernels")
+    out["vmlinuz"] = store.vmlinuz(toolkit, NEW)
+    closure = load_test.in_tree_closure(out[NEW], NEW)
+    assert IB_CORE in closure, closure
+    for path, file in store.files(toolkit, NEW, closure).items():
+        out[f"node:{path}"] = file
     return out
+
+
+def node_of(parts: dict[str, Path]) -> dict[str, bytes]:
+    return {k[len("node:") :]: v.read_bytes() for k, v in parts.items() if k.startswith("node:")}
 
 
 def rewrite(
@@ -58,7 +74,12 @@ def rewrite(
 
 
 def boot(
-    parts: dict[str, Path], rootfs: Path, work: Path, timeout: float = 90
+    parts: dict[str, Path],
+    rootfs: Path,
+    work: Path,
+    timeout: float = 90,
+    node: Mapping[str, bytes] | None = None,
+    modules: Sequence[str] = EXAMPLE_MODULES,
 ) -> load_test.LoadTestResult:
     lines: list[str] = []
     result = load_test.boot_and_load(
@@ -66,8 +87,9 @@ def boot(
         rootfs,
         parts["vmlinuz"],
         NEW,
-        ["habanalabs"],
+        modules,
         work,
+        node=node_of(parts) if node is None else node,
         timeout=timeout,
         on_line=lines.append,
     )
@@ -83,6 +105,77 @@ def test_the_example_library_passes_in_both_kernels(library: tuple[Project, Path
     for kernel in KERNELS:
         assert f"{DRIVER}-{kernel}" in text and kernel in text
     assert text.count("pass") >= 2
+
+
+def test_both_modules_load_with_the_nodes_in_tree_dependencies(
+    parts: dict[str, Path], tmp_path: Path
+) -> None:
+    result = boot(parts, parts[NEW], tmp_path)
+    assert (result.passed, result.reason) == (True, "loaded")
+    assert result.node_modules == ("ib_core", "ib_uverbs")
+    console = "\n".join(boot.console)  # type: ignore[attr-defined]
+    for module in EXAMPLE_MODULES:
+        assert f"SMOKE: loaded {module}" in console
+    # modprobe took ib_core from the node's tree, through the image's host link.
+    assert f"insmod /opt/lib/modules/{NEW}/host/{IB_CORE}" in console
+
+
+def test_an_in_tree_dependency_absent_from_the_node_is_named(
+    parts: dict[str, Path], tmp_path: Path
+) -> None:
+    node = {path: data for path, data in node_of(parts).items() if path != IB_CORE}
+    result = boot(parts, parts[NEW], tmp_path, node=node)
+    assert (result.passed, result.reason) == (
+        False,
+        f"{STANDIN_MODULE} needs in-tree {IB_CORE}, absent from this node's /lib/modules/{NEW}",
+    )
+    assert "SMOKE: loaded habanalabs" in "\n".join(boot.console)  # type: ignore[attr-defined]
+
+
+def flip_export_crcs(module: bytes) -> bytes:
+    """The same module with every exported symbol's CRC changed (__kcrctab*, ELF64 LE): a node
+    whose ib_core was built with other symbol versions."""
+    data = bytearray(module)
+    shoff, shentsize, shnum, shstrndx = (
+        struct.unpack_from("<Q", data, 0x28)[0],
+        *struct.unpack_from("<HHH", data, 0x3A),
+    )
+    sections = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names = sections[shstrndx][4]
+    flipped = 0
+    for name_at, _, _, _, offset, size in sections:
+        name = bytes(data[names + name_at : data.index(b"\0", names + name_at)])
+        if name.startswith(b"__kcrctab"):
+            for at in range(offset, offset + size, 4):
+                data[at] ^= 0xFF
+                flipped += 1
+    assert flipped, "no __kcrctab section"
+    return bytes(data)
+
+
+def test_a_node_dependency_with_other_symbol_versions_is_refused(
+    parts: dict[str, Path], tmp_path: Path
+) -> None:
+    node = node_of(parts)
+    node[IB_CORE] = flip_export_crcs(node[IB_CORE])
+    result = boot(parts, parts[NEW], tmp_path, node=node)
+    assert not result.passed
+    assert result.reason.startswith(f"modprobe -d /opt {STANDIN_MODULE} failed: ")
+    # Every ib_core CRC differs; the kernel names the first import it checks.
+    assert f"(kernel: {STANDIN_MODULE}: disagrees about version of symbol " in result.reason, (
+        result.reason
+    )
+
+
+def test_a_listed_module_the_package_does_not_build_fails_by_name(
+    parts: dict[str, Path], tmp_path: Path
+) -> None:
+    result = boot(parts, parts[NEW], tmp_path, modules=[*EXAMPLE_MODULES, "habanalabs_ib"])
+    assert not result.passed
+    assert result.reason == (
+        "modprobe -d /opt habanalabs_ib failed: modprobe: FATAL: Module habanalabs_ib not found "
+        f"in directory /opt/lib/modules/{NEW}"
+    )
 
 
 def test_module_for_another_abi_loads_but_vermagic_catches_it(
@@ -115,7 +208,10 @@ def patch_module(parts: dict[str, Path], tmp_path: Path, patch: Callable[[bytes]
 def test_altered_vermagic_is_refused_by_the_kernel(parts: dict[str, Path], tmp_path: Path) -> None:
     rootfs = patch_module(parts, tmp_path, lambda d: d.replace(b"mod_unload ", b"mod_unlaod ", 1))
     result = boot(parts, rootfs, tmp_path)
-    assert (result.passed, result.reason) == (False, "modprobe -d /opt habanalabs failed")
+    assert result.reason.startswith("modprobe -d /opt habanalabs failed: "), result.reason
+    assert "(kernel: habanalabs: version magic '6.1.0-56-amd64 SMP preempt mod_unlaod" in (
+        result.reason
+    )
     assert any("version magic" in line for line in result.evidence), result.evidence
 
 
@@ -128,7 +224,10 @@ def test_corrupted_symbol_crc_is_refused_by_the_kernel(
         return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
 
     result = boot(parts, patch_module(parts, tmp_path, corrupt), tmp_path)
-    assert (result.passed, result.reason) == (False, "modprobe -d /opt habanalabs failed")
+    assert not result.passed
+    assert result.reason.endswith(
+        "(kernel: habanalabs: disagrees about version of symbol module_layout)"
+    ), result.reason
     assert any("disagrees about version of symbol module_layout" in e for e in result.evidence)
 
 
@@ -137,7 +236,8 @@ def test_image_without_modules_dep_fails(parts: dict[str, Path], tmp_path: Path)
         return [] if "/modules.dep" in info.name else [(info, data)]
 
     result = boot(parts, rewrite(parts[NEW], tmp_path / "r.tar", drop), tmp_path)
-    assert (result.passed, result.reason) == (False, "modprobe -d /opt habanalabs failed")
+    assert not result.passed
+    assert result.reason.startswith("modprobe -d /opt habanalabs failed: modprobe: "), result.reason
 
 
 def test_default_xz_module_is_accepted_because_kmod_decompresses_in_userspace(
@@ -170,7 +270,8 @@ def test_default_xz_module_is_accepted_because_kmod_decompresses_in_userspace(
             return [(info, regenerated.pop(info.name))] if info.name in regenerated else []
         return [(info, data)]
 
-    result = boot(parts, rewrite(parts[NEW], tmp_path / "r.tar", swap), tmp_path)
+    rootfs = rewrite(parts[NEW], tmp_path / "r.tar", swap)
+    result = boot(parts, rootfs, tmp_path, node={}, modules=["habanalabs"])
     assert (result.passed, result.reason) == (True, "loaded")
     assert any("habanalabs.ko.xz" in line for line in boot.console)  # type: ignore[attr-defined]
 

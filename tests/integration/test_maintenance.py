@@ -12,10 +12,12 @@ import pytest
 import yaml
 from rich.console import Console
 
+from devtools.local_upstream import EXAMPLE_MODULES
 from habana_tasks import commands, config
 from habana_tasks.project import Project
 from habana_tasks.registry import Existence, RegistryClient
 from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
+from tests.kmm_schema import kmm_load_sequence, schema_errors
 
 pytestmark = pytest.mark.integration
 KERNEL_A = "5.14.0-284.25.1.el9_2.x86_64"
@@ -150,8 +152,15 @@ def test_kmm_module_maps_every_built_kernel_to_an_existing_image(
     project, versions = library
     module = yaml.safe_load(commands.kmm_module(project, DRIVER, str(versions)))
     assert module["apiVersion"] == "kmm.sigs.x-k8s.io/v1beta1" and module["kind"] == "Module"
+    assert schema_errors(module) == []
     container = module["spec"]["moduleLoader"]["container"]
-    assert container["modprobe"] == {"moduleName": "habanalabs", "dirName": "/opt"}
+    # Upmost first (KMM loads the list from last to first): the declared order, as tested.
+    assert container["modprobe"] == {
+        "moduleName": EXAMPLE_MODULES[-1],
+        "modulesLoadingOrder": list(reversed(EXAMPLE_MODULES)),
+        "dirName": "/opt",
+    }
+    assert kmm_load_sequence(container["modprobe"]) == list(EXAMPLE_MODULES)
     mappings = container["kernelMappings"]
     assert [m["literal"] for m in mappings] == list(KERNELS)
     registry = RegistryClient([test_upstream.upstream.registry])

@@ -230,6 +230,39 @@ def test_8_firmware_lands_where_the_driver_requests_it(
         names = set(tar.getnames())
     # The driver requests "habanalabs/gaudi/<file>" relative to the firmware search path.
     assert "opt/lib/firmware/habanalabs/gaudi/gaudi-boot-fit.itb" in names
+    for name in local_upstream.FIRMWARE_FILES:
+        assert f"opt/lib/firmware/{name}" in names
+
+
+def test_8b_a_firmware_file_a_module_declares_but_the_package_lacks_is_refused(
+    project: Project, test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    u = test_upstream.upstream
+    declared = f"habanalabs/example/{local_upstream.STANDIN_MODULE}.bin"
+    partial = [f for f in local_upstream.FIRMWARE_FILES if f != declared]
+    name = "habanalabs-firmware-partial-{driver}.el8.{arch}.rpm"
+    local_upstream.build_firmware_rpm(
+        u,
+        test_upstream.runner,
+        DRIVER,
+        "x86_64",
+        partial,
+        name.format(driver=DRIVER, arch="x86_64"),
+    )
+    versions = test_upstream.versions(
+        tmp_path / "versions.toml",
+        (KERNELS[1],),
+        extra=f'firmware_url = "{u.package_url(name)}"\n',
+        repository="library/fw-partial",
+    )
+    code, out, report = run(project, versions)
+    assert code == 1, out
+    assert (
+        f"{local_upstream.STANDIN_MODULE}: declares firmware {declared}, not under "
+        "/opt/lib/firmware" in report[0]["detail"]
+    )
+    target = config.load(versions).targets[0]
+    assert registry_for(test_upstream).inspect(target.image).existence is Existence.ABSENT
 
 
 def test_9_a_kernel_without_a_symbol_the_driver_needs_is_reported_by_its_cause(
@@ -260,3 +293,65 @@ def test_9_a_kernel_without_a_symbol_the_driver_needs_is_reported_by_its_cause(
     assert '"hwmon_device_register_with_info"' in out  # the summary (its table folds long lines)
     saved = json.loads((Path(report[0]["log"]).parent / "report.json").read_text())
     assert cause.search(saved[0]["detail"])
+
+
+def test_10_an_in_tree_dependency_the_target_kernel_lacks_is_refused_before_push(
+    project: Project, test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    u = test_upstream.upstream
+    kernel = KERNELS[1]
+    # A kernel that builds (its Module.symvers still lists ib_core's exports) but ships no
+    # ib_core module: the stand-in's dependency cannot resolve on such a node.
+    (tmp_path / "Containerfile").write_text(
+        f"FROM {u.toolkit_image(kernel)}\n"
+        f"RUN rm /lib/modules/{kernel}/kernel/drivers/infiniband/core/ib_core.ko "
+        f"&& depmod {kernel}\n"
+    )
+    no_ib = f"{u.registry}/upstream/no-ib-toolkit:{kernel}"
+    test_upstream.build_and_push(tmp_path, no_ib)
+    versions = test_upstream.versions(
+        tmp_path / "versions.toml", (kernel,), repository="library/no-ib"
+    )
+    versions.write_text(
+        versions.read_text().replace("upstream/driver-toolkit:", "upstream/no-ib-toolkit:")
+    )
+    code, out, report = run(project, versions)
+    assert code == 1, out
+    assert (
+        f"{local_upstream.STANDIN_MODULE}: depends on ib_core, which is neither in the image nor "
+        f"a module of {kernel}" in report[0]["detail"]
+    ), report[0]["detail"]
+    target = config.load(versions).targets[0]
+    assert registry_for(test_upstream).inspect(target.image).existence is Existence.ABSENT
+
+
+def test_11_modules_must_match_what_the_package_builds(
+    project: Project, test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    kernel = KERNELS[1]
+    # Listed but not built: the build stops with the module's name.
+    listed = test_upstream.versions(
+        tmp_path / "listed.toml",
+        (kernel,),
+        repository="library/listed",
+        modules=(*local_upstream.EXAMPLE_MODULES, "habanalabs_ib"),
+    )
+    code, out, report = run(project, listed)
+    assert code == 1, out
+    assert "habanalabs_ib.ko was not built (it is listed in modules)" in report[0]["detail"]
+    # Built but not listed: the checks name it, nothing is pushed.
+    unlisted = test_upstream.versions(
+        tmp_path / "unlisted.toml",
+        (kernel,),
+        repository="library/unlisted",
+        modules=("habanalabs",),
+    )
+    code, out, report = run(project, unlisted)
+    assert code == 1, out
+    assert (
+        f"the package also built {local_upstream.STANDIN_MODULE}.ko, which modules does not list"
+        in report[0]["detail"]
+    )
+    for versions in (listed, unlisted):
+        target = config.load(versions).targets[0]
+        assert registry_for(test_upstream).inspect(target.image).existence is Existence.ABSENT

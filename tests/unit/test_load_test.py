@@ -40,8 +40,26 @@ def test_first_fail_mark_is_the_reason_and_kernel_errors_are_evidence() -> None:
         "SMOKE: FAIL",
     ]
     passed, reason, evidence = evaluate(lines, R)
-    assert (passed, reason) == (False, "modprobe -d /opt habanalabs failed")
+    # modprobe's own words say little ("Invalid argument"): the kernel's line is the reason.
+    assert (passed, reason) == (
+        False,
+        "modprobe -d /opt habanalabs failed "
+        "(kernel: habanalabs: disagrees about version of symbol module_layout)",
+    )
     assert evidence[0] == "[ 5.0] habanalabs: disagrees about version of symbol module_layout"
+
+
+def test_a_dependency_absent_from_the_node_is_its_own_reason() -> None:
+    lines = [
+        f"SMOKE: booted {R}",
+        "SMOKE: FAIL habana_example_ib needs in-tree kernel/drivers/infiniband/core/ib_core.ko,"
+        f" absent from this node's /lib/modules/{R}",
+        "SMOKE: FAIL",
+    ]
+    assert evaluate(lines, R)[1] == (
+        "habana_example_ib needs in-tree kernel/drivers/infiniband/core/ib_core.ko, "
+        f"absent from this node's /lib/modules/{R}"
+    )
 
 
 def test_kernel_error_alone_fails_even_with_a_pass_mark() -> None:

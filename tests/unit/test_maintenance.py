@@ -14,6 +14,7 @@ from habana_tasks.plan import plan_job
 from habana_tasks.prune import PruneItem, TagInfo, prune_plan
 from habana_tasks.registry import Existence, RemoteImage
 from habana_tasks.status import State, github_matrix, orphan_tags, statuses, to_markdown
+from tests.kmm_schema import kmm_load_sequence, schema_errors
 from tests.unit.test_plan import CONFIG, INPUTS, TARGET
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,9 +80,17 @@ def test_status_states_and_pending_matrix() -> None:
 def test_kmm_module_encodes_load_order_and_firmware_path() -> None:
     nic = replace(TARGET, modules=("habanalabs", "habanalabs_cn", "habanalabs_ib", "habanalabs_en"))
     module = kmm.module_manifest([nic], with_firmware=True)
+    assert schema_errors(module) == []
     modprobe = module["spec"]["moduleLoader"]["container"]["modprobe"]
-    assert modprobe["moduleName"] == "habanalabs"
-    assert modprobe["modulesLoadingOrder"] == list(nic.modules)
+    # The CRD: upmost module first, then what it depends on; moduleName is the first element.
+    assert modprobe["moduleName"] == "habanalabs_en"
+    assert modprobe["modulesLoadingOrder"] == [
+        "habanalabs_en",
+        "habanalabs_ib",
+        "habanalabs_cn",
+        "habanalabs",
+    ]
+    assert kmm_load_sequence(modprobe) == list(nic.modules)
     # The image ships /opt/lib/firmware/habanalabs/gaudi/<file>; the driver asks for
     # habanalabs/gaudi/<file>; KMM copies the contents of firmwarePath: so /opt/lib/firmware.
     assert modprobe["firmwarePath"] == "/opt/lib/firmware"
@@ -89,6 +98,41 @@ def test_kmm_module_encodes_load_order_and_firmware_path() -> None:
         {"literal": TARGET.kernel, "containerImage": TARGET.image}
     ]
     assert yaml.safe_load(yaml.safe_dump(module)) == module
+
+
+@pytest.mark.parametrize(
+    "modules",
+    [
+        ("habanalabs",),
+        ("a", "b"),
+        ("first", "second", "third"),
+        ("habanalabs", "habana_example_ib"),
+    ],
+)
+def test_independent_modules_load_in_their_declared_order(modules: tuple[str, ...]) -> None:
+    module = kmm.module_manifest([replace(TARGET, modules=modules)])
+    assert schema_errors(module) == []
+    modprobe = module["spec"]["moduleLoader"]["container"]["modprobe"]
+    assert kmm_load_sequence(modprobe) == list(modules)
+    assert ("modulesLoadingOrder" in modprobe) == (len(modules) > 1)
+
+
+def test_the_schema_check_catches_what_kmm_would_refuse_or_drop() -> None:
+    module = kmm.module_manifest([TARGET], with_firmware=True)
+    container = module["spec"]["moduleLoader"]["container"]
+    container["modprobe"]["firmwarePaht"] = "/opt/lib/firmware"  # pruned silently by default
+    container["modprobe"]["modulesLoadingOrder"] = "habanalabs_cn,habanalabs"
+    module["spec"].pop("selector")
+    errors = schema_errors(module)
+    assert any("'firmwarePaht' was unexpected" in e for e in errors), errors
+    assert any(
+        "modulesLoadingOrder: 'habanalabs_cn,habanalabs' is not of type" in e for e in errors
+    )
+    assert any("'selector' is a required property" in e for e in errors), errors
+    # The loading semantics: moduleName must be the list's first element.
+    modprobe = {"moduleName": "habanalabs", "modulesLoadingOrder": ["habanalabs_cn", "habanalabs"]}
+    with pytest.raises(AssertionError, match="first"):
+        kmm_load_sequence(modprobe)
 
 
 def test_release_selection_and_payload_parsing() -> None:

@@ -88,9 +88,14 @@ class FakePodman(FakeRunner):
             return self.push(argv)
         if argv[0] == "modinfo":
             release = argv[-1].split("/modules/", 1)[1].split("/", 1)[0]
-            return 0, [self.vermagic.get(release, f"{release} SMP preempt mod_unload")]
-        if argv[0] == "modprobe":
+            vermagic = self.vermagic.get(release, f"{release} SMP preempt mod_unload")
+            return 0, [f"filename:       {argv[-1]}", f"vermagic:       {vermagic}", "depends:"]
+        if argv[:2] == ["modprobe", "-d"]:
             return 0, [f"insmod {argv[2]}/lib/modules/{argv[4]}/extra/habanalabs.ko"]
+        if argv[0] == "modprobe":  # --dump-modversions, --show-exports: none here
+            return 0, []
+        if command == ["podman", "cp"]:  # the fake toolkit holds no kernel files
+            return 125, ["Error: no such file or directory"]
         return None
 
     def build(self, argv: list[str]) -> tuple[int, list[str]]:
