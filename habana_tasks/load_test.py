@@ -43,11 +43,12 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 release="$(uname -r)"
 echo "SMOKE: booted $release"
 status=PASS
-node="/opt/lib/modules/$release/host/"
 for m in @MODULES@; do
-  missing="$(modprobe -d /opt --show-depends "$m" 2>/dev/null | while read -r word file rest; do
-    if [ "$word" = insmod ] && [ ! -e "$file" ]; then printf ' %s' "${file#"$node"}"; fi
-  done)"
+  missing=""
+  deps="$(sed -n "s|^[^:]*/$m\\.ko[^:]*:||p" "/opt/lib/modules/$release/modules.dep" | head -n 1)"
+  for file in $deps; do
+    if [ ! -e "/opt/lib/modules/$release/$file" ]; then missing="$missing ${file#host/}"; fi
+  done
   if [ -n "$missing" ]; then
     echo "SMOKE: FAIL $m needs in-tree$missing, absent from this node's /lib/modules/$release"
     status=FAIL; continue
@@ -130,7 +131,7 @@ def evaluate(lines: Sequence[str], release: str) -> tuple[bool, str, tuple[str, 
     if booted != release:
         return False, f"booted kernel {booted!r}, expected {release!r}", evidence
     fails = [m[5:] for m in marks if m.startswith("FAIL ")]
-    kernel_said = [line for line in failures if "SMOKE: modprobe:" not in line]
+    kernel_said = [line for line in failures if MARK not in line or f"{MARK} dmesg" in line]
     if fails and kernel_said and fails[0].startswith("modprobe "):
         # modprobe only says "Invalid argument"; the kernel says which symbol or magic.
         said = re.sub(r"^(SMOKE: dmesg )?\[[ \d.]+\]\s*", "", kernel_said[0].strip())
