@@ -42,6 +42,27 @@ RUN set -e; dest="/out/lib/modules/${KERNEL_RELEASE}"; \
     done; \
     touch "${dest}/modules.builtin"; \
     if [ -d /tmp/unpacked/lib/firmware ]; then cp -a /tmp/unpacked/lib/firmware/. /out/lib/firmware/; fi
+# Signing, when the library signs (MODULE_SIGNING=1): every module, with the target kernel's own
+# sign-file and the digest its config names, before depmod. The key is a podman build secret,
+# mounted for this step only: it is never in a layer, a label, a build argument or the log.
+ARG MODULE_SIGNING
+COPY signing/ /tmp/signing/
+RUN --mount=type=secret,id=module_signing_key,required=false \
+    set -e; if [ "${MODULE_SIGNING}" != 1 ]; then exit 0; fi; \
+    key=/run/secrets/module_signing_key; \
+    if [ ! -s "${key}" ]; then echo "signing is on but the key secret is missing" >&2; exit 1; fi; \
+    build="/lib/modules/${KERNEL_RELEASE}/build"; signfile=""; \
+    for candidate in "${build}/scripts/sign-file" \
+        "/usr/src/kernels/${KERNEL_RELEASE}/scripts/sign-file"; do \
+      if [ -x "${candidate}" ]; then signfile="${candidate}"; break; fi; \
+    done; \
+    if [ -z "${signfile}" ]; then echo "the toolkit has no sign-file for ${KERNEL_RELEASE}" >&2; exit 1; fi; \
+    hash="$(sed -n 's/^CONFIG_MODULE_SIG_HASH="\(.*\)"$/\1/p' "${build}/.config" \
+      "/boot/config-${KERNEL_RELEASE}" 2>/dev/null | head -n 1)"; \
+    for module in "/out/lib/modules/${KERNEL_RELEASE}"/extra/*.ko; do \
+      "${signfile}" "${hash:-sha256}" "${key}" /tmp/signing/certificate "${module}"; \
+    done; \
+    echo "signed with ${hash:-sha256} by $(basename "${signfile}") of ${KERNEL_RELEASE}"
 # In-tree dependencies, KMM's way: in KMM's worker pods /host/lib/modules/<release> is the node's
 # own module tree, and the image's `host` link points there. Here it points at this toolkit's
 # kernel modules (exactly this release), so depmod resolves dependencies through the link and

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from habana_tasks import metadata
+from habana_tasks import metadata, signing
 from habana_tasks.config import BuildTarget, Config
 from habana_tasks.driver_package import PackageCache
 from habana_tasks.http_client import HTTPClient
@@ -72,7 +72,9 @@ def resolve_and_plan(
     registry = RegistryClient(config.insecure_registries, http, blob_cache=project.cache / "blobs")
     packages = PackageCache(project.cache / "downloads", http)
     started = time.monotonic()
-    resolution = metadata.resolve(targets, registry, packages, project.dockerfile)
+    # The certificate and key are checked before any request: a wrong pair stops here.
+    signer = signing.load_signer(config.signing) if config.signing else None
+    resolution = metadata.resolve(targets, registry, packages, project.dockerfile, signer=signer)
     jobs = plan(targets, resolution.inputs, resolution.remote, force, require_load_test=load_tests)
     return PlannedRun(jobs, resolution.remote, registry, packages, time.monotonic() - started)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,7 @@ RELEASE_EXPECTED = (
 )
 
 SCHEMA: dict[str, tuple[str, ...]] = {
-    "": ("library", "base", "toolkit", "driver", "drivers", "kernels", "discover"),
+    "": ("library", "base", "toolkit", "driver", "drivers", "kernels", "discover", "signing"),
     "library": ("repository", "source", "vendor", "insecure_registries"),
     "base": ("image",),
     "toolkit": ("image",),
@@ -35,7 +36,19 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "drivers.*": ("package_url", "firmware_url", "modules"),
     "kernels[]": ("release", "drivers", "arch", "rhel_version", "openshift"),
     "discover": ("release_repository", "minors", "arches", "drivers", "rt"),
+    "signing": ("certificate", "key"),
 }
+# The signing key's path, for CI runners that write the key from a secret store to a file.
+SIGNING_KEY_ENV = "HABANA_SIGNING_KEY"
+
+
+@dataclass(frozen=True)
+class SigningFiles:
+    """Where the module signing certificate (X.509, DER or PEM) and private key (PEM) are.
+    Only paths: the key's content is read by sign-file inside the build, as a podman secret."""
+
+    certificate: Path
+    key: Path
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,7 @@ class Config:
     insecure_registries: frozenset[str]
     targets: tuple[BuildTarget, ...] = field(default=())
     discover: DiscoverSettings = field(default_factory=DiscoverSettings)
+    signing: SigningFiles | None = None
 
     def tls_verify(self, image: str) -> bool:
         """Whether podman must verify TLS for this image's registry (not an insecure mirror)."""
@@ -111,7 +125,7 @@ class Config:
         return chosen
 
 
-def load(path: Path) -> Config:
+def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate versions.toml; raises ConfigError listing every problem."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -127,10 +141,10 @@ def load(path: Path) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
-    return parse(data, path)
+    return parse(data, path, os.environ if environ is None else environ)
 
 
-def parse(data: Mapping[str, Any], path: Path) -> Config:
+def parse(data: Mapping[str, Any], path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """The file's tables, each checked by its own helper; every problem raised at once."""
     problems = fields.Problems(path)
     fields.check_keys(problems, data, "", SCHEMA[""])
@@ -142,6 +156,7 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
     kernels = _kernel_entries(problems, data)
     targets, used = _targets(problems, kernels, templates, library.repository)
     discover = _discover_settings(problems, fields.table(problems, data, "discover"))
+    signing = _signing(problems, data, path, environ or {})
     for version in sorted(set(templates.overrides) - used):
         problems.add(
             f"drivers.{fields.quote(version)}", version, "no [[kernels]] entry uses this driver"
@@ -157,7 +172,29 @@ def parse(data: Mapping[str, Any], path: Path) -> Config:
         frozenset(library.insecure),
         tuple(targets),
         discover,
+        signing,
     )
+
+
+def _signing(
+    problems: fields.Problems, data: Mapping[str, Any], path: Path, environ: Mapping[str, str]
+) -> SigningFiles | None:
+    """[signing]: both paths, relative to the versions file; the key may come from the
+    environment instead (HABANA_SIGNING_KEY), so that it never needs to sit beside the file."""
+    if "signing" not in data and not environ.get(SIGNING_KEY_ENV):
+        return None
+    table = fields.table(problems, data, "signing")
+    fields.check_keys(problems, table, "signing", SCHEMA["signing"])
+    certificate = fields.text(problems, table, "signing.certificate", required=True)
+    key = environ.get(SIGNING_KEY_ENV) or fields.text(problems, table, "signing.key")
+    if "key" not in table and not environ.get(SIGNING_KEY_ENV):
+        problems.missing(
+            "signing.key", f"expected the path of the PEM private key (or set {SIGNING_KEY_ENV})"
+        )
+    if not certificate or not key:
+        return None
+    base = path.parent
+    return SigningFiles(base / Path(certificate).expanduser(), base / Path(key).expanduser())
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 The image is exported (never run) and inspected with kmod's own tools: every listed module is
 there and nothing built is left unlisted, each is built for exactly this release (vermagic),
 `modprobe -d /opt` resolves it to the image's own file, every dependency resolves inside the image
-or to a module the target kernel ships (with the same symbol versions), and every firmware file a
-module declares is shipped.
+or to a module the target kernel ships (with the same symbol versions), every firmware file a
+module declares is shipped, and, when the library signs, every module's signature verifies.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from habana_tasks.kernel_modules import (
 )
 from habana_tasks.podman import Podman
 from habana_tasks.process import LineSink, ProcessRunner
+from habana_tasks.signing import Signer, accepted_hashes, signature_problems
 
 # The link KMM's convention puts in the image; what it points to is the node's, not ours.
 HOST_LINK = "host"
@@ -250,6 +251,7 @@ def check_tree(
     kernel: KernelModules,
     expect_firmware: bool,
     on_line: LineSink | None = None,
+    signer: Signer | None = None,
 ) -> list[str]:
     """Every problem found; an empty list means the image may be published."""
     problems = []
@@ -273,6 +275,9 @@ def check_tree(
         facts.append(module)
         if why := vermagic_problem(name, module.vermagic, release):
             problems.append(why)
+        if signer is not None:
+            hashes = accepted_hashes(kernel.config) if kernel.config else None
+            problems += signature_problems(runner, name, path, signer, release, hashes)
         if dep.is_file() and name in target.modules:
             done = runner.run(
                 ["modprobe", "-d", str(tree.root / "opt"), "-S", release, "--show-depends", name],
@@ -295,13 +300,15 @@ def check_image(
     workdir: Path,
     expect_firmware: bool,
     on_line: LineSink | None = None,
+    *,
+    signer: Signer | None = None,
 ) -> Path:
     """Export and check; returns the exported rootfs tar (reused by the load test)."""
     workdir.mkdir(parents=True, exist_ok=True)
     rootfs = workdir / "rootfs.tar"
     podman.export_rootfs(image, rootfs, on_line)
     tree = unpack(rootfs, workdir / "tree")
-    problems = check_tree(tree, target, podman.runner, kernel, expect_firmware, on_line)
+    problems = check_tree(tree, target, podman.runner, kernel, expect_firmware, on_line, signer)
     if problems:
         raise CheckError("; ".join(problems))
     return rootfs

@@ -22,6 +22,8 @@ from habana_tasks.errors import HabanaError
 from habana_tasks.podman import Podman
 
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+# Bumped when the files read from a toolkit change, so cached copies are read again.
+INDEX_VERSION = "2"
 KERNEL_PATHS = ("/lib/modules/{release}/vmlinuz", "/boot/vmlinuz-{release}")
 # Where kernels keep their exported symbols' CRCs: RHEL's kernel-core and kernel-devel,
 # Debian's linux-headers, and the build link every kernel has.
@@ -31,6 +33,12 @@ SYMVERS_PATHS = (
     "/usr/src/kernels/{release}/Module.symvers",
     "/usr/src/linux-headers-{release}/Module.symvers",
     "/lib/modules/{release}/build/Module.symvers",
+)
+CONFIG_PATHS = (
+    "/lib/modules/{release}/config",
+    "/boot/config-{release}",
+    "/lib/modules/{release}/build/.config",
+    "/usr/src/kernels/{release}/.config",
 )
 VMLINUX = "vmlinux"
 
@@ -65,6 +73,7 @@ class KernelModules:
     source: str  # the toolkit image it was read from
     has_index: bool = True  # False: the toolkit carries no modules.dep for this release
     has_symvers: bool = True
+    config: str = ""  # the kernel's .config, when the toolkit carries it
 
 
 def parse_modules_dep(text: str) -> dict[str, str]:
@@ -98,7 +107,7 @@ def parse_symvers(text: str) -> dict[str, Export]:
 
 
 def _key(toolkit_image: str, release: str) -> str:
-    return hashlib.sha256(f"{toolkit_image}\0{release}".encode()).hexdigest()[:24]
+    return hashlib.sha256(f"{INDEX_VERSION}\0{toolkit_image}\0{release}".encode()).hexdigest()[:24]
 
 
 class KernelModuleStore:
@@ -143,6 +152,7 @@ class KernelModuleStore:
                     "modules.dep": [f"{base}/modules.dep"],
                     "modules.builtin": [f"{base}/modules.builtin"],
                     "symvers": [p.format(release=release) for p in SYMVERS_PATHS],
+                    "config": [p.format(release=release) for p in CONFIG_PATHS],
                 }
                 self._copy(toolkit_image, wanted, directory)
         found = dict(line.split("\t", 1) for line in (directory / "found").read_text().splitlines())
@@ -155,6 +165,7 @@ class KernelModuleStore:
             )
         dep = directory / "modules.dep"
         builtin = directory / "modules.builtin"
+        config = directory / "config"
         return KernelModules(
             release=release,
             modules=parse_modules_dep(dep.read_text()) if dep.is_file() else {},
@@ -163,6 +174,7 @@ class KernelModuleStore:
             source=toolkit_image,
             has_index="modules.dep" in found,
             has_symvers="symvers" in found,
+            config=config.read_text("utf-8", "replace") if config.is_file() else "",
         )
 
     def vmlinuz(self, toolkit_image: str, release: str) -> Path:

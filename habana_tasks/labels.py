@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from habana_tasks.config import BuildTarget, Config
 from habana_tasks.driver_package import CachedPackage
 from habana_tasks.registry import ResolvedImage
+from habana_tasks.signing import UNSIGNED, Signer
 
 PREFIX = "io.habana-ai-driver."
 OCI = "org.opencontainers.image."
@@ -23,8 +24,9 @@ FINGERPRINT = PREFIX + "fingerprint"
 LOAD_TESTED = PREFIX + "load-tested"
 KERNEL = PREFIX + "kernel.release"
 DRIVER = PREFIX + "driver.version"
+SIGNING = PREFIX + "signing"  # "signed" or "unsigned"
 # Bump when the meaning of the fingerprint changes, so every image is rebuilt once.
-FINGERPRINT_SCHEMA = "2"
+FINGERPRINT_SCHEMA = "3"
 # Image references are fingerprinted by digest only (already an input): the same base or toolkit
 # served from a mirror under another name needs no rebuild.
 UNFINGERPRINTED_ARGS = ("TOOLKIT_IMAGE", "BASE_IMAGE")
@@ -38,6 +40,8 @@ INPUT_LABELS = {
     "driver git SHA": OCI + "revision",
     "Dockerfile": PREFIX + "dockerfile.sha256",
     "modules": PREFIX + "modules",
+    # The certificate, not the key: a new certificate rebuilds every image.
+    "signing certificate": PREFIX + "signing.certificate.sha256",
 }
 
 
@@ -51,6 +55,7 @@ class TargetInputs:
     firmware: CachedPackage | None
     git_sha: str
     dockerfile_sha256: str
+    signer: Signer | None = None
 
 
 def build_args(target: BuildTarget, inputs: TargetInputs) -> dict[str, str]:
@@ -61,6 +66,7 @@ def build_args(target: BuildTarget, inputs: TargetInputs) -> dict[str, str]:
         "DRIVER_VERSION": target.driver,
         "DRIVER_GIT_SHA": inputs.git_sha,
         "MODULES": " ".join(target.modules),
+        "MODULE_SIGNING": "1" if inputs.signer else "",
     }
 
 
@@ -74,6 +80,7 @@ def input_values(target: BuildTarget, inputs: TargetInputs) -> dict[str, str]:
         "driver git SHA": inputs.git_sha,
         "Dockerfile": inputs.dockerfile_sha256,
         "modules": ",".join(target.modules),
+        "signing certificate": inputs.signer.certificate_sha256 if inputs.signer else "",
     }
 
 
@@ -131,6 +138,12 @@ def image_labels(
             LOAD_TESTED: "true" if load_tested else "false",
         }
     )
+    if inputs.signer:
+        labels[SIGNING] = "signed"
+        labels[PREFIX + "signing.signer"] = inputs.signer.subject
+        labels[PREFIX + "signing.key-id"] = inputs.signer.key_id
+    else:
+        labels[SIGNING] = UNSIGNED
     if inputs.base.index_digest:
         labels[PREFIX + "base.index-digest"] = inputs.base.index_digest
     if inputs.firmware:

@@ -13,6 +13,7 @@ from habana_tasks.driver_package import CachedPackage, PackageCache, read_git_sh
 from habana_tasks.errors import HabanaError
 from habana_tasks.labels import TargetInputs
 from habana_tasks.registry import RegistryClient, RemoteImage, ResolvedImage
+from habana_tasks.signing import Signer
 
 T = TypeVar("T")
 LOOKUP_THREADS = 16
@@ -60,6 +61,7 @@ def resolve(
     dockerfile: Path,
     *,
     with_remote: bool = True,
+    signer: Signer | None = None,
 ) -> Resolution:
     dockerfile_sha = sha256_file(dockerfile)
     with ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="lookup") as pool:
@@ -113,7 +115,9 @@ def resolve(
                 assert isinstance(base, ResolvedImage) and isinstance(toolkit, ResolvedImage)
                 assert isinstance(pkg, CachedPackage) and isinstance(sha, str)
                 assert firmware is None or isinstance(firmware, CachedPackage)
-                inputs[t.tag] = TargetInputs(base, toolkit, pkg, firmware, sha, dockerfile_sha)
+                inputs[t.tag] = TargetInputs(
+                    base, toolkit, pkg, firmware, sha, dockerfile_sha, signer
+                )
             if remote_f is not None:
                 remote[t.tag] = remote_f.result()
     return Resolution(inputs, remote)

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from habana_tasks import image_checks, labels
+from habana_tasks import image_checks, labels, signing
 from habana_tasks import load_test as load_test_module
 from habana_tasks.config import BuildTarget, Config
 from habana_tasks.driver_package import link_into
@@ -211,6 +211,12 @@ class Pipeline:
         link_into(inputs.package, context / "packages", "habanalabs.rpm")
         if inputs.firmware:
             link_into(inputs.firmware, context / "packages", "habanalabs-firmware.rpm")
+        # The certificate is public and goes in the context; the key goes in as a secret.
+        (context / "signing").mkdir()
+        secrets = {}
+        if inputs.signer:
+            (context / "signing" / "certificate").write_bytes(inputs.signer.certificate_pem)
+            secrets[signing.SECRET_ID] = inputs.signer.files.key
         stage("build")
         spec = BuildSpec(
             context=context,
@@ -224,12 +230,20 @@ class Pipeline:
             ),
             # A forced rebuild really rebuilds: no layer is taken from the cache.
             no_cache=job.forced,
+            secrets=secrets,
         )
         image_id = self.podman.build(spec, sink)
         stage("check")
         kernel = self.kernels.load(inputs.toolkit.pinned, target.kernel)
         rootfs = image_checks.check_image(
-            self.podman, image_id, target, kernel, work / "check", inputs.firmware is not None, sink
+            self.podman,
+            image_id,
+            target,
+            kernel,
+            work / "check",
+            inputs.firmware is not None,
+            sink,
+            signer=inputs.signer,
         )
         if self.options.load_test:
             stage("load test")

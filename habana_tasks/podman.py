@@ -29,6 +29,9 @@ class BuildSpec:
     no_cache: bool = False
     # --isolation, chosen per host by habana_tasks.isolation (None: podman's own default).
     isolation: str | None = None
+    # Build secrets: id -> file. Only the path is on the command line; podman mounts the file
+    # for the RUN steps that ask for it and never stores it in a layer.
+    secrets: Mapping[str, Path] = field(default_factory=dict)
 
     @property
     def argv(self) -> list[str]:
@@ -46,6 +49,8 @@ class BuildSpec:
             argv += ["--label", f"{key}={value}"]
         for tag in self.tags:
             argv += ["--tag", tag]
+        for secret, path in sorted(self.secrets.items()):
+            argv += ["--secret", f"id={secret},src={path}"]
         argv.append(str(self.context))
         return argv
 

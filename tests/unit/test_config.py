@@ -230,3 +230,27 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(tmp_path / "nope.toml")
     assert "nope.toml: cannot read: No such file or directory" in str(info.value)
+
+
+def test_signing_paths_are_relative_to_the_file_and_the_key_may_come_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    cfg = load_text(tmp_path, GOOD + '[signing]\ncertificate = "keys/c.der"\nkey = "keys/k.pem"\n')
+    assert cfg.signing == config.SigningFiles(tmp_path / "keys/c.der", tmp_path / "keys/k.pem")
+    path = tmp_path / "versions.toml"
+    path.write_text(GOOD + '[signing]\ncertificate = "c.der"\n')
+    from_env = config.load(path, {config.SIGNING_KEY_ENV: "/run/key.pem"})
+    assert from_env.signing == config.SigningFiles(tmp_path / "c.der", Path("/run/key.pem"))
+    with pytest.raises(ConfigError, match=r"signing\.key is missing"):
+        config.load(path, {})
+    assert load_text(tmp_path, GOOD).signing is None
+
+
+def test_signing_without_key_or_certificate_is_refused(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, GOOD + '[signing]\ncertificate = "c.der"\nkeys = "k"\n')
+    assert any(
+        "signing.key is missing: expected the path of the PEM private key" in p for p in problems
+    )
+    assert any("signing.keys: unknown key; did you mean 'key'?" in p for p in problems)
+    problems = problems_of(tmp_path, GOOD + '[signing]\nkey = "k.pem"\n')
+    assert any("signing.certificate is missing" in p for p in problems)
