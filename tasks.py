@@ -172,6 +172,9 @@ def matrix(c: Context, versions: str | None = None, format: str = "github") -> N
         "output": "write the YAML here (default: standard output)",
         "name": "Module name (default habanalabs)",
         "namespace": "Module namespace (default habana-ai-operator)",
+        "sign-key-secret": "KMM signs in the cluster: Secret with the private key (key `key`)",
+        "sign-cert-secret": "Secret with the certificate (key `cert`)",
+        "signed-repository": "where KMM pushes signed images (default: <repository>-signed)",
     }
 )
 def kmm_module(
@@ -181,11 +184,23 @@ def kmm_module(
     output: str | None = None,
     name: str = "habanalabs",
     namespace: str = "habana-ai-operator",
+    sign_key_secret: str | None = None,
+    sign_cert_secret: str | None = None,
+    signed_repository: str | None = None,
 ) -> None:
     """Write a KMM Module whose kernelMappings cover every kernel the library holds."""
 
     def write() -> None:
-        text = commands.kmm_module(PROJECT, driver, versions, name=name, namespace=namespace)
+        text = commands.kmm_module(
+            PROJECT,
+            driver,
+            versions,
+            name=name,
+            namespace=namespace,
+            sign_key_secret=sign_key_secret,
+            sign_cert_secret=sign_cert_secret,
+            signed_repository=signed_repository,
+        )
         if output:
             Path(output).write_text(text)
         else:

@@ -209,11 +209,28 @@ def kmm_module(
     *,
     name: str = "habanalabs",
     namespace: str = "habana-ai-operator",
+    sign_key_secret: str | None = None,
+    sign_cert_secret: str | None = None,
+    signed_repository: str | None = None,
 ) -> str:
-    """A KMM Module (YAML) mapping every kernel whose image the repository holds for driver."""
+    """A KMM Module (YAML) mapping every kernel whose image the repository holds for driver;
+    with both secrets, KMM signs each image in the cluster and pushes the signed copy."""
+    if bool(sign_key_secret) != bool(sign_cert_secret):
+        raise UsageError("--sign-key-secret and --sign-cert-secret go together: give both")
+    if signed_repository and not sign_key_secret:
+        raise UsageError("--signed-repository needs --sign-key-secret and --sign-cert-secret")
     config = project.load(versions)
+    sign = None
+    if sign_key_secret and sign_cert_secret:
+        repository = signed_repository or f"{config.repository}-signed"
+        if repository == config.repository:
+            raise UsageError(
+                f"--signed-repository {repository!r}: KMM pushes the signed images there; it "
+                "must differ from the library's repository, which holds the unsigned ones"
+            )
+        sign = kmm.KmmSigning(sign_key_secret, sign_cert_secret, repository)
     registry = RegistryClient(config.insecure_registries)
-    module = kmm.library_module(config, driver, registry, name=name, namespace=namespace)
+    module = kmm.library_module(config, driver, registry, name=name, namespace=namespace, sign=sign)
     return yaml.safe_dump(module, sort_keys=False)
 
 

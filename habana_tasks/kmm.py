@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
+from habana_tasks import labels
 from habana_tasks.config import BuildTarget, Config
-from habana_tasks.errors import HabanaError
+from habana_tasks.errors import HabanaError, UsageError
 from habana_tasks.registry import Existence, RegistryClient
 
 API_VERSION = "kmm.sigs.x-k8s.io/v1beta1"
@@ -19,6 +21,36 @@ FIRMWARE_PATH = "/opt/lib/firmware"
 MODULES_DIR = "/opt"
 # Nodes with a Habana device (PCI vendor 0x1da3), as labelled by Node Feature Discovery.
 NODE_SELECTOR = {"feature.node.kubernetes.io/pci-1da3.present": "true"}
+
+
+@dataclass(frozen=True)
+class KmmSigning:
+    """KMM signs in the cluster: the Secrets holding the key (`key`) and certificate (`cert`),
+    and the repository it pushes the signed images to (same tag as the unsigned one)."""
+
+    key_secret: str
+    cert_secret: str
+    signed_repository: str
+
+
+def files_to_sign(target: BuildTarget) -> list[str]:
+    """Every module path in the image (under dirName), as KMM's filesToSign wants them."""
+    return [f"{MODULES_DIR}/lib/modules/{target.kernel}/extra/{m}.ko" for m in target.modules]
+
+
+def kernel_mapping(target: BuildTarget, sign: KmmSigning | None) -> dict[str, Any]:
+    if sign is None:
+        return {"literal": target.kernel, "containerImage": target.image}
+    return {
+        "literal": target.kernel,
+        "containerImage": f"{sign.signed_repository}:{target.tag}",
+        "sign": {
+            "unsignedImage": target.image,
+            "keySecret": {"name": sign.key_secret},
+            "certSecret": {"name": sign.cert_secret},
+            "filesToSign": files_to_sign(target),
+        },
+    }
 
 
 def loading_order(modules: Sequence[str]) -> list[str]:
@@ -34,6 +66,7 @@ def module_manifest(
     name: str = "habanalabs",
     namespace: str = "habana-ai-operator",
     with_firmware: bool = False,
+    sign: KmmSigning | None = None,
 ) -> dict[str, Any]:
     """Literal kernelMappings, one per target, each naming its exact image tag."""
     if not targets:
@@ -44,10 +77,7 @@ def module_manifest(
         modprobe["modulesLoadingOrder"] = order
     if with_firmware:
         modprobe["firmwarePath"] = FIRMWARE_PATH
-    mappings = [
-        {"literal": t.kernel, "containerImage": t.image}
-        for t in sorted(targets, key=lambda t: t.kernel)
-    ]
+    mappings = [kernel_mapping(t, sign) for t in sorted(targets, key=lambda t: t.kernel)]
     return {
         "apiVersion": API_VERSION,
         "kind": "Module",
@@ -66,6 +96,7 @@ def library_module(
     *,
     name: str = "habanalabs",
     namespace: str = "habana-ai-operator",
+    sign: KmmSigning | None = None,
 ) -> dict[str, Any]:
     """The Module for one driver, mapping every kernel whose image the repository holds."""
     targets = config.select(driver=driver)
@@ -74,9 +105,22 @@ def library_module(
     unknown = [r for r in remote if r.existence is Existence.UNKNOWN]
     if unknown:
         raise HabanaError(f"{unknown[0].reference}: {unknown[0].error}")
-    held = [t for t, r in zip(targets, remote, strict=True) if r.existence is Existence.PRESENT]
-    if not held:
+    present = [
+        (t, r) for t, r in zip(targets, remote, strict=True) if r.existence is Existence.PRESENT
+    ]
+    if not present:
         raise HabanaError(f"{config.repository} holds no image for driver {driver}; build first")
+    signed = [t.image for t, r in present if r.labels.get(labels.SIGNING) == "signed"]
+    if sign is not None and signed:
+        raise UsageError(
+            f"{signed[0]} is already signed (by {config.signing and config.signing.certificate}); "
+            "KMM's sign flow is for unsigned images: drop --sign-key-secret/--sign-cert-secret"
+        )
+    held = [t for t, _ in present]
     return module_manifest(
-        held, name=name, namespace=namespace, with_firmware=held[0].firmware_url is not None
+        held,
+        name=name,
+        namespace=namespace,
+        with_firmware=held[0].firmware_url is not None,
+        sign=sign,
     )

@@ -25,6 +25,7 @@ LOAD_TESTED = PREFIX + "load-tested"
 KERNEL = PREFIX + "kernel.release"
 DRIVER = PREFIX + "driver.version"
 SIGNING = PREFIX + "signing"  # "signed" or "unsigned"
+SIGNER = PREFIX + "signing.signer"
 # Bump when the meaning of the fingerprint changes, so every image is rebuilt once.
 FINGERPRINT_SCHEMA = "3"
 # Image references are fingerprinted by digest only (already an input): the same base or toolkit
@@ -140,7 +141,7 @@ def image_labels(
     )
     if inputs.signer:
         labels[SIGNING] = "signed"
-        labels[PREFIX + "signing.signer"] = inputs.signer.subject
+        labels[SIGNER] = inputs.signer.subject
         labels[PREFIX + "signing.key-id"] = inputs.signer.key_id
     else:
         labels[SIGNING] = UNSIGNED

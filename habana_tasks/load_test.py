@@ -31,8 +31,11 @@ DEFAULT_TIMEOUT = 120.0
 # Kernel log lines that mean a module did not load as built.
 LOAD_FAILURES = re.compile(
     r"disagrees about version of symbol|Unknown symbol|version magic|Invalid module format|"
-    r"invalid module|decompression failed|Failed to decompress|module_layout"
+    r"invalid module|decompression failed|Failed to decompress|module_layout|"
+    r"Loading of .* is rejected"
 )
+# Signature enforcement, as on a Secure Boot node (lockdown makes the kernel enforce it).
+ENFORCE_SIGNATURES = "module.sig_enforce=1"
 
 INIT = """#!/bin/sh
 # Loads the driver as KMM's worker does (modprobe -d /opt), in order, reports, powers off.
@@ -92,7 +95,13 @@ def init_script(modules: Sequence[str]) -> bytes:
     return INIT.replace("@MODULES@", " ".join(modules)).replace("@PCI_DRIVER@", modules[0]).encode()
 
 
-def qemu_argv(kernel: Path, initrd: Path, memory_mb: int = 1024, accel: str = "tcg") -> list[str]:
+def qemu_argv(
+    kernel: Path,
+    initrd: Path,
+    memory_mb: int = 1024,
+    accel: str = "tcg",
+    kernel_args: Sequence[str] = (),
+) -> list[str]:
     """TCG unless asked: a /dev/kvm that exists can still be unusable (nested virtualisation)."""
     return [
         "qemu-system-x86_64",
@@ -114,7 +123,7 @@ def qemu_argv(kernel: Path, initrd: Path, memory_mb: int = 1024, accel: str = "t
         "-initrd",
         str(initrd),
         "-append",
-        "console=ttyS0 panic=-1 quiet",
+        " ".join(("console=ttyS0 panic=-1 quiet", *kernel_args)),
     ]
 
 
@@ -203,9 +212,11 @@ def boot_and_load(
     node: Mapping[str, bytes] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     on_line: LineSink | None = None,
+    enforce_signatures: bool = False,
 ) -> LoadTestResult:
     """Boot `kernel` with the image as initramfs; `node` holds the node's in-tree module files
-    (path under /lib/modules/<release> -> content), placed where KMM's worker sees them."""
+    (path under /lib/modules/<release> -> content), placed where KMM's worker sees them. With
+    `enforce_signatures`, the kernel refuses modules not signed by a key it trusts."""
     work.mkdir(parents=True, exist_ok=True)
     initrd = work / "initrd.cpio"
     extra = {"init": (0o755, init_script(modules))}
@@ -217,7 +228,12 @@ def boot_and_load(
     started = time.monotonic()
     try:
         done = podman.runner.run(
-            qemu_argv(kernel, initrd, accel=accel),
+            qemu_argv(
+                kernel,
+                initrd,
+                accel=accel,
+                kernel_args=[ENFORCE_SIGNATURES] if enforce_signatures else [],
+            ),
             timeout=timeout,
             keep_output=True,
             check=False,

@@ -35,6 +35,8 @@ class TargetStatus:
     created: str | None = None
     load_tested: bool = False
     openshift: tuple[str, ...] = ()
+    # "signed by <signer>", "unsigned", or None (no image, or an image from before signing labels)
+    signing: str | None = None
 
     @property
     def pending(self) -> bool:
@@ -63,12 +65,20 @@ def target_status(job: BuildJob, remote: RemoteImage) -> TargetStatus:
         size=remote.size,
         created=remote.labels.get(labels.OCI + "created"),
         load_tested=remote.labels.get(labels.LOAD_TESTED) == "true",
+        signing=signing_of(remote.labels),
     )
     if job.action is Action.SKIP:
         return replace(found, state=State.CURRENT, reason=job.reason)
     if job.action is Action.BUILD:
         return replace(found, state=State.STALE, reason=job.reason.removeprefix("stale: "))
     return replace(found, state=State.UNKNOWN, reason=f"cannot tell if current: {job.reason}")
+
+
+def signing_of(image_labels: Mapping[str, str]) -> str | None:
+    state = image_labels.get(labels.SIGNING)
+    if state == "signed":
+        return f"signed by {image_labels.get(labels.SIGNER, '?')}"
+    return state
 
 
 def statuses(jobs: Sequence[BuildJob], remote: Mapping[str, RemoteImage]) -> list[TargetStatus]:
@@ -95,14 +105,14 @@ def to_markdown(items: Sequence[TargetStatus], repository: str) -> str:
     lines = [
         f"# habanalabs driver images in `{repository}`",
         "",
-        "| kernel | driver | image | OpenShift | load-tested | built |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| kernel | driver | image | OpenShift | load-tested | signing | built |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in sorted(items, key=lambda s: (s.kernel, s.driver)):
         image = f"`{s.image.rsplit(':', 1)[0]}@{s.digest}`" if s.digest else f"_{s.state.value}_"
         lines.append(
             f"| `{s.kernel}` | {s.driver} | {image} | {', '.join(s.openshift) or '-'} | "
-            f"{'yes' if s.load_tested else 'no'} | {s.created or '-'} |"
+            f"{'yes' if s.load_tested else 'no'} | {s.signing or '-'} | {s.created or '-'} |"
         )
     return "\n".join(lines) + "\n"
 

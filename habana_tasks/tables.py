@@ -132,6 +132,7 @@ def status_table(repository: str, items: Iterable[TargetStatus]) -> Table:
         "digest",
         "size",
         "load-tested",
+        "signing",
         "built",
     )
     for item in items:
@@ -146,6 +147,7 @@ def status_table(repository: str, items: Iterable[TargetStatus]) -> Table:
             short(item.digest),
             size,
             "yes" if item.load_tested else "no",
+            item.signing or "",
             item.created or "",
         )
     return out

@@ -182,3 +182,24 @@ def test_versions_file_edit_keeps_comments_and_order() -> None:
     assert 'openshift = ["4.11.2"]' in new
     with pytest.raises(HabanaError, match="no driver versions are known"):
         discover.update_versions(text, {"5.14.0-2.el9_2.x86_64": ["4.13.2"]}, [])
+
+
+def test_kmm_signs_in_the_cluster_with_every_module_in_files_to_sign() -> None:
+    nic = replace(TARGET, modules=("habanalabs", "habanalabs_cn"))
+    sign = kmm.KmmSigning("habana-signing-key", "habana-signing-cert", "r.example/lib/drv-signed")
+    module = kmm.module_manifest([nic], sign=sign)
+    assert schema_errors(module) == []
+    (mapping,) = module["spec"]["moduleLoader"]["container"]["kernelMappings"]
+    assert mapping["containerImage"] == f"r.example/lib/drv-signed:{nic.tag}"
+    assert mapping["sign"] == {
+        "unsignedImage": nic.image,
+        "keySecret": {"name": "habana-signing-key"},
+        "certSecret": {"name": "habana-signing-cert"},
+        "filesToSign": [
+            f"/opt/lib/modules/{nic.kernel}/extra/habanalabs.ko",
+            f"/opt/lib/modules/{nic.kernel}/extra/habanalabs_cn.ko",
+        ],
+    }
+    # KMM: every path in filesToSign must be under dirName.
+    dir_name = module["spec"]["moduleLoader"]["container"]["modprobe"]["dirName"]
+    assert all(path.startswith(dir_name + "/") for path in mapping["sign"]["filesToSign"])
