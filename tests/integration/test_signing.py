@@ -1,0 +1,206 @@
+"""Signed images end to end: a canary key through a whole signed build (it reaches sign-file and
+nothing else), the PKCS#7 check on the real modules, and the target kernel enforcing signatures."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from devtools.local_upstream import EXAMPLE_MODULES
+from habana_tasks import config, labels, load_test
+from habana_tasks.config import SigningFiles
+from habana_tasks.kernel_modules import KernelModuleStore
+from habana_tasks.podman import Podman
+from habana_tasks.process import ProcessRunner
+from habana_tasks.project import Project
+from habana_tasks.registry import RegistryClient
+from habana_tasks.signing import load_signer, signature_problems
+from tests.conftest import ROOT, RecordProperty, invoke_argv, require_tools
+from tests.integration.conftest import KERNELS, UpstreamFixture
+from tests.integration.test_secrets import argv_snapshots
+from tests.unit.test_signing import make_pair
+
+pytestmark = [pytest.mark.integration, pytest.mark.reliability("secrets")]
+KERNEL = KERNELS[1]
+
+
+def canaries(key: Path) -> list[bytes]:
+    """What would betray the key: each base64 line of its PEM body, and its DER bytes."""
+    lines = [line for line in key.read_bytes().splitlines() if line and b"-----" not in line]
+    der = base64.b64decode(b"".join(lines))
+    return [*lines, der[-64:]]
+
+
+def hits(data: bytes, marks: list[bytes]) -> bool:
+    return any(mark in data for mark in marks)
+
+
+@pytest.fixture(scope="module")
+def signed(
+    test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, object]:
+    """One signed image (6.1.0-56), built by `invoke build` as a user runs it, argv watched."""
+    require_tools("openssl")
+    work = tmp_path_factory.mktemp("signed")
+    pair = make_pair(work / "keys", "habana library signing key")
+    versions = test_upstream.versions(work / "versions.toml", (KERNEL,), repository="library/sig")
+    versions.write_text(
+        versions.read_text()
+        + f'\n[signing]\ncertificate = "{pair.certificate}"\nkey = "{pair.key}"\n'
+    )
+    cache = work / "cache"
+    seen: list[str] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=argv_snapshots, args=(stop, seen), daemon=True)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            invoke_argv("build", "--kernel", KERNEL, "--versions", str(versions)),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=900,
+            env={**os.environ, "HABANA_CACHE_DIR": str(cache)},
+        )
+    finally:
+        stop.set()
+        watcher.join()
+    return {
+        "pair": pair,
+        "versions": versions,
+        "cache": cache,
+        "argv": seen,
+        "output": done.stdout + done.stderr,
+        "code": done.returncode,
+        "seconds": time.monotonic() - started,
+        "work": work,
+    }
+
+
+def test_a_signed_image_is_built_checked_labelled_and_pushed(
+    signed: dict[str, object], test_upstream: UpstreamFixture, record_property: RecordProperty
+) -> None:
+    assert signed["code"] == 0, signed["output"]
+    pair = signed["pair"]
+    assert isinstance(pair, SigningFiles) and isinstance(signed["versions"], Path)
+    signer = load_signer(pair)
+    target = config.load(signed["versions"]).targets[0]
+    remote = RegistryClient([test_upstream.upstream.registry]).inspect(target.image)
+    assert remote.labels[labels.SIGNING] == "signed"
+    assert remote.labels[labels.SIGNER] == "habana library signing key"
+    assert remote.labels[labels.PREFIX + "signing.key-id"] == signer.key_id
+    assert remote.labels[labels.INPUT_LABELS["signing certificate"]] == signer.certificate_sha256
+    record_property("signed build seconds", f"{signed['seconds']:.1f}")
+
+
+def test_the_key_reaches_nothing_but_sign_file(
+    signed: dict[str, object], test_upstream: UpstreamFixture, record_property: RecordProperty
+) -> None:
+    pair = signed["pair"]
+    assert isinstance(pair, SigningFiles) and isinstance(signed["versions"], Path)
+    assert isinstance(signed["cache"], Path) and isinstance(signed["work"], Path)
+    marks = canaries(pair.key)
+    target = config.load(signed["versions"]).targets[0]
+    runner = test_upstream.runner
+    found: list[str] = []
+    if hits(str(signed["output"]).encode(), marks):
+        found.append("console output")
+    found += [f"argv: {line[:80]}" for line in signed["argv"] if hits(line.encode(), marks)]  # type: ignore[attr-defined]
+    for path in signed["cache"].rglob("*"):  # logs, report.json, build contexts
+        if path.is_file() and not path.is_symlink() and hits(path.read_bytes(), marks):
+            found.append(str(path))
+    inspect = runner.run(["podman", "image", "inspect", target.image], keep_output=True).text
+    history = runner.run(["podman", "history", "--no-trunc", target.image], keep_output=True).text
+    found += [what for what, text in (("inspect", inspect), ("history", history))
+              if hits(text.encode(), marks)]  # fmt: skip
+    archive = signed["work"] / "image.tar"
+    runner.run(["podman", "save", "--format", "docker-archive", "-o", str(archive), target.image])
+    with tarfile.open(archive) as outer:
+        for member in outer:
+            handle = outer.extractfile(member) if member.isfile() else None
+            if handle is not None and hits(handle.read(), marks):
+                found.append(f"layer {member.name}")
+    assert found == []
+    record_property("canary key hits", "0")
+
+
+def test_every_module_verifies_and_a_changed_or_foreign_one_does_not(
+    signed: dict[str, object], test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    assert isinstance(signed["versions"], Path) and isinstance(signed["pair"], SigningFiles)
+    signer = load_signer(signed["pair"])
+    other = load_signer(make_pair(tmp_path / "other", "someone else"))
+    target = config.load(signed["versions"]).targets[0]
+    rootfs = tmp_path / "rootfs.tar"
+    Podman(test_upstream.runner).export_rootfs(target.image, rootfs)
+    runner = ProcessRunner()
+    with tarfile.open(rootfs) as tar:
+        for module in EXAMPLE_MODULES:
+            handle = tar.extractfile(f"opt/lib/modules/{KERNEL}/extra/{module}.ko")
+            assert handle is not None
+            path = tmp_path / f"{module}.ko"
+            data = handle.read()
+            path.write_bytes(data)
+            assert signature_problems(runner, module, path, signer, KERNEL, {"sha256"}) == []
+            wrong = signature_problems(runner, module, path, other, KERNEL, None)
+            assert wrong and "does not verify against 'someone else'" in wrong[0]
+            path.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+            tampered = signature_problems(runner, module, path, signer, KERNEL, None)
+            assert tampered and "tampered, or signed with another key" in tampered[0]
+
+
+def test_the_kernel_enforcing_signatures_refuses_unsigned_and_unknown_key_modules(
+    signed: dict[str, object],
+    library: tuple[Project, Path],
+    test_upstream: UpstreamFixture,
+    tmp_path: Path,
+    record_property: RecordProperty,
+) -> None:
+    """module.sig_enforce=1 on the stock target kernel. A key the kernel does not trust is
+    refused like an unsigned module (its own reason); the kernel's own in-tree modules, signed by
+    the distribution, still load from the node (ib_core and ib_uverbs below)."""
+    assert isinstance(signed["versions"], Path)
+    podman = Podman(ProcessRunner())
+    store = KernelModuleStore(podman, tmp_path / "kernels")
+    unsigned_target = config.load(library[1]).targets[1]
+    signed_target = config.load(signed["versions"]).targets[0]
+    outcomes = {}
+    for name, image in (("unsigned", unsigned_target.image), ("signed", signed_target.image)):
+        rootfs = tmp_path / f"{name}.tar"
+        podman.export_rootfs(image, rootfs)
+        toolkit = unsigned_target.toolkit_image
+        node = store.files(toolkit, KERNEL, load_test.in_tree_closure(rootfs, KERNEL))
+        lines: list[str] = []
+        outcomes[name] = load_test.boot_and_load(
+            podman,
+            rootfs,
+            store.vmlinuz(toolkit, KERNEL),
+            KERNEL,
+            list(reversed(EXAMPLE_MODULES)),  # the stand-in first: its in-tree deps load first
+            tmp_path / name,
+            node={p: f.read_bytes() for p, f in node.items()},
+            enforce_signatures=True,
+            on_line=lines.append,
+        )
+        console = "\n".join(lines)
+        assert "insmod /opt/lib/modules/" in console
+        # Debian's own ib_core is signed by a key the kernel trusts: it loaded.
+        assert "ib_core" in console
+    unsigned, signed_result = outcomes["unsigned"], outcomes["signed"]
+    assert not unsigned.passed and not signed_result.passed
+    assert unsigned.reason.endswith(
+        "Key was rejected by service (kernel: Loading of unsigned module is rejected)"
+    ), unsigned.reason
+    assert signed_result.reason.endswith(
+        "Key was rejected by service (kernel: Loading of module with unavailable key is rejected)"
+    ), signed_result.reason
+    record_property("enforcing boot seconds", f"{signed_result.seconds:.1f}")
