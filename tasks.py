@@ -260,6 +260,46 @@ def discover(
     )
 
 
+@task(
+    iterable=["openshift", "driver"],
+    help={
+        "versions": "versions file (default: versions.toml)",
+        "openshift": "OpenShift release to check, e.g. 4.16.12 (repeatable)",
+        "nodes": "JSON of `kubectl get nodes -o json` (instead of --openshift)",
+        "driver": "driver version(s) to check (default: every driver in versions.toml)",
+        "arch": "architecture of the releases (default x86_64)",
+        "release-repository": "release images (default: discover.release_repository)",
+        "authfile": "pull secret / auth file for the release and toolkit repositories",
+        "format": "table, json or markdown (for a job summary)",
+    },
+)
+def preflight(
+    c: Context,
+    versions: str | None = None,
+    openshift: list[str] | None = None,
+    nodes: str | None = None,
+    driver: list[str] | None = None,
+    arch: str = "x86_64",
+    release_repository: str | None = None,
+    authfile: str | None = None,
+    format: str = "table",
+) -> None:
+    """Before an upgrade: is there a current, load-tested image for every kernel x driver?"""
+    _run(
+        lambda: commands.preflight_command(
+            PROJECT,
+            versions,
+            openshift=openshift or (),
+            nodes=nodes,
+            drivers=driver or (),
+            arch=arch,
+            release_repository=release_repository,
+            authfile=authfile,
+            output_format=format,
+        )
+    )
+
+
 @task
 def bench(c: Context) -> None:
     """Measure the pipeline against the per-image way; writes docs/benchmarks.md."""

@@ -11,11 +11,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import yaml
 from rich.console import Console
 
-from habana_tasks import build_service, kmm, load_test, prune, status, tables
+from habana_tasks import build_service, kmm, load_test, preflight, prune, status, tables
 from habana_tasks import discover as discover_module
 from habana_tasks.auth import Credentials, find_credentials
 from habana_tasks.build_service import BuildRun
@@ -309,3 +310,62 @@ def discover(
         discover_module.write_versions(path, new_text)
         print_line(console, f"updated {path}")
     return 0
+
+
+def preflight_command(
+    project: Project,
+    versions: str | None = None,
+    *,
+    openshift: Sequence[str] = (),
+    nodes: str | None = None,
+    drivers: Sequence[str] = (),
+    arch: str = "x86_64",
+    release_repository: str | None = None,
+    authfile: str | None = None,
+    output_format: str = "table",
+    console: Console | None = None,
+) -> int:
+    """Does the library hold a current, load-tested (and signed) image for every kernel the
+    given OpenShift releases or nodes run, for every driver? 0 only when every answer is yes."""
+    if output_format not in ("table", "json", "markdown"):
+        raise UsageError(f"--format {output_format!r}: expected table, json or markdown")
+    if bool(openshift) == bool(nodes):
+        raise UsageError("give the releases (--openshift 4.16.12, repeatable) or --nodes FILE")
+    console = console or make_console()
+    config = project.load(versions)
+    chosen = preflight.drivers_for(config, drivers)
+    started = time.monotonic()
+
+    def credentials(registry: str, repository: str) -> Credentials | None:
+        env = {**os.environ, "REGISTRY_AUTH_FILE": authfile} if authfile else None
+        return find_credentials(registry, repository, env)
+
+    registry = RegistryClient(config.insecure_registries, credentials=credentials)
+    if openshift:
+        repository = release_repository or config.discover.release_repository
+        sources = preflight.release_kernels(registry, repository, openshift, arch)
+    else:
+        sources = preflight.node_kernels(Path(nodes or ""))
+    answers, errors, requests = preflight.check(
+        config,
+        sources,
+        chosen,
+        registry,
+        lambda targets: build_service.resolve_and_plan(project, config, targets),
+    )
+    ok = not errors and all(a.ok for a in answers)
+    if output_format == "json":
+        console.print_json(preflight.to_json(answers, errors))
+    elif output_format == "markdown":
+        text = preflight.to_markdown(answers, errors, config.repository)
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+    else:
+        console.print(tables.preflight_table(config.repository, answers))
+        for error in errors:
+            print_line(console, f"error: {error}")
+        print_line(
+            console,
+            f"{'ready' if ok else 'NOT ready'}: {len(answers)} answer(s) in "
+            f"{time.monotonic() - started:.2f} s ({requests} HTTP requests)",
+        )
+    return 0 if ok else 1

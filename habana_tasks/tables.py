@@ -15,6 +15,7 @@ from habana_tasks.config import BuildTarget
 from habana_tasks.discover import Discovery
 from habana_tasks.load_test import LoadTestReport
 from habana_tasks.plan import Action, BuildJob
+from habana_tasks.preflight import Answer
 from habana_tasks.prune import PruneOutcome
 from habana_tasks.registry import Existence, RemoteImage
 from habana_tasks.reporter import JobResult
@@ -166,4 +167,37 @@ def discover_table(title: str, found: Discovery, known: set[str]) -> Table:
     for kernel, releases in found.kernels.items():
         state = "yes" if kernel in known else Text("new", "yellow")
         add_row(out, kernel, ", ".join(releases), state)
+    return out
+
+
+def preflight_table(repository: str, answers: Iterable[Answer]) -> Table:
+    out = table(
+        f"preflight: {repository}",
+        "source",
+        "kernel",
+        "driver",
+        "image",
+        "load-tested",
+        "signed",
+        "current",
+        "to do",
+    )
+
+    def cell(value: bool | None) -> Text:
+        if value is None:
+            return Text("n/a")
+        return Text("yes", "green") if value else Text("no", "red")
+
+    for a in answers:
+        add_row(
+            out,
+            a.origin,
+            a.kernel,
+            a.driver,
+            cell(a.present),
+            cell(a.load_tested),
+            cell(a.signed),
+            cell(a.current),
+            a.action or "-",
+        )
     return out

@@ -197,3 +197,160 @@ def test_prune_removes_only_what_it_listed(
     for target in cfg.targets:
         assert registry.inspect(target.image).existence is Existence.PRESENT
     assert registry.inspect(f"{repo}:alias").existence is Existence.PRESENT
+
+
+@pytest.fixture(scope="module")
+def preflight_releases(
+    test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFactory
+) -> str:
+    """Release images as OpenShift publishes them, whose toolkits ship the example's kernels
+    (4.90.1: 6.1.0-56, 4.90.3: 6.1.0-55) or one the library lacks (4.90.2)."""
+    reg = test_upstream.upstream.registry
+    work = tmp_path_factory.mktemp("preflight")
+    for version, kernel in (("4.90.1", KERNELS[1]), ("4.90.2", KERNEL_A), ("4.90.3", KERNELS[0])):
+        release_json = json.dumps({"KERNEL_VERSION": kernel, "RHEL_VERSION": ""})
+        digest = build_and_push(
+            test_upstream,
+            work / f"dtk-{version}",
+            {"/etc/driver-toolkit-release.json": release_json},
+            f"{reg}/ocp/driver-toolkit:{version}",
+        )
+        stream = {
+            "kind": "ImageStream",
+            "spec": {
+                "tags": [
+                    {
+                        "name": "driver-toolkit",
+                        "from": {
+                            "kind": "DockerImage",
+                            "name": f"{reg}/ocp/driver-toolkit@{digest}",
+                        },
+                    }
+                ]
+            },
+        }
+        build_and_push(
+            test_upstream,
+            work / version,
+            {"/release-manifests/image-references": json.dumps(stream)},
+            f"{reg}/ocp/release:{version}-x86_64",
+        )
+    return f"{reg}/ocp/release"
+
+
+def preflight_json(project: Project, versions: Path, **args: Any) -> tuple[int, dict[str, Any]]:
+    console, buffer = out()
+    code = commands.preflight_command(
+        project, str(versions), output_format="json", console=console, **args
+    )
+    return code, json.loads(buffer.getvalue())
+
+
+def test_preflight_a_release_the_library_fully_covers(
+    library: tuple[Project, Path], preflight_releases: str
+) -> None:
+    project, versions = library
+    code, found = preflight_json(
+        project, versions, openshift=["4.90.1"], release_repository=preflight_releases
+    )
+    assert code == 0, found
+    (one,) = found["answers"]
+    assert (one["origin"], one["kernel"], one["driver"]) == (
+        "OpenShift 4.90.1 (x86_64)",
+        KERNELS[1],
+        DRIVER,
+    )
+    assert (one["present"], one["load_tested"], one["signed"], one["current"]) == (
+        True,
+        True,
+        None,
+        True,
+    )
+    assert found["ok"] is True and found["errors"] == []
+
+
+def test_preflight_a_release_whose_kernel_is_missing_says_what_to_do(
+    library: tuple[Project, Path], preflight_releases: str
+) -> None:
+    project, versions = library
+    code, found = preflight_json(
+        project, versions, openshift=["4.90.1", "4.90.2"], release_repository=preflight_releases
+    )
+    assert code == 1
+    assert [a["ok"] for a in found["answers"]] == [True, False]
+    missing = found["answers"][1]
+    assert missing["kernel"] == KERNEL_A and missing["present"] is False
+    assert missing["detail"] == "kernel not in versions.toml"
+    assert missing["action"].startswith("invoke discover")
+    console, buffer = out()
+    commands.preflight_command(
+        project,
+        str(versions),
+        openshift=["4.90.1", "4.90.2"],
+        release_repository=preflight_releases,
+        output_format="markdown",
+        console=console,
+    )
+    summary = buffer.getvalue()
+    assert summary.startswith("# Upgrade preflight: NOT ready")
+    assert f"| OpenShift 4.90.2 (x86_64) | `{KERNEL_A}` | {DRIVER} | **no** |" in summary
+
+
+def test_preflight_an_image_that_was_not_load_tested_is_a_no(
+    library: tuple[Project, Path],
+    test_upstream: UpstreamFixture,
+    preflight_releases: str,
+    tmp_path: Path,
+) -> None:
+    project_cache = library[0]
+    versions = test_upstream.versions(
+        tmp_path / "versions.toml", (KERNELS[0],), repository="library/preflight-untested"
+    )
+    cfg = config.load(versions)
+    run = commands.run_build(project_cache, cfg, cfg.targets, load_test=False, console=out()[0])
+    assert run.ok
+    code, found = preflight_json(
+        project_cache, versions, openshift=["4.90.3"], release_repository=preflight_releases
+    )
+    assert code == 1
+    (one,) = found["answers"]
+    assert (one["present"], one["load_tested"]) == (True, False)
+    assert one["action"] == f"invoke build --kernel {KERNELS[0]} --driver {DRIVER}"
+    assert "not load-tested" in one["detail"]
+
+
+def test_preflight_a_node_list_mixing_covered_and_uncovered_kernels(
+    library: tuple[Project, Path], tmp_path: Path
+) -> None:
+    project, versions = library
+    nodes = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {"metadata": {"name": "gaudi-1"},
+             "status": {"nodeInfo": {"kernelVersion": KERNELS[1], "architecture": "amd64"}}},
+            {"metadata": {"name": "gaudi-2"},
+             "status": {"nodeInfo": {"kernelVersion": KERNEL_A, "architecture": "amd64"}}},
+        ],
+    }  # fmt: skip
+    path = tmp_path / "nodes.json"
+    path.write_text(json.dumps(nodes))
+    code, found = preflight_json(project, versions, nodes=str(path))
+    assert code == 1
+    assert [(a["origin"], a["ok"]) for a in found["answers"]] == [
+        ("node gaudi-1", True),
+        ("node gaudi-2", False),
+    ]
+    assert found["answers"][1]["action"].startswith(f'add [[kernels]] release = "{KERNEL_A}"')
+
+
+def test_preflight_a_release_that_cannot_be_resolved_fails_clearly(
+    library: tuple[Project, Path], preflight_releases: str
+) -> None:
+    project, versions = library
+    code, found = preflight_json(
+        project, versions, openshift=["4.90.9"], release_repository=preflight_releases
+    )
+    assert code == 1 and found["answers"] == [] and found["ok"] is False
+    (error,) = found["errors"]
+    assert error.startswith("OpenShift 4.90.9 (x86_64): cannot resolve: 4.90.9 (x86_64): ")

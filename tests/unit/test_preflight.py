@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from habana_tasks import labels, preflight
+from habana_tasks.config import SigningFiles
+from habana_tasks.errors import ConfigError
+from habana_tasks.plan import Action, BuildJob
+from tests.unit.test_plan import CONFIG, INPUTS, TARGET
+
+RELEASE = preflight.KernelSource("OpenShift 4.16.12 (x86_64)", TARGET.kernel, "x86_64")
+CONFIG_ONE = replace(CONFIG, targets=(TARGET,))
+
+
+def image_labels(load_tested: bool = True) -> dict[str, str]:
+    return labels.image_labels(CONFIG_ONE, TARGET, INPUTS, "2026-01-01T00:00:00Z", load_tested)
+
+
+def jobs(action: Action, reason: str = "up to date") -> dict[tuple[str, str], BuildJob]:
+    return {(TARGET.kernel, TARGET.driver): BuildJob(TARGET, action, reason)}
+
+
+def test_every_answer_yes_is_ready() -> None:
+    found = preflight.answer(
+        RELEASE, TARGET.driver, CONFIG_ONE, jobs(Action.SKIP), lambda _: image_labels()
+    )
+    assert (found.present, found.load_tested, found.signed, found.current, found.ok) == (
+        True, True, None, True, True
+    )  # fmt: skip
+    assert (found.detail, found.action) == ("ready", "")
+
+
+def test_each_no_says_what_to_do() -> None:
+    build = f"invoke build --kernel {TARGET.kernel} --driver {TARGET.driver}"
+    stale = preflight.answer(
+        RELEASE,
+        TARGET.driver,
+        CONFIG_ONE,
+        jobs(Action.BUILD, "stale: toolkit image digest changed"),
+        lambda _: image_labels(load_tested=False),
+    )
+    assert not stale.ok and stale.action == build
+    assert stale.detail == "stale: toolkit image digest changed; not load-tested"
+    missing = preflight.answer(
+        RELEASE, TARGET.driver, CONFIG_ONE, jobs(Action.BUILD, "missing"), lambda _: None
+    )
+    assert (missing.present, missing.detail, missing.action) == (False, "no image", build)
+    unknown_kernel = replace(RELEASE, kernel="5.14.0-427.el9.x86_64")
+    new = preflight.answer(unknown_kernel, TARGET.driver, CONFIG_ONE, {}, lambda _: None)
+    assert new.detail == "kernel not in versions.toml" and new.action.startswith("invoke discover")
+    signing = replace(CONFIG_ONE, signing=SigningFiles(Path("c.der"), Path("k.pem")))
+    unsigned = preflight.answer(
+        RELEASE, TARGET.driver, signing, jobs(Action.SKIP), lambda _: image_labels()
+    )
+    assert (unsigned.signed, unsigned.ok, unsigned.detail) == (False, False, "unsigned")
+
+
+def test_node_lists_are_read_from_kubectl_json(tmp_path: Path) -> None:
+    path = tmp_path / "nodes.json"
+    node_info = {"kernelVersion": "6.1.0-56-amd64", "architecture": "amd64"}
+    node = {"metadata": {"name": "n1"}, "status": {"nodeInfo": node_info}}
+    path.write_text(json.dumps({"items": [node]}))
+    assert preflight.node_kernels(path) == [
+        preflight.KernelSource("node n1", "6.1.0-56-amd64", "x86_64")
+    ]
+    bad = {"metadata": {"name": "n2"}, "status": {"nodeInfo": {"architecture": "riscv64"}}}
+    path.write_text(json.dumps({"items": [node, bad, "x"]}))
+    with pytest.raises(ConfigError) as info:
+        preflight.node_kernels(path)
+    assert info.value.problems == [
+        f"{path}: items[1].status.nodeInfo.kernelVersion = None: expected `uname -r`",
+        f"{path}: items[2].status.nodeInfo.kernelVersion = None: expected `uname -r`",
+    ]
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not JSON"):
+        preflight.node_kernels(path)
+    path.write_text('{"items": []}')
+    with pytest.raises(ConfigError, match="expected a non-empty list of nodes"):
+        preflight.node_kernels(path)
