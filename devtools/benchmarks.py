@@ -17,6 +17,7 @@ import re
 import shutil
 import socket
 import statistics
+import sys
 import tarfile
 import threading
 import time
@@ -30,21 +31,26 @@ import requests
 from rich.console import Console
 
 from devtools import local_upstream
+from devtools.bench_registry import RegistryFront
 from habana_tasks import build_service, commands, config, labels, load_test, metadata
 from habana_tasks.driver_package import PackageCache
 from habana_tasks.http_client import HTTPClient
 from habana_tasks.kernel_modules import KernelModuleStore
-from habana_tasks.manifests import MANIFEST_ACCEPT, OCI_MANIFEST
+from habana_tasks.manifests import OCI_MANIFEST
+from habana_tasks.metadata import LOOKUP_THREADS as LOOKUP_CONCURRENCY
 from habana_tasks.process import ProcessRunner
 from habana_tasks.project import Project
 from habana_tasks.registry import RegistryClient
 
 DRIVER = "6.1.0-1"
 BUILD_KERNELS = ("6.1.0-54-amd64", "6.1.0-55-amd64", "6.1.0-56-amd64")
-REFRESH_SIZES = (10, 50, 200)
-ORIGINAL_IMAGE_MB = 143.0
+# A real library's shape: three drivers per kernel (one package URL each), a toolkit per kernel.
+DRIVERS = ("6.1.0-1", "6.1.0-2", "6.1.0-3")
+REFRESH_KERNELS = (7, 67, 667)  # 21, 201 and 2,001 pairs
+REFRESH_PAIRS_MAX = REFRESH_KERNELS[-1] * len(DRIVERS)
+REFRESH_RUNS = 5
+LATENCIES = (0.0, 0.030)  # loopback, and a registry in another region
 STEP_RE = re.compile(r"^\[\s*([0-9.]+)\] (?:\[\d+/\d+\] )?(STEP \d+/\d+: .*)$")
-LATENCY_SECONDS = 0.030  # a registry in another region: ~30 ms per round trip
 
 
 @dataclass
@@ -87,12 +93,17 @@ class Bench:
         )
         self.http = requests.Session()
         self.k2_cold = 0.0
+        self.front: RegistryFront | None = None
+        self.layered: set[str] = set()
 
     # -- setup ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self.console.print("bench: local upstream (cached images, fresh registry)")
-        local_upstream.up(self.upstream, self.podman, BUILD_KERNELS, [DRIVER])
+        local_upstream.up(self.upstream, self.podman, BUILD_KERNELS, [DRIVER, *DRIVERS])
+        self.front = RegistryFront(self.upstream.registry, self.work / "tls")
+        # This process resolves through the front too (to label the synthetic images).
+        os.environ["REQUESTS_CA_BUNDLE"] = str(self.front.ca)
         versions = {
             "podman": self._version(["podman", "--version"]),
             "docker-registry": self._version(["docker-registry", "--version"]),
@@ -109,26 +120,31 @@ class Bench:
         }
 
     def stop(self) -> None:
+        if self.front:
+            self.front.stop()
         local_upstream.stop(self.upstream)
 
     def _version(self, argv: list[str]) -> str:
         done = self.runner.run(argv, keep_output=True, check=False)
         return done.output[0] if done.output else "not installed"
 
-    def versions_file(self, name: str, kernels: Sequence[str], registry: str | None = None) -> Path:
-        """A versions file over the bench upstream; `registry` reaches it another way (proxy)."""
+    def versions_file(self, name: str, kernels: Sequence[str], front: bool = False) -> Path:
+        """A versions file over the bench upstream: plain HTTP for builds, or (front) through
+        the TLS + token front, with every driver of DRIVERS on every kernel."""
         u = self.upstream
-        host = registry or u.registry
-        toolkit_template = f"{host}/upstream/driver-toolkit:{{kernel}}"
+        host = self.front.host if front and self.front else u.registry
+        insecure = "" if front else f'"{host}"'
+        toolkit = "bench/toolkit" if front else "upstream/driver-toolkit"
+        drivers = ", ".join(f'"{d}"' for d in (DRIVERS if front else (DRIVER,)))
         entries = "".join(
-            f'\n[[kernels]]\nrelease = "{k}"\ndrivers = ["{DRIVER}"]\n' for k in kernels
+            f'\n[[kernels]]\nrelease = "{k}"\ndrivers = [{drivers}]\n' for k in kernels
         )
         path = self.work / f"{name}.toml"
         path.write_text(
-            f'[library]\nrepository = "{host}/bench/{name.removesuffix("-far")}"\n'
-            f'insecure_registries = ["{host}"]\n'
+            f'[library]\nrepository = "{host}/bench/{name}"\n'
+            f"insecure_registries = [{insecure}]\n"
             f'[base]\nimage = "{u.base_image.replace(u.registry, host)}"\n'
-            f'[toolkit]\nimage = "{toolkit_template}"\n'
+            f'[toolkit]\nimage = "{host}/{toolkit}:{{kernel}}"\n'
             f'[driver]\npackage_url = "{u.package_url("habanalabs-{driver}.el8.noarch.rpm")}"\n'
             + entries
         )
@@ -159,20 +175,30 @@ class Bench:
         )
         response.raise_for_status()
 
-    def copy_tag(self, repo: str, source_tag: str, tags: Sequence[str]) -> None:
-        got = self.http.get(
-            self._url(repo, f"manifests/{source_tag}"),
-            headers={"Accept": MANIFEST_ACCEPT},
-            timeout=30,
-        )
-        got.raise_for_status()
-        for tag in tags:
-            self._put_manifest(repo, tag, got.content, got.headers["Content-Type"].split(";")[0])
+    def _layer(self) -> tuple[str, int, str]:
+        """An empty layer (pushed once per repository): (digest, size, diff_id)."""
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w"):
+            pass
+        layer = gzip.compress(raw.getvalue(), mtime=0)
+        digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+        return digest, len(layer), "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
 
     def push_labelled(
-        self, repo: str, tag: str, image_labels: dict[str, str], layer: tuple[str, int, str]
+        self,
+        repo: str,
+        tag: str,
+        image_labels: dict[str, str],
+        layer: tuple[str, int, str],
     ) -> None:
+        """A manifest whose config carries `image_labels`, over one empty layer."""
         layer_digest, layer_size, diff_id = layer
+        if repo not in self.layered:
+            raw = io.BytesIO()
+            with tarfile.open(fileobj=raw, mode="w"):
+                pass
+            assert self._put_blob(repo, gzip.compress(raw.getvalue(), mtime=0)) == layer_digest
+            self.layered.add(repo)
         cfg = json.dumps(
             {
                 "architecture": "amd64",
@@ -202,13 +228,18 @@ class Bench:
         ).encode()
         self._put_manifest(repo, tag, manifest, OCI_MANIFEST)
 
-    def synthetic_library(self, size: int) -> Path:
-        """N pairs, each already published under its tag with the labels a build would give."""
-        kernels = [f"6.1.0-{1000 + i}-amd64" for i in range(size)]
-        self.copy_tag("upstream/driver-toolkit", BUILD_KERNELS[-1], kernels)
-        versions = self.versions_file(f"refresh-{size}", kernels)
+    def synthetic_library(self, kernels: int) -> Path:
+        """A library shaped like a real one, already published and current: `kernels` kernels,
+        each with its own toolkit digest and DRIVERS drivers (one package URL each), reached
+        through the TLS + token front; every image carries the labels a build gives it."""
+        assert self.front is not None
+        names = [f"6.1.0-{1000 + i}-amd64" for i in range(kernels)]
+        for kernel in names:  # a distinct digest per kernel: its own config blob
+            self.push_labelled("bench/toolkit", kernel, {"kernel": kernel}, self._layer())
+        versions = self.versions_file(f"refresh-{kernels}", names, front=True)
         cfg = config.load(versions)
         http = HTTPClient()
+        self.front.delay = 0.0
         resolution = metadata.resolve(
             cfg.targets,
             RegistryClient(cfg.insecure_registries, http),
@@ -216,129 +247,183 @@ class Bench:
             self.project.dockerfile,
             with_remote=False,
         )
-        raw = io.BytesIO()
-        with tarfile.open(fileobj=raw, mode="w"):
-            pass
-        layer = gzip.compress(raw.getvalue(), mtime=0)
-        repo = f"bench/refresh-{size}"
-        layer_digest = self._put_blob(repo, layer)
-        diff_id = "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
+        repo = cfg.repository.split("/", 1)[1]
         for target in cfg.targets:
             inputs = resolution.inputs[target.tag]
             assert not isinstance(inputs, str), inputs
             image_labels = labels.image_labels(cfg, target, inputs, "2026-01-01T00:00:00Z", True)
-            self.push_labelled(repo, target.tag, image_labels, (layer_digest, len(layer), diff_id))
+            self.push_labelled(repo, target.tag, image_labels, self._layer())
         return versions
 
     # -- 1. no-op refresh ------------------------------------------------------------------
 
     def refresh(self) -> None:
-        rows, curve, far_rows = [], [], []
-        for size in REFRESH_SIZES:
-            versions = self.synthetic_library(size)
+        assert self.front is not None
+        rows: list[str] = []
+        curve: list[tuple[int, float, float, float]] = []
+        for kernels in REFRESH_KERNELS:
+            versions = self.synthetic_library(kernels)
             cfg = config.load(versions)
-            tags = [t.tag for t in cfg.targets]
-            counts: list[int] = []
-
-            def ours(cfg: config.Config = cfg, counts: list[int] = counts) -> None:
-                run = build_service.resolve_and_plan(self.project, cfg, cfg.targets)
-                assert all(j.action.value == "skip" for j in run.jobs), run.jobs[0].reason
-                counts.append(run.registry.requests_sent)
-
-            ours_times = timed(ours, 5)
-
-            cli_times = timed(self._cli("build-all", "--dry-run", versions=versions), 5)
-            status_times = timed(self._cli("status", "--format", "json", versions=versions), 3)
-            loop_times = timed(self._per_image_loop(cfg.repository, tags), 5 if size < 200 else 3)
-            ratio = statistics.median(loop_times) / statistics.median(cli_times)
-            per_pair = counts[-1] / size  # a repeated run: config blobs come from the cache
-            first_per_pair = counts[0] / size
-            rows.append(
-                f"| {size} | {spread(ours_times)} | {spread(cli_times)} | {spread(status_times)} | "
-                f"{spread(loop_times)} | {ratio:.1f}× | {first_per_pair:.2f} / {per_pair:.2f} |"
-            )
-            curve.append((size, statistics.median(cli_times), statistics.median(loop_times)))
-            if size >= 50:
-                far_rows.append(self._refresh_far(size, tags))
-            self.results.data[f"refresh_{size}"] = {
-                "in_process_s": ours_times,
-                "cli_s": cli_times,
-                "status_cli_s": status_times,
-                "skopeo_loop_s": loop_times,
-                "requests_per_pair": per_pair,
-                "requests_per_pair_first": first_per_pair,
-                "ratio": ratio,
-            }
+            pairs = len(cfg.targets)
+            refs = [t.toolkit_image for t in cfg.targets[:: len(DRIVERS)]]
+            refs += [t.image for t in cfg.targets]
+            (self.work / f"refs-{pairs}").write_text("\n".join(refs) + "\n")
+            for latency in LATENCIES:
+                self.front.delay = latency
+                row = self._refresh_case(versions, pairs, latency)
+                rows.append(row["line"])
+                if latency == LATENCIES[-1]:
+                    curve.append((pairs, row["warm"], row["parallel"], row["sequential"]))
         self.results.sections.append(
             (
                 "1. No-op refresh (every image current)",
-                "Each pair already published with the labels a build gives it; every run must "
-                "decide "
-                "`skip` for all. *In process*: resolution and planning as `build-all` does them. "
-                "*CLI*: `invoke build-all --dry-run` as a user runs it (process start included). "
-                "*Baseline*: one `skopeo inspect` process per tag, sequentially, as the original "
-                "build-matrix script did with `podman inspect`. Ratio = baseline / CLI.\n\n"
-                "`invoke status` (the same resolution plus the repository's tag list) is shown too."
-                "\n\n| pairs | in process | CLI | `invoke status` | skopeo loop | ratio "
-                "| requests / pair (first / repeated run) |\n"
-                "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n\n"
-                "![refresh time vs pairs](refresh-scaling.png)\n\n"
-                f"**With {LATENCY_SECONDS * 1000:.0f} ms per request** (a proxy on 127.0.0.1 "
-                "delays "
-                "every registry request, as a registry in another region would): the same runs.\n\n"
-                "| pairs | CLI | skopeo loop | ratio |\n| --- | --- | --- | --- |\n"
-                + "\n".join(far_rows)
-                + "\n\n"
-                "Where the time goes (profiled with the in-process figures): on a first run each "
-                "pair "
-                "costs three registry requests (its toolkit manifest, its image manifest, its "
-                "config "
-                "blob for the labels), on later runs two (config blobs are immutable and cached by "
-                "digest), sent 16 at a time; locally each costs ~2 ms of Python request handling "
-                "under the GIL, and the CLI adds ~0.5 s of interpreter start and imports. "
-                "The per-image loop pays a process start and three sequential "
-                "round trips per tag, so the gap grows with latency, not with a local registry "
-                "that "
-                "answers in under a millisecond.\n",
+                "The daily job's real work: every pair already published with the labels a "
+                "build gives it, so every run must decide `skip` for all. The library is shaped "
+                f"like a real one: {len(DRIVERS)} drivers per kernel (one package URL each, "
+                "re-validated once per run with a conditional request), a distinct toolkit digest "
+                "per kernel, one base. The registry is reached as ghcr.io or quay.io are: TLS "
+                "(a CA made for the run, trusted by every client through `REQUESTS_CA_BUNDLE` / "
+                "`SSL_CERT_FILE`), and a 401 with a Bearer challenge until a token from its realm "
+                "is presented (anonymous pulls too), through a front that can delay every request "
+                "and counts every request, whoever sends it.\n\n"
+                "*Tool*: `invoke build-all --dry-run` as a user runs it (a new process each time; "
+                "interpreter start and imports included). *Cold*: an empty cache (nothing known, "
+                "packages downloaded); *warm*: the same command again with the cache of an earlier "
+                "run. *Baselines* do the same decision work — the toolkit digest of every kernel "
+                "and the fingerprint label of every image — with `skopeo inspect --no-tags "
+                "--format '{{.Digest}} {{index .Labels \"…fingerprint\"}}'` per reference: "
+                "(a) one after another, the way the original script did; (b) 16 at a time with "
+                "`xargs -P 16`. Runs are interleaved (cold, warm, (b), (a), then again); "
+                "figures are medians with min–max and n. Requests are counted at the front for "
+                "every run.\n\n"
+                "| pairs | latency | tool cold | tool warm | (a) sequential | (b) xargs -P 16 | "
+                "warm vs (a) / (b) | requests / pair cold / warm / (b) | tool CPU s (warm) | "
+                "tool peak RSS |\n"
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+                + "\n".join(rows)
+                + "\n\n![refresh time vs pairs](refresh-scaling.png)\n\n"
+                + self._refresh_notes()
+                + "\n",
             )
         )
         self._plot(curve)
 
-    def _cli(self, *args: str, versions: Path) -> Callable[[], object]:
-        """A task run as a user runs it: a new process, from the project folder."""
-        argv = ["invoke", *args, "--versions", str(versions)]
-        env = {"HABANA_CACHE_DIR": str(self.work / "cli-cache")}
-        return lambda: self.runner.run(argv, cwd=self.project.root, env=env)
+    def _refresh_case(self, versions: Path, pairs: int, latency: float) -> dict[str, Any]:
+        """One size at one latency: tool cold and warm, baselines (a) and (b), interleaved."""
+        assert self.front is not None
+        warm_cache = self.work / f"warm-{pairs}"
+        shutil.rmtree(warm_cache, ignore_errors=True)
+        self._tool(versions, warm_cache)  # primes the warm cache (unmeasured)
+        n = REFRESH_RUNS
+        n_parallel = 5 if pairs < 1000 else 3
+        n_sequential = 5 if pairs < 100 else (3 if pairs < 1000 else 1)
+        runs: dict[str, list[dict[str, float]]] = {k: [] for k in ("cold", "warm", "b", "a")}
+        for i in range(n):
+            cold_cache = self.work / f"cold-{pairs}-{i}"
+            shutil.rmtree(cold_cache, ignore_errors=True)
+            runs["cold"].append(self._tool(versions, cold_cache))
+            runs["warm"].append(self._tool(versions, warm_cache))
+            if i < n_parallel:
+                runs["b"].append(self._skopeo(pairs, parallel=16))
+            if i < n_sequential:
+                runs["a"].append(self._skopeo(pairs, parallel=1))
+            shutil.rmtree(cold_cache, ignore_errors=True)
 
-    def _per_image_loop(self, repository: str, tags: Sequence[str]) -> Callable[[], object]:
-        """The baseline: one skopeo process per tag, one after another."""
-        script = (
-            'for t in "$@"; do skopeo inspect --tls-verify=false '
-            f'"docker://{repository}:$t" >/dev/null || exit 1; done'
-        )
-        return lambda: self.runner.run(["sh", "-c", script, "sh", *tags])
+        def wall(kind: str) -> list[float]:
+            return [r["wall"] for r in runs[kind]]
 
-    def _refresh_far(self, size: int, tags: Sequence[str]) -> str:
-        proxy = DelayProxy(self.upstream.registry, LATENCY_SECONDS)
-        try:
-            versions = self.versions_file(
-                f"refresh-{size}-far", [f"6.1.0-{1000 + i}-amd64" for i in range(size)], proxy.host
-            )
-            cfg = config.load(versions)
-            cli_times = timed(self._cli("build-all", "--dry-run", versions=versions), 3)
-            loop_times = timed(self._per_image_loop(cfg.repository, tags), 3)
-        finally:
-            proxy.stop()
-        ratio = statistics.median(loop_times) / statistics.median(cli_times)
-        self.results.data[f"refresh_{size}_far"] = {
-            "cli_s": cli_times,
-            "skopeo_loop_s": loop_times,
-            "ratio": ratio,
-            "latency_s": LATENCY_SECONDS,
+        def per_pair(kind: str) -> float:
+            return statistics.median(r["requests"] for r in runs[kind]) / pairs
+
+        warm, seq, par = (statistics.median(wall(k)) for k in ("warm", "a", "b"))
+        rss = max(r["rss_mb"] for r in runs["warm"] + runs["cold"])
+        cpu = statistics.median(r["cpu"] for r in runs["warm"])
+        key = f"refresh_{pairs}_{latency * 1000:.0f}ms"
+        self.results.data[key] = {
+            "pairs": pairs,
+            "latency_s": latency,
+            **{f"{kind}_runs": value for kind, value in runs.items()},
+            "requests_per_pair": {k: per_pair(k) for k in runs},
         }
-        return f"| {size} | {spread(cli_times)} | {spread(loop_times)} | {ratio:.0f}× |"
+        line = (
+            f"| {pairs} | {latency * 1000:.0f} ms | {spread(wall('cold'))} "
+            f"| {spread(wall('warm'))} | {spread(wall('a'))} | {spread(wall('b'))} "
+            f"| {seq / warm:.0f}× / {par / warm:.1f}× "
+            f"| {per_pair('cold'):.2f} / {per_pair('warm'):.2f} / {per_pair('b'):.2f} "
+            f"| {cpu:.2f} | {rss:.0f} MB |"
+        )
+        return {"line": line, "warm": warm, "sequential": seq, "parallel": par}
 
-    def _plot(self, curve: list[tuple[int, float, float]]) -> None:
+    def _tool(self, versions: Path, cache: Path) -> dict[str, float]:
+        """`invoke build-all --dry-run` in a new process, under a wrapper that reports the
+        process tree's wall time, CPU seconds and peak RSS (getrusage of its children)."""
+        assert self.front is not None
+        self.front.reset()
+        wrapper = (
+            "import json, resource, subprocess, sys, time\n"
+            "t = time.perf_counter(); code = subprocess.run(sys.argv[1:]).returncode\n"
+            "wall = time.perf_counter() - t; r = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+            "print(json.dumps({'wall': wall, 'cpu': r.ru_utime + r.ru_stime, "
+            "'rss_mb': r.ru_maxrss / 1024, 'code': code}))\n"
+        )
+        invoke = str(Path(sys.executable).parent / "invoke")
+        argv = [sys.executable, "-c", wrapper, invoke, "build-all", "--dry-run"]
+        done = self.runner.run(
+            [*argv, "--versions", str(versions)],
+            cwd=self.project.root,
+            env={"HABANA_CACHE_DIR": str(cache), "REQUESTS_CA_BUNDLE": str(self.front.ca)},
+            keep_output=True,
+        )
+        measured: dict[str, float] = json.loads(done.output[-1])
+        assert measured["code"] == 0, done.output[-20:]
+        assert "skip" in done.text and "build " not in done.text.replace("build-all", ""), done.text
+        measured["requests"] = self.front.requests
+        return measured
+
+    def _skopeo(self, pairs: int, parallel: int) -> dict[str, float]:
+        """The baseline: one `skopeo inspect --no-tags` per toolkit and per image."""
+        assert self.front is not None
+        self.front.reset()
+        refs = self.work / f"refs-{pairs}"
+        fmt = '{{.Digest}} {{index .Labels "io.habana-ai-driver.fingerprint"}}'
+        one = f"skopeo inspect --no-tags --format '{fmt}' \"docker://$0\" >/dev/null"
+        script = (
+            'while read -r ref; do sh -c "$1" "$ref" || exit 1; done < "$0"'
+            if parallel == 1
+            else f'xargs -P {parallel} -n 1 sh -c "$1" < "$0"'
+        )
+        started = time.perf_counter()
+        self.runner.run(
+            ["sh", "-c", script, str(refs), one], env={"SSL_CERT_FILE": str(self.front.ca)}
+        )
+        return {"wall": time.perf_counter() - started, "requests": self.front.requests}
+
+    def _refresh_notes(self) -> str:
+        """What bounds each figure, computed from this run's own numbers."""
+        d = self.results.data
+        far = d.get(f"refresh_{REFRESH_PAIRS_MAX}_{LATENCIES[-1] * 1000:.0f}ms")
+        if not far:
+            return ""
+        pairs = far["pairs"]
+        warm_requests = statistics.median(r["requests"] for r in far["warm_runs"])
+        warm_wall = statistics.median(r["wall"] for r in far["warm_runs"])
+        warm_cpu = statistics.median(r["cpu"] for r in far["warm_runs"])
+        latency_floor = warm_requests * LATENCIES[-1] / LOOKUP_CONCURRENCY
+        kernels = pairs // len(DRIVERS)
+        return (
+            f"Where the time goes at {pairs} pairs and {LATENCIES[-1] * 1000:.0f} ms (warm): "
+            f"{warm_requests:.0f} requests — one manifest request per image, one toolkit lookup "
+            f"per kernel ({kernels}), a few token and package re-validation requests — so at "
+            f"least {warm_requests / pairs:.2f} per pair with this shape (1 + kernels / pairs); "
+            f"sent {LOOKUP_CONCURRENCY} at a time they cost ≥ {latency_floor:.1f} s of latency "
+            f"alone; the process used {warm_cpu:.1f} s of CPU (TLS, HTTP and JSON in Python, "
+            f"interpreter start) for a wall time of {warm_wall:.1f} s on "
+            f"{os.cpu_count()} cores, shared with the registry front that serves every request. "
+            "The baselines pay a process start, a token and two or three round trips per "
+            "reference."
+        )
+
+    def _plot(self, curve: list[tuple[int, float, float, float]]) -> None:
         try:
             # Only the bench session installs matplotlib.
             import matplotlib  # type: ignore[import-not-found]  # noqa: PLC0415
@@ -350,12 +435,14 @@ class Bench:
             return
         fig, ax = plt.subplots(figsize=(6, 4))
         sizes = [c[0] for c in curve]
-        ax.plot(sizes, [c[1] for c in curve], marker="o", label="invoke build-all --dry-run")
-        ax.plot(sizes, [c[2] for c in curve], marker="s", label="skopeo inspect loop")
+        ax.plot(sizes, [c[1] for c in curve], marker="o", label="invoke build-all --dry-run (warm)")
+        ax.plot(sizes, [c[2] for c in curve], marker="^", label="skopeo inspect, xargs -P 16")
+        ax.plot(sizes, [c[3] for c in curve], marker="s", label="skopeo inspect, sequential")
         ax.set_xlabel("pairs in the matrix")
         ax.set_ylabel("seconds (median)")
+        ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_title("No-op refresh against a local registry")
+        ax.set_title(f"No-op refresh, TLS + token, {LATENCIES[-1] * 1000:.0f} ms per request")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -412,7 +499,9 @@ class Bench:
         self.results.sections.append(
             (
                 "2. Building K kernels for one driver",
-                "Cold = `--force` (no layer cache: every stage rebuilt, module compiled); warm = "
+                "n = 1 per figure (a build takes ~30 s; the spread between runs is a few "
+                "percent). Cold = `--force` (no layer cache: every stage rebuilt, module "
+                "compiled); warm = "
                 "the "
                 "same inputs built for a fresh repository once podman's layer cache holds them (a "
                 "priming build runs in between, unmeasured). Load tests off here (see 4). "
@@ -432,10 +521,10 @@ class Bench:
         self.results.data["parallel"] = {"jobs1": one, "jobs2": two}
         self.results.sections.append(
             (
-                "3. Parallelism (K = 2, cold, 2 cores)",
+                f"3. Parallelism (K = 2, cold, {os.cpu_count()} cores, n = 1)",
                 f"| --jobs 1 | --jobs 2 | speed-up |\n| --- | --- | --- |\n"
                 f"| {one:.1f} s | {two:.1f} s | {one / two:.2f}× |\n\n"
-                "The compile already uses both cores (`make -j$(nproc)`), so two builds at once "
+                "The compile already uses every core (`make -j$(nproc)`), so two builds at once "
                 "mostly overlap the single-threaded parts (image export, checks, push).\n",
             )
         )
@@ -477,12 +566,13 @@ class Bench:
             self.results.data[f"size_{target.kernel}"] = image_mb
             size_rows.append(
                 f"| {target.kernel} | {(remote.size or 0) / 1e6:.1f} MB | {image_mb:.1f} MB | "
-                f"{toolkit_mb:.0f} MB | {ORIGINAL_IMAGE_MB:.0f} MB |"
+                f"{toolkit_mb:.0f} MB |"
             )
         self.results.sections.append(
             (
                 "4. Load test (qemu, TCG, no KVM)",
-                "`invoke smoke --kernel K`: export, initramfs from the image, boot, load, verdict. "
+                "`invoke load-test --kernel K` (n = 3 per kernel): export, initramfs from the image "
+                "plus the node's in-tree dependencies, boot, load both modules, verdict. "
                 "Seconds are the guest's (qemu start to power-off).\n\n"
                 "| kernel | seconds | initramfs |\n| --- | --- | --- |\n"
                 + "\n".join(smoke_rows)
@@ -493,10 +583,10 @@ class Bench:
             (
                 "5. Image size",
                 "Compressed = what the registry stores (sum of layers); uncompressed = podman's "
-                "image size. The original recipe's ubi-minimal image was 143 MB (reference "
-                "line).\n\n"
-                "| kernel | compressed | uncompressed | toolkit image | original |\n"
-                "| --- | --- | --- | --- | --- |\n" + "\n".join(size_rows) + "\n",
+                "image size (n = 1 each: sizes do not vary between runs). The toolkit image "
+                "carries the kernel's headers and modules and is never shipped.\n\n"
+                "| kernel | compressed | uncompressed | toolkit image |\n"
+                "| --- | --- | --- | --- |\n" + "\n".join(size_rows) + "\n",
             )
         )
 
@@ -511,49 +601,88 @@ class Bench:
     # -- report ------------------------------------------------------------------------------
 
     def goals(self, seconds: float) -> str:
-        """Each goal of the benchmark brief, met or missed by how much, from this run's data."""
+        """Each goal of the brief, met or missed by how much and what bounds it, from this run."""
         d = self.results.data
-        refresh = statistics.median(d["refresh_200"]["cli_s"])
-        ratio = d["refresh_200"]["ratio"]
-        far = d.get("refresh_200_far", {}).get("ratio", 0.0)
-        loop_ms = statistics.median(d["refresh_200"]["skopeo_loop_s"]) / 200 * 1000
+        far = d[f"refresh_{REFRESH_PAIRS_MAX}_{LATENCIES[-1] * 1000:.0f}ms"]
+        mid_far = d[f"refresh_{REFRESH_KERNELS[1] * len(DRIVERS)}_{LATENCIES[-1] * 1000:.0f}ms"]
+        pairs = far["pairs"]
+
+        def med(runs: list[dict[str, float]], key: str = "wall") -> float:
+            return statistics.median(r[key] for r in runs)
+
+        warm, cold = med(far["warm_runs"]), med(far["cold_runs"])
+        seq, par = med(far["a_runs"]), med(far["b_runs"])
+        rpp = far["requests_per_pair"]
+        rss = max(r["rss_mb"] for r in far["warm_runs"] + far["cold_runs"])
+        warm_mid = med(mid_far["warm_runs"])
+        latency = LATENCIES[-1]
+        floor = med(far["warm_runs"], "requests") * latency / LOOKUP_CONCURRENCY
+        cpu = med(far["warm_runs"], "cpu")
         smoke = max(statistics.median(v["seconds"]) for k, v in d.items() if k.startswith("smoke_"))
-        size = max(v for k, v in d.items() if k.startswith("size_"))
-        warm_downloads = max(d[f"build_k{k}_warm"]["downloads"] for k in (1, 2, 3))
-        cold_downloads = max(d[f"build_k{k}"]["downloads"] for k in (1, 2, 3))
 
-        def row(goal: str, measured: str, met: bool, note: str = "") -> str:
-            return f"| {goal} | {measured} | {'met' if met else '**missed**'} | {note} |"
+        def row(goal: str, measured: str, met: bool, bound: str = "") -> str:
+            return f"| {goal} | {measured} | {'met' if met else '**missed**'} | {bound} |"
 
+        time_bound = (
+            f"bounded by {med(far['warm_runs'], 'requests'):.0f} requests × "
+            f"{latency * 1000:.0f} ms / {LOOKUP_CONCURRENCY} at a time = {floor:.1f} s, plus "
+            f"{cpu:.1f} s of CPU in one Python process (TLS, HTTP, JSON; interpreter start) on "
+            f"{os.cpu_count()} cores shared with the registry front"
+        )
+        request_bound = (
+            f"bounded by one manifest request per image plus one toolkit lookup per kernel: "
+            f"{1 + 1 / len(DRIVERS):.2f} per pair with {len(DRIVERS)} drivers per kernel"
+        )
         rows = [
-            row("no-op refresh of 200 pairs < 2 s", f"{refresh:.2f} s (CLI)", refresh < 2.0),
             row(
-                "≥ 50× faster than the per-image loop",
-                f"{ratio:.1f}× local, {far:.0f}× at {LATENCY_SECONDS * 1000:.0f} ms",
-                ratio >= 50,
+                f"{pairs} pairs, {latency * 1000:.0f} ms, TLS + token: warm ≤ 3 s",
+                f"{warm:.2f} s (n={len(far['warm_runs'])})",
+                warm <= 3,
+                "" if warm <= 3 else f"missed by {warm - 3:.1f} s; " + time_bound,
+            ),
+            row(
+                "… cold ≤ 6 s",
+                f"{cold:.2f} s (n={len(far['cold_runs'])})",
+                cold <= 6,
+                "" if cold <= 6 else f"missed by {cold - 6:.1f} s; " + time_bound,
+            ),
+            row(
+                "… ≥ 20× faster than (a) sequential skopeo (warm)",
+                f"{seq / warm:.0f}× ({seq:.0f} s, n={len(far['a_runs'])})",
+                seq / warm >= 20,
+            ),
+            row(
+                "… ≥ 4× faster than (b) skopeo with xargs -P 16 (warm)",
+                f"{par / warm:.1f}× ({par:.1f} s, n={len(far['b_runs'])})",
+                par / warm >= 4,
+                "" if par / warm >= 4 else time_bound,
+            ),
+            row(
+                "warm requests per pair ≤ 1.1",
+                f"{rpp['warm']:.2f}",
+                rpp["warm"] <= 1.1,
                 ""
-                if ratio >= 50
-                else (
-                    f"missed by {50 / ratio:.0f}× locally: skopeo answers a local tag in "
-                    f"~{loop_ms:.0f} ms, "
-                    "so the loop has little to lose; the gap is latency-bound and grows with "
-                    "distance. Closing it further: fewer requests per pair (a toolkit digest "
-                    "cache keyed by tag with a short TTL, or HEAD instead of GET for manifests "
-                    "whose digest is already known), more concurrency than 16, and a leaner "
-                    "HTTP stack than requests (~2 ms of CPU per request here)"
-                ),
+                if rpp["warm"] <= 1.1
+                else f"missed by {rpp['warm'] - 1.1:.2f}; " + request_bound,
             ),
+            row("cold requests per pair ≤ 2.1", f"{rpp['cold']:.2f}", rpp["cold"] <= 2.1),
             row(
-                "one RPM download per driver per run, none when cached",
-                f"{cold_downloads} cold / {warm_downloads} cached",
-                cold_downloads == 1 and warm_downloads == 0,
+                f"{mid_far['pairs']} pairs warm ≤ 1 s wall ({latency * 1000:.0f} ms)",
+                f"{warm_mid:.2f} s",
+                warm_mid <= 1,
+                "" if warm_mid <= 1 else "interpreter start and imports alone take ~0.5 s",
             ),
-            row("load test ≤ 10 s per image", f"{smoke:.1f} s (worst median)", smoke <= 10),
-            row("Debian example image ≤ 90 MB", f"{size:.1f} MB uncompressed", size <= 90),
-            row("benchmark < 15 min", f"{seconds / 60:.1f} min", seconds < 900),
+            row(f"peak RSS at {pairs} pairs ≤ 150 MB", f"{rss:.0f} MB", rss <= 150),
+            row(
+                "load test ≤ 10 s per image (reference)",
+                f"{smoke:.1f} s (worst median)",
+                smoke <= 10,
+            ),
         ]
         return (
-            "| goal | measured | result | why / what would close the gap |\n"
+            f"From this run (`nox -s bench`, {seconds / 60:.1f} min). Ratios use the warm run "
+            "(the daily job); cold figures are in section 1.\n\n"
+            "| goal | measured | result | what bounds it |\n"
             "| --- | --- | --- | --- |\n" + "\n".join(rows) + "\n"
         )
 

@@ -102,6 +102,10 @@ class RegistryClient:
         self._credentials = credentials
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
         self._lock = threading.Lock()
+        # host -> its last auth challenge: later scopes get their token before asking, and
+        # parallel requests for one scope wait for a single token request (one per scope).
+        self._challenges: dict[str, str] = {}
+        self._scope_locks: dict[tuple[str, str], threading.Lock] = {}
 
     @property
     def requests_sent(self) -> int:
@@ -301,13 +305,24 @@ class RegistryClient:
         headers = dict(headers or {})
         scope = f"repository:{ref.repository}:{scope_action}"
         token = self._cached_token(ref.api_host, scope)
+        known = self._challenges.get(ref.api_host)
+        if token is None and known is not None:
+            with self._scope_lock(ref.api_host, scope):
+                token = self._cached_token(ref.api_host, scope) or self._authorize(
+                    ref, known, scope, own_scope=True
+                )
         if token:
             headers["Authorization"] = token
         response = self._send(method, url, headers, stream)
         if response.status_code == HTTPStatus.UNAUTHORIZED:
             response.close()
             challenge = response.headers.get("WWW-Authenticate", "")
-            headers["Authorization"] = self._authorize(ref, challenge, scope)
+            with self._scope_lock(ref.api_host, scope):
+                self._challenges[ref.api_host] = challenge
+                fresh = self._cached_token(ref.api_host, scope)
+                if fresh is None or fresh == headers.get("Authorization"):
+                    fresh = self._authorize(ref, challenge, scope)
+            headers["Authorization"] = fresh
             response = self._send(method, url, headers, stream)
             if response.status_code == HTTPStatus.UNAUTHORIZED:
                 raise RegistryError(
@@ -332,7 +347,15 @@ class RegistryClient:
             return entry[0]
         return None
 
-    def _authorize(self, ref: ImageReference, challenge: str, scope: str) -> str:
+    def _scope_lock(self, host: str, scope: str) -> threading.Lock:
+        with self._lock:
+            return self._scope_locks.setdefault((host, scope), threading.Lock())
+
+    def _authorize(
+        self, ref: ImageReference, challenge: str, scope: str, own_scope: bool = False
+    ) -> str:
+        """The Authorization for `scope`; `own_scope`: the challenge came from another
+        repository of this host, so its scope is not ours."""
         scheme, _, params_text = challenge.partition(" ")
         params = dict(_CHALLENGE_RE.findall(params_text))
         creds = self._credentials(ref.registry, ref.repository)
@@ -347,7 +370,7 @@ class RegistryClient:
             return header
         if scheme.lower() != "bearer" or "realm" not in params:
             raise RegistryError(f"{ref.name}: unsupported auth challenge {challenge!r}")
-        query = {"scope": params.get("scope", scope)}
+        query = {"scope": scope if own_scope else params.get("scope", scope)}
         if "service" in params:
             query["service"] = params["service"]
         auth = (creds.username, creds.password) if creds else None

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,27 @@ def test_token_challenge_then_success_with_credentials(fake: FakeRegistry) -> No
     before = len(fake.log)
     c.resolve(f"{fake.host}/private/x:1", "x86_64")
     assert len(fake.log) == before + 1
+
+
+def test_parallel_lookups_share_one_token_and_later_scopes_skip_the_401(
+    fake: FakeRegistry,
+) -> None:
+    for i in range(16):
+        fake.add_image("lib/a", str(i), {}, OCI_MANIFEST)
+    fake.add_image("lib/b", "1", {}, OCI_MANIFEST)
+    fake.token = "tok123"
+    c = client(fake)
+    with ThreadPoolExecutor(16) as pool:
+        found = list(pool.map(lambda i: c.inspect(f"{fake.host}/lib/a:{i}"), range(16)))
+    assert all(r.existence is Existence.PRESENT for r in found)
+    tokens = [entry for entry in fake.log if entry[1].startswith("/token")]
+    assert len(tokens) == 1, tokens  # one token request for one scope, however many threads
+    before = len(fake.log)
+    assert c.inspect(f"{fake.host}/lib/b:1").existence is Existence.PRESENT
+    later = [entry[1] for entry in fake.log[before:]]
+    # Another repository of the same host: its token first (its own scope), then no 401.
+    assert later[0].startswith("/token") and "repository%3Alib%2Fb%3Apull" in later[0]
+    assert len([p for p in later if "/manifests/" in p]) == 1, later
 
 
 def test_refused_credentials_are_unknown_not_absent(fake: FakeRegistry) -> None:
