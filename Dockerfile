@@ -27,12 +27,12 @@ RUN set -e; dest="/out/lib/modules/${KERNEL_RELEASE}"; \
     install -d "${dest}/extra" /out/lib/firmware; \
     for module in ${MODULES}; do \
       if [ -z "$(find . -name "${module}.ko" -print -quit)" ]; then \
-        echo "${module}.ko was not built (it is listed in modules)" >&2; exit 1; fi; \
+        echo "error: ${module}.ko was not built (it is listed in modules)" >&2; exit 1; fi; \
     done; \
-    find . -name '*.ko' | sort > /tmp/built; \
+    find . -name '*.ko' > /tmp/found; sort -o /tmp/built /tmp/found; \
     while read -r found; do \
       name="$(basename "${found}")"; \
-      if [ -e "${dest}/extra/${name}" ]; then echo "two modules named ${name}" >&2; exit 1; fi; \
+      if [ -e "${dest}/extra/${name}" ]; then echo "error: two modules named ${name}" >&2; exit 1; fi; \
       strip --strip-debug -o "${dest}/extra/${name}" "${found}"; \
     done < /tmp/built; \
     for module in ${MODULES}; do echo "extra/${module}.ko"; done > "${dest}/modules.order"; \
@@ -50,15 +50,15 @@ COPY signing/ /tmp/signing/
 RUN --mount=type=secret,id=module_signing_key,required=false \
     set -e; if [ "${MODULE_SIGNING}" != 1 ]; then exit 0; fi; \
     key=/run/secrets/module_signing_key; \
-    if [ ! -s "${key}" ]; then echo "signing is on but the key secret is missing" >&2; exit 1; fi; \
+    if [ ! -s "${key}" ]; then echo "error: signing is on but the key secret is missing" >&2; exit 1; fi; \
     build="/lib/modules/${KERNEL_RELEASE}/build"; signfile=""; \
     for candidate in "${build}/scripts/sign-file" \
         "/usr/src/kernels/${KERNEL_RELEASE}/scripts/sign-file"; do \
       if [ -x "${candidate}" ]; then signfile="${candidate}"; break; fi; \
     done; \
-    if [ -z "${signfile}" ]; then echo "the toolkit has no sign-file for ${KERNEL_RELEASE}" >&2; exit 1; fi; \
-    hash="$(sed -n 's/^CONFIG_MODULE_SIG_HASH="\(.*\)"$/\1/p' "${build}/.config" \
-      "/boot/config-${KERNEL_RELEASE}" 2>/dev/null | head -n 1)"; \
+    if [ -z "${signfile}" ]; then echo "error: the toolkit has no sign-file for ${KERNEL_RELEASE}" >&2; exit 1; fi; \
+    hash="$(sed -n '/^CONFIG_MODULE_SIG_HASH=/{s/^CONFIG_MODULE_SIG_HASH="\(.*\)"$/\1/p;q}' \
+      "${build}/.config" "/boot/config-${KERNEL_RELEASE}" 2>/dev/null || true)"; \
     for module in "/out/lib/modules/${KERNEL_RELEASE}"/extra/*.ko; do \
       "${signfile}" "${hash:-sha256}" "${key}" /tmp/signing/certificate "${module}"; \
     done; \
@@ -83,7 +83,7 @@ RUN set -e; if command -v microdnf >/dev/null; then \
     elif command -v apt-get >/dev/null; then \
       apt-get update -q && apt-get install -y -q --no-install-recommends kmod \
       && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
-    else echo "the base image has neither microdnf nor apt-get" >&2; exit 1; fi; \
+    else echo "error: the base image has neither microdnf nor apt-get" >&2; exit 1; fi; \
     command -v depmod && command -v modprobe && command -v cp
 COPY --from=builder /out/ /opt/
 USER 1001

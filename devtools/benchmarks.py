@@ -571,8 +571,8 @@ class Bench:
         self.results.sections.append(
             (
                 "4. Load test (qemu, TCG, no KVM)",
-                "`invoke load-test --kernel K` (n = 3 per kernel): export, initramfs from the image "
-                "plus the node's in-tree dependencies, boot, load both modules, verdict. "
+                "`invoke load-test --kernel K` (n = 3 per kernel): export, initramfs from the "
+                "image plus the node's in-tree dependencies, boot, load both modules, verdict. "
                 "Seconds are the guest's (qemu start to power-off).\n\n"
                 "| kernel | seconds | initramfs |\n| --- | --- | --- |\n"
                 + "\n".join(smoke_rows)

@@ -338,7 +338,7 @@ def test_11_modules_must_match_what_the_package_builds(
     )
     code, out, report = run(project, listed)
     assert code == 1, out
-    assert "habanalabs_ib.ko was not built (it is listed in modules)" in report[0]["detail"]
+    assert "error: habanalabs_ib.ko was not built (it is listed in modules)" in report[0]["detail"]
     # Built but not listed: the checks name it, nothing is pushed.
     unlisted = test_upstream.versions(
         tmp_path / "unlisted.toml",
