@@ -72,7 +72,8 @@ class DriverPackageError(HabanaError):
 
 # Lines that say a step failed without saying why: podman's and make's wrappers.
 WRAPPER_LINE = re.compile(
-    r"^(Error: building at STEP|make(\[\d+\])?: \*\*\*|error running container|"
+    r"^(Error: building at STEP|(\[\d+/\d+\] )?STEP \d+/\d+: |make(\[\d+\])?: \*\*\*|"
+    r"error running container|"
     r"subprocess exited with status|time=\S+ level=)"
 )
 # Lines that say why: compiler and modpost errors, missing files, refusals.

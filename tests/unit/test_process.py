@@ -89,3 +89,12 @@ def test_a_failed_build_is_reported_by_its_cause_not_its_wrapper() -> None:
         "[drivers/misc/habanalabs/habanalabs.ko] undefined!"
     )
     assert str(CommandError(["qemu"], -9, ["booting"])).startswith("qemu was stopped by SIGKILL")
+    # A step's echoed command can hold the word "error" itself: the step line is not the cause.
+    step = [
+        '[1/2] STEP 11/15: RUN for m in $MODULES; do echo "error: $m.ko was not built"; done',
+        "error: habanalabs_ib.ko was not built (it is listed in modules)",
+        'Error: building at STEP "RUN for m in $MODULES; ...": exit status 1',
+    ]
+    assert str(CommandError(["podman", "build"], 1, step)) == (
+        "podman build exited with 1: error: habanalabs_ib.ko was not built (it is listed in modules)"
+    )
