@@ -96,5 +96,6 @@ def test_a_failed_build_is_reported_by_its_cause_not_its_wrapper() -> None:
         'Error: building at STEP "RUN for m in $MODULES; ...": exit status 1',
     ]
     assert str(CommandError(["podman", "build"], 1, step)) == (
-        "podman build exited with 1: error: habanalabs_ib.ko was not built (it is listed in modules)"
+        "podman build exited with 1: "
+        "error: habanalabs_ib.ko was not built (it is listed in modules)"
     )
