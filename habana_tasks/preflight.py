@@ -33,6 +33,7 @@ class KernelSource:
     kernel: str | None  # None: it could not be resolved (error says why)
     arch: str
     error: str | None = None
+    release: str | None = None  # the OpenShift release, e.g. 4.16.12
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,9 @@ def release_kernels(
         origin = f"OpenShift {version} ({arch})"
         found = discover.read_release(registry, repository, version, arch, f"{version}-{arch}")
         if isinstance(found, str):
-            sources.append(KernelSource(origin, None, arch, f"cannot resolve: {found}"))
+            sources.append(KernelSource(origin, None, arch, f"cannot resolve: {found}", version))
         else:
-            sources.append(KernelSource(origin, found.kernel, arch))
+            sources.append(KernelSource(origin, found.kernel, arch, release=version))
     return sources
 
 
@@ -138,9 +139,11 @@ def answer(
     build = f"invoke build --kernel {kernel} --driver {driver}"
     if job is None:
         detail = "kernel not in versions.toml"
+        minor = ".".join((source.release or "").split(".")[:2])
         action = (
-            "invoke discover --minor <the release's minor> && invoke build-all"
-            if source.origin.startswith("OpenShift")
+            f"invoke discover --minor {minor} --arch {source.arch} --driver {driver} "
+            "&& invoke build-all"
+            if source.release
             else f'add [[kernels]] release = "{kernel}", drivers = ["{driver}"] to versions.toml, '
             f"then {build}"
         )

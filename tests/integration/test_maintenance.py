@@ -281,7 +281,7 @@ def test_preflight_a_release_whose_kernel_is_missing_says_what_to_do(
     missing = found["answers"][1]
     assert missing["kernel"] == KERNEL_A and missing["present"] is False
     assert missing["detail"] == "kernel not in versions.toml"
-    assert missing["action"].startswith("invoke discover")
+    assert missing["action"].startswith("invoke discover --minor 4.90 --arch x86_64")
     console, buffer = out()
     commands.preflight_command(
         project,

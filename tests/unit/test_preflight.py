@@ -12,7 +12,9 @@ from habana_tasks.errors import ConfigError
 from habana_tasks.plan import Action, BuildJob
 from tests.unit.test_plan import CONFIG, INPUTS, TARGET
 
-RELEASE = preflight.KernelSource("OpenShift 4.16.12 (x86_64)", TARGET.kernel, "x86_64")
+RELEASE = preflight.KernelSource(
+    "OpenShift 4.16.12 (x86_64)", TARGET.kernel, "x86_64", release="4.16.12"
+)
 CONFIG_ONE = replace(CONFIG, targets=(TARGET,))
 
 
@@ -51,7 +53,10 @@ def test_each_no_says_what_to_do() -> None:
     assert (missing.present, missing.detail, missing.action) == (False, "no image", build)
     unknown_kernel = replace(RELEASE, kernel="5.14.0-427.el9.x86_64")
     new = preflight.answer(unknown_kernel, TARGET.driver, CONFIG_ONE, {}, lambda _: None)
-    assert new.detail == "kernel not in versions.toml" and new.action.startswith("invoke discover")
+    assert new.detail == "kernel not in versions.toml"
+    assert new.action == (
+        f"invoke discover --minor 4.16 --arch x86_64 --driver {TARGET.driver} && invoke build-all"
+    )
     signing = replace(CONFIG_ONE, signing=SigningFiles(Path("c.der"), Path("k.pem")))
     unsigned = preflight.answer(
         RELEASE, TARGET.driver, signing, jobs(Action.SKIP), lambda _: image_labels()
