@@ -110,10 +110,11 @@ def library_module(
     ]
     if not present:
         raise HabanaError(f"{config.repository} holds no image for driver {driver}; build first")
-    signed = [t.image for t, r in present if r.labels.get(labels.SIGNING) == "signed"]
+    signed = [(t.image, r.labels) for t, r in present if r.labels.get(labels.SIGNING) == "signed"]
     if sign is not None and signed:
+        image, found = signed[0]
         raise UsageError(
-            f"{signed[0]} is already signed (by {config.signing and config.signing.certificate}); "
+            f"{image} is already signed (by {found.get(labels.SIGNER, 'an unnamed signer')!r}); "
             "KMM's sign flow is for unsigned images: drop --sign-key-secret/--sign-cert-secret"
         )
     held = [t for t, _ in present]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from rich.console import Console
 
 from devtools.local_upstream import EXAMPLE_MODULES
 from habana_tasks import commands, config
+from habana_tasks.podman import Podman
 from habana_tasks.project import Project
 from habana_tasks.registry import Existence, RegistryClient
 from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
@@ -354,3 +356,30 @@ def test_preflight_a_release_that_cannot_be_resolved_fails_clearly(
     assert code == 1 and found["answers"] == [] and found["ok"] is False
     (error,) = found["errors"]
     assert error.startswith("OpenShift 4.90.9 (x86_64): cannot resolve: 4.90.9 (x86_64): ")
+
+
+def test_kmm_module_with_the_cluster_sign_flow_lists_every_module_file_of_each_image(
+    library: tuple[Project, Path], test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    project, versions = library
+    text = commands.kmm_module(
+        project, DRIVER, str(versions), sign_key_secret="k", sign_cert_secret="c"
+    )
+    module = yaml.safe_load(text)
+    assert schema_errors(module) == []
+    cfg = config.load(versions)
+    for mapping, target in zip(
+        module["spec"]["moduleLoader"]["container"]["kernelMappings"], cfg.targets, strict=True
+    ):
+        assert mapping["containerImage"] == f"{cfg.repository}-signed:{target.tag}"
+        assert mapping["sign"]["unsignedImage"] == target.image
+        rootfs = tmp_path / f"{target.tag}.tar"
+        Podman(test_upstream.runner).export_rootfs(target.image, rootfs)
+        with tarfile.open(rootfs) as tar:
+            in_image = sorted(
+                "/" + name
+                for name in tar.getnames()
+                if name.startswith(f"opt/lib/modules/{target.kernel}/extra/")
+                and name.endswith(".ko")
+            )
+        assert sorted(mapping["sign"]["filesToSign"]) == in_image

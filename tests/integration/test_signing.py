@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from devtools.local_upstream import EXAMPLE_MODULES
-from habana_tasks import config, labels, load_test
+from habana_tasks import commands, config, labels, load_test
 from habana_tasks.config import SigningFiles
+from habana_tasks.errors import UsageError
 from habana_tasks.kernel_modules import KernelModuleStore
 from habana_tasks.podman import Podman
 from habana_tasks.process import ProcessRunner
@@ -23,7 +24,7 @@ from habana_tasks.project import Project
 from habana_tasks.registry import RegistryClient
 from habana_tasks.signing import load_signer, signature_problems
 from tests.conftest import ROOT, RecordProperty, invoke_argv, require_tools
-from tests.integration.conftest import KERNELS, UpstreamFixture
+from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
 from tests.integration.test_secrets import argv_snapshots
 from tests.unit.test_signing import make_pair
 
@@ -204,3 +205,14 @@ def test_the_kernel_enforcing_signatures_refuses_unsigned_and_unknown_key_module
         "Key was rejected by service (kernel: Loading of module with unavailable key is rejected)"
     ), signed_result.reason
     record_property("enforcing boot seconds", f"{signed_result.seconds:.1f}")
+
+
+def test_kmm_sign_flow_is_refused_for_images_the_library_signed(
+    signed: dict[str, object], tmp_path: Path
+) -> None:
+    assert isinstance(signed["versions"], Path)
+    project = Project(ROOT, cache_dir=tmp_path / "cache")
+    with pytest.raises(UsageError, match=r"already signed \(by 'habana library signing key'\)"):
+        commands.kmm_module(
+            project, DRIVER, str(signed["versions"]), sign_key_secret="k", sign_cert_secret="c"
+        )
