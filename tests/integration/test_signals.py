@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -56,6 +57,17 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+# As from a terminal: a job started in the background by a non-interactive shell inherits SIGINT
+# ignored, and Python then never turns Ctrl-C into an interrupt. This restores the default and
+# execs the command (same process).
+WITH_DEFAULT_SIGINT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execvp(sys.argv[1], sys.argv[1:])",
+]
 
 
 def wait_until(what: str, condition: object, proc: subprocess.Popen[str], log: Path) -> None:
@@ -112,7 +124,7 @@ def test_signal_stops_every_child_and_moves_no_tag(
             argv.append("--force")  # every RUN step really runs
         with log.open("w") as out:
             proc = subprocess.Popen(
-                argv,
+                [*WITH_DEFAULT_SIGINT, *argv],
                 cwd=ROOT,
                 stdout=out,
                 stderr=subprocess.STDOUT,
