@@ -146,7 +146,7 @@ class Bench:
             f'[base]\nimage = "{u.base_image.replace(u.registry, host)}"\n'
             f'[toolkit]\nimage = "{host}/{toolkit}:{{kernel}}"\n'
             f'[driver]\npackage_url = "{u.package_url("habanalabs-{driver}.el8.noarch.rpm")}"\n'
-            + entries
+            f"modules = {json.dumps(list(local_upstream.EXAMPLE_MODULES))}\n" + entries
         )
         return path
 
