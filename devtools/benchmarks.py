@@ -798,6 +798,12 @@ def run(project: Project, console: Console | None = None) -> Path:
         for name, step in steps:
             console.print(f"bench: {name}")
             step()
+            # Kept as each section ends: a failure later does not lose what was measured.
+            (work / "partial.json").write_text(
+                json.dumps({"sections": bench.results.sections, "data": bench.results.data},
+                           indent=2, default=str)
+            )  # fmt: skip
+            console.print(f"bench: {name} measured (kept in {work / 'partial.json'})")
     finally:
         bench.stop()
     path = bench.write(time.perf_counter() - started)
