@@ -19,11 +19,9 @@ import socket
 import statistics
 import sys
 import tarfile
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +56,6 @@ class Results:
     setup: dict[str, str] = field(default_factory=dict)
     sections: list[tuple[str, str]] = field(default_factory=list)  # (title, markdown)
     data: dict[str, Any] = field(default_factory=dict)
-
-
-def timed(fn: Callable[[], object], repeat: int) -> list[float]:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return times
 
 
 def spread(times: Sequence[float]) -> str:
@@ -705,62 +694,6 @@ class Bench:
             + "\n"
         )
         return docs / "benchmarks.md"
-
-
-class DelayProxy:
-    """Forwards registry reads after a fixed delay: a far-away registry, on loopback only."""
-
-    HEADERS = (
-        "Content-Type",
-        "Docker-Content-Digest",
-        "Location",
-        "WWW-Authenticate",
-        "Link",
-        "Docker-Distribution-Api-Version",
-    )
-
-    def __init__(self, upstream: str, delay: float) -> None:
-        local = threading.local()
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                return None
-
-            def do_GET(self) -> None:
-                time.sleep(delay)
-                session = getattr(local, "session", None) or requests.Session()
-                local.session = session
-                # Clients send several Accept lines (skopeo does): forward them all, joined.
-                forwarded = {"Accept": ", ".join(self.headers.get_all("Accept") or ["*/*"])}
-                if self.headers.get("Authorization"):
-                    forwarded["Authorization"] = self.headers["Authorization"]
-                response = session.request(
-                    self.command,
-                    f"http://{upstream}{self.path}",
-                    headers=forwarded,
-                    allow_redirects=False,
-                    timeout=30,
-                )
-                body = response.content
-                self.send_response(response.status_code)
-                for name in DelayProxy.HEADERS:
-                    if name in response.headers:
-                        self.send_header(name, response.headers[name])
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            do_HEAD = do_GET
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-        self.host = f"127.0.0.1:{self.server.server_address[1]}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _compile_seconds(log: Path) -> float:

@@ -141,11 +141,6 @@ class Podman:
         with self._container(image, on_line) as name:
             self.runner.run(export_argv(name, output), on_line=on_line)
 
-    def copy_from_image(self, image: str, candidates: Sequence[str], dest: Path) -> str | None:
-        """Copy the first of the candidate paths that the image holds; None when it holds none."""
-        found = self.copy_files_from_image(image, {dest.name: candidates}, dest.parent)
-        return found.get(dest.name)
-
     def copy_files_from_image(
         self, image: str, wanted: Mapping[str, Iterable[str]], dest_dir: Path
     ) -> dict[str, str]:
