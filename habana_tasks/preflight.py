@@ -126,15 +126,9 @@ def answer(
     image = job.target.image if job else f"{config.repository}:{image_tag(driver, kernel)}"
     found = labels_of(image)
     present = found is not None
-    tested = bool(found) and found.get(labels.LOAD_TESTED) == "true"  # type: ignore[union-attr]
-    signed = (
-        None
-        if config.signing is None
-        else bool(found)
-        and (
-            found.get(labels.SIGNING) == "signed"  # type: ignore[union-attr]
-        )
-    )
+    image_labels = found or {}
+    tested = image_labels.get(labels.LOAD_TESTED) == "true"
+    signed = None if config.signing is None else image_labels.get(labels.SIGNING) == "signed"
     current = job is not None and job.action is Action.SKIP
     build = f"invoke build --kernel {kernel} --driver {driver}"
     if job is None:
