@@ -34,6 +34,14 @@ FORWARDED_HEADERS = (
 SERVICE = "bench-registry"
 
 
+class _Server(ThreadingHTTPServer):
+    """Many clients connect at once (16 skopeo processes, each with fresh connections): a deep
+    accept queue, and TLS handshakes in each connection's own thread, never in the accept loop."""
+
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 def make_ca(directory: Path) -> tuple[Path, Path, Path]:
     """A CA for this run and a server certificate for 127.0.0.1 it signed: (ca, cert, key)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -99,6 +107,10 @@ class RegistryFront:
             def log_message(self, *args: Any) -> None:
                 return None
 
+            def setup(self) -> None:
+                self.request.do_handshake()
+                super().setup()
+
             def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
                 self.send_response(status)
                 for name, value in headers.items():
@@ -161,11 +173,12 @@ class RegistryFront:
 
             do_HEAD = do_GET
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), Handler)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(cert, key)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.server.socket = context.wrap_socket(
+            self.server.socket, server_side=True, do_handshake_on_connect=False
+        )
         self.host = f"127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 

@@ -16,7 +16,9 @@ from habana_tasks.registry import RegistryClient, RemoteImage, ResolvedImage
 from habana_tasks.signing import Signer
 
 T = TypeVar("T")
-LOOKUP_THREADS = 16
+# Lookups are small and mostly waiting on the network: 32 in flight hide a distant registry's
+# latency behind the CPU the answers cost (measured in docs/benchmarks.md).
+LOOKUP_THREADS = 32
 
 
 @dataclass(frozen=True)

@@ -41,17 +41,37 @@ def add_row(into: Table, *cells: str | Text) -> None:
     into.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in cells))
 
 
-def plan_table(jobs: Iterable[BuildJob]) -> Table:
+# Beyond this many, current images are one row: a daily no-op over a large library prints
+# what needs attention, not thousands of "skip" rows (`invoke status` lists every image).
+FOLD_CURRENT_AFTER = 20
+
+
+def _folded_row(count: int) -> tuple[str, str]:
+    return f"{count} targets", "current (fingerprints unchanged); `invoke status` lists each"
+
+
+def plan_table(jobs: Sequence[BuildJob]) -> Table:
     out = table("plan", "target", "image", "action", "reason")
+    current = [job for job in jobs if job.action is Action.SKIP]
+    fold = len(current) > FOLD_CURRENT_AFTER
     for job in jobs:
+        if fold and job.action is Action.SKIP:
+            continue
         action = Text(job.action.value, ACTION_STYLE[job.action])
         add_row(out, job.target.tag, job.target.image, action, job.reason)
+    if fold:
+        targets, reason = _folded_row(len(current))
+        add_row(out, targets, "", Text(Action.SKIP.value, ACTION_STYLE[Action.SKIP]), reason)
     return out
 
 
 def summary_table(results: Sequence[JobResult], title: str = "summary") -> Table:
     out = table(title, "target", "action", "result", "digest", "load-tested", "seconds", "log")
+    current = [r for r in results if r.action is Action.SKIP and r.ok]
+    fold = len(current) > FOLD_CURRENT_AFTER
     for r in results:
+        if fold and r.action is Action.SKIP and r.ok:
+            continue
         tested = "no"
         if r.load_tested:  # an image skipped as up to date was load-tested by an earlier run
             tested = (
@@ -70,6 +90,9 @@ def summary_table(results: Sequence[JobResult], title: str = "summary") -> Table
             f"{r.seconds:.1f}",
             r.log or "",
         )
+    if fold:
+        targets, reason = _folded_row(len(current))
+        add_row(out, targets, Action.SKIP.value, reason, "", "", "", "")
     return out
 
 

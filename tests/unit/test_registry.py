@@ -282,3 +282,23 @@ def test_a_malformed_manifest_is_never_pinned(fake: FakeRegistry, body: object, 
         client(fake).resolve(f"{fake.host}/base/bad:1", "x86_64")
     assert f"served a malformed manifest: {why}" in str(info.value)
     assert fake.host in str(info.value)
+
+
+def test_proxy_and_ca_settings_are_read_once_per_origin_and_honour_no_proxy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "registry.internal")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "ca.pem"))
+    session = HTTPClient().session()
+
+    def settings(url: str) -> tuple[str | None, object]:
+        merged = session.merge_environment_settings(url, {}, True, None, None)
+        return merged["proxies"].get("https"), merged["verify"]
+
+    ca = str(tmp_path / "ca.pem")
+    assert settings("https://registry.internal/v2/a") == (None, ca)
+    assert settings("https://ghcr.io/v2/a") == ("http://proxy.invalid:3128", ca)
+    monkeypatch.setenv("HTTPS_PROXY", "http://other.invalid:1")  # read once: the first stays
+    assert settings("https://ghcr.io/v2/b/manifests/c") == ("http://proxy.invalid:3128", ca)
+    assert settings("https://registry.internal/v2/b") == (None, ca)

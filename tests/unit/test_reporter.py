@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 from rich.console import Console
+from rich.table import Table
 
-from habana_tasks.plan import Action
+from habana_tasks.plan import Action, BuildJob
 from habana_tasks.reporter import JobResult, JobStatus, PlainReporter, RichReporter, make_reporter
-from habana_tasks.tables import summary_table
+from habana_tasks.tables import FOLD_CURRENT_AFTER, plan_table, summary_table
+from tests.unit.test_plan import TARGET
 
 RESULT = JobResult("1.0-k", Action.BUILD, JobStatus.FAILED, "load test failed", None, 3.2, "/l.log")
 
@@ -62,3 +65,31 @@ def test_text_from_logs_is_never_read_as_markup() -> None:
     Console(file=buffer, width=300).print(summary_table([failed]))
     assert cause in buffer.getvalue()
     assert cause in out.getvalue()
+
+
+def _rows(table: Table) -> list[str]:
+    buffer = io.StringIO()
+    Console(file=buffer, width=300).print(table)
+    return [line for line in buffer.getvalue().splitlines() if "│" in line]  # not the header
+
+
+def _jobs(current: int, build: int) -> list[BuildJob]:
+    made = [replace(TARGET, driver=f"1.{i}") for i in range(current + build)]
+    skip = [BuildJob(t, Action.SKIP, "up to date") for t in made[:current]]
+    return skip + [BuildJob(t, Action.BUILD, "not in the repository") for t in made[current:]]
+
+
+def test_a_large_no_op_is_one_row_what_needs_work_keeps_its_own() -> None:
+    few = _rows(plan_table(_jobs(FOLD_CURRENT_AFTER, 1)))
+    assert len(few) == FOLD_CURRENT_AFTER + 1  # every row
+    many = _rows(plan_table(_jobs(FOLD_CURRENT_AFTER + 1, 2)))
+    assert len(many) == 2 + 1
+    assert f"{FOLD_CURRENT_AFTER + 1} targets" in many[-1] and "skip" in many[-1]
+    assert sum("not in the repository" in row for row in many) == 2
+
+
+def test_the_summary_folds_current_images_never_failures() -> None:
+    ok = [JobResult(f"1.{i}-k", Action.SKIP, JobStatus.SKIPPED, "up to date") for i in range(30)]
+    rows = _rows(summary_table([*ok, RESULT]))
+    assert len(rows) == 2
+    assert "load test failed" in rows[0] and "30 targets" in rows[1]
