@@ -615,37 +615,60 @@ class Bench:
         rpp = far["requests_per_pair"]
         rss = max(r["rss_mb"] for r in far["warm_runs"] + far["cold_runs"])
         warm_mid = med(mid_far["warm_runs"])
+        near = d[f"refresh_{REFRESH_KERNELS[0] * len(DRIVERS)}_{LATENCIES[-1] * 1000:.0f}ms"]
         latency = LATENCIES[-1]
-        floor = med(far["warm_runs"], "requests") * latency / LOOKUP_CONCURRENCY
-        cpu = med(far["warm_runs"], "cpu")
-        smoke = max(statistics.median(v["seconds"]) for k, v in d.items() if k.startswith("smoke_"))
+        smoke_key = max(
+            (k for k in d if k.startswith("smoke_")),
+            key=lambda k: statistics.median(d[k]["seconds"]),
+        )
+        smoke = statistics.median(d[smoke_key]["seconds"])
 
         def row(goal: str, measured: str, met: bool, bound: str = "") -> str:
             return f"| {goal} | {measured} | {'met' if met else '**missed**'} | {bound} |"
 
-        time_bound = (
-            f"bounded by {med(far['warm_runs'], 'requests'):.0f} requests × "
-            f"{latency * 1000:.0f} ms / {LOOKUP_CONCURRENCY} at a time = {floor:.1f} s, plus "
-            f"{cpu:.1f} s of CPU in one Python process (TLS, HTTP, JSON; interpreter start) and "
-            f"{med(far['warm_runs'], 'front_cpu'):.1f} s in the registry front, on the same "
-            f"{os.cpu_count()} cores"
-        )
+        def time_bound(kind: str) -> str:
+            runs = far[f"{kind}_runs"]
+            requests = med(runs, "requests")
+            floor = requests * latency / LOOKUP_CONCURRENCY
+            return (
+                f"bounded by {requests:.0f} requests × {latency * 1000:.0f} ms / "
+                f"{LOOKUP_CONCURRENCY} at a time = {floor:.1f} s, "
+                f"plus {med(runs, 'cpu'):.1f} s of CPU in one Python process (TLS, HTTP, JSON; "
+                f"interpreter start) and {med(runs, 'front_cpu'):.1f} s in the registry front, "
+                f"on the same {os.cpu_count()} cores"
+            )
+
         request_bound = (
             f"bounded by one manifest request per image plus one toolkit lookup per kernel: "
             f"{1 + 1 / len(DRIVERS):.2f} per pair with {len(DRIVERS)} drivers per kernel"
+        )
+        cold_request_bound = (
+            f"bounded by a manifest and a config blob per image the cache has never seen, plus "
+            f"one toolkit lookup per kernel: {2 + 1 / len(DRIVERS):.2f} per pair"
+        )
+        fixed_bound = (
+            f"the {near['pairs']}-pair library takes {med(near['warm_runs']):.2f} s warm at the "
+            f"same latency: the fixed cost of any run (interpreter start, imports, versions file, "
+            f"plan and table), plus {med(mid_far['warm_runs'], 'cpu'):.1f} s of CPU at "
+            f"{mid_far['pairs']} pairs"
+        )
+        smoke_bound = (
+            f"{smoke_key.removeprefix('smoke_')}: the guest's time under qemu without KVM "
+            f"(TCG): unpacking a {d[smoke_key]['initramfs'] / 1e6:.0f} MB initramfs and "
+            "booting the stock kernel before loading two modules"
         )
         rows = [
             row(
                 f"{pairs} pairs, {latency * 1000:.0f} ms, TLS + token: warm ≤ 3 s",
                 f"{warm:.2f} s (n={len(far['warm_runs'])})",
                 warm <= 3,
-                "" if warm <= 3 else f"missed by {warm - 3:.1f} s; " + time_bound,
+                "" if warm <= 3 else f"missed by {warm - 3:.1f} s; " + time_bound("warm"),
             ),
             row(
                 "… cold ≤ 6 s",
                 f"{cold:.2f} s (n={len(far['cold_runs'])})",
                 cold <= 6,
-                "" if cold <= 6 else f"missed by {cold - 6:.1f} s; " + time_bound,
+                "" if cold <= 6 else f"missed by {cold - 6:.1f} s; " + time_bound("cold"),
             ),
             row(
                 "… ≥ 20× faster than (a) sequential skopeo (warm)",
@@ -656,7 +679,7 @@ class Bench:
                 "… ≥ 4× faster than (b) skopeo with xargs -P 16 (warm)",
                 f"{par / warm:.1f}× ({par:.1f} s, n={len(far['b_runs'])})",
                 par / warm >= 4,
-                "" if par / warm >= 4 else time_bound,
+                "" if par / warm >= 4 else time_bound("warm"),
             ),
             row(
                 "warm requests per pair ≤ 1.1",
@@ -666,18 +689,26 @@ class Bench:
                 if rpp["warm"] <= 1.1
                 else f"missed by {rpp['warm'] - 1.1:.2f}; " + request_bound,
             ),
-            row("cold requests per pair ≤ 2.1", f"{rpp['cold']:.2f}", rpp["cold"] <= 2.1),
+            row(
+                "cold requests per pair ≤ 2.1",
+                f"{rpp['cold']:.2f}",
+                rpp["cold"] <= 2.1,
+                ""
+                if rpp["cold"] <= 2.1
+                else f"missed by {rpp['cold'] - 2.1:.2f}; " + cold_request_bound,
+            ),
             row(
                 f"{mid_far['pairs']} pairs warm ≤ 1 s wall ({latency * 1000:.0f} ms)",
                 f"{warm_mid:.2f} s",
                 warm_mid <= 1,
-                "" if warm_mid <= 1 else "interpreter start and imports alone take ~0.5 s",
+                "" if warm_mid <= 1 else f"missed by {warm_mid - 1:.2f} s; " + fixed_bound,
             ),
             row(f"peak RSS at {pairs} pairs ≤ 150 MB", f"{rss:.0f} MB", rss <= 150),
             row(
                 "load test ≤ 10 s per image (reference)",
                 f"{smoke:.1f} s (worst median)",
                 smoke <= 10,
+                "" if smoke <= 10 else f"missed by {smoke - 10:.1f} s; " + smoke_bound,
             ),
         ]
         return (
