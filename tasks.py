@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from devtools import benchmarks
 from devtools import example as example_module
-from habana_tasks import commands
-from habana_tasks.errors import HabanaError
+from habana_tasks import arguments, commands, local_files
+from habana_tasks.errors import INTERNAL_ERROR_CODE, HabanaError, internal_error
 from habana_tasks.process import interruption, sigterm_as_interrupt
 from habana_tasks.project import Project
 
@@ -32,10 +32,13 @@ def _run(call: Callable[[], int | None]) -> None:
     except KeyboardInterrupt as exc:
         error = interruption(exc)
         raise Exit(f"{error.word}: every child process was stopped", code=error.exit_code) from None
+    except Exception as exc:  # a bug: one line and its own code, never a traceback
+        raise Exit(internal_error(exc), code=INTERNAL_ERROR_CODE) from None
     if code:
         raise Exit(code=code)
 
 
+JOBS_HELP = "targets built at once, {}-{} (default 1)".format(*arguments.JOBS)
 BUILD_HELP = {
     "versions": "versions file (default: versions.toml)",
     "force": "rebuild (without the layer cache) even when the image is up to date",
@@ -49,7 +52,7 @@ BUILD_HELP = {
 @task(
     help={
         "kernel": "full kernel release (uname -r), as listed in versions.toml",
-        "driver": "driver version (default: every driver listed for that kernel)",
+        "driver": "driver version, e.g. 1.6.0-439 (default: every driver listed for that kernel)",
         **BUILD_HELP,
     }
 )
@@ -68,8 +71,8 @@ def build(
         lambda: commands.build(
             PROJECT,
             versions,
-            kernel,
-            driver,
+            arguments.release("--kernel", kernel),
+            arguments.optional("--driver", driver, arguments.driver),
             force=force,
             dry_run=dry_run,
             push=push,
@@ -78,11 +81,11 @@ def build(
     )
 
 
-@task(help={"jobs": "targets built at once (default 1)", **BUILD_HELP})
+@task(help={"jobs": JOBS_HELP, **BUILD_HELP})
 def build_all(
     c: Context,
     versions: str | None = None,
-    jobs: int = 1,
+    jobs: str = "1",
     force: bool = False,
     dry_run: bool = False,
     push: bool = True,
@@ -93,7 +96,7 @@ def build_all(
         lambda: commands.build(
             PROJECT,
             versions,
-            jobs=jobs,
+            jobs=arguments.count("--jobs", jobs, arguments.JOBS),
             force=force,
             dry_run=dry_run,
             push=push,
@@ -107,8 +110,10 @@ def build_all(
         "kernel": "full kernel release (default: every kernel in the versions file)",
         "driver": "driver version (default: every driver listed for the kernel)",
         "versions": "versions file (default: versions.toml)",
-        "image": "test this image (tag or digest) instead of the library's, for one kernel",
-        "timeout": "seconds before a guest that has not finished is killed (default 120)",
+        "image": "test this image (registry/repository:tag or @digest) instead of the "
+        "library's, for one kernel",
+        "timeout": "seconds before a guest that has not finished is killed, "
+        "{:g}-{:g} (default 120)".format(*arguments.TIMEOUT_SECONDS),
     }
 )
 def load_test(
@@ -117,11 +122,18 @@ def load_test(
     driver: str | None = None,
     versions: str | None = None,
     image: str | None = None,
-    timeout: float = 120.0,
+    timeout: str = "120",
 ) -> None:
     """Boot each image's exact kernel under qemu and load its driver as KMM does."""
     _run(
-        lambda: commands.load_tests(PROJECT, versions, kernel, driver, image=image, timeout=timeout)
+        lambda: commands.load_tests(
+            PROJECT,
+            versions,
+            arguments.optional("--kernel", kernel, arguments.release),
+            arguments.optional("--driver", driver, arguments.driver),
+            image=arguments.optional("--image", image, arguments.image),
+            timeout=arguments.seconds("--timeout", timeout, arguments.TIMEOUT_SECONDS),
+        )
     )
 
 
@@ -139,13 +151,19 @@ def upstream_down(c: Context) -> None:
 
 @task(
     help={
-        "jobs": "targets built at once (default 1)",
+        "jobs": JOBS_HELP,
         "load-test": "load-test each image before pushing (default); --no-load-test skips it",
     }
 )
-def example(c: Context, jobs: int = 1, load_test: bool = True) -> None:
+def example(c: Context, jobs: str = "1", load_test: bool = True) -> None:
     """Build the example library end to end against the local upstream and print it."""
-    _run(lambda: example_module.example(PROJECT, jobs=jobs, load_test=load_test))
+    _run(
+        lambda: example_module.example(
+            PROJECT,
+            jobs=arguments.count("--jobs", jobs, arguments.JOBS),
+            load_test=load_test,
+        )
+    )
 
 
 @task(
@@ -156,25 +174,34 @@ def example(c: Context, jobs: int = 1, load_test: bool = True) -> None:
 )
 def status(c: Context, versions: str | None = None, format: str = "table") -> None:
     """Every kernel x driver pair: current, stale (why), missing or unknown; unnamed tags."""
-    _run(lambda: commands.status_command(PROJECT, versions, output_format=format))
+    _run(
+        lambda: commands.status_command(
+            PROJECT, versions, output_format=arguments.choice("--format", format, arguments.FORMATS)
+        )
+    )
 
 
 @task(help={"versions": "versions file (default: versions.toml)", "format": "github"})
 def matrix(c: Context, versions: str | None = None, format: str = "github") -> None:
     """Print the pending pairs (missing or stale) as a GitHub Actions matrix."""
-    _run(lambda: print(commands.matrix(PROJECT, versions, format)))
+    _run(
+        lambda: print(
+            commands.matrix(PROJECT, versions, arguments.choice("--format", format, ("github",)))
+        )
+    )
 
 
 @task(
     help={
-        "driver": "driver version to map",
+        "driver": "driver version to map, e.g. 1.6.0-439",
         "versions": "versions file (default: versions.toml)",
-        "output": "write the YAML here (default: standard output)",
-        "name": "Module name (default habanalabs)",
-        "namespace": "Module namespace (default habana-ai-operator)",
+        "output": "write the YAML to this file (default: standard output)",
+        "name": "Module name, a DNS-1123 label (default habanalabs)",
+        "namespace": "Module namespace, a DNS-1123 label (default habana-ai-operator)",
         "sign-key-secret": "KMM signs in the cluster: Secret with the private key (key `key`)",
         "sign-cert-secret": "Secret with the certificate (key `cert`)",
-        "signed-repository": "where KMM pushes signed images (default: <repository>-signed)",
+        "signed-repository": "where KMM pushes signed images, registry/repository "
+        "(default: <repository>-signed)",
     }
 )
 def kmm_module(
@@ -191,18 +218,25 @@ def kmm_module(
     """Write a KMM Module whose kernelMappings cover every kernel the library holds."""
 
     def write() -> None:
+        target = None if output is None else arguments.output_file("--output", output)
         text = commands.kmm_module(
             PROJECT,
-            driver,
+            arguments.driver("--driver", driver),
             versions,
-            name=name,
-            namespace=namespace,
-            sign_key_secret=sign_key_secret,
-            sign_cert_secret=sign_cert_secret,
-            signed_repository=signed_repository,
+            name=arguments.dns_label("--name", name),
+            namespace=arguments.dns_label("--namespace", namespace),
+            sign_key_secret=arguments.optional(
+                "--sign-key-secret", sign_key_secret, arguments.dns_subdomain
+            ),
+            sign_cert_secret=arguments.optional(
+                "--sign-cert-secret", sign_cert_secret, arguments.dns_subdomain
+            ),
+            signed_repository=arguments.optional(
+                "--signed-repository", signed_repository, arguments.repository
+            ),
         )
-        if output:
-            Path(output).write_text(text)
+        if target:
+            commands.write_output(target, text)
         else:
             print(text, end="")
 
@@ -212,15 +246,26 @@ def kmm_module(
 @task(
     help={
         "versions": "versions file (default: versions.toml)",
-        "older-than": "only tags whose image is older than this many days",
+        "older-than": "only tags whose image is older than this many days, {}-{}".format(
+            *arguments.OLDER_THAN_DAYS
+        ),
         "apply": "delete what is listed (by digest); without it, only list",
     }
 )
 def prune(
-    c: Context, versions: str | None = None, older_than: int | None = None, apply: bool = False
+    c: Context, versions: str | None = None, older_than: str | None = None, apply: bool = False
 ) -> None:
     """List, and with --apply delete, tags the matrix no longer names (never a named one)."""
-    _run(lambda: commands.prune_command(PROJECT, versions, older_than=older_than, apply=apply))
+    _run(
+        lambda: commands.prune_command(
+            PROJECT,
+            versions,
+            older_than=None
+            if older_than is None
+            else arguments.count("--older-than", older_than, arguments.OLDER_THAN_DAYS),
+            apply=apply,
+        )
+    )
 
 
 @task(
@@ -250,11 +295,13 @@ def discover(
         lambda: commands.discover(
             PROJECT,
             versions,
-            minors=minor or (),
-            arches=arch or (),
-            drivers=driver or (),
-            release_repository=release_repository,
-            authfile=authfile,
+            minors=arguments.each("--minor", minor or (), arguments.openshift_minor),
+            arches=arguments.each("--arch", arch or (), arguments.arch),
+            drivers=arguments.each("--driver", driver or (), arguments.driver),
+            release_repository=arguments.optional(
+                "--release-repository", release_repository, arguments.repository
+            ),
+            authfile=arguments.optional_file("--authfile", authfile, local_files.AUTH_FILE),
             dry_run=dry_run,
         )
     )
@@ -289,13 +336,15 @@ def preflight(
         lambda: commands.preflight_command(
             PROJECT,
             versions,
-            openshift=openshift or (),
-            nodes=nodes,
-            drivers=driver or (),
-            arch=arch,
-            release_repository=release_repository,
-            authfile=authfile,
-            output_format=format,
+            openshift=arguments.each("--openshift", openshift or (), arguments.openshift_release),
+            nodes=arguments.optional_file("--nodes", nodes, local_files.NODES_JSON),
+            drivers=arguments.each("--driver", driver or (), arguments.driver),
+            arch=arguments.arch("--arch", arch),
+            release_repository=arguments.optional(
+                "--release-repository", release_repository, arguments.repository
+            ),
+            authfile=arguments.optional_file("--authfile", authfile, local_files.AUTH_FILE),
+            output_format=arguments.choice("--format", format, arguments.FORMATS),
         )
     )
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from habana_tasks import local_files
 from habana_tasks.errors import RegistryError
 
 
@@ -37,6 +38,25 @@ def auth_files(env: Mapping[str, str] | None = None) -> list[Path]:
     return files
 
 
+def netrc_files(env: Mapping[str, str] | None = None) -> list[Path]:
+    """Where requests looks for the package servers' credentials: $NETRC, else ~/.netrc and
+    ~/_netrc."""
+    env = os.environ if env is None else env
+    if env.get("NETRC"):
+        return [Path(env["NETRC"]).expanduser()]
+    home = Path(env.get("HOME", str(Path.home())))
+    return [home / ".netrc", home / "_netrc"]
+
+
+def check_credential_files(env: Mapping[str, str] | None = None) -> None:
+    """Refuse, before any request, an auth or netrc file the tool could not read safely (a
+    FIFO, a device, one past its size bound): later lookups read them from worker threads."""
+    for path in auth_files(env):
+        local_files.check_optional(path, local_files.AUTH_FILE)
+    for path in netrc_files(env):
+        local_files.check_optional(path, local_files.NETRC)
+
+
 def _normalise_key(key: str) -> str:
     key = key.removeprefix("https://").removeprefix("http://").rstrip("/")
     if key in ("index.docker.io/v1", "index.docker.io", "registry-1.docker.io"):
@@ -53,17 +73,23 @@ def find_credentials(
         for n in range(repository.count("/") + 1, 0, -1)
     ] + [registry]
     for path in auth_files(env):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        if not path.exists():
             continue
-        except (OSError, ValueError) as exc:
-            raise RegistryError(f"{path}: cannot read auth file: {exc}") from exc
-        auths = data.get("auths", {}) if isinstance(data, dict) else {}
+        try:
+            data = json.loads(local_files.read_text(path, local_files.AUTH_FILE))
+        except local_files.LocalFileError as exc:
+            raise RegistryError(str(exc)) from exc
+        except ValueError as exc:
+            raise RegistryError(f"{path}: the auth file is not JSON: {exc}") from exc
+        auths = data.get("auths") if isinstance(data, dict) else None
+        if not isinstance(auths, dict):
+            continue
         entries = {_normalise_key(k): v for k, v in auths.items() if isinstance(v, dict)}
         for key in wanted:
             entry = entries.get(key)
             if entry and entry.get("auth"):
+                if not isinstance(entry["auth"], str):
+                    raise RegistryError(f"{path}: auths.{key}.auth is not a string")
                 return _decode(path, key, entry["auth"])
     return None
 

@@ -16,9 +16,18 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from habana_tasks import build_service, kmm, load_test, preflight, prune, status, tables
+from habana_tasks import (
+    build_service,
+    kmm,
+    load_test,
+    local_files,
+    preflight,
+    prune,
+    status,
+    tables,
+)
 from habana_tasks import discover as discover_module
-from habana_tasks.auth import Credentials, find_credentials
+from habana_tasks.auth import Credentials, check_credential_files, find_credentials
 from habana_tasks.build_service import BuildRun
 from habana_tasks.config import BuildTarget, Config
 from habana_tasks.errors import Interrupted, UsageError
@@ -33,6 +42,23 @@ from habana_tasks.reporter import JobResult, make_console, make_reporter
 def announcer(console: Console) -> Callable[[str], None]:
     """How a run's one-off notices (the build isolation chosen) reach the user."""
     return lambda text: console.print(text, markup=False, highlight=False)
+
+
+def load_inputs(project: Project, versions: str | None, authfile: str | None = None) -> Config:
+    """The versions file, and the credential files later lookups will read, checked before any
+    request: a problem in either ends the command with exit 2."""
+    config = project.load(versions)
+    env = {**os.environ, "REGISTRY_AUTH_FILE": authfile} if authfile else None
+    check_credential_files(env)
+    return config
+
+
+def write_output(path: Path, text: str) -> None:
+    """The command's document, written where --output said (checked before any request)."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--output {str(path)!r}: cannot write: {exc.strerror}") from exc
 
 
 def print_line(console: Console, text: str) -> None:
@@ -54,7 +80,7 @@ def build(
 ) -> int:
     """Resolve, plan and (unless dry_run) build, check, load-test and push; the exit code."""
     console = console or make_console()
-    config = project.load(versions)
+    config = load_inputs(project, versions)
     targets = config.select(kernel, driver)
     run = run_build(
         project,
@@ -125,7 +151,7 @@ def load_tests(
 ) -> int:
     """Load-test published (or local) images in their exact kernels; the exit code."""
     console = console or make_console()
-    config = project.load(versions)
+    config = load_inputs(project, versions)
     targets = config.select(kernel, driver)
     if image and len(targets) != 1:
         raise UsageError("--image tests one image: name its --kernel (and --driver)")
@@ -173,7 +199,7 @@ def status_command(
     if output_format not in ("table", "json", "markdown"):
         raise UsageError(f"--format {output_format!r}: expected table, json or markdown")
     console = console or make_console()
-    config = project.load(versions)
+    config = load_inputs(project, versions)
     found = status.library_status(project, config)
     if output_format == "json":
         console.print_json(status.to_json(found.items, found.orphans, found.problems))
@@ -198,7 +224,7 @@ def matrix(project: Project, versions: str | None = None, output_format: str = "
     """The pending pairs (missing or stale) for a CI fan-out; printed by the task."""
     if output_format != "github":
         raise UsageError(f"--format {output_format!r}: expected github")
-    config = project.load(versions)
+    config = load_inputs(project, versions)
     run = build_service.resolve_and_plan(project, config, config.targets)
     return status.github_matrix(status.statuses(run.jobs, run.remote))
 
@@ -220,7 +246,7 @@ def kmm_module(
         raise UsageError("--sign-key-secret and --sign-cert-secret go together: give both")
     if signed_repository and not sign_key_secret:
         raise UsageError("--signed-repository needs --sign-key-secret and --sign-cert-secret")
-    config = project.load(versions)
+    config = load_inputs(project, versions)
     sign = None
     if sign_key_secret and sign_cert_secret:
         repository = signed_repository or f"{config.repository}-signed"
@@ -245,7 +271,7 @@ def prune_command(
 ) -> int:
     """List (and with apply, delete by digest) tags the matrix no longer names."""
     console = console or make_console()
-    config = project.load(versions)
+    config = load_inputs(project, versions)
     registry = RegistryClient(config.insecure_registries)
     count, outcomes = prune.prune_library(
         config, registry, older_than_days=older_than, apply=apply, now=datetime.now(UTC)
@@ -270,7 +296,7 @@ def discover(
     """Add the kernels of the requested OpenShift releases to versions.toml (comments kept)."""
     console = console or make_console()
     path = project.versions(versions)
-    config = project.load(versions)
+    config = load_inputs(project, versions, authfile)
     settings = replace(
         config.discover,
         minors=tuple(minors) or config.discover.minors,
@@ -292,7 +318,7 @@ def discover(
     console.print(tables.discover_table(title, found, {t.kernel for t in config.targets}))
     for problem in found.problems:
         print_line(console, f"note: {problem}")
-    text = path.read_text(encoding="utf-8")
+    text = local_files.read_text(path, local_files.VERSIONS_FILE)
     new_text, added, updated = discover_module.update_versions(text, found.kernels, chosen)
     print_line(
         console,
@@ -332,7 +358,7 @@ def preflight_command(
     if bool(openshift) == bool(nodes):
         raise UsageError("give the releases (--openshift 4.16.12, repeatable) or --nodes FILE")
     console = console or make_console()
-    config = project.load(versions)
+    config = load_inputs(project, versions, authfile)
     chosen = preflight.drivers_for(config, drivers)
     started = time.monotonic()
 

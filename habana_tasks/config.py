@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from habana_tasks import config_fields as fields
-from habana_tasks import kernel_release
+from habana_tasks import kernel_release, local_files
 from habana_tasks.errors import ConfigError, UsageError
 from habana_tasks.image_reference import ImageReference, registry_host_problem
 from habana_tasks.tags import image_tag, tag_problem
@@ -113,30 +113,37 @@ class Config:
             if (kernel is None or t.kernel == kernel) and (driver is None or t.driver == driver)
         )
         if not chosen:
-            kernels = sorted({t.kernel for t in self.targets})
-            wanted = " and ".join(
-                f"{k} {v!r}" for k, v in (("kernel", kernel), ("driver", driver)) if v is not None
+            raise UsageError(
+                f"{self.path}: no kernels entry with {self._wanted(kernel, driver)}",
+                hint=self._hint(kernel, driver),
             )
-            close = difflib.get_close_matches(kernel or "", kernels, n=1)
-            hint = (
-                f"did you mean {close[0]!r}?" if close else f"known kernels: {', '.join(kernels)}"
-            )
-            raise UsageError(f"{self.path}: no kernels entry with {wanted}", hint=hint)
         return chosen
+
+    @staticmethod
+    def _wanted(kernel: str | None, driver: str | None) -> str:
+        given = (("kernel", kernel), ("driver", driver))
+        return " and ".join(f"{k} {v!r}" for k, v in given if v is not None)
+
+    def _hint(self, kernel: str | None, driver: str | None) -> str:
+        """Points at what the file does hold: the kernel's drivers when the kernel is listed,
+        the drivers of any kernel when only a driver was named, else the closest kernel."""
+        kernels = sorted({t.kernel for t in self.targets})
+        if kernel is not None and kernel in kernels:
+            listed = [t.driver for t in self.targets if t.kernel == kernel]
+            return f"drivers listed for {kernel}: {', '.join(listed)}"
+        if kernel is None:
+            listed = sorted({t.driver for t in self.targets})
+            return f"drivers listed: {', '.join(listed)}"
+        close = difflib.get_close_matches(kernel, kernels, n=1)
+        return f"did you mean {close[0]!r}?" if close else f"known kernels: {', '.join(kernels)}"
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate versions.toml; raises ConfigError listing every problem."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
-    except UnicodeDecodeError as exc:
-        byte = exc.object[exc.start]
-        where = f"byte 0x{byte:02x} at offset {exc.start}"
-        raise ConfigError(
-            [f"{path}: not UTF-8 text ({where}); expected a UTF-8 TOML file"]
-        ) from exc
+        text = local_files.read_text(path, local_files.VERSIONS_FILE)
+    except local_files.LocalFileError as exc:
+        raise ConfigError([str(exc)]) from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

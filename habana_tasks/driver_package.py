@@ -24,17 +24,20 @@ from urllib.parse import unquote, urlsplit
 import requests
 import rpmfile
 
-from habana_tasks.errors import DriverPackageError, TransientHTTPError
+from habana_tasks.errors import BodyDeadlineError, DriverPackageError, TransientHTTPError
 from habana_tasks.http_client import (
     BODY_ERRORS,
+    BodyReader,
     HTTPClient,
-    iter_body,
     redact,
     short_reason,
 )
+from habana_tasks.local_files import format_size, kind_of
 
 GIT_SHA_RE = re.compile(r"^[0-9a-f]{7,40}\Z")
 CHUNK = 1 << 20
+# The largest package (driver or firmware RPM) the cache takes; vendor packages are far smaller.
+MAX_PACKAGE = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -161,17 +164,7 @@ class PackageCache:
         write = out.write
         parts = urlsplit(url)
         if parts.scheme == "file" or not parts.scheme:
-            source = Path(unquote(parts.path))
-            try:
-                with source.open("rb") as src:
-                    mtime_ns = os.fstat(src.fileno()).st_mtime_ns
-                    while chunk := src.read(CHUNK):
-                        hasher.update(chunk)
-                        size += len(chunk)
-                        write(chunk)
-            except OSError as exc:
-                raise DriverPackageError(f"{source}: cannot read package: {exc.strerror}") from exc
-            return hasher.hexdigest(), size, {"mtime_ns": mtime_ns}
+            return _copy_local(Path(unquote(parts.path)), out)
         if parts.scheme not in ("http", "https"):
             raise DriverPackageError(f"{redact(url)}: unsupported URL scheme {parts.scheme!r}")
         deadline = time.monotonic() + self.http.retry.download_deadline
@@ -183,19 +176,33 @@ class PackageCache:
                         f"{redact(url)}: HTTP {response.status_code} ({response.reason})"
                     )
                 expected = response.headers.get("Content-Length")
+                if expected is not None and expected.isdigit() and int(expected) > MAX_PACKAGE:
+                    raise DriverPackageError(
+                        f"{redact(url)}: the server announces {expected} bytes, more than "
+                        f"{format_size(MAX_PACKAGE)}; refused"
+                    )
                 validators = {
                     key: response.headers[header]
                     for key, header in (("etag", "ETag"), ("last_modified", "Last-Modified"))
                     if header in response.headers
                 }
-                for chunk in iter_body(response, deadline, f"GET {redact(url)}"):
+                reader = BodyReader(
+                    response,
+                    self.http.retry,
+                    deadline=deadline,
+                    limit=MAX_PACKAGE,
+                    what=f"GET {redact(url)}",
+                )
+                for chunk in reader.chunks():
                     hasher.update(chunk)
                     size += len(chunk)
                     write(chunk)
-        except TransientHTTPError as exc:
+        except BodyDeadlineError as exc:
             raise DriverPackageError(
                 f"{exc} (bound: {self.http.retry.download_deadline:g} s)"
             ) from exc
+        except TransientHTTPError as exc:
+            raise DriverPackageError(str(exc)) from exc
         except (requests.RequestException, *BODY_ERRORS) as exc:
             raise DriverPackageError(f"{redact(url)}: {short_reason(exc)}") from exc
         if expected is not None and expected.isdigit() and int(expected) != size:
@@ -203,6 +210,31 @@ class PackageCache:
                 f"{redact(url)}: download truncated: got {size} of {expected} bytes"
             )
         return hasher.hexdigest(), size, validators
+
+
+def _copy_local(source: Path, out: BinaryIO) -> tuple[str, int, dict[str, Any]]:
+    """A file:// package copied into the cache: a regular file only (never a FIFO or a device,
+    opened without blocking), at most MAX_PACKAGE bytes."""
+    hasher = hashlib.sha256()
+    size = 0
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        info = os.fstat(fd)
+        if (other := kind_of(info.st_mode)) is not None:
+            os.close(fd)
+            raise DriverPackageError(f"{source}: the package is {other}; expected a file")
+        with os.fdopen(fd, "rb") as src:
+            while chunk := src.read(CHUNK):
+                hasher.update(chunk)
+                size += len(chunk)
+                if size > MAX_PACKAGE:
+                    raise DriverPackageError(
+                        f"{source}: the package is larger than {format_size(MAX_PACKAGE)}; refused"
+                    )
+                out.write(chunk)
+    except OSError as exc:
+        raise DriverPackageError(f"{source}: cannot read package: {exc.strerror}") from exc
+    return hasher.hexdigest(), size, {"mtime_ns": info.st_mtime_ns}
 
 
 def read_git_sha(package: Path, driver_version: str, name: str | None = None) -> str:

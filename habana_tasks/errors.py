@@ -6,6 +6,8 @@ import contextlib
 import re
 import shlex
 import signal
+import tempfile
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -58,8 +60,21 @@ class TransientHTTPError(HabanaError):
     """Retries ran out (or the deadline passed) on a transient failure."""
 
 
-class BodyDeadlineError(TransientHTTPError):
-    """A response body was still arriving when its deadline passed (a trickling server)."""
+class BodyError(TransientHTTPError):
+    """A response body was refused while it arrived; never retried (the same server would
+    send the same body)."""
+
+
+class BodyDeadlineError(BodyError):
+    """A response body was still arriving when its deadline passed."""
+
+
+class BodyTooSlowError(BodyError):
+    """A response body arrived below the rate floor for the whole window (a trickling server)."""
+
+
+class BodyTooLargeError(BodyError):
+    """A response body was larger than the bound for what it is (a manifest, a package)."""
 
 
 class DigestMismatchError(RegistryError):
@@ -145,3 +160,19 @@ class Terminated(Interrupted):
 
     exit_code = 143
     word = "terminated"
+
+
+# A failure the tool did not foresee (a bug): its own exit code, one line, the traceback in a file.
+INTERNAL_ERROR_CODE = 70  # EX_SOFTWARE (sysexits.h)
+
+
+def internal_error(exc: BaseException) -> str:
+    """The one line a bug ends with; the traceback goes to a file the line names."""
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="habana-ai-driver-", suffix=".traceback", delete=False
+    ) as out:
+        traceback.print_exception(exc, file=out)
+    return (
+        f"internal error: {type(exc).__name__}: {str(exc)[:200]} "
+        f"(a bug; the traceback is in {out.name})"
+    )

@@ -13,7 +13,13 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 import urllib3
 
-from habana_tasks.errors import BodyDeadlineError, TransientHTTPError
+from habana_tasks.errors import (
+    BodyDeadlineError,
+    BodyError,
+    BodyTooLargeError,
+    BodyTooSlowError,
+    TransientHTTPError,
+)
 
 if TYPE_CHECKING:
     from requests.sessions import _Settings
@@ -21,9 +27,13 @@ if TYPE_CHECKING:
 RETRY_STATUSES = frozenset((429, 500, 502, 503, 504))
 
 
+MiB = 1 << 20
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded: a few attempts, exponential backoff, one deadline per operation, timeouts always."""
+    """Bounded: a few attempts, exponential backoff, one deadline per operation, timeouts always,
+    a size bound on every body, and a rate floor under which a body counts as stalled."""
 
     attempts: int = 4
     base_delay: float = 0.5
@@ -33,6 +43,11 @@ class RetryPolicy:
     read_timeout: float = 30.0
     # A package download may take longer than an API call, but never forever.
     download_deadline: float = 900.0
+    # As curl's --speed-limit/--speed-time: a body slower than this for the whole window fails.
+    speed_limit: int = 1024
+    speed_time: float = 30.0
+    # An API answer (manifest, token, tag page, error) larger than this is refused.
+    max_body: int = 4 * MiB
 
     def backoff(self, attempt: int) -> float:
         return float(min(self.base_delay * 2 ** (attempt - 1), self.max_delay))
@@ -48,20 +63,60 @@ BODY_ERRORS = (
 CHUNK = 1 << 16
 
 
-def iter_body(response: requests.Response, deadline: float, what: str) -> Iterator[bytes]:
-    """The body as it arrives, refused once the monotonic deadline passes.
+class BodyReader:
+    """Reads a streamed body within its bounds: refused once the deadline passes, once more than
+    `limit` bytes arrived, or when fewer than speed_limit bytes/s arrived over a whole
+    speed_time window. read1 returns whatever has arrived, so a trickle cannot hold a read past
+    either bound by more than one read timeout."""
 
-    read1 returns whatever has arrived, so a trickle of bytes cannot hold a read past the
-    deadline by more than one read timeout.
-    """
-    while True:
-        if time.monotonic() > deadline:
-            response.close()
-            raise BodyDeadlineError(f"{what}: the response body did not arrive in time")
-        chunk = response.raw.read1(CHUNK, decode_content=True)
-        if not chunk:
-            return
-        yield chunk
+    def __init__(
+        self,
+        response: requests.Response,
+        policy: RetryPolicy,
+        *,
+        deadline: float,
+        limit: int,
+        what: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.response = response
+        self.policy = policy
+        self.deadline = deadline
+        self.limit = limit
+        self.what = what
+        self.clock = clock
+        self.received = 0
+        self._window_start = clock()
+        self._window_bytes = 0
+
+    def read1(self, size: int = CHUNK) -> bytes:
+        now = self.clock()
+        if now > self.deadline:
+            self.response.close()
+            raise BodyDeadlineError(f"{self.what}: the response body did not arrive in time")
+        chunk: bytes = self.response.raw.read1(size, decode_content=True)
+        self.received += len(chunk)
+        if self.received > self.limit:
+            self.response.close()
+            raise BodyTooLargeError(
+                f"{self.what}: the response body is larger than {self.limit} bytes; refused"
+            )
+        self._window_bytes += len(chunk)
+        now = self.clock()
+        if chunk and now - self._window_start >= self.policy.speed_time:
+            floor = self.policy.speed_limit * self.policy.speed_time
+            if self._window_bytes < floor:
+                self.response.close()
+                raise BodyTooSlowError(
+                    f"{self.what}: the response body arrived at less than "
+                    f"{self.policy.speed_limit} bytes/s for {self.policy.speed_time:g} s"
+                )
+            self._window_start, self._window_bytes = now, 0
+        return chunk
+
+    def chunks(self) -> Iterator[bytes]:
+        while chunk := self.read1():
+            yield chunk
 
 
 class _NoAuth(requests.auth.AuthBase):
@@ -129,6 +184,7 @@ class HTTPClient:
         auth: tuple[str, str] | None = None,
         params: dict[str, str] | None = None,
         netrc: bool = False,
+        max_body: int | None = None,
     ) -> requests.Response:
         """Send, retrying connection errors, timeouts, 429 (Retry-After) and 500/502/503/504.
 
@@ -153,14 +209,23 @@ class HTTPClient:
                     stream=True,
                     timeout=(policy.connect_timeout, policy.read_timeout),
                 )
-                if not stream and response.status_code not in RETRY_STATUSES:
+                # Error answers are read here even when streaming: they are small, and bounded.
+                read_now = not stream or response.status_code >= HTTPStatus.BAD_REQUEST
+                if read_now and response.status_code not in RETRY_STATUSES:
                     what = f"{method} {redact(url)}"
-                    body = b"".join(iter_body(response, started + policy.deadline, what))
+                    reader = BodyReader(
+                        response,
+                        policy,
+                        deadline=started + policy.deadline,
+                        limit=policy.max_body if max_body is None else max_body,
+                        what=what,
+                    )
+                    body = b"".join(reader.chunks())
                     # The body is complete: hand it to requests as if it had read it itself.
                     response._content = body
             except requests.exceptions.SSLError:
                 raise
-            except BodyDeadlineError:
+            except BodyError:
                 raise
             except (requests.ConnectionError, requests.Timeout, *BODY_ERRORS) as exc:
                 last = f"cannot reach {host_of(url)} ({short_reason(exc)})"

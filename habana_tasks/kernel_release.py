@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
-RELEASE_RE = re.compile(r"^[0-9]+\.[0-9]+(\.[0-9]+)?[-+][A-Za-z0-9._+~-]+\Z")
+# VERSION.PATCHLEVEL[.SUBLEVEL], then a suffix of alphanumeric parts joined by single
+# separators ("-372.19.1.el8_6.x86_64", "-56-amd64", "-284.el9.aarch64+64k"): no empty part.
+RELEASE_RE = re.compile(r"^[0-9]+\.[0-9]+(\.[0-9]+)?[-+][A-Za-z0-9]+([._+~-][A-Za-z0-9]+)*\Z")
+MAX_RELEASE = 200
 RHEL_RE = re.compile(r"\.el(?P<major>[0-9]+)(?:_(?P<minor>[0-9]+))?(?:\.|\Z)")
 KNOWN_ARCHES = ("x86_64", "aarch64", "ppc64le", "s390x")
 # RPM-style suffixes first (".x86_64", ".aarch64+64k"), then Debian flavours ("-cloud-arm64").
@@ -16,7 +19,7 @@ OCI_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64le", "s390x"
 
 
 def is_valid_release(release: str) -> bool:
-    return bool(RELEASE_RE.match(release))
+    return len(release) <= MAX_RELEASE and bool(RELEASE_RE.match(release))
 
 
 def derive_arch(release: str) -> str | None:

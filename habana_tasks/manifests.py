@@ -45,7 +45,9 @@ def select_platform(index: dict[str, Any], arch: str, where: str) -> str:
     """The digest of the linux/<arch> child of an index; an explicit choice, never the default."""
     oci_arch = OCI_ARCH.get(arch, arch)
     for entry in index.get("manifests", []):
-        platform = entry.get("platform") or {}
+        platform = entry.get("platform")
+        if not isinstance(platform, dict):
+            continue
         if platform.get("os") == "linux" and platform.get("architecture") == oci_arch:
             digest = entry.get("digest")
             if isinstance(digest, str):

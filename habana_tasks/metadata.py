@@ -12,7 +12,7 @@ from habana_tasks.config import BuildTarget
 from habana_tasks.driver_package import CachedPackage, PackageCache, read_git_sha, sha256_file
 from habana_tasks.errors import HabanaError
 from habana_tasks.labels import TargetInputs
-from habana_tasks.registry import RegistryClient, RemoteImage, ResolvedImage
+from habana_tasks.registry import Existence, RegistryClient, RemoteImage, ResolvedImage
 from habana_tasks.signing import Signer
 
 T = TypeVar("T")
@@ -121,5 +121,10 @@ def resolve(
                     base, toolkit, pkg, firmware, sha, dockerfile_sha, signer
                 )
             if remote_f is not None:
-                remote[t.tag] = remote_f.result()
+                state = _outcome(remote_f, f"library image {t.image}")
+                remote[t.tag] = (
+                    RemoteImage(t.image, Existence.UNKNOWN, error=state.text)
+                    if isinstance(state, Problem)
+                    else state
+                )
     return Resolution(inputs, remote)

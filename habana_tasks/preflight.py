@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from habana_tasks import discover, labels
+from habana_tasks import discover, labels, local_files
 from habana_tasks.build_service import PlannedRun
 from habana_tasks.config import BuildTarget, Config
 from habana_tasks.errors import ConfigError, RegistryError, UsageError
@@ -71,10 +71,10 @@ def release_kernels(
 def node_kernels(path: Path) -> list[KernelSource]:
     """`kubectl get nodes -o json`: kernel and architecture of every node."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = json.loads(local_files.read_text(path, local_files.NODES_JSON))
+    except local_files.LocalFileError as exc:
+        raise ConfigError([str(exc)]) from exc
+    except ValueError as exc:
         raise ConfigError(
             [f"{path}: not JSON ({exc}); expected `kubectl get nodes -o json`"]
         ) from exc

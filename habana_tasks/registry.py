@@ -24,6 +24,7 @@ import requests
 
 from habana_tasks.auth import Credentials, find_credentials
 from habana_tasks.errors import (
+    BodyError,
     DigestMismatchError,
     ManifestUnknown,
     RegistryError,
@@ -31,6 +32,7 @@ from habana_tasks.errors import (
 )
 from habana_tasks.http_client import (
     BODY_ERRORS,
+    BodyReader,
     HTTPClient,
     host_of,
     short_reason,
@@ -160,10 +162,7 @@ class RegistryClient:
         if not isinstance(digest, str):
             raise RegistryError(f"{manifest.reference}: manifest has no config digest")
         blob = self.get_blob(manifest.reference, digest)
-        parsed = json.loads(blob)
-        if not isinstance(parsed, dict):
-            raise RegistryError(f"{manifest.reference}: config blob is not a JSON object")
-        return parsed
+        return json_object(blob, f"{manifest.reference}: config blob")
 
     def get_blob(self, ref: ImageReference, digest: str) -> bytes:
         cached = self.blob_cache / digest.replace(":", "-") if self.blob_cache else None
@@ -193,10 +192,20 @@ class RegistryClient:
             return RemoteImage(image, Existence.ABSENT)
         except RegistryError as exc:
             return RemoteImage(image, Existence.UNKNOWN, error=str(exc))
-        labels = (config.get("config") or {}).get("Labels") or {}
-        layers = manifest.json().get("layers", [])
-        size = sum(int(layer.get("size", 0)) for layer in layers if isinstance(layer, dict))
-        return RemoteImage(image, Existence.PRESENT, manifest.digest, dict(labels), size)
+        settings = config.get("config")
+        if settings is None:
+            settings = {}
+        labels = settings.get("Labels") if isinstance(settings, dict) else None
+        if labels is None and isinstance(settings, dict):
+            labels = {}
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            why = f"{image}: config.Labels in its config blob is not a map of strings"
+            return RemoteImage(image, Existence.UNKNOWN, error=why)
+        # The manifest was validated: every layer is a descriptor with an integer size.
+        size = sum(layer["size"] for layer in manifest.json()["layers"])
+        return RemoteImage(image, Existence.PRESENT, manifest.digest, labels, size)
 
     def list_tags(self, repository: str) -> list[str]:
         """All tags of a repository, following Link pagination on the registry's own host only
@@ -219,12 +228,8 @@ class RegistryClient:
             ):
                 return []
             _raise_for_status(response, f"{repository} (tags)")
-            try:
-                page = response.json().get("tags") or []
-            except (ValueError, AttributeError):
-                raise RegistryError(
-                    f"{repository} (tags): the tag list is not a JSON object"
-                ) from None
+            page = json_object(response.content, f"{repository} (tags): the tag list").get("tags")
+            page = [] if page is None else page
             if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
                 raise RegistryError(f"{repository} (tags): 'tags' is not a list of strings")
             tags.extend(page)
@@ -248,12 +253,19 @@ class RegistryClient:
         whiteout = wanted.rsplit("/", 1)
         whiteout_name = "/".join([*whiteout[:-1], ".wh." + whiteout[-1]])
         for layer in reversed(manifest.json().get("layers", [])):
-            digest = layer.get("digest", "")
+            digest, declared = layer["digest"], layer["size"]
             response = self._request("GET", f"{self._base(ref)}/blobs/{digest}", ref, stream=True)
             with response:
-                _raise_for_status(response, f"{ref.name}@{digest} (layer)")
-                deadline = time.monotonic() + self.http.retry.download_deadline
-                reader = _HashingReader(response, deadline, f"{ref.name}@{digest} (layer)")
+                what = f"{ref.name}@{digest} (layer)"
+                _raise_for_status(response, what)
+                body = BodyReader(
+                    response,
+                    self.http.retry,
+                    deadline=time.monotonic() + self.http.retry.download_deadline,
+                    limit=declared,
+                    what=what,
+                )
+                reader = _HashingReader(body)
                 found: bytes | None = None
                 deleted = False
                 try:
@@ -318,7 +330,10 @@ class RegistryClient:
             response.close()
             challenge = response.headers.get("WWW-Authenticate", "")
             with self._scope_lock(ref.api_host, scope):
-                self._challenges[ref.api_host] = challenge
+                # Only a usable challenge is shared with the host's other repositories: one
+                # repository's odd answer must not fail the lookups of the healthy ones.
+                if _usable_challenge(challenge):
+                    self._challenges[ref.api_host] = challenge
                 fresh = self._cached_token(ref.api_host, scope)
                 if fresh is None or fresh == headers.get("Authorization"):
                     fresh = self._authorize(ref, challenge, scope)
@@ -380,12 +395,18 @@ class RegistryClient:
                 f"{ref.name}: token service refused access ({response.status_code}); "
                 f"check `podman login {ref.registry}`"
             )
-        _raise_for_status(response, f"{ref.name} (token from {host_of(params['realm'])})")
-        data = response.json()
+        what = f"{ref.name} (token from {host_of(params['realm'])})"
+        _raise_for_status(response, what)
+        data = json_object(response.content, f"{what}: the token response")
         token = data.get("token") or data.get("access_token")
         if not isinstance(token, str) or not token:
-            raise RegistryError(f"{ref.name}: token service answered without a token")
-        lifetime = max(int(data.get("expires_in", 60)) - 10, 10)
+            raise RegistryError(f"{what}: the token response holds no token")
+        expires_in = data.get("expires_in", 60)
+        if not isinstance(expires_in, int) or isinstance(expires_in, bool) or expires_in < 0:
+            raise RegistryError(
+                f"{what}: expires_in = {expires_in!r} in the token response; expected seconds"
+            )
+        lifetime = max(expires_in - 10, 10)
         header = f"Bearer {token}"
         with self._lock:
             self._tokens[(ref.api_host, scope)] = (header, time.monotonic() + lifetime)
@@ -401,24 +422,21 @@ class RegistryClient:
 
 
 class _HashingReader:
-    """A file-like view of a response body that hashes everything read through it, and gives
-    up once its deadline passes (a trickling layer cannot hold a run)."""
+    """A file-like view of a layer's body, within the bounds of BodyReader (the layer's own
+    declared size among them), that hashes everything read through it."""
 
-    def __init__(self, response: requests.Response, deadline: float, what: str) -> None:
-        self.response = response
-        self.deadline = deadline
-        self.what = what
+    def __init__(self, body: BodyReader) -> None:
+        self.body = body
         self.hasher = hashlib.sha256()
 
     def read(self, size: int = -1) -> bytes:
-        if time.monotonic() > self.deadline:
-            self.response.close()
-            raise RegistryError(f"{self.what}: the layer did not arrive in time")
         try:
-            data: bytes = self.response.raw.read1(size if size > 0 else 1 << 20)
+            data = self.body.read1(size if size > 0 else 1 << 20)
+        except BodyError as exc:
+            raise RegistryError(str(exc)) from exc
         except BODY_ERRORS as exc:
             raise RegistryError(
-                f"{self.what}: the layer was cut off ({short_reason(exc)})"
+                f"{self.body.what}: the layer was cut off ({short_reason(exc)})"
             ) from exc
         self.hasher.update(data)
         return data
@@ -438,12 +456,34 @@ def basic_authorization(username: str, password: str) -> str:
     return f"Basic {token}"
 
 
-def _error_codes(response: requests.Response) -> set[str]:
+def _usable_challenge(challenge: str) -> bool:
+    scheme, _, params_text = challenge.partition(" ")
+    if scheme.lower() == "basic":
+        return True
+    return scheme.lower() == "bearer" and "realm" in dict(_CHALLENGE_RE.findall(params_text))
+
+
+def json_object(body: bytes, what: str) -> dict[str, Any]:
+    """A registry document parsed and checked to be a JSON object, else a RegistryError."""
     try:
-        errors = response.json().get("errors", [])
+        data = json.loads(body)
+    except ValueError:
+        raise RegistryError(f"{what} is not JSON ({len(body)} bytes)") from None
+    if not isinstance(data, dict):
+        raise RegistryError(f"{what} is not a JSON object (a {type(data).__name__})")
+    return data
+
+
+def _error_codes(response: requests.Response) -> set[str]:
+    """The codes of an OCI error body; none when the body is not of that shape."""
+    try:
+        data = json.loads(response.content)
     except ValueError:
         return set()
-    return {e.get("code", "") for e in errors if isinstance(e, dict)}
+    errors = data.get("errors") if isinstance(data, dict) else None
+    if not isinstance(errors, list):
+        return set()
+    return {e["code"] for e in errors if isinstance(e, dict) and isinstance(e.get("code"), str)}
 
 
 def _raise_for_status(response: requests.Response, what: str) -> None:

@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from habana_tasks import local_files
 from habana_tasks.config import SigningFiles
 from habana_tasks.errors import CommandError, ConfigError
 from habana_tasks.process import ProcessRunner
@@ -55,9 +56,10 @@ class Signer:
 def load_signer(files: SigningFiles) -> Signer:
     """Read the certificate and prove the key belongs to it; every problem names its file."""
     try:
-        raw = files.certificate.read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{files.certificate}: signing.certificate: {exc.strerror}"]) from exc
+        raw = local_files.read_bytes(files.certificate, local_files.CERTIFICATE)
+        key_pem = local_files.read_bytes(files.key, local_files.PRIVATE_KEY)
+    except local_files.LocalFileError as exc:
+        raise ConfigError([str(exc)]) from exc
     try:
         cert = (
             x509.load_pem_x509_certificate(raw)
@@ -69,9 +71,7 @@ def load_signer(files: SigningFiles) -> Signer:
             [f"{files.certificate}: signing.certificate: not an X.509 certificate (DER or PEM)"]
         ) from exc
     try:
-        key = serialization.load_pem_private_key(files.key.read_bytes(), password=None)
-    except OSError as exc:
-        raise ConfigError([f"{files.key}: signing key: {exc.strerror}"]) from exc
+        key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as exc:
         raise ConfigError(
             [f"{files.key}: signing key: not an unencrypted PEM private key (as sign-file needs)"]

@@ -4,8 +4,10 @@ or fails closed within its bound, no credential leaves its host, no traceback.""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
+import re
 import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -24,7 +26,7 @@ from habana_tasks.registry import Existence, RegistryClient
 from tests import registry_proxy as proxy_faults
 from tests.conftest import ROOT, RecordProperty
 from tests.integration.conftest import KERNELS, UpstreamFixture, route_through
-from tests.registry_proxy import Answer, Faults, RawFault, registry_proxy, send_partial
+from tests.registry_proxy import Answer, Faults, RawFault, Rewrite, registry_proxy, send_partial
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability("registry faults")]
 
@@ -232,6 +234,67 @@ def not_json(line: str, answer: Answer) -> Answer | None:
     return None
 
 
+def replace_body(pattern: str, body: bytes) -> Rewrite:
+    """Answer 200 with `body` (as JSON) for GETs matching pattern: a document of the wrong type."""
+    compiled = re.compile(pattern)
+
+    def rewrite(line: str, answer: Answer) -> Answer | None:
+        if line.startswith("GET") and compiled.search(line):
+            return 200, {"Content-Type": "application/json"}, body
+        return None
+
+    return rewrite
+
+
+def config_blob(body: bytes) -> Rewrite:
+    """Replace every image config blob (the JSON blobs) with body; its digest no longer matches
+    unless the manifest is rewritten too, so the manifest is rewritten to point at it."""
+
+    def rewrite(line: str, answer: Answer) -> Answer | None:
+        status, headers, data = answer
+        if not line.startswith("GET") or status != 200:
+            return None
+        if "/manifests/" in line:
+            manifest = json.loads(data)
+            manifest["config"]["digest"] = "sha256:" + hashlib.sha256(body).hexdigest()
+            manifest["config"]["size"] = len(body)
+            new = json.dumps(manifest).encode()
+            headers["Docker-Content-Digest"] = "sha256:" + hashlib.sha256(new).hexdigest()
+            return status, headers, new
+        if "/blobs/sha256:" in line:
+            return status, headers, body
+        return None
+
+    return rewrite
+
+
+def bearer_token_service(token_body: bytes) -> RawFault:
+    """The registry asks for a Bearer token from a token service (the proxy's /token), which
+    answers token_body; with the token the request is forwarded."""
+
+    def fault(line: str, handler: BaseHTTPRequestHandler) -> bool:
+        if line.startswith("GET /token"):
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(token_body)))
+            handler.end_headers()
+            handler.wfile.write(token_body)
+            return True
+        if handler.headers.get("Authorization", "").startswith("Bearer "):
+            return False
+        host = handler.headers["Host"]
+        handler.send_response(401)
+        handler.send_header(
+            "WWW-Authenticate", f'Bearer realm="http://{host}/token",service="faults"'
+        )
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+        return True
+
+    return fault
+
+
+TOO_LARGE = b'{"token": "' + b"x" * (RetryPolicy().max_body + 1) + b'"}'
 MANIFESTS = r"/v2/library/[^ ]*/manifests/"
 fail_with, reset, hang = proxy_faults.fail_with, proxy_faults.reset, proxy_faults.hang
 LOGIN = {"WWW-Authenticate": 'Basic realm="x"'}
@@ -253,6 +316,53 @@ FAULTS: dict[str, tuple[Faults, str, str]] = {
     "401-forever": (Faults(raw=fail_with(MANIFESTS, 401, -1, LOGIN)), "fail", "needs a login"),
     "manifest-not-json": (Faults(rewrite=not_json), "fail", "is not JSON"),
     "body-cut-forever": (Faults(raw=cut_body), "fail", "cannot reach"),
+    # Documents of the wrong JSON type, one per kind of document the client reads.
+    "manifest-is-a-list": (Faults(rewrite=replace_body(MANIFESTS, b"[]")), "fail", "not a JSON"),
+    "manifest-too-large": (
+        Faults(rewrite=replace_body(MANIFESTS, b" " * (RetryPolicy().max_body + 1))),
+        "fail",
+        "larger than",
+    ),
+    "config-blob-not-json": (Faults(rewrite=config_blob(b"<html>")), "fail", "is not JSON"),
+    "config-blob-is-a-list": (Faults(rewrite=config_blob(b"[1]")), "fail", "not a JSON object"),
+    "labels-not-strings": (
+        Faults(rewrite=config_blob(b'{"config": {"Labels": {"a": 1}}}')),
+        "fail",
+        "not a map of strings",
+    ),
+    "config-is-a-list": (
+        Faults(rewrite=config_blob(b'{"config": [1]}')),
+        "fail",
+        "not a map of strings",
+    ),
+    "error-body-is-a-list": (
+        Faults(rewrite=lambda line, a: (404, {}, b"[]") if "/manifests/" in line else None),
+        "fail",
+        "HTTP 404",
+    ),
+    "401-without-challenge": (
+        Faults(raw=fail_with(MANIFESTS, 401, -1)),
+        "fail",
+        "unsupported auth challenge",
+    ),
+    "token-not-json": (Faults(raw=bearer_token_service(b"<html>")), "fail", "is not JSON"),
+    "token-is-a-list": (Faults(raw=bearer_token_service(b"[]")), "fail", "not a JSON object"),
+    "token-expires-soon": (
+        Faults(raw=bearer_token_service(b'{"token": "t", "expires_in": "soon"}')),
+        "fail",
+        "expires_in = 'soon'",
+    ),
+    "token-missing": (
+        Faults(raw=bearer_token_service(b'{"expires_in": 60}')),
+        "fail",
+        "holds no token",
+    ),
+    "token-too-large": (Faults(raw=bearer_token_service(TOO_LARGE)), "fail", "larger than"),
+    "token-ok": (
+        Faults(raw=bearer_token_service(b'{"token": "t", "expires_in": 300}')),
+        "skip",
+        "up to date",
+    ),
     "chunked-body-cut-forever": (Faults(raw=cut_chunked), "fail", "cannot reach"),
 }
 

@@ -229,7 +229,7 @@ def test_not_toml_is_one_clear_line(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(tmp_path / "nope.toml")
-    assert "nope.toml: cannot read: No such file or directory" in str(info.value)
+    assert "nope.toml: cannot read the versions file: No such file or directory" in str(info.value)
 
 
 def test_signing_paths_are_relative_to_the_file_and_the_key_may_come_from_the_environment(

@@ -1,0 +1,117 @@
+"""Files the tool reads from the user's disk: only regular files, each kind with a size bound, so
+that a device, a FIFO or a huge file is refused by name before it can hold or exhaust a run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from habana_tasks.errors import HabanaError, UsageError
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """What a file is for (named in messages) and the most the tool will read of it."""
+
+    what: str
+    limit: int
+    text: str = "UTF-8 text"  # what its content must be, for read_text's message
+
+    @property
+    def bound(self) -> str:
+        return format_size(self.limit)
+
+
+# A library of thousands of pairs stays far below these; anything larger is a mistake.
+VERSIONS_FILE = FileKind("versions file", 8 * MiB, "a UTF-8 TOML file")
+NODES_JSON = FileKind(
+    "nodes JSON", 256 * MiB, "UTF-8 JSON"
+)  # `kubectl get nodes -o json`, 10k+ nodes
+CERTIFICATE = FileKind("signing certificate", 1 * MiB)
+PRIVATE_KEY = FileKind("signing key", 1 * MiB)
+AUTH_FILE = FileKind("auth file", 4 * MiB)
+NETRC = FileKind("netrc file", 1 * MiB)
+KINDS = (VERSIONS_FILE, NODES_JSON, CERTIFICATE, PRIVATE_KEY, AUTH_FILE, NETRC)
+
+
+class LocalFileError(UsageError):
+    """A local input is missing, not a regular file, or larger than its kind's bound (exit 2)."""
+
+
+def format_size(size: int) -> str:
+    return f"{size // MiB} MiB" if size % MiB == 0 else f"{size} bytes"
+
+
+def kind_of(mode: int) -> str | None:
+    """What a non-regular file is, for the message; None for a regular file."""
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def read_bytes(path: Path, kind: FileKind, error: type[HabanaError] = LocalFileError) -> bytes:
+    """The file's content; refused when it is not a regular file or exceeds kind.limit.
+
+    Opened non-blocking, so that a FIFO cannot hold the open, and checked on the open file, so
+    that what is read is what was checked; at most limit + 1 bytes are ever read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        other = None
+        with contextlib.suppress(OSError):
+            other = kind_of(os.stat(path).st_mode)  # a socket cannot even be opened
+        if other is not None:
+            raise error(f"{path}: the {kind.what} is {other}; expected a regular file") from exc
+        raise error(f"{path}: cannot read the {kind.what}: {exc.strerror}") from exc
+    try:
+        info = os.fstat(fd)
+        if (other := kind_of(info.st_mode)) is not None:
+            raise error(f"{path}: the {kind.what} is {other}; expected a regular file")
+        if info.st_size > kind.limit:
+            raise error(f"{path}: the {kind.what} is larger than {kind.bound}; refused")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(kind.limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > kind.limit:  # grew while it was read
+        raise error(f"{path}: the {kind.what} is larger than {kind.bound}; refused")
+    return data
+
+
+def read_text(path: Path, kind: FileKind, error: type[HabanaError] = LocalFileError) -> str:
+    """read_bytes, decoded as UTF-8; anything else is refused naming the first bad byte."""
+    data = read_bytes(path, kind, error)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"byte 0x{data[exc.start]:02x} at offset {exc.start}"
+        raise error(
+            f"{path}: the {kind.what} is not UTF-8 text ({where}); expected {kind.text}"
+        ) from exc
+
+
+def check_optional(path: Path, kind: FileKind, error: type[HabanaError] = LocalFileError) -> None:
+    """A file the tool may read later (an auth file, ~/.netrc): absent is fine, anything else
+    it could not read safely is refused now, before any request."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {kind.what}: {exc.strerror}") from exc
+    if (other := kind_of(info.st_mode)) is not None:
+        raise error(f"{path}: the {kind.what} is {other}; expected a regular file")
+    if info.st_size > kind.limit:
+        raise error(f"{path}: the {kind.what} is larger than {kind.bound}; refused")

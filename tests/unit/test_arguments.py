@@ -1,0 +1,176 @@
+"""Every command-line argument is checked before the first request or child process: exit 2, one
+line naming the option, the value and what is expected; --help shows the accepted range."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from invoke.collection import Collection
+from invoke.program import Program
+
+import tasks
+from tests.conftest import ROOT, invoke_argv
+
+EXAMPLE = str(ROOT / "examples" / "local" / "versions.toml")
+KERNEL = "6.1.0-56-amd64"
+DRIVER = "6.1.0-1"
+
+# (argv after `invoke`, the option the message must name, the value it must show)
+REFUSED: list[tuple[list[str], str, str]] = [
+    (["build-all", "--jobs", "0"], "--jobs", "'0'"),
+    (["build-all", "--jobs", "-3"], "--jobs", "'-3'"),
+    (["build-all", "--jobs", "100000000"], "--jobs", "'100000000'"),
+    (["build-all", "--jobs", "many"], "--jobs", "'many'"),
+    (["build-all", "--jobs", "1.5"], "--jobs", "'1.5'"),
+    (["example", "--jobs", "0"], "--jobs", "'0'"),
+    (["load-test", "--timeout", "-5"], "--timeout", "'-5'"),
+    (["load-test", "--timeout", "0"], "--timeout", "'0'"),
+    (["load-test", "--timeout", "nan"], "--timeout", "'nan'"),
+    (["load-test", "--timeout", "inf"], "--timeout", "'inf'"),
+    (["load-test", "--timeout", "soon"], "--timeout", "'soon'"),
+    (["load-test", "--kernel", "6.1.0-.."], "--kernel", "'6.1.0-..'"),
+    (["load-test", "--driver", "latest"], "--driver", "'latest'"),
+    (["load-test", "--kernel", KERNEL, "--image", "foo"], "--image", "'foo'"),
+    (["load-test", "--kernel", KERNEL, "--image", "h:5/r"], "--image", "'h:5/r'"),
+    (["prune", "--older-than", "-1"], "--older-than", "'-1'"),
+    (["prune", "--older-than", "a week"], "--older-than", "'a week'"),
+    (["build", "--kernel", "6.1.0-.."], "--kernel", "'6.1.0-..'"),
+    (["build", "--kernel", ""], "--kernel", "''"),
+    (["build", "--kernel", KERNEL, "--driver", "1.x"], "--driver", "'1.x'"),
+    (["status", "--format", "yaml"], "--format", "'yaml'"),
+    (["matrix", "--format", "gitlab"], "--format", "'gitlab'"),
+    (["kmm-module", "--driver", DRIVER, "--namespace", "Bad_NS!"], "--namespace", "'Bad_NS!'"),
+    (["kmm-module", "--driver", DRIVER, "--name", "UPPER case"], "--name", "'UPPER case'"),
+    (["kmm-module", "--driver", DRIVER, "--name", "a" * 64], "--name", "'aaaa"),
+    (["kmm-module", "--driver", "x"], "--driver", "'x'"),
+    (["kmm-module", "--driver", DRIVER, "--output", "/"], "--output", "'/'"),
+    (["kmm-module", "--driver", DRIVER, "--output", "/nonexistent/m.yaml"], "--output", "'/non"),
+    (
+        ["kmm-module", "--driver", DRIVER, "--sign-key-secret", "Key!", "--sign-cert-secret", "c"],
+        "--sign-key-secret",
+        "'Key!'",
+    ),
+    (
+        ["kmm-module", "--driver", DRIVER, "--signed-repository", "no-registry"],
+        "--signed-repository",
+        "'no-registry'",
+    ),
+    (["preflight", "--openshift", "four.sixteen"], "--openshift", "'four.sixteen'"),
+    (["preflight", "--openshift", "4.16"], "--openshift", "'4.16'"),
+    (["preflight", "--openshift", "4.16.1", "--arch", "riscv64"], "--arch", "'riscv64'"),
+    (["preflight", "--nodes", "/nonexistent.json"], "--nodes", "'/nonexistent.json'"),
+    (["preflight", "--nodes", "/dev/zero"], "--nodes", "/dev/zero"),
+    (["preflight", "--openshift", "4.16.1", "--format", "html"], "--format", "'html'"),
+    (["preflight", "--openshift", "4.16.1", "--driver", "new"], "--driver", "'new'"),
+    (["discover", "--minor", "x.y"], "--minor", "'x.y'"),
+    (["discover", "--minor", "4.14", "--arch", "amd64"], "--arch", "'amd64'"),
+    (["discover", "--minor", "4.14", "--authfile", "/nonexistent"], "--authfile", "'/nonex"),
+    (
+        ["discover", "--minor", "4.14", "--release-repository", "https://quay.io/x"],
+        "--release-repository",
+        "'https://quay.io/x'",
+    ),
+]
+
+
+@pytest.fixture
+def no_side_effects(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Any connection or child process fails the test, naming what was attempted."""
+    attempted: list[str] = []
+
+    def connect(self: socket.socket, address: object) -> None:
+        attempted.append(f"connect {address}")
+        raise AssertionError(f"a connection was attempted: {address}")
+
+    def popen(*args: object, **kwargs: object) -> None:
+        attempted.append(f"process {args[1] if len(args) > 1 else kwargs.get('args')}")
+        raise AssertionError("a child process was started")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(subprocess.Popen, "__init__", popen)
+    yield attempted
+
+
+def invoke(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Runs the command line in this process (as `invoke …` would); its exit code and stderr."""
+    program = Program(namespace=Collection.from_module(tasks), name="invoke", binary="invoke")
+    with pytest.raises(SystemExit) as exited:
+        program.run(["invoke", *argv], exit=True)
+    code = exited.value.code
+    return (code if isinstance(code, int) else 1), capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "option", "shown"), REFUSED, ids=" ".join)
+def test_a_bad_argument_is_refused_before_any_request_or_process(
+    argv: list[str],
+    option: str,
+    shown: str,
+    no_side_effects: list[str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    versions = [] if argv[0] == "example" else ["--versions", EXAMPLE]
+    code, err = invoke([*argv, *versions], capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"error: {option} ") or lines[0].startswith(f"error: {option}:")
+    assert shown in lines[0] and "expected" in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert no_side_effects == []
+
+
+def test_an_output_path_in_a_directory_the_user_cannot_write_is_refused(
+    tmp_path: Path, no_side_effects: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    if os.access(locked, os.W_OK):  # root writes anywhere: then a FIFO stands for a bad target
+        target = tmp_path / "fifo"
+        os.mkfifo(target)
+        expected = "it is a FIFO"
+    else:
+        target = locked / "m.yaml"
+        expected = "may write"
+    argv = ["kmm-module", "--driver", DRIVER, "--output", str(target), "--versions", EXAMPLE]
+    code, err = invoke(argv, capsys)
+    assert code == 2 and expected in err and "--output" in err, err
+    assert no_side_effects == []
+
+
+@pytest.mark.parametrize(
+    ("task", "option", "shown"),
+    [
+        ("build-all", "--jobs", "1-32"),
+        ("example", "--jobs", "1-32"),
+        ("load-test", "--timeout", "1-3600"),
+        ("prune", "--older-than", "0-36500"),
+        ("kmm-module", "--name", "DNS-1123 label"),
+        ("kmm-module", "--namespace", "DNS-1123 label"),
+    ],
+)
+def test_help_shows_the_accepted_range(task: str, option: str, shown: str) -> None:
+    """Through the real command line: invoke lays its help out for a terminal."""
+    done = subprocess.run(
+        invoke_argv("--help", task), cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    out = " ".join(done.stdout.split())
+    assert option in out and shown in out, out
+
+
+def test_a_driver_not_listed_for_the_kernel_names_the_kernels_drivers(
+    capsys: pytest.CaptureFixture[str], no_side_effects: list[str]
+) -> None:
+    code, err = invoke(
+        ["build", "--kernel", KERNEL, "--driver", "9.9.9", "--versions", EXAMPLE], capsys
+    )
+    assert code == 2, err
+    assert f"drivers listed for {KERNEL}: {DRIVER}" in err, err
+    assert "did you mean" not in err
+    assert no_side_effects == []
