@@ -66,7 +66,7 @@ def tests(session: nox.Session) -> None:
 def unit(session: nox.Session) -> None:
     """The fast tests only (fakes at the process and HTTP boundaries): seconds, no podman."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "not integration", "-q", *session.posargs)
+    session.run("pytest", "-m", "not integration", "-q", "-ra", *session.posargs)
 
 
 @nox.session

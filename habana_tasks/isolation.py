@@ -98,8 +98,9 @@ def _file_digest(path: Path) -> str:
         return "absent"
 
 
-def probe(runner: ProcessRunner) -> Isolation:
-    """Build a FROM-scratch image whose RUN step execs /usr/bin/true with podman's defaults."""
+def probe(runner: ProcessRunner, flag: str | None = None) -> Isolation:
+    """Build a FROM-scratch image whose RUN step execs /usr/bin/true with podman's defaults
+    (or with --isolation flag, to learn whether that isolation works here)."""
     with tempfile.TemporaryDirectory(prefix="habana-isolation-") as tmp:
         context = Path(tmp)
         for source in (PROBE_BINARY, *_shared_libraries(runner, PROBE_BINARY)):
@@ -119,6 +120,7 @@ def probe(runner: ProcessRunner) -> Isolation:
                 "--pull=never",
                 "--iidfile",
                 str(iidfile),
+                *(["--isolation", flag] if flag else []),
                 str(context),
             ],
             check=False,
@@ -126,7 +128,7 @@ def probe(runner: ProcessRunner) -> Isolation:
         if iidfile.is_file():
             runner.run(["podman", "rmi", "--force", iidfile.read_text().strip()], check=False)
     if done.returncode == 0:
-        return Isolation(None, "probe", "podman runs RUN steps with its default runtime")
+        return Isolation(flag, "probe", f"podman runs RUN steps with {flag or 'its default'}")
     return Isolation(FALLBACK, "probe", _cause(done.tail))
 
 

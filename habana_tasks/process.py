@@ -6,11 +6,13 @@ tree), its output streamed line by line to a callback and its tail kept for the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -55,6 +57,16 @@ def find_tool(name: str) -> str | None:
     return shutil.which(name, path=path)
 
 
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a child, in the C locale: the product parses what podman,
+    openssl, kmod and coreutils print (causes, versions, symbols), so a user's language must not
+    change a decision. LANGUAGE is dropped too (gettext prefers it to LC_ALL elsewhere)."""
+    env = {k: v for k, v in os.environ.items() if k != "LANGUAGE"}
+    env["LC_ALL"] = "C"
+    env.update(extra or {})
+    return env
+
+
 @dataclass(frozen=True)
 class Completed:
     """What a finished command left: exit code, the lines it printed (when kept) and its tail."""
@@ -93,9 +105,7 @@ class ProcessRunner:
         resolved = argv if "/" in argv[0] else [find_tool(argv[0]) or argv[0], *argv[1:]]
         if self._stopping.is_set():
             raise CommandError(argv, -signal.SIGINT, ["not started: interrupted"])
-        full_env = dict(os.environ)
-        if env:
-            full_env.update(env)
+        full_env = child_environment(env)
         try:
             proc = subprocess.Popen(
                 resolved,
@@ -158,9 +168,16 @@ class ProcessRunner:
 
 
 def _terminate(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM the process group, then SIGKILL it if it has not gone after a grace period."""
+    """SIGTERM the process group, then SIGKILL it if it has not gone after a grace period; then
+    wait until every process the command had started is gone too.
+
+    A container runtime puts a build's RUN step in its own session (runc: `runc init`, then the
+    step's shell and make), out of reach of the group signal; podman stops it as it exits, but
+    runc may still be cleaning up after podman has gone. "Stopped" is only true once they have
+    gone, under every isolation, so they are remembered before the signal and waited for."""
     if proc.poll() is not None:
         return
+    tree = ProcessTree(proc.pid)
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=TERMINATE_GRACE_SECONDS)
@@ -169,6 +186,80 @@ def _terminate(proc: subprocess.Popen[str]) -> None:
         proc.wait()
     except ProcessLookupError:
         proc.wait()
+    tree.wait_gone(TERMINATE_GRACE_SECONDS)
+
+
+# Long-lived helpers podman shares between commands (rootless podman's pause process): never
+# part of one command's work, so never stopped with it.
+SHARED_HELPERS = frozenset(("catatonit", "podman pause"))
+POLL_SECONDS = 0.05
+
+
+def _stat(pid: int) -> tuple[str, int, int, str] | None:
+    """(name, parent pid, start time, state) of a live process, from /proc; None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
+    return name, int(fields[1]), int(fields[19]), fields[0]
+
+
+class ProcessTree:
+    """The processes below a root pid, remembered by (pid, start time) so that a reused pid is
+    never mistaken for one of them; children they start later join as they are seen."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.known: dict[int, int] = {}
+        root_stat = _stat(root)
+        if root_stat is not None:
+            self.known[root] = root_stat[2]
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Add every live process whose parent is a remembered one (to a fixed point)."""
+        children: dict[int, list[tuple[int, str, int]]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            found = _stat(int(entry.name))
+            if found is not None and found[0] not in SHARED_HELPERS:
+                children.setdefault(found[1], []).append((int(entry.name), found[0], found[2]))
+        todo = [pid for pid in self.known if self._alive(pid)]
+        while todo:
+            for pid, _, started in children.get(todo.pop(), []):
+                if pid not in self.known:
+                    self.known[pid] = started
+                    todo.append(pid)
+
+    def _alive(self, pid: int) -> bool:
+        found = _stat(pid)
+        return found is not None and found[2] == self.known[pid] and found[3] != "Z"
+
+    def alive(self) -> list[int]:
+        return [pid for pid in self.known if pid != self.root and self._alive(pid)]
+
+    def wait_gone(self, grace: float) -> None:
+        """Wait up to grace seconds for every remembered process to end, then SIGKILL the
+        rest and wait for them (a killed process goes within moments)."""
+        deadline = time.monotonic() + grace
+        killed = False
+        while True:
+            self.refresh()
+            left = self.alive()
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                if killed:
+                    return  # unkillable (uninterruptible sleep): nothing more can be done
+                for pid in left:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                killed = True
+                deadline = time.monotonic() + grace
+            time.sleep(POLL_SECONDS)
 
 
 def spawn_service(argv: Sequence[str], log_path: Path) -> int:

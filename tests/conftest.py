@@ -42,3 +42,24 @@ def require_tools(*tools: str) -> None:
 def invoke_argv(*args: str) -> list[str]:
     """The command line a user types (`invoke …`), run with this interpreter."""
     return [sys.executable, "-m", "invoke", *args]
+
+
+# Variables the tool reads that change what it does: a developer's own settings must not change
+# what a test sees, so every test starts without them and sets what it needs itself.
+SUPPORTED_VARIABLES = (
+    "HABANA_SIGNING_KEY",
+    "HABANA_ISOLATION",
+    "BUILDAH_ISOLATION",
+    "HABANA_QEMU_ACCEL",
+    "HABANA_CACHE_DIR",
+    "SOURCE_DATE_EPOCH",
+    "REGISTRY_AUTH_FILE",
+    "NETRC",
+    "LANGUAGE",
+)
+
+
+@pytest.fixture(autouse=True)
+def own_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in SUPPORTED_VARIABLES:
+        monkeypatch.delenv(name, raising=False)

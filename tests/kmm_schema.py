@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -51,13 +52,36 @@ def schema_errors(module: dict[str, Any]) -> list[str]:
     )
 
 
+def kmm_softdep_conf(modprobe: dict[str, Any]) -> str:
+    """What KMM's controller writes for modulesLoadingOrder (getModulesOrderAnnotationValue in
+    kubernetes-sigs/kernel-module-management): the worker pod's softdep.conf, one line per
+    consecutive pair, "softdep <module> pre: <the module it depends on>"."""
+    order = modprobe.get("modulesLoadingOrder") or []
+    return "".join(f"softdep {a} pre: {b}\n" for a, b in itertools.pairwise(order))
+
+
 def kmm_load_sequence(modprobe: dict[str, Any]) -> Sequence[str]:
-    """The order in which KMM's worker loads modules, as the CRD describes modulesLoadingOrder:
-    "upmost module, then the module it depends on", moduleName equal to its first element; the
-    list is loaded from its last element to its first."""
+    """The order in which KMM's worker loads modules: it runs `modprobe -d <dirName>
+    <moduleName>` with that softdep.conf, and modprobe loads a module's `pre:` soft
+    dependencies (each with its own, first) before the module itself. Derived from the softdep
+    lines, as modprobe reads them, never from the list's order directly."""
     order = modprobe.get("modulesLoadingOrder")
-    if not order:
-        return [modprobe["moduleName"]]
-    assert modprobe["moduleName"] == order[0], "moduleName must be modulesLoadingOrder's first"
-    assert len(set(order)) == len(order), "a module listed twice"
-    return list(reversed(order))
+    if order:
+        assert modprobe["moduleName"] == order[0], "moduleName must be modulesLoadingOrder's first"
+        assert len(set(order)) == len(order), "a module listed twice"
+    pre: dict[str, list[str]] = {}
+    for line in kmm_softdep_conf(modprobe).splitlines():
+        words = line.split()
+        assert words[0] == "softdep" and words[2] == "pre:", line
+        pre.setdefault(words[1], []).extend(words[3:])
+    loaded: list[str] = []
+
+    def load(module: str) -> None:
+        if module in loaded:
+            return
+        for dependency in pre.get(module, []):
+            load(dependency)
+        loaded.append(module)
+
+    load(modprobe["moduleName"])
+    return loaded

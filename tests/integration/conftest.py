@@ -91,14 +91,59 @@ def test_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream
     local_upstream.stop(upstream)
 
 
-@pytest.fixture(scope="module")
-def library(
-    test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Project, Path]]:
-    """The example pair built, load-tested and pushed (skipped when an earlier module did)."""
+@pytest.fixture(scope="session")
+def built_library(test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example pair built, load-tested and pushed once per session; tests never use its
+    repository directly (see `library`)."""
     project = Project(ROOT, cache_dir=tmp_path_factory.mktemp("cache"))
     versions = test_upstream.versions(tmp_path_factory.mktemp("v") / "versions.toml")
     cfg = config.load(versions)
     run = commands.run_build(project, cfg, cfg.targets, console=Console(file=io.StringIO()))
     assert all(r.ok and r.load_tested for r in run.results), run.results
+    return versions
+
+
+def copy_library(test_upstream: UpstreamFixture, versions: Path, repository: str, to: Path) -> Path:
+    """The library's images copied, digests kept, into a repository of the caller's own (in
+    the same registry); returns a versions file naming it. What one test adds to or removes
+    from its copy is seen by no other test, whatever their order."""
+    cfg = config.load(versions)
+    registry = test_upstream.upstream.registry
+    for target in cfg.targets:
+        test_upstream.runner.run(
+            [
+                "skopeo", "copy", "--quiet", "--preserve-digests",
+                "--src-tls-verify=false", "--dest-tls-verify=false",
+                f"docker://{target.image}", f"docker://{registry}/{repository}:{target.tag}",
+            ]
+        )  # fmt: skip
+        # Local storage too (its layers are there already), as a build would have left it.
+        test_upstream.runner.run(
+            [
+                "podman",
+                "pull",
+                "--quiet",
+                "--tls-verify=false",
+                f"{registry}/{repository}:{target.tag}",
+            ]
+        )
+    to.write_text(versions.read_text().replace(cfg.repository, f"{registry}/{repository}"))
+    return to
+
+
+@pytest.fixture(scope="module")
+def library(
+    built_library: Path,
+    test_upstream: UpstreamFixture,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[tuple[Project, Path]]:
+    """The example library in a repository of this test module's own, copied from the one
+    build of the session (up to date, load-tested)."""
+    require_tools("skopeo")
+    name = request.module.__name__.rsplit(".", 1)[-1].replace("_", "-")
+    project = Project(ROOT, cache_dir=tmp_path_factory.mktemp("cache"))
+    versions = copy_library(
+        test_upstream, built_library, f"library/{name}", tmp_path_factory.mktemp("v") / "v.toml"
+    )
     yield project, versions

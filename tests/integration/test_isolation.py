@@ -32,7 +32,7 @@ def test_a_working_runtime_needs_no_fallback(
     require_tools("podman", "runc")
     monkeypatch.setenv("CONTAINERS_CONF", str(containers_conf(tmp_path, "runc", "/usr/sbin/runc")))
     found = probe(ProcessRunner())
-    assert (found.flag, found.reason) == (None, "podman runs RUN steps with its default runtime")
+    assert (found.flag, found.reason) == (None, "podman runs RUN steps with its default")
 
 
 def test_a_runtime_that_cannot_start_falls_back_to_chroot_and_builds(

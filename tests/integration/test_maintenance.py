@@ -18,7 +18,7 @@ from habana_tasks import commands, config
 from habana_tasks.podman import Podman
 from habana_tasks.project import Project
 from habana_tasks.registry import Existence, RegistryClient
-from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
+from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture, copy_library
 from tests.kmm_schema import kmm_load_sequence, schema_errors
 
 pytestmark = pytest.mark.integration
@@ -175,7 +175,9 @@ def test_kmm_module_maps_every_built_kernel_to_an_existing_image(
 def test_prune_removes_only_what_it_listed(
     library: tuple[Project, Path], test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:
-    project, versions = library
+    project, shared = library
+    # A repository of this test's own: the tags it adds stay out of every other test's way.
+    versions = copy_library(test_upstream, shared, "library/prune", tmp_path / "versions.toml")
     cfg = config.load(versions)
     repo = cfg.repository
     runner = test_upstream.runner

@@ -20,7 +20,7 @@ from habana_tasks.podman import Podman
 from habana_tasks.project import Project
 from habana_tasks.registry import Existence, RegistryClient
 from tests.conftest import ROOT, free_port
-from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
+from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture, copy_library
 
 pytestmark = pytest.mark.integration
 
@@ -122,9 +122,14 @@ def test_3_new_toolkit_for_one_kernel_rebuilds_only_that_image(
         f"FROM {u.toolkit_image(KERNELS[1])}\nRUN echo refreshed > /etc/toolkit-refresh\n"
     )
     test_upstream.build_and_push(context, f"{refreshed}:{KERNELS[1]}")
+    # The first build's images in a repository of this test's own: the rebuild below must not
+    # change what the module's other tests see, whatever order they run in.
+    copied = copy_library(
+        test_upstream, versions, "library/pipeline-refreshed", Path(str(versions) + ".copy.toml")
+    )
     moved = Path(str(versions) + ".refreshed.toml")
     moved.write_text(
-        versions.read_text().replace("/upstream/driver-toolkit:", "/upstream/refreshed-toolkit:")
+        copied.read_text().replace("/upstream/driver-toolkit:", "/upstream/refreshed-toolkit:")
     )
     code, text, report = run(project, moved)
     assert code == 0, text

@@ -168,7 +168,9 @@ def test_a_malformed_toolkit_manifest_fails_the_target_not_rebuilds_it(
         return status, headers, new
 
     with registry_proxy(u.registry, Faults(rewrite=no_config)) as proxy:
-        plain = test_upstream.versions(tmp_path / "plain.toml", KERNELS[:1])
+        plain = test_upstream.versions(
+            tmp_path / "plain.toml", KERNELS[:1], repository="faults/malformed-toolkit"
+        )
         versions = route_through(plain, tmp_path / "versions.toml", "image", u.registry, proxy)
         project = Project(ROOT, cache_dir=tmp_path / "cache")
         cfg = config.load(versions)
@@ -193,7 +195,9 @@ def test_status_json_says_when_tags_could_not_be_listed(
         )
 
     with registry_proxy(u.registry, Faults(rewrite=broken_list)) as proxy:
-        plain = test_upstream.versions(tmp_path / "plain.toml", KERNELS[:1])
+        plain = test_upstream.versions(
+            tmp_path / "plain.toml", KERNELS[:1], repository="faults/tags"
+        )
         versions = route_through(plain, tmp_path / "versions.toml", "repository", u.registry, proxy)
         out = io.StringIO()
         code = commands.status_command(
@@ -205,7 +209,7 @@ def test_status_json_says_when_tags_could_not_be_listed(
     data = json.loads(out.getvalue())
     assert code == 1
     assert data["unnamed_tags"] is None
-    assert "the tag list is not a JSON object" in data["errors"][0]
+    assert "the tag list is not JSON (8 bytes)" in data["errors"][0]
 
 
 def strip_digest(line: str, answer: Answer) -> Answer | None:

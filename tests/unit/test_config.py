@@ -101,15 +101,24 @@ def test_tag_maps_plus_and_checks_length() -> None:
 
 
 BAD_CASES = [
-    # (edit applied to GOOD, expected fragment of the single problem)
-    (lambda t: t.replace("[library]", "[librar]"), "librar: unknown key; did you mean 'library'?"),
+    # (edit applied to GOOD, the fragment of the one problem, or of each problem in order)
+    (
+        lambda t: t.replace("[library]", "[librar]"),
+        ("librar: unknown key; did you mean 'library'?", "library.repository is missing"),
+    ),
     (
         lambda t: t.replace('repository = "', 'repositry = "'),
-        "library.repositry: unknown key; did you mean 'repository'?",
+        (
+            "library.repositry: unknown key; did you mean 'repository'?",
+            "library.repository is missing",
+        ),
     ),
     (
         lambda t: t.replace('drivers = ["1.6.0-439", "1.7.0-1"]', 'driver = ["1.6.0-439"]'),
-        "kernels[0].driver: unknown key; did you mean 'drivers'?",
+        (
+            "kernels[0].driver: unknown key; did you mean 'drivers'?",
+            "kernels[0].drivers is missing",
+        ),
     ),
     (
         lambda t: t.replace('"registry.example.com/team/habana-ai-driver"', '"habana-ai-driver"'),
@@ -149,7 +158,12 @@ BAD_CASES = [
     ),
     (
         lambda t: t.replace("4.18.0-372.19.1.el8_6.x86_64", "6.1.0-56-amd64"),
-        "uses {rhel_version} but kernel '6.1.0-56-amd64' has no RHEL version",
+        (
+            "(base.image) = 'registry.example.com/ubi8/ubi-minimal:{rhel_version}': uses "
+            "{rhel_version} but kernel '6.1.0-56-amd64' has no RHEL version",
+            "(package_url) = 'https://vault.example.com/{rhel_major}/habanalabs-{driver}.el8"
+            ".noarch.rpm': uses {rhel_major} but kernel '6.1.0-56-amd64' has no RHEL version",
+        ),
     ),
     (
         lambda t: t.replace(
@@ -193,18 +207,23 @@ BAD_CASES = [
         lambda t: t.replace(
             "4.18.0-372.19.1.el8_6.x86_64", "4.18.0-" + "1" * 120 + ".el8_6.x86_64"
         ),
-        "is 148 characters long; a tag holds at most 128",
+        (
+            "image tag '1.6.0-439-4.18.0-1111",
+            "image tag '1.7.0-1-4.18.0-1111",
+        ),
     ),
 ]
 
 
 @pytest.mark.parametrize(("edit", "expected"), BAD_CASES)
 def test_bad_input_names_file_key_value_and_expectation(
-    tmp_path: Path, edit: object, expected: str
+    tmp_path: Path, edit: object, expected: str | tuple[str, ...]
 ) -> None:
     problems = problems_of(tmp_path, edit(GOOD))  # type: ignore[operator]
-    assert any(expected in p for p in problems), problems
-    assert all(p.startswith(f"{tmp_path / 'versions.toml'}: ") for p in problems)
+    fragments = (expected,) if isinstance(expected, str) else expected
+    assert len(problems) == len(fragments), problems
+    for problem, fragment in zip(problems, fragments, strict=True):
+        assert problem.startswith(f"{tmp_path / 'versions.toml'}: ") and fragment in problem
 
 
 def test_missing_sections_are_all_reported_at_once(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from habana_tasks import build_service, config, labels, metadata
 from habana_tasks.errors import Interrupted
 from habana_tasks.http_client import HTTPClient, RetryPolicy
 from habana_tasks.isolation import BuildIsolation
+from habana_tasks.load_test import MARK
 from habana_tasks.manifests import OCI_MANIFEST
 from habana_tasks.podman import Podman
 from habana_tasks.project import Project
@@ -28,6 +29,14 @@ from tests.fake_runner import FakeRunner
 
 KERNELS = ("6.1.0-55-amd64", "6.1.0-56-amd64")
 DRIVER = "6.1.0-1"
+IB_REGISTER_CRC = 0x1B2C3D4E
+# The kernel's files in each fake toolkit (symvers as plain text: read as such when not gzip).
+KERNEL_FILES = {
+    "modules.dep": "kernel/drivers/infiniband/core/ib_core.ko:\n",
+    "modules.builtin": "kernel/lib/crc32c.ko\n",
+    "symvers.gz": f"0x{IB_REGISTER_CRC:08x}\tib_register_client\t"
+    "drivers/infiniband/core/ib_core\tEXPORT_SYMBOL\t\n",
+}
 
 
 def image_tar(release: str) -> bytes:
@@ -60,6 +69,17 @@ class FakePodman(FakeRunner):
         self.building = threading.Event()
         self.terminated = threading.Event()
         self.created: dict[str, str] = {}  # container name -> image id
+        # What the built module declares (modinfo depends, --dump-modversions) ...
+        self.depends = "ib_core"
+        self.imports = [f"0x{IB_REGISTER_CRC:08x}\tib_register_client"]
+        # ... and what each toolkit's kernel holds: /lib/modules/<release>/modules.dep and
+        # Module.symvers, as `podman cp` copies them out of the toolkit image.
+        self.kernel_files = {
+            f"/lib/modules/{{release}}/{name}": text for name, text in KERNEL_FILES.items()
+        }
+        self.kernel_files["/boot/vmlinuz-{release}"] = "a kernel"
+        # What the guest's console says when qemu boots it.
+        self.guest = [f"{MARK} booted {{release}}", f"{MARK} PASS"]
 
     def terminate_all(self) -> None:
         self.terminated.set()
@@ -89,14 +109,33 @@ class FakePodman(FakeRunner):
         if argv[0] == "modinfo":
             release = argv[-1].split("/modules/", 1)[1].split("/", 1)[0]
             vermagic = self.vermagic.get(release, f"{release} SMP preempt mod_unload")
-            return 0, [f"filename:       {argv[-1]}", f"vermagic:       {vermagic}", "depends:"]
+            return 0, [
+                f"filename:       {argv[-1]}",
+                f"vermagic:       {vermagic}",
+                f"depends:        {self.depends}",
+            ]
         if argv[:2] == ["modprobe", "-d"]:
             return 0, [f"insmod {argv[2]}/lib/modules/{argv[4]}/extra/habanalabs.ko"]
-        if argv[0] == "modprobe":  # --dump-modversions, --show-exports: none here
+        if argv[:2] == ["modprobe", "--dump-modversions"]:
+            return 0, self.imports
+        if argv[0] == "modprobe":  # --show-exports: the module exports nothing
             return 0, []
-        if command == ["podman", "cp"]:  # the fake toolkit holds no kernel files
-            return 125, ["Error: no such file or directory"]
+        if command == ["podman", "cp"]:
+            return self.copy_out(argv)
+        if argv[0].startswith("qemu-system"):
+            release = next(k for k in KERNELS if k in " ".join(argv))
+            return 0, [line.format(release=release) for line in self.guest]
         return None
+
+    def copy_out(self, argv: list[str]) -> tuple[int, list[str]]:
+        """The toolkit's kernel files, by their path in the image, with the release filled in."""
+        path = argv[2].split(":", 1)[1]
+        release = next(k for k in KERNELS if k in path)
+        text = self.kernel_files.get(path.replace(release, "{release}", 1))
+        if text is None:
+            return 125, [f"Error: {path}: no such file or directory"]
+        Path(argv[3]).write_text(text)
+        return 0, []
 
     def build(self, argv: list[str]) -> tuple[int, list[str]]:
         self.building.set()
@@ -145,11 +184,18 @@ def library(fake: FakeRegistry, tmp_path: Path) -> config.Config:
 
 
 def run(
-    runner: FakePodman, cfg: config.Config, tmp_path: Path, *, push: bool = True
+    runner: FakePodman,
+    cfg: config.Config,
+    tmp_path: Path,
+    *,
+    push: bool = True,
+    load_test: bool = False,
 ) -> build_service.BuildRun:
     project = Project(ROOT, cache_dir=tmp_path / "cache")
     http = HTTPClient(RetryPolicy(attempts=1))
-    planned = build_service.resolve_and_plan(project, cfg, cfg.targets, load_tests=False, http=http)
+    planned = build_service.resolve_and_plan(
+        project, cfg, cfg.targets, load_tests=load_test, http=http
+    )
     isolation = BuildIsolation(runner, env={"HABANA_ISOLATION": "chroot"})
     return build_service.execute(
         project,
@@ -159,7 +205,7 @@ def run(
         reporter=PlainReporter(Console(file=io.StringIO())),
         jobs=2,
         push=push,
-        load_test=False,
+        load_test=load_test,
     )
 
 
@@ -215,6 +261,63 @@ def test_a_failed_check_never_pushes(fake: FakeRegistry, tmp_path: Path) -> None
     assert result.results[1].status is JobStatus.FAILED
     assert f"vermagic names kernel '{KERNELS[0]}'" in result.results[1].detail
     assert pushes(runner) == [f"docker://{cfg.targets[0].image}"]
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"depends": "ib_uverbs"}, "depends on ib_uverbs, which is neither in the image nor a"),
+        ({"depends": "crc32c"}, "depends on crc32c, which {release} has built in"),
+        (
+            {"imports": ["0x00000001\tib_register_client"]},
+            "disagrees about the version of ib_register_client (e.g. ib_register_client: "
+            f"0x00000001 here, 0x{IB_REGISTER_CRC:08x} in {{release}}'s ",
+        ),
+        ({"imports": ["0x00000001\tib_gone"]}, "needs ib_gone, exported by neither the image"),
+    ],
+)
+def test_a_module_that_would_not_resolve_on_its_kernel_is_never_pushed(
+    fake: FakeRegistry, tmp_path: Path, change: dict[str, object], why: str
+) -> None:
+    """The checks read each toolkit's modules.dep and Module.symvers: with the kernel's own
+    answers (ib_core a module, crc32c built in, ib_register_client's CRC) every image passes
+    (test_every_target_is_built_checked_pushed_and_verified); any dependency or symbol version
+    its kernel does not have fails the image before its push."""
+    runner = FakePodman(fake)
+    for name, value in change.items():
+        setattr(runner, name, value)
+    cfg = library(fake, tmp_path)
+    result = run(runner, cfg, tmp_path)
+    for target, outcome in zip(cfg.targets, result.results, strict=True):
+        assert outcome.status is JobStatus.FAILED
+        assert why.format(release=target.kernel) in outcome.detail, outcome.detail
+    assert pushes(runner) == []
+
+
+def test_a_failed_load_test_is_never_pushed(fake: FakeRegistry, tmp_path: Path) -> None:
+    runner = FakePodman(fake)
+    runner.guest = [
+        f"{MARK} booted {{release}}",
+        f"{MARK} FAIL modprobe -d /opt habanalabs failed: Invalid argument",
+        "[    2.1] habanalabs: disagrees about version of symbol pci_enable_device",
+    ]
+    cfg = library(fake, tmp_path)
+    result = run(runner, cfg, tmp_path, load_test=True)
+    assert len(runner.commands("qemu-system-x86_64")) == 2  # each image was booted
+    for outcome in result.results:
+        assert outcome.status is JobStatus.FAILED
+        assert "modprobe -d /opt habanalabs failed" in outcome.detail, outcome.detail
+    assert pushes(runner) == []
+
+
+def test_a_passing_load_test_is_pushed_and_labelled(fake: FakeRegistry, tmp_path: Path) -> None:
+    runner = FakePodman(fake)
+    cfg = library(fake, tmp_path)
+    result = run(runner, cfg, tmp_path, load_test=True)
+    assert [r.status for r in result.results] == [JobStatus.OK, JobStatus.OK]
+    assert len(pushes(runner)) == 2
+    built = [runner.labels[image] for image in runner.labels]
+    assert {labels_[labels.PREFIX + "load-tested"] for labels_ in built} == {"true"}
 
 
 def test_no_push_builds_and_checks_only(fake: FakeRegistry, tmp_path: Path) -> None:

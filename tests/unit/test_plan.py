@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from habana_tasks import labels
-from habana_tasks.config import BuildTarget, Config
+from habana_tasks.config import BuildTarget, Config, SigningFiles
 from habana_tasks.driver_package import CachedPackage
 from habana_tasks.labels import TargetInputs
 from habana_tasks.plan import Action, plan, plan_job
 from habana_tasks.registry import Existence, RemoteImage, ResolvedImage
+from habana_tasks.signing import Signer
 
 TARGET = BuildTarget(
     kernel="6.1.0-56-amd64",
@@ -43,7 +47,41 @@ def present(inputs: TargetInputs = INPUTS) -> RemoteImage:
 def test_absent_builds() -> None:
     job = plan_job(TARGET, INPUTS, RemoteImage(TARGET.image, Existence.ABSENT))
     assert (job.action, job.reason) == (Action.BUILD, "not in the repository")
-    assert job.fingerprint == labels.fingerprint(TARGET, INPUTS)
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", job.fingerprint or ""), job.fingerprint
+
+
+SIGNER = Signer(
+    SigningFiles(Path("c.der"), Path("k.pem")), "5" * 64, "Signer", "ab" * 20, b"-----BEGIN"
+)
+# Each input the README names as part of "up to date", changed alone, with the name the plan
+# gives it. Written out here rather than read from the product's own list of inputs.
+ONE_INPUT_CHANGED = {
+    "base image digest": (TARGET, replace(INPUTS, base=replace(INPUTS.base, digest=D[:-1] + "0"))),
+    "toolkit image digest": (
+        TARGET,
+        replace(INPUTS, toolkit=replace(INPUTS.toolkit, digest="sha256:" + "0" * 64)),
+    ),
+    "driver package": (TARGET, replace(INPUTS, package=replace(INPUTS.package, sha256="0" * 64))),
+    "firmware package": (
+        TARGET,
+        replace(
+            INPUTS, firmware=CachedPackage("https://v.example/fw.rpm", Path("/f"), "7" * 64, 1)
+        ),
+    ),
+    "driver git SHA": (TARGET, replace(INPUTS, git_sha="f" * 40)),
+    "Dockerfile": (TARGET, replace(INPUTS, dockerfile_sha256="0" * 64)),
+    "modules": (replace(TARGET, modules=("habanalabs", "habanalabs_cn")), INPUTS),
+    "signing certificate": (TARGET, replace(INPUTS, signer=SIGNER)),
+}
+
+
+@pytest.mark.parametrize("name", list(ONE_INPUT_CHANGED))
+def test_each_input_changed_alone_changes_the_fingerprint_and_is_named(name: str) -> None:
+    target, inputs = ONE_INPUT_CHANGED[name]
+    before = plan_job(TARGET, INPUTS, RemoteImage(TARGET.image, Existence.ABSENT)).fingerprint
+    job = plan_job(target, inputs, present())
+    assert job.fingerprint != before
+    assert (job.action, job.reason) == (Action.BUILD, f"stale: {name} changed")
 
 
 def test_same_fingerprint_skips() -> None:

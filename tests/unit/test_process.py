@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from habana_tasks import process
 from habana_tasks.errors import CommandError, CommandTimeout
 from habana_tasks.process import ProcessRunner
+from tests.conftest import require, require_tools
 
 
 def alive(pid: int) -> bool:
@@ -48,29 +54,62 @@ def test_timeout_kills_the_whole_process_group() -> None:
         ProcessRunner().run(["sh", "-c", "sleep 30 & echo $!; wait"], timeout=0.5, keep_output=True)
     assert time.monotonic() - started < 10
     child = int(info.value.tail[0])
-    time.sleep(0.2)
-    assert not alive(child)
+    assert not alive(child)  # gone when the error is raised, not some time later
     assert info.value.tail[-1] == "killed after 0.5 s"
 
 
-def test_terminate_all_stops_running_commands_and_refuses_new_ones() -> None:
-    runner = ProcessRunner()
+def run_in_thread(
+    runner: ProcessRunner, argv: list[str]
+) -> tuple[threading.Thread, list[str], list[CommandError], threading.Event]:
+    """Starts argv through runner in a thread; the event is set once it printed its first line
+    (so the command is known to run, not merely to be about to)."""
+    lines: list[str] = []
     errors: list[CommandError] = []
+    started = threading.Event()
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        started.set()
 
     def run() -> None:
         try:
-            runner.run(["sleep", "30"])
+            runner.run(argv, on_line=on_line)
         except CommandError as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=run)
     thread.start()
-    time.sleep(0.3)
+    assert started.wait(10), "the command never started"
+    return thread, lines, errors, started
+
+
+def test_terminate_all_stops_running_commands_and_refuses_new_ones() -> None:
+    runner = ProcessRunner()
+    thread, _, errors, _ = run_in_thread(runner, ["sh", "-c", "echo running; exec sleep 30"])
     runner.terminate_all()
     thread.join(timeout=10)
-    assert not thread.is_alive() and errors[0].returncode < 0
-    with pytest.raises(CommandError, match="interrupted"):
+    assert not thread.is_alive()
+    # Stopped by the signal while it ran, which a refusal to start (SIGINT) would not be.
+    assert errors[0].returncode == -signal.SIGTERM, errors
+    with pytest.raises(CommandError, match="not started: interrupted") as refused:
         runner.run(["true"])
+    assert refused.value.returncode == -signal.SIGINT
+
+
+def test_terminate_all_returns_only_once_processes_outside_the_group_are_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a container runtime does: the work runs in a session of its own (out of reach of the
+    group signal) and ignores SIGTERM; stopping must wait for it, and kill it if it stays."""
+    monkeypatch.setattr(process, "TERMINATE_GRACE_SECONDS", 0.5)
+    runner = ProcessRunner()
+    script = "setsid sh -c 'trap \"\" TERM; echo $$; exec sleep 30' & wait"
+    thread, lines, _, _ = run_in_thread(runner, ["sh", "-c", script])
+    outside = int(lines[0])
+    assert alive(outside)
+    runner.terminate_all()
+    assert not alive(outside), "terminate_all returned while a started process still ran"
+    thread.join(timeout=10)
 
 
 def test_a_failed_build_is_reported_by_its_cause_not_its_wrapper() -> None:
@@ -98,4 +137,44 @@ def test_a_failed_build_is_reported_by_its_cause_not_its_wrapper() -> None:
     assert str(CommandError(["podman", "build"], 1, step)) == (
         "podman build exited with 1: "
         "error: habanalabs_ib.ko was not built (it is listed in modules)"
+    )
+
+
+@pytest.fixture(scope="module")
+def german(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A user's environment in German: a de_DE.UTF-8 locale compiled for the test (packages
+    locales and libc-l10n), proven to translate coreutils' messages before it is used."""
+    require_tools("localedef")
+    locales = tmp_path_factory.mktemp("locales")
+    made = subprocess.run(
+        ["localedef", "-i", "de_DE", "-f", "UTF-8", str(locales / "de_DE.UTF-8")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    require(made.returncode == 0, f"localedef de_DE.UTF-8 ({made.stderr.strip()[:120]})")
+    env = {"LOCPATH": str(locales), "LANG": "de_DE.UTF-8", "LANGUAGE": "de", "LC_ALL": ""}
+    plain = subprocess.run(
+        ["ls", "/nonexistent"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    require("nicht gefunden" in plain.stderr, f"German messages (libc-l10n): {plain.stderr!r}")
+    return env
+
+
+def test_a_child_speaks_english_whatever_the_users_locale(
+    german: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The cause of a failure is picked from the command's output by its English words; under
+    the user's German locale the same decision must be made."""
+    for key, value in german.items():
+        monkeypatch.setenv(key, value)
+    script = f"cp /nonexistent {tmp_path}/x; echo finished; exit 1"
+    with pytest.raises(CommandError) as info:
+        ProcessRunner().run(["sh", "-c", script])
+    assert str(info.value) == (
+        "sh -c exited with 1: cp: cannot stat '/nonexistent': No such file or directory"
     )
