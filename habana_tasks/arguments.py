@@ -115,12 +115,16 @@ def dns_subdomain(option: str, value: str) -> str:
     return value
 
 
-def image(option: str, value: str) -> str:
-    """A fully qualified image reference, with a tag or a digest."""
+def _reference(option: str, value: str) -> ImageReference:
     try:
-        ref = ImageReference.parse(value)
+        return ImageReference.parse(value)
     except ValueError as exc:
         raise UsageError(f"{option} {value!r}: {exc}") from None
+
+
+def image(option: str, value: str) -> str:
+    """A fully qualified image reference, with a tag or a digest."""
+    ref = _reference(option, value)
     if not ref.tag and not ref.digest:
         raise _fail(option, value, "registry/repository:tag or @sha256:… (no tag or digest)")
     return value
@@ -128,10 +132,7 @@ def image(option: str, value: str) -> str:
 
 def repository(option: str, value: str) -> str:
     """A fully qualified repository, without tag or digest."""
-    try:
-        ref = ImageReference.parse(value)
-    except ValueError as exc:
-        raise UsageError(f"{option} {value!r}: {exc}") from None
+    ref = _reference(option, value)
     if ref.tag or ref.digest:
         raise _fail(option, value, "registry/repository without a tag or digest")
     return value

@@ -293,7 +293,21 @@ def _urls() -> list[Case]:
 
 def _meaning() -> list[Case]:
     k1 = 'release = "5.14.0-284.30.1.el9_2.x86_64"\n'
+    # Releases of the right characters but no real shape: empty parts between separators.
+    empty_parts = [
+        _case(
+            "meaning",
+            f"release-empty-parts-{n}",
+            _sub(k1, f'release = "{release}"\n'),
+            f"kernels[1].release = {release!r}",
+            "expected a full kernel release",
+        )
+        for n, release in enumerate(
+            ("6.1.0-..", "6.1.0-a..b", "6.1.0--amd64", "6.1.0-56-amd64-", "6.1.0-56._x86_64")
+        )
+    ]
     return [
+        *empty_parts,
         _case(
             "meaning",
             "rhel-contradicts-release",

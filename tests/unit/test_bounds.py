@@ -219,14 +219,6 @@ def test_a_package_file_that_is_a_fifo_or_device_is_refused(tmp_path: Path) -> N
 # -- registry documents of the wrong JSON type ----------------------------------------------
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeRegistry]:
-    registry = FakeRegistry()
-    registry.host = registry.start()
-    yield registry
-    registry.stop()
-
-
 def token_answer(body: bytes) -> Callable[[str], tuple[int, dict[str, str], bytes] | None]:
     def hook(path: str) -> tuple[int, dict[str, str], bytes] | None:
         return (
