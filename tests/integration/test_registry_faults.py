@@ -254,19 +254,21 @@ def config_blob(body: bytes) -> Rewrite:
     """Replace every image config blob (the JSON blobs) with body; its digest no longer matches
     unless the manifest is rewritten too, so the manifest is rewritten to point at it."""
 
+    blob_digest = "sha256:" + hashlib.sha256(body).hexdigest()
+
     def rewrite(line: str, answer: Answer) -> Answer | None:
         status, headers, data = answer
-        if not line.startswith("GET") or status != 200:
+        if not line.startswith("GET"):
             return None
-        if "/manifests/" in line:
+        if f"/blobs/{blob_digest}" in line:  # the registry has no such blob: the proxy serves it
+            return 200, {"Content-Type": "application/octet-stream"}, body
+        if "/manifests/" in line and status == 200:
             manifest = json.loads(data)
-            manifest["config"]["digest"] = "sha256:" + hashlib.sha256(body).hexdigest()
+            manifest["config"]["digest"] = blob_digest
             manifest["config"]["size"] = len(body)
             new = json.dumps(manifest).encode()
             headers["Docker-Content-Digest"] = "sha256:" + hashlib.sha256(new).hexdigest()
             return status, headers, new
-        if "/blobs/sha256:" in line:
-            return status, headers, body
         return None
 
     return rewrite

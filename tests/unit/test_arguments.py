@@ -7,7 +7,7 @@ import os
 import socket
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from invoke.collection import Collection
 from invoke.program import Program
 
 import tasks
+from habana_tasks import arguments
 from tests.conftest import ROOT, invoke_argv
 
 EXAMPLE = str(ROOT / "examples" / "local" / "versions.toml")
@@ -174,3 +175,26 @@ def test_a_driver_not_listed_for_the_kernel_names_the_kernels_drivers(
     assert f"drivers listed for {KERNEL}: {DRIVER}" in err, err
     assert "did you mean" not in err
     assert no_side_effects == []
+
+
+@pytest.mark.parametrize(
+    ("check", "value", "expected"),
+    [
+        (lambda v: arguments.count("--jobs", v, arguments.JOBS), "32", 32),
+        (lambda v: arguments.count("--jobs", v, arguments.JOBS), " 1 ", 1),
+        (lambda v: arguments.seconds("--timeout", v, arguments.TIMEOUT_SECONDS), "1.5", 1.5),
+        (lambda v: arguments.count("--older-than", v, arguments.OLDER_THAN_DAYS), "0", 0),
+        (lambda v: arguments.release("--kernel", v), "5.14.0-284.el9.aarch64+64k", None),
+        (lambda v: arguments.release("--kernel", v), "6.1.0-56-cloud-amd64", None),
+        (lambda v: arguments.openshift_release("--openshift", v), "4.17.0-rc.1", None),
+        (lambda v: arguments.openshift_minor("--minor", v), "4.14", None),
+        (lambda v: arguments.dns_label("--namespace", v), "habana-ai-operator", None),
+        (lambda v: arguments.dns_subdomain("--sign-key-secret", v), "keys.v1-signing", None),
+        (lambda v: arguments.image("--image", v), "127.0.0.1:5055/lib/d@sha256:" + "a" * 64, None),
+        (lambda v: arguments.repository("--release-repository", v), "quay.io/ocp/rel", None),
+    ],
+)
+def test_a_good_argument_is_accepted_as_typed(
+    check: Callable[[str], object], value: str, expected: object
+) -> None:
+    assert check(value) == (value if expected is None else expected)

@@ -4,9 +4,11 @@ wrong JSON type are failures of the target they belong to, never a traceback."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -306,3 +308,25 @@ def test_an_index_whose_platform_is_not_an_object_is_skipped_not_a_crash(
     fake.manifests["lib/base:latest"] = ("application/vnd.oci.image.index.v1+json", body)
     with pytest.raises(RegistryError, match="has no linux/amd64 manifest"):
         RegistryClient([fake.host]).resolve(f"{fake.host}/lib/base:latest", "x86_64")
+
+
+def test_a_layer_longer_than_its_descriptor_says_is_cut_at_the_declared_size(
+    fake: FakeRegistry,
+) -> None:
+    """Reading one file out of an image (as discover does with release payloads): a layer body
+    past the size its manifest declares is refused as it arrives, never read to its end."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        data = b"x" * 200_000
+        info = tarfile.TarInfo("padding")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    body = layer.getvalue()
+    fake.blobs[digest(body)] = body
+    media = "application/vnd.oci.image.manifest.v1+json"
+    fake.add_image("ocp/release", "4.90.1", {}, media)
+    manifest = json.loads(fake.manifests["ocp/release:4.90.1"][1])
+    manifest["layers"] = [{"mediaType": "x", "digest": digest(body), "size": 1000}]
+    fake.manifests["ocp/release:4.90.1"] = (media, json.dumps(manifest).encode())
+    with pytest.raises(RegistryError, match="larger than 1000 bytes"):
+        RegistryClient([fake.host]).read_file(f"{fake.host}/ocp/release:4.90.1", "/x", "x86_64")
