@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from requests.sessions import _Settings
 
 RETRY_STATUSES = frozenset((429, 500, 502, 503, 504))
-
-
 MiB = 1 << 20
 
 
@@ -184,7 +182,6 @@ class HTTPClient:
         auth: tuple[str, str] | None = None,
         params: dict[str, str] | None = None,
         netrc: bool = False,
-        max_body: int | None = None,
     ) -> requests.Response:
         """Send, retrying connection errors, timeouts, 429 (Retry-After) and 500/502/503/504.
 
@@ -217,7 +214,7 @@ class HTTPClient:
                         response,
                         policy,
                         deadline=started + policy.deadline,
-                        limit=policy.max_body if max_body is None else max_body,
+                        limit=policy.max_body,
                         what=what,
                     )
                     body = b"".join(reader.chunks())

@@ -192,12 +192,8 @@ class RegistryClient:
             return RemoteImage(image, Existence.ABSENT)
         except RegistryError as exc:
             return RemoteImage(image, Existence.UNKNOWN, error=str(exc))
-        settings = config.get("config")
-        if settings is None:
-            settings = {}
-        labels = settings.get("Labels") if isinstance(settings, dict) else None
-        if labels is None and isinstance(settings, dict):
-            labels = {}
+        settings = config.get("config") or {}  # absent or null: an image without labels
+        labels = (settings.get("Labels") or {}) if isinstance(settings, dict) else None
         if not isinstance(labels, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
         ):

@@ -22,6 +22,8 @@ from habana_tasks.http_client import RetryPolicy
 
 COMMAND = ".venv/bin/nox -s reliability"
 AREAS = (
+    "arguments",
+    "local files",
     "bad versions files",
     "driver packages",
     "package servers",
@@ -141,31 +143,46 @@ def bounds(policy: RetryPolicy) -> str:
         read=f"{policy.read_timeout:g}",
         worst=f"{worst:g}",
         download=f"{policy.download_deadline:g}",
+        speed_limit=policy.speed_limit,
+        speed_time=f"{policy.speed_time:g}",
+        max_body=f"{policy.max_body >> 20} MiB",
     )
 
 
 BOUNDS = """\
 ## What each area tries, and the bounds
 
+- **arguments**: out-of-range, non-numeric, infinite and malformed values for every option
+  (`tests/unit/test_arguments.py`), run through invoke's own parser with sockets and process
+  starts trapped: each refused with exit 2 and one line naming the option and the value.
+- **local files**: a FIFO without a writer, a character device, a directory, a socket and a
+  file one byte over its bound, as each kind of file the tool reads (versions file, nodes JSON,
+  certificate, key, auth file, netrc), a `file://` package that is a FIFO or a device: each
+  refused by name within a watchdog, never read to its end or waited on.
 - **bad versions files**: `tests/corpus/versions.py`, every file refused with exit 2 before any
   socket or process is opened, each expected problem named with file, key and value, every
   problem of a file reported at once; a sample through the command line, with no traceback.
 - **driver packages**: good and broken vendor RPMs (payloads, dkms.conf, truncation, garbage).
-- **package servers**: errors, truncation, trickling bodies, re-publication under the same URL.
+- **package servers**: errors, truncation, trickling bodies (cut at the rate floor), oversized
+  bodies, re-publication under the same URL.
 - **registry faults**: a proxy in front of the real registry injects 5xx, 429 with Retry-After,
-  resets, hangs, cut, trickling, malformed and non-JSON bodies, stripped and wrong digests,
-  tampered blobs, refused logins, looping and cross-host pagination. "survived" means the plan
+  resets, hangs, cut, trickling, malformed and non-JSON bodies, documents of the wrong JSON
+  type (manifests, config blobs, labels, error bodies, token answers), oversized bodies, 401
+  without a challenge, stripped and wrong digests, tampered blobs, refused logins, looping and
+  cross-host pagination. "survived" means the plan
   made the same decision as without the fault; "failed closed" means the target failed (never
   built, never pushed) and named the registry.
 - **secrets**: a canary password in the auth file and in `~/.netrc`, through a build behind a
   registry that demands a login: found only in the requests to that registry; never in argv,
   logs, report.json, labels, build arguments, image history or layers, nor at another host.
-- **signals**: SIGINT and SIGTERM during a build, a load test and a push: exit 130/143, no child
-  process left, the tag still on its old digest.
+- **signals**: SIGINT and SIGTERM during a build (under every build isolation the host offers),
+  a load test and a push: exit 130/143, no child process left (container processes included),
+  the tag still on its old digest.
 
 Time bounds (`habana_tasks/http_client.py`, `RetryPolicy`): a registry or token request gives
 up after {attempts} attempts or {deadline} s, whichever comes first, each attempt with a {connect} s
 connect and {read} s read timeout, so no registry answer holds a run longer than {worst} s; a
 package download or a layer read gives up after {download} s plus at most one read timeout,
-however slowly its bytes trickle. The tests use a shorter policy to prove the same bound quickly:
+and any body slower than {speed_limit} bytes/s over {speed_time} s fails then; an API body is
+refused past {max_body}. The tests use a shorter policy to prove the same bound quickly:
 their "slowest fail-closed" time is measured against it."""

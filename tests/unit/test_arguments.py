@@ -107,6 +107,7 @@ def invoke(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, st
     return (code if isinstance(code, int) else 1), capsys.readouterr().err
 
 
+@pytest.mark.reliability("arguments", outcome="refused before any request or process")
 @pytest.mark.parametrize(("argv", "option", "shown"), REFUSED, ids=" ".join)
 def test_a_bad_argument_is_refused_before_any_request_or_process(
     argv: list[str],

@@ -78,6 +78,7 @@ def hostile(kind: str, tmp_path: Path, limit: int) -> Path:
     return path
 
 
+@pytest.mark.reliability("local files", outcome="refused by name")
 @pytest.mark.parametrize("reader", list(READERS))
 @pytest.mark.parametrize("kind", ["fifo", "char-device", "directory", "socket", "oversized"])
 def test_a_special_or_oversized_local_file_is_refused_by_name(
@@ -107,6 +108,7 @@ def test_a_special_or_oversized_local_file_is_refused_by_name(
         assert "expected a regular file" in message, message
 
 
+@pytest.mark.reliability("local files", outcome="refused by name")
 def test_a_signing_key_that_is_a_fifo_is_refused(tmp_path: Path) -> None:
     fifo = tmp_path / "key.pem"
     os.mkfifo(fifo)
@@ -151,6 +153,7 @@ class Quiet(BaseHTTPRequestHandler):
         return None
 
 
+@pytest.mark.reliability("package servers", outcome="failed closed")
 def test_a_trickling_package_server_fails_at_the_rate_floor_not_the_deadline(
     tmp_path: Path, server: Callable[[type[BaseHTTPRequestHandler]], str]
 ) -> None:
@@ -189,6 +192,7 @@ def test_a_fast_package_is_not_cut_by_the_rate_floor(
     assert cached.path.read_bytes() == body
 
 
+@pytest.mark.reliability("package servers", outcome="failed closed")
 def test_an_api_body_past_its_bound_is_refused(
     server: Callable[[type[BaseHTTPRequestHandler]], str],
 ) -> None:
@@ -208,6 +212,7 @@ def test_an_api_body_past_its_bound_is_refused(
         http.send("GET", f"{server(Huge)}/v2/")
 
 
+@pytest.mark.reliability("local files", outcome="refused by name")
 def test_a_package_file_that_is_a_fifo_or_device_is_refused(tmp_path: Path) -> None:
     fifo = tmp_path / "p.rpm"
     os.mkfifo(fifo)
@@ -243,6 +248,7 @@ def token_answer(body: bytes) -> Callable[[str], tuple[int, dict[str, str], byte
         (b"{}", "holds no token"),
     ],
 )
+@pytest.mark.reliability("registry faults", outcome="failed closed")
 def test_a_token_answer_of_the_wrong_type_fails_the_lookup_closed(
     fake: FakeRegistry, body: bytes, message: str
 ) -> None:
@@ -255,6 +261,7 @@ def test_a_token_answer_of_the_wrong_type_fails_the_lookup_closed(
     assert fake.host in (remote.error or "")
 
 
+@pytest.mark.reliability("registry faults", outcome="failed closed, others unharmed")
 def test_a_repository_answering_401_without_a_challenge_fails_only_itself(
     fake: FakeRegistry,
 ) -> None:
@@ -279,6 +286,7 @@ def test_a_repository_answering_401_without_a_challenge_fails_only_itself(
         (b'{"config": "labels"}', "not a map of strings"),
     ],
 )
+@pytest.mark.reliability("registry faults", outcome="failed closed")
 def test_a_config_blob_of_the_wrong_type_is_unknown_not_present(
     fake: FakeRegistry, blob: bytes, message: str
 ) -> None:
