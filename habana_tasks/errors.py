@@ -93,7 +93,8 @@ WRAPPER_LINE = re.compile(
 )
 # Lines that say why: compiler and modpost errors, missing files, refusals.
 CAUSE_LINE = re.compile(
-    r"(?i)(\berror\b|undefined!|\bfatal\b|no such file|not found|permission denied|refused)"
+    r"(?i)(\berror\b|undefined!|\bfatal\b|no such file|not found|permission denied|refused|"
+    r"resource busy)"
 )
 
 

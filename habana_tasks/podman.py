@@ -9,11 +9,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from habana_tasks.errors import CommandError
+from habana_tasks.errors import CommandError, cause_of
 from habana_tasks.isolation import BuildIsolation
 from habana_tasks.process import LineSink, ProcessRunner
 
 PODMAN = "podman"
+# Failures of the container runtime itself, not of the build: the runtime's copy of its own
+# binary into a sealed memfd can meet EBUSY while the host is busy (seen with buildah's chroot
+# isolation). The same build, run again, passes; any other failure is the build's own.
+TRANSIENT_RUNTIME_FAILURES = ("sealing memfd copy: Device or resource busy",)
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,16 @@ class Podman:
         if spec.isolation is None:
             spec = replace(spec, isolation=self.isolation.choose().flag)
         spec.iidfile.unlink(missing_ok=True)
-        self.runner.run(spec.argv, on_line=on_line)
+        try:
+            self.runner.run(spec.argv, on_line=on_line)
+        except CommandError as exc:
+            if exc.returncode < 0 or not any(
+                signature in line for line in exc.tail for signature in TRANSIENT_RUNTIME_FAILURES
+            ):
+                raise
+            if on_line is not None:
+                on_line(f"the container runtime failed ({cause_of(exc.tail)}); building again once")
+            self.runner.run(spec.argv, on_line=on_line)
         return spec.iidfile.read_text().strip()
 
     def tag(self, image_id: str, name: str) -> None:

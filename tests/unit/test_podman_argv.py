@@ -2,7 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from habana_tasks.podman import BuildSpec, export_argv, pull_argv, push_argv
+import pytest
+
+from habana_tasks.errors import CommandError
+from habana_tasks.podman import BuildSpec, Podman, export_argv, pull_argv, push_argv
+from tests.fake_runner import FakeRunner
 
 
 def test_build_argv_is_complete_and_ordered() -> None:
@@ -62,3 +66,35 @@ def test_pull_and_export() -> None:
         "/w/root.tar",
         "c1",
     ]
+
+
+def test_a_transient_runtime_failure_is_built_again_once_and_nothing_else_is(
+    tmp_path: Path,
+) -> None:
+    busy = ["Close_Fd sealing memfd copy: Device or resource busy", "Error: building at STEP"]
+    outcomes = [(1, busy), None]
+
+    def answer(argv: list[str]) -> tuple[int, list[str]] | None:
+        if argv[:2] != ["podman", "build"]:
+            return None
+        outcome = outcomes.pop(0)
+        if outcome is None:
+            spec.iidfile.write_text("sha256:abc\n")
+        return outcome
+
+    spec = BuildSpec(tmp_path, tmp_path / "Dockerfile", tmp_path / "iid", isolation="chroot")
+    said: list[str] = []
+    runner = FakeRunner(answer)
+    assert Podman(runner).build(spec, said.append) == "sha256:abc"
+    assert len(runner.commands("podman", "build")) == 2
+    assert any("building again once" in line for line in said)
+
+    # The build's own failure (and a second runtime failure) is reported, not retried.
+    outcomes[:] = [(2, ["make: *** [all] Error 2"])]
+    with pytest.raises(CommandError, match="Error 2"):
+        Podman(FakeRunner(answer)).build(spec)
+    outcomes[:] = [(1, busy), (1, busy)]
+    again = FakeRunner(answer)
+    with pytest.raises(CommandError, match="sealing memfd copy"):
+        Podman(again).build(spec)
+    assert len(again.commands("podman", "build")) == 2
