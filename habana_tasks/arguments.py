@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from habana_tasks import config, kernel_release, local_files
+from habana_tasks.config_fields import MAX_SHOWN
 from habana_tasks.errors import UsageError
 from habana_tasks.image_reference import ImageReference
 
@@ -28,7 +29,6 @@ OPENSHIFT_MINOR_RE = re.compile(r"^[0-9]{1,3}\.[0-9]{1,3}\Z")
 OPENSHIFT_RELEASE_RE = re.compile(
     r"^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,4}(-(ec|fc|rc)\.[0-9]{1,3})?\Z"
 )
-MAX_SHOWN = 80
 
 
 def _fail(option: str, value: object, expected: str) -> UsageError:

@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 import rpmfile
 
+from habana_tasks import local_files
 from habana_tasks.errors import BodyDeadlineError, DriverPackageError, TransientHTTPError
 from habana_tasks.http_client import (
     BODY_ERRORS,
@@ -32,12 +33,9 @@ from habana_tasks.http_client import (
     redact,
     short_reason,
 )
-from habana_tasks.local_files import format_size, kind_of
 
 GIT_SHA_RE = re.compile(r"^[0-9a-f]{7,40}\Z")
 CHUNK = 1 << 20
-# The largest package (driver or firmware RPM) the cache takes; vendor packages are far smaller.
-MAX_PACKAGE = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -176,10 +174,14 @@ class PackageCache:
                         f"{redact(url)}: HTTP {response.status_code} ({response.reason})"
                     )
                 expected = response.headers.get("Content-Length")
-                if expected is not None and expected.isdigit() and int(expected) > MAX_PACKAGE:
+                if (
+                    expected is not None
+                    and expected.isdigit()
+                    and int(expected) > local_files.PACKAGE.limit
+                ):
                     raise DriverPackageError(
                         f"{redact(url)}: the server announces {expected} bytes, more than "
-                        f"{format_size(MAX_PACKAGE)}; refused"
+                        f"{local_files.PACKAGE.bound}; refused"
                     )
                 validators = {
                     key: response.headers[header]
@@ -190,7 +192,7 @@ class PackageCache:
                     response,
                     self.http.retry,
                     deadline=deadline,
-                    limit=MAX_PACKAGE,
+                    limit=local_files.PACKAGE.limit,
                     what=f"GET {redact(url)}",
                 )
                 for chunk in reader.chunks():
@@ -213,28 +215,25 @@ class PackageCache:
 
 
 def _copy_local(source: Path, out: BinaryIO) -> tuple[str, int, dict[str, Any]]:
-    """A file:// package copied into the cache: a regular file only (never a FIFO or a device,
-    opened without blocking), at most MAX_PACKAGE bytes."""
+    """A file:// package copied into the cache: a regular file within local_files.PACKAGE."""
     hasher = hashlib.sha256()
     size = 0
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-        info = os.fstat(fd)
-        if (other := kind_of(info.st_mode)) is not None:
-            os.close(fd)
-            raise DriverPackageError(f"{source}: the package is {other}; expected a file")
-        with os.fdopen(fd, "rb") as src:
+        with local_files.open_regular(source, local_files.PACKAGE) as src:
+            mtime_ns = os.fstat(src.fileno()).st_mtime_ns
             while chunk := src.read(CHUNK):
                 hasher.update(chunk)
                 size += len(chunk)
-                if size > MAX_PACKAGE:
+                if size > local_files.PACKAGE.limit:  # grew while it was read
                     raise DriverPackageError(
-                        f"{source}: the package is larger than {format_size(MAX_PACKAGE)}; refused"
+                        f"{source}: the package is larger than {local_files.PACKAGE.bound}; refused"
                     )
                 out.write(chunk)
+    except local_files.LocalFileError as exc:
+        raise DriverPackageError(str(exc)) from exc
     except OSError as exc:
         raise DriverPackageError(f"{source}: cannot read package: {exc.strerror}") from exc
-    return hasher.hexdigest(), size, {"mtime_ns": info.st_mtime_ns}
+    return hasher.hexdigest(), size, {"mtime_ns": mtime_ns}
 
 
 def read_git_sha(package: Path, driver_version: str, name: str | None = None) -> str:

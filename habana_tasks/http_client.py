@@ -20,12 +20,12 @@ from habana_tasks.errors import (
     BodyTooSlowError,
     TransientHTTPError,
 )
+from habana_tasks.local_files import MiB
 
 if TYPE_CHECKING:
     from requests.sessions import _Settings
 
 RETRY_STATUSES = frozenset((429, 500, 502, 503, 504))
-MiB = 1 << 20
 
 
 @dataclass(frozen=True)

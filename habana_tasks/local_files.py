@@ -8,8 +8,9 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from habana_tasks.errors import HabanaError, UsageError
+from habana_tasks.errors import UsageError
 
 MiB = 1 << 20
 
@@ -19,7 +20,7 @@ class FileKind:
     """What a file is for (named in messages) and the most the tool will read of it."""
 
     what: str
-    limit: int
+    limit: int  # bytes
     text: str = "UTF-8 text"  # what its content must be, for read_text's message
 
     @property
@@ -29,14 +30,15 @@ class FileKind:
 
 # A library of thousands of pairs stays far below these; anything larger is a mistake.
 VERSIONS_FILE = FileKind("versions file", 8 * MiB, "a UTF-8 TOML file")
-NODES_JSON = FileKind(
-    "nodes JSON", 256 * MiB, "UTF-8 JSON"
-)  # `kubectl get nodes -o json`, 10k+ nodes
+# `kubectl get nodes -o json` of 10,000 nodes and more.
+NODES_JSON = FileKind("nodes JSON", 256 * MiB, "UTF-8 JSON")
 CERTIFICATE = FileKind("signing certificate", 1 * MiB)
 PRIVATE_KEY = FileKind("signing key", 1 * MiB)
 AUTH_FILE = FileKind("auth file", 4 * MiB)
 NETRC = FileKind("netrc file", 1 * MiB)
 KINDS = (VERSIONS_FILE, NODES_JSON, CERTIFICATE, PRIVATE_KEY, AUTH_FILE, NETRC)
+# A driver or firmware RPM: from a file:// URL, or the most a download may bring.
+PACKAGE = FileKind("package", 4096 * MiB)
 
 
 class LocalFileError(UsageError):
@@ -61,48 +63,57 @@ def kind_of(mode: int) -> str | None:
     return None if stat.S_ISREG(mode) else "not a regular file"
 
 
-def read_bytes(path: Path, kind: FileKind, error: type[HabanaError] = LocalFileError) -> bytes:
-    """The file's content; refused when it is not a regular file or exceeds kind.limit.
+def _refusal(path: Path, kind: FileKind, mode: int, size: int) -> str | None:
+    """Why a file of this mode and size is not read as `kind`; None when it may be."""
+    if (other := kind_of(mode)) is not None:
+        return f"{path}: the {kind.what} is {other}; expected a regular file"
+    if size > kind.limit:
+        return f"{path}: the {kind.what} is larger than {kind.bound}; refused"
+    return None
 
-    Opened non-blocking, so that a FIFO cannot hold the open, and checked on the open file, so
-    that what is read is what was checked; at most limit + 1 bytes are ever read."""
+
+def open_regular(path: Path, kind: FileKind) -> BinaryIO:
+    """The file, open for reading, once it is known to be a regular file within kind.limit.
+
+    Opened non-blocking, so that a FIFO cannot hold the open, and checked on the open
+    descriptor, so that what is read is what was checked."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
-        other = None
-        with contextlib.suppress(OSError):
-            other = kind_of(os.stat(path).st_mode)  # a socket cannot even be opened
-        if other is not None:
-            raise error(f"{path}: the {kind.what} is {other}; expected a regular file") from exc
-        raise error(f"{path}: cannot read the {kind.what}: {exc.strerror}") from exc
-    try:
-        info = os.fstat(fd)
-        if (other := kind_of(info.st_mode)) is not None:
-            raise error(f"{path}: the {kind.what} is {other}; expected a regular file")
-        if info.st_size > kind.limit:
-            raise error(f"{path}: the {kind.what} is larger than {kind.bound}; refused")
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            data = handle.read(kind.limit + 1)
-    finally:
+        with contextlib.suppress(OSError):  # a socket cannot even be opened: say what it is
+            info = os.stat(path)
+            if why := _refusal(path, kind, info.st_mode, 0):
+                raise LocalFileError(why) from exc
+        raise LocalFileError(f"{path}: cannot read the {kind.what}: {exc.strerror}") from exc
+    info = os.fstat(fd)
+    if why := _refusal(path, kind, info.st_mode, info.st_size):
         os.close(fd)
+        raise LocalFileError(why)
+    return os.fdopen(fd, "rb")
+
+
+def read_bytes(path: Path, kind: FileKind) -> bytes:
+    """The file's content, at most kind.limit bytes (limit + 1 are read to notice growth)."""
+    with open_regular(path, kind) as handle:
+        data = handle.read(kind.limit + 1)
     if len(data) > kind.limit:  # grew while it was read
-        raise error(f"{path}: the {kind.what} is larger than {kind.bound}; refused")
+        raise LocalFileError(f"{path}: the {kind.what} is larger than {kind.bound}; refused")
     return data
 
 
-def read_text(path: Path, kind: FileKind, error: type[HabanaError] = LocalFileError) -> str:
+def read_text(path: Path, kind: FileKind) -> str:
     """read_bytes, decoded as UTF-8; anything else is refused naming the first bad byte."""
-    data = read_bytes(path, kind, error)
+    data = read_bytes(path, kind)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         where = f"byte 0x{data[exc.start]:02x} at offset {exc.start}"
-        raise error(
+        raise LocalFileError(
             f"{path}: the {kind.what} is not UTF-8 text ({where}); expected {kind.text}"
         ) from exc
 
 
-def check_optional(path: Path, kind: FileKind, error: type[HabanaError] = LocalFileError) -> None:
+def check_optional(path: Path, kind: FileKind) -> None:
     """A file the tool may read later (an auth file, ~/.netrc): absent is fine, anything else
     it could not read safely is refused now, before any request."""
     try:
@@ -110,8 +121,6 @@ def check_optional(path: Path, kind: FileKind, error: type[HabanaError] = LocalF
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise error(f"{path}: cannot read the {kind.what}: {exc.strerror}") from exc
-    if (other := kind_of(info.st_mode)) is not None:
-        raise error(f"{path}: the {kind.what} is {other}; expected a regular file")
-    if info.st_size > kind.limit:
-        raise error(f"{path}: the {kind.what} is larger than {kind.bound}; refused")
+        raise LocalFileError(f"{path}: cannot read the {kind.what}: {exc.strerror}") from exc
+    if why := _refusal(path, kind, info.st_mode, info.st_size):
+        raise LocalFileError(why)

@@ -217,9 +217,9 @@ def test_a_package_file_that_is_a_fifo_or_device_is_refused(tmp_path: Path) -> N
     fifo = tmp_path / "p.rpm"
     os.mkfifo(fifo)
     cache = PackageCache(tmp_path / "c")
-    with pytest.raises(DriverPackageError, match="is a FIFO; expected a file"):
+    with pytest.raises(DriverPackageError, match="is a FIFO; expected a regular file"):
         cache.fetch(fifo.as_uri())
-    with pytest.raises(DriverPackageError, match="is a character device; expected a file"):
+    with pytest.raises(DriverPackageError, match="is a character device; expected a regular file"):
         cache.fetch("file:///dev/zero")
 
 
