@@ -8,7 +8,7 @@ import os
 
 import nox
 
-from habana_tasks.process import find_tool
+from habana_tasks.core.process import find_tool
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # The load test and the rootless run need podman and qemu; outside CI they run where those exist.

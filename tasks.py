@@ -1,28 +1,50 @@
-"""invoke tasks: argument parsing only; the work is in habana_tasks.commands."""
+"""invoke tasks: argument parsing only; the work is in habana_tasks.cli.commands.
+
+A task imports what it needs when it runs, not when invoke loads this file: `invoke --list`
+and a no-op build pay only for what they use. (invoke puts this directory on sys.path.)
+"""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-sys.path.insert(0, str(Path(__file__).parent))
+from habana_tasks.cli import arguments
+from habana_tasks.core import local_files
+from habana_tasks.core.errors import (
+    INTERNAL_ERROR_CODE,
+    HabanaError,
+    exit_codes_text,
+    internal_error,
+)
 
-from devtools import benchmarks
-from devtools import example as example_module
-from habana_tasks import arguments, commands, local_files
-from habana_tasks.errors import INTERNAL_ERROR_CODE, HabanaError, internal_error
-from habana_tasks.process import interruption, sigterm_as_interrupt
-from habana_tasks.project import Project
+if TYPE_CHECKING:
+    from habana_tasks.config.project import Project
 
-PROJECT = Project(Path(__file__).resolve().parent)
+ROOT = Path(__file__).resolve().parent
+Task = TypeVar("Task", bound=Callable[..., None])
+
+
+def project() -> Project:
+    from habana_tasks.config.project import Project
+
+    return Project(ROOT)
+
+
+def documented(fn: Task) -> Task:
+    """Every task's --help ends with the exit codes scripts can act on."""
+    fn.__doc__ = f"{fn.__doc__}\n\n{exit_codes_text()}"
+    return fn
 
 
 def _run(call: Callable[[], int | None]) -> None:
+    from habana_tasks.core.process import interruption, sigterm_as_interrupt
+
     try:
         with sigterm_as_interrupt():
             code = call()
@@ -56,6 +78,7 @@ BUILD_HELP = {
         **BUILD_HELP,
     }
 )
+@documented
 def build(
     c: Context,
     kernel: str,
@@ -67,21 +90,22 @@ def build(
     load_test: bool = True,
 ) -> None:
     """Build, check, load-test and push the image(s) of one kernel."""
+    from habana_tasks.build.service import BuildOptions
+    from habana_tasks.cli import commands
+
     _run(
         lambda: commands.build(
-            PROJECT,
+            project(),
             versions,
             arguments.release("--kernel", kernel),
             arguments.optional("--driver", driver, arguments.driver),
-            force=force,
-            dry_run=dry_run,
-            push=push,
-            load_test=load_test,
+            options=BuildOptions(force=force, dry_run=dry_run, push=push, load_test=load_test),
         )
     )
 
 
 @task(help={"jobs": JOBS_HELP, **BUILD_HELP})
+@documented
 def build_all(
     c: Context,
     versions: str | None = None,
@@ -92,15 +116,20 @@ def build_all(
     load_test: bool = True,
 ) -> None:
     """Build, check, load-test and push every kernel x driver pair that is missing or stale."""
+    from habana_tasks.build.service import BuildOptions
+    from habana_tasks.cli import commands
+
     _run(
         lambda: commands.build(
-            PROJECT,
+            project(),
             versions,
-            jobs=arguments.count("--jobs", jobs, arguments.JOBS),
-            force=force,
-            dry_run=dry_run,
-            push=push,
-            load_test=load_test,
+            options=BuildOptions(
+                jobs=arguments.count("--jobs", jobs, arguments.JOBS),
+                force=force,
+                dry_run=dry_run,
+                push=push,
+                load_test=load_test,
+            ),
         )
     )
 
@@ -116,6 +145,7 @@ def build_all(
         "{:g}-{:g} (default 120)".format(*arguments.TIMEOUT_SECONDS),
     }
 )
+@documented
 def load_test(
     c: Context,
     kernel: str | None = None,
@@ -125,9 +155,11 @@ def load_test(
     timeout: str = "120",
 ) -> None:
     """Boot each image's exact kernel under qemu and load its driver as KMM does."""
+    from habana_tasks.cli import commands
+
     _run(
         lambda: commands.load_tests(
-            PROJECT,
+            project(),
             versions,
             arguments.optional("--kernel", kernel, arguments.release),
             arguments.optional("--driver", driver, arguments.driver),
@@ -138,15 +170,21 @@ def load_test(
 
 
 @task(help={"versions": "versions file naming the kernels (default: the example)"})
+@documented
 def upstream_up(c: Context, versions: str | None = None) -> None:
     """Start the local upstream (registry, package server) and build its images and RPMs."""
-    _run(lambda: example_module.upstream_up(PROJECT, versions))
+    from devtools import example as example_module
+
+    _run(lambda: example_module.upstream_up(project(), versions))
 
 
 @task
+@documented
 def upstream_down(c: Context) -> None:
     """Stop the local upstream's services (their data stays in .cache/upstream)."""
-    _run(lambda: example_module.upstream_down(PROJECT))
+    from devtools import example as example_module
+
+    _run(lambda: example_module.upstream_down(project()))
 
 
 @task(
@@ -155,11 +193,14 @@ def upstream_down(c: Context) -> None:
         "load-test": "load-test each image before pushing (default); --no-load-test skips it",
     }
 )
+@documented
 def example(c: Context, jobs: str = "1", load_test: bool = True) -> None:
     """Build the example library end to end against the local upstream and print it."""
+    from devtools import example as example_module
+
     _run(
         lambda: example_module.example(
-            PROJECT,
+            project(),
             jobs=arguments.count("--jobs", jobs, arguments.JOBS),
             load_test=load_test,
         )
@@ -172,23 +213,31 @@ def example(c: Context, jobs: str = "1", load_test: bool = True) -> None:
         "format": "table (default), json, or markdown (a catalogue to publish)",
     }
 )
+@documented
 def status(c: Context, versions: str | None = None, format: str = "table") -> None:
     """Every kernel x driver pair: current, stale (why), missing or unknown; unnamed tags."""
+    from habana_tasks.cli import commands
+
     _run(
         lambda: commands.status_command(
-            PROJECT, versions, output_format=arguments.choice("--format", format, arguments.FORMATS)
+            project(),
+            versions,
+            output_format=arguments.choice("--format", format, arguments.FORMATS),
         )
     )
 
 
 @task(help={"versions": "versions file (default: versions.toml)", "format": "github"})
+@documented
 def matrix(c: Context, versions: str | None = None, format: str = "github") -> None:
     """Print the pending pairs (missing or stale) as a GitHub Actions matrix."""
-    _run(
-        lambda: print(
-            commands.matrix(PROJECT, versions, arguments.choice("--format", format, ("github",)))
-        )
-    )
+    from habana_tasks.cli import commands
+
+    def show() -> None:
+        arguments.choice("--format", format, ("github",))
+        print(commands.matrix(project(), versions))
+
+    _run(show)
 
 
 @task(
@@ -204,6 +253,7 @@ def matrix(c: Context, versions: str | None = None, format: str = "github") -> N
         "(default: <repository>-signed)",
     }
 )
+@documented
 def kmm_module(
     c: Context,
     driver: str,
@@ -216,11 +266,12 @@ def kmm_module(
     signed_repository: str | None = None,
 ) -> None:
     """Write a KMM Module whose kernelMappings cover every kernel the library holds."""
+    from habana_tasks.cli import commands
 
     def write() -> None:
         target = None if output is None else arguments.output_file("--output", output)
         text = commands.kmm_module(
-            PROJECT,
+            project(),
             arguments.driver("--driver", driver),
             versions,
             name=arguments.dns_label("--name", name),
@@ -252,13 +303,16 @@ def kmm_module(
         "apply": "delete what is listed (by digest); without it, only list",
     }
 )
+@documented
 def prune(
     c: Context, versions: str | None = None, older_than: str | None = None, apply: bool = False
 ) -> None:
     """List, and with --apply delete, tags the matrix no longer names (never a named one)."""
+    from habana_tasks.cli import commands
+
     _run(
         lambda: commands.prune_command(
-            PROJECT,
+            project(),
             versions,
             older_than=None
             if older_than is None
@@ -280,6 +334,7 @@ def prune(
         "dry-run": "show the diff of versions.toml instead of writing it",
     },
 )
+@documented
 def discover(
     c: Context,
     versions: str | None = None,
@@ -291,9 +346,11 @@ def discover(
     dry_run: bool = False,
 ) -> None:
     """Add the kernels that OpenShift releases ship to versions.toml, comments kept."""
+    from habana_tasks.cli import commands
+
     _run(
         lambda: commands.discover(
-            PROJECT,
+            project(),
             versions,
             minors=arguments.each("--minor", minor or (), arguments.openshift_minor),
             arches=arguments.each("--arch", arch or (), arguments.arch),
@@ -320,6 +377,7 @@ def discover(
         "format": "table, json or markdown (for a job summary)",
     },
 )
+@documented
 def preflight(
     c: Context,
     versions: str | None = None,
@@ -332,9 +390,11 @@ def preflight(
     format: str = "table",
 ) -> None:
     """Before an upgrade: is there a current, load-tested image for every kernel x driver?"""
+    from habana_tasks.cli import commands
+
     _run(
         lambda: commands.preflight_command(
-            PROJECT,
+            project(),
             versions,
             openshift=arguments.each("--openshift", openshift or (), arguments.openshift_release),
             nodes=arguments.optional_file("--nodes", nodes, local_files.NODES_JSON),
@@ -350,10 +410,13 @@ def preflight(
 
 
 @task
+@documented
 def bench(c: Context) -> None:
     """Measure the pipeline against the per-image way; writes docs/benchmarks.md."""
 
     def measure() -> None:
-        benchmarks.run(PROJECT)
+        from devtools import benchmarks
+
+        benchmarks.run(project())
 
     _run(measure)

@@ -31,15 +31,21 @@ from rich.console import Console
 
 from devtools import local_upstream
 from devtools.bench_registry import RegistryFront
-from habana_tasks import build_service, commands, config, labels, load_test, metadata
-from habana_tasks.driver_package import PackageCache
-from habana_tasks.http_client import HTTPClient
-from habana_tasks.kernel_modules import KernelModuleStore
-from habana_tasks.manifests import OCI_MANIFEST
-from habana_tasks.metadata import LOOKUP_THREADS as LOOKUP_CONCURRENCY
-from habana_tasks.process import ProcessRunner
-from habana_tasks.project import Project
-from habana_tasks.registry import RegistryClient
+from habana_tasks.build import labels, metadata
+from habana_tasks.build import service as build_service
+from habana_tasks.build.driver_package import PackageCache
+from habana_tasks.build.metadata import LOOKUP_THREADS as LOOKUP_CONCURRENCY
+from habana_tasks.build.service import BuildOptions
+from habana_tasks.cli import commands
+from habana_tasks.config import versions as config
+from habana_tasks.config.project import Project
+from habana_tasks.core.errors import Failure
+from habana_tasks.core.http_client import HTTPClient
+from habana_tasks.core.process import ProcessRunner
+from habana_tasks.registry.client import RegistryClient
+from habana_tasks.registry.manifests import OCI_MANIFEST
+from habana_tasks.verification import load_test
+from habana_tasks.verification.kernel_modules import KernelModuleStore
 
 DRIVER = "6.1.0-1"
 BUILD_KERNELS = ("6.1.0-54-amd64", "6.1.0-55-amd64", "6.1.0-56-amd64")
@@ -245,7 +251,7 @@ class Bench:
         repo = cfg.repository.split("/", 1)[1]
         for target in cfg.targets:
             inputs = resolution.inputs[target.tag]
-            assert not isinstance(inputs, str), inputs
+            assert not isinstance(inputs, Failure), inputs
             image_labels = labels.image_labels(cfg, target, inputs, "2026-01-01T00:00:00Z", True)
             self.push_labelled(repo, target.tag, image_labels, self._layer())
         return versions
@@ -468,11 +474,9 @@ class Bench:
             replace(self.project, cache_dir=cache_dir),
             cfg,
             cfg.targets,
-            jobs=jobs,
-            force=force,
-            console=Console(file=io.StringIO()),
-            load_test=False,
-            podman=self.podman,
+            Console(file=io.StringIO()),
+            BuildOptions(jobs=jobs, force=force, load_test=False),
+            self.podman,
         ).results
         wall = time.perf_counter() - started
         assert all(r.ok for r in results), results
@@ -557,8 +561,8 @@ class Bench:
                     )
                 assert report.passed, report
                 reports.append(report)
-            seconds = [r.seconds or 0.0 for r in reports]
-            initramfs = reports[-1].initramfs_bytes or 0
+            seconds = [r.seconds for r in reports]
+            initramfs = reports[-1].initramfs_bytes
             smoke_rows.append(f"| {target.kernel} | {spread(seconds)} | {initramfs / 1e6:.0f} MB |")
             self.results.data[f"smoke_{target.kernel}"] = {
                 "seconds": seconds,

@@ -9,11 +9,13 @@ from pathlib import Path
 from rich.console import Console
 
 from devtools import local_upstream
-from habana_tasks import build_service, commands, tables
-from habana_tasks.podman import Podman
-from habana_tasks.project import Project
-from habana_tasks.registry import RegistryClient
-from habana_tasks.reporter import make_console
+from habana_tasks.build import service as build_service
+from habana_tasks.build.reporter import make_console
+from habana_tasks.build.service import BuildOptions
+from habana_tasks.cli import commands, tables
+from habana_tasks.config.project import Project
+from habana_tasks.engine.podman import Podman
+from habana_tasks.registry.client import RegistryClient
 
 EXAMPLE_VERSIONS = Path("examples/local/versions.toml")
 
@@ -39,7 +41,7 @@ def upstream_up(
         kernels=[t.kernel for t in config.targets],
         drivers=[t.driver for t in config.targets],
     )
-    commands.print_line(console, f"local upstream ready in {time.monotonic() - started:.1f} s")
+    tables.print_line(console, f"local upstream ready in {time.monotonic() - started:.1f} s")
 
 
 def upstream_down(project: Project, console: Console | None = None) -> None:
@@ -61,12 +63,11 @@ def example(
         project,
         config,
         config.targets,
-        console=console,
-        jobs=jobs,
-        load_test=load_test,
-        podman=podman,
+        console,
+        BuildOptions(jobs=jobs, load_test=load_test),
+        podman,
     )
     registry = RegistryClient(config.insecure_registries)
     held = [(t, registry.inspect(t.image)) for t in config.targets]
     console.print(tables.library_table(config.repository, held))
-    return 0 if run.ok else 1
+    return run.exit_code

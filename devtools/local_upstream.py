@@ -27,11 +27,11 @@ from pathlib import Path
 
 import requests
 
-from habana_tasks import process
-from habana_tasks.driver_package import sha256_file
-from habana_tasks.errors import HabanaError
-from habana_tasks.podman import BuildSpec, Podman
-from habana_tasks.process import LineSink, ProcessRunner
+from habana_tasks.build.driver_package import sha256_file
+from habana_tasks.core import process
+from habana_tasks.core.errors import HabanaError
+from habana_tasks.core.process import LineSink, ProcessRunner
+from habana_tasks.engine.podman import BuildSpec, Podman
 
 LINUX_SOURCE = Path("/usr/src/linux-source-6.1.tar.xz")
 DRIVER_SUBDIR = "drivers/misc/habanalabs"

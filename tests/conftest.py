@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks.process import find_tool
+from habana_tasks.core.process import find_tool
 
 pytest_plugins = ("tests.reliability",)
 

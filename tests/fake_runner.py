@@ -1,7 +1,7 @@
 """A stand-in for ProcessRunner in unit tests: records every argv, answers from a script.
 
-Its real counterpart is habana_tasks.process.ProcessRunner, exercised by tests/unit/test_process.py
-and by every integration test.
+Its real counterpart is habana_tasks.core.process.ProcessRunner, exercised by
+tests/unit/test_process.py and by every integration test.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from habana_tasks.errors import CommandError
-from habana_tasks.process import Completed, LineSink, ProcessRunner
+from habana_tasks.core.errors import CommandError
+from habana_tasks.core.process import Completed, LineSink, ProcessRunner
 
 # argv -> (exit code, output lines); None means "exit 0, no output".
 Answer = Callable[[list[str]], tuple[int, list[str]] | None]

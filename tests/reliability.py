@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks.http_client import RetryPolicy
+from habana_tasks.core.http_client import RetryPolicy
 
 COMMAND = ".venv/bin/nox -s reliability"
 AREAS = (
@@ -179,7 +179,7 @@ BOUNDS = """\
   a load test and a push: exit 130/143, no child process left (container processes included),
   the tag still on its old digest.
 
-Time bounds (`habana_tasks/http_client.py`, `RetryPolicy`): a registry or token request gives
+Time bounds (`habana_tasks/core/http_client.py`, `RetryPolicy`): a registry or token request gives
 up after {attempts} attempts or {deadline} s, whichever comes first, each attempt with a {connect} s
 connect and {read} s read timeout, so no registry answer holds a run longer than {worst} s; a
 package download or a layer read gives up after {download} s plus at most one read timeout,

@@ -13,10 +13,11 @@ import pytest
 from rich.console import Console
 
 from devtools import local_upstream
-from habana_tasks import commands, config
-from habana_tasks.podman import BuildSpec, Podman
-from habana_tasks.process import ProcessRunner
-from habana_tasks.project import Project
+from habana_tasks.cli import commands
+from habana_tasks.config import versions as config
+from habana_tasks.config.project import Project
+from habana_tasks.core.process import ProcessRunner
+from habana_tasks.engine.podman import BuildSpec, Podman
 from tests.conftest import ROOT, free_port, require_tools
 
 KERNELS = ("6.1.0-55-amd64", "6.1.0-56-amd64")
@@ -98,7 +99,7 @@ def built_library(test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempP
     project = Project(ROOT, cache_dir=tmp_path_factory.mktemp("cache"))
     versions = test_upstream.versions(tmp_path_factory.mktemp("v") / "versions.toml")
     cfg = config.load(versions)
-    run = commands.run_build(project, cfg, cfg.targets, console=Console(file=io.StringIO()))
+    run = commands.run_build(project, cfg, cfg.targets, Console(file=io.StringIO()))
     assert all(r.ok and r.load_tested for r in run.results), run.results
     return versions
 

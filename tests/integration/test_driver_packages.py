@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from devtools import local_upstream
-from habana_tasks.driver_package import read_git_sha
-from habana_tasks.errors import DriverPackageError
-from habana_tasks.process import ProcessRunner
+from habana_tasks.build.driver_package import read_git_sha
+from habana_tasks.core.errors import DriverPackageError
+from habana_tasks.core.process import ProcessRunner
 from tests.conftest import ROOT, RecordProperty, require, require_tools
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability("driver packages")]

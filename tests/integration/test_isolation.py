@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from devtools import local_upstream
-from habana_tasks.isolation import BuildIsolation, probe
-from habana_tasks.podman import BuildSpec, Podman
-from habana_tasks.process import ProcessRunner
+from habana_tasks.core.process import ProcessRunner
+from habana_tasks.engine.isolation import BuildIsolation, probe
+from habana_tasks.engine.podman import BuildSpec, Podman
 from tests.conftest import require_tools
 from tests.integration.conftest import UpstreamFixture
 

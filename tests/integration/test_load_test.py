@@ -15,11 +15,13 @@ import pytest
 from rich.console import Console
 
 from devtools.local_upstream import EXAMPLE_MODULES, STANDIN_MODULE
-from habana_tasks import commands, config, load_test
-from habana_tasks.kernel_modules import KernelModuleStore
-from habana_tasks.podman import Podman
-from habana_tasks.process import ProcessRunner
-from habana_tasks.project import Project
+from habana_tasks.cli import commands
+from habana_tasks.config import versions as config
+from habana_tasks.config.project import Project
+from habana_tasks.core.process import ProcessRunner
+from habana_tasks.engine.podman import Podman
+from habana_tasks.verification import load_test
+from habana_tasks.verification.kernel_modules import KernelModuleStore
 from tests.conftest import require_tools
 from tests.integration.conftest import DRIVER, KERNELS
 

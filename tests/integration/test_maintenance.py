@@ -14,10 +14,13 @@ import yaml
 from rich.console import Console
 
 from devtools.local_upstream import EXAMPLE_MODULES
-from habana_tasks import commands, config
-from habana_tasks.podman import Podman
-from habana_tasks.project import Project
-from habana_tasks.registry import Existence, RegistryClient
+from habana_tasks.build.service import BuildOptions
+from habana_tasks.cli import commands
+from habana_tasks.config import versions as config
+from habana_tasks.config.project import Project
+from habana_tasks.core import errors
+from habana_tasks.engine.podman import Podman
+from habana_tasks.registry.client import Existence, RegistryClient
 from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture, copy_library
 from tests.kmm_schema import kmm_load_sequence, schema_errors
 
@@ -280,7 +283,7 @@ def test_preflight_a_release_whose_kernel_is_missing_says_what_to_do(
     code, found = preflight_json(
         project, versions, openshift=["4.90.1", "4.90.2"], release_repository=preflight_releases
     )
-    assert code == 1
+    assert code == errors.NOT_READY
     assert [a["ok"] for a in found["answers"]] == [True, False]
     missing = found["answers"][1]
     assert missing["kernel"] == KERNEL_A and missing["present"] is False
@@ -311,12 +314,13 @@ def test_preflight_an_image_that_was_not_load_tested_is_a_no(
         tmp_path / "versions.toml", (KERNELS[0],), repository="library/preflight-untested"
     )
     cfg = config.load(versions)
-    run = commands.run_build(project_cache, cfg, cfg.targets, load_test=False, console=out()[0])
+    options = BuildOptions(load_test=False)
+    run = commands.run_build(project_cache, cfg, cfg.targets, out()[0], options)
     assert run.ok
     code, found = preflight_json(
         project_cache, versions, openshift=["4.90.3"], release_repository=preflight_releases
     )
-    assert code == 1
+    assert code == errors.NOT_READY
     (one,) = found["answers"]
     assert (one["present"], one["load_tested"]) == (True, False)
     assert one["action"] == f"invoke build --kernel {KERNELS[0]} --driver {DRIVER}"
@@ -340,7 +344,7 @@ def test_preflight_a_node_list_mixing_covered_and_uncovered_kernels(
     path = tmp_path / "nodes.json"
     path.write_text(json.dumps(nodes))
     code, found = preflight_json(project, versions, nodes=str(path))
-    assert code == 1
+    assert code == errors.NOT_READY
     assert [(a["origin"], a["ok"]) for a in found["answers"]] == [
         ("node gaudi-1", True),
         ("node gaudi-2", False),
@@ -355,7 +359,7 @@ def test_preflight_a_release_that_cannot_be_resolved_fails_clearly(
     code, found = preflight_json(
         project, versions, openshift=["4.90.9"], release_repository=preflight_releases
     )
-    assert code == 1 and found["answers"] == [] and found["ok"] is False
+    assert code == errors.UNKNOWN_STATE and found["answers"] == [] and found["ok"] is False
     (error,) = found["errors"]
     assert error.startswith("OpenShift 4.90.9 (x86_64): cannot resolve: 4.90.9 (x86_64): ")
 

@@ -14,11 +14,15 @@ import pytest
 from rich.console import Console
 
 from devtools import local_upstream
-from habana_tasks import commands, config, labels
-from habana_tasks.errors import ConfigError
-from habana_tasks.podman import Podman
-from habana_tasks.project import Project
-from habana_tasks.registry import Existence, RegistryClient
+from habana_tasks.build import labels
+from habana_tasks.build.service import BuildOptions
+from habana_tasks.cli import commands
+from habana_tasks.config import versions as config
+from habana_tasks.config.project import Project
+from habana_tasks.core import errors
+from habana_tasks.core.errors import ConfigError
+from habana_tasks.engine.podman import Podman
+from habana_tasks.registry.client import Existence, RegistryClient
 from tests.conftest import ROOT, free_port
 from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture, copy_library
 
@@ -31,11 +35,10 @@ def run(
     """Run the build as `invoke build-all` does; returns exit code, console text, results."""
     out = io.StringIO()
     cfg = config.load(versions)
-    run = commands.run_build(
-        project, cfg, cfg.targets, jobs=jobs, dry_run=dry_run, console=Console(file=out, width=250)
-    )
+    options = BuildOptions(jobs=jobs, dry_run=dry_run)
+    run = commands.run_build(project, cfg, cfg.targets, Console(file=out, width=250), options)
     results = run.results
-    code = 0 if run.ok else 1
+    code = run.exit_code
     return code, out.getvalue(), [asdict(r) for r in results]
 
 
@@ -156,7 +159,7 @@ def test_4_module_for_another_abi_is_refused_before_push(
     text = versions.read_text().replace("upstream/driver-toolkit:", "upstream/wrong-toolkit:")
     versions.write_text(text)
     code, out, report = run(project, versions)
-    assert code == 1, out
+    assert code == errors.TARGET_FAILED, out
     assert report[0]["status"] == "failed"
     assert (
         f"habanalabs: vermagic names kernel '{KERNELS[0]}', not '{KERNELS[1]}'"
@@ -174,7 +177,7 @@ def test_5_one_unresolvable_target_fails_alone(
         tmp_path / "versions.toml", (*KERNELS, "6.1.0-54-amd64"), repository="library/unresolved"
     )
     code, _, report = run(project, versions, dry_run=True)
-    assert code == 1
+    assert code == errors.TARGET_FAILED
     assert [(r["action"], r["status"]) for r in report] == [
         ("build", "planned"),
         ("build", "planned"),
@@ -195,7 +198,7 @@ def test_6_an_unreachable_upstream_is_named_in_a_dry_run(project: Project, tmp_p
     offline = tmp_path / "versions.toml"
     offline.write_text(text)
     code, _, report = run(project, offline, dry_run=True)
-    assert code == 1
+    assert code == errors.UNKNOWN_STATE
     (result,) = report
     assert result["action"] == "fail"
     assert f"base image {closed}/ubi8/ubi-minimal:8.6" in result["detail"]
@@ -261,7 +264,7 @@ def test_8b_a_firmware_file_a_module_declares_but_the_package_lacks_is_refused(
         repository="library/fw-partial",
     )
     code, out, report = run(project, versions)
-    assert code == 1, out
+    assert code == errors.TARGET_FAILED, out
     assert (
         f"{local_upstream.STANDIN_MODULE}: declares firmware {declared}, not under "
         "/opt/lib/firmware" in report[0]["detail"]
@@ -290,7 +293,7 @@ def test_9_a_kernel_without_a_symbol_the_driver_needs_is_reported_by_its_cause(
         versions.read_text().replace("upstream/driver-toolkit:", "upstream/no-hwmon-toolkit:")
     )
     code, out, report = run(project, versions)
-    assert code == 1, out
+    assert code == errors.TARGET_FAILED, out
     cause = re.compile(
         r'ERROR: modpost: "hwmon_device_register_with_info" \[\S+/habanalabs\.ko\] undefined!'
     )
@@ -321,7 +324,7 @@ def test_10_an_in_tree_dependency_the_target_kernel_lacks_is_refused_before_push
         versions.read_text().replace("upstream/driver-toolkit:", "upstream/no-ib-toolkit:")
     )
     code, out, report = run(project, versions)
-    assert code == 1, out
+    assert code == errors.TARGET_FAILED, out
     assert (
         f"{local_upstream.STANDIN_MODULE}: depends on ib_core, which is neither in the image nor "
         f"a module of {kernel}" in report[0]["detail"]
@@ -342,7 +345,7 @@ def test_11_modules_must_match_what_the_package_builds(
         modules=(*local_upstream.EXAMPLE_MODULES, "habanalabs_ib"),
     )
     code, out, report = run(project, listed)
-    assert code == 1, out
+    assert code == errors.TARGET_FAILED, out
     assert "error: habanalabs_ib.ko was not built (it is listed in modules)" in report[0]["detail"]
     # Built but not listed: the checks name it, nothing is pushed.
     unlisted = test_upstream.versions(
@@ -352,7 +355,7 @@ def test_11_modules_must_match_what_the_package_builds(
         modules=("habanalabs",),
     )
     code, out, report = run(project, unlisted)
-    assert code == 1, out
+    assert code == errors.TARGET_FAILED, out
     assert (
         f"the package also built {local_upstream.STANDIN_MODULE}.ko, which modules does not list"
         in report[0]["detail"]

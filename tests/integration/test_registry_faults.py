@@ -16,13 +16,16 @@ import pytest
 from rich.console import Console
 
 from devtools import local_upstream
-from habana_tasks import build_service, commands, config
-from habana_tasks.auth import Credentials
-from habana_tasks.errors import RegistryError
-from habana_tasks.http_client import HTTPClient, RetryPolicy
-from habana_tasks.plan import Action
-from habana_tasks.project import Project
-from habana_tasks.registry import Existence, RegistryClient
+from habana_tasks.build import service as build_service
+from habana_tasks.build.plan import Action
+from habana_tasks.cli import commands
+from habana_tasks.config import versions as config
+from habana_tasks.config.project import Project
+from habana_tasks.core import errors
+from habana_tasks.core.errors import RegistryError
+from habana_tasks.core.http_client import HTTPClient, RetryPolicy
+from habana_tasks.registry.auth import Credentials
+from habana_tasks.registry.client import Existence, RegistryClient
 from tests import registry_proxy as proxy_faults
 from tests.conftest import ROOT, RecordProperty
 from tests.integration.conftest import KERNELS, UpstreamFixture, route_through
@@ -207,7 +210,7 @@ def test_status_json_says_when_tags_could_not_be_listed(
             console=Console(file=out, width=200),
         )
     data = json.loads(out.getvalue())
-    assert code == 1
+    assert code == errors.UNKNOWN_STATE
     assert data["unnamed_tags"] is None
     assert "the tag list is not JSON (8 bytes)" in data["errors"][0]
 

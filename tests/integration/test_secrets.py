@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks import config
-from habana_tasks.auth import Credentials
-from habana_tasks.podman import Podman
-from habana_tasks.registry import RegistryClient
+from habana_tasks.config import versions as config
+from habana_tasks.engine.podman import Podman
+from habana_tasks.registry.auth import Credentials
+from habana_tasks.registry.client import RegistryClient
 from tests.conftest import ROOT, RecordProperty, invoke_argv
 from tests.integration.conftest import KERNELS, UpstreamFixture, route_through
 from tests.integration.test_registry_faults import basic_challenge

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from devtools import local_upstream
-from habana_tasks import config
-from habana_tasks.isolation import ISOLATIONS, probe
-from habana_tasks.process import ProcessRunner, find_tool
-from habana_tasks.registry import RegistryClient
+from habana_tasks.config import versions as config
+from habana_tasks.core.process import ProcessRunner, find_tool
+from habana_tasks.engine.isolation import ISOLATIONS, probe
+from habana_tasks.registry.client import RegistryClient
 from tests.conftest import ROOT, RecordProperty, invoke_argv, require_tools
 from tests.integration.conftest import KERNELS, UpstreamFixture, route_through
 from tests.registry_proxy import Faults, registry_proxy

@@ -14,15 +14,18 @@ from pathlib import Path
 import pytest
 
 from devtools.local_upstream import EXAMPLE_MODULES
-from habana_tasks import commands, config, labels, load_test
-from habana_tasks.config import SigningFiles
-from habana_tasks.errors import UsageError
-from habana_tasks.kernel_modules import KernelModuleStore
-from habana_tasks.podman import Podman
-from habana_tasks.process import ProcessRunner
-from habana_tasks.project import Project
-from habana_tasks.registry import RegistryClient
-from habana_tasks.signing import load_signer, signature_problems
+from habana_tasks.build import labels
+from habana_tasks.cli import commands
+from habana_tasks.config import versions as config
+from habana_tasks.config.project import Project
+from habana_tasks.config.targets import SigningFiles
+from habana_tasks.core.errors import UsageError
+from habana_tasks.core.process import ProcessRunner
+from habana_tasks.engine.podman import Podman
+from habana_tasks.registry.client import RegistryClient
+from habana_tasks.verification import load_test
+from habana_tasks.verification.kernel_modules import KernelModuleStore
+from habana_tasks.verification.signing import load_signer, signature_problems
 from tests.conftest import ROOT, RecordProperty, invoke_argv, require_tools
 from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
 from tests.integration.test_secrets import argv_snapshots

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks import archive
-from habana_tasks.errors import CheckError
+from habana_tasks.core import archive
+from habana_tasks.core.errors import CheckError
 
 
 def make_tar(path: Path, entries: list[tarfile.TarInfo], data: dict[str, bytes | None]) -> Path:
@@ -78,3 +78,18 @@ def test_hostile_members_are_refused(
     with pytest.raises(CheckError, match=message):
         extract(tmp_path, entries, data)
     assert not (tmp_path / "escape").exists() and not Path("/tmp/written").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "relative"),
+    [
+        ("./.config", ".config"),  # lstrip("./") would give "config"
+        ("./..hidden", "..hidden"),
+        ("/opt/lib", "opt/lib"),
+        ("././opt/.x", "opt/.x"),
+        ("./", ""),
+        ("opt/./x", "opt/./x"),
+    ],
+)
+def test_only_the_leading_prefixes_are_removed(name: str, relative: str) -> None:
+    assert archive.relative_name(name) == relative

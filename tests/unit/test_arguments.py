@@ -15,7 +15,7 @@ from invoke.collection import Collection
 from invoke.program import Program
 
 import tasks
-from habana_tasks import arguments
+from habana_tasks.cli import arguments
 from tests.conftest import ROOT, invoke_argv
 
 EXAMPLE = str(ROOT / "examples" / "local" / "versions.toml")

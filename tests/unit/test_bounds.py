@@ -18,13 +18,17 @@ from typing import Any
 
 import pytest
 
-from habana_tasks import auth, config, local_files, preflight, signing
-from habana_tasks.config import SigningFiles
-from habana_tasks.driver_package import PackageCache
-from habana_tasks.errors import ConfigError, DriverPackageError, HabanaError, RegistryError
-from habana_tasks.http_client import HTTPClient, RetryPolicy
-from habana_tasks.local_files import FileKind, LocalFileError
-from habana_tasks.registry import Existence, RegistryClient
+from habana_tasks.build.driver_package import PackageCache
+from habana_tasks.config import versions as config
+from habana_tasks.config.targets import SigningFiles
+from habana_tasks.core import local_files
+from habana_tasks.core.errors import ConfigError, DriverPackageError, HabanaError, RegistryError
+from habana_tasks.core.http_client import HTTPClient, RetryPolicy
+from habana_tasks.core.local_files import FileKind, LocalFileError
+from habana_tasks.maintenance import preflight
+from habana_tasks.registry import auth
+from habana_tasks.registry.client import Existence, RegistryClient
+from habana_tasks.verification import signing
 from tests.fake_registry import FakeRegistry, digest
 from tests.registry_proxy import send_partial
 from tests.unit.test_signing import make_pair

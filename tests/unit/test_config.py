@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks import config
-from habana_tasks.errors import ConfigError, UsageError
-from habana_tasks.kernel_release import derive_arch, derive_rhel_version
-from habana_tasks.tags import image_tag, tag_problem
+from habana_tasks.config import targets
+from habana_tasks.config import versions as config
+from habana_tasks.config.kernel_release import derive_arch, derive_rhel_version
+from habana_tasks.config.tags import image_tag, tag_problem
+from habana_tasks.core.errors import ConfigError, UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +27,7 @@ drivers = ["1.6.0-439", "1.7.0-1"]
 """
 
 
-def load_text(tmp_path: Path, text: str) -> config.Config:
+def load_text(tmp_path: Path, text: str) -> targets.Config:
     path = tmp_path / "versions.toml"
     path.write_text(text)
     return config.load(path)
@@ -255,11 +256,11 @@ def test_signing_paths_are_relative_to_the_file_and_the_key_may_come_from_the_en
     tmp_path: Path,
 ) -> None:
     cfg = load_text(tmp_path, GOOD + '[signing]\ncertificate = "keys/c.der"\nkey = "keys/k.pem"\n')
-    assert cfg.signing == config.SigningFiles(tmp_path / "keys/c.der", tmp_path / "keys/k.pem")
+    assert cfg.signing == targets.SigningFiles(tmp_path / "keys/c.der", tmp_path / "keys/k.pem")
     path = tmp_path / "versions.toml"
     path.write_text(GOOD + '[signing]\ncertificate = "c.der"\n')
     from_env = config.load(path, {config.SIGNING_KEY_ENV: "/run/key.pem"})
-    assert from_env.signing == config.SigningFiles(tmp_path / "c.der", Path("/run/key.pem"))
+    assert from_env.signing == targets.SigningFiles(tmp_path / "c.der", Path("/run/key.pem"))
     with pytest.raises(ConfigError, match=r"signing\.key is missing"):
         config.load(path, {})
     assert load_text(tmp_path, GOOD).signing is None
@@ -273,3 +274,22 @@ def test_signing_without_key_or_certificate_is_refused(tmp_path: Path) -> None:
     assert any("signing.keys: unknown key; did you mean 'key'?" in p for p in problems)
     problems = problems_of(tmp_path, GOOD + '[signing]\nkey = "k.pem"\n')
     assert any("signing.certificate is missing" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("entry", "arch"),
+    [
+        ('release = "5.14.0-284.el9.aarch64"', "aarch64"),
+        ('release = "6.1.0-56-cloud-arm64"', "aarch64"),
+        ('release = "6.8.0-40-generic"\narch = "s390x"', "s390x"),
+    ],
+)
+def test_an_architecture_the_library_cannot_build_is_refused_at_parse_time(
+    tmp_path: Path, entry: str, arch: str
+) -> None:
+    """The load test boots x86_64 guests only: another architecture is refused up front with
+    the reason, never built without its proof."""
+    text = GOOD.replace('release = "4.18.0-372.19.1.el8_6.x86_64"', entry, 1)
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, text)
+    assert f"kernels[0].arch = '{arch}': not supported" in str(info.value)

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from habana_tasks.driver_package import PackageCache, parse_git_sha
-from habana_tasks.errors import DriverPackageError
-from habana_tasks.http_client import HTTPClient, RetryPolicy
+from habana_tasks.build.driver_package import PackageCache, parse_git_sha
+from habana_tasks.core.errors import DriverPackageError
+from habana_tasks.core.http_client import HTTPClient, RetryPolicy
 from tests.conftest import RecordProperty
 from tests.registry_proxy import send_partial
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from habana_tasks.image_checks import (
+from habana_tasks.verification.image_checks import (
     ModuleFacts,
     dependency_problems,
     firmware_problems,
@@ -12,7 +12,7 @@ from habana_tasks.image_checks import (
     show_depends_problem,
     vermagic_problem,
 )
-from habana_tasks.kernel_modules import VMLINUX, Export, KernelModules
+from habana_tasks.verification.kernel_modules import VMLINUX, Export, KernelModules
 
 
 def test_vermagic_must_name_exactly_the_target_release() -> None:

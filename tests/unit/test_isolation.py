@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from habana_tasks import commands
-from habana_tasks.errors import UsageError
-from habana_tasks.http_client import HTTPClient
-from habana_tasks.isolation import BuildIsolation, explicit_choice
-from habana_tasks.podman import BuildSpec, Podman
-from habana_tasks.project import Project
+from habana_tasks.cli import commands
+from habana_tasks.config.project import Project
+from habana_tasks.core.errors import UsageError
+from habana_tasks.core.http_client import HTTPClient
+from habana_tasks.engine.isolation import BuildIsolation, explicit_choice
+from habana_tasks.engine.podman import BuildSpec, Podman
 from tests.conftest import ROOT
 from tests.fake_runner import FakeRunner
 
@@ -100,7 +100,6 @@ def test_a_mistyped_isolation_stops_a_build_before_any_request(
         commands.build(
             Project(ROOT, tmp_path / "cache"),
             str(versions),
-            dry_run=False,
             console=Console(file=io.StringIO()),
         )
     assert info.value.exit_code == 2 and sent == []

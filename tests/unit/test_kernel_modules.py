@@ -4,7 +4,7 @@ import io
 import tarfile
 from pathlib import Path
 
-from habana_tasks.kernel_modules import (
+from habana_tasks.verification.kernel_modules import (
     VMLINUX,
     Export,
     module_name,
@@ -12,7 +12,7 @@ from habana_tasks.kernel_modules import (
     parse_modules_dep,
     parse_symvers,
 )
-from habana_tasks.load_test import in_tree_closure
+from habana_tasks.verification.load_test import in_tree_closure
 
 R = "6.1.0-56-amd64"
 

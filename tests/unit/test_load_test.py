@@ -5,8 +5,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from habana_tasks.initramfs import rootfs_to_cpio
-from habana_tasks.load_test import evaluate, init_script, qemu_argv
+from habana_tasks.verification.initramfs import rootfs_to_cpio
+from habana_tasks.verification.load_test import evaluate, init_script, qemu_argv
 from tests.conftest import require_tools
 
 R = "6.1.0-56-amd64"

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from habana_tasks import discover, kmm, labels
-from habana_tasks.errors import HabanaError
-from habana_tasks.plan import plan_job
-from habana_tasks.prune import PruneItem, TagInfo, prune_plan
-from habana_tasks.registry import Existence, RemoteImage
-from habana_tasks.status import State, github_matrix, orphan_tags, statuses, to_markdown
+from habana_tasks.build import labels
+from habana_tasks.build.plan import plan_job
+from habana_tasks.core.errors import HabanaError
+from habana_tasks.maintenance import discover, kmm
+from habana_tasks.maintenance.prune import PruneItem, TagInfo, prune_plan
+from habana_tasks.maintenance.status import State, github_matrix, orphan_tags, statuses, to_markdown
+from habana_tasks.registry.client import Existence, RemoteImage
 from tests.kmm_schema import kmm_load_sequence, schema_errors
 from tests.unit.test_plan import CONFIG, INPUTS, TARGET
 

@@ -14,15 +14,20 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from habana_tasks import build_service, config, labels, metadata
-from habana_tasks.errors import Interrupted
-from habana_tasks.http_client import HTTPClient, RetryPolicy
-from habana_tasks.isolation import BuildIsolation
-from habana_tasks.load_test import MARK
-from habana_tasks.manifests import OCI_MANIFEST
-from habana_tasks.podman import Podman
-from habana_tasks.project import Project
-from habana_tasks.reporter import JobResult, JobStatus, PlainReporter
+from habana_tasks.build import labels, metadata
+from habana_tasks.build import service as build_service
+from habana_tasks.build.reporter import PlainReporter
+from habana_tasks.build.results import JobResult, JobStatus
+from habana_tasks.config import targets
+from habana_tasks.config import versions as config
+from habana_tasks.config.project import Project
+from habana_tasks.core import errors
+from habana_tasks.core.errors import Interrupted
+from habana_tasks.core.http_client import HTTPClient, RetryPolicy
+from habana_tasks.engine.isolation import BuildIsolation
+from habana_tasks.engine.podman import Podman
+from habana_tasks.registry.manifests import OCI_MANIFEST
+from habana_tasks.verification.load_test import MARK
 from tests.conftest import ROOT
 from tests.fake_registry import FakeRegistry
 from tests.fake_runner import FakeRunner
@@ -166,7 +171,7 @@ class FakePodman(FakeRunner):
         return 0, []
 
 
-def library(fake: FakeRegistry, tmp_path: Path) -> config.Config:
+def library(fake: FakeRegistry, tmp_path: Path) -> targets.Config:
     host = fake.host
     fake.add_image("base/debian", "12", {}, OCI_MANIFEST)
     for kernel in KERNELS:  # one toolkit per kernel, each with its own digest
@@ -185,7 +190,7 @@ def library(fake: FakeRegistry, tmp_path: Path) -> config.Config:
 
 def run(
     runner: FakePodman,
-    cfg: config.Config,
+    cfg: targets.Config,
     tmp_path: Path,
     *,
     push: bool = True,
@@ -201,11 +206,9 @@ def run(
         project,
         cfg,
         planned,
-        podman=Podman(runner, isolation),
-        reporter=PlainReporter(Console(file=io.StringIO())),
-        jobs=2,
-        push=push,
-        load_test=load_test,
+        Podman(runner, isolation),
+        PlainReporter(Console(file=io.StringIO())),
+        build_service.BuildOptions(jobs=2, push=push, load_test=load_test),
     )
 
 
@@ -365,3 +368,57 @@ def test_inputs_are_resolved_once_per_distinct_reference(
     toolkit_gets = {p for m, p, _ in fake.log if "/v2/dtk/manifests/" in p}
     assert toolkit_gets == {f"/v2/dtk/manifests/{k}" for k in KERNELS}
     assert planned.packages.downloads == 1  # one package URL for both targets
+
+
+def test_a_run_says_what_failed_in_a_typed_record_and_its_exit_code(
+    fake: FakeRegistry, tmp_path: Path
+) -> None:
+    """A failed check is a definite failure of its target: exit 3, the step and the image in
+    the record, and the same record in report.json."""
+    runner = FakePodman(fake)
+    runner.vermagic[KERNELS[1]] = f"{KERNELS[0]} SMP preempt mod_unload"
+    cfg = library(fake, tmp_path)
+    result = run(runner, cfg, tmp_path)
+    ok, failed = result.results
+    assert ok.failure is None
+    assert failed.failure is not None
+    assert (failed.failure.step, failed.failure.subject) == ("check", cfg.targets[1].image)
+    assert failed.failure.transient is False
+    assert result.exit_code == errors.TARGET_FAILED
+    assert result.report is not None
+    report = json.loads(result.report.read_text())
+    assert report[1]["failure"] == {
+        "step": "check",
+        "why": failed.failure.why,
+        "subject": cfg.targets[1].image,
+        "transient": False,
+    }
+    assert report[0]["failure"] is None
+
+
+def test_a_registry_that_cannot_answer_is_exit_4_and_builds_nothing(
+    fake: FakeRegistry, tmp_path: Path
+) -> None:
+    """The library's own repository answers 503: its state is unknown, so nothing is built or
+    pushed, and the exit code tells a script to retry rather than to look at a build."""
+    runner = FakePodman(fake)
+    cfg = library(fake, tmp_path)
+
+    def unavailable(path: str) -> tuple[int, dict[str, str], bytes] | None:
+        return (503, {}, b"") if path.startswith("/v2/library/driver/") else None
+
+    fake.hook = unavailable
+    result = run(runner, cfg, tmp_path)
+    assert all(r.failure is not None and r.failure.transient for r in result.results)
+    assert {r.failure.step for r in result.results if r.failure} == {"registry state"}
+    assert result.exit_code == errors.UNKNOWN_STATE
+    assert pushes(runner) == []
+
+
+@pytest.mark.parametrize(
+    ("transient", "expected"),
+    [((), errors.OK), ((True,), 4), ((False,), 3), ((True, False), 3), ((True, True), 4)],
+)
+def test_a_definite_failure_outranks_an_unknown(transient: tuple[bool, ...], expected: int) -> None:
+    failures = [errors.Failure("build", "why", "x", t) for t in transient]
+    assert errors.exit_code_for([None, *failures]) == expected

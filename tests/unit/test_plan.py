@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks import labels
-from habana_tasks.config import BuildTarget, Config, SigningFiles
-from habana_tasks.driver_package import CachedPackage
-from habana_tasks.labels import TargetInputs
-from habana_tasks.plan import Action, plan, plan_job
-from habana_tasks.registry import Existence, RemoteImage, ResolvedImage
-from habana_tasks.signing import Signer
+from habana_tasks.build import labels
+from habana_tasks.build.driver_package import CachedPackage
+from habana_tasks.build.labels import TargetInputs
+from habana_tasks.build.plan import Action, plan, plan_job
+from habana_tasks.config.targets import BuildTarget, Config, SigningFiles
+from habana_tasks.core.errors import Failure
+from habana_tasks.registry.client import Existence, RemoteImage, ResolvedImage
+from habana_tasks.verification.signing import Signer
 
 TARGET = BuildTarget(
     kernel="6.1.0-56-amd64",
@@ -129,13 +130,23 @@ def test_force_rebuilds_an_up_to_date_image() -> None:
     assert (job.action, job.reason, job.forced) == (Action.BUILD, "forced", True)
 
 
-def test_unresolved_inputs_fail_with_their_reason() -> None:
+def test_unresolved_inputs_fail_with_their_failure() -> None:
     remote = RemoteImage(TARGET.image, Existence.ABSENT)
-    job = plan_job(TARGET, "base image r.example/base:12: cannot reach r.example", remote)
-    assert (job.action, job.reason) == (
+    failure = Failure("resolve", "cannot reach r.example", "base image r.example/base:12", True)
+    job = plan_job(TARGET, failure, remote)
+    assert (job.action, job.reason, job.failure) == (
         Action.FAIL,
         "base image r.example/base:12: cannot reach r.example",
+        failure,
     )
+
+
+def test_an_unknown_registry_state_is_a_transient_failure() -> None:
+    remote = RemoteImage(TARGET.image, Existence.UNKNOWN, error="HTTP 503")
+    job = plan_job(TARGET, INPUTS, remote)
+    assert job.action is Action.FAIL and job.failure is not None
+    assert (job.failure.step, job.failure.transient) == ("registry state", True)
+    assert "HTTP 503" in job.failure.why
 
 
 def test_plan_keeps_target_order() -> None:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks.errors import CommandError
-from habana_tasks.podman import BuildSpec, Podman, export_argv, pull_argv, push_argv
+from habana_tasks.core.errors import CommandError
+from habana_tasks.engine.podman import BuildSpec, Podman, export_argv, pull_argv, push_argv
 from tests.fake_runner import FakeRunner
 
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks import labels, preflight
-from habana_tasks.config import SigningFiles
-from habana_tasks.errors import ConfigError
-from habana_tasks.plan import Action, BuildJob
+from habana_tasks.build import labels
+from habana_tasks.build.plan import Action, BuildJob
+from habana_tasks.config.targets import SigningFiles
+from habana_tasks.core.errors import ConfigError
+from habana_tasks.maintenance import preflight
 from tests.unit.test_plan import CONFIG, INPUTS, TARGET
 
 RELEASE = preflight.KernelSource(

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks import process
-from habana_tasks.errors import CommandError, CommandTimeout
-from habana_tasks.process import ProcessRunner
+from habana_tasks.core import process
+from habana_tasks.core.errors import CommandError, CommandTimeout
+from habana_tasks.core.process import ProcessRunner
 from tests.conftest import require, require_tools
 
 

@@ -1,18 +1,21 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import io
 import json
+import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from habana_tasks.auth import Credentials, find_credentials
-from habana_tasks.errors import DigestMismatchError, RegistryError
-from habana_tasks.http_client import HTTPClient, RetryPolicy
-from habana_tasks.image_reference import ImageReference
-from habana_tasks.manifests import OCI_MANIFEST
-from habana_tasks.registry import Existence, RegistryClient
+from habana_tasks.config.image_reference import ImageReference
+from habana_tasks.core.errors import DigestMismatchError, RegistryError
+from habana_tasks.core.http_client import HTTPClient, RetryPolicy
+from habana_tasks.registry.auth import Credentials, find_credentials
+from habana_tasks.registry.client import Existence, RegistryClient
+from habana_tasks.registry.manifests import OCI_MANIFEST
 from tests.fake_registry import FakeRegistry
 
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
@@ -302,3 +305,34 @@ def test_proxy_and_ca_settings_are_read_once_per_origin_and_honour_no_proxy(
     monkeypatch.setenv("HTTPS_PROXY", "http://other.invalid:1")  # read once: the first stays
     assert settings("https://ghcr.io/v2/b/manifests/c") == ("http://proxy.invalid:3128", ca)
     assert settings("https://registry.internal/v2/b") == (None, ca)
+
+
+def _layer(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_a_hidden_file_is_read_from_the_newest_layer_that_has_it(fake: FakeRegistry) -> None:
+    """Member names are compared without their "./" prefix only: "./.conf" stays ".conf" (and
+    a whiteout in a newer layer deletes what an older layer holds)."""
+    older = _layer({"./.conf": b"old", "./etc/gone": b"x", "./conf": b"not me"})
+    newer = _layer({"./.conf": b"new", "./etc/.wh.gone": b""})
+    image = f"{fake.host}/ocp/release:4.90.2"
+    fake.add_image("ocp/release", "4.90.2", {}, OCI_MANIFEST)
+    manifest = json.loads(fake.manifests["ocp/release:4.90.2"][1])
+    manifest["layers"] = []
+    for body in (older, newer):
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        fake.blobs[digest] = body
+        manifest["layers"].append({"mediaType": "x", "digest": digest, "size": len(body)})
+    fake.manifests["ocp/release:4.90.2"] = (OCI_MANIFEST, json.dumps(manifest).encode())
+    client = RegistryClient([fake.host])
+    assert client.read_file(image, "/.conf", "x86_64") == b"new"
+    assert client.read_file(image, "conf", "x86_64") == b"not me"
+    assert client.read_file(image, "/etc/gone", "x86_64") is None
+    assert client.read_file(image, "/absent", "x86_64") is None

@@ -6,9 +6,14 @@ from dataclasses import replace
 from rich.console import Console
 from rich.table import Table
 
-from habana_tasks.plan import Action, BuildJob
-from habana_tasks.reporter import JobResult, JobStatus, PlainReporter, RichReporter, make_reporter
-from habana_tasks.tables import FOLD_CURRENT_AFTER, plan_table, summary_table
+from habana_tasks.build.plan import Action, BuildJob
+from habana_tasks.build.reporter import (
+    PlainReporter,
+    RichReporter,
+    make_reporter,
+)
+from habana_tasks.build.results import JobResult, JobStatus
+from habana_tasks.cli.tables import FOLD_CURRENT_AFTER, plan_table, summary_table
 from tests.unit.test_plan import TARGET
 
 RESULT = JobResult("1.0-k", Action.BUILD, JobStatus.FAILED, "load test failed", None, 3.2, "/l.log")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks.config import SigningFiles
-from habana_tasks.errors import ConfigError
-from habana_tasks.process import ProcessRunner
-from habana_tasks.signing import (
+from habana_tasks.config.targets import SigningFiles
+from habana_tasks.core.errors import ConfigError
+from habana_tasks.core.process import ProcessRunner
+from habana_tasks.verification.signing import (
     MAGIC,
     accepted_hashes,
     load_signer,

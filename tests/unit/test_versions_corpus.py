@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from habana_tasks import commands, config
-from habana_tasks.errors import ConfigError
-from habana_tasks.project import Project
+from habana_tasks.build.service import BuildOptions
+from habana_tasks.cli import commands
+from habana_tasks.config import versions as config
+from habana_tasks.config.project import Project
+from habana_tasks.core.errors import ConfigError
 from tests.conftest import ROOT, RecordProperty, invoke_argv
 from tests.corpus.versions import CASES, GOOD, Case
 from tests.reliability import CLI_OUTCOME
@@ -39,7 +41,7 @@ def refusal(path: Path) -> ConfigError:
         commands.build(
             Project(ROOT, cache_dir=path.parent / "cache"),
             str(path),
-            dry_run=True,
+            options=BuildOptions(dry_run=True),
             console=Console(file=None, quiet=True),
         )
     return info.value

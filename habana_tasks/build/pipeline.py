@@ -1,0 +1,308 @@
+"""Execution of a plan: pull inputs once, build in parallel, check, push, verify.
+
+A target's failure is recorded in its result and never stops or touches another target; nothing
+that failed a check is pushed, and a tag only moves when the registry accepts the manifest.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from habana_tasks.build import labels
+from habana_tasks.build.driver_package import link_into
+from habana_tasks.build.plan import Action, BuildJob
+from habana_tasks.build.reporter import Reporter
+from habana_tasks.build.results import JobResult, JobStatus, write_report
+from habana_tasks.config.targets import BuildTarget, Config
+from habana_tasks.core.errors import CheckError, Failure, HabanaError, Interrupted
+from habana_tasks.core.process import LineSink, interruption
+from habana_tasks.engine.podman import BuildSpec, Podman
+from habana_tasks.registry.client import Existence, RegistryClient
+from habana_tasks.verification import image_checks, signing
+from habana_tasks.verification import load_test as load_test_module
+from habana_tasks.verification.kernel_modules import KernelModuleStore
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    dockerfile: Path
+    work_dir: Path
+    logs_dir: Path
+    kernels_dir: Path
+    jobs: int = 1
+    push: bool = True
+    load_test: bool = True
+    load_test_timeout: float = load_test_module.DEFAULT_TIMEOUT
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        podman: Podman,
+        registry: RegistryClient,
+        reporter: Reporter,
+        options: RunOptions,
+    ) -> None:
+        self.config = config
+        self.podman = podman
+        self.registry = registry
+        self.reporter = reporter
+        self.options = options
+        self.created = labels.created_timestamp()
+        self.kernels = KernelModuleStore(podman, options.kernels_dir)
+
+    def execute(self, jobs: Sequence[BuildJob]) -> list[JobResult]:
+        results: dict[str, JobResult] = {}
+        for job in jobs:
+            if job.action is Action.SKIP:
+                results[job.target.tag] = JobResult(
+                    job.target.tag,
+                    Action.SKIP,
+                    JobStatus.SKIPPED,
+                    job.reason,
+                    job.remote_digest,
+                    load_tested=job.load_tested,
+                )
+            elif job.action is Action.FAIL:
+                results[job.target.tag] = JobResult(
+                    job.target.tag, Action.FAIL, JobStatus.FAILED, job.reason, failure=job.failure
+                )
+        to_build = [job for job in jobs if job.action is Action.BUILD]
+        if to_build:
+            self.options.logs_dir.mkdir(parents=True, exist_ok=True)
+            self.reporter.start([job.target.tag for job in to_build])
+            try:
+                pull_failures = self._pull_inputs(to_build)
+                runnable = []
+                for job in to_build:
+                    if why := pull_failures.get(job.target.tag):
+                        results[job.target.tag] = JobResult(
+                            job.target.tag, Action.BUILD, JobStatus.FAILED, why
+                        )
+                        self.reporter.finish(results[job.target.tag])
+                    else:
+                        runnable.append(job)
+                self._run_parallel(runnable, results)
+            except KeyboardInterrupt as exc:
+                raise self._stopped(jobs, results, interruption(exc)) from None
+            finally:
+                self.reporter.close()
+        ordered = [results[job.target.tag] for job in jobs]
+        self._write_report(ordered)
+        return ordered
+
+    def _pull_inputs(self, jobs: Sequence[BuildJob]) -> dict[str, str]:
+        """Pull every FROM image by digest, one at a time: parallel pulls race in shared storage."""
+        needed: dict[str, list[str]] = {}
+        for job in jobs:
+            assert job.inputs is not None
+            for image in (job.inputs.toolkit.pinned, job.inputs.base.pinned):
+                needed.setdefault(image, []).append(job.target.tag)
+        failures: dict[str, str] = {}
+        for image, tags in needed.items():
+            for tag in tags:
+                self.reporter.stage(tag, f"pull {image.rsplit('/', 1)[-1][:40]}")
+            try:
+                self.podman.ensure(image, self.config.tls_verify(image))
+            except HabanaError as exc:
+                for tag in tags:
+                    failures.setdefault(tag, f"pull {image}: {exc}")
+        return failures
+
+    def _run_parallel(self, jobs: Sequence[BuildJob], results: dict[str, JobResult]) -> None:
+        """Run the jobs; each result lands in `results` as soon as the caller has it."""
+        with ThreadPoolExecutor(max(1, self.options.jobs), thread_name_prefix="build") as pool:
+            futures: list[Future[JobResult]] = [pool.submit(self._run_job, job) for job in jobs]
+            try:
+                for future in futures:
+                    result = future.result()
+                    results[result.tag] = result
+            except KeyboardInterrupt:
+                for future in futures:
+                    future.cancel()
+                self.podman.runner.terminate_all()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+
+    def _stopped(
+        self, jobs: Sequence[BuildJob], results: dict[str, JobResult], error: type[Interrupted]
+    ) -> Interrupted:
+        """Every child stopped; targets that had not finished are reported as stopped."""
+        self.podman.runner.terminate_all()
+        status = JobStatus(error.word)
+        ordered = [
+            results.get(job.target.tag)
+            or JobResult(job.target.tag, job.action, status, "stopped before it ended")
+            for job in jobs
+        ]
+        report = self._write_report(ordered)
+        return error(
+            f"{error.word}: every build, load test and push was stopped; no tag was moved",
+            ordered,
+            report,
+        )
+
+    def _run_job(self, job: BuildJob) -> JobResult:
+        target = job.target
+        started = time.monotonic()
+        log_path = self.options.logs_dir / f"{target.tag}.log"
+        work = self.options.work_dir / target.tag
+        with log_path.open("w", encoding="utf-8") as log:
+            # Every log line carries the seconds since the job started: where the time goes.
+            def sink(line: str) -> None:
+                log.write(f"[{time.monotonic() - started:7.1f}] {line}\n")
+                self.reporter.line(target.tag, line)
+
+            current = ["build"]
+
+            def stage(name: str) -> None:
+                current[0] = name
+                log.write(f"[{time.monotonic() - started:7.1f}] ==> {name}\n")
+                log.flush()
+                self.reporter.stage(target.tag, name)
+
+            tested: list[load_test_module.LoadTestResult] = []
+            failure: Failure | None = None
+            try:
+                detail, digest = self._build_check_publish(job, work, stage, sink, tested)
+                status = JobStatus.OK
+            except HabanaError as exc:
+                detail, digest, status = str(exc), None, JobStatus.FAILED
+                failure = Failure.of(current[0], exc, target.image)
+                log.write(f"FAILED: {exc}\n" + (f"{exc.details}\n" if exc.details else ""))
+            except Exception as exc:  # a bug in one target must not take the others down
+                detail, digest, status = f"internal error: {exc!r}", None, JobStatus.FAILED
+                failure = Failure(current[0], detail, target.image)
+                log.write(traceback.format_exc())
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        result = JobResult(
+            target.tag,
+            Action.BUILD,
+            status,
+            detail,
+            digest,
+            time.monotonic() - started,
+            str(log_path),
+            load_tested=bool(tested) and tested[0].passed,
+            load_test_kernel=tested[0].kernel if tested else None,
+            load_test_seconds=round(tested[0].seconds, 1) if tested else None,
+            failure=failure,
+        )
+        self.reporter.finish(result)
+        return result
+
+    def _build_check_publish(
+        self,
+        job: BuildJob,
+        work: Path,
+        stage: Callable[[str], None],
+        sink: LineSink,
+        tested: list[load_test_module.LoadTestResult],
+    ) -> tuple[str, str | None]:
+        target, inputs = job.target, job.inputs
+        assert inputs is not None and job.fingerprint is not None
+        stage("context")
+        if work.exists():
+            shutil.rmtree(work)
+        context = work / "context"
+        context.mkdir(parents=True)
+        shutil.copyfile(self.options.dockerfile, context / "Dockerfile")
+        link_into(inputs.package, context / "packages", "habanalabs.rpm")
+        if inputs.firmware:
+            link_into(inputs.firmware, context / "packages", "habanalabs-firmware.rpm")
+        # The certificate is public and goes in the context; the key goes in as a secret.
+        (context / "signing").mkdir()
+        secrets = {}
+        if inputs.signer:
+            (context / "signing" / "certificate").write_bytes(inputs.signer.certificate_pem)
+            secrets[signing.SECRET_ID] = inputs.signer.files.key
+        stage("build")
+        spec = BuildSpec(
+            context=context,
+            containerfile=context / "Dockerfile",
+            iidfile=work / "image-id",
+            build_args=labels.build_args(target, inputs),
+            # Only an image that passes the load test below is ever published, so a published
+            # image with load-tested=true was booted in its kernel with its driver loaded.
+            labels=labels.image_labels(
+                self.config, target, inputs, self.created, self.options.load_test
+            ),
+            # A forced rebuild really rebuilds: no layer is taken from the cache.
+            no_cache=job.forced,
+            secrets=secrets,
+        )
+        image_id = self.podman.build(spec, sink)
+        stage("check")
+        kernel = self.kernels.load(inputs.toolkit.pinned, target.kernel)
+        rootfs = image_checks.check_image(
+            self.podman,
+            image_id,
+            target,
+            kernel,
+            work / "check",
+            inputs.firmware is not None,
+            sink,
+            signer=inputs.signer,
+        )
+        if self.options.load_test:
+            stage("load test")
+            result = load_test_module.run_load_test(
+                self.podman,
+                self.kernels,
+                rootfs,
+                inputs.toolkit.pinned,
+                target.kernel,
+                target.modules,
+                work / "load-test",
+                timeout=self.options.load_test_timeout,
+                on_line=sink,
+            )
+            tested.append(result)
+            if not result.passed:
+                raise CheckError(
+                    f"load test in {target.kernel} failed: {result.reason}"
+                    + "".join(f"\n    {line}" for line in result.evidence)
+                )
+        # Only a checked image gets the final name, locally and remotely.
+        self.podman.tag(image_id, target.image)
+        if not self.options.push:
+            return f"built and checked, not pushed ({job.reason})", None
+        stage("push")
+        digest = self.podman.push(
+            image_id, target.image, work / "digest", self.config.tls_verify(target.image), sink
+        )
+        stage("verify")
+        verify_pushed(self.registry, target, digest, job.fingerprint)
+        return f"pushed ({job.reason})", digest
+
+    def _write_report(self, results: Sequence[JobResult]) -> Path:
+        return write_report(self.options.logs_dir / "report.json", results)
+
+
+def run_stamp() -> str:
+    """A run's folder name: sortable by time, unique across runs in the same second."""
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+
+
+def verify_pushed(
+    registry: RegistryClient, target: BuildTarget, digest: str, fingerprint: str
+) -> None:
+    """The registry must now serve exactly what was pushed, with the expected fingerprint."""
+    remote = registry.inspect(target.image)
+    if remote.existence is not Existence.PRESENT:
+        raise HabanaError(f"{target.image}: not readable after push ({remote.error or 'absent'})")
+    if remote.digest != digest:
+        raise HabanaError(
+            f"{target.image}: pushed {digest} but the registry serves {remote.digest}"
+        )
+    if remote.labels.get(labels.FINGERPRINT) != fingerprint:
+        raise HabanaError(f"{target.image}: fingerprint label differs after push")

@@ -1,0 +1,90 @@
+"""Pure planning: targets + resolved inputs + registry state -> what to do for each, and why."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from habana_tasks.build import labels
+from habana_tasks.build.labels import TargetInputs
+from habana_tasks.config.targets import BuildTarget
+from habana_tasks.core.errors import Failure
+from habana_tasks.registry.client import Existence, RemoteImage
+
+
+class Action(enum.StrEnum):
+    BUILD = "build"
+    SKIP = "skip"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """One target's decision. BUILD and SKIP carry the inputs; FAIL carries the failure."""
+
+    target: BuildTarget
+    action: Action
+    reason: str
+    inputs: TargetInputs | None = None
+    fingerprint: str | None = None
+    remote_digest: str | None = None
+    forced: bool = False
+    load_tested: bool = False
+    failure: Failure | None = None
+
+
+def plan_job(
+    target: BuildTarget,
+    inputs: TargetInputs | Failure,
+    remote: RemoteImage,
+    force: bool = False,
+    require_load_test: bool = False,
+) -> BuildJob:
+    if isinstance(inputs, Failure):
+        return BuildJob(target, Action.FAIL, str(inputs), failure=inputs)
+    current = labels.fingerprint(target, inputs)
+    if remote.existence is Existence.UNKNOWN:
+        # Unknown is neither absent nor present: building could overwrite a good image.
+        why = f"registry state unknown, not building: {remote.error}"
+        failure = Failure("registry state", why, transient=True)
+        return BuildJob(target, Action.FAIL, why, inputs, failure=failure)
+    if force:
+        return BuildJob(target, Action.BUILD, "forced", inputs, current, remote.digest, forced=True)
+    if remote.existence is Existence.ABSENT:
+        return BuildJob(target, Action.BUILD, "not in the repository", inputs, current)
+    load_tested = remote.labels.get(labels.LOAD_TESTED) == "true"
+    if remote.labels.get(labels.FINGERPRINT) == current:
+        if require_load_test and not load_tested:
+            return BuildJob(
+                target, Action.BUILD, "stale: never load-tested", inputs, current, remote.digest
+            )
+        return BuildJob(
+            target,
+            Action.SKIP,
+            f"up to date ({labels.short_digest(current)})",
+            inputs,
+            current,
+            remote.digest,
+            load_tested=load_tested,
+        )
+    changed = labels.changed_inputs(target, inputs, remote.labels)
+    if labels.FINGERPRINT not in remote.labels:
+        why = "the image has no fingerprint label"
+    elif changed:
+        why = ", ".join(changed) + " changed"
+    else:
+        why = "build recipe changed"
+    return BuildJob(target, Action.BUILD, f"stale: {why}", inputs, current, remote.digest)
+
+
+def plan(
+    targets: Sequence[BuildTarget],
+    inputs: Mapping[str, TargetInputs | Failure],
+    remote: Mapping[str, RemoteImage],
+    force: bool = False,
+    require_load_test: bool = False,
+) -> tuple[BuildJob, ...]:
+    return tuple(
+        plan_job(t, inputs[t.tag], remote[t.tag], force, require_load_test) for t in targets
+    )

@@ -1,0 +1,218 @@
+"""A build run as a service: resolve every input once, plan, execute, and return what happened.
+
+The command layer renders what this returns; tests, the example and the benchmark call it too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from habana_tasks.build import metadata
+from habana_tasks.build.driver_package import PackageCache
+from habana_tasks.build.pipeline import Pipeline, RunOptions, run_stamp
+from habana_tasks.build.plan import Action, BuildJob, plan
+from habana_tasks.build.reporter import Reporter
+from habana_tasks.build.results import JobResult, JobStatus, write_report
+from habana_tasks.config.project import Project
+from habana_tasks.config.targets import BuildTarget, Config
+from habana_tasks.core.errors import UsageError, exit_code_for
+from habana_tasks.core.http_client import HTTPClient
+from habana_tasks.core.process import ProcessRunner
+from habana_tasks.engine.isolation import BuildIsolation, explicit_choice
+from habana_tasks.engine.podman import Podman
+from habana_tasks.registry.client import RegistryClient, RemoteImage
+from habana_tasks.verification import signing
+from habana_tasks.verification.kernel_modules import KernelModuleStore
+from habana_tasks.verification.load_test import DEFAULT_TIMEOUT, LoadTestResult, retest_image
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How a build run goes: the flags of `build` and `build-all`."""
+
+    jobs: int = 1
+    force: bool = False  # rebuild, without the layer cache, even what is up to date
+    dry_run: bool = False  # the plan only
+    push: bool = True
+    load_test: bool = True
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """Every input and registry state, resolved once; the plan made from them."""
+
+    jobs: tuple[BuildJob, ...]
+    remote: dict[str, RemoteImage]
+    registry: RegistryClient
+    packages: PackageCache
+    seconds: float
+
+    @property
+    def summary(self) -> str:
+        return (
+            f"resolved {len(self.jobs)} target(s) in {self.seconds:.2f} s: "
+            f"{self.registry.requests_sent} HTTP request(s), "
+            f"{self.packages.downloads} package download(s), "
+            f"{self.packages.revalidations} package check(s)"
+        )
+
+
+@dataclass(frozen=True)
+class BuildRun:
+    """What a run did: its plan, each target's result, and where report.json is."""
+
+    planned: PlannedRun
+    results: tuple[JobResult, ...]
+    report: Path | None = None  # None for a dry run
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code_for(r.failure for r in self.results)
+
+
+def resolve_and_plan(
+    project: Project,
+    config: Config,
+    targets: Sequence[BuildTarget],
+    *,
+    force: bool = False,
+    load_tests: bool = True,
+    http: HTTPClient | None = None,
+) -> PlannedRun:
+    """Every input and registry state resolved once, concurrently; then the pure plan."""
+    http = http or HTTPClient()
+    registry = RegistryClient(config.insecure_registries, http, blob_cache=project.cache / "blobs")
+    packages = PackageCache(project.cache / "downloads", http)
+    started = time.monotonic()
+    # The certificate and key are checked before any request: a wrong pair stops here.
+    signer = signing.load_signer(config.signing) if config.signing else None
+    resolution = metadata.resolve(targets, registry, packages, project.dockerfile, signer=signer)
+    jobs = plan(targets, resolution.inputs, resolution.remote, force, require_load_test=load_tests)
+    return PlannedRun(jobs, resolution.remote, registry, packages, time.monotonic() - started)
+
+
+def make_podman(announce: Callable[[str], None], runner: ProcessRunner | None = None) -> Podman:
+    """One podman per run: its build isolation is decided once and announced once. A mistyped
+    isolation in the environment is refused here, before anything runs."""
+    explicit_choice(os.environ)
+    runner = runner or ProcessRunner()
+    return Podman(runner, BuildIsolation(runner, announce=announce))
+
+
+def dry_run_results(planned: PlannedRun) -> tuple[JobResult, ...]:
+    """What a dry run reports: the plan itself, a target that cannot be planned as failed."""
+    return tuple(
+        JobResult(
+            job.target.tag,
+            job.action,
+            JobStatus.FAILED if job.action is Action.FAIL else JobStatus.PLANNED,
+            job.reason,
+            failure=job.failure,
+        )
+        for job in planned.jobs
+    )
+
+
+@dataclass(frozen=True)
+class RunFolders:
+    """Where one run keeps its scratch space (removed per target) and its logs and report.json
+    (kept): .cache/work/<stamp> and .cache/logs/<stamp>, the stamp sortable and unique."""
+
+    work: Path
+    logs: Path
+
+    @classmethod
+    def new(cls, project: Project, prefix: str = "") -> RunFolders:
+        stamp = prefix + run_stamp()
+        return cls(project.cache / "work" / stamp, project.cache / "logs" / stamp)
+
+    @property
+    def report(self) -> Path:
+        return self.logs / "report.json"
+
+
+@dataclass(frozen=True)
+class LoadTestRun:
+    """What `load-test` did: one result per image, and where report.json is."""
+
+    results: tuple[LoadTestResult, ...]
+    report: Path
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code_for(r.failure for r in self.results)
+
+
+def load_test_images(
+    project: Project,
+    config: Config,
+    targets: Sequence[BuildTarget],
+    *,
+    podman: Podman,
+    image: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> LoadTestRun:
+    """Pull each target's published image (or `image`, for one target) and its toolkit, and
+    load-test it in the exact kernel again, as `build` did; one log per image."""
+    if image and len(targets) != 1:
+        raise UsageError("--image tests one image: name its --kernel (and --driver)")
+    registry = RegistryClient(config.insecure_registries)
+    store = KernelModuleStore(podman, project.kernels)
+    folders = RunFolders.new(project, "load-test-")
+    folders.logs.mkdir(parents=True, exist_ok=True)
+    results = []
+    for target in targets:
+        work = folders.work / target.tag
+        with (folders.logs / f"{target.tag}.log").open("w", encoding="utf-8") as log:
+            try:
+                results.append(
+                    retest_image(
+                        podman,
+                        store,
+                        registry,
+                        config,
+                        target,
+                        image or target.image,
+                        work,
+                        log,
+                        timeout,
+                    )
+                )
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    return LoadTestRun(tuple(results), write_report(folders.report, results))
+
+
+def execute(
+    project: Project,
+    config: Config,
+    planned: PlannedRun,
+    podman: Podman,
+    reporter: Reporter,
+    options: BuildOptions | None = None,
+) -> BuildRun:
+    """Build, check, load-test and push what the plan says; raises Interrupted (with every
+    target's result) when stopped by a signal."""
+    options = options or BuildOptions()
+    folders = RunFolders.new(project)
+    run_options = RunOptions(
+        dockerfile=project.dockerfile,
+        work_dir=folders.work,
+        kernels_dir=project.kernels,
+        logs_dir=folders.logs,
+        jobs=options.jobs,
+        push=options.push,
+        load_test=options.load_test,
+    )
+    pipeline = Pipeline(config, podman, planned.registry, reporter, run_options)
+    results = pipeline.execute(planned.jobs)
+    return BuildRun(planned, tuple(results), folders.report)

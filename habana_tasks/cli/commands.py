@@ -1,0 +1,242 @@
+"""What each invoke task does, as wiring: load the inputs, call the one service that owns the
+work, render what it returns, and give the exit code (core.errors holds the table)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from habana_tasks.build import service
+from habana_tasks.build.reporter import make_console, make_reporter
+from habana_tasks.build.results import JobResult
+from habana_tasks.build.service import BuildOptions, BuildRun
+from habana_tasks.cli import tables
+from habana_tasks.cli.tables import print_line
+from habana_tasks.config.project import Project
+from habana_tasks.config.targets import BuildTarget, Config
+from habana_tasks.core import errors
+from habana_tasks.core.errors import Interrupted, UsageError
+from habana_tasks.engine.podman import Podman
+from habana_tasks.maintenance import discover as discovery
+from habana_tasks.maintenance import kmm, preflight, prune, status
+from habana_tasks.registry.auth import authfile_environment, check_credential_files
+from habana_tasks.registry.auth import credentials_from as credentials
+from habana_tasks.registry.client import RegistryClient
+from habana_tasks.verification.load_test import DEFAULT_TIMEOUT
+
+DEFAULT_OPTIONS = BuildOptions()
+
+
+def announcer(console: Console) -> Callable[[str], None]:
+    """How a run's one-off notices (the build isolation chosen) reach the user."""
+    return lambda text: print_line(console, text)
+
+
+def load_inputs(project: Project, versions: str | None, authfile: str | None = None) -> Config:
+    """The versions file, and the credential files later lookups will read, checked before any
+    request: a problem in either ends the command with exit 2."""
+    config = project.load(versions)
+    check_credential_files(authfile_environment(authfile))
+    return config
+
+
+def write_output(path: Path, text: str) -> None:
+    """The command's document, written where --output said (checked before any request)."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--output {str(path)!r}: cannot write: {exc.strerror}") from exc
+
+
+def build(
+    project: Project,
+    versions: str | None = None,
+    kernel: str | None = None,
+    driver: str | None = None,
+    *,
+    options: BuildOptions = DEFAULT_OPTIONS,
+    console: Console | None = None,
+) -> int:
+    """Resolve, plan and (unless a dry run) build, check, load-test and push; the exit code."""
+    config = load_inputs(project, versions)
+    targets = config.select(kernel, driver)
+    return run_build(project, config, targets, console or make_console(), options).exit_code
+
+
+def run_build(
+    project: Project,
+    config: Config,
+    targets: Sequence[BuildTarget],
+    console: Console,
+    options: BuildOptions = DEFAULT_OPTIONS,
+    podman: Podman | None = None,
+) -> BuildRun:
+    """The plan shown, then (unless a dry run) executed with a live board, then the summary."""
+    reporter = make_reporter(console)
+    podman = podman or service.make_podman(reporter.message)
+    planned = service.resolve_and_plan(
+        project, config, targets, force=options.force, load_tests=options.load_test
+    )
+    console.print(tables.plan_table(planned.jobs))
+    print_line(console, planned.summary)
+    if options.dry_run:
+        return BuildRun(planned, service.dry_run_results(planned))
+    try:
+        run = service.execute(project, config, planned, podman, reporter, options)
+    except Interrupted as exc:
+        console.print(tables.summary_table([r for r in exc.results if isinstance(r, JobResult)]))
+        print_line(console, f"report: {exc.report}")
+        raise
+    console.print(tables.summary_table(run.results))
+    print_line(console, f"report: {run.report}")
+    return run
+
+
+def load_tests(
+    project: Project,
+    versions: str | None = None,
+    kernel: str | None = None,
+    driver: str | None = None,
+    *,
+    image: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    console: Console | None = None,
+) -> int:
+    """Load-test published (or local) images in their exact kernels; the exit code."""
+    console = console or make_console()
+    config = load_inputs(project, versions)
+    targets = config.select(kernel, driver)
+    podman = service.make_podman(announcer(console))
+    run = service.load_test_images(
+        project, config, targets, podman=podman, image=image, timeout=timeout
+    )
+    console.print(tables.load_test_table(run.results))
+    print_line(console, f"report: {run.report}")
+    return run.exit_code
+
+
+def status_command(
+    project: Project,
+    versions: str | None = None,
+    *,
+    output_format: str = "table",
+    console: Console | None = None,
+) -> int:
+    """Every pair: current, stale (why), missing or unknown; and tags no longer named."""
+    console = console or make_console()
+    config = load_inputs(project, versions)
+    found = status.library_status(project, config)
+    tables.show_status(console, found, config.repository, output_format)
+    return errors.OK if found.ok else errors.UNKNOWN_STATE
+
+
+def matrix(project: Project, versions: str | None = None) -> str:
+    """The pending pairs (missing or stale) for a CI fan-out; printed by the task."""
+    config = load_inputs(project, versions)
+    run = service.resolve_and_plan(project, config, config.targets)
+    return status.github_matrix(status.statuses(run.jobs, run.remote))
+
+
+def kmm_module(
+    project: Project,
+    driver: str,
+    versions: str | None = None,
+    *,
+    name: str = "habanalabs",
+    namespace: str = "habana-ai-operator",
+    sign_key_secret: str | None = None,
+    sign_cert_secret: str | None = None,
+    signed_repository: str | None = None,
+) -> str:
+    """A KMM Module (YAML) mapping every kernel whose image the repository holds for driver;
+    with both secrets, KMM signs each image in the cluster and pushes the signed copy."""
+    config = load_inputs(project, versions)
+    sign = kmm.signing_request(config, sign_key_secret, sign_cert_secret, signed_repository)
+    registry = RegistryClient(config.insecure_registries)
+    module = kmm.library_module(config, driver, registry, name=name, namespace=namespace, sign=sign)
+    return yaml.safe_dump(module, sort_keys=False)
+
+
+def prune_command(
+    project: Project,
+    versions: str | None = None,
+    *,
+    older_than: int | None = None,
+    apply: bool = False,
+    console: Console | None = None,
+) -> int:
+    """List (and with apply, delete by digest) tags the matrix no longer names."""
+    console = console or make_console()
+    config = load_inputs(project, versions)
+    registry = RegistryClient(config.insecure_registries)
+    count, outcomes = prune.prune_library(
+        config, registry, older_than_days=older_than, apply=apply, now=datetime.now(UTC)
+    )
+    console.print(tables.prune_table(config.repository, outcomes, apply))
+    print_line(console, f"{count} tag(s), {len(outcomes)} to prune")
+    return errors.exit_code_for(o.failure for o in outcomes)
+
+
+def discover(
+    project: Project,
+    versions: str | None = None,
+    *,
+    minors: Sequence[str] = (),
+    arches: Sequence[str] = (),
+    drivers: Sequence[str] = (),
+    release_repository: str | None = None,
+    authfile: str | None = None,
+    dry_run: bool = False,
+    console: Console | None = None,
+) -> int:
+    """Add the kernels of the requested OpenShift releases to versions.toml (comments kept)."""
+    console = console or make_console()
+    config = load_inputs(project, versions, authfile)
+    registry = RegistryClient(config.insecure_registries, credentials=credentials(authfile))
+    run = discovery.run_discovery(
+        config,
+        registry,
+        minors=minors,
+        arches=arches,
+        drivers=drivers,
+        release_repository=release_repository,
+        dry_run=dry_run,
+    )
+    tables.show_discovery(console, run, {t.kernel for t in config.targets}, config.path)
+    return errors.OK
+
+
+def preflight_command(
+    project: Project,
+    versions: str | None = None,
+    *,
+    openshift: Sequence[str] = (),
+    nodes: str | None = None,
+    drivers: Sequence[str] = (),
+    arch: str = "x86_64",
+    release_repository: str | None = None,
+    authfile: str | None = None,
+    output_format: str = "table",
+    console: Console | None = None,
+) -> int:
+    """Does the library hold a current, load-tested (and signed) image for every kernel the
+    given OpenShift releases or nodes run, for every driver? 0 only when every answer is yes."""
+    console = console or make_console()
+    config = load_inputs(project, versions, authfile)
+    registry = RegistryClient(config.insecure_registries, credentials=credentials(authfile))
+    report = preflight.run_preflight(
+        config,
+        registry,
+        lambda targets: service.resolve_and_plan(project, config, targets),
+        openshift=openshift,
+        nodes=Path(nodes) if nodes else None,
+        drivers=drivers,
+        arch=arch,
+        release_repository=release_repository,
+    )
+    tables.show_preflight(console, report, config.repository, output_format)
+    return report.exit_code

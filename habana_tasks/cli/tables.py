@@ -1,0 +1,280 @@
+"""Every table the commands print, rendered from the records the services return.
+
+Cells are Text, never markup: log lines, registry errors and paths can hold `[...]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from habana_tasks.build import labels
+from habana_tasks.build.plan import Action, BuildJob
+from habana_tasks.build.results import JobResult
+from habana_tasks.config.targets import BuildTarget
+from habana_tasks.maintenance import preflight, status
+from habana_tasks.maintenance.discover import Discovery, DiscoveryRun
+from habana_tasks.maintenance.preflight import Answer, PreflightReport
+from habana_tasks.maintenance.prune import PruneOutcome
+from habana_tasks.maintenance.status import LibraryStatus, State, TargetStatus
+from habana_tasks.registry.client import Existence, RemoteImage
+from habana_tasks.verification.load_test import LoadTestResult
+
+ACTION_STYLE = {Action.BUILD: "yellow", Action.SKIP: "green", Action.FAIL: "red"}
+STATE_STYLE = {State.CURRENT: "green", State.STALE: "yellow", State.MISSING: "yellow"}
+
+
+def short(digest: str | None) -> str:
+    return f"sha256:{labels.short_digest(digest)}" if digest else ""
+
+
+def table(title: str, *columns: str) -> Table:
+    result = Table(title=title)
+    for column in columns:
+        result.add_column(column, overflow="fold")
+    return result
+
+
+def add_row(into: Table, *cells: str | Text) -> None:
+    """Cells are shown as written; styled cells are passed as Text."""
+    into.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in cells))
+
+
+# Beyond this many, current images are one row: a daily no-op over a large library prints
+# what needs attention, not thousands of "skip" rows (`invoke status` lists every image).
+FOLD_CURRENT_AFTER = 20
+
+
+def _folded_row(count: int) -> tuple[str, str]:
+    return f"{count} targets", "current (fingerprints unchanged); `invoke status` lists each"
+
+
+def plan_table(jobs: Sequence[BuildJob]) -> Table:
+    out = table("plan", "target", "image", "action", "reason")
+    current = [job for job in jobs if job.action is Action.SKIP]
+    fold = len(current) > FOLD_CURRENT_AFTER
+    for job in jobs:
+        if fold and job.action is Action.SKIP:
+            continue
+        action = Text(job.action.value, ACTION_STYLE[job.action])
+        add_row(out, job.target.tag, job.target.image, action, job.reason)
+    if fold:
+        targets, reason = _folded_row(len(current))
+        add_row(out, targets, "", Text(Action.SKIP.value, ACTION_STYLE[Action.SKIP]), reason)
+    return out
+
+
+def summary_table(results: Sequence[JobResult], title: str = "summary") -> Table:
+    out = table(title, "target", "action", "result", "digest", "load-tested", "seconds", "log")
+    current = [r for r in results if r.action is Action.SKIP and r.ok]
+    fold = len(current) > FOLD_CURRENT_AFTER
+    for r in results:
+        if fold and r.action is Action.SKIP and r.ok:
+            continue
+        tested = "no"
+        if r.load_tested:  # an image skipped as up to date was load-tested by an earlier run
+            tested = (
+                f"yes ({r.load_test_kernel}, {r.load_test_seconds} s)"
+                if r.load_test_kernel
+                else "yes"
+            )
+        result = r.status.value if r.ok else f"{r.status.value}: {r.detail}"
+        add_row(
+            out,
+            r.tag,
+            r.action.value,
+            result,
+            short(r.digest),
+            tested,
+            f"{r.seconds:.1f}",
+            r.log or "",
+        )
+    if fold:
+        targets, reason = _folded_row(len(current))
+        add_row(out, targets, Action.SKIP.value, reason, "", "", "", "")
+    return out
+
+
+def library_table(repository: str, held: Iterable[tuple[BuildTarget, RemoteImage]]) -> Table:
+    """What the repository holds for every target: the library as a user would publish it."""
+    columns = ("kernel", "driver", "image", "digest", "size", "load-tested", "created")
+    out = table(f"library: {repository}", *columns)
+    for target, remote in held:
+        if remote.existence is Existence.PRESENT:
+            size = f"{(remote.size or 0) / 1e6:.1f} MB"
+            created = remote.labels.get(labels.OCI + "created", "")
+            tested = remote.labels.get(labels.LOAD_TESTED, "no label")
+            add_row(
+                out,
+                target.kernel,
+                target.driver,
+                target.image,
+                remote.digest or "",
+                size,
+                tested,
+                created,
+            )
+        else:
+            add_row(
+                out,
+                target.kernel,
+                target.driver,
+                target.image,
+                remote.existence.value,
+                remote.error or "",
+                "",
+                "",
+            )
+    return out
+
+
+def load_test_table(reports: Iterable[LoadTestResult]) -> Table:
+    out = table(
+        "load tests", "image", "result", "kernel booted", "seconds", "initramfs MB", "reason"
+    )
+    for r in reports:
+        add_row(
+            out,
+            r.image or "",
+            Text("pass", "green") if r.passed else Text("FAIL", "red"),
+            r.kernel,
+            f"{r.seconds:.1f}" if r.kernel else "",
+            f"{r.initramfs_bytes / 1e6:.0f}" if r.initramfs_bytes else "",
+            "\n".join([r.reason, *r.evidence]),
+        )
+    return out
+
+
+def status_table(repository: str, items: Iterable[TargetStatus]) -> Table:
+    out = table(
+        f"status: {repository}",
+        "kernel",
+        "driver",
+        "state",
+        "reason",
+        "digest",
+        "size",
+        "load-tested",
+        "signing",
+        "built",
+    )
+    for item in items:
+        state = Text(item.state.value, STATE_STYLE.get(item.state, "red"))
+        size = f"{item.size / 1e6:.1f} MB" if item.size else ""
+        add_row(
+            out,
+            item.kernel,
+            item.driver,
+            state,
+            item.reason,
+            short(item.digest),
+            size,
+            "yes" if item.load_tested else "no",
+            item.signing or "",
+            item.created or "",
+        )
+    return out
+
+
+def prune_table(repository: str, outcomes: Iterable[PruneOutcome], applied: bool) -> Table:
+    title = f"prune: {repository}" + ("" if applied else " (dry run: --apply)")
+    out = table(title, "tag", "digest", "reason", "result")
+    for o in outcomes:
+        add_row(out, o.item.tag, short(o.item.digest), o.item.reason, o.result)
+    return out
+
+
+def discover_table(title: str, found: Discovery, known: set[str]) -> Table:
+    out = table(title, "kernel", "OpenShift releases", "in versions.toml")
+    for kernel, releases in found.kernels.items():
+        state = "yes" if kernel in known else Text("new", "yellow")
+        add_row(out, kernel, ", ".join(releases), state)
+    return out
+
+
+def preflight_table(repository: str, answers: Iterable[Answer]) -> Table:
+    out = table(
+        f"preflight: {repository}",
+        "source",
+        "kernel",
+        "driver",
+        "image",
+        "load-tested",
+        "signed",
+        "current",
+        "to do",
+    )
+
+    def cell(value: bool | None) -> Text:
+        if value is None:
+            return Text("n/a")
+        return Text("yes", "green") if value else Text("no", "red")
+
+    for a in answers:
+        add_row(
+            out,
+            a.origin,
+            a.kernel,
+            a.driver,
+            cell(a.present),
+            cell(a.load_tested),
+            cell(a.signed),
+            cell(a.current),
+            a.action or "-",
+        )
+    return out
+
+
+def print_line(console: Console, text: str) -> None:
+    """A line as written: no markup, no highlighting, never wrapped (logs keep it whole)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def show_status(console: Console, found: LibraryStatus, repository: str, form: str) -> None:
+    """`status` in the format asked: the table (and what is not named), JSON or Markdown."""
+    if form == "json":
+        console.print_json(status.to_json(found.items, found.orphans, found.problems))
+    elif form == "markdown":
+        print_line(console, status.to_markdown(found.items, repository))
+    else:
+        console.print(status_table(repository, found.items))
+        if found.orphans:
+            print_line(console, f"tags the matrix no longer names: {', '.join(found.orphans)}")
+        for line in (*found.problems, found.summary):
+            print_line(console, line)
+
+
+def show_preflight(console: Console, report: PreflightReport, repository: str, form: str) -> None:
+    """`preflight` in the format asked; the table ends with the verdict and its cost."""
+    if form == "json":
+        console.print_json(preflight.to_json(report.answers, report.problems))
+    elif form == "markdown":
+        print_line(console, preflight.to_markdown(report.answers, report.problems, repository))
+    else:
+        console.print(preflight_table(repository, report.answers))
+        for problem in report.problems:
+            print_line(console, f"error: {problem}")
+        print_line(console, report.verdict)
+
+
+def show_discovery(console: Console, run: DiscoveryRun, known: set[str], path: Path) -> None:
+    """What `discover` found (a table and notes), what it changes, and what it took."""
+    settings, found, change = run.settings, run.found, run.change
+    title = f"kernels in {settings.release_repository} {', '.join(settings.minors)}"
+    console.print(discover_table(title, found, known))
+    for problem in found.problems:
+        print_line(console, f"note: {problem}")
+    print_line(
+        console,
+        f"{found.releases_read} release(s) read in {run.seconds:.2f} s "
+        f"({run.requests} HTTP requests): {len(found.kernels)} kernel(s), "
+        f"{len(change.added)} new, {len(change.updated)} with new OpenShift releases",
+    )
+    if change.written:
+        print_line(console, f"updated {path}")
+    else:
+        print_line(console, change.diff or "no change")

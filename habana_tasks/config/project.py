@@ -1,0 +1,38 @@
+"""Where the recipe lives (Dockerfile, versions.toml) and where a run keeps its cache."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from habana_tasks.config import versions as config_module
+from habana_tasks.config.targets import Config
+
+
+@dataclass(frozen=True)
+class Project:
+    root: Path
+    cache_dir: Path | None = None
+
+    @property
+    def cache(self) -> Path:
+        """cache_dir, else $HABANA_CACHE_DIR, else .cache beside the recipe."""
+        return self.cache_dir or Path(os.environ.get("HABANA_CACHE_DIR", self.root / ".cache"))
+
+    @property
+    def kernels(self) -> Path:
+        """Target kernels read from toolkit images, keyed by the toolkit's digest."""
+        return self.cache / "kernels"
+
+    @property
+    def dockerfile(self) -> Path:
+        return self.root / "Dockerfile"
+
+    def versions(self, given: str | None) -> Path:
+        path = Path(given) if given else self.root / "versions.toml"
+        return path if path.is_absolute() else (Path.cwd() / path)
+
+    def load(self, versions: str | None) -> Config:
+        """The versions file, parsed; every problem in it raised at once (ConfigError)."""
+        return config_module.load(self.versions(versions))

@@ -1,0 +1,391 @@
+"""versions.toml: parsed into frozen build targets, with every problem reported at once."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from habana_tasks.config import fields, kernel_release
+from habana_tasks.config.image_reference import ImageReference, registry_host_problem
+from habana_tasks.config.tags import image_tag, tag_problem
+from habana_tasks.config.targets import BuildTarget, Config, DiscoverSettings, SigningFiles
+from habana_tasks.core import local_files
+from habana_tasks.core.errors import ConfigError
+
+DRIVER_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)+(-[0-9A-Za-z.]+)?\Z")
+MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
+RHEL_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)?\Z")
+DEFAULT_MODULES = ("habanalabs",)
+DRIVER_EXPECTED = "expected a driver version like 1.6.0-439"
+RELEASE_EXPECTED = (
+    "expected a full kernel release as `uname -r` prints it "
+    "(e.g. 4.18.0-372.19.1.el8_6.x86_64 or 6.1.0-56-amd64)"
+)
+
+SCHEMA: dict[str, tuple[str, ...]] = {
+    "": ("library", "base", "toolkit", "driver", "drivers", "kernels", "discover", "signing"),
+    "library": ("repository", "source", "vendor", "insecure_registries"),
+    "base": ("image",),
+    "toolkit": ("image",),
+    "driver": ("package_url", "firmware_url", "modules"),
+    "drivers.*": ("package_url", "firmware_url", "modules"),
+    "kernels[]": ("release", "drivers", "arch", "rhel_version", "openshift"),
+    "discover": ("release_repository", "minors", "arches", "drivers", "rt"),
+    "signing": ("certificate", "key"),
+}
+# The signing key's path, for CI runners that write the key from a secret store to a file.
+SIGNING_KEY_ENV = "HABANA_SIGNING_KEY"
+
+
+def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate versions.toml; raises ConfigError listing every problem."""
+    try:
+        text = local_files.read_text(path, local_files.VERSIONS_FILE)
+    except local_files.LocalFileError as exc:
+        raise ConfigError([str(exc)]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from exc
+    return parse(data, path, os.environ if environ is None else environ)
+
+
+def parse(data: Mapping[str, Any], path: Path, environ: Mapping[str, str] | None = None) -> Config:
+    """The file's tables, each checked by its own helper; every problem raised at once."""
+    problems = fields.Problems(path)
+    fields.check_keys(problems, data, "", SCHEMA[""])
+    sections = {name: fields.table(problems, data, name) for name in ("library", "base", "toolkit")}
+    for name, table in sections.items():
+        fields.check_keys(problems, table, name, SCHEMA[name])
+    library = _library(problems, sections["library"])
+    templates = _templates(problems, data, sections["base"], sections["toolkit"])
+    kernels = _kernel_entries(problems, data)
+    targets, used = _targets(problems, kernels, templates, library.repository)
+    discover = _discover_settings(problems, fields.table(problems, data, "discover"))
+    signing = _signing(problems, data, path, environ or {})
+    for version in sorted(set(templates.overrides) - used):
+        problems.add(
+            f"drivers.{fields.quote(version)}", version, "no [[kernels]] entry uses this driver"
+        )
+    if problems.items:
+        raise ConfigError(problems.items)
+    assert library.repository is not None
+    return Config(
+        path,
+        library.repository,
+        library.source,
+        library.vendor,
+        frozenset(library.insecure),
+        tuple(targets),
+        discover,
+        signing,
+    )
+
+
+def _signing(
+    problems: fields.Problems, data: Mapping[str, Any], path: Path, environ: Mapping[str, str]
+) -> SigningFiles | None:
+    """[signing]: both paths, relative to the versions file; the key may come from the
+    environment instead (HABANA_SIGNING_KEY), so that it never needs to sit beside the file."""
+    if "signing" not in data and not environ.get(SIGNING_KEY_ENV):
+        return None
+    table = fields.table(problems, data, "signing")
+    fields.check_keys(problems, table, "signing", SCHEMA["signing"])
+    certificate = fields.text(problems, table, "signing.certificate", required=True)
+    key = environ.get(SIGNING_KEY_ENV) or fields.text(problems, table, "signing.key")
+    if "key" not in table and not environ.get(SIGNING_KEY_ENV):
+        problems.missing(
+            "signing.key", f"expected the path of the PEM private key (or set {SIGNING_KEY_ENV})"
+        )
+    if not certificate or not key:
+        return None
+    base = path.parent
+    return SigningFiles(base / Path(certificate).expanduser(), base / Path(key).expanduser())
+
+
+@dataclass(frozen=True)
+class _Library:
+    repository: str | None
+    source: str
+    vendor: str
+    insecure: tuple[str, ...]
+
+
+def _library(problems: fields.Problems, table: Mapping[str, Any]) -> _Library:
+    repository = fields.text(problems, table, "library.repository", required=True)
+    if repository:
+        try:
+            ref = ImageReference.parse(repository)
+            if ref.tag or ref.digest:
+                problems.add("library.repository", repository, "expected a repository without tag")
+        except ValueError as exc:
+            problems.add("library.repository", repository, str(exc))
+    insecure = fields.string_list(problems, table, "library.insecure_registries") or ()
+    for host in insecure:
+        if why := registry_host_problem(host):
+            problems.add("library.insecure_registries", host, why)
+    source = fields.text(problems, table, "library.source") or ""
+    vendor = fields.text(problems, table, "library.vendor") or ""
+    return _Library(repository, source, vendor, insecure)
+
+
+@dataclass(frozen=True)
+class _Templates:
+    base: str | None
+    toolkit: str | None
+    defaults: dict[str, Any]  # [driver]: package_url, firmware_url, modules
+    overrides: dict[str, dict[str, Any]]  # [drivers."<version>"], defaults filled in
+
+
+def _templates(
+    problems: fields.Problems,
+    data: Mapping[str, Any],
+    base: Mapping[str, Any],
+    toolkit: Mapping[str, Any],
+) -> _Templates:
+    driver = fields.table(problems, data, "driver")
+    fields.check_keys(problems, driver, "driver", SCHEMA["driver"])
+    defaults = _driver_settings(problems, driver, "driver", None)
+    overrides: dict[str, dict[str, Any]] = {}
+    for version, settings in fields.table(problems, data, "drivers").items():
+        key = f"drivers.{fields.quote(version)}"
+        if not DRIVER_VERSION_RE.match(version):
+            problems.add(key, version, DRIVER_EXPECTED)
+        if not isinstance(settings, dict):
+            problems.add(key, settings, "expected a table")
+            continue
+        fields.check_keys(problems, settings, key, SCHEMA["drivers.*"])
+        overrides[version] = _driver_settings(problems, settings, key, defaults)
+    return _Templates(
+        fields.template(problems, base, "base.image", required=True),
+        fields.template(problems, toolkit, "toolkit.image", required=True),
+        defaults,
+        overrides,
+    )
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    key: str
+    release: str
+    arch: str
+    rhel: str | None
+    drivers: tuple[str, ...]
+    openshift: tuple[str, ...]
+
+
+def _kernel_entries(problems: fields.Problems, data: Mapping[str, Any]) -> list[_Kernel]:
+    """The [[kernels]] entries without a problem; every field of every entry is checked."""
+    entries = data.get("kernels", [])
+    if "kernels" not in data:
+        problems.missing("kernels", "expected at least one [[kernels]] entry")
+        return []
+    if not isinstance(entries, list) or not entries:
+        problems.add("kernels", entries, "expected a non-empty array of [[kernels]] tables")
+        return []
+    found = []
+    for index, entry in enumerate(entries):
+        key = f"kernels[{index}]"
+        if not isinstance(entry, dict):
+            problems.add(key, entry, "expected a table with release and drivers")
+            continue
+        before = len(problems.items)
+        kernel = _kernel_entry(problems, key, entry)
+        if kernel is not None and len(problems.items) == before:
+            found.append(kernel)
+    return found
+
+
+def _kernel_entry(problems: fields.Problems, key: str, entry: Mapping[str, Any]) -> _Kernel | None:
+    fields.check_keys(problems, entry, key, SCHEMA["kernels[]"])
+    release = fields.text(problems, entry, f"{key}.release", required=True)
+    if release is not None and not kernel_release.is_valid_release(release):
+        problems.add(f"{key}.release", release, RELEASE_EXPECTED)
+        release = None
+    arch = _arch(problems, key, entry, release)
+    rhel = _rhel_version(problems, key, entry, release)
+    openshift = fields.string_list(problems, entry, f"{key}.openshift") or ()
+    versions = fields.string_list(problems, entry, f"{key}.drivers", required=True) or ()
+    if entry.get("drivers") == []:
+        problems.add(f"{key}.drivers", [], "expected at least one driver version")
+    for version in versions:
+        if not DRIVER_VERSION_RE.match(version):
+            problems.add(f"{key}.drivers", version, DRIVER_EXPECTED)
+    if release is None or arch is None:
+        return None
+    return _Kernel(key, release, arch, rhel, versions, openshift)
+
+
+def _arch(
+    problems: fields.Problems, key: str, entry: Mapping[str, Any], release: str | None
+) -> str | None:
+    derived = kernel_release.derive_arch(release) if release else None
+    arch = fields.text(problems, entry, f"{key}.arch") or derived
+    if arch is None and release is not None:
+        problems.missing(f"{key}.arch", f"release {release!r} names no architecture; set arch")
+    elif arch is not None and (why := kernel_release.arch_problem(arch, release)):
+        problems.add(f"{key}.arch", arch, why)
+        return None
+    return arch
+
+
+def _rhel_version(
+    problems: fields.Problems, key: str, entry: Mapping[str, Any], release: str | None
+) -> str | None:
+    given = fields.text(problems, entry, f"{key}.rhel_version")
+    derived = kernel_release.derive_rhel_version(release) if release else None
+    if given is not None and not RHEL_VERSION_RE.match(given):
+        problems.add(f"{key}.rhel_version", given, "expected MAJOR or MAJOR.MINOR, e.g. 8.6")
+    elif given is not None and derived is not None and given != derived:
+        problems.add(
+            f"{key}.rhel_version",
+            given,
+            f"release {release!r} is RHEL {derived}; leave rhel_version out or match it",
+        )
+    return given or derived
+
+
+def _targets(
+    problems: fields.Problems,
+    kernels: Sequence[_Kernel],
+    templates: _Templates,
+    repository: str | None,
+) -> tuple[list[BuildTarget], set[str]]:
+    """One target per kernel x driver pair; pairs and tags must be unique. Also returns the
+    driver versions the entries use."""
+    targets: list[BuildTarget] = []
+    seen: dict[tuple[str, str], str] = {}
+    tags: dict[str, str] = {}
+    for kernel in kernels:
+        for version in kernel.drivers:
+            if (kernel.release, version) in seen:
+                where = seen[kernel.release, version]
+                problems.add(
+                    f"{kernel.key}.drivers",
+                    version,
+                    f"duplicate pair: {kernel.release} x {version} is already in {where}",
+                )
+                continue
+            seen[kernel.release, version] = kernel.key
+            tag = image_tag(version, kernel.release)
+            why = tag_problem(tag) or (f"clashes with {tags[tag]}" if tag in tags else None)
+            if why:
+                problems.add(f"{kernel.key}.release", kernel.release, f"image tag {tag!r} {why}")
+                continue
+            tags[tag] = kernel.key
+            target = _target(problems, kernel, version, tag, templates, repository)
+            if target is not None:
+                targets.append(target)
+    return targets, {version for _, version in seen}
+
+
+def _target(
+    problems: fields.Problems,
+    kernel: _Kernel,
+    version: str,
+    tag: str,
+    templates: _Templates,
+    repository: str | None,
+) -> BuildTarget | None:
+    settings = templates.overrides.get(version, templates.defaults)
+    values = {
+        "kernel": kernel.release,
+        "arch": kernel.arch,
+        "oci_arch": kernel_release.OCI_ARCH[kernel.arch],
+        "driver": version,
+        "rhel_version": kernel.rhel,
+        "rhel_major": kernel.rhel.split(".")[0] if kernel.rhel else None,
+    }
+    key = kernel.key
+    base = fields.render(problems, f"{key} (base.image)", templates.base, values)
+    toolkit = fields.render(problems, f"{key} (toolkit.image)", templates.toolkit, values)
+    package = fields.render(problems, f"{key} (package_url)", settings.get("package_url"), values)
+    firmware = fields.render(
+        problems, f"{key} (firmware_url)", settings.get("firmware_url"), values
+    )
+    for name, image in (("base.image", base), ("toolkit.image", toolkit)):
+        if image is None:
+            continue
+        try:
+            ImageReference.parse(image)
+        except ValueError as exc:
+            problems.add(f"{key} ({name})", image, str(exc))
+            return None
+    if base is None or toolkit is None or package is None or not repository:
+        return None
+    return BuildTarget(
+        kernel=kernel.release,
+        arch=kernel.arch,
+        rhel_version=kernel.rhel,
+        driver=version,
+        modules=tuple(settings.get("modules") or DEFAULT_MODULES),
+        base_image=base,
+        toolkit_image=toolkit,
+        package_url=package,
+        firmware_url=firmware,
+        repository=repository,
+        tag=tag,
+        openshift=kernel.openshift,
+    )
+
+
+def _discover_settings(problems: fields.Problems, table: Mapping[str, Any]) -> DiscoverSettings:
+    fields.check_keys(problems, table, "discover", SCHEMA["discover"])
+    defaults = DiscoverSettings()
+    repository = fields.text(problems, table, "discover.release_repository")
+    if repository:
+        try:
+            ImageReference.parse(repository)
+        except ValueError as exc:
+            problems.add("discover.release_repository", repository, str(exc))
+    minors = fields.string_list(problems, table, "discover.minors") or ()
+    for minor in minors:
+        if not re.match(r"^[0-9]+\.[0-9]+\Z", minor):
+            problems.add("discover.minors", minor, "expected an OpenShift minor like 4.14")
+    arches = fields.string_list(problems, table, "discover.arches") or defaults.arches
+    for arch in arches:
+        if why := kernel_release.arch_problem(arch):
+            problems.add("discover.arches", arch, why)
+    drivers = fields.string_list(problems, table, "discover.drivers") or ()
+    for version in drivers:
+        if not DRIVER_VERSION_RE.match(version):
+            problems.add("discover.drivers", version, DRIVER_EXPECTED)
+    rt = table.get("rt", False)
+    if not isinstance(rt, bool):
+        problems.add("discover.rt", rt, "expected true or false")
+        rt = False
+    return DiscoverSettings(repository or defaults.release_repository, minors, arches, drivers, rt)
+
+
+def _driver_settings(
+    problems: fields.Problems,
+    table: Mapping[str, Any],
+    prefix: str,
+    defaults: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    settings: dict[str, Any] = dict(defaults or {})
+    for name, required in (("package_url", defaults is None), ("firmware_url", False)):
+        key = f"{prefix}.{name}"
+        template = fields.template(problems, table, key, required=required)
+        if template is None:
+            continue
+        if why := fields.url_problem(template.format(**dict.fromkeys(fields.PLACEHOLDERS, "x"))):
+            problems.add(key, template, why)
+            continue
+        settings[name] = template
+    modules = fields.string_list(problems, table, f"{prefix}.modules")
+    if modules is not None:
+        if not modules:
+            problems.add(f"{prefix}.modules", [], "expected at least one module name")
+        for module in modules:
+            if not MODULE_RE.match(module):
+                problems.add(f"{prefix}.modules", module, "expected a module name like habanalabs")
+        if len(set(modules)) != len(modules):
+            problems.add(f"{prefix}.modules", list(modules), "lists a module twice")
+        settings["modules"] = modules
+    return settings

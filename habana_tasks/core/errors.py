@@ -1,0 +1,259 @@
+"""Typed errors and the failure record: each error class carries the exit code the command
+line ends with (the table is in README.md and every task's --help)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shlex
+import signal
+import tempfile
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Exit codes scripts can act on; one per class of outcome.
+OK = 0
+FAILED = 1  # a failure of no class below (e.g. a command that failed outside any target)
+BAD_INPUT = 2  # an argument, the versions file or a local file: fix it; nothing was done
+TARGET_FAILED = 3  # a target failed its build, checks, load test, push or verification
+UNKNOWN_STATE = 4  # a registry or the network could not answer; nothing was decided on it
+NOT_READY = 5  # preflight's answer is no: a kernel x driver lacks a current image
+INTERNAL_ERROR_CODE = 70  # a bug: EX_SOFTWARE (sysexits.h)
+INTERRUPTED = 130  # Ctrl-C; every child process stopped, no tag moved
+TERMINATED = 143  # SIGTERM, handled like Ctrl-C
+EXIT_CODES = (
+    (OK, "done: every target built, up to date or ready"),
+    (FAILED, "a failure of no class below"),
+    (BAD_INPUT, "bad input (argument, versions file, local file); nothing was done"),
+    (TARGET_FAILED, "a target failed its build, checks, load test, push or verification"),
+    (UNKNOWN_STATE, "a registry or the network could not answer; retry later"),
+    (NOT_READY, "preflight: a kernel x driver lacks a current, load-tested image"),
+    (INTERNAL_ERROR_CODE, "internal error (a bug; the traceback is in a file)"),
+    (INTERRUPTED, "interrupted (Ctrl-C)"),
+    (TERMINATED, "terminated (SIGTERM)"),
+)
+
+
+def exit_codes_text() -> str:
+    """The table for --help: one line per code."""
+    return "\n".join(["Exit codes:", *(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES)])
+
+
+class HabanaError(Exception):
+    """Base of every error this tool reports as a one-line message; `details`, when there are
+    some, follow it on the terminal and in the job's log. `transient`: retrying later, with
+    nothing changed, may succeed (a registry or network that could not answer)."""
+
+    exit_code = FAILED
+    transient = False
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, transient: bool | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if transient is not None:
+            self.transient = transient
+
+    def __str__(self) -> str:
+        return self.message if self.hint is None else f"{self.message} (hint: {self.hint})"
+
+    @property
+    def details(self) -> str | None:
+        """More than the one line, when there is more to say (a command's full line and tail)."""
+        return None
+
+
+class ConfigError(HabanaError):
+    """versions.toml (or a command-line argument) is invalid; lists every problem at once."""
+
+    exit_code = BAD_INPUT
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class UsageError(HabanaError):
+    """A command-line argument names nothing the configuration knows."""
+
+    exit_code = BAD_INPUT
+
+
+class RegistryError(HabanaError):
+    """A registry could not answer a question definitively (network, auth, server error)."""
+
+    exit_code = UNKNOWN_STATE
+    transient = True
+
+
+class ManifestUnknown(RegistryError):
+    """The registry said, authenticated, that this manifest or repository does not exist: a
+    definite answer (a wrong reference), not a state to retry."""
+
+    exit_code = FAILED
+    transient = False
+
+
+class TransientHTTPError(HabanaError):
+    """Retries ran out (or the deadline passed) on a transient failure."""
+
+    exit_code = UNKNOWN_STATE
+    transient = True
+
+
+class BodyError(TransientHTTPError):
+    """A response body was refused while it arrived; never retried (the same server would
+    send the same body)."""
+
+
+class BodyDeadlineError(BodyError):
+    """A response body was still arriving when its deadline passed."""
+
+
+class BodyTooSlowError(BodyError):
+    """A response body arrived below the rate floor for the whole window (a trickling server)."""
+
+
+class BodyTooLargeError(BodyError):
+    """A response body was larger than the bound for what it is (a manifest, a package)."""
+
+    transient = False  # the same server would send the same body
+
+
+class DigestMismatchError(RegistryError):
+    """A registry body does not hash to the digest it was served under."""
+
+
+class DriverPackageError(HabanaError):
+    """A vendor package could not be fetched or does not hold what the build needs."""
+
+
+# Lines that say a step failed without saying why: podman's and make's wrappers.
+WRAPPER_LINE = re.compile(
+    r"^(Error: building at STEP|(\[\d+/\d+\] )?STEP \d+/\d+: |make(\[\d+\])?: \*\*\*|"
+    r"error running container|"
+    r"subprocess exited with status|time=\S+ level=)"
+)
+# Lines that say why: compiler and modpost errors, missing files, refusals.
+CAUSE_LINE = re.compile(
+    r"(?i)(\berror\b|undefined!|\bfatal\b|no such file|not found|permission denied|refused|"
+    r"resource busy)"
+)
+
+
+def cause_of(tail: Sequence[str]) -> str:
+    """The first line of a failed command's output tail that says why (e.g. `ERROR: modpost:
+    "hwmon_device_register_with_info" [...] undefined!`), else its last line."""
+    lines = [line.strip() for line in tail if line.strip()]
+    for line in lines:
+        if CAUSE_LINE.search(line) and not WRAPPER_LINE.match(line):
+            return line
+    return lines[-1] if lines else "no output"
+
+
+class CommandError(HabanaError):
+    """An external command failed. The message is one line (command, exit status or signal,
+    the line that says why); `details` adds the full command line, quoted, and the last lines
+    of its output, for the log and the terminal."""
+
+    DETAIL_LINES = 10
+
+    def __init__(self, argv: Sequence[str], returncode: int, tail: Sequence[str]) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.tail = list(tail)
+        status = f"exited with {returncode}"
+        if returncode < 0:
+            with contextlib.suppress(ValueError):
+                status = f"was stopped by {signal.Signals(-returncode).name}"
+        super().__init__(f"{shlex.join(self.argv[:2])} {status}: {cause_of(self.tail)}")
+
+    @property
+    def details(self) -> str:
+        last = [line for line in self.tail if line.strip()][-self.DETAIL_LINES :]
+        return "\n".join(
+            [f"command: {shlex.join(self.argv)}", "last lines:", *(f"  {line}" for line in last)]
+        )
+
+
+class CommandTimeout(CommandError):
+    """A command outlived its deadline and was killed."""
+
+
+class CheckError(HabanaError):
+    """A built image failed a check; it must not be published."""
+
+    exit_code = TARGET_FAILED
+
+
+class Interrupted(HabanaError):
+    """The user pressed Ctrl-C; every child process was stopped, no tag was moved."""
+
+    exit_code = INTERRUPTED
+    word = "interrupted"
+
+    def __init__(
+        self, message: str, results: Sequence[object] = (), report: Path | None = None
+    ) -> None:
+        super().__init__(message)
+        # What each target came to (JobResult records) and where report.json holds them.
+        self.results = list(results)
+        self.report = report
+
+
+class Terminated(Interrupted):
+    """SIGTERM (timeout, systemd, Kubernetes, CI cancellation): handled exactly like Ctrl-C."""
+
+    exit_code = TERMINATED
+    word = "terminated"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What went wrong for one target or one input, from the boundary that saw it to the
+    summary and report.json: the step, why (one line), the input concerned, and whether
+    retrying later with nothing changed may succeed."""
+
+    step: str  # "resolve", "registry state", "build", "check", "load test", "push", "delete" ...
+    why: str
+    subject: str = ""  # the input: an image reference, a package, a tag
+    transient: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.why}" if self.subject else self.why
+
+    @classmethod
+    def of(cls, step: str, exc: HabanaError, subject: str = "") -> Failure:
+        return cls(step, str(exc), subject, exc.transient)
+
+
+def combined(failures: Sequence[Failure]) -> Failure:
+    """Several failures of one target as one record: transient only if every part is."""
+    if len(failures) == 1:
+        return failures[0]
+    text = "; ".join(dict.fromkeys(str(f) for f in failures))
+    return Failure(failures[0].step, text, "", all(f.transient for f in failures))
+
+
+def exit_code_for(failures: Iterable[Failure | None]) -> int:
+    """A run's exit code from its targets' failures: a definite failure outranks an unknown."""
+    found = [f for f in failures if f is not None]
+    if not found:
+        return OK
+    return UNKNOWN_STATE if all(f.transient for f in found) else TARGET_FAILED
+
+
+def internal_error(exc: BaseException) -> str:
+    """The one line a bug ends with; the traceback goes to a file the line names."""
+    with tempfile.NamedTemporaryFile(
+        "w", prefix="habana-ai-driver-", suffix=".traceback", delete=False
+    ) as out:
+        traceback.print_exception(exc, file=out)
+    return (
+        f"internal error: {type(exc).__name__}: {str(exc)[:200]} "
+        f"(a bug; the traceback is in {out.name})"
+    )

@@ -1,0 +1,295 @@
+"""The one place that starts external processes.
+
+Every command is an argv list with stdin closed, in its own process group (so Ctrl-C stops the whole
+tree), its output streamed line by line to a callback and its tail kept for the error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from habana_tasks.core.errors import CommandError, CommandTimeout, Interrupted, Terminated
+
+LineSink = Callable[[str], None]
+TAIL_LINES = 40
+TERMINATE_GRACE_SECONDS = 5.0
+# kmod's modinfo/depmod/modprobe live in /sbin, which an ordinary user's PATH often lacks.
+SYSTEM_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+class TerminationSignal(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds exactly like Ctrl-C."""
+
+
+def _raise_termination(signum: int, frame: object) -> None:
+    raise TerminationSignal
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM stops children and moves no tag, as Ctrl-C does."""
+    previous = signal.signal(signal.SIGTERM, _raise_termination)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interruption(exc: KeyboardInterrupt) -> type[Interrupted]:
+    """The error (and exit code) an interrupt ends a run with: 143 for SIGTERM, else 130."""
+    return Terminated if isinstance(exc, TerminationSignal) else Interrupted
+
+
+def find_tool(name: str) -> str | None:
+    """The full path of a command: PATH first, then the system directories."""
+    path = os.pathsep.join([os.environ.get("PATH", os.defpath), *SYSTEM_DIRS])
+    return shutil.which(name, path=path)
+
+
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a child, in the C locale: the product parses what podman,
+    openssl, kmod and coreutils print (causes, versions, symbols), so a user's language must not
+    change a decision. LANGUAGE is dropped too (gettext prefers it to LC_ALL elsewhere)."""
+    env = {k: v for k, v in os.environ.items() if k != "LANGUAGE"}
+    env["LC_ALL"] = "C"
+    env.update(extra or {})
+    return env
+
+
+@dataclass(frozen=True)
+class Completed:
+    """What a finished command left: exit code, the lines it printed (when kept) and its tail."""
+
+    returncode: int
+    output: tuple[str, ...]
+    tail: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.output)
+
+
+class ProcessRunner:
+    """Runs commands and remembers the live ones so that an interrupt can stop them all."""
+
+    def __init__(self) -> None:
+        self._live: set[subprocess.Popen[str]] = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        on_line: LineSink | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+        keep_output: bool = False,
+    ) -> Completed:
+        """Run argv to completion, streaming each output line (stdout and stderr merged)."""
+        argv = [str(a) for a in argv]
+        # Messages keep the command as given; only the executable is resolved.
+        resolved = argv if "/" in argv[0] else [find_tool(argv[0]) or argv[0], *argv[1:]]
+        if self._stopping.is_set():
+            raise CommandError(argv, -signal.SIGINT, ["not started: interrupted"])
+        full_env = child_environment(env)
+        try:
+            proc = subprocess.Popen(
+                resolved,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=full_env,
+                cwd=cwd,
+                text=True,
+                errors="replace",
+                bufsize=1,
+            )
+        except OSError as exc:
+            raise CommandError(argv, 127, [f"cannot start {argv[0]}: {exc.strerror}"]) from exc
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+        kept: list[str] = []
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                tail.append(line)
+                if keep_output:
+                    kept.append(line)
+                if on_line is not None:
+                    on_line(line)
+
+        reader = threading.Thread(target=pump, daemon=True)
+        with self._lock:
+            self._live.add(proc)
+        reader.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _terminate(proc)
+            reader.join()
+            raise CommandTimeout(
+                argv, -signal.SIGKILL, [*tail, f"killed after {timeout:g} s"]
+            ) from None
+        except BaseException:
+            _terminate(proc)
+            raise
+        finally:
+            with self._lock:
+                self._live.discard(proc)
+        reader.join()
+        done = Completed(proc.returncode, tuple(kept), tuple(tail))
+        if check and proc.returncode != 0:
+            raise CommandError(argv, proc.returncode, list(tail))
+        return done
+
+    def terminate_all(self) -> None:
+        """Stop every running command (and its children) and refuse to start new ones."""
+        self._stopping.set()
+        with self._lock:
+            live = list(self._live)
+        for proc in live:
+            _terminate(proc)
+
+
+def _terminate(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM the process group, then SIGKILL it if it has not gone after a grace period; then
+    wait until every process the command had started is gone too.
+
+    A container runtime puts a build's RUN step in its own session (runc: `runc init`, then the
+    step's shell and make), out of reach of the group signal; podman stops it as it exits, but
+    runc may still be cleaning up after podman has gone. "Stopped" is only true once they have
+    gone, under every isolation, so they are remembered before the signal and waited for."""
+    if proc.poll() is not None:
+        return
+    tree = ProcessTree(proc.pid)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=TERMINATE_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        proc.wait()
+    tree.wait_gone(TERMINATE_GRACE_SECONDS)
+
+
+# Long-lived helpers podman shares between commands (rootless podman's pause process): never
+# part of one command's work, so never stopped with it.
+SHARED_HELPERS = frozenset(("catatonit", "podman pause"))
+POLL_SECONDS = 0.05
+
+
+def _stat(pid: int) -> tuple[str, int, int, str] | None:
+    """(name, parent pid, start time, state) of a live process, from /proc; None if gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
+    return name, int(fields[1]), int(fields[19]), fields[0]
+
+
+class ProcessTree:
+    """The processes below a root pid, remembered by (pid, start time) so that a reused pid is
+    never mistaken for one of them; children they start later join as they are seen."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.known: dict[int, int] = {}
+        root_stat = _stat(root)
+        if root_stat is not None:
+            self.known[root] = root_stat[2]
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Add every live process whose parent is a remembered one (to a fixed point)."""
+        children: dict[int, list[tuple[int, str, int]]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            found = _stat(int(entry.name))
+            if found is not None and found[0] not in SHARED_HELPERS:
+                children.setdefault(found[1], []).append((int(entry.name), found[0], found[2]))
+        todo = [pid for pid in self.known if self._alive(pid)]
+        while todo:
+            for pid, _, started in children.get(todo.pop(), []):
+                if pid not in self.known:
+                    self.known[pid] = started
+                    todo.append(pid)
+
+    def _alive(self, pid: int) -> bool:
+        found = _stat(pid)
+        return found is not None and found[2] == self.known[pid] and found[3] != "Z"
+
+    def alive(self) -> list[int]:
+        return [pid for pid in self.known if pid != self.root and self._alive(pid)]
+
+    def wait_gone(self, grace: float) -> None:
+        """Wait up to grace seconds for every remembered process to end, then SIGKILL the
+        rest and wait for them (a killed process goes within moments)."""
+        deadline = time.monotonic() + grace
+        killed = False
+        while True:
+            self.refresh()
+            left = self.alive()
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                if killed:
+                    return  # unkillable (uninterruptible sleep): nothing more can be done
+                for pid in left:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                killed = True
+                deadline = time.monotonic() + grace
+            time.sleep(POLL_SECONDS)
+
+
+def spawn_service(argv: Sequence[str], log_path: Path) -> int:
+    """Start a long-running service detached from this run; returns its pid (its group id too)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [str(a) for a in argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc.pid
+
+
+def stop_service(pid: int) -> bool:
+    """Stop a service started by spawn_service; False when it was not running."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def service_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

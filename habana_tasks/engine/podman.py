@@ -1,0 +1,193 @@
+"""podman command lines (pure, asserted in tests) and the operations that run them."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from habana_tasks.core.errors import CommandError, cause_of
+from habana_tasks.core.process import LineSink, ProcessRunner
+from habana_tasks.engine.isolation import BuildIsolation
+
+PODMAN = "podman"
+# Failures of the container runtime itself, not of the build: the runtime's copy of its own
+# binary into a sealed memfd can meet EBUSY while the host is busy (seen with buildah's chroot
+# isolation). The same build, run again, passes; any other failure is the build's own.
+TRANSIENT_RUNTIME_FAILURES = ("sealing memfd copy: Device or resource busy",)
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything `podman build` is given; build args and labels never hold secrets."""
+
+    context: Path
+    containerfile: Path
+    iidfile: Path
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    tags: Sequence[str] = ()
+    no_cache: bool = False
+    # --isolation, chosen per host by habana_tasks.engine.isolation (None: podman's own default).
+    isolation: str | None = None
+    # Build secrets: id -> file. Only the path is on the command line; podman mounts the file
+    # for the RUN steps that ask for it and never stores it in a layer.
+    secrets: Mapping[str, Path] = field(default_factory=dict)
+
+    @property
+    def argv(self) -> list[str]:
+        # --pull=never: every FROM image was pulled by digest before, one at a time, so that
+        # parallel builds never pull into the shared storage at once.
+        argv = [PODMAN, "build", "--pull=never", "--layers", "--file", str(self.containerfile)]
+        argv += ["--iidfile", str(self.iidfile)]
+        if self.isolation:
+            argv += ["--isolation", self.isolation]
+        if self.no_cache:
+            argv.append("--no-cache")
+        for key, value in sorted(self.build_args.items()):
+            argv += ["--build-arg", f"{key}={value}"]
+        for key, value in sorted(self.labels.items()):
+            argv += ["--label", f"{key}={value}"]
+        for tag in self.tags:
+            argv += ["--tag", tag]
+        for secret, path in sorted(self.secrets.items()):
+            argv += ["--secret", f"id={secret},src={path}"]
+        argv.append(str(self.context))
+        return argv
+
+
+def tls_flag(tls_verify: bool) -> list[str]:
+    return [] if tls_verify else ["--tls-verify=false"]
+
+
+def pull_argv(image: str, tls_verify: bool = True) -> list[str]:
+    return [PODMAN, "pull", "--quiet", *tls_flag(tls_verify), image]
+
+
+def push_argv(
+    image_id: str, destination: str, digestfile: Path, tls_verify: bool = True
+) -> list[str]:
+    return [
+        PODMAN,
+        "push",
+        "--quiet",
+        *tls_flag(tls_verify),
+        "--digestfile",
+        str(digestfile),
+        image_id,
+        f"docker://{destination}",
+    ]
+
+
+def export_argv(container: str, output: Path) -> list[str]:
+    return [PODMAN, "export", "--output", str(output), container]
+
+
+class Podman:
+    """The podman operations the pipeline needs, all through the one process runner."""
+
+    def __init__(self, runner: ProcessRunner, isolation: BuildIsolation | None = None) -> None:
+        self.runner = runner
+        self.isolation = isolation or BuildIsolation(runner)
+
+    def image_exists(self, image: str) -> bool:
+        done = self.runner.run([PODMAN, "image", "exists", image], check=False)
+        return done.returncode == 0
+
+    def pull(self, image: str, tls_verify: bool, on_line: LineSink | None = None) -> None:
+        self.runner.run(pull_argv(image, tls_verify), on_line=on_line)
+
+    def ensure(self, image: str, tls_verify: bool, on_line: LineSink | None = None) -> bool:
+        """Pull the image unless local storage has it; True when it was pulled."""
+        if self.image_exists(image):
+            return False
+        self.pull(image, tls_verify, on_line)
+        return True
+
+    def build(self, spec: BuildSpec, on_line: LineSink | None = None) -> str:
+        """Build with the isolation this host supports (asked once per run); the image ID."""
+        if spec.isolation is None:
+            spec = replace(spec, isolation=self.isolation.choose().flag)
+        spec.iidfile.unlink(missing_ok=True)
+        try:
+            self.runner.run(spec.argv, on_line=on_line)
+        except CommandError as exc:
+            if exc.returncode < 0 or not any(
+                signature in line for line in exc.tail for signature in TRANSIENT_RUNTIME_FAILURES
+            ):
+                raise
+            if on_line is not None:
+                on_line(f"the container runtime failed ({cause_of(exc.tail)}); building again once")
+            self.runner.run(spec.argv, on_line=on_line)
+        return spec.iidfile.read_text().strip()
+
+    def tag(self, image_id: str, name: str) -> None:
+        self.runner.run([PODMAN, "tag", image_id, name])
+
+    def push(
+        self,
+        image_id: str,
+        destination: str,
+        digestfile: Path,
+        tls_verify: bool,
+        on_line: LineSink | None = None,
+    ) -> str:
+        digestfile.unlink(missing_ok=True)
+        self.runner.run(push_argv(image_id, destination, digestfile, tls_verify), on_line=on_line)
+        return digestfile.read_text().strip()
+
+    @contextmanager
+    def _container(self, image: str, on_line: LineSink | None = None) -> Iterator[str]:
+        """A created, never started container of the image, removed afterwards."""
+        name = f"habana-{uuid.uuid4().hex[:12]}"
+        self.runner.run([PODMAN, "create", "--name", name, image, "/bin/true"], on_line=on_line)
+        try:
+            yield name
+        finally:
+            self.runner.run([PODMAN, "rm", "--force", name], check=False)
+
+    def export_rootfs(self, image: str, output: Path, on_line: LineSink | None = None) -> None:
+        """The image's filesystem as a tar, without running anything inside it."""
+        with self._container(image, on_line) as name:
+            self.runner.run(export_argv(name, output), on_line=on_line)
+
+    def copy_files_from_image(
+        self, image: str, wanted: Mapping[str, Iterable[str]], dest_dir: Path
+    ) -> dict[str, str]:
+        """Copy files out of one created (never started) container: each name in `wanted` gets
+        the first of its candidate paths that the image holds as a file. Returns name -> path."""
+        found: dict[str, str] = {}
+        with self._container(image) as name:
+            for dest_name, candidates in wanted.items():
+                dest = dest_dir / dest_name
+                for path in candidates:
+                    done = self.runner.run([PODMAN, "cp", f"{name}:{path}", str(dest)], check=False)
+                    # A link copied as a link would name a path on this host: not the file.
+                    if done.returncode == 0 and dest.is_file() and not dest.is_symlink():
+                        found[dest_name] = path
+                        break
+                    if dest.is_symlink() or dest.is_file():
+                        dest.unlink()
+                    elif dest.is_dir():
+                        shutil.rmtree(dest)
+        return found
+
+    def image_label(self, image: str, label: str) -> str | None:
+        try:
+            done = self.runner.run(
+                [PODMAN, "image", "inspect", "--format", f'{{{{index .Labels "{label}"}}}}', image],
+                keep_output=True,
+            )
+        except CommandError:
+            return None
+        value = done.text.strip()
+        return value if value and value != "<no value>" else None
+
+    def import_tarball(self, tarball: Path, name: str, changes: Sequence[str]) -> None:
+        argv = [PODMAN, "import"]
+        for change in changes:
+            argv += ["--change", change]
+        self.runner.run([*argv, str(tarball), name])

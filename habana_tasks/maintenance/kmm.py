@@ -1,0 +1,150 @@
+"""A KMM `Module` for one driver version, mapping exactly the kernels the library holds."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from habana_tasks.build import labels
+from habana_tasks.config.targets import BuildTarget, Config
+from habana_tasks.core.errors import HabanaError, UsageError
+from habana_tasks.registry.client import Existence, RegistryClient
+
+API_VERSION = "kmm.sigs.x-k8s.io/v1beta1"
+# The driver requests firmware as "habanalabs/gaudi/<file>", relative to the firmware search path.
+# The image ships it at /opt/lib/firmware/habanalabs/gaudi/, and KMM copies the *contents* of
+# firmwarePath into the node's search path, so firmwarePath is /opt/lib/firmware (one level
+# deeper, /opt/lib/firmware/habanalabs, would make the driver's requests miss).
+FIRMWARE_PATH = "/opt/lib/firmware"
+MODULES_DIR = "/opt"
+# Nodes with a Habana device (PCI vendor 0x1da3), as labelled by Node Feature Discovery.
+NODE_SELECTOR = {"feature.node.kubernetes.io/pci-1da3.present": "true"}
+
+
+@dataclass(frozen=True)
+class KmmSigning:
+    """KMM signs in the cluster: the Secrets holding the key (`key`) and certificate (`cert`),
+    and the repository it pushes the signed images to (same tag as the unsigned one)."""
+
+    key_secret: str
+    cert_secret: str
+    signed_repository: str
+
+
+def signing_request(
+    config: Config,
+    key_secret: str | None,
+    cert_secret: str | None,
+    signed_repository: str | None,
+) -> KmmSigning | None:
+    """The in-cluster signing the options ask for (both Secrets, or neither), checked before
+    any request; None without them."""
+    if bool(key_secret) != bool(cert_secret):
+        raise UsageError("--sign-key-secret and --sign-cert-secret go together: give both")
+    if signed_repository and not key_secret:
+        raise UsageError("--signed-repository needs --sign-key-secret and --sign-cert-secret")
+    if not (key_secret and cert_secret):
+        return None
+    repository = signed_repository or f"{config.repository}-signed"
+    if repository == config.repository:
+        raise UsageError(
+            f"--signed-repository {repository!r}: KMM pushes the signed images there; it "
+            "must differ from the library's repository, which holds the unsigned ones"
+        )
+    return KmmSigning(key_secret, cert_secret, repository)
+
+
+def files_to_sign(target: BuildTarget) -> list[str]:
+    """Every module path in the image (under dirName), as KMM's filesToSign wants them."""
+    return [f"{MODULES_DIR}/lib/modules/{target.kernel}/extra/{m}.ko" for m in target.modules]
+
+
+def kernel_mapping(target: BuildTarget, sign: KmmSigning | None) -> dict[str, Any]:
+    if sign is None:
+        return {"literal": target.kernel, "containerImage": target.image}
+    return {
+        "literal": target.kernel,
+        "containerImage": f"{sign.signed_repository}:{target.tag}",
+        "sign": {
+            "unsignedImage": target.image,
+            "keySecret": {"name": sign.key_secret},
+            "certSecret": {"name": sign.cert_secret},
+            "filesToSign": files_to_sign(target),
+        },
+    }
+
+
+def loading_order(modules: Sequence[str]) -> list[str]:
+    """`modules` is in load order; the CRD's modulesLoadingOrder is the reverse: "upmost module,
+    then the module it depends on", and KMM loads it from the last element to the first, with
+    moduleName equal to the first element. So independent modules load in their declared order."""
+    return list(reversed(modules))
+
+
+def module_manifest(
+    targets: Sequence[BuildTarget],
+    *,
+    name: str = "habanalabs",
+    namespace: str = "habana-ai-operator",
+    with_firmware: bool = False,
+    sign: KmmSigning | None = None,
+) -> dict[str, Any]:
+    """Literal kernelMappings, one per target, each naming its exact image tag."""
+    if not targets:
+        raise ValueError("no images to map")
+    order = loading_order(targets[0].modules)
+    modprobe: dict[str, Any] = {"moduleName": order[0], "dirName": MODULES_DIR}
+    if len(order) > 1:
+        modprobe["modulesLoadingOrder"] = order
+    if with_firmware:
+        modprobe["firmwarePath"] = FIRMWARE_PATH
+    mappings = [kernel_mapping(t, sign) for t in sorted(targets, key=lambda t: t.kernel)]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Module",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "moduleLoader": {"container": {"modprobe": modprobe, "kernelMappings": mappings}},
+            "selector": dict(NODE_SELECTOR),
+        },
+    }
+
+
+def library_module(
+    config: Config,
+    driver: str,
+    registry: RegistryClient,
+    *,
+    name: str = "habanalabs",
+    namespace: str = "habana-ai-operator",
+    sign: KmmSigning | None = None,
+) -> dict[str, Any]:
+    """The Module for one driver, mapping every kernel whose image the repository holds."""
+    targets = config.select(driver=driver)
+    with ThreadPoolExecutor(16) as pool:
+        remote = list(pool.map(lambda t: registry.inspect(t.image), targets))
+    unknown = [r for r in remote if r.existence is Existence.UNKNOWN]
+    if unknown:
+        raise HabanaError(f"{unknown[0].reference}: {unknown[0].error}")
+    present = [
+        (t, r) for t, r in zip(targets, remote, strict=True) if r.existence is Existence.PRESENT
+    ]
+    if not present:
+        raise HabanaError(f"{config.repository} holds no image for driver {driver}; build first")
+    signed = [(t.image, r.labels) for t, r in present if r.labels.get(labels.SIGNING) == "signed"]
+    if sign is not None and signed:
+        image, found = signed[0]
+        raise UsageError(
+            f"{image} is already signed (by {found.get(labels.SIGNER, 'an unnamed signer')!r}); "
+            "KMM's sign flow is for unsigned images: drop --sign-key-secret/--sign-cert-secret"
+        )
+    held = [t for t, _ in present]
+    return module_manifest(
+        held,
+        name=name,
+        namespace=namespace,
+        with_firmware=held[0].firmware_url is not None,
+        sign=sign,
+    )

@@ -1,0 +1,311 @@
+"""Upgrade preflight: will nodes still get a driver after an upgrade? Answered from the registry
+alone, before the upgrade: for each OpenShift release (its kernel, through the same release ->
+driver-toolkit -> kernel lookup `discover` uses) or each node of a `kubectl get nodes -o json`, and
+each driver: is the image there, load-tested, signed (when the library signs), and current?
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from habana_tasks.build import labels
+from habana_tasks.build.plan import Action, BuildJob
+from habana_tasks.build.service import PlannedRun
+from habana_tasks.config.kernel_release import KNOWN_ARCHES, derive_arch
+from habana_tasks.config.tags import image_tag
+from habana_tasks.config.targets import BuildTarget, Config
+from habana_tasks.core import local_files
+from habana_tasks.core.errors import (
+    NOT_READY,
+    OK,
+    UNKNOWN_STATE,
+    ConfigError,
+    Failure,
+    RegistryError,
+    UsageError,
+)
+from habana_tasks.maintenance import discover
+from habana_tasks.registry.client import Existence, RegistryClient, RemoteImage
+
+# Kubernetes' node architecture names (GOARCH) -> kernel architecture names.
+NODE_ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x"}
+
+
+@dataclass(frozen=True)
+class KernelSource:
+    """Where a kernel to check comes from: an OpenShift release or a node."""
+
+    origin: str  # "OpenShift 4.16.12 (x86_64)" or "node worker-1"
+    kernel: str | None  # None: it could not be resolved (error says why)
+    arch: str
+    error: str | None = None
+    release: str | None = None  # the OpenShift release, e.g. 4.16.12
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One kernel x driver: every question answered, and what to do when one is "no"."""
+
+    origin: str
+    kernel: str
+    driver: str
+    image: str
+    present: bool
+    load_tested: bool
+    signed: bool | None  # None: the library does not sign
+    current: bool
+    ok: bool
+    detail: str
+    action: str
+
+
+def release_kernels(
+    registry: RegistryClient, repository: str, releases: Sequence[str], arch: str
+) -> list[KernelSource]:
+    """Each release's kernel, read from its driver-toolkit through the registry API."""
+    sources = []
+    for version in releases:
+        origin = f"OpenShift {version} ({arch})"
+        found = discover.read_release(registry, repository, version, arch, f"{version}-{arch}")
+        if isinstance(found, Failure):
+            sources.append(KernelSource(origin, None, arch, f"cannot resolve: {found}", version))
+        else:
+            sources.append(KernelSource(origin, found.kernel, arch, release=version))
+    return sources
+
+
+def node_kernels(path: Path) -> list[KernelSource]:
+    """`kubectl get nodes -o json`: kernel and architecture of every node."""
+    try:
+        data = json.loads(local_files.read_text(path, local_files.NODES_JSON))
+    except local_files.LocalFileError as exc:
+        raise ConfigError([str(exc)]) from exc
+    except ValueError as exc:
+        raise ConfigError(
+            [f"{path}: not JSON ({exc}); expected `kubectl get nodes -o json`"]
+        ) from exc
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not items:
+        raise ConfigError([f"{path}: items: expected a non-empty list of nodes"])
+    sources, problems = [], []
+    for index, node in enumerate(items):
+        where = f"{path}: items[{index}]"
+        info = _get(node, "status", "nodeInfo")
+        name = _get(node, "metadata", "name") or f"#{index}"
+        kernel = info.get("kernelVersion") if isinstance(info, dict) else None
+        node_arch = info.get("architecture") if isinstance(info, dict) else None
+        if not isinstance(kernel, str) or not kernel.strip():
+            problems.append(
+                f"{where}.status.nodeInfo.kernelVersion = {kernel!r}: expected `uname -r`"
+            )
+            continue
+        arch = NODE_ARCHES.get(str(node_arch)) or derive_arch(kernel)
+        if arch is None or arch not in KNOWN_ARCHES:
+            problems.append(
+                f"{where}.status.nodeInfo.architecture = {node_arch!r}: expected one of "
+                f"{', '.join(NODE_ARCHES)}"
+            )
+            continue
+        sources.append(KernelSource(f"node {name}", kernel.strip(), arch))
+    if problems:
+        raise ConfigError(problems)
+    return sources
+
+
+def _get(node: Any, *keys: str) -> Any:
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def answer(
+    source: KernelSource,
+    driver: str,
+    config: Config,
+    jobs: Mapping[tuple[str, str], BuildJob],
+    labels_of: Callable[[str], Mapping[str, str] | None],
+) -> Answer:
+    """The answers for one kernel x driver (pure: the plan and the remote labels are given)."""
+    assert source.kernel is not None
+    kernel = source.kernel
+    job = jobs.get((kernel, driver))
+    image = job.target.image if job else f"{config.repository}:{image_tag(driver, kernel)}"
+    found = labels_of(image)
+    present = found is not None
+    image_labels = found or {}
+    tested = image_labels.get(labels.LOAD_TESTED) == "true"
+    signed = None if config.signing is None else image_labels.get(labels.SIGNING) == "signed"
+    current = job is not None and job.action is Action.SKIP
+    build = f"invoke build --kernel {kernel} --driver {driver}"
+    if job is None:
+        detail = "kernel not in versions.toml"
+        minor = ".".join((source.release or "").split(".")[:2])
+        action = (
+            f"invoke discover --minor {minor} --arch {source.arch} --driver {driver} "
+            "&& invoke build-all"
+            if source.release
+            else f'add [[kernels]] release = "{kernel}", drivers = ["{driver}"] to versions.toml, '
+            f"then {build}"
+        )
+    elif job.action is Action.FAIL:
+        detail, action = f"cannot tell: {job.reason}", "fix the error above, then run again"
+    elif not present:
+        detail, action = "no image", build
+    elif not (current and tested and signed is not False):
+        why = [w for w, bad in (("stale: " + job.reason.removeprefix("stale: "), not current),
+                                ("not load-tested", not tested),
+                                ("unsigned", signed is False)) if bad]  # fmt: skip
+        detail, action = "; ".join(why), build
+    else:
+        detail, action = "ready", ""
+    ok = present and tested and current and signed is not False
+    return Answer(
+        source.origin, kernel, driver, image, present, tested, signed, current, ok, detail, action
+    )
+
+
+def to_json(answers: Sequence[Answer], errors: Sequence[str]) -> str:
+    return json.dumps(
+        {"ok": not errors and all(a.ok for a in answers),
+         "answers": [asdict(a) for a in answers], "errors": list(errors)},
+        indent=2,
+    )  # fmt: skip
+
+
+def yes_no(value: bool | None) -> str:
+    return "n/a" if value is None else ("yes" if value else "**no**")
+
+
+def to_markdown(answers: Sequence[Answer], errors: Sequence[str], repository: str) -> str:
+    """For a job summary: one row per kernel x driver, what to do under each "no"."""
+    verdict = "ready" if not errors and all(a.ok for a in answers) else "NOT ready"
+    lines = [
+        f"# Upgrade preflight: {verdict}",
+        "",
+        f"Library: `{repository}`",
+        "",
+        "| source | kernel | driver | image | load-tested | signed | current | to do |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for a in answers:
+        lines.append(
+            f"| {a.origin} | `{a.kernel}` | {a.driver} | {yes_no(a.present)} | "
+            f"{yes_no(a.load_tested)} | {yes_no(a.signed)} | {yes_no(a.current)} | "
+            f"{f'`{a.action}`' if a.action else '-'} |"
+        )
+    lines += ["", *(f"- error: {e}" for e in errors)] if errors else []
+    return "\n".join(lines) + "\n"
+
+
+def drivers_for(config: Config, wanted: Sequence[str]) -> list[str]:
+    known = sorted({t.driver for t in config.targets})
+    unknown = [d for d in wanted if d not in known]
+    if unknown:
+        raise UsageError(
+            f"--driver {unknown[0]}: not a driver of {config.path}",
+            hint=f"known: {', '.join(known)}",
+        )
+    return list(wanted) or known
+
+
+class Planner(Protocol):
+    def __call__(self, targets: Sequence[BuildTarget]) -> PlannedRun: ...
+
+
+def check(
+    config: Config,
+    sources: Sequence[KernelSource],
+    drivers: Sequence[str],
+    registry: RegistryClient,
+    plan: Planner,
+) -> tuple[list[Answer], list[str], int]:
+    """Every answer, every error (a source or image that cannot be told: never a "no"), and the
+    registry requests it took. The plan is the build plan: "current" means build-all would skip."""
+    errors = [f"{s.origin}: {s.error}" for s in sources if s.error]
+    kernels = {s.kernel for s in sources if s.kernel}
+    targets = [t for t in config.targets if t.kernel in kernels and t.driver in drivers]
+    jobs: dict[tuple[str, str], BuildJob] = {}
+    remote: dict[str, RemoteImage] = {}
+    requests = 0
+    if targets:
+        planned = plan(targets)
+        jobs = {(j.target.kernel, j.target.driver): j for j in planned.jobs}
+        remote = {
+            j.target.image: planned.remote[j.target.tag]
+            for j in planned.jobs
+            if j.target.tag in planned.remote
+        }
+        requests += planned.registry.requests_sent
+
+    def labels_of(image: str) -> Mapping[str, str] | None:
+        found = remote.get(image) or registry.inspect(image)
+        if found.existence is Existence.UNKNOWN:
+            raise RegistryError(f"{image}: {found.error or 'registry error'}")
+        return found.labels if found.existence is Existence.PRESENT else None
+
+    answers = []
+    for source in sources:
+        for driver in drivers if source.kernel else ():
+            try:
+                answers.append(answer(source, driver, config, jobs, labels_of))
+            except RegistryError as exc:
+                errors.append(f"{source.origin}, driver {driver}: cannot tell: {exc}")
+    return answers, errors, requests + registry.requests_sent
+
+
+@dataclass(frozen=True)
+class PreflightReport:
+    """Every answer, every question that could not be answered, and what it took."""
+
+    answers: tuple[Answer, ...]
+    problems: tuple[str, ...]
+    requests: int
+    seconds: float
+
+    @property
+    def ready(self) -> bool:
+        return not self.problems and all(a.ok for a in self.answers)
+
+    @property
+    def exit_code(self) -> int:
+        """Unknown outranks "no": an unanswered question is never reported as not ready."""
+        if self.problems:
+            return UNKNOWN_STATE
+        return OK if self.ready else NOT_READY
+
+    @property
+    def verdict(self) -> str:
+        return (
+            f"{'ready' if self.ready else 'NOT ready'}: {len(self.answers)} answer(s) in "
+            f"{self.seconds:.2f} s ({self.requests} HTTP requests)"
+        )
+
+
+def run_preflight(
+    config: Config,
+    registry: RegistryClient,
+    plan: Planner,
+    *,
+    openshift: Sequence[str] = (),
+    nodes: Path | None = None,
+    drivers: Sequence[str] = (),
+    arch: str = "x86_64",
+    release_repository: str | None = None,
+) -> PreflightReport:
+    """The kernels of the given OpenShift releases (or nodes) against the library, per driver."""
+    if bool(openshift) == bool(nodes):
+        raise UsageError("give the releases (--openshift 4.16.12, repeatable) or --nodes FILE")
+    chosen = drivers_for(config, drivers)
+    started = time.monotonic()
+    if nodes is not None:
+        sources = node_kernels(nodes)
+    else:
+        repository = release_repository or config.discover.release_repository
+        sources = release_kernels(registry, repository, openshift, arch)
+    answers, problems, requests = check(config, sources, chosen, registry, plan)
+    return PreflightReport(tuple(answers), tuple(problems), requests, time.monotonic() - started)

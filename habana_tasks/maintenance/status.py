@@ -1,0 +1,151 @@
+"""What the library holds against what the matrix names. The verdicts (current, stale, missing,
+unknown) are pure functions of a plan and registry state; library_status asks the registry."""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+
+from habana_tasks.build import labels
+from habana_tasks.build import service as build_service
+from habana_tasks.build.plan import Action, BuildJob
+from habana_tasks.config.project import Project
+from habana_tasks.config.targets import BuildTarget, Config
+from habana_tasks.core.errors import HabanaError
+from habana_tasks.registry.client import Existence, RemoteImage
+
+
+class State(enum.Enum):
+    CURRENT = "current"
+    STALE = "stale"
+    MISSING = "missing"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    kernel: str
+    driver: str
+    tag: str
+    image: str
+    state: State
+    reason: str
+    digest: str | None = None
+    size: int | None = None
+    created: str | None = None
+    load_tested: bool = False
+    openshift: tuple[str, ...] = ()
+    # "signed by <signer>", "unsigned", or None (no image, or an image from before signing labels)
+    signing: str | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Work for a builder: missing or stale (unknown is an error to look at, not work)."""
+        return self.state in (State.MISSING, State.STALE)
+
+
+def target_status(job: BuildJob, remote: RemoteImage) -> TargetStatus:
+    t = job.target
+    missing = TargetStatus(
+        t.kernel,
+        t.driver,
+        t.tag,
+        t.image,
+        State.MISSING,
+        "not in the repository",
+        openshift=t.openshift,
+    )
+    if remote.existence is Existence.UNKNOWN:
+        return replace(missing, state=State.UNKNOWN, reason=remote.error or "registry error")
+    if remote.existence is Existence.ABSENT:
+        return missing
+    found = replace(
+        missing,
+        digest=remote.digest,
+        size=remote.size,
+        created=remote.labels.get(labels.OCI + "created"),
+        load_tested=remote.labels.get(labels.LOAD_TESTED) == "true",
+        signing=signing_of(remote.labels),
+    )
+    if job.action is Action.SKIP:
+        return replace(found, state=State.CURRENT, reason=job.reason)
+    if job.action is Action.BUILD:
+        return replace(found, state=State.STALE, reason=job.reason.removeprefix("stale: "))
+    return replace(found, state=State.UNKNOWN, reason=f"cannot tell if current: {job.reason}")
+
+
+def signing_of(image_labels: Mapping[str, str]) -> str | None:
+    state = image_labels.get(labels.SIGNING)
+    if state == "signed":
+        return f"signed by {image_labels.get(labels.SIGNER, '?')}"
+    return state
+
+
+def statuses(jobs: Sequence[BuildJob], remote: Mapping[str, RemoteImage]) -> list[TargetStatus]:
+    return [target_status(job, remote[job.target.tag]) for job in jobs]
+
+
+def orphan_tags(tags: Iterable[str], targets: Iterable[BuildTarget]) -> list[str]:
+    """Tags in the repository that the matrix no longer names."""
+    named = {t.tag for t in targets}
+    return sorted(tag for tag in tags if tag not in named)
+
+
+def to_json(
+    items: Sequence[TargetStatus], orphans: Sequence[str] | None, errors: Sequence[str] = ()
+) -> str:
+    """`unnamed_tags` is null (never an empty list) when the tags could not be listed."""
+    rows = [{**asdict(s), "state": s.state.value} for s in items]
+    unnamed = None if orphans is None else list(orphans)
+    return json.dumps({"targets": rows, "unnamed_tags": unnamed, "errors": list(errors)}, indent=2)
+
+
+def to_markdown(items: Sequence[TargetStatus], repository: str) -> str:
+    """A catalogue a team can publish: kernel -> image by digest -> OpenShift versions."""
+    lines = [
+        f"# habanalabs driver images in `{repository}`",
+        "",
+        "| kernel | driver | image | OpenShift | load-tested | signing | built |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in sorted(items, key=lambda s: (s.kernel, s.driver)):
+        image = f"`{s.image.rsplit(':', 1)[0]}@{s.digest}`" if s.digest else f"_{s.state.value}_"
+        lines.append(
+            f"| `{s.kernel}` | {s.driver} | {image} | {', '.join(s.openshift) or '-'} | "
+            f"{'yes' if s.load_tested else 'no'} | {s.signing or '-'} | {s.created or '-'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def github_matrix(items: Sequence[TargetStatus]) -> str:
+    """Pending pairs as a GitHub Actions matrix (`fromJSON` of one line)."""
+    include = [{"kernel": s.kernel, "driver": s.driver, "tag": s.tag} for s in items if s.pending]
+    return json.dumps({"include": include}, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class LibraryStatus:
+    """Every pair's state, and the tags no longer named (None when they could not be listed)."""
+
+    items: tuple[TargetStatus, ...]
+    orphans: tuple[str, ...] | None
+    problems: tuple[str, ...]
+    summary: str
+
+    @property
+    def ok(self) -> bool:
+        """Every question answered: no unknown state, and the tags could be listed."""
+        return self.orphans is not None and not any(i.state is State.UNKNOWN for i in self.items)
+
+
+def library_status(project: Project, config: Config) -> LibraryStatus:
+    """What the repository holds against the matrix, with the registry asked once per question."""
+    run = build_service.resolve_and_plan(project, config, config.targets)
+    items = tuple(statuses(run.jobs, run.remote))
+    try:
+        tags = run.registry.list_tags(config.repository)
+    except HabanaError as exc:
+        return LibraryStatus(items, None, (f"cannot list tags: {exc}",), run.summary)
+    return LibraryStatus(items, tuple(orphan_tags(tags, config.targets)), (), run.summary)

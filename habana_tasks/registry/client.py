@@ -1,0 +1,301 @@
+"""OCI distribution API client: digests verified, tri-state existence, bounded retries, token auth.
+
+Lookups go through the HTTP API, never through podman or skopeo, so that one run asks each
+question once and concurrently.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from habana_tasks.config.image_reference import ImageReference
+from habana_tasks.core.archive import relative_name
+from habana_tasks.core.errors import (
+    DigestMismatchError,
+    ManifestUnknown,
+    RegistryError,
+    TransientHTTPError,
+)
+from habana_tasks.core.http_client import BodyReader, HTTPClient, host_of, short_reason
+from habana_tasks.registry.auth import Credentials, TokenFlow, find_credentials
+from habana_tasks.registry.layers import scan_layer
+from habana_tasks.registry.manifests import (
+    INDEX_TYPES,
+    MANIFEST_ACCEPT,
+    Manifest,
+    manifest_problem,
+    media_type_of,
+    select_platform,
+    sha256_digest,
+)
+from habana_tasks.registry.responses import (
+    error_codes,
+    json_object,
+    next_link,
+    raise_for_status,
+    says_absent,
+)
+
+MAX_PAGES = 1000
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """An image reference pinned to the manifest of one platform (what a FROM line uses)."""
+
+    requested: str
+    name: str
+    digest: str
+    index_digest: str | None
+
+    @property
+    def pinned(self) -> str:
+        return f"{self.name}@{self.digest}"
+
+
+class Existence(enum.Enum):
+    PRESENT = "present"
+    ABSENT = "absent"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class RemoteImage:
+    """What the repository holds under a tag. UNKNOWN carries the error and never means absent."""
+
+    reference: str
+    existence: Existence
+    digest: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    size: int | None = None
+    error: str | None = None
+
+
+class RegistryClient:
+    """Thread-safe; tokens cached per registry and scope."""
+
+    def __init__(
+        self,
+        insecure_registries: Iterable[str] = (),
+        http: HTTPClient | None = None,
+        credentials: Callable[[str, str], Credentials | None] = find_credentials,
+        blob_cache: Path | None = None,
+    ) -> None:
+        self.insecure = frozenset(insecure_registries)
+        self.http = http or HTTPClient()
+        # Blobs are immutable by digest: a config read once (labels) is never asked for again.
+        self.blob_cache = blob_cache
+        self.auth = TokenFlow(self.http, credentials)
+
+    @property
+    def requests_sent(self) -> int:
+        return self.http.requests_sent
+
+    # -- public questions ---------------------------------------------------------------------
+
+    def get_manifest(self, ref: ImageReference) -> Manifest:
+        url = f"{self._base(ref)}/manifests/{ref.reference}"
+        response = self._request("GET", url, ref, headers={"Accept": MANIFEST_ACCEPT})
+        if says_absent(response):
+            raise ManifestUnknown(f"{ref}: not found ({', '.join(sorted(error_codes(response)))})")
+        raise_for_status(response, f"{ref}")
+        body = response.content
+        digest = sha256_digest(body)
+        header = response.headers.get("Docker-Content-Digest")
+        if header and header != digest:
+            raise DigestMismatchError(
+                f"{ref}: registry says digest {header} but the manifest body hashes to {digest}"
+            )
+        if ref.digest and ref.digest != digest:
+            raise DigestMismatchError(f"{ref}: manifest body hashes to {digest}, not {ref.digest}")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise RegistryError(
+                f"{ref}: the manifest {ref.registry} served is not JSON ({len(body)} bytes)"
+            ) from None
+        media_type = media_type_of(data, response.headers.get("Content-Type", ""))
+        if why := manifest_problem(data, media_type):
+            raise RegistryError(f"{ref}: {ref.registry} served a malformed manifest: {why}")
+        return Manifest(ref, digest, media_type, body)
+
+    def resolve(self, image: str, arch: str) -> ResolvedImage:
+        """Pin an image to its linux/<arch> manifest digest (an index's child, if an index)."""
+        ref = ImageReference.parse(image)
+        manifest = self.get_manifest(ref)
+        index_digest = None
+        if manifest.media_type in INDEX_TYPES:
+            index_digest = manifest.digest
+            child = select_platform(manifest.json(), arch, str(ref))
+            manifest = self.get_manifest(ref.with_digest(child))
+        return ResolvedImage(image, ref.name, manifest.digest, index_digest)
+
+    def image_config(self, manifest: Manifest) -> dict[str, Any]:
+        """The image's config blob (labels, created, architecture), verified against its digest."""
+        data = manifest.json()
+        if manifest.media_type in INDEX_TYPES:
+            raise RegistryError(f"{manifest.reference}: is an index, expected an image manifest")
+        config = data.get("config", {})
+        digest = config.get("digest") if isinstance(config, dict) else None
+        if not isinstance(digest, str):
+            raise RegistryError(f"{manifest.reference}: manifest has no config digest")
+        blob = self.get_blob(manifest.reference, digest)
+        return json_object(blob, f"{manifest.reference}: config blob")
+
+    def get_blob(self, ref: ImageReference, digest: str) -> bytes:
+        cached = self.blob_cache / digest.replace(":", "-") if self.blob_cache else None
+        if cached is not None and cached.is_file():
+            body = cached.read_bytes()
+            if sha256_digest(body) == digest:
+                return body
+        url = f"{self._base(ref)}/blobs/{digest}"
+        response = self._request("GET", url, ref)
+        raise_for_status(response, f"{ref.name}@{digest} (blob)")
+        if sha256_digest(response.content) != digest:
+            raise DigestMismatchError(f"{ref.name}: blob {digest} does not hash to its digest")
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_name(f".{cached.name}.{threading.get_ident()}")
+            partial.write_bytes(response.content)
+            partial.replace(cached)
+        return response.content
+
+    def inspect(self, image: str) -> RemoteImage:
+        """Tri-state: PRESENT with labels, ABSENT only on an authenticated 404, else UNKNOWN."""
+        ref = ImageReference.parse(image)
+        try:
+            manifest = self.get_manifest(ref)
+            config = self.image_config(manifest)
+        except ManifestUnknown:
+            return RemoteImage(image, Existence.ABSENT)
+        except RegistryError as exc:
+            return RemoteImage(image, Existence.UNKNOWN, error=str(exc))
+        settings = config.get("config") or {}  # absent or null: an image without labels
+        labels = (settings.get("Labels") or {}) if isinstance(settings, dict) else None
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            why = f"{image}: config.Labels in its config blob is not a map of strings"
+            return RemoteImage(image, Existence.UNKNOWN, error=why)
+        # The manifest was validated: every layer is a descriptor with an integer size.
+        size = sum(layer["size"] for layer in manifest.json()["layers"])
+        return RemoteImage(image, Existence.PRESENT, manifest.digest, labels, size)
+
+    def list_tags(self, repository: str) -> list[str]:
+        """All tags of a repository, following Link pagination on the registry's own host only
+        (credentials never go elsewhere), never the same page twice, at most MAX_PAGES pages."""
+        ref = ImageReference.parse(repository)
+        origin = self._scheme(ref.api_host) + "://" + ref.api_host
+        url: str | None = f"{self._base(ref)}/tags/list?n=1000"
+        tags: list[str] = []
+        seen: set[str] = set()
+        while url:
+            if url in seen:
+                raise RegistryError(f"{repository} (tags): pagination loops back to {url}")
+            if len(seen) >= MAX_PAGES:
+                raise RegistryError(f"{repository} (tags): more than {MAX_PAGES} pages")
+            seen.add(url)
+            response = self._request("GET", url, ref)
+            if says_absent(response):
+                return []
+            raise_for_status(response, f"{repository} (tags)")
+            page = json_object(response.content, f"{repository} (tags): the tag list").get("tags")
+            page = [] if page is None else page
+            if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
+                raise RegistryError(f"{repository} (tags): 'tags' is not a list of strings")
+            tags.extend(page)
+            url = next_link(response, origin)
+            if url is not None and not url.startswith(origin + "/"):
+                raise RegistryError(
+                    f"{repository} (tags): the next page is on another host "
+                    f"({host_of(url)}); refused, credentials stay with {ref.api_host}"
+                )
+        return tags
+
+    def read_file(self, image: str, path: str, arch: str) -> bytes | None:
+        """One file from an image without pulling it: layers are read newest first, streamed as
+        tar, and each layer read is verified against its digest. None when no layer has it."""
+        ref = ImageReference.parse(image)
+        manifest = self.get_manifest(ref)
+        if manifest.media_type in INDEX_TYPES:
+            child = select_platform(manifest.json(), arch, str(ref))
+            manifest = self.get_manifest(ref.with_digest(child))
+        wanted = relative_name(path)
+        for layer in reversed(manifest.json().get("layers", [])):
+            digest, declared = layer["digest"], layer["size"]
+            response = self._request("GET", f"{self._base(ref)}/blobs/{digest}", ref, stream=True)
+            with response:
+                what = f"{ref.name}@{digest} (layer)"
+                raise_for_status(response, what)
+                body = BodyReader(
+                    response,
+                    self.http.retry,
+                    deadline=time.monotonic() + self.http.retry.download_deadline,
+                    limit=declared,
+                    what=what,
+                )
+                match = scan_layer(body, digest, what, wanted)
+            if match.content is not None or match.deleted:
+                return match.content
+        return None
+
+    def delete_manifest(self, ref: ImageReference, digest: str) -> None:
+        url = f"{self._base(ref)}/manifests/{digest}"
+        response = self._request("DELETE", url, ref, scope_action="delete")
+        raise_for_status(response, f"{ref.name}@{digest} (delete)")
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def _scheme(self, host: str) -> str:
+        return "http" if host in self.insecure else "https"
+
+    def _base(self, ref: ImageReference) -> str:
+        return f"{self._scheme(ref.api_host)}://{ref.api_host}/v2/{ref.repository}"
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        ref: ImageReference,
+        headers: dict[str, str] | None = None,
+        scope_action: str = "pull",
+        stream: bool = False,
+    ) -> requests.Response:
+        headers = dict(headers or {})
+        scope = f"repository:{ref.repository}:{scope_action}"
+        token = self.auth.known(ref, scope)
+        if token:
+            headers["Authorization"] = token
+        response = self._send(method, url, headers, stream)
+        if response.status_code == HTTPStatus.UNAUTHORIZED:
+            response.close()
+            challenge = response.headers.get("WWW-Authenticate", "")
+            headers["Authorization"] = self.auth.answer(
+                ref, scope, challenge, headers.get("Authorization")
+            )
+            response = self._send(method, url, headers, stream)
+            if response.status_code == HTTPStatus.UNAUTHORIZED:
+                raise RegistryError(
+                    f"{ref.name}: authentication refused (401); check `podman login {ref.registry}`"
+                )
+        return response
+
+    def _send(
+        self, method: str, url: str, headers: dict[str, str], stream: bool = False
+    ) -> requests.Response:
+        try:
+            return self.http.send(method, url, headers=headers, stream=stream)
+        except requests.exceptions.SSLError as exc:
+            raise RegistryError(f"{method} {host_of(url)}: TLS error: {short_reason(exc)}") from exc
+        except TransientHTTPError as exc:
+            raise RegistryError(str(exc)) from exc

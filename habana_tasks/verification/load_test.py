@@ -1,0 +1,311 @@
+"""Load test: boot the exact target kernel under qemu with the image itself as the initramfs,
+load the driver with the image's own modprobe (as KMM does) and read the verdict off the console.
+
+The guest is the node: the in-tree modules the image's modules.dep reaches through its `host` link
+are taken from the target kernel (its toolkit image) and put at /host/lib/modules/<release>, where
+KMM's worker pod sees the node's own modules. Only that dependency closure is added, so the
+initramfs stays small.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TextIO
+
+from habana_tasks.config.targets import BuildTarget, Config
+from habana_tasks.core.errors import CommandError, CommandTimeout, Failure, HabanaError
+from habana_tasks.core.process import LineSink
+from habana_tasks.engine.podman import Podman
+from habana_tasks.registry.client import RegistryClient
+from habana_tasks.verification import initramfs
+from habana_tasks.verification.kernel_modules import KernelModuleStore, module_name
+
+MARK = "SMOKE:"
+DEFAULT_TIMEOUT = 120.0
+# Kernel log lines that mean a module did not load as built.
+LOAD_FAILURES = re.compile(
+    r"disagrees about version of symbol|Unknown symbol|version magic|Invalid module format|"
+    r"invalid module|decompression failed|Failed to decompress|module_layout|"
+    r"Loading of .* is rejected"
+)
+# Signature enforcement, as on a Secure Boot node (lockdown makes the kernel enforce it).
+ENFORCE_SIGNATURES = "module.sig_enforce=1"
+
+INIT = """#!/bin/sh
+# Loads the driver as KMM's worker does (modprobe -d /opt), in order, reports, powers off.
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+release="$(uname -r)"
+echo "SMOKE: booted $release"
+status=PASS
+for m in @MODULES@; do
+  missing=""
+  deps="$(sed -n "s|^[^:]*/$m\\.ko[^:]*:||p" "/opt/lib/modules/$release/modules.dep" | head -n 1)"
+  for file in $deps; do
+    if [ ! -e "/opt/lib/modules/$release/$file" ]; then missing="$missing ${file#host/}"; fi
+  done
+  if [ -n "$missing" ]; then
+    echo "SMOKE: FAIL $m needs in-tree$missing, absent from this node's /lib/modules/$release"
+    status=FAIL; continue
+  fi
+  if out="$(modprobe -v -d /opt "$m" 2>&1)"; then echo "SMOKE: modprobe $m ok"; else
+    echo "$out" | sed 's/^/SMOKE: modprobe: /'
+    why="$(echo "$out" | sed -n '/^modprobe: /p' | tail -n 1)"
+    echo "SMOKE: FAIL modprobe -d /opt $m failed: ${why:-$(echo "$out" | tail -n 1)}"
+    status=FAIL; continue; fi
+  echo "$out" | sed 's/^/SMOKE: modprobe: /'
+  if [ -d "/sys/module/$m" ]; then echo "SMOKE: loaded $m"; else
+    echo "SMOKE: FAIL $m is not in /sys/module"; status=FAIL; fi
+  magic="$(modinfo -b /opt -k "$release" -F vermagic "$m")"
+  case "$magic" in
+    "$release "*) echo "SMOKE: vermagic $m ok" ;;
+    *) echo "SMOKE: FAIL vermagic of $m is '$magic', booted $release"; status=FAIL ;;
+  esac
+done
+if [ -d /sys/bus/pci/drivers/@PCI_DRIVER@ ]; then echo "SMOKE: pci driver @PCI_DRIVER@ registered"
+else echo "SMOKE: FAIL pci driver @PCI_DRIVER@ not registered"; status=FAIL; fi
+if command -v dmesg >/dev/null; then dmesg | tail -n 40 | sed 's/^/SMOKE: dmesg /'; fi
+echo "SMOKE: $status"
+echo o > /proc/sysrq-trigger
+sleep 10
+"""
+
+
+@dataclass(frozen=True)
+class LoadTestResult:
+    """One load test, as the pipeline, the table and report.json show it. A test that never
+    booted (the image could not be pulled) has no kernel, seconds or initramfs."""
+
+    passed: bool
+    reason: str
+    kernel: str  # the release booted; "" when nothing was booted
+    seconds: float
+    initramfs_bytes: int
+    evidence: tuple[str, ...] = ()
+    # The node's in-tree modules the image needed (paths under /lib/modules/<release>).
+    node_modules: tuple[str, ...] = ()
+    image: str | None = None  # what was tested, when it was a pushed or named image
+    log: str | None = None
+    failure: Failure | None = None  # set by retest_image when the image did not pass
+
+
+def init_script(modules: Sequence[str]) -> bytes:
+    return INIT.replace("@MODULES@", " ".join(modules)).replace("@PCI_DRIVER@", modules[0]).encode()
+
+
+def qemu_argv(
+    kernel: Path,
+    initrd: Path,
+    memory_mb: int = 1024,
+    accel: str = "tcg",
+    kernel_args: Sequence[str] = (),
+) -> list[str]:
+    """TCG unless asked: a /dev/kvm that exists can still be unusable (nested virtualisation)."""
+    return [
+        "qemu-system-x86_64",
+        "-accel",
+        accel,
+        "-m",
+        str(memory_mb),
+        "-smp",
+        "1",
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-kernel",
+        str(kernel),
+        "-initrd",
+        str(initrd),
+        "-append",
+        " ".join(("console=ttyS0 panic=-1 quiet", *kernel_args)),
+    ]
+
+
+def evaluate(lines: Sequence[str], release: str) -> tuple[bool, str, tuple[str, ...]]:
+    """The verdict from the guest console: pure, so every failure shape is unit-tested."""
+    clean = [line.replace("\r", "").rstrip() for line in lines]
+    marks = [line.split(MARK, 1)[1].strip() for line in clean if MARK in line]
+    failures = [line for line in clean if LOAD_FAILURES.search(line)]
+    evidence = tuple([*failures, *(m for m in marks if m.startswith("FAIL"))][:12])
+    booted = next((m.split(" ", 1)[1] for m in marks if m.startswith("booted ")), None)
+    if booted is None:
+        tail = tuple(line for line in clean if line.strip())[-12:]
+        return False, "the guest never reached /init (see console tail)", tail
+    if booted != release:
+        return False, f"booted kernel {booted!r}, expected {release!r}", evidence
+    fails = [m[5:] for m in marks if m.startswith("FAIL ")]
+    kernel_said = [line for line in failures if MARK not in line or f"{MARK} dmesg" in line]
+    if fails and kernel_said and fails[0].startswith("modprobe "):
+        # modprobe only says "Invalid argument"; the kernel says which symbol or magic.
+        said = re.sub(r"^(SMOKE: dmesg )?\[[ \d.]+\]\s*", "", kernel_said[0].strip())
+        return False, f"{fails[0]} (kernel: {said})", evidence
+    if fails:
+        return False, fails[0], evidence
+    if failures:
+        return False, f"kernel log: {failures[0].strip()}", evidence
+    if "PASS" not in marks:
+        return False, "the guest stopped before its verdict", evidence
+    return True, "loaded", evidence
+
+
+def in_tree_closure(rootfs_tar: Path, release: str) -> tuple[str, ...]:
+    """The in-tree modules (relative to /lib/modules/<release>) that the image's modules.dep
+    reaches through its `host` link, for the image's own modules only."""
+    name = f"opt/lib/modules/{release}/modules.dep"
+    with tarfile.open(rootfs_tar) as tar:
+        try:
+            handle = tar.extractfile(name) or tar.extractfile("./" + name)
+        except KeyError:
+            return ()
+        text = handle.read().decode("utf-8", "replace") if handle else ""
+    needed: set[str] = set()
+    for line in text.splitlines():
+        module, sep, deps = line.partition(":")
+        if sep and not module.startswith("host/"):
+            needed.update(d[len("host/") :] for d in deps.split() if d.startswith("host/"))
+    return tuple(sorted(needed))
+
+
+def run_load_test(
+    podman: Podman,
+    store: KernelModuleStore,
+    rootfs_tar: Path,
+    toolkit_image: str,
+    release: str,
+    modules: Sequence[str],
+    work: Path,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    on_line: LineSink | None = None,
+) -> LoadTestResult:
+    """An exported image booted in the kernel its toolkit image carries, with that kernel's
+    in-tree modules the image depends on where the node's would be."""
+    kernel = store.vmlinuz(toolkit_image, release)
+    node = store.files(toolkit_image, release, in_tree_closure(rootfs_tar, release))
+    return boot_and_load(
+        podman,
+        rootfs_tar,
+        kernel,
+        release,
+        modules,
+        work,
+        node={path: file.read_bytes() for path, file in node.items()},
+        timeout=timeout,
+        on_line=on_line,
+    )
+
+
+def boot_and_load(
+    podman: Podman,
+    rootfs_tar: Path,
+    kernel: Path,
+    release: str,
+    modules: Sequence[str],
+    work: Path,
+    *,
+    node: Mapping[str, bytes] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    on_line: LineSink | None = None,
+    enforce_signatures: bool = False,
+) -> LoadTestResult:
+    """Boot `kernel` with the image as initramfs; `node` holds the node's in-tree module files
+    (path under /lib/modules/<release> -> content), placed where KMM's worker sees them. With
+    `enforce_signatures`, the kernel refuses modules not signed by a key it trusts."""
+    work.mkdir(parents=True, exist_ok=True)
+    initrd = work / "initrd.cpio"
+    extra = {"init": (0o755, init_script(modules))}
+    for path, data in (node or {}).items():
+        extra[f"host/lib/modules/{release}/{path}"] = (0o644, data)
+    size = initramfs.rootfs_to_cpio(rootfs_tar, initrd, extra)
+    provided = tuple(module_name(p) for p in sorted(node or {}))
+    accel = os.environ.get("HABANA_QEMU_ACCEL", "tcg")
+    started = time.monotonic()
+    try:
+        done = podman.runner.run(
+            qemu_argv(
+                kernel,
+                initrd,
+                accel=accel,
+                kernel_args=[ENFORCE_SIGNATURES] if enforce_signatures else [],
+            ),
+            timeout=timeout,
+            keep_output=True,
+            check=False,
+            on_line=on_line,
+        )
+        lines: Sequence[str] = done.output
+    except CommandTimeout as exc:
+        seconds = time.monotonic() - started
+        return LoadTestResult(
+            False,
+            f"guest timed out after {timeout:g} s (qemu killed)",
+            release,
+            seconds,
+            size,
+            tuple(exc.tail[-12:]),
+            provided,
+        )
+    except CommandError as exc:
+        raise HabanaError(f"qemu could not run: {exc}") from exc
+    finally:
+        initrd.unlink(missing_ok=True)
+    seconds = time.monotonic() - started
+    passed, reason, evidence = evaluate(lines, release)
+    return LoadTestResult(passed, reason, release, seconds, size, evidence, provided)
+
+
+def retest_image(
+    podman: Podman,
+    store: KernelModuleStore,
+    registry: RegistryClient,
+    config: Config,
+    target: BuildTarget,
+    image: str,
+    work: Path,
+    log: TextIO,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> LoadTestResult:
+    """Pull an image (and its target's toolkit) and load-test it again, as `build` did."""
+
+    def sink(line: str) -> None:
+        log.write(line + "\n")
+
+    try:
+        podman.ensure(image, config.tls_verify(image), sink)
+        toolkit = registry.resolve(target.toolkit_image, target.arch).pinned
+        podman.ensure(toolkit, config.tls_verify(toolkit), sink)
+        work.mkdir(parents=True, exist_ok=True)
+        podman.export_rootfs(image, work / "rootfs.tar", sink)
+        outcome = run_load_test(
+            podman,
+            store,
+            work / "rootfs.tar",
+            toolkit,
+            target.kernel,
+            target.modules,
+            work,
+            timeout=timeout,
+            on_line=sink,
+        )
+    except HabanaError as exc:
+        log.write(f"FAILED: {exc}\n")
+        refused = Failure.of("load test", exc, image)
+        return LoadTestResult(
+            False, str(exc), "", 0.0, 0, image=image, log=log.name, failure=refused
+        )
+    failed = None if outcome.passed else Failure("load test", outcome.reason, image)
+    return replace(
+        outcome, seconds=round(outcome.seconds, 1), image=image, log=log.name, failure=failed
+    )
