@@ -4,18 +4,22 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from devtools import local_upstream
+from habana_tasks.build import labels
 from habana_tasks.build import service as build_service
 from habana_tasks.build.reporter import make_console
 from habana_tasks.build.service import BuildOptions
 from habana_tasks.cli import commands, tables
 from habana_tasks.config.project import Project
+from habana_tasks.config.targets import BuildTarget
 from habana_tasks.engine.podman import Podman
-from habana_tasks.registry.client import RegistryClient
+from habana_tasks.registry.client import Existence, RegistryClient, RemoteImage
 
 EXAMPLE_VERSIONS = Path("examples/local/versions.toml")
 
@@ -69,5 +73,38 @@ def example(
     )
     registry = RegistryClient(config.insecure_registries)
     held = [(t, registry.inspect(t.image)) for t in config.targets]
-    console.print(tables.library_table(config.repository, held))
+    console.print(library_table(config.repository, held))
     return run.exit_code
+
+
+def library_table(repository: str, held: Iterable[tuple[BuildTarget, RemoteImage]]) -> Table:
+    """What the repository holds for every target: the library as a user would publish it."""
+    columns = ("kernel", "driver", "image", "digest", "size", "load-tested", "created")
+    out = tables.table(f"library: {repository}", *columns)
+    for target, remote in held:
+        if remote.existence is Existence.PRESENT:
+            size = f"{(remote.size or 0) / 1e6:.1f} MB"
+            created = remote.labels.get(labels.OCI + "created", "")
+            tested = remote.labels.get(labels.LOAD_TESTED, "no label")
+            tables.add_row(
+                out,
+                target.kernel,
+                target.driver,
+                target.image,
+                remote.digest or "",
+                size,
+                tested,
+                created,
+            )
+        else:
+            tables.add_row(
+                out,
+                target.kernel,
+                target.driver,
+                target.image,
+                remote.existence.value,
+                remote.error or "",
+                "",
+                "",
+            )
+    return out

@@ -15,13 +15,11 @@ from rich.text import Text
 from habana_tasks.build import labels
 from habana_tasks.build.plan import Action, BuildJob
 from habana_tasks.build.results import JobResult
-from habana_tasks.config.targets import BuildTarget
 from habana_tasks.maintenance import preflight, status
 from habana_tasks.maintenance.discover import Discovery, DiscoveryRun
 from habana_tasks.maintenance.preflight import Answer, PreflightReport
 from habana_tasks.maintenance.prune import PruneOutcome
 from habana_tasks.maintenance.status import LibraryStatus, State, TargetStatus
-from habana_tasks.registry.client import Existence, RemoteImage
 from habana_tasks.verification.load_test import LoadTestResult
 
 ACTION_STYLE = {Action.BUILD: "yellow", Action.SKIP: "green", Action.FAIL: "red"}
@@ -96,39 +94,6 @@ def summary_table(results: Sequence[JobResult], title: str = "summary") -> Table
     if fold:
         targets, reason = _folded_row(len(current))
         add_row(out, targets, Action.SKIP.value, reason, "", "", "", "")
-    return out
-
-
-def library_table(repository: str, held: Iterable[tuple[BuildTarget, RemoteImage]]) -> Table:
-    """What the repository holds for every target: the library as a user would publish it."""
-    columns = ("kernel", "driver", "image", "digest", "size", "load-tested", "created")
-    out = table(f"library: {repository}", *columns)
-    for target, remote in held:
-        if remote.existence is Existence.PRESENT:
-            size = f"{(remote.size or 0) / 1e6:.1f} MB"
-            created = remote.labels.get(labels.OCI + "created", "")
-            tested = remote.labels.get(labels.LOAD_TESTED, "no label")
-            add_row(
-                out,
-                target.kernel,
-                target.driver,
-                target.image,
-                remote.digest or "",
-                size,
-                tested,
-                created,
-            )
-        else:
-            add_row(
-                out,
-                target.kernel,
-                target.driver,
-                target.image,
-                remote.existence.value,
-                remote.error or "",
-                "",
-                "",
-            )
     return out
 
 
