@@ -114,7 +114,7 @@ def resolve(
             if remote_f is not None:
                 state = _outcome(remote_f, f"library image {t.image}")
                 remote[t.tag] = (
-                    RemoteImage(t.image, Existence.UNKNOWN, error=str(state))
+                    RemoteImage(t.image, Existence.UNKNOWN, failure=state)
                     if isinstance(state, Failure)
                     else state
                 )

@@ -83,9 +83,13 @@ class Pipeline:
                 pull_failures = self._pull_inputs(to_build)
                 runnable = []
                 for job in to_build:
-                    if why := pull_failures.get(job.target.tag):
+                    if failure := pull_failures.get(job.target.tag):
                         results[job.target.tag] = JobResult(
-                            job.target.tag, Action.BUILD, JobStatus.FAILED, why
+                            job.target.tag,
+                            Action.BUILD,
+                            JobStatus.FAILED,
+                            f"pull {failure}",
+                            failure=failure,
                         )
                         self.reporter.finish(results[job.target.tag])
                     else:
@@ -99,14 +103,14 @@ class Pipeline:
         self._write_report(ordered)
         return ordered
 
-    def _pull_inputs(self, jobs: Sequence[BuildJob]) -> dict[str, str]:
+    def _pull_inputs(self, jobs: Sequence[BuildJob]) -> dict[str, Failure]:
         """Pull every FROM image by digest, one at a time: parallel pulls race in shared storage."""
         needed: dict[str, list[str]] = {}
         for job in jobs:
             assert job.inputs is not None
             for image in (job.inputs.toolkit.pinned, job.inputs.base.pinned):
                 needed.setdefault(image, []).append(job.target.tag)
-        failures: dict[str, str] = {}
+        failures: dict[str, Failure] = {}
         for image, tags in needed.items():
             for tag in tags:
                 self.reporter.stage(tag, f"pull {image.rsplit('/', 1)[-1][:40]}")
@@ -114,7 +118,7 @@ class Pipeline:
                 self.podman.ensure(image, self.config.tls_verify(image))
             except HabanaError as exc:
                 for tag in tags:
-                    failures.setdefault(tag, f"pull {image}: {exc}")
+                    failures.setdefault(tag, Failure.of("pull", exc, image))
         return failures
 
     def _run_parallel(self, jobs: Sequence[BuildJob], results: dict[str, JobResult]) -> None:

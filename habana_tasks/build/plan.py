@@ -47,7 +47,8 @@ def plan_job(
     if remote.existence is Existence.UNKNOWN:
         # Unknown is neither absent nor present: building could overwrite a good image.
         why = f"registry state unknown, not building: {remote.error}"
-        failure = Failure("registry state", why, transient=True)
+        transient = remote.failure.transient if remote.failure else True
+        failure = Failure("registry state", why, transient=transient)
         return BuildJob(target, Action.FAIL, why, inputs, failure=failure)
     if force:
         return BuildJob(target, Action.BUILD, "forced", inputs, current, remote.digest, forced=True)

@@ -41,6 +41,11 @@ class JobResult:
     load_test_seconds: float | None = None
     failure: Failure | None = None  # set exactly when the target failed
 
+    def __post_init__(self) -> None:
+        # The exit code is computed from failures: a failed result without one would exit 0.
+        if (self.status is JobStatus.FAILED) != (self.failure is not None):
+            raise ValueError(f"{self.tag}: status {self.status} with failure {self.failure}")
+
     @property
     def ok(self) -> bool:
         return self.status in (JobStatus.OK, JobStatus.PLANNED, JobStatus.SKIPPED)

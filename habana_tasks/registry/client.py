@@ -22,6 +22,7 @@ from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.core.archive import relative_name
 from habana_tasks.core.errors import (
     DigestMismatchError,
+    Failure,
     ManifestUnknown,
     RegistryError,
     TransientHTTPError,
@@ -47,6 +48,7 @@ from habana_tasks.registry.responses import (
 )
 
 MAX_PAGES = 1000
+STEP = "registry state"  # the step a failed inspection is recorded under
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,11 @@ class RemoteImage:
     digest: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     size: int | None = None
-    error: str | None = None
+    failure: Failure | None = None  # why the state is UNKNOWN
+
+    @property
+    def error(self) -> str | None:
+        return self.failure.why if self.failure else None
 
 
 class RegistryClient:
@@ -179,14 +185,14 @@ class RegistryClient:
         except ManifestUnknown:
             return RemoteImage(image, Existence.ABSENT)
         except RegistryError as exc:
-            return RemoteImage(image, Existence.UNKNOWN, error=str(exc))
+            return RemoteImage(image, Existence.UNKNOWN, failure=Failure.of(STEP, exc, image))
         settings = config.get("config") or {}  # absent or null: an image without labels
         labels = (settings.get("Labels") or {}) if isinstance(settings, dict) else None
         if not isinstance(labels, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
         ):
             why = f"{image}: config.Labels in its config blob is not a map of strings"
-            return RemoteImage(image, Existence.UNKNOWN, error=why)
+            return RemoteImage(image, Existence.UNKNOWN, failure=Failure(STEP, why, image))
         # The manifest was validated: every layer is a descriptor with an integer size.
         size = sum(layer["size"] for layer in manifest.json()["layers"])
         return RemoteImage(image, Existence.PRESENT, manifest.digest, labels, size)

@@ -10,7 +10,7 @@ import yaml
 
 from habana_tasks.build import labels
 from habana_tasks.build.plan import plan_job
-from habana_tasks.core.errors import HabanaError
+from habana_tasks.core.errors import Failure, HabanaError
 from habana_tasks.maintenance import discover, kmm
 from habana_tasks.maintenance.prune import PruneItem, TagInfo, prune_plan
 from habana_tasks.maintenance.status import State, github_matrix, orphan_tags, statuses, to_markdown
@@ -20,6 +20,8 @@ from tests.unit.test_plan import CONFIG, INPUTS, TARGET
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 26, tzinfo=UTC)
+
+UNAVAILABLE = Failure("registry state", "HTTP 503 after 4 attempt(s)", transient=True)
 
 
 def test_prune_never_touches_named_tags_or_their_digests() -> None:
@@ -48,7 +50,11 @@ def test_status_states_and_pending_matrix() -> None:
             "x", Existence.PRESENT, "sha256:2", {**present, labels.FINGERPRINT: "old"}
         ),
         "missing": RemoteImage("x", Existence.ABSENT),
-        "unknown": RemoteImage("x", Existence.UNKNOWN, error="HTTP 503 after 4 attempt(s)"),
+        "unknown": RemoteImage(
+            "x",
+            Existence.UNKNOWN,
+            failure=UNAVAILABLE,
+        ),
     }
     jobs, remotes = [], {}
     for name, state in remote.items():

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from habana_tasks.build import labels, metadata
 from habana_tasks.build import service as build_service
+from habana_tasks.build.plan import Action
 from habana_tasks.build.reporter import PlainReporter
 from habana_tasks.build.results import JobResult, JobStatus
 from habana_tasks.config import targets
@@ -251,7 +252,9 @@ def test_a_failed_pull_stays_in_its_own_target(fake: FakeRegistry, tmp_path: Pat
     result = run(runner, cfg, tmp_path)
     first, second = result.results
     assert first.status is JobStatus.FAILED and "manifest unknown" in first.detail
+    assert first.failure is not None and first.failure.step == "pull"
     assert second.status is JobStatus.OK
+    assert result.exit_code == errors.TARGET_FAILED
     assert pushes(runner) == [f"docker://{cfg.targets[1].image}"]
 
 
@@ -413,6 +416,14 @@ def test_a_registry_that_cannot_answer_is_exit_4_and_builds_nothing(
     assert {r.failure.step for r in result.results if r.failure} == {"registry state"}
     assert result.exit_code == errors.UNKNOWN_STATE
     assert pushes(runner) == []
+
+
+def test_a_failed_result_always_carries_its_failure() -> None:
+    """The exit code is computed from failures: a failed result without one is refused."""
+    with pytest.raises(ValueError, match="status failed with failure None"):
+        JobResult("t", Action.BUILD, JobStatus.FAILED, "broke")
+    with pytest.raises(ValueError, match="status ok with failure"):
+        JobResult("t", Action.BUILD, JobStatus.OK, "ok", failure=errors.Failure("build", "x"))
 
 
 @pytest.mark.parametrize(

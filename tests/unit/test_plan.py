@@ -39,6 +39,8 @@ INPUTS = TargetInputs(
 )
 CONFIG = Config(Path("v.toml"), "r.example/lib/drv", "https://src", "", frozenset(), (TARGET,))
 
+UNAVAILABLE = Failure("registry state", "HTTP 503 after 4 attempt(s)", transient=True)
+
 
 def present(inputs: TargetInputs = INPUTS) -> RemoteImage:
     image_labels = labels.image_labels(CONFIG, TARGET, inputs, "2026-01-01T00:00:00Z", False)
@@ -109,7 +111,11 @@ def test_image_without_fingerprint_rebuilds() -> None:
 
 
 def test_unknown_state_fails_even_when_forced() -> None:
-    remote = RemoteImage(TARGET.image, Existence.UNKNOWN, error="HTTP 503 after 4 attempt(s)")
+    remote = RemoteImage(
+        TARGET.image,
+        Existence.UNKNOWN,
+        failure=UNAVAILABLE,
+    )
     job = plan_job(TARGET, INPUTS, remote, force=True)
     assert job.action is Action.FAIL
     assert job.reason == "registry state unknown, not building: HTTP 503 after 4 attempt(s)"
@@ -142,7 +148,11 @@ def test_unresolved_inputs_fail_with_their_failure() -> None:
 
 
 def test_an_unknown_registry_state_is_a_transient_failure() -> None:
-    remote = RemoteImage(TARGET.image, Existence.UNKNOWN, error="HTTP 503")
+    remote = RemoteImage(
+        TARGET.image,
+        Existence.UNKNOWN,
+        failure=UNAVAILABLE,
+    )
     job = plan_job(TARGET, INPUTS, remote)
     assert job.action is Action.FAIL and job.failure is not None
     assert (job.failure.step, job.failure.transient) == ("registry state", True)

@@ -14,9 +14,19 @@ from habana_tasks.build.reporter import (
 )
 from habana_tasks.build.results import JobResult, JobStatus
 from habana_tasks.cli.tables import FOLD_CURRENT_AFTER, plan_table, summary_table
+from habana_tasks.core.errors import Failure
 from tests.unit.test_plan import TARGET
 
-RESULT = JobResult("1.0-k", Action.BUILD, JobStatus.FAILED, "load test failed", None, 3.2, "/l.log")
+RESULT = JobResult(
+    "1.0-k",
+    Action.BUILD,
+    JobStatus.FAILED,
+    "load test failed",
+    None,
+    3.2,
+    "/l.log",
+    failure=Failure("load test", "load test failed"),
+)
 
 
 def test_plain_reporter_prints_stages_and_results_not_log_lines() -> None:
@@ -58,7 +68,10 @@ def test_without_a_terminal_the_reporter_is_plain() -> None:
 
 def test_text_from_logs_is_never_read_as_markup() -> None:
     cause = 'ERROR: modpost: "x" [/tmp/unpacked/drivers/misc/habanalabs/habanalabs.ko] undefined!'
-    failed = JobResult("1.0-k", Action.BUILD, JobStatus.FAILED, cause, None, 1.0, "/l.log")
+    failure = Failure("build", cause)
+    failed = JobResult(
+        "1.0-k", Action.BUILD, JobStatus.FAILED, cause, None, 1.0, "/l.log", failure=failure
+    )
     out = io.StringIO()
     reporter = RichReporter(Console(file=out, width=300, force_terminal=True))
     reporter.start(["1.0-k"])
