@@ -1,10 +1,40 @@
-# A precompiled habanalabs driver image for one kernel release, as KMM loads it:
-# modules under /opt/lib/modules/<release>/extra, firmware under /opt/lib/firmware, kmod and cp,
-# and modules.dep resolving in-tree dependencies through /opt/lib/modules/<release>/host.
-# Built by `invoke build`: every ARG below is set by the tool (see habana_tasks/labels.py), and the
-# vendor packages arrive through the build context (packages/*.rpm), never downloaded here.
+# A precompiled habanalabs driver image for one kernel release, as KMM loads it: modules under
+# /opt/lib/modules/<release>/extra, firmware under /opt/lib/firmware, modules.dep resolving
+# in-tree dependencies through /opt/lib/modules/<release>/host, and the few tools the image's
+# flavour needs (see README, "Image flavours"), copied with their libraries from the toolkit.
+# Built by `invoke build` with --network none: every ARG below is set by the tool (see
+# habana_tasks/build/labels.py), the vendor packages arrive through the build context
+# (packages/*.rpm), and no step installs or downloads anything.
 ARG TOOLKIT_IMAGE
-ARG BASE_IMAGE
+# No base: the image holds nothing but the driver and its tools. A configured [base] image must
+# already hold the flavour's tools; nothing is installed into it.
+ARG BASE_IMAGE=scratch
+
+# The flavour's tools (IMAGE_TOOLS), each with the shared libraries it loads, laid out as the
+# toolkit lays them out (bin, sbin, lib, lib64 linked into usr). First in the file, so that
+# `--target tools` builds this stage alone (the load test's worker tools come from here too).
+FROM ${TOOLKIT_IMAGE} AS tools
+ARG IMAGE_TOOLS
+RUN set -e; root=/rootfs; mkdir -p "${root}"; \
+    if [ -z "${IMAGE_TOOLS}" ]; then tar -C "${root}" -cf /rootfs.tar .; exit 0; fi; \
+    mkdir -p "${root}/usr/bin" "${root}/usr/sbin" "${root}/usr/lib" "${root}/usr/lib64"; \
+    for dir in bin sbin lib lib64; do ln -s "usr/${dir}" "${root}/${dir}"; done; \
+    for tool in ${IMAGE_TOOLS}; do \
+      path="$(command -v "${tool}" || true)"; \
+      case "${path}" in /*) ;; *) \
+        echo "error: the toolkit image has no ${tool} to copy into the image" >&2; exit 1 ;; esac; \
+      cp -L "${path}" "${root}/usr/bin/${tool}"; \
+      if ! libs="$(ldd "${path}" 2>&1)"; then \
+        case "${libs}" in *"not a dynamic executable"*) libs="" ;; \
+          *) echo "error: ldd ${path}: ${libs}" >&2; exit 1 ;; esac; fi; \
+      case "${libs}" in *"not found"*) \
+        echo "error: ${tool} (${path}) needs a library the toolkit lacks: ${libs}" >&2; exit 1 ;; esac; \
+      for lib in $(echo "${libs}" | sed -n 's|.*=> \(/[^ ]*\) (.*|\1|p; s|^[[:space:]]*\(/[^ ]*\) (.*|\1|p'); do \
+        mkdir -p "${root}$(dirname "${lib}")"; \
+        if [ ! -e "${root}${lib}" ]; then cp -L "${lib}" "${root}${lib}"; fi; \
+      done; \
+    done; \
+    tar -C "${root}" -cf /rootfs.tar .
 
 FROM ${TOOLKIT_IMAGE} AS builder
 ARG KERNEL_RELEASE
@@ -75,15 +105,7 @@ RUN set -e; dest="/out/lib/modules/${KERNEL_RELEASE}"; \
     test -s "${dest}/modules.dep"
 
 FROM ${BASE_IMAGE}
-# kmod: modprobe for KMM's worker and the checks; cp is required by KMM. No kernel-specific
-# ARG is used before this layer, so one base shares it across every kernel.
-# hadolint ignore=DL3008,DL3041
-RUN set -e; if command -v microdnf >/dev/null; then \
-      microdnf install -y --setopt=install_weak_deps=0 kmod && microdnf clean all; \
-    elif command -v apt-get >/dev/null; then \
-      apt-get update -q && apt-get install -y -q --no-install-recommends kmod \
-      && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
-    else echo "error: the base image has neither microdnf nor apt-get" >&2; exit 1; fi; \
-    command -v depmod && command -v modprobe && command -v cp
+# Nothing runs in this stage: it only receives files, so any base (or none) serves every kernel.
+COPY --from=tools /rootfs/ /
 COPY --from=builder /out/ /opt/
 USER 1001

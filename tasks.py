@@ -169,6 +169,30 @@ def load_test(
     )
 
 
+@task(
+    help={
+        "kernel": "full kernel release (default: every kernel in the versions file)",
+        "driver": "driver version (default: every driver listed for the kernel)",
+        "versions": "versions file (default: versions.toml)",
+    }
+)
+@documented
+def verify_rebuild(
+    c: Context, kernel: str | None = None, driver: str | None = None, versions: str | None = None
+) -> None:
+    """Rebuild published images from their inputs (nothing pushed); name what differs, if any."""
+    from habana_tasks.cli import commands
+
+    _run(
+        lambda: commands.verify_rebuild(
+            project(),
+            versions,
+            arguments.optional("--kernel", kernel, arguments.release),
+            arguments.optional("--driver", driver, arguments.driver),
+        )
+    )
+
+
 @task(help={"versions": "versions file naming the kernels (default: the example)"})
 @documented
 def upstream_up(c: Context, versions: str | None = None) -> None:
@@ -266,11 +290,11 @@ def kmm_module(
     signed_repository: str | None = None,
 ) -> None:
     """Write a KMM Module whose kernelMappings cover every kernel the library holds."""
-    from habana_tasks.cli import commands
+    from habana_tasks.cli import commands, maintenance_commands
 
     def write() -> None:
         target = None if output is None else arguments.output_file("--output", output)
-        text = commands.kmm_module(
+        text = maintenance_commands.kmm_module(
             project(),
             arguments.driver("--driver", driver),
             versions,
@@ -308,10 +332,10 @@ def prune(
     c: Context, versions: str | None = None, older_than: str | None = None, apply: bool = False
 ) -> None:
     """List, and with --apply delete, tags the matrix no longer names (never a named one)."""
-    from habana_tasks.cli import commands
+    from habana_tasks.cli import maintenance_commands
 
     _run(
-        lambda: commands.prune_command(
+        lambda: maintenance_commands.prune_command(
             project(),
             versions,
             older_than=None
@@ -346,10 +370,10 @@ def discover(
     dry_run: bool = False,
 ) -> None:
     """Add the kernels that OpenShift releases ship to versions.toml, comments kept."""
-    from habana_tasks.cli import commands
+    from habana_tasks.cli import maintenance_commands
 
     _run(
-        lambda: commands.discover(
+        lambda: maintenance_commands.discover(
             project(),
             versions,
             minors=arguments.each("--minor", minor or (), arguments.openshift_minor),
@@ -390,10 +414,10 @@ def preflight(
     format: str = "table",
 ) -> None:
     """Before an upgrade: is there a current, load-tested image for every kernel x driver?"""
-    from habana_tasks.cli import commands
+    from habana_tasks.cli import maintenance_commands
 
     _run(
-        lambda: commands.preflight_command(
+        lambda: maintenance_commands.preflight_command(
             project(),
             versions,
             openshift=arguments.each("--openshift", openshift or (), arguments.openshift_release),

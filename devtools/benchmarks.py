@@ -46,6 +46,7 @@ from habana_tasks.registry.client import RegistryClient
 from habana_tasks.registry.manifests import OCI_MANIFEST
 from habana_tasks.verification import load_test
 from habana_tasks.verification.kernel_modules import KernelModuleStore
+from habana_tasks.verification.worker import WorkerTools
 
 DRIVER = "6.1.0-1"
 BUILD_KERNELS = ("6.1.0-54-amd64", "6.1.0-55-amd64", "6.1.0-56-amd64")
@@ -144,7 +145,6 @@ class Bench:
         path.write_text(
             f'[library]\nrepository = "{host}/bench/{name}"\n'
             f"insecure_registries = [{insecure}]\n"
-            f'[base]\nimage = "{u.base_image.replace(u.registry, host)}"\n'
             f'[toolkit]\nimage = "{host}/{toolkit}:{{kernel}}"\n'
             f'[driver]\npackage_url = "{u.package_url("habanalabs-{driver}.el8.noarch.rpm")}"\n'
             f"modules = {json.dumps(list(local_upstream.EXAMPLE_MODULES))}\n" + entries
@@ -192,7 +192,8 @@ class Bench:
         image_labels: dict[str, str],
         layer: tuple[str, int, str],
     ) -> None:
-        """A manifest whose config carries `image_labels`, over one empty layer."""
+        """A manifest whose config carries `image_labels`, as its annotations too (as a build
+        writes them), over one empty layer."""
         layer_digest, layer_size, diff_id = layer
         if repo not in self.layered:
             raw = io.BytesIO()
@@ -225,6 +226,7 @@ class Bench:
                         "size": layer_size,
                     }
                 ],
+                "annotations": image_labels,
             }
         ).encode()
         self._put_manifest(repo, tag, manifest, OCI_MANIFEST)
@@ -252,7 +254,7 @@ class Bench:
         for target in cfg.targets:
             inputs = resolution.inputs[target.tag]
             assert not isinstance(inputs, Failure), inputs
-            image_labels = labels.image_labels(cfg, target, inputs, "2026-01-01T00:00:00Z", True)
+            image_labels = labels.image_labels(cfg, target, inputs, labels.rfc3339(0), True)
             self.push_labelled(repo, target.tag, image_labels, self._layer())
         return versions
 
@@ -558,6 +560,7 @@ class Bench:
                         target.image,
                         self.work / "lt",
                         log,
+                        WorkerTools(self.podman, self.project.dockerfile, self.work / "kernels"),
                     )
                 assert report.passed, report
                 reports.append(report)

@@ -257,6 +257,9 @@ def ensure_toolkit_image(
         containerfile=directory / "Containerfile",
         iidfile=directory / "image-id",
         tags=(local,),
+        # The vendor's toolkit is built by the vendor, from its package archive: this stand-in
+        # installs from the Debian mirror. The library's own builds never reach a network.
+        network="host",
     )
     podman.build(spec, on_line)
     _push(podman, local, upstream.toolkit_image(kernel), on_line)

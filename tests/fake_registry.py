@@ -66,7 +66,14 @@ class FakeRegistry:
     def stop(self) -> None:
         self.server.shutdown()
 
-    def add_image(self, repo: str, tag: str, labels: dict[str, str], media_type: str) -> str:
+    def add_image(
+        self,
+        repo: str,
+        tag: str,
+        labels: dict[str, str],
+        media_type: str,
+        annotations: object = None,
+    ) -> str:
         config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Labels": labels}})
         config_bytes = config.encode()
         self.blobs[digest(config_bytes)] = config_bytes
@@ -77,6 +84,8 @@ class FakeRegistry:
         }
         if media_type.startswith("application/vnd.docker"):
             manifest["mediaType"] = media_type
+        if annotations is not None:
+            manifest["annotations"] = annotations
         body = json.dumps(manifest).encode()
         self.manifests[f"{repo}:{tag}"] = (media_type, body)
         self.manifests[f"{repo}:{digest(body)}"] = (media_type, body)

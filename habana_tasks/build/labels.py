@@ -1,6 +1,9 @@
 """Image labels: OCI annotations plus our provenance, and the one fingerprint over all build inputs.
 
 Each fingerprint input is also a label of its own, so a stale image says which input changed.
+The same map is written as the manifest's annotations, so that deciding whether an image is
+current reads its manifest only. Nothing in it is a build-time value: `created` is
+SOURCE_DATE_EPOCH (0 when unset, as ko and apko do), so the same inputs give the same digest.
 """
 
 from __future__ import annotations
@@ -8,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from habana_tasks.build.driver_package import CachedPackage
+from habana_tasks.config.flavours import FLAVOURS
 from habana_tasks.config.targets import BuildTarget, Config
+from habana_tasks.core.errors import UsageError
 from habana_tasks.registry.client import ResolvedImage
 from habana_tasks.verification.signing import UNSIGNED, Signer
 
@@ -31,6 +35,8 @@ FINGERPRINT_SCHEMA = "3"
 # Image references are fingerprinted by digest only (already an input): the same base or toolkit
 # served from a mirror under another name needs no rebuild.
 UNFINGERPRINTED_ARGS = ("TOOLKIT_IMAGE", "BASE_IMAGE")
+SCRATCH = "scratch"
+SOURCE_DATE_EPOCH = "SOURCE_DATE_EPOCH"
 
 # Input name (as shown in a "stale" reason) -> the label that records it.
 INPUT_LABELS = {
@@ -41,6 +47,7 @@ INPUT_LABELS = {
     "driver git SHA": OCI + "revision",
     "Dockerfile": PREFIX + "dockerfile.sha256",
     "modules": PREFIX + "modules",
+    "image flavour": PREFIX + "image.flavour",
     # The certificate, not the key: a new certificate rebuilds every image.
     "signing certificate": PREFIX + "signing.certificate.sha256",
 }
@@ -50,7 +57,7 @@ INPUT_LABELS = {
 class TargetInputs:
     """Everything resolved for one target before deciding: digests, packages, git SHA."""
 
-    base: ResolvedImage
+    base: ResolvedImage | None  # None: no [base], the image starts from scratch
     toolkit: ResolvedImage
     package: CachedPackage
     firmware: CachedPackage | None
@@ -59,10 +66,16 @@ class TargetInputs:
     signer: Signer | None = None
 
 
+def image_tools(target: BuildTarget, inputs: TargetInputs) -> tuple[str, ...]:
+    """The tools the build copies from the toolkit: the flavour's, unless a base brings its own."""
+    return () if inputs.base else FLAVOURS[target.flavour].tools
+
+
 def build_args(target: BuildTarget, inputs: TargetInputs) -> dict[str, str]:
     return {
         "TOOLKIT_IMAGE": inputs.toolkit.pinned,
-        "BASE_IMAGE": inputs.base.pinned,
+        "BASE_IMAGE": inputs.base.pinned if inputs.base else SCRATCH,
+        "IMAGE_TOOLS": " ".join(image_tools(target, inputs)),
         "KERNEL_RELEASE": target.kernel,
         "DRIVER_VERSION": target.driver,
         "DRIVER_GIT_SHA": inputs.git_sha,
@@ -74,13 +87,14 @@ def build_args(target: BuildTarget, inputs: TargetInputs) -> dict[str, str]:
 def input_values(target: BuildTarget, inputs: TargetInputs) -> dict[str, str]:
     """The fingerprinted inputs, by the names used in reasons."""
     return {
-        "base image digest": inputs.base.digest,
+        "base image digest": inputs.base.digest if inputs.base else "",
         "toolkit image digest": inputs.toolkit.digest,
         "driver package": inputs.package.sha256,
         "firmware package": inputs.firmware.sha256 if inputs.firmware else "",
         "driver git SHA": inputs.git_sha,
         "Dockerfile": inputs.dockerfile_sha256,
         "modules": ",".join(target.modules),
+        "image flavour": target.flavour,
         "signing certificate": inputs.signer.certificate_sha256 if inputs.signer else "",
     }
 
@@ -107,11 +121,28 @@ def changed_inputs(
     ]
 
 
-def created_timestamp() -> str:
-    """RFC 3339; SOURCE_DATE_EPOCH makes it reproducible."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    moment = int(epoch) if epoch and epoch.isdigit() else int(time.time())
-    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def source_date_epoch(environ: Mapping[str, str] | None = None) -> int:
+    """The one timestamp of an image (files, history, `created`): SOURCE_DATE_EPOCH or 0."""
+    value = (os.environ if environ is None else environ).get(SOURCE_DATE_EPOCH, "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise UsageError(
+            f"{SOURCE_DATE_EPOCH}={value!r}: expected seconds since 1970 (an integer >= 0)"
+        )
+    return int(value)
+
+
+def rfc3339(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch_of(created: str) -> int | None:
+    """The epoch of an RFC 3339 `created` label this tool wrote; None for anything else."""
+    try:
+        return int(datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
+    except ValueError:
+        return None
 
 
 def image_labels(
@@ -121,7 +152,6 @@ def image_labels(
     labels = {INPUT_LABELS[name]: value for name, value in values.items() if value}
     labels.update(
         {
-            OCI + "base.name": inputs.base.requested,
             OCI + "version": target.driver,
             OCI + "created": created,
             OCI + "title": f"habanalabs {target.driver} for {target.kernel}",
@@ -145,8 +175,10 @@ def image_labels(
         labels[PREFIX + "signing.key-id"] = inputs.signer.key_id
     else:
         labels[SIGNING] = UNSIGNED
-    if inputs.base.index_digest:
-        labels[PREFIX + "base.index-digest"] = inputs.base.index_digest
+    if inputs.base:
+        labels[OCI + "base.name"] = inputs.base.requested
+        if inputs.base.index_digest:
+            labels[PREFIX + "base.index-digest"] = inputs.base.index_digest
     if inputs.firmware:
         labels[PREFIX + "firmware.package"] = inputs.firmware.filename
     if config.source:

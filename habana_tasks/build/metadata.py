@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from habana_tasks.build.driver_package import CachedPackage, PackageCache, read_git_sha, sha256_file
-from habana_tasks.build.labels import TargetInputs
+from habana_tasks.build.labels import FINGERPRINT, TargetInputs
 from habana_tasks.config.targets import BuildTarget
 from habana_tasks.core.errors import Failure, HabanaError, combined
 from habana_tasks.registry.client import Existence, RegistryClient, RemoteImage, ResolvedImage
@@ -76,12 +76,12 @@ def resolve(
             return once.get(("sha", url, version), read)
 
         def remote_state(image: str) -> Future[RemoteImage]:
-            return once.get(("remote", image), lambda: registry.inspect(image))
+            return once.get(("remote", image), lambda: registry.inspect(image, FINGERPRINT))
 
         pending = {}
         for t in targets:
             pending[t.tag] = (
-                image(t.base_image, t.arch),
+                image(t.base_image, t.arch) if t.base_image else None,
                 image(t.toolkit_image, t.arch),
                 package(t.package_url),
                 package(t.firmware_url) if t.firmware_url else None,
@@ -92,7 +92,9 @@ def resolve(
         remote: dict[str, RemoteImage] = {}
         for t in targets:
             base_f, toolkit_f, package_f, firmware_f, sha_f, remote_f = pending[t.tag]
-            base = _outcome(base_f, f"base image {t.base_image}")
+            base: ResolvedImage | Failure | None = None
+            if base_f is not None:
+                base = _outcome(base_f, f"base image {t.base_image}")
             toolkit = _outcome(toolkit_f, f"toolkit image {t.toolkit_image}")
             pkg = _outcome(package_f, "driver package")
             firmware: CachedPackage | Failure | None = None
@@ -105,7 +107,8 @@ def resolve(
             if problems:
                 inputs[t.tag] = combined(problems)
             else:
-                assert isinstance(base, ResolvedImage) and isinstance(toolkit, ResolvedImage)
+                assert base is None or isinstance(base, ResolvedImage)
+                assert isinstance(toolkit, ResolvedImage)
                 assert isinstance(pkg, CachedPackage) and isinstance(sha, str)
                 assert firmware is None or isinstance(firmware, CachedPackage)
                 inputs[t.tag] = TargetInputs(

@@ -28,6 +28,7 @@ from habana_tasks.registry.client import Existence, RegistryClient
 from habana_tasks.verification import image_checks, signing
 from habana_tasks.verification import load_test as load_test_module
 from habana_tasks.verification.kernel_modules import KernelModuleStore
+from habana_tasks.verification.worker import WorkerTools
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class RunOptions:
     push: bool = True
     load_test: bool = True
     load_test_timeout: float = load_test_module.DEFAULT_TIMEOUT
+    # Files, history and `created` of every image (reproducible: see labels.source_date_epoch).
+    source_date_epoch: int = 0
 
 
 class Pipeline:
@@ -56,8 +59,8 @@ class Pipeline:
         self.registry = registry
         self.reporter = reporter
         self.options = options
-        self.created = labels.created_timestamp()
         self.kernels = KernelModuleStore(podman, options.kernels_dir)
+        self.workers = WorkerTools(podman, options.dockerfile, options.kernels_dir)
 
     def execute(self, jobs: Sequence[BuildJob]) -> list[JobResult]:
         results: dict[str, JobResult] = {}
@@ -108,7 +111,8 @@ class Pipeline:
         needed: dict[str, list[str]] = {}
         for job in jobs:
             assert job.inputs is not None
-            for image in (job.inputs.toolkit.pinned, job.inputs.base.pinned):
+            bases = [job.inputs.base.pinned] if job.inputs.base else []
+            for image in (job.inputs.toolkit.pinned, *bases):
                 needed.setdefault(image, []).append(job.target.tag)
         failures: dict[str, Failure] = {}
         for image, tags in needed.items():
@@ -215,35 +219,17 @@ class Pipeline:
         target, inputs = job.target, job.inputs
         assert inputs is not None and job.fingerprint is not None
         stage("context")
-        if work.exists():
-            shutil.rmtree(work)
-        context = work / "context"
-        context.mkdir(parents=True)
-        shutil.copyfile(self.options.dockerfile, context / "Dockerfile")
-        link_into(inputs.package, context / "packages", "habanalabs.rpm")
-        if inputs.firmware:
-            link_into(inputs.firmware, context / "packages", "habanalabs-firmware.rpm")
-        # The certificate is public and goes in the context; the key goes in as a secret.
-        (context / "signing").mkdir()
-        secrets = {}
-        if inputs.signer:
-            (context / "signing" / "certificate").write_bytes(inputs.signer.certificate_pem)
-            secrets[signing.SECRET_ID] = inputs.signer.files.key
-        stage("build")
-        spec = BuildSpec(
-            context=context,
-            containerfile=context / "Dockerfile",
-            iidfile=work / "image-id",
-            build_args=labels.build_args(target, inputs),
-            # Only an image that passes the load test below is ever published, so a published
-            # image with load-tested=true was booted in its kernel with its driver loaded.
-            labels=labels.image_labels(
-                self.config, target, inputs, self.created, self.options.load_test
-            ),
-            # A forced rebuild really rebuilds: no layer is taken from the cache.
-            no_cache=job.forced,
-            secrets=secrets,
+        # Only an image that passes the load test below is ever published, so a published
+        # image with load-tested=true was booted in its kernel with its driver loaded.
+        spec = build_spec(
+            self.config,
+            job,
+            work,
+            self.options.dockerfile,
+            self.options.source_date_epoch,
+            self.options.load_test,
         )
+        stage("build")
         image_id = self.podman.build(spec, sink)
         stage("check")
         kernel = self.kernels.load(inputs.toolkit.pinned, target.kernel)
@@ -262,10 +248,10 @@ class Pipeline:
             result = load_test_module.run_load_test(
                 self.podman,
                 self.kernels,
+                self.workers,
                 rootfs,
                 inputs.toolkit.pinned,
-                target.kernel,
-                target.modules,
+                target,
                 work / "load-test",
                 timeout=self.options.load_test_timeout,
                 on_line=sink,
@@ -292,6 +278,51 @@ class Pipeline:
         return write_report(self.options.logs_dir / "report.json", results)
 
 
+def build_spec(
+    config: Config,
+    job: BuildJob,
+    work: Path,
+    dockerfile: Path,
+    source_date_epoch: int,
+    load_tested: bool,
+) -> BuildSpec:
+    """The build context (Dockerfile, packages, certificate) made afresh under `work`, and the
+    build: the same job, epoch and load-tested claim always give the same image."""
+    target, inputs = job.target, job.inputs
+    assert inputs is not None
+    if work.exists():
+        shutil.rmtree(work)
+    context = work / "context"
+    context.mkdir(parents=True)
+    shutil.copyfile(dockerfile, context / "Dockerfile")
+    link_into(inputs.package, context / "packages", "habanalabs.rpm")
+    if inputs.firmware:
+        link_into(inputs.firmware, context / "packages", "habanalabs-firmware.rpm")
+    # The certificate is public and goes in the context; the key goes in as a secret.
+    (context / "signing").mkdir()
+    secrets = {}
+    if inputs.signer:
+        (context / "signing" / "certificate").write_bytes(inputs.signer.certificate_pem)
+        secrets[signing.SECRET_ID] = inputs.signer.files.key
+    image_labels = labels.image_labels(
+        config, target, inputs, labels.rfc3339(source_date_epoch), load_tested
+    )
+    return BuildSpec(
+        context=context,
+        containerfile=context / "Dockerfile",
+        iidfile=work / "image-id",
+        build_args=labels.build_args(target, inputs),
+        labels=image_labels,
+        annotations=image_labels,
+        timestamp=source_date_epoch,
+        # Never from the layer cache: a cached step carries the ID of the build that made it
+        # (history's "FROM <id>"), so a cached build of one kernel could differ from a fresh
+        # one. Each image is built once per change of inputs, so the cache saves little.
+        no_cache=True,
+        secrets=secrets,
+    )
+
+
 def run_stamp() -> str:
     """A run's folder name: sortable by time, unique across runs in the same second."""
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
@@ -301,7 +332,7 @@ def verify_pushed(
     registry: RegistryClient, target: BuildTarget, digest: str, fingerprint: str
 ) -> None:
     """The registry must now serve exactly what was pushed, with the expected fingerprint."""
-    remote = registry.inspect(target.image)
+    remote = registry.inspect(target.image, labels.FINGERPRINT)
     if remote.existence is not Existence.PRESENT:
         raise HabanaError(f"{target.image}: not readable after push ({remote.error or 'absent'})")
     if remote.digest != digest:

@@ -29,7 +29,6 @@ class BuildJob:
     inputs: TargetInputs | None = None
     fingerprint: str | None = None
     remote_digest: str | None = None
-    forced: bool = False
     load_tested: bool = False
     failure: Failure | None = None
 
@@ -51,7 +50,7 @@ def plan_job(
         failure = Failure("registry state", why, transient=transient)
         return BuildJob(target, Action.FAIL, why, inputs, failure=failure)
     if force:
-        return BuildJob(target, Action.BUILD, "forced", inputs, current, remote.digest, forced=True)
+        return BuildJob(target, Action.BUILD, "forced", inputs, current, remote.digest)
     if remote.existence is Existence.ABSENT:
         return BuildJob(target, Action.BUILD, "not in the repository", inputs, current)
     load_tested = remote.labels.get(labels.LOAD_TESTED) == "true"

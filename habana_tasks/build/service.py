@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from habana_tasks.build import metadata
+from habana_tasks.build import labels, metadata
 from habana_tasks.build.driver_package import PackageCache
 from habana_tasks.build.pipeline import Pipeline, RunOptions, run_stamp
 from habana_tasks.build.plan import Action, BuildJob, plan
@@ -29,6 +29,7 @@ from habana_tasks.registry.client import RegistryClient, RemoteImage
 from habana_tasks.verification import signing
 from habana_tasks.verification.kernel_modules import KernelModuleStore
 from habana_tasks.verification.load_test import DEFAULT_TIMEOUT, LoadTestResult, retest_image
+from habana_tasks.verification.worker import WorkerTools
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,9 @@ def resolve_and_plan(
 
 def make_podman(announce: Callable[[str], None], runner: ProcessRunner | None = None) -> Podman:
     """One podman per run: its build isolation is decided once and announced once. A mistyped
-    isolation in the environment is refused here, before anything runs."""
+    isolation or SOURCE_DATE_EPOCH in the environment is refused here, before anything runs."""
     explicit_choice(os.environ)
+    labels.source_date_epoch(os.environ)
     runner = runner or ProcessRunner()
     return Podman(runner, BuildIsolation(runner, announce=announce))
 
@@ -167,6 +169,7 @@ def load_test_images(
         raise UsageError("--image tests one image: name its --kernel (and --driver)")
     registry = RegistryClient(config.insecure_registries)
     store = KernelModuleStore(podman, project.kernels)
+    workers = WorkerTools(podman, project.dockerfile, project.kernels)
     folders = RunFolders.new(project, "load-test-")
     folders.logs.mkdir(parents=True, exist_ok=True)
     results = []
@@ -184,6 +187,7 @@ def load_test_images(
                         image or target.image,
                         work,
                         log,
+                        workers,
                         timeout,
                     )
                 )
@@ -212,6 +216,7 @@ def execute(
         jobs=options.jobs,
         push=options.push,
         load_test=options.load_test,
+        source_date_epoch=labels.source_date_epoch(),
     )
     pipeline = Pipeline(config, podman, planned.registry, reporter, run_options)
     results = pipeline.execute(planned.jobs)

@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from habana_tasks.config import kernel_release
+from habana_tasks.config import kernel_release, sections
 from habana_tasks.config import versions as config
 from habana_tasks.config.fields import MAX_SHOWN
 from habana_tasks.config.image_reference import ImageReference
@@ -77,8 +77,8 @@ def release(option: str, value: str) -> str:
 
 
 def driver(option: str, value: str) -> str:
-    if not config.DRIVER_VERSION_RE.match(value):
-        raise _fail(option, value, config.DRIVER_EXPECTED.removeprefix("expected "))
+    if not sections.DRIVER_VERSION_RE.match(value):
+        raise _fail(option, value, sections.DRIVER_EXPECTED.removeprefix("expected "))
     return value
 
 

@@ -4,13 +4,11 @@ work, render what it returns, and give the exit code (core.errors holds the tabl
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 
-from habana_tasks.build import service
+from habana_tasks.build import rebuild, service
 from habana_tasks.build.reporter import make_console, make_reporter
 from habana_tasks.build.results import JobResult
 from habana_tasks.build.service import BuildOptions, BuildRun
@@ -21,11 +19,8 @@ from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core import errors
 from habana_tasks.core.errors import Interrupted, UsageError
 from habana_tasks.engine.podman import Podman
-from habana_tasks.maintenance import discover as discovery
-from habana_tasks.maintenance import kmm, preflight, prune, status
+from habana_tasks.maintenance import status
 from habana_tasks.registry.auth import authfile_environment, check_credential_files
-from habana_tasks.registry.auth import credentials_from as credentials
-from habana_tasks.registry.client import RegistryClient
 from habana_tasks.verification.load_test import DEFAULT_TIMEOUT
 
 DEFAULT_OPTIONS = BuildOptions()
@@ -119,6 +114,24 @@ def load_tests(
     return run.exit_code
 
 
+def verify_rebuild(
+    project: Project,
+    versions: str | None = None,
+    kernel: str | None = None,
+    driver: str | None = None,
+    *,
+    console: Console | None = None,
+) -> int:
+    """Rebuild published images from their inputs (nothing pushed) and compare the digests."""
+    console = console or make_console()
+    config = load_inputs(project, versions)
+    targets = config.select(kernel, driver)
+    run = rebuild.verify_rebuilds(project, config, targets, service.make_podman(announcer(console)))
+    console.print(tables.rebuild_table(run.results))
+    print_line(console, f"report: {run.report}")
+    return run.exit_code
+
+
 def status_command(
     project: Project,
     versions: str | None = None,
@@ -139,104 +152,3 @@ def matrix(project: Project, versions: str | None = None) -> str:
     config = load_inputs(project, versions)
     run = service.resolve_and_plan(project, config, config.targets)
     return status.github_matrix(status.statuses(run.jobs, run.remote))
-
-
-def kmm_module(
-    project: Project,
-    driver: str,
-    versions: str | None = None,
-    *,
-    name: str = "habanalabs",
-    namespace: str = "habana-ai-operator",
-    sign_key_secret: str | None = None,
-    sign_cert_secret: str | None = None,
-    signed_repository: str | None = None,
-) -> str:
-    """A KMM Module (YAML) mapping every kernel whose image the repository holds for driver;
-    with both secrets, KMM signs each image in the cluster and pushes the signed copy."""
-    config = load_inputs(project, versions)
-    sign = kmm.signing_request(config, sign_key_secret, sign_cert_secret, signed_repository)
-    registry = RegistryClient(config.insecure_registries)
-    module = kmm.library_module(config, driver, registry, name=name, namespace=namespace, sign=sign)
-    return yaml.safe_dump(module, sort_keys=False)
-
-
-def prune_command(
-    project: Project,
-    versions: str | None = None,
-    *,
-    older_than: int | None = None,
-    apply: bool = False,
-    console: Console | None = None,
-) -> int:
-    """List (and with apply, delete by digest) tags the matrix no longer names."""
-    console = console or make_console()
-    config = load_inputs(project, versions)
-    registry = RegistryClient(config.insecure_registries)
-    count, outcomes = prune.prune_library(
-        config, registry, older_than_days=older_than, apply=apply, now=datetime.now(UTC)
-    )
-    console.print(tables.prune_table(config.repository, outcomes, apply))
-    print_line(console, f"{count} tag(s), {len(outcomes)} to prune")
-    return errors.exit_code_for(o.failure for o in outcomes)
-
-
-def discover(
-    project: Project,
-    versions: str | None = None,
-    *,
-    minors: Sequence[str] = (),
-    arches: Sequence[str] = (),
-    drivers: Sequence[str] = (),
-    release_repository: str | None = None,
-    authfile: str | None = None,
-    dry_run: bool = False,
-    console: Console | None = None,
-) -> int:
-    """Add the kernels of the requested OpenShift releases to versions.toml (comments kept)."""
-    console = console or make_console()
-    config = load_inputs(project, versions, authfile)
-    registry = RegistryClient(config.insecure_registries, credentials=credentials(authfile))
-    run = discovery.run_discovery(
-        config,
-        registry,
-        minors=minors,
-        arches=arches,
-        drivers=drivers,
-        release_repository=release_repository,
-        dry_run=dry_run,
-    )
-    tables.show_discovery(console, run, {t.kernel for t in config.targets}, config.path)
-    return errors.OK
-
-
-def preflight_command(
-    project: Project,
-    versions: str | None = None,
-    *,
-    openshift: Sequence[str] = (),
-    nodes: str | None = None,
-    drivers: Sequence[str] = (),
-    arch: str = "x86_64",
-    release_repository: str | None = None,
-    authfile: str | None = None,
-    output_format: str = "table",
-    console: Console | None = None,
-) -> int:
-    """Does the library hold a current, load-tested (and signed) image for every kernel the
-    given OpenShift releases or nodes run, for every driver? 0 only when every answer is yes."""
-    console = console or make_console()
-    config = load_inputs(project, versions, authfile)
-    registry = RegistryClient(config.insecure_registries, credentials=credentials(authfile))
-    report = preflight.run_preflight(
-        config,
-        registry,
-        lambda targets: service.resolve_and_plan(project, config, targets),
-        openshift=openshift,
-        nodes=Path(nodes) if nodes else None,
-        drivers=drivers,
-        arch=arch,
-        release_repository=release_repository,
-    )
-    tables.show_preflight(console, report, config.repository, output_format)
-    return report.exit_code

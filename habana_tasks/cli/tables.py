@@ -13,7 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from habana_tasks.build import labels
+from habana_tasks.build.labels import short_digest
 from habana_tasks.build.plan import Action, BuildJob
+from habana_tasks.build.rebuild import RebuildResult
 from habana_tasks.build.results import JobResult
 from habana_tasks.maintenance import preflight, status
 from habana_tasks.maintenance.discover import Discovery, DiscoveryRun
@@ -110,6 +112,30 @@ def load_test_table(reports: Iterable[LoadTestResult]) -> Table:
             f"{r.seconds:.1f}" if r.kernel else "",
             f"{r.initramfs_bytes / 1e6:.0f}" if r.initramfs_bytes else "",
             "\n".join([r.reason, *r.evidence]),
+        )
+    return out
+
+
+def rebuild_table(results: Iterable[RebuildResult]) -> Table:
+    out = table("verify-rebuild", "image", "result", "published", "rebuilt", "what differs")
+    for r in results:
+        lines = [str(r.failure)] if r.failure else []
+        for layer in r.layers:
+            lines.append(
+                f"layer {layer.index}: {short_digest(layer.published)} -> "
+                f"{short_digest(layer.rebuilt)}"
+            )
+            lines += [f"  {line}" for line in layer.files]
+            if layer.more:
+                lines.append(f"  and {layer.more} more file(s)")
+        verdict = "DIFFERS" if r.rebuilt else "FAIL"
+        add_row(
+            out,
+            r.image,
+            Text("reproduced", "green") if r.reproduced else Text(verdict, "red"),
+            short_digest(r.published),
+            short_digest(r.rebuilt),
+            "\n".join(lines),
         )
     return out
 

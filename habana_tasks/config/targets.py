@@ -7,6 +7,7 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from habana_tasks.config import flavours
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.core.errors import UsageError
 
@@ -29,13 +30,14 @@ class BuildTarget:
     rhel_version: str | None
     driver: str
     modules: tuple[str, ...]
-    base_image: str
+    base_image: str | None  # None: the image starts from scratch
     toolkit_image: str
     package_url: str
     firmware_url: str | None
     repository: str
     tag: str
     openshift: tuple[str, ...] = ()
+    flavour: str = flavours.DEFAULT
 
     @property
     def image(self) -> str:

@@ -6,40 +6,50 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from habana_tasks.config import fields, kernel_release
-from habana_tasks.config.image_reference import ImageReference, registry_host_problem
+from habana_tasks.config import fields, kernel_release, sections
+from habana_tasks.config.flavours import DEFAULT as DEFAULT_FLAVOUR
+from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.config.tags import image_tag, tag_problem
-from habana_tasks.config.targets import BuildTarget, Config, DiscoverSettings, SigningFiles
+from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core import local_files
 from habana_tasks.core.errors import ConfigError
 
-DRIVER_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)+(-[0-9A-Za-z.]+)?\Z")
 MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 RHEL_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)?\Z")
 DEFAULT_MODULES = ("habanalabs",)
-DRIVER_EXPECTED = "expected a driver version like 1.6.0-439"
 RELEASE_EXPECTED = (
     "expected a full kernel release as `uname -r` prints it "
     "(e.g. 4.18.0-372.19.1.el8_6.x86_64 or 6.1.0-56-amd64)"
 )
 
 SCHEMA: dict[str, tuple[str, ...]] = {
-    "": ("library", "base", "toolkit", "driver", "drivers", "kernels", "discover", "signing"),
+    "": tuple(
+        [
+            "library",
+            "image",
+            "base",
+            "toolkit",
+            "driver",
+            "drivers",
+            "kernels",
+            "discover",
+            "signing",
+        ]
+    ),
     "library": ("repository", "source", "vendor", "insecure_registries"),
+    "image": ("flavour",),
     "base": ("image",),
     "toolkit": ("image",),
     "driver": ("package_url", "firmware_url", "modules"),
     "drivers.*": ("package_url", "firmware_url", "modules"),
     "kernels[]": ("release", "drivers", "arch", "rhel_version", "openshift"),
-    "discover": ("release_repository", "minors", "arches", "drivers", "rt"),
-    "signing": ("certificate", "key"),
+    "discover": sections.DISCOVER_KEYS,
+    "signing": sections.SIGNING_KEYS,
 }
-# The signing key's path, for CI runners that write the key from a secret store to a file.
-SIGNING_KEY_ENV = "HABANA_SIGNING_KEY"
 
 
 def load(path: Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -59,15 +69,17 @@ def parse(data: Mapping[str, Any], path: Path, environ: Mapping[str, str] | None
     """The file's tables, each checked by its own helper; every problem raised at once."""
     problems = fields.Problems(path)
     fields.check_keys(problems, data, "", SCHEMA[""])
-    sections = {name: fields.table(problems, data, name) for name in ("library", "base", "toolkit")}
-    for name, table in sections.items():
+    names = ("library", "image", "base", "toolkit")
+    tables = {name: fields.table(problems, data, name) for name in names}
+    for name, table in tables.items():
         fields.check_keys(problems, table, name, SCHEMA[name])
-    library = _library(problems, sections["library"])
-    templates = _templates(problems, data, sections["base"], sections["toolkit"])
+    library = sections.library(problems, tables["library"])
+    templates = _templates(problems, data, tables["base"], tables["toolkit"])
+    templates = replace(templates, flavour=sections.flavour(problems, tables["image"]))
     kernels = _kernel_entries(problems, data)
     targets, used = _targets(problems, kernels, templates, library.repository)
-    discover = _discover_settings(problems, fields.table(problems, data, "discover"))
-    signing = _signing(problems, data, path, environ or {})
+    discover = sections.discover_settings(problems, fields.table(problems, data, "discover"))
+    signing = sections.signing(problems, data, path, environ or {})
     for version in sorted(set(templates.overrides) - used):
         problems.add(
             f"drivers.{fields.quote(version)}", version, "no [[kernels]] entry uses this driver"
@@ -87,59 +99,13 @@ def parse(data: Mapping[str, Any], path: Path, environ: Mapping[str, str] | None
     )
 
 
-def _signing(
-    problems: fields.Problems, data: Mapping[str, Any], path: Path, environ: Mapping[str, str]
-) -> SigningFiles | None:
-    """[signing]: both paths, relative to the versions file; the key may come from the
-    environment instead (HABANA_SIGNING_KEY), so that it never needs to sit beside the file."""
-    if "signing" not in data and not environ.get(SIGNING_KEY_ENV):
-        return None
-    table = fields.table(problems, data, "signing")
-    fields.check_keys(problems, table, "signing", SCHEMA["signing"])
-    certificate = fields.text(problems, table, "signing.certificate", required=True)
-    key = environ.get(SIGNING_KEY_ENV) or fields.text(problems, table, "signing.key")
-    if "key" not in table and not environ.get(SIGNING_KEY_ENV):
-        problems.missing(
-            "signing.key", f"expected the path of the PEM private key (or set {SIGNING_KEY_ENV})"
-        )
-    if not certificate or not key:
-        return None
-    base = path.parent
-    return SigningFiles(base / Path(certificate).expanduser(), base / Path(key).expanduser())
-
-
-@dataclass(frozen=True)
-class _Library:
-    repository: str | None
-    source: str
-    vendor: str
-    insecure: tuple[str, ...]
-
-
-def _library(problems: fields.Problems, table: Mapping[str, Any]) -> _Library:
-    repository = fields.text(problems, table, "library.repository", required=True)
-    if repository:
-        try:
-            ref = ImageReference.parse(repository)
-            if ref.tag or ref.digest:
-                problems.add("library.repository", repository, "expected a repository without tag")
-        except ValueError as exc:
-            problems.add("library.repository", repository, str(exc))
-    insecure = fields.string_list(problems, table, "library.insecure_registries") or ()
-    for host in insecure:
-        if why := registry_host_problem(host):
-            problems.add("library.insecure_registries", host, why)
-    source = fields.text(problems, table, "library.source") or ""
-    vendor = fields.text(problems, table, "library.vendor") or ""
-    return _Library(repository, source, vendor, insecure)
-
-
 @dataclass(frozen=True)
 class _Templates:
     base: str | None
     toolkit: str | None
     defaults: dict[str, Any]  # [driver]: package_url, firmware_url, modules
     overrides: dict[str, dict[str, Any]]  # [drivers."<version>"], defaults filled in
+    flavour: str = DEFAULT_FLAVOUR
 
 
 def _templates(
@@ -154,15 +120,16 @@ def _templates(
     overrides: dict[str, dict[str, Any]] = {}
     for version, settings in fields.table(problems, data, "drivers").items():
         key = f"drivers.{fields.quote(version)}"
-        if not DRIVER_VERSION_RE.match(version):
-            problems.add(key, version, DRIVER_EXPECTED)
+        if not sections.DRIVER_VERSION_RE.match(version):
+            problems.add(key, version, sections.DRIVER_EXPECTED)
         if not isinstance(settings, dict):
             problems.add(key, settings, "expected a table")
             continue
         fields.check_keys(problems, settings, key, SCHEMA["drivers.*"])
         overrides[version] = _driver_settings(problems, settings, key, defaults)
     return _Templates(
-        fields.template(problems, base, "base.image", required=True),
+        # [base] is optional; written, it must name the image (remove it to build from scratch).
+        fields.template(problems, base, "base.image", required="base" in data),
         fields.template(problems, toolkit, "toolkit.image", required=True),
         defaults,
         overrides,
@@ -214,8 +181,8 @@ def _kernel_entry(problems: fields.Problems, key: str, entry: Mapping[str, Any])
     if entry.get("drivers") == []:
         problems.add(f"{key}.drivers", [], "expected at least one driver version")
     for version in versions:
-        if not DRIVER_VERSION_RE.match(version):
-            problems.add(f"{key}.drivers", version, DRIVER_EXPECTED)
+        if not sections.DRIVER_VERSION_RE.match(version):
+            problems.add(f"{key}.drivers", version, sections.DRIVER_EXPECTED)
     if release is None or arch is None:
         return None
     return _Kernel(key, release, arch, rhel, versions, openshift)
@@ -316,7 +283,9 @@ def _target(
         except ValueError as exc:
             problems.add(f"{key} ({name})", image, str(exc))
             return None
-    if base is None or toolkit is None or package is None or not repository:
+    if (templates.base is not None and base is None) or toolkit is None or package is None:
+        return None
+    if not repository:
         return None
     return BuildTarget(
         kernel=kernel.release,
@@ -331,35 +300,8 @@ def _target(
         repository=repository,
         tag=tag,
         openshift=kernel.openshift,
+        flavour=templates.flavour,
     )
-
-
-def _discover_settings(problems: fields.Problems, table: Mapping[str, Any]) -> DiscoverSettings:
-    fields.check_keys(problems, table, "discover", SCHEMA["discover"])
-    defaults = DiscoverSettings()
-    repository = fields.text(problems, table, "discover.release_repository")
-    if repository:
-        try:
-            ImageReference.parse(repository)
-        except ValueError as exc:
-            problems.add("discover.release_repository", repository, str(exc))
-    minors = fields.string_list(problems, table, "discover.minors") or ()
-    for minor in minors:
-        if not re.match(r"^[0-9]+\.[0-9]+\Z", minor):
-            problems.add("discover.minors", minor, "expected an OpenShift minor like 4.14")
-    arches = fields.string_list(problems, table, "discover.arches") or defaults.arches
-    for arch in arches:
-        if why := kernel_release.arch_problem(arch):
-            problems.add("discover.arches", arch, why)
-    drivers = fields.string_list(problems, table, "discover.drivers") or ()
-    for version in drivers:
-        if not DRIVER_VERSION_RE.match(version):
-            problems.add("discover.drivers", version, DRIVER_EXPECTED)
-    rt = table.get("rt", False)
-    if not isinstance(rt, bool):
-        problems.add("discover.rt", rt, "expected true or false")
-        rt = False
-    return DiscoverSettings(repository or defaults.release_repository, minors, arches, drivers, rt)
 
 
 def _driver_settings(

@@ -121,6 +121,9 @@ def probe(runner: ProcessRunner, flag: str | None = None) -> Isolation:
                 "--iidfile",
                 str(iidfile),
                 *(["--isolation", flag] if flag else []),
+                # As every build runs: a runtime that cannot run a step without a network
+                # cannot build here.
+                *(["--network", "none"] if flag != FALLBACK else []),
                 str(context),
             ],
             check=False,

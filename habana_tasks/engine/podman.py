@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -18,6 +19,11 @@ PODMAN = "podman"
 # binary into a sealed memfd can meet EBUSY while the host is busy (seen with buildah's chroot
 # isolation). The same build, run again, passes; any other failure is the build's own.
 TRANSIENT_RUNTIME_FAILURES = ("sealing memfd copy: Device or resource busy",)
+UNSHARED = "unshared"
+SHARED_NETWORK_NOTICE = (
+    "chroot isolation as an unprivileged user cannot cut a build off the network: builds share "
+    "this host's network (nothing in the Dockerfile downloads anything)"
+)
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,17 @@ class BuildSpec:
     # Build secrets: id -> file. Only the path is on the command line; podman mounts the file
     # for the RUN steps that ask for it and never stores it in a layer.
     secrets: Mapping[str, Path] = field(default_factory=dict)
+    # The same inputs give the same image: one timestamp for files, history and `created`
+    # (None: podman's clock, only for images that are not published).
+    timestamp: int | None = None
+    # Manifest annotations (OCI format): what deciding "is this image current" reads.
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    target: str | None = None  # build up to this stage only
+    # No RUN step reaches any network: everything a build uses is in its context or its FROM
+    # images. Only the local upstream's stand-ins, which play a vendor's build, set "host".
+    # UNSHARED: chroot isolation cannot take --network none, so podman itself runs in a new,
+    # empty network namespace (unshare --net, as root), which its RUN steps share.
+    network: str = "none"
 
     @property
     def argv(self) -> list[str]:
@@ -43,6 +60,12 @@ class BuildSpec:
         # parallel builds never pull into the shared storage at once.
         argv = [PODMAN, "build", "--pull=never", "--layers", "--file", str(self.containerfile)]
         argv += ["--iidfile", str(self.iidfile)]
+        if self.network != UNSHARED:
+            argv += ["--network", self.network]
+        if self.timestamp is not None:
+            argv += ["--timestamp", str(self.timestamp)]
+        if self.target:
+            argv += ["--target", self.target]
         if self.isolation:
             argv += ["--isolation", self.isolation]
         if self.no_cache:
@@ -51,12 +74,14 @@ class BuildSpec:
             argv += ["--build-arg", f"{key}={value}"]
         for key, value in sorted(self.labels.items()):
             argv += ["--label", f"{key}={value}"]
+        for key, value in sorted(self.annotations.items()):
+            argv += ["--annotation", f"{key}={value}"]
         for tag in self.tags:
             argv += ["--tag", tag]
         for secret, path in sorted(self.secrets.items()):
             argv += ["--secret", f"id={secret},src={path}"]
         argv.append(str(self.context))
-        return argv
+        return ["unshare", "--net", "--", *argv] if self.network == UNSHARED else argv
 
 
 def tls_flag(tls_verify: bool) -> list[str]:
@@ -92,6 +117,7 @@ class Podman:
     def __init__(self, runner: ProcessRunner, isolation: BuildIsolation | None = None) -> None:
         self.runner = runner
         self.isolation = isolation or BuildIsolation(runner)
+        self._told_shared_network = False
 
     def image_exists(self, image: str) -> bool:
         done = self.runner.run([PODMAN, "image", "exists", image], check=False)
@@ -111,6 +137,8 @@ class Podman:
         """Build with the isolation this host supports (asked once per run); the image ID."""
         if spec.isolation is None:
             spec = replace(spec, isolation=self.isolation.choose().flag)
+        if spec.isolation == "chroot" and spec.network == "none":
+            spec = replace(spec, network=self._chroot_network(on_line))
         spec.iidfile.unlink(missing_ok=True)
         try:
             self.runner.run(spec.argv, on_line=on_line)
@@ -123,6 +151,15 @@ class Podman:
                 on_line(f"the container runtime failed ({cause_of(exc.tail)}); building again once")
             self.runner.run(spec.argv, on_line=on_line)
         return spec.iidfile.read_text().strip()
+
+    def _chroot_network(self, on_line: LineSink | None) -> str:
+        """No network for chroot builds: a fresh namespace as root; said once when impossible."""
+        if os.geteuid() == 0:
+            return UNSHARED
+        if not self._told_shared_network and on_line is not None:
+            self._told_shared_network = True
+            on_line(SHARED_NETWORK_NOTICE)
+        return "host"
 
     def tag(self, image_id: str, name: str) -> None:
         self.runner.run([PODMAN, "tag", image_id, name])
@@ -137,6 +174,18 @@ class Podman:
     ) -> str:
         digestfile.unlink(missing_ok=True)
         self.runner.run(push_argv(image_id, destination, digestfile, tls_verify), on_line=on_line)
+        return digestfile.read_text().strip()
+
+    def push_to_layout(
+        self, image_id: str, layout: Path, digestfile: Path, on_line: LineSink | None = None
+    ) -> str:
+        """Write the image into a local OCI layout as a push writes it (the same compression):
+        its manifest digest is the one a registry push would record."""
+        digestfile.unlink(missing_ok=True)
+        if layout.exists():
+            shutil.rmtree(layout)
+        argv = [PODMAN, "push", "--quiet", "--digestfile", str(digestfile), image_id]
+        self.runner.run([*argv, f"oci:{layout}:image"], on_line=on_line)
         return digestfile.read_text().strip()
 
     @contextmanager

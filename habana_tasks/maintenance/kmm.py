@@ -8,17 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from habana_tasks.build import labels
+from habana_tasks.config import flavours
 from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core.errors import HabanaError, UsageError
 from habana_tasks.registry.client import Existence, RegistryClient
 
 API_VERSION = "kmm.sigs.x-k8s.io/v1beta1"
-# The driver requests firmware as "habanalabs/gaudi/<file>", relative to the firmware search path.
-# The image ships it at /opt/lib/firmware/habanalabs/gaudi/, and KMM copies the *contents* of
-# firmwarePath into the node's search path, so firmwarePath is /opt/lib/firmware (one level
-# deeper, /opt/lib/firmware/habanalabs, would make the driver's requests miss).
-FIRMWARE_PATH = "/opt/lib/firmware"
-MODULES_DIR = "/opt"
+FLAVOUR_ANNOTATION = "habana-ai-driver.io/image-flavour"
 # Nodes with a Habana device (PCI vendor 0x1da3), as labelled by Node Feature Discovery.
 NODE_SELECTOR = {"feature.node.kubernetes.io/pci-1da3.present": "true"}
 
@@ -58,7 +54,7 @@ def signing_request(
 
 def files_to_sign(target: BuildTarget) -> list[str]:
     """Every module path in the image (under dirName), as KMM's filesToSign wants them."""
-    return [f"{MODULES_DIR}/lib/modules/{target.kernel}/extra/{m}.ko" for m in target.modules]
+    return [f"{flavours.DIR_NAME}/lib/modules/{target.kernel}/extra/{m}.ko" for m in target.modules]
 
 
 def kernel_mapping(target: BuildTarget, sign: KmmSigning | None) -> dict[str, Any]:
@@ -95,16 +91,21 @@ def module_manifest(
     if not targets:
         raise ValueError("no images to map")
     order = loading_order(targets[0].modules)
-    modprobe: dict[str, Any] = {"moduleName": order[0], "dirName": MODULES_DIR}
+    modprobe: dict[str, Any] = {"moduleName": order[0], "dirName": flavours.DIR_NAME}
     if len(order) > 1:
         modprobe["modulesLoadingOrder"] = order
     if with_firmware:
-        modprobe["firmwarePath"] = FIRMWARE_PATH
+        modprobe["firmwarePath"] = flavours.FIRMWARE_PATH
     mappings = [kernel_mapping(t, sign) for t in sorted(targets, key=lambda t: t.kernel)]
     return {
         "apiVersion": API_VERSION,
         "kind": "Module",
-        "metadata": {"name": name, "namespace": namespace},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            # Which KMM can load these images (README, "Image flavours").
+            "annotations": {FLAVOUR_ANNOTATION: targets[0].flavour},
+        },
         "spec": {
             "moduleLoader": {"container": {"modprobe": modprobe, "kernelMappings": mappings}},
             "selector": dict(NODE_SELECTOR),
@@ -124,7 +125,7 @@ def library_module(
     """The Module for one driver, mapping every kernel whose image the repository holds."""
     targets = config.select(driver=driver)
     with ThreadPoolExecutor(16) as pool:
-        remote = list(pool.map(lambda t: registry.inspect(t.image), targets))
+        remote = list(pool.map(lambda t: registry.inspect(t.image, labels.FINGERPRINT), targets))
     unknown = [r for r in remote if r.existence is Existence.UNKNOWN]
     if unknown:
         raise HabanaError(f"{unknown[0].reference}: {unknown[0].error}")

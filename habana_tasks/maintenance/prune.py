@@ -82,7 +82,11 @@ def prune_library(
     repository = ImageReference.parse(config.repository)
     tags = registry.list_tags(config.repository)
     with ThreadPoolExecutor(16) as pool:
-        found = list(pool.map(lambda tag: registry.inspect(f"{config.repository}:{tag}"), tags))
+        found = list(
+            pool.map(
+                lambda tag: registry.inspect(f"{config.repository}:{tag}", labels.FINGERPRINT), tags
+            )
+        )
     info = {}
     for tag, remote in zip(tags, found, strict=True):
         if remote.existence is Existence.UNKNOWN or remote.digest is None:
@@ -102,10 +106,12 @@ def prune_library(
 
 
 def parse_time(text: str | None) -> datetime | None:
-    """An RFC 3339 label value; None when absent or unreadable (such a tag is never "older")."""
+    """An RFC 3339 label value; None when absent, unreadable or the epoch itself (an image built
+    without SOURCE_DATE_EPOCH has no date): such a tag is never "older"."""
     if not text:
         return None
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return moment if moment.timestamp() > 0 else None

@@ -176,26 +176,36 @@ class RegistryClient:
             partial.replace(cached)
         return response.content
 
-    def inspect(self, image: str) -> RemoteImage:
-        """Tri-state: PRESENT with labels, ABSENT only on an authenticated 404, else UNKNOWN."""
+    def inspect(self, image: str, labels_key: str | None = None) -> RemoteImage:
+        """Tri-state: PRESENT with labels, ABSENT only on an authenticated 404, else UNKNOWN.
+        When the manifest's annotations hold `labels_key`, they are the image's labels (the
+        builder writes the same map to both) and the config blob is not read."""
         ref = ImageReference.parse(image)
         try:
             manifest = self.get_manifest(ref)
-            config = self.image_config(manifest)
+            data = manifest.json()
+            annotations = (
+                data.get("annotations") if manifest.media_type not in INDEX_TYPES else None
+            )
+            if isinstance(annotations, dict) and labels_key and labels_key in annotations:
+                found: object = annotations
+                where = "the manifest's annotations"
+            else:
+                settings = self.image_config(manifest).get("config") or {}
+                found = (settings.get("Labels") or {}) if isinstance(settings, dict) else None
+                where = "config.Labels in its config blob"
         except ManifestUnknown:
             return RemoteImage(image, Existence.ABSENT)
         except RegistryError as exc:
             return RemoteImage(image, Existence.UNKNOWN, failure=Failure.of(STEP, exc, image))
-        settings = config.get("config") or {}  # absent or null: an image without labels
-        labels = (settings.get("Labels") or {}) if isinstance(settings, dict) else None
-        if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        if not isinstance(found, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in found.items()
         ):
-            why = f"{image}: config.Labels in its config blob is not a map of strings"
+            why = f"{image}: {where} is not a map of strings"
             return RemoteImage(image, Existence.UNKNOWN, failure=Failure(STEP, why, image))
         # The manifest was validated: every layer is a descriptor with an integer size.
-        size = sum(layer["size"] for layer in manifest.json()["layers"])
-        return RemoteImage(image, Existence.PRESENT, manifest.digest, labels, size)
+        size = sum(layer["size"] for layer in data["layers"])
+        return RemoteImage(image, Existence.PRESENT, manifest.digest, dict(found), size)
 
     def list_tags(self, repository: str) -> list[str]:
         """All tags of a repository, following Link pagination on the registry's own host only

@@ -1,7 +1,8 @@
 """Checks on a built image before it may be published: it must be loadable by KMM for its kernel.
 
-The image is exported (never run) and inspected with kmod's own tools: every listed module is
-there and nothing built is left unlisted, each is built for exactly this release (vermagic),
+The image is exported (never run) and inspected with kmod's own tools: its flavour's tools resolve
+inside it (image_tools), every listed module is there and nothing built is left unlisted, each
+is built for exactly this release (vermagic),
 `modprobe -d /opt` resolves it to the image's own file, every dependency resolves inside the image
 or to a module the target kernel ships (with the same symbol versions), every firmware file a
 module declares is shipped, and, when the library signs, every module's signature verifies.
@@ -21,6 +22,7 @@ from habana_tasks.core import archive
 from habana_tasks.core.errors import CheckError, CommandError
 from habana_tasks.core.process import LineSink, ProcessRunner
 from habana_tasks.engine.podman import Podman
+from habana_tasks.verification import image_tools
 from habana_tasks.verification.kernel_modules import (
     MODULE_SUFFIXES,
     VMLINUX,
@@ -33,10 +35,6 @@ from habana_tasks.verification.signing import Signer, accepted_hashes, signature
 HOST_LINK = "host"
 FIRMWARE_SUFFIXES = ("", ".xz", ".zst")
 SHOWN = 3  # names shown per problem before "and N more"
-REQUIRED_TOOLS = {
-    "cp": ("usr/bin/cp", "bin/cp"),
-    "modprobe": ("usr/sbin/modprobe", "sbin/modprobe", "usr/bin/kmod", "bin/kmod"),
-}
 
 
 @dataclass(frozen=True)
@@ -256,9 +254,6 @@ def check_tree(
     """Every problem found; an empty list means the image may be published."""
     problems = []
     release = target.kernel
-    for tool, paths in REQUIRED_TOOLS.items():
-        if not any(p in tree.members for p in paths):
-            problems.append(f"the image has no {tool} ({' or '.join('/' + p for p in paths)})")
     moddir = tree.module_dir(release)
     dep = moddir / "modules.dep"
     if not dep.is_file() or dep.stat().st_size == 0:
@@ -307,8 +302,10 @@ def check_image(
     workdir.mkdir(parents=True, exist_ok=True)
     rootfs = workdir / "rootfs.tar"
     podman.export_rootfs(image, rootfs, on_line)
+    with tarfile.open(rootfs) as tar:
+        problems = image_tools.flavour_problems(tar, target.flavour, target.base_image is not None)
     tree = unpack(rootfs, workdir / "tree")
-    problems = check_tree(tree, target, podman.runner, kernel, expect_firmware, on_line, signer)
+    problems += check_tree(tree, target, podman.runner, kernel, expect_firmware, on_line, signer)
     if problems:
         raise CheckError("; ".join(problems))
     return rootfs

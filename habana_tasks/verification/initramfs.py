@@ -1,12 +1,13 @@
-"""An initramfs made from an image's own root filesystem: tar in, newc cpio out, no extraction.
-
-Writing the archive directly keeps device nodes (/dev/console) and ownership without root.
+"""An initramfs made from root filesystems (tars), each under its own prefix: newc cpio out, no
+extraction. Writing the archive directly keeps device nodes (/dev/console) and ownership
+without root.
 """
 
 from __future__ import annotations
 
 import stat
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -61,44 +62,56 @@ class CpioWriter:
         self.out.write(_header(0, 0, 0, 0, 0, 0, TRAILER, nlink=1))
 
 
-def rootfs_to_cpio(rootfs_tar: Path, output: Path, extra: dict[str, tuple[int, bytes]]) -> int:
-    """Convert an exported image into a cpio initramfs, adding `extra` files (path -> mode, data)
-    and their parent folders; an extra file wins over the image's file of the same path.
+def rootfs_to_cpio(
+    sources: Sequence[tuple[Path, str]], output: Path, extra: dict[str, tuple[int, bytes]]
+) -> int:
+    """One cpio of `sources` (tar, prefix: "" for the root), adding `extra` files (path ->
+    mode, data) and their parent folders; an extra file wins over a tar's file of the same
+    path, and an earlier source over a later one.
 
     Returns the archive size in bytes.
     """
-    with tarfile.open(rootfs_tar) as tar, output.open("wb") as out:
+    with output.open("wb") as out:
         writer = CpioWriter(out)
         for path, (mode, data) in extra.items():
-            parents = path.strip("/").split("/")[:-1]
-            for depth in range(1, len(parents) + 1):
-                writer.add("/".join(parents[:depth]), stat.S_IFDIR | 0o755)
+            _parents(writer, path)
             writer.add(path, stat.S_IFREG | mode, data)
-        writer.add("dev", stat.S_IFDIR | 0o755)
+        for folder in ("dev", "proc", "sys", "tmp"):
+            writer.add(folder, stat.S_IFDIR | (0o1777 if folder == "tmp" else 0o755))
         writer.add("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))
-        for member in tar.getmembers():
-            common = (member.uid, member.gid, int(member.mtime))
-            perm = member.mode & 0o7777
-            if member.isdir():
-                writer.add(member.name, stat.S_IFDIR | perm, owner=common)
-            elif member.issym():
-                writer.add(
-                    member.name, stat.S_IFLNK | 0o777, member.linkname.encode(), owner=common
-                )
-            elif member.islnk():
-                # A hard link becomes a copy: simpler than newc's nlink bookkeeping, same bytes.
-                source = tar.extractfile(member.linkname)
-                data = source.read() if source else b""
-                writer.add(member.name, stat.S_IFREG | perm, data, owner=common)
-            elif member.isfile():
-                handle = tar.extractfile(member)
-                writer.add(
-                    member.name, stat.S_IFREG | perm, handle.read() if handle else b"", owner=common
-                )
-            elif member.ischr() or member.isblk():
-                kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-                writer.add(
-                    member.name, kind | perm, rdev=(member.devmajor, member.devminor), owner=common
-                )
+        for tar_path, prefix in sources:
+            with tarfile.open(tar_path) as tar:
+                if prefix:
+                    _parents(writer, f"{prefix}/x")
+                _add_members(writer, tar, prefix)
         writer.close()
     return output.stat().st_size
+
+
+def _parents(writer: CpioWriter, path: str) -> None:
+    parents = path.strip("/").split("/")[:-1]
+    for depth in range(1, len(parents) + 1):
+        writer.add("/".join(parents[:depth]), stat.S_IFDIR | 0o755)
+
+
+def _add_members(writer: CpioWriter, tar: tarfile.TarFile, prefix: str) -> None:
+    for member in tar.getmembers():
+        name = relative_name(member.name)
+        name = f"{prefix}/{name}" if prefix and name else (prefix or name)
+        common = (member.uid, member.gid, int(member.mtime))
+        perm = member.mode & 0o7777
+        if member.isdir():
+            writer.add(name, stat.S_IFDIR | perm, owner=common)
+        elif member.issym():
+            writer.add(name, stat.S_IFLNK | 0o777, member.linkname.encode(), owner=common)
+        elif member.islnk():
+            # A hard link becomes a copy: simpler than newc's nlink bookkeeping, same bytes.
+            source = tar.extractfile(member.linkname)
+            data = source.read() if source else b""
+            writer.add(name, stat.S_IFREG | perm, data, owner=common)
+        elif member.isfile():
+            handle = tar.extractfile(member)
+            writer.add(name, stat.S_IFREG | perm, handle.read() if handle else b"", owner=common)
+        elif member.ischr() or member.isblk():
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+            writer.add(name, kind | perm, rdev=(member.devmajor, member.devminor), owner=common)

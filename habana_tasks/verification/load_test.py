@@ -1,10 +1,13 @@
-"""Load test: boot the exact target kernel under qemu with the image itself as the initramfs,
-load the driver with the image's own modprobe (as KMM does) and read the verdict off the console.
+"""Load test: boot the exact target kernel under qemu and load the driver the way KMM does,
+reading the verdict off the console.
 
-The guest is the node: the in-tree modules the image's modules.dep reaches through its `host` link
-are taken from the target kernel (its toolkit image) and put at /host/lib/modules/<release>, where
-KMM's worker pod sees the node's own modules. Only that dependency closure is added, so the
-initramfs stays small.
+The guest is the node. The image's root filesystem sits at /image; as KMM's image-extractor
+init container does, the image's own /bin/sh, mkdir and cp (as the image's user) copy its
+module tree into a shared /tmp. The worker's modprobe (the toolkit's kmod, as KMM's worker
+image has its own) then loads the modules from /tmp/opt. The in-tree modules the image's
+modules.dep reaches through its `host` link are taken from the target kernel (its toolkit) and
+put at /host/lib/modules/<release>, where KMM's worker sees the node's own modules; only that
+closure is added, so the initramfs stays small.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ import re
 import tarfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
+from habana_tasks.config import flavours
 from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core.errors import CommandError, CommandTimeout, Failure, HabanaError
 from habana_tasks.core.process import LineSink
@@ -25,8 +29,10 @@ from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import RegistryClient
 from habana_tasks.verification import initramfs
 from habana_tasks.verification.kernel_modules import KernelModuleStore, module_name
+from habana_tasks.verification.worker import WorkerTools
 
 MARK = "SMOKE:"
+IMAGE_ROOT = "image"  # where the image's root filesystem sits in the guest
 DEFAULT_TIMEOUT = 120.0
 # Kernel log lines that mean a module did not load as built.
 LOAD_FAILURES = re.compile(
@@ -38,7 +44,8 @@ LOAD_FAILURES = re.compile(
 ENFORCE_SIGNATURES = "module.sig_enforce=1"
 
 INIT = """#!/bin/sh
-# Loads the driver as KMM's worker does (modprobe -d /opt), in order, reports, powers off.
+# KMM's two steps: the image's own sh, mkdir and cp copy its tree out (as the image's user);
+# the worker's modprobe loads the modules from the copy, in order; then report and power off.
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -46,25 +53,40 @@ mount -t devtmpfs devtmpfs /dev 2>/dev/null
 release="$(uname -r)"
 echo "SMOKE: booted $release"
 status=PASS
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mkdir -p /image/tmp && mount --bind /tmp /image/tmp
+dir=/tmp/opt
+if out="$(chroot --userspec=@USER@ /image /bin/sh -c '@EXTRACT@' 2>&1)" \
+    && [ -d "$dir/lib/modules/$release" ]; then
+  echo "SMOKE: image-extractor copied /opt/lib/modules/$release"
+else
+  echo "$out" | sed 's/^/SMOKE: image-extractor: /'
+  why="$(echo "$out" | tail -n 1)"
+  echo "SMOKE: FAIL the image's own /bin/sh, mkdir and cp (KMM's image-extractor)" \\
+    "did not copy its modules out: ${why:-no /opt/lib/modules/$release in the copy}"
+  echo "SMOKE: FAIL"
+  echo o > /proc/sysrq-trigger
+  sleep 10
+fi
 for m in @MODULES@; do
   missing=""
-  deps="$(sed -n "s|^[^:]*/$m\\.ko[^:]*:||p" "/opt/lib/modules/$release/modules.dep" | head -n 1)"
+  deps="$(sed -n "s|^[^:]*/$m\\.ko[^:]*:||p" "$dir/lib/modules/$release/modules.dep" | head -n 1)"
   for file in $deps; do
-    if [ ! -e "/opt/lib/modules/$release/$file" ]; then missing="$missing ${file#host/}"; fi
+    if [ ! -e "$dir/lib/modules/$release/$file" ]; then missing="$missing ${file#host/}"; fi
   done
   if [ -n "$missing" ]; then
     echo "SMOKE: FAIL $m needs in-tree$missing, absent from this node's /lib/modules/$release"
     status=FAIL; continue
   fi
-  if out="$(modprobe -v -d /opt "$m" 2>&1)"; then echo "SMOKE: modprobe $m ok"; else
+  if out="$(modprobe -v -d "$dir" "$m" 2>&1)"; then echo "SMOKE: modprobe $m ok"; else
     echo "$out" | sed 's/^/SMOKE: modprobe: /'
     why="$(echo "$out" | sed -n '/^modprobe: /p' | tail -n 1)"
-    echo "SMOKE: FAIL modprobe -d /opt $m failed: ${why:-$(echo "$out" | tail -n 1)}"
+    echo "SMOKE: FAIL modprobe -d $dir $m failed: ${why:-$(echo "$out" | tail -n 1)}"
     status=FAIL; continue; fi
   echo "$out" | sed 's/^/SMOKE: modprobe: /'
   if [ -d "/sys/module/$m" ]; then echo "SMOKE: loaded $m"; else
     echo "SMOKE: FAIL $m is not in /sys/module"; status=FAIL; fi
-  magic="$(modinfo -b /opt -k "$release" -F vermagic "$m")"
+  magic="$(modinfo -b "$dir" -k "$release" -F vermagic "$m")"
   case "$magic" in
     "$release "*) echo "SMOKE: vermagic $m ok" ;;
     *) echo "SMOKE: FAIL vermagic of $m is '$magic', booted $release"; status=FAIL ;;
@@ -97,8 +119,14 @@ class LoadTestResult:
     failure: Failure | None = None  # set by retest_image when the image did not pass
 
 
-def init_script(modules: Sequence[str]) -> bytes:
-    return INIT.replace("@MODULES@", " ".join(modules)).replace("@PCI_DRIVER@", modules[0]).encode()
+def init_script(modules: Sequence[str], release: str, firmware: bool = False) -> bytes:
+    return (
+        INIT.replace("@MODULES@", " ".join(modules))
+        .replace("@PCI_DRIVER@", modules[0])
+        .replace("@USER@", flavours.IMAGE_USER)
+        .replace("@EXTRACT@", flavours.extractor_script(release, firmware))
+        .encode()
+    )
 
 
 def qemu_argv(
@@ -178,30 +206,56 @@ def in_tree_closure(rootfs_tar: Path, release: str) -> tuple[str, ...]:
     return tuple(sorted(needed))
 
 
-def run_load_test(
-    podman: Podman,
+@dataclass(frozen=True)
+class Node:
+    """What the guest holds besides the image: the worker's tools (a tar) and the node's in-tree
+    modules (path under /lib/modules/<release> -> content)."""
+
+    worker: Path
+    modules: Mapping[str, bytes] = field(default_factory=dict)
+
+
+def node_for(
     store: KernelModuleStore,
+    workers: WorkerTools,
     rootfs_tar: Path,
     toolkit_image: str,
     release: str,
-    modules: Sequence[str],
+    on_line: LineSink | None = None,
+) -> Node:
+    """The node an image lands on: the toolkit's worker tools and the in-tree modules that the
+    image's modules.dep reaches, from the kernel the toolkit carries."""
+    files = store.files(toolkit_image, release, in_tree_closure(rootfs_tar, release))
+    return Node(
+        workers.tar(toolkit_image, on_line),
+        {path: file.read_bytes() for path, file in files.items()},
+    )
+
+
+def run_load_test(
+    podman: Podman,
+    store: KernelModuleStore,
+    workers: WorkerTools,
+    rootfs_tar: Path,
+    toolkit_image: str,
+    target: BuildTarget,
     work: Path,
     *,
     timeout: float = DEFAULT_TIMEOUT,
     on_line: LineSink | None = None,
 ) -> LoadTestResult:
-    """An exported image booted in the kernel its toolkit image carries, with that kernel's
-    in-tree modules the image depends on where the node's would be."""
-    kernel = store.vmlinuz(toolkit_image, release)
-    node = store.files(toolkit_image, release, in_tree_closure(rootfs_tar, release))
+    """An exported image booted in the kernel its toolkit image carries, on a node made of that
+    toolkit's worker tools and that kernel's in-tree modules the image depends on."""
+    kernel = store.vmlinuz(toolkit_image, target.kernel)
     return boot_and_load(
         podman,
         rootfs_tar,
         kernel,
-        release,
-        modules,
+        target.kernel,
+        target.modules,
         work,
-        node={path: file.read_bytes() for path, file in node.items()},
+        node_for(store, workers, rootfs_tar, toolkit_image, target.kernel, on_line),
+        firmware=target.firmware_url is not None,
         timeout=timeout,
         on_line=on_line,
     )
@@ -214,22 +268,24 @@ def boot_and_load(
     release: str,
     modules: Sequence[str],
     work: Path,
+    node: Node,
     *,
-    node: Mapping[str, bytes] | None = None,
+    firmware: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
     on_line: LineSink | None = None,
     enforce_signatures: bool = False,
 ) -> LoadTestResult:
-    """Boot `kernel` with the image as initramfs; `node` holds the node's in-tree module files
-    (path under /lib/modules/<release> -> content), placed where KMM's worker sees them. With
-    `enforce_signatures`, the kernel refuses modules not signed by a key it trusts."""
+    """Boot `kernel` on `node` with the image at /image; the node's in-tree module files go
+    where KMM's worker sees them. With `enforce_signatures`, the kernel refuses modules not
+    signed by a key it trusts."""
     work.mkdir(parents=True, exist_ok=True)
     initrd = work / "initrd.cpio"
-    extra = {"init": (0o755, init_script(modules))}
-    for path, data in (node or {}).items():
+    extra = {"init": (0o755, init_script(modules, release, firmware))}
+    for path, data in node.modules.items():
         extra[f"host/lib/modules/{release}/{path}"] = (0o644, data)
-    size = initramfs.rootfs_to_cpio(rootfs_tar, initrd, extra)
-    provided = tuple(module_name(p) for p in sorted(node or {}))
+    sources = [(node.worker, ""), (rootfs_tar, IMAGE_ROOT)]
+    size = initramfs.rootfs_to_cpio(sources, initrd, extra)
+    provided = tuple(module_name(p) for p in sorted(node.modules))
     accel = os.environ.get("HABANA_QEMU_ACCEL", "tcg")
     started = time.monotonic()
     try:
@@ -275,6 +331,7 @@ def retest_image(
     image: str,
     work: Path,
     log: TextIO,
+    workers: WorkerTools,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> LoadTestResult:
     """Pull an image (and its target's toolkit) and load-test it again, as `build` did."""
@@ -291,10 +348,10 @@ def retest_image(
         outcome = run_load_test(
             podman,
             store,
+            workers,
             work / "rootfs.tar",
             toolkit,
-            target.kernel,
-            target.modules,
+            target,
             work,
             timeout=timeout,
             on_line=sink,

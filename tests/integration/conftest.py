@@ -36,7 +36,10 @@ class UpstreamFixture:
         extra: str = "",
         repository: str = "library/habana-ai-driver",
         modules: tuple[str, ...] = local_upstream.EXAMPLE_MODULES,
+        base: bool = False,
     ) -> Path:
+        """A versions file for the local upstream; images start from scratch unless `base`
+        (the upstream's minimal Debian) is asked for."""
         u = self.upstream
         entries = "".join(
             f'\n[[kernels]]\nrelease = "{k}"\ndrivers = ["{DRIVER}"]\n' for k in kernels
@@ -44,8 +47,8 @@ class UpstreamFixture:
         path.write_text(
             f'[library]\nrepository = "{u.registry}/{repository}"\n'
             f'source = "https://example.invalid/src"\ninsecure_registries = ["{u.registry}"]\n'
-            f'[base]\nimage = "{u.base_image}"\n'
-            f'[toolkit]\nimage = "{u.registry}/upstream/driver-toolkit:{{kernel}}"\n'
+            + (f'[base]\nimage = "{u.base_image}"\n' if base else "")
+            + f'[toolkit]\nimage = "{u.registry}/upstream/driver-toolkit:{{kernel}}"\n'
             f'[driver]\npackage_url = "{u.package_url("habanalabs-{driver}.el8.noarch.rpm")}"\n'
             f"modules = {json.dumps(list(modules))}\n"
             f"{extra}{entries}"

@@ -22,7 +22,8 @@ from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.podman import Podman
 from habana_tasks.verification import load_test
 from habana_tasks.verification.kernel_modules import KernelModuleStore
-from tests.conftest import require_tools
+from habana_tasks.verification.worker import WorkerTools
+from tests.conftest import ROOT, require_tools
 from tests.integration.conftest import DRIVER, KERNELS
 
 pytestmark = pytest.mark.integration
@@ -50,6 +51,7 @@ def parts(
     toolkit = cfg.targets[1].toolkit_image
     store = KernelModuleStore(podman, work / "kernels")
     out["vmlinuz"] = store.vmlinuz(toolkit, NEW)
+    out["worker"] = WorkerTools(podman, ROOT / "Dockerfile", work / "kernels").tar(toolkit)
     closure = load_test.in_tree_closure(out[NEW], NEW)
     assert IB_CORE in closure, closure
     for path, file in store.files(toolkit, NEW, closure).items():
@@ -92,7 +94,7 @@ def boot(
         NEW,
         modules,
         work,
-        node=node_of(parts) if node is None else node,
+        load_test.Node(parts["worker"], node_of(parts) if node is None else node),
         timeout=timeout,
         on_line=lines.append,
     )
@@ -119,8 +121,10 @@ def test_both_modules_load_with_the_nodes_in_tree_dependencies(
     console = "\n".join(boot.console)  # type: ignore[attr-defined]
     for module in EXAMPLE_MODULES:
         assert f"SMOKE: loaded {module}" in console
-    # modprobe took ib_core from the node's tree, through the image's host link.
-    assert f"insmod /opt/lib/modules/{NEW}/host/{IB_CORE}" in console
+    # The image's own sh, mkdir and cp copied the tree out, as KMM's image-extractor does ...
+    assert f"SMOKE: image-extractor copied /opt/lib/modules/{NEW}" in console
+    # ... and the worker's modprobe took ib_core from the node's tree, through the host link.
+    assert f"insmod /tmp/opt/lib/modules/{NEW}/host/{IB_CORE}" in console
 
 
 def test_an_in_tree_dependency_absent_from_the_node_is_named(
@@ -176,7 +180,7 @@ def test_a_node_dependency_with_other_symbol_versions_is_refused(
     node[IB_CORE] = flip_export_crcs(node[IB_CORE])
     result = boot(parts, parts[NEW], tmp_path, node=node)
     assert not result.passed
-    assert result.reason.startswith(f"modprobe -d /opt {STANDIN_MODULE} failed: ")
+    assert result.reason.startswith(f"modprobe -d /tmp/opt {STANDIN_MODULE} failed: ")
     # Every ib_core CRC differs, so the first module loaded against it (ib_uverbs, before the
     # stand-in itself) is refused; the kernel's line is the reason.
     assert re.search(
@@ -191,8 +195,8 @@ def test_a_listed_module_the_package_does_not_build_fails_by_name(
     result = boot(parts, parts[NEW], tmp_path, modules=[*EXAMPLE_MODULES, "habanalabs_ib"])
     assert not result.passed
     assert result.reason == (
-        "modprobe -d /opt habanalabs_ib failed: modprobe: FATAL: Module habanalabs_ib not found "
-        f"in directory /opt/lib/modules/{NEW}"
+        "modprobe -d /tmp/opt habanalabs_ib failed: modprobe: FATAL: Module habanalabs_ib "
+        f"not found in directory /tmp/opt/lib/modules/{NEW}"
     )
 
 
@@ -226,7 +230,7 @@ def patch_module(parts: dict[str, Path], tmp_path: Path, patch: Callable[[bytes]
 def test_altered_vermagic_is_refused_by_the_kernel(parts: dict[str, Path], tmp_path: Path) -> None:
     rootfs = patch_module(parts, tmp_path, lambda d: d.replace(b"mod_unload ", b"mod_unlaod ", 1))
     result = boot(parts, rootfs, tmp_path)
-    assert result.reason.startswith("modprobe -d /opt habanalabs failed: "), result.reason
+    assert result.reason.startswith("modprobe -d /tmp/opt habanalabs failed: "), result.reason
     assert "(kernel: habanalabs: version magic '6.1.0-56-amd64 SMP preempt mod_unlaod" in (
         result.reason
     )
@@ -255,7 +259,27 @@ def test_image_without_modules_dep_fails(parts: dict[str, Path], tmp_path: Path)
 
     result = boot(parts, rewrite(parts[NEW], tmp_path / "r.tar", drop), tmp_path)
     assert not result.passed
-    assert result.reason.startswith("modprobe -d /opt habanalabs failed: modprobe: "), result.reason
+    assert result.reason.startswith("modprobe -d /tmp/opt habanalabs failed: modprobe: "), (
+        result.reason
+    )
+
+
+def test_an_image_whose_cp_cannot_run_fails_with_the_shells_own_reason(
+    parts: dict[str, Path], tmp_path: Path
+) -> None:
+    """KMM's image-extractor runs the image's own cp: without the library cp loads, nothing is
+    copied out and nothing can load."""
+
+    def drop(info: tarfile.TarInfo, data: bytes | None) -> list[Member]:
+        return [] if info.name.endswith("/libacl.so.1") else [(info, data)]
+
+    result = boot(parts, rewrite(parts[NEW], tmp_path / "r.tar", drop), tmp_path)
+    assert not result.passed
+    assert result.reason.startswith(
+        "the image's own /bin/sh, mkdir and cp (KMM's image-extractor) did not copy its modules "
+        "out: "
+    ), result.reason
+    assert "libacl.so.1: cannot open shared object file" in result.reason, result.reason
 
 
 def test_default_xz_module_is_accepted_because_kmod_decompresses_in_userspace(

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from devtools.local_upstream import EXAMPLE_MODULES
 from habana_tasks.build.service import BuildOptions
-from habana_tasks.cli import commands
+from habana_tasks.cli import commands, maintenance_commands
 from habana_tasks.config import versions as config
 from habana_tasks.config.project import Project
 from habana_tasks.core import errors
@@ -118,7 +118,10 @@ def test_discover_adds_missing_kernels_keeping_comments(
     }
 
     console, buffer = out()
-    assert commands.discover(project, str(edited), dry_run=True, console=console, **args) == 0
+    assert (
+        maintenance_commands.discover(project, str(edited), dry_run=True, console=console, **args)
+        == 0
+    )
     assert edited.read_text() == original  # a dry run writes nothing
     text = buffer.getvalue()
     assert f'+release = "{KERNEL_A}"' in text
@@ -126,7 +129,7 @@ def test_discover_adds_missing_kernels_keeping_comments(
     assert "4.15 (x86_64): no release" in text and "4.14 (aarch64): no release" in text
 
     console, buffer = out()
-    assert commands.discover(project, str(edited), console=console, **args) == 0
+    assert maintenance_commands.discover(project, str(edited), console=console, **args) == 0
     cfg = config.load(edited)
     assert edited.read_text().startswith("# Our GPU fleet: keep this comment.\n")
     by_kernel = {t.kernel: t for t in cfg.targets}
@@ -137,7 +140,7 @@ def test_discover_adds_missing_kernels_keeping_comments(
 
     # Run again: nothing new, file unchanged.
     before = edited.read_text()
-    assert commands.discover(project, str(edited), console=out()[0], **args) == 0
+    assert maintenance_commands.discover(project, str(edited), console=out()[0], **args) == 0
     assert edited.read_text() == before
 
     # matrix lists exactly the pending pairs: the two new kernels, not the built ones.
@@ -155,7 +158,7 @@ def test_kmm_module_maps_every_built_kernel_to_an_existing_image(
     library: tuple[Project, Path], test_upstream: UpstreamFixture
 ) -> None:
     project, versions = library
-    module = yaml.safe_load(commands.kmm_module(project, DRIVER, str(versions)))
+    module = yaml.safe_load(maintenance_commands.kmm_module(project, DRIVER, str(versions)))
     assert module["apiVersion"] == "kmm.sigs.x-k8s.io/v1beta1" and module["kind"] == "Module"
     assert schema_errors(module) == []
     container = module["spec"]["moduleLoader"]["container"]
@@ -191,14 +194,16 @@ def test_prune_removes_only_what_it_listed(
     runner.run(["podman", "push", "--tls-verify=false", f"{repo}:alias"])
 
     console, buffer = out()
-    assert commands.prune_command(project, str(versions), console=console) == 0
+    assert maintenance_commands.prune_command(project, str(versions), console=console) == 0
     listed = buffer.getvalue()
     assert "0.0.1-old" in listed and "would delete" in listed and "alias" not in listed
     registry = RegistryClient([test_upstream.upstream.registry])
     assert registry.inspect(f"{repo}:0.0.1-old").existence is Existence.PRESENT
 
     console, buffer = out()
-    assert commands.prune_command(project, str(versions), apply=True, console=console) == 0
+    assert (
+        maintenance_commands.prune_command(project, str(versions), apply=True, console=console) == 0
+    )
     assert "deleted" in buffer.getvalue()
     assert registry.inspect(f"{repo}:0.0.1-old").existence is Existence.ABSENT
     for target in cfg.targets:
@@ -247,7 +252,7 @@ def preflight_releases(
 
 def preflight_json(project: Project, versions: Path, **args: Any) -> tuple[int, dict[str, Any]]:
     console, buffer = out()
-    code = commands.preflight_command(
+    code = maintenance_commands.preflight_command(
         project, str(versions), output_format="json", console=console, **args
     )
     return code, json.loads(buffer.getvalue())
@@ -290,7 +295,7 @@ def test_preflight_a_release_whose_kernel_is_missing_says_what_to_do(
     assert missing["detail"] == "kernel not in versions.toml"
     assert missing["action"].startswith("invoke discover --minor 4.90 --arch x86_64")
     console, buffer = out()
-    commands.preflight_command(
+    maintenance_commands.preflight_command(
         project,
         str(versions),
         openshift=["4.90.1", "4.90.2"],
@@ -368,7 +373,7 @@ def test_kmm_module_with_the_cluster_sign_flow_lists_every_module_file_of_each_i
     library: tuple[Project, Path], test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:
     project, versions = library
-    text = commands.kmm_module(
+    text = maintenance_commands.kmm_module(
         project, DRIVER, str(versions), sign_key_secret="k", sign_cert_secret="c"
     )
     module = yaml.safe_load(text)

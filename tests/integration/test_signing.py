@@ -15,7 +15,7 @@ import pytest
 
 from devtools.local_upstream import EXAMPLE_MODULES
 from habana_tasks.build import labels
-from habana_tasks.cli import commands
+from habana_tasks.cli import maintenance_commands
 from habana_tasks.config import versions as config
 from habana_tasks.config.project import Project
 from habana_tasks.config.targets import SigningFiles
@@ -26,6 +26,7 @@ from habana_tasks.registry.client import RegistryClient
 from habana_tasks.verification import load_test
 from habana_tasks.verification.kernel_modules import KernelModuleStore
 from habana_tasks.verification.signing import load_signer, signature_problems
+from habana_tasks.verification.worker import WorkerTools
 from tests.conftest import ROOT, RecordProperty, invoke_argv, require_tools
 from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
 from tests.integration.test_secrets import argv_snapshots
@@ -182,7 +183,8 @@ def test_the_kernel_enforcing_signatures_refuses_unsigned_and_unknown_key_module
         rootfs = tmp_path / f"{name}.tar"
         podman.export_rootfs(image, rootfs)
         toolkit = unsigned_target.toolkit_image
-        node = store.files(toolkit, KERNEL, load_test.in_tree_closure(rootfs, KERNEL))
+        workers = WorkerTools(podman, ROOT / "Dockerfile", tmp_path / "kernels")
+        node = load_test.node_for(store, workers, rootfs, toolkit, KERNEL)
         lines: list[str] = []
         outcomes[name] = load_test.boot_and_load(
             podman,
@@ -191,12 +193,12 @@ def test_the_kernel_enforcing_signatures_refuses_unsigned_and_unknown_key_module
             KERNEL,
             list(reversed(EXAMPLE_MODULES)),  # the stand-in first: its in-tree deps load first
             tmp_path / name,
-            node={p: f.read_bytes() for p, f in node.items()},
+            node,
             enforce_signatures=True,
             on_line=lines.append,
         )
         console = "\n".join(lines)
-        assert "insmod /opt/lib/modules/" in console
+        assert "insmod /tmp/opt/lib/modules/" in console
         # Debian's own ib_core is signed by a key the kernel trusts: it loaded.
         assert "ib_core" in console
     unsigned, signed_result = outcomes["unsigned"], outcomes["signed"]
@@ -216,6 +218,6 @@ def test_kmm_sign_flow_is_refused_for_images_the_library_signed(
     assert isinstance(signed["versions"], Path)
     project = Project(ROOT, cache_dir=tmp_path / "cache")
     with pytest.raises(UsageError, match=r"already signed \(by 'habana library signing key'\)"):
-        commands.kmm_module(
+        maintenance_commands.kmm_module(
             project, DRIVER, str(signed["versions"]), sign_key_secret="k", sign_cert_secret="c"
         )

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks.config import targets
+from habana_tasks.config import sections, targets
 from habana_tasks.config import versions as config
 from habana_tasks.config.kernel_release import derive_arch, derive_rhel_version
 from habana_tasks.config.tags import image_tag, tag_problem
@@ -44,7 +44,8 @@ def test_shipped_versions_file_is_valid() -> None:
     cfg = config.load(ROOT / "versions.toml")
     (target,) = cfg.targets
     assert target.tag == "1.6.0-439-4.18.0-372.19.1.el8_6.x86_64"
-    assert target.base_image == "registry.access.redhat.com/ubi8/ubi-minimal:8.6"
+    assert target.base_image is None  # no [base]: the image starts from scratch
+    assert target.flavour == "minimal"
     assert target.toolkit_image == "ghcr.io/smgglrs/driver-toolkit:4.18.0-372.19.1.el8_6.x86_64"
     assert target.package_url.endswith("/rhel/8/8.6/habanalabs-1.6.0-439.el8.noarch.rpm")
     assert target.firmware_url and target.firmware_url.endswith("-1.6.0-439.el8.x86_64.rpm")
@@ -232,13 +233,44 @@ def test_missing_sections_are_all_reported_at_once(tmp_path: Path) -> None:
     text = "\n".join(problems)
     for fragment in (
         "library.repository is missing",
-        "base.image is missing",
         "toolkit.image is missing",
         "driver.package_url is missing",
         "kernels is missing",
     ):
         assert fragment in text
-    assert len(problems) == 5
+    assert len(problems) == 4  # [base] and [image] are optional
+
+
+def test_a_base_is_optional_and_a_written_one_names_its_image(tmp_path: Path) -> None:
+    with_base = load_text(tmp_path, GOOD).targets[0]
+    assert with_base.base_image == "registry.example.com/ubi8/ubi-minimal:8.6"
+    base = 'image = "registry.example.com/ubi8/ubi-minimal:{rhel_version}"\n'
+    without = GOOD.replace("[base]\n" + base, "")
+    assert load_text(tmp_path, without).targets[0].base_image is None
+    empty = GOOD.replace(base, "", 1)
+    assert problems_of(tmp_path, empty) == [
+        f"{tmp_path / 'versions.toml'}: base.image is missing: expected a string"
+    ]
+
+
+@pytest.mark.parametrize("flavour", ["minimal", "kmm1"])
+def test_each_flavour_is_accepted(tmp_path: Path, flavour: str) -> None:
+    cfg = load_text(tmp_path, GOOD + f'[image]\nflavour = "{flavour}"\n')
+    assert {t.flavour for t in cfg.targets} == {flavour}
+
+
+@pytest.mark.parametrize("value", ["full", "MINIMAL", "1", "kmm2"])
+def test_an_unknown_flavour_is_one_line_naming_the_choices(tmp_path: Path, value: str) -> None:
+    problems = problems_of(tmp_path, GOOD + f'[image]\nflavour = "{value}"\n')
+    assert len(problems) == 1
+    assert "image.flavour" in problems[0] and "expected one of: minimal, kmm1" in problems[0]
+
+
+def test_a_flavour_of_the_wrong_type_and_an_unknown_key_are_refused(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, GOOD + "[image]\nflavour = 1\nsize = 2\n")
+    assert len(problems) == 2
+    assert any("image.flavour = 1" in p for p in problems)
+    assert any("image.size" in p for p in problems)
 
 
 def test_not_toml_is_one_clear_line(tmp_path: Path) -> None:
@@ -259,7 +291,7 @@ def test_signing_paths_are_relative_to_the_file_and_the_key_may_come_from_the_en
     assert cfg.signing == targets.SigningFiles(tmp_path / "keys/c.der", tmp_path / "keys/k.pem")
     path = tmp_path / "versions.toml"
     path.write_text(GOOD + '[signing]\ncertificate = "c.der"\n')
-    from_env = config.load(path, {config.SIGNING_KEY_ENV: "/run/key.pem"})
+    from_env = config.load(path, {sections.SIGNING_KEY_ENV: "/run/key.pem"})
     assert from_env.signing == targets.SigningFiles(tmp_path / "c.der", Path("/run/key.pem"))
     with pytest.raises(ConfigError, match=r"signing\.key is missing"):
         config.load(path, {})

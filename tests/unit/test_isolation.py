@@ -25,6 +25,7 @@ CRUN = (
 
 
 def host_without_runtime(argv: list[str]) -> tuple[int, list[str]] | None:
+    argv = argv[3:] if argv[:3] == ["unshare", "--net", "--"] else argv
     if argv[:2] == ["podman", "--version"]:
         return 0, ["podman version 4.3.1"]
     if argv[:2] == ["podman", "build"] and "--no-cache" in argv and "--quiet" in argv:
@@ -52,7 +53,10 @@ def test_an_unknown_isolation_is_refused_by_name(name: str) -> None:
         explicit_choice({name: "chroott"})
 
 
-def test_fallback_is_announced_once_and_remembered(tmp_path: Path) -> None:
+def test_fallback_is_announced_once_and_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 0)
     runner = FakeRunner(host_without_runtime)
     said: list[str] = []
     state = tmp_path / "state.json"
@@ -60,8 +64,10 @@ def test_fallback_is_announced_once_and_remembered(tmp_path: Path) -> None:
     for name in ("a", "b"):
         spec = BuildSpec(tmp_path, tmp_path / "Dockerfile", tmp_path / f"{name}.iid")
         assert podman.build(spec) == "sha256:built"
-    builds = [c for c in runner.commands("podman", "build") if "--file" in c]
+    builds = [c for c in runner.calls if "--file" in c]
     assert all(c[c.index("--isolation") + 1] == "chroot" for c in builds) and len(builds) == 2
+    # chroot isolation takes no --network none: the build runs in an empty namespace instead.
+    assert all(c[:5] == ["unshare", "--net", "--", "podman", "build"] for c in builds)
     assert said == [
         "podman cannot run containers here (cgroups in hybrid mode not supported, drop all "
         "controllers from cgroupv2); building with --isolation chroot"

@@ -95,11 +95,31 @@ def test_qemu_uses_tcg_unless_asked_and_never_reboots() -> None:
     assert qemu_argv(Path("/k"), Path("/i"), accel="kvm")[2] == "kvm"
 
 
-def test_init_loads_every_module_in_order() -> None:
-    script = init_script(["habanalabs", "habanalabs_cn", "habanalabs_en"]).decode()
+def test_init_loads_every_module_in_order_from_the_extracted_copy() -> None:
+    script = init_script(
+        ["habanalabs", "habanalabs_cn", "habanalabs_en"], "6.1.0-56-amd64"
+    ).decode()
     assert "for m in habanalabs habanalabs_cn habanalabs_en; do" in script
-    assert 'modprobe -v -d /opt "$m"' in script
+    assert 'modprobe -v -d "$dir" "$m"' in script and "dir=/tmp/opt" in script
     assert "/sys/bus/pci/drivers/habanalabs " in script
+
+
+def test_init_runs_kmms_image_extractor_command_in_the_image_as_its_user() -> None:
+    """The image's own /bin/sh runs exactly what KMM's init container runs (workerpodmanager.go's
+    addCopyCommand): mkdir -p and cp -R of the release's tree, then of firmwarePath's contents."""
+    release = "6.1.0-56-amd64"
+    plain = init_script(["habanalabs"], release).decode()
+    assert (
+        "chroot --userspec=1001:0 /image /bin/sh -c '\nmkdir -p /tmp/opt/lib/modules;\n"
+        f"cp -R /opt/lib/modules/{release} /tmp/opt/lib/modules;\n'"
+    ) in plain
+    assert "firmware" not in plain.split("chroot", 1)[1].split("'", 2)[1]
+    with_firmware = init_script(["habanalabs"], release, firmware=True).decode()
+    assert (
+        "\nmkdir -p /tmp/opt/lib/firmware;\ncp -R /opt/lib/firmware/* /tmp/opt/lib/firmware;\n'"
+    ) in with_firmware
+    # The shared folder is the same in both: the image's /tmp is the node's /tmp.
+    assert "mount --bind /tmp /image/tmp" in plain
 
 
 def test_initramfs_is_a_faithful_newc_archive(tmp_path: Path) -> None:
@@ -120,7 +140,7 @@ def test_initramfs_is_a_faithful_newc_archive(tmp_path: Path) -> None:
         hard.type, hard.linkname = tarfile.LNKTYPE, "etc/a"
         tar.addfile(hard)
     out = tmp_path / "initrd.cpio"
-    size = rootfs_to_cpio(rootfs, out, {"init": (0o755, b"#!/bin/sh\n")})
+    size = rootfs_to_cpio([(rootfs, "")], out, {"init": (0o755, b"#!/bin/sh\n")})
     assert size == out.stat().st_size
     listing = subprocess.run(
         ["cpio", "-itv", "--quiet"],
@@ -143,3 +163,31 @@ def test_initramfs_is_a_faithful_newc_archive(tmp_path: Path) -> None:
     assert (extracted / "usr/bin/tool").stat().st_mode & 0o777 == 0o755
     assert (extracted / "etc/b").read_bytes() == b"xxxxx"
     assert (extracted / "init").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_second_root_filesystem_sits_under_its_prefix_and_the_first_wins(
+    tmp_path: Path,
+) -> None:
+    require_tools("cpio")
+    trees = []
+    for name, body in (("worker", b"worker's"), ("image", b"image's")):
+        trees.append(tmp_path / f"{name}.tar")
+        with tarfile.open(trees[-1], "w") as tar:
+            for path in ("usr/bin/sh", f"only-{name}"):
+                info = tarfile.TarInfo(path)
+                info.size, info.mode = len(body), 0o755
+                tar.addfile(info, io.BytesIO(body))
+    out = tmp_path / "initrd.cpio"
+    rootfs_to_cpio([(trees[0], ""), (trees[1], "image"), (trees[1], "")], out, {})
+    extracted = tmp_path / "x"
+    extracted.mkdir()
+    subprocess.run(
+        ["cpio", "-id", "--quiet", "--no-absolute-filenames", "--nonmatching", "dev/console"],
+        stdin=out.open("rb"),
+        cwd=extracted,
+        check=True,
+    )
+    assert (extracted / "usr/bin/sh").read_bytes() == b"worker's"
+    assert (extracted / "image/usr/bin/sh").read_bytes() == b"image's"
+    assert (extracted / "image/only-image").is_file() and (extracted / "only-image").is_file()
+    assert (extracted / "tmp").stat().st_mode & 0o7777 == 0o1777

@@ -12,7 +12,7 @@ from habana_tasks.build import labels
 from habana_tasks.build.plan import plan_job
 from habana_tasks.core.errors import Failure, HabanaError
 from habana_tasks.maintenance import discover, kmm
-from habana_tasks.maintenance.prune import PruneItem, TagInfo, prune_plan
+from habana_tasks.maintenance.prune import PruneItem, TagInfo, parse_time, prune_plan
 from habana_tasks.maintenance.status import State, github_matrix, orphan_tags, statuses, to_markdown
 from habana_tasks.registry.client import Existence, RemoteImage
 from tests.kmm_schema import kmm_load_sequence, schema_errors
@@ -105,6 +105,10 @@ def test_kmm_module_encodes_load_order_and_firmware_path() -> None:
         {"literal": TARGET.kernel, "containerImage": TARGET.image}
     ]
     assert yaml.safe_load(yaml.safe_dump(module)) == module
+    assert module["metadata"]["annotations"] == {"habana-ai-driver.io/image-flavour": "minimal"}
+    kmm1 = kmm.module_manifest([replace(nic, flavour="kmm1")])
+    assert schema_errors(kmm1) == []
+    assert kmm1["metadata"]["annotations"]["habana-ai-driver.io/image-flavour"] == "kmm1"
 
 
 @pytest.mark.parametrize(
@@ -210,3 +214,11 @@ def test_kmm_signs_in_the_cluster_with_every_module_in_files_to_sign() -> None:
     # KMM: every path in filesToSign must be under dirName.
     dir_name = module["spec"]["moduleLoader"]["container"]["modprobe"]["dirName"]
     assert all(path.startswith(dir_name + "/") for path in mapping["sign"]["filesToSign"])
+
+
+def test_an_image_without_a_source_date_is_never_older_than_a_window() -> None:
+    """Reproducible images built without SOURCE_DATE_EPOCH say 1970: that is no age."""
+    assert parse_time("1970-01-01T00:00:00Z") is None
+    assert parse_time("2026-01-01T00:00:00Z") is not None
+    tags = {"1.0-old": TagInfo("sha256:1", parse_time("1970-01-01T00:00:00Z"))}
+    assert prune_plan(tags, set(), older_than_days=1, now=NOW) == []

@@ -21,6 +21,7 @@ from habana_tasks.build.reporter import PlainReporter
 from habana_tasks.build.results import JobResult, JobStatus
 from habana_tasks.config import targets
 from habana_tasks.config import versions as config
+from habana_tasks.config.flavours import MINIMAL
 from habana_tasks.config.project import Project
 from habana_tasks.core import errors
 from habana_tasks.core.errors import Interrupted
@@ -30,6 +31,7 @@ from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.manifests import OCI_MANIFEST
 from habana_tasks.verification.load_test import MARK
 from tests.conftest import ROOT
+from tests.fake_image import add_tools
 from tests.fake_registry import FakeRegistry
 from tests.fake_runner import FakeRunner
 
@@ -46,12 +48,12 @@ KERNEL_FILES = {
 
 
 def image_tar(release: str) -> bytes:
-    """An exported image as the checks expect it: kmod, cp, a module and its modules.dep."""
+    """An exported minimal image as the checks expect it: the flavour's tools with their
+    libraries, a module and its modules.dep."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
+        add_tools(tar, MINIMAL.tools)
         for name, data in (
-            ("usr/bin/cp", b"cp"),
-            ("usr/sbin/modprobe", b"kmod"),
             (f"opt/lib/modules/{release}/extra/habanalabs.ko", b"\x7fELF module"),
             (f"opt/lib/modules/{release}/modules.dep", b"extra/habanalabs.ko:\n"),
         ):
@@ -93,6 +95,8 @@ class FakePodman(FakeRunner):
         super().terminate_all()
 
     def answer_for(self, argv: list[str]) -> tuple[int, list[str]] | None:
+        # As root, chroot builds run in a network namespace of their own (unshare --net).
+        argv = argv[3:] if argv[:3] == ["unshare", "--net", "--"] else argv
         command = argv[:2]
         if command == ["podman", "image"] and argv[2] == "exists":
             return 1, []
@@ -134,8 +138,13 @@ class FakePodman(FakeRunner):
         return None
 
     def copy_out(self, argv: list[str]) -> tuple[int, list[str]]:
-        """The toolkit's kernel files, by their path in the image, with the release filled in."""
+        """The toolkit's kernel files, by their path in the image, with the release filled in;
+        the worker tools' tar from the tools stage."""
         path = argv[2].split(":", 1)[1]
+        if path == "/rootfs.tar":
+            with tarfile.open(argv[3], "w") as tar:
+                add_tools(tar, ["sh"])
+            return 0, []
         release = next(k for k in KERNELS if k in path)
         text = self.kernel_files.get(path.replace(release, "{release}", 1))
         if text is None:
@@ -144,6 +153,9 @@ class FakePodman(FakeRunner):
         return 0, []
 
     def build(self, argv: list[str]) -> tuple[int, list[str]]:
+        if "--target" in argv:  # the tools stage, for the load test's worker
+            Path(argv[argv.index("--iidfile") + 1]).write_text("sha256:worker-tools\n")
+            return 0, []
         self.building.set()
         if self.block_builds.is_set():
             self.terminated.wait(10)
@@ -167,7 +179,8 @@ class FakePodman(FakeRunner):
         image_id, destination = argv[-2], argv[-1].removeprefix("docker://")
         name, tag = destination.rsplit(":", 1)
         repo = name.split("/", 1)[1]
-        digest = self.registry.add_image(repo, tag, self.labels[image_id], OCI_MANIFEST)
+        given = self.labels[image_id]
+        digest = self.registry.add_image(repo, tag, given, OCI_MANIFEST, annotations=given)
         Path(argv[argv.index("--digestfile") + 1]).write_text(digest)
         return 0, []
 

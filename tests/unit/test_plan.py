@@ -11,7 +11,7 @@ from habana_tasks.build.driver_package import CachedPackage
 from habana_tasks.build.labels import TargetInputs
 from habana_tasks.build.plan import Action, plan, plan_job
 from habana_tasks.config.targets import BuildTarget, Config, SigningFiles
-from habana_tasks.core.errors import Failure
+from habana_tasks.core.errors import Failure, UsageError
 from habana_tasks.registry.client import Existence, RemoteImage, ResolvedImage
 from habana_tasks.verification.signing import Signer
 
@@ -29,8 +29,9 @@ TARGET = BuildTarget(
     tag="6.1.0-1-6.1.0-56-amd64",
 )
 D = "sha256:" + "a" * 64
+BASE = ResolvedImage("r.example/base:12", "r.example/base", D, None)
 INPUTS = TargetInputs(
-    base=ResolvedImage("r.example/base:12", "r.example/base", D, None),
+    base=BASE,
     toolkit=ResolvedImage(TARGET.toolkit_image, "r.example/dtk", "sha256:" + "b" * 64, None),
     package=CachedPackage(TARGET.package_url, Path("/cache/x"), "c" * 64, 10),
     firmware=None,
@@ -59,7 +60,7 @@ SIGNER = Signer(
 # Each input the README names as part of "up to date", changed alone, with the name the plan
 # gives it. Written out here rather than read from the product's own list of inputs.
 ONE_INPUT_CHANGED = {
-    "base image digest": (TARGET, replace(INPUTS, base=replace(INPUTS.base, digest=D[:-1] + "0"))),
+    "base image digest": (TARGET, replace(INPUTS, base=replace(BASE, digest=D[:-1] + "0"))),
     "toolkit image digest": (
         TARGET,
         replace(INPUTS, toolkit=replace(INPUTS.toolkit, digest="sha256:" + "0" * 64)),
@@ -75,6 +76,7 @@ ONE_INPUT_CHANGED = {
     "Dockerfile": (TARGET, replace(INPUTS, dockerfile_sha256="0" * 64)),
     "modules": (replace(TARGET, modules=("habanalabs", "habanalabs_cn")), INPUTS),
     "signing certificate": (TARGET, replace(INPUTS, signer=SIGNER)),
+    "image flavour": (replace(TARGET, flavour="kmm1"), INPUTS),
 }
 
 
@@ -133,7 +135,7 @@ def test_an_image_never_load_tested_is_rebuilt_when_load_tests_are_required() ->
 
 def test_force_rebuilds_an_up_to_date_image() -> None:
     job = plan_job(TARGET, INPUTS, present(), force=True)
-    assert (job.action, job.reason, job.forced) == (Action.BUILD, "forced", True)
+    assert (job.action, job.reason) == (Action.BUILD, "forced")
 
 
 def test_unresolved_inputs_fail_with_their_failure() -> None:
@@ -189,7 +191,7 @@ def test_labels_carry_provenance_and_no_secret() -> None:
 def test_fingerprint_follows_digests_not_registry_names() -> None:
     mirrored = replace(
         INPUTS,
-        base=replace(INPUTS.base, name="mirror.example/base"),
+        base=replace(BASE, name="mirror.example/base"),
         toolkit=replace(INPUTS.toolkit, name="mirror.example/dtk"),
     )
     assert labels.build_args(TARGET, mirrored)["BASE_IMAGE"].startswith("mirror.example/base@")
@@ -202,3 +204,45 @@ def test_fingerprint_ignores_created_time_and_load_test_but_not_inputs() -> None
     assert monday[labels.FINGERPRINT] == friday[labels.FINGERPRINT]
     changed = replace(INPUTS, package=replace(INPUTS.package, sha256="9" * 64))
     assert labels.fingerprint(TARGET, INPUTS) != labels.fingerprint(TARGET, changed)
+
+
+def test_without_a_base_the_build_starts_from_scratch_with_the_flavours_tools() -> None:
+    scratch = replace(INPUTS, base=None)
+    args = labels.build_args(TARGET, scratch)
+    assert (args["BASE_IMAGE"], args["IMAGE_TOOLS"]) == ("scratch", "sh mkdir cp")
+    kmm1 = labels.build_args(replace(TARGET, flavour="kmm1"), scratch)["IMAGE_TOOLS"]
+    assert kmm1 == "sh mkdir cp modprobe depmod sleep"
+    # A base brings its own tools: nothing is copied into it.
+    assert labels.build_args(TARGET, INPUTS)["IMAGE_TOOLS"] == ""
+    image_labels = labels.image_labels(CONFIG, TARGET, scratch, labels.rfc3339(0), False)
+    assert "org.opencontainers.image.base.name" not in image_labels
+    assert "org.opencontainers.image.base.digest" not in image_labels
+    assert image_labels["io.habana-ai-driver.image.flavour"] == "minimal"
+    assert image_labels["org.opencontainers.image.created"] == "1970-01-01T00:00:00Z"
+    assert labels.fingerprint(TARGET, scratch) != labels.fingerprint(TARGET, INPUTS)
+
+
+def test_an_image_from_before_flavours_is_stale_once_and_says_why() -> None:
+    """Images built before flavours carry no flavour label and were built on a base."""
+    old = dict(present().labels)
+    del old["io.habana-ai-driver.image.flavour"]
+    old[labels.FINGERPRINT] = "sha256:" + "0" * 64
+    remote = RemoteImage(TARGET.image, Existence.PRESENT, "sha256:" + "e" * 64, old)
+    job = plan_job(TARGET, replace(INPUTS, base=None), remote)
+    assert job.action is Action.BUILD
+    assert job.reason == "stale: base image digest, image flavour changed"
+
+
+@pytest.mark.parametrize(
+    ("value", "epoch"), [(None, 0), ("", 0), ("1700000000", 1700000000), (" 5 ", 5)]
+)
+def test_the_source_date_is_the_environments_or_the_epoch(value: str | None, epoch: int) -> None:
+    environ = {} if value is None else {"SOURCE_DATE_EPOCH": value}
+    assert labels.source_date_epoch(environ) == epoch
+    assert labels.epoch_of(labels.rfc3339(epoch)) == epoch
+
+
+@pytest.mark.parametrize("value", ["-1", "yesterday", "1.5", "0x10"])
+def test_a_malformed_source_date_is_one_usage_line(value: str) -> None:
+    with pytest.raises(UsageError, match=r"^SOURCE_DATE_EPOCH='.*': expected seconds since 1970"):
+        labels.source_date_epoch({"SOURCE_DATE_EPOCH": value})

@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 
 from habana_tasks.core.errors import CommandError
-from habana_tasks.engine.podman import BuildSpec, Podman, export_argv, pull_argv, push_argv
+from habana_tasks.engine.podman import (
+    SHARED_NETWORK_NOTICE,
+    BuildSpec,
+    Podman,
+    export_argv,
+    pull_argv,
+    push_argv,
+)
 from tests.fake_runner import FakeRunner
 
 
@@ -26,6 +33,8 @@ def test_build_argv_is_complete_and_ordered() -> None:
         "/w/ctx/Dockerfile",
         "--iidfile",
         "/w/iid",
+        "--network",
+        "none",
         "--build-arg",
         "BASE_IMAGE=r/b@sha256:1",
         "--build-arg",
@@ -40,7 +49,25 @@ def test_build_argv_is_complete_and_ordered() -> None:
 
 def test_forced_build_bypasses_the_layer_cache() -> None:
     spec = BuildSpec(Path("/c"), Path("/c/Dockerfile"), Path("/i"), no_cache=True)
-    assert spec.argv[6:9] == ["--iidfile", "/i", "--no-cache"]
+    assert spec.argv[6:11] == ["--iidfile", "/i", "--network", "none", "--no-cache"]
+
+
+def test_a_reproducible_build_fixes_its_timestamp_and_annotates_its_manifest() -> None:
+    spec = BuildSpec(
+        Path("/c"),
+        Path("/c/Dockerfile"),
+        Path("/i"),
+        labels={"k": "v"},
+        annotations={"k": "v", "a": "b"},
+        timestamp=0,
+        target="tools",
+    )
+    argv = spec.argv
+    assert argv[argv.index("--timestamp") + 1] == "0"
+    assert argv[argv.index("--target") + 1] == "tools"
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--annotation"] == ["a=b", "k=v"]
+    assert argv[argv.index("--network") + 1] == "none"
+    assert "--timestamp" not in BuildSpec(Path("/c"), Path("/c/D"), Path("/i")).argv
 
 
 def test_push_records_the_digest_and_pushes_by_image_id() -> None:
@@ -82,7 +109,9 @@ def test_a_transient_runtime_failure_is_built_again_once_and_nothing_else_is(
             spec.iidfile.write_text("sha256:abc\n")
         return outcome
 
-    spec = BuildSpec(tmp_path, tmp_path / "Dockerfile", tmp_path / "iid", isolation="chroot")
+    spec = BuildSpec(
+        tmp_path, tmp_path / "Dockerfile", tmp_path / "iid", isolation="chroot", network="host"
+    )
     said: list[str] = []
     runner = FakeRunner(answer)
     assert Podman(runner).build(spec, said.append) == "sha256:abc"
@@ -98,3 +127,27 @@ def test_a_transient_runtime_failure_is_built_again_once_and_nothing_else_is(
     with pytest.raises(CommandError, match="sealing memfd copy"):
         Podman(again).build(spec)
     assert len(again.commands("podman", "build")) == 2
+
+
+@pytest.mark.parametrize(("euid", "prefix"), [(0, ["unshare", "--net", "--"]), (1000, [])])
+def test_chroot_builds_get_no_network_as_root_and_say_so_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, euid: int, prefix: list[str]
+) -> None:
+    """podman refuses --network none with chroot isolation: as root the whole build runs in an
+    empty network namespace; an unprivileged user is told, once, that builds share the host's."""
+    monkeypatch.setattr("os.geteuid", lambda: euid)
+    spec = BuildSpec(tmp_path, tmp_path / "Dockerfile", tmp_path / "iid", isolation="chroot")
+
+    def answer(argv: list[str]) -> tuple[int, list[str]] | None:
+        spec.iidfile.write_text("sha256:abc\n")
+        return 0, []
+
+    runner = FakeRunner(answer)
+    said: list[str] = []
+    podman = Podman(runner)
+    podman.build(spec, said.append)
+    podman.build(spec, said.append)
+    argv = runner.calls[0]
+    assert argv[: len(prefix) + 2] == [*prefix, "podman", "build"]
+    assert "--network" not in argv if prefix else argv[argv.index("--network") + 1] == "host"
+    assert said == ([] if prefix else [SHARED_NETWORK_NOTICE])

@@ -126,6 +126,33 @@ def test_refused_credentials_are_unknown_not_absent(fake: FakeRegistry) -> None:
     assert "wrong" not in (remote.error or "")
 
 
+def test_labels_come_from_the_manifests_annotations_when_they_hold_the_key(
+    fake: FakeRegistry,
+) -> None:
+    """The builder writes the same map as labels and annotations: the manifest is enough."""
+    both = {"io.habana-ai-driver.fingerprint": "sha256:1", "a": "b"}
+    fake.add_image("lib/drv", "1", both, OCI_MANIFEST, annotations=both)
+    c = client(fake)
+    remote = c.inspect(f"{fake.host}/lib/drv:1", "io.habana-ai-driver.fingerprint")
+    assert (remote.existence, remote.labels) == (Existence.PRESENT, both)
+    assert c.requests_sent == 1
+    # Without the key in the annotations (an image from before), the config blob is read.
+    fake.add_image("lib/drv", "old", both, OCI_MANIFEST, annotations={"other": "x"})
+    assert c.inspect(f"{fake.host}/lib/drv:old", "io.habana-ai-driver.fingerprint").labels == both
+    assert c.requests_sent == 3
+
+
+def test_annotations_that_are_not_strings_are_an_unknown_state(fake: FakeRegistry) -> None:
+    key = "io.habana-ai-driver.fingerprint"
+    fake.add_image("lib/drv", "1", {}, OCI_MANIFEST, annotations={key: 1})
+    remote = client(fake).inspect(f"{fake.host}/lib/drv:1", key)
+    assert remote.existence is Existence.UNKNOWN
+    assert "the manifest's annotations is not a map of strings" in (remote.error or "")
+    # Annotations that are no map at all are not the labels: the config blob says what they are.
+    fake.add_image("lib/drv", "2", {"a": "b"}, OCI_MANIFEST, annotations=[key])
+    assert client(fake).inspect(f"{fake.host}/lib/drv:2", key).labels == {"a": "b"}
+
+
 def test_429_and_503_are_retried_then_succeed(fake: FakeRegistry) -> None:
     d = fake.add_image("base/debian", "12", {}, OCI_MANIFEST)
     fake.script = [(429, {"Retry-After": "2"}, b""), (503, {}, b"")]

@@ -1,0 +1,106 @@
+"""The small tables of versions.toml, each parsed by its own helper: [library], [image],
+[signing] and [discover]. Problems are collected, never raised, so that a file's every problem
+is reported at once."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from habana_tasks.config import fields, flavours, kernel_release
+from habana_tasks.config.image_reference import ImageReference, registry_host_problem
+from habana_tasks.config.targets import DiscoverSettings, SigningFiles
+
+DRIVER_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)+(-[0-9A-Za-z.]+)?\Z")
+DRIVER_EXPECTED = "expected a driver version like 1.6.0-439"
+# The signing key's path, for CI runners that write the key from a secret store to a file.
+SIGNING_KEY_ENV = "HABANA_SIGNING_KEY"
+SIGNING_KEYS = ("certificate", "key")
+DISCOVER_KEYS = ("release_repository", "minors", "arches", "drivers", "rt")
+
+
+def signing(
+    problems: fields.Problems, data: Mapping[str, Any], path: Path, environ: Mapping[str, str]
+) -> SigningFiles | None:
+    """[signing]: both paths, relative to the versions file; the key may come from the
+    environment instead (HABANA_SIGNING_KEY), so that it never needs to sit beside the file."""
+    if "signing" not in data and not environ.get(SIGNING_KEY_ENV):
+        return None
+    table = fields.table(problems, data, "signing")
+    fields.check_keys(problems, table, "signing", SIGNING_KEYS)
+    certificate = fields.text(problems, table, "signing.certificate", required=True)
+    key = environ.get(SIGNING_KEY_ENV) or fields.text(problems, table, "signing.key")
+    if "key" not in table and not environ.get(SIGNING_KEY_ENV):
+        problems.missing(
+            "signing.key", f"expected the path of the PEM private key (or set {SIGNING_KEY_ENV})"
+        )
+    if not certificate or not key:
+        return None
+    base = path.parent
+    return SigningFiles(base / Path(certificate).expanduser(), base / Path(key).expanduser())
+
+
+def flavour(problems: fields.Problems, table: Mapping[str, Any]) -> str:
+    """[image] flavour: what the image carries besides the driver (see config.flavours)."""
+    name = fields.text(problems, table, "image.flavour") or flavours.DEFAULT
+    if name not in flavours.FLAVOURS:
+        problems.add("image.flavour", name, flavours.EXPECTED)
+        return flavours.DEFAULT
+    return name
+
+
+@dataclass(frozen=True)
+class Library:
+    repository: str | None
+    source: str
+    vendor: str
+    insecure: tuple[str, ...]
+
+
+def library(problems: fields.Problems, table: Mapping[str, Any]) -> Library:
+    repository = fields.text(problems, table, "library.repository", required=True)
+    if repository:
+        try:
+            ref = ImageReference.parse(repository)
+            if ref.tag or ref.digest:
+                problems.add("library.repository", repository, "expected a repository without tag")
+        except ValueError as exc:
+            problems.add("library.repository", repository, str(exc))
+    insecure = fields.string_list(problems, table, "library.insecure_registries") or ()
+    for host in insecure:
+        if why := registry_host_problem(host):
+            problems.add("library.insecure_registries", host, why)
+    source = fields.text(problems, table, "library.source") or ""
+    vendor = fields.text(problems, table, "library.vendor") or ""
+    return Library(repository, source, vendor, insecure)
+
+
+def discover_settings(problems: fields.Problems, table: Mapping[str, Any]) -> DiscoverSettings:
+    fields.check_keys(problems, table, "discover", DISCOVER_KEYS)
+    defaults = DiscoverSettings()
+    repository = fields.text(problems, table, "discover.release_repository")
+    if repository:
+        try:
+            ImageReference.parse(repository)
+        except ValueError as exc:
+            problems.add("discover.release_repository", repository, str(exc))
+    minors = fields.string_list(problems, table, "discover.minors") or ()
+    for minor in minors:
+        if not re.match(r"^[0-9]+\.[0-9]+\Z", minor):
+            problems.add("discover.minors", minor, "expected an OpenShift minor like 4.14")
+    arches = fields.string_list(problems, table, "discover.arches") or defaults.arches
+    for arch in arches:
+        if why := kernel_release.arch_problem(arch):
+            problems.add("discover.arches", arch, why)
+    drivers = fields.string_list(problems, table, "discover.drivers") or ()
+    for version in drivers:
+        if not DRIVER_VERSION_RE.match(version):
+            problems.add("discover.drivers", version, DRIVER_EXPECTED)
+    rt = table.get("rt", False)
+    if not isinstance(rt, bool):
+        problems.add("discover.rt", rt, "expected true or false")
+        rt = False
+    return DiscoverSettings(repository or defaults.release_repository, minors, arches, drivers, rt)

@@ -1,0 +1,65 @@
+"""Root filesystems laid out as the Dockerfile's tools stage lays them out, made from this host's
+own binaries and their libraries (ldd), for tests that need an image without building one.
+The real stage is exercised by every integration build (tests/integration/test_images.py)."""
+
+from __future__ import annotations
+
+import functools
+import io
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+
+LINKS = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
+
+
+def libraries(binary: str) -> list[str]:
+    """The paths ldd resolves for a binary: its libraries and its program interpreter."""
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=False).stdout
+    found = []
+    for line in out.splitlines():
+        words = line.split()
+        if "=>" in words and words[words.index("=>") + 1].startswith("/"):
+            found.append(words[words.index("=>") + 1])
+        elif words and words[0].startswith("/"):
+            found.append(words[0])
+    return found
+
+
+@functools.cache
+def tool_files(tools: tuple[str, ...]) -> tuple[tuple[str, bytes, int], ...]:
+    """(path in the image, content, mode) of each tool (in usr/bin) and library it loads."""
+    files: dict[str, tuple[bytes, int]] = {}
+    for tool in tools:
+        path = shutil.which(tool)
+        assert path, f"{tool} is not on this host's PATH"
+        files[f"usr/bin/{tool}"] = (Path(path).resolve().read_bytes(), 0o755)
+        for library in libraries(path):
+            name = library.lstrip("/")
+            first, _, rest = name.partition("/")
+            name = f"{LINKS[first]}/{rest}" if first in LINKS else name
+            files.setdefault(name, (Path(library).resolve().read_bytes(), 0o755))
+    return tuple((name, data, mode) for name, (data, mode) in sorted(files.items()))
+
+
+def add_tools(tar: tarfile.TarFile, tools: Iterable[str]) -> None:
+    """The tools stage's output: the usr-merge links, then each file with its folders."""
+    for link, target in LINKS.items():
+        info = tarfile.TarInfo(link)
+        info.type, info.linkname = tarfile.SYMTYPE, target
+        tar.addfile(info)
+    folders: set[str] = set()
+    for name, data, mode in tool_files(tuple(tools)):
+        parts = name.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            folder = "/".join(parts[:depth])
+            if folder not in folders:
+                folders.add(folder)
+                info = tarfile.TarInfo(folder)
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), mode
+        tar.addfile(info, io.BytesIO(data))

@@ -1,0 +1,177 @@
+"""What the library's images are, with real podman and the real registry: built without any
+network, minimal, held to their flavour, and reproducible (verify-rebuild)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from habana_tasks.build import labels
+from habana_tasks.build.service import BuildOptions
+from habana_tasks.cli import commands
+from habana_tasks.config import versions as config
+from habana_tasks.config.flavours import KMM1, MINIMAL
+from habana_tasks.config.image_reference import ImageReference
+from habana_tasks.config.project import Project
+from habana_tasks.core import errors
+from habana_tasks.core.errors import CommandError
+from habana_tasks.core.process import ProcessRunner
+from habana_tasks.engine.podman import SHARED_NETWORK_NOTICE, BuildSpec, Podman
+from habana_tasks.registry.client import RegistryClient
+from habana_tasks.verification.image_tools import flavour_problems
+from tests.conftest import ROOT
+from tests.integration.conftest import KERNELS, UpstreamFixture, copy_library
+
+pytestmark = pytest.mark.integration
+NEW = KERNELS[1]
+
+
+def console() -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, width=250), out
+
+
+def exported(image: str, to: Path) -> Path:
+    Podman(ProcessRunner()).export_rootfs(image, to)
+    return to
+
+
+def test_a_build_step_cannot_reach_any_network(
+    test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    """Built the way every library image is built (BuildSpec's default, this host's isolation):
+    a step that connects to the registry on this very host fails; given the host's network, the
+    same step connects, so the probe itself works."""
+    registry = test_upstream.upstream.registry
+    host, port = registry.split(":")
+    (tmp_path / "Containerfile").write_text(
+        f"FROM {test_upstream.upstream.base_image}\n"
+        f"RUN bash -c 'exec 3<>/dev/tcp/{host}/{port} && echo reached {registry}'\n"
+    )
+    podman = Podman(ProcessRunner())
+    said: list[str] = []
+    spec = BuildSpec(tmp_path, tmp_path / "Containerfile", tmp_path / "iid", no_cache=True)
+    chroot_as_user = podman.isolation.choose().flag == "chroot" and os.geteuid() != 0
+    if chroot_as_user:  # podman cannot cut chroot builds off the network; the user is told
+        podman.build(spec, said.append)
+        assert said == [SHARED_NETWORK_NOTICE]
+        return
+    with pytest.raises(CommandError) as refused:
+        podman.build(spec, said.append)
+    assert "Connection refused" in " ".join(refused.value.tail) or "unreachable" in " ".join(
+        refused.value.tail
+    )
+    podman.build(BuildSpec(tmp_path, tmp_path / "Containerfile", tmp_path / "iid2", network="host"))
+
+
+def test_the_example_images_hold_the_driver_and_the_minimal_tools_only(
+    library: tuple[Project, Path], tmp_path: Path
+) -> None:
+    _, versions = library
+    for target in config.load(versions).targets:
+        rootfs = exported(target.image, tmp_path / f"{target.kernel}.tar")
+        with tarfile.open(rootfs) as tar:
+            assert flavour_problems(tar, "minimal", has_base=False) == []
+            names = {m.name.lstrip("./") for m in tar.getmembers() if not m.isdir()}
+        outside = {n for n in names if not n.startswith("opt/")}
+        assert {f"usr/bin/{tool}" for tool in MINIMAL.tools} <= outside
+        assert not {n for n in outside if "apt" in n or "dpkg" in n or "rpm" in n}
+        assert f"opt/lib/modules/{target.kernel}/extra/habanalabs.ko" in names
+
+
+def test_verify_rebuild_reproduces_each_published_image(library: tuple[Project, Path]) -> None:
+    project, versions = library
+    out, text = console()
+    code = commands.verify_rebuild(project, str(versions), NEW, console=out)
+    assert code == errors.OK, text.getvalue()
+    assert "reproduced" in text.getvalue()
+
+
+def test_verify_rebuild_names_the_layer_and_the_files_that_differ(
+    library: tuple[Project, Path], test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    """The published tag moved onto an image with one file more: same labels, other content
+    (in a copy of the library of this test's own)."""
+    project, shared = library
+    versions = copy_library(test_upstream, shared, "library/images-moved", tmp_path / "v.toml")
+    target = next(t for t in config.load(versions).targets if t.kernel == NEW)
+    (tmp_path / "extra.txt").write_text("not from the recipe\n")
+    (tmp_path / "Containerfile").write_text(
+        f"FROM {target.image}\nCOPY extra.txt /opt/lib/modules/{NEW}/extra/extra.txt\n"
+    )
+    test_upstream.build_and_push(tmp_path, target.image)
+    out, text = console()
+    code = commands.verify_rebuild(project, str(versions), NEW, console=out)
+    shown = text.getvalue()
+    assert code == errors.TARGET_FAILED, shown
+    assert "DIFFERS" in shown and "layer 2" in shown, shown
+    assert f"/opt/lib/modules/{NEW}/extra/extra.txt: only in the published image" in shown, shown
+
+
+def test_a_kmm1_image_carries_kmod_and_a_base_must_bring_the_flavours_tools(
+    test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    """kmm1 from scratch: modprobe, depmod and sleep copied from the toolkit, load-tested. The
+    same flavour on the upstream's minimal Debian (no kmod installed) is refused by name:
+    nothing is installed into a base."""
+    project = Project(ROOT, cache_dir=tmp_path / "cache")
+    found = {}
+    for name, base in (("kmm1", False), ("kmm1-on-debian", True)):
+        versions = test_upstream.versions(
+            tmp_path / f"{name}.toml",
+            kernels=(NEW,),
+            repository=f"library/{name}",
+            extra='[image]\nflavour = "kmm1"\n',
+            base=base,
+        )
+        out, text = console()
+        found[name] = (commands.build(project, str(versions), console=out), text.getvalue())
+    code, shown = found["kmm1"]
+    assert code == errors.OK, shown
+    cfg = config.load(tmp_path / "kmm1.toml")
+    with tarfile.open(exported(cfg.targets[0].image, tmp_path / "kmm1.tar")) as tar:
+        assert flavour_problems(tar, "kmm1", has_base=False) == []
+        names = {m.name.lstrip("./") for m in tar.getmembers()}
+    assert {f"usr/bin/{tool}" for tool in KMM1.tools} <= names
+    remote = RegistryClient(cfg.insecure_registries).inspect(cfg.targets[0].image)
+    assert remote.labels[labels.PREFIX + "image.flavour"] == "kmm1"
+    code, shown = found["kmm1-on-debian"]
+    assert code == errors.TARGET_FAILED, shown
+    assert "modprobe: absent from the image's PATH (the base image); flavour kmm1 needs it" in (
+        shown.replace("\n", " ")
+    ), shown
+
+
+def test_the_manifest_carries_the_labels_as_annotations(library: tuple[Project, Path]) -> None:
+    _, versions = library
+    cfg = config.load(versions)
+    registry = RegistryClient(cfg.insecure_registries)
+    for target in cfg.targets:
+        manifest = registry.get_manifest(ImageReference.parse(target.image))
+        annotations = manifest.json()["annotations"]
+        config_labels = registry.inspect(target.image).labels
+        ours = {k: v for k, v in config_labels.items() if not k.startswith("io.buildah")}
+        assert ours.items() <= annotations.items()
+        # Deciding "is it current" needs the manifest only.
+        before = registry.requests_sent
+        assert registry.inspect(target.image, labels.FINGERPRINT).labels == annotations
+        assert registry.requests_sent - before == 1
+
+
+def test_a_forced_rebuild_pushes_the_same_digest(
+    library: tuple[Project, Path], tmp_path: Path
+) -> None:
+    project, versions = library
+    cfg = config.load(versions)
+    registry = RegistryClient(cfg.insecure_registries)
+    target = next(t for t in cfg.targets if t.kernel == NEW)
+    before = registry.inspect(target.image).digest
+    out, text = console()
+    options = BuildOptions(force=True, load_test=True)
+    assert commands.build(project, str(versions), NEW, options=options, console=out) == 0
+    assert registry.inspect(target.image).digest == before, text.getvalue()
