@@ -188,6 +188,13 @@ def image_labels(
     return labels
 
 
+def image_annotations(image_labels: Mapping[str, str]) -> dict[str, str]:
+    """The manifest's annotations: the labels, and the OCI base annotations always ours. buildah
+    writes its own, even for a FROM scratch stage (an earlier stage's digest there); a given
+    annotation replaces them, empty when the image has no base."""
+    return {OCI + "base.name": "", OCI + "base.digest": "", **image_labels}
+
+
 def short_digest(digest: str | None, length: int = 12) -> str:
     """The first hex digits of a digest, enough to tell images apart in a line or a table."""
     return (digest or "").removeprefix("sha256:")[:length]

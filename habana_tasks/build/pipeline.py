@@ -32,6 +32,15 @@ from habana_tasks.verification.worker import WorkerTools
 
 
 @dataclass(frozen=True)
+class ImageOptions:
+    """What, besides the job, makes the image: the same values give the same digest."""
+
+    dockerfile: Path
+    source_date_epoch: int
+    load_tested: bool  # the claim written in the load-tested label
+
+
+@dataclass(frozen=True)
 class RunOptions:
     dockerfile: Path
     work_dir: Path
@@ -218,19 +227,13 @@ class Pipeline:
     ) -> tuple[str, str | None]:
         target, inputs = job.target, job.inputs
         assert inputs is not None and job.fingerprint is not None
-        stage("context")
+        stage("build")
         # Only an image that passes the load test below is ever published, so a published
         # image with load-tested=true was booted in its kernel with its driver loaded.
-        spec = build_spec(
-            self.config,
-            job,
-            work,
-            self.options.dockerfile,
-            self.options.source_date_epoch,
-            self.options.load_test,
+        made = ImageOptions(
+            self.options.dockerfile, self.options.source_date_epoch, self.options.load_test
         )
-        stage("build")
-        image_id = self.podman.build(spec, sink)
+        image_id = build_image(self.podman, self.config, job, work, made, sink)
         stage("check")
         kernel = self.kernels.load(inputs.toolkit.pinned, target.kernel)
         rootfs = image_checks.check_image(
@@ -278,23 +281,26 @@ class Pipeline:
         return write_report(self.options.logs_dir / "report.json", results)
 
 
-def build_spec(
+def build_image(
+    podman: Podman,
     config: Config,
     job: BuildJob,
     work: Path,
-    dockerfile: Path,
-    source_date_epoch: int,
-    load_tested: bool,
-) -> BuildSpec:
+    options: ImageOptions,
+    on_line: LineSink | None = None,
+) -> str:
     """The build context (Dockerfile, packages, certificate) made afresh under `work`, and the
-    build: the same job, epoch and load-tested claim always give the same image."""
+    build, every step fresh: the same job and options always give the same image. podman's
+    layer cache is keyed on neither the labels nor the timestamp, so a step taken from it
+    could carry another build's parent ID (history's "FROM <id>") or time; and each image is
+    built once per change of its inputs, so the cache would save little."""
     target, inputs = job.target, job.inputs
     assert inputs is not None
     if work.exists():
         shutil.rmtree(work)
     context = work / "context"
     context.mkdir(parents=True)
-    shutil.copyfile(dockerfile, context / "Dockerfile")
+    shutil.copyfile(options.dockerfile, context / "Dockerfile")
     link_into(inputs.package, context / "packages", "habanalabs.rpm")
     if inputs.firmware:
         link_into(inputs.firmware, context / "packages", "habanalabs-firmware.rpm")
@@ -305,22 +311,20 @@ def build_spec(
         (context / "signing" / "certificate").write_bytes(inputs.signer.certificate_pem)
         secrets[signing.SECRET_ID] = inputs.signer.files.key
     image_labels = labels.image_labels(
-        config, target, inputs, labels.rfc3339(source_date_epoch), load_tested
+        config, target, inputs, labels.rfc3339(options.source_date_epoch), options.load_tested
     )
-    return BuildSpec(
+    spec = BuildSpec(
         context=context,
         containerfile=context / "Dockerfile",
         iidfile=work / "image-id",
         build_args=labels.build_args(target, inputs),
         labels=image_labels,
-        annotations=image_labels,
-        timestamp=source_date_epoch,
-        # Never from the layer cache: a cached step carries the ID of the build that made it
-        # (history's "FROM <id>"), so a cached build of one kernel could differ from a fresh
-        # one. Each image is built once per change of inputs, so the cache saves little.
+        annotations=labels.image_annotations(image_labels),
+        timestamp=options.source_date_epoch,
         no_cache=True,
         secrets=secrets,
     )
+    return podman.build(spec, on_line)
 
 
 def run_stamp() -> str:

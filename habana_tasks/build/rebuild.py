@@ -25,7 +25,7 @@ import zstandard
 
 from habana_tasks.build import labels, metadata
 from habana_tasks.build.driver_package import PackageCache
-from habana_tasks.build.pipeline import build_spec, run_stamp
+from habana_tasks.build.pipeline import ImageOptions, build_image, run_stamp
 from habana_tasks.build.plan import Action, BuildJob
 from habana_tasks.build.results import write_report
 from habana_tasks.config.image_reference import ImageReference
@@ -259,8 +259,8 @@ def verify_rebuild(
         bases = [inputs.base.pinned] if inputs.base else []
         for image in (inputs.toolkit.pinned, *bases):
             podman.ensure(image, config.tls_verify(image), on_line)
-        spec = build_spec(config, job, work, dockerfile, epoch, tested)
-        image_id = podman.build(spec, on_line)
+        made = ImageOptions(dockerfile, epoch, tested)
+        image_id = build_image(podman, config, job, work, made, on_line)
         layout = work / "layout"
         rebuilt = podman.push_to_layout(image_id, layout, work / "layout-digest", on_line)
     except HabanaError as exc:

@@ -12,7 +12,6 @@ import pytest
 from rich.console import Console
 
 from habana_tasks.build import labels
-from habana_tasks.build.service import BuildOptions
 from habana_tasks.cli import commands
 from habana_tasks.config import versions as config
 from habana_tasks.config.flavours import KMM1, MINIMAL
@@ -161,17 +160,3 @@ def test_the_manifest_carries_the_labels_as_annotations(library: tuple[Project, 
         before = registry.requests_sent
         assert registry.inspect(target.image, labels.FINGERPRINT).labels == annotations
         assert registry.requests_sent - before == 1
-
-
-def test_a_forced_rebuild_pushes_the_same_digest(
-    library: tuple[Project, Path], tmp_path: Path
-) -> None:
-    project, versions = library
-    cfg = config.load(versions)
-    registry = RegistryClient(cfg.insecure_registries)
-    target = next(t for t in cfg.targets if t.kernel == NEW)
-    before = registry.inspect(target.image).digest
-    out, text = console()
-    options = BuildOptions(force=True, load_test=True)
-    assert commands.build(project, str(versions), NEW, options=options, console=out) == 0
-    assert registry.inspect(target.image).digest == before, text.getvalue()

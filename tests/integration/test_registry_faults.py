@@ -228,11 +228,39 @@ def wrong_digest(line: str, answer: Answer) -> Answer | None:
     return status, headers, body
 
 
+def without_annotations(line: str, answer: Answer) -> Answer | None:
+    """An image from before annotations: its labels are read from its config blob."""
+    status, headers, body = answer
+    if "/manifests/" in line and line.startswith("GET") and status == 200:
+        manifest = json.loads(body)
+        if isinstance(manifest, dict) and manifest.pop("annotations", None) is not None:
+            new = json.dumps(manifest).encode()
+            headers["Docker-Content-Digest"] = "sha256:" + hashlib.sha256(new).hexdigest()
+            return status, headers, new
+    return None
+
+
 def tampered_blob(line: str, answer: Answer) -> Answer | None:
     status, headers, body = answer
     if "/blobs/sha256:" in line and line.startswith("GET") and body.startswith(b"{"):
         return status, headers, body.replace(b'"Labels":{', b'"Labels":{"evil":"1",', 1)
-    return None
+    return without_annotations(line, answer)
+
+
+def with_annotations(value: object) -> Rewrite:
+    """The manifest's annotations replaced by `value` (the manifest's digest follows it)."""
+
+    def rewrite(line: str, answer: Answer) -> Answer | None:
+        status, headers, body = answer
+        if "/manifests/" in line and line.startswith("GET") and status == 200:
+            manifest = json.loads(body)
+            manifest["annotations"] = value
+            new = json.dumps(manifest).encode()
+            headers["Docker-Content-Digest"] = "sha256:" + hashlib.sha256(new).hexdigest()
+            return status, headers, new
+        return None
+
+    return rewrite
 
 
 def not_json(line: str, answer: Answer) -> Answer | None:
@@ -269,6 +297,7 @@ def config_blob(body: bytes) -> Rewrite:
             manifest = json.loads(data)
             manifest["config"]["digest"] = blob_digest
             manifest["config"]["size"] = len(body)
+            manifest.pop("annotations", None)  # an image from before annotations
             new = json.dumps(manifest).encode()
             headers["Docker-Content-Digest"] = "sha256:" + hashlib.sha256(new).hexdigest()
             return status, headers, new
@@ -343,6 +372,11 @@ FAULTS: dict[str, tuple[Faults, str, str]] = {
         Faults(rewrite=config_blob(b'{"config": [1]}')),
         "fail",
         "not a map of strings",
+    ),
+    "annotations-not-strings": (
+        Faults(rewrite=with_annotations({"io.habana-ai-driver.fingerprint": 1})),
+        "fail",
+        "the manifest's annotations is not a map of strings",
     ),
     "error-body-is-a-list": (
         Faults(rewrite=lambda line, a: (404, {}, b"[]") if "/manifests/" in line else None),

@@ -72,6 +72,7 @@ class FakePodman(FakeRunner):
         self.failing_pulls: set[str] = set()
         self.vermagic: dict[str, str] = {}  # release -> what modinfo says
         self.labels: dict[str, dict[str, str]] = {}  # image id -> labels given to the build
+        self.annotations: dict[str, dict[str, str]] = {}  # ... and its annotations
         self.release_of: dict[str, str] = {}  # image id -> kernel release
         self.block_builds = threading.Event()
         self.building = threading.Event()
@@ -160,11 +161,14 @@ class FakePodman(FakeRunner):
         if self.block_builds.is_set():
             self.terminated.wait(10)
             return -15, ["make: *** [all] Terminated"]
-        given = {
-            argv[i + 1].split("=", 1)[0]: argv[i + 1].split("=", 1)[1]
-            for i, a in enumerate(argv)
-            if a == "--label"
-        }
+        given, annotated = (
+            {
+                argv[i + 1].split("=", 1)[0]: argv[i + 1].split("=", 1)[1]
+                for i, a in enumerate(argv)
+                if a == flag
+            }
+            for flag in ("--label", "--annotation")
+        )
         release = next(
             argv[i + 1].split("=", 1)[1]
             for i, a in enumerate(argv)
@@ -172,6 +176,7 @@ class FakePodman(FakeRunner):
         )
         image_id = f"sha256:{release}-{len(self.labels)}"
         self.labels[image_id], self.release_of[image_id] = given, release
+        self.annotations[image_id] = annotated
         Path(argv[argv.index("--iidfile") + 1]).write_text(image_id + "\n")
         return 0, ["STEP 1/1: done"]
 
@@ -179,8 +184,9 @@ class FakePodman(FakeRunner):
         image_id, destination = argv[-2], argv[-1].removeprefix("docker://")
         name, tag = destination.rsplit(":", 1)
         repo = name.split("/", 1)[1]
-        given = self.labels[image_id]
-        digest = self.registry.add_image(repo, tag, given, OCI_MANIFEST, annotations=given)
+        digest = self.registry.add_image(
+            repo, tag, self.labels[image_id], OCI_MANIFEST, self.annotations[image_id]
+        )
         Path(argv[argv.index("--digestfile") + 1]).write_text(digest)
         return 0, []
 
@@ -248,6 +254,15 @@ def test_every_target_is_built_checked_pushed_and_verified(
         config_blob = json.loads(fake.blobs[pushed["config"]["digest"]])
         assert config_blob["config"]["Labels"][labels.FINGERPRINT] == job.fingerprint
         assert result_.digest is not None
+        assert pushed["annotations"] == labels.image_annotations(config_blob["config"]["Labels"])
+    # Every build is cut off the network (chroot isolation: in an empty namespace, as root),
+    # takes one timestamp and nothing from the layer cache (keyed on neither).
+    builds = [c for c in runner.calls if "build" in c and "--file" in c]
+    assert len(builds) == 2
+    for argv in builds:
+        assert argv[:3] == ["unshare", "--net", "--"] or "--network" in argv
+        assert "host" not in argv and "--no-cache" in argv
+        assert argv[argv.index("--timestamp") + 1] == "0"
 
 
 def test_a_failed_pull_stays_in_its_own_target(fake: FakeRegistry, tmp_path: Path) -> None:
@@ -335,7 +350,8 @@ def test_a_passing_load_test_is_pushed_and_labelled(fake: FakeRegistry, tmp_path
     result = run(runner, cfg, tmp_path, load_test=True)
     assert [r.status for r in result.results] == [JobStatus.OK, JobStatus.OK]
     assert len(pushes(runner)) == 2
-    built = [runner.labels[image] for image in runner.labels]
+    built = list(runner.labels.values())
+    assert len(built) == 2
     assert {labels_[labels.PREFIX + "load-tested"] for labels_ in built} == {"true"}
 
 
