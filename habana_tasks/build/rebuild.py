@@ -14,29 +14,25 @@ import gzip
 import hashlib
 import io
 import json
-import shutil
 import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import zstandard
 
 from habana_tasks.build import labels, metadata
 from habana_tasks.build.driver_package import PackageCache
-from habana_tasks.build.pipeline import ImageOptions, build_image, run_stamp
+from habana_tasks.build.pipeline import ImageOptions, build_image
 from habana_tasks.build.plan import Action, BuildJob
-from habana_tasks.build.results import write_report
 from habana_tasks.config.image_reference import ImageReference
-from habana_tasks.config.project import Project
 from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core.archive import relative_name
-from habana_tasks.core.errors import Failure, HabanaError, exit_code_for
+from habana_tasks.core.errors import Failure, HabanaError
 from habana_tasks.core.process import LineSink
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import Existence, RegistryClient
-from habana_tasks.verification import signing
 from habana_tasks.verification.signing import Signer, split_signature
 
 STEP = "verify-rebuild"
@@ -281,51 +277,3 @@ def verify_rebuild(
     text = f"the rebuild {rebuilt} differs from {remote.digest}: {', '.join(named)}"
     differs = Failure(STEP, text, target.image)
     return replace(result, config=tuple(fields), layers=tuple(layers), failure=differs)
-
-
-@dataclass(frozen=True)
-class RebuildRun:
-    results: tuple[RebuildResult, ...]
-    report: Path
-
-    @property
-    def exit_code(self) -> int:
-        return exit_code_for(r.failure for r in self.results)
-
-
-def verify_rebuilds(
-    project: Project, config: Config, targets: Sequence[BuildTarget], podman: Podman
-) -> RebuildRun:
-    """Each target's published image rebuilt and compared; one log per image, and report.json
-    under .cache/logs/verify-rebuild-<stamp>."""
-    registry = RegistryClient(config.insecure_registries)
-    packages = PackageCache(project.cache / "downloads")
-    signer = signing.load_signer(config.signing) if config.signing else None
-    stamp = "verify-rebuild-" + run_stamp()
-    logs = project.cache / "logs" / stamp
-    logs.mkdir(parents=True, exist_ok=True)
-    results = []
-    for target in targets:
-        work = project.cache / "work" / stamp / target.tag
-        with (logs / f"{target.tag}.log").open("w", encoding="utf-8") as log:
-
-            def sink(line: str, log: TextIO = log) -> None:
-                log.write(line + "\n")
-
-            try:
-                result = verify_rebuild(
-                    config,
-                    target,
-                    podman=podman,
-                    registry=registry,
-                    packages=packages,
-                    dockerfile=project.dockerfile,
-                    work=work,
-                    signer=signer,
-                    on_line=sink,
-                )
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-            log.write(f"{result.failure or 'reproduced: ' + str(result.rebuilt)}\n")
-        results.append(result)
-    return RebuildRun(tuple(results), write_report(logs / "report.json", results))

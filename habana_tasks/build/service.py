@@ -11,11 +11,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO, TypeVar
 
-from habana_tasks.build import labels, metadata
+from habana_tasks.build import labels, metadata, rebuild
 from habana_tasks.build.driver_package import PackageCache
 from habana_tasks.build.pipeline import Pipeline, RunOptions, run_stamp
 from habana_tasks.build.plan import Action, BuildJob, plan
+from habana_tasks.build.rebuild import RebuildResult
 from habana_tasks.build.reporter import Reporter
 from habana_tasks.build.results import JobResult, JobStatus, write_report
 from habana_tasks.config.project import Project
@@ -30,6 +32,8 @@ from habana_tasks.verification import signing
 from habana_tasks.verification.kernel_modules import KernelModuleStore
 from habana_tasks.verification.load_test import DEFAULT_TIMEOUT, LoadTestResult, retest_image
 from habana_tasks.verification.worker import WorkerTools
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,69 @@ class LoadTestRun:
         return exit_code_for(r.failure for r in self.results)
 
 
+def per_target(
+    folders: RunFolders,
+    targets: Sequence[BuildTarget],
+    run: Callable[[BuildTarget, Path, TextIO], R],
+) -> list[R]:
+    """`run` for each target in turn, each with a scratch folder (removed afterwards) and its
+    own log in the run's logs folder."""
+    folders.logs.mkdir(parents=True, exist_ok=True)
+    results = []
+    for target in targets:
+        work = folders.work / target.tag
+        with (folders.logs / f"{target.tag}.log").open("w", encoding="utf-8") as log:
+            try:
+                results.append(run(target, work, log))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+@dataclass(frozen=True)
+class RebuildRun:
+    """What `verify-rebuild` did: one result per image, and where report.json is."""
+
+    results: tuple[RebuildResult, ...]
+    report: Path
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code_for(r.failure for r in self.results)
+
+
+def verify_rebuilds(
+    project: Project, config: Config, targets: Sequence[BuildTarget], podman: Podman
+) -> RebuildRun:
+    """Rebuild each target's published image from its inputs and compare (nothing pushed);
+    one log per image and report.json under .cache/logs/verify-rebuild-<stamp>."""
+    registry = RegistryClient(config.insecure_registries)
+    packages = PackageCache(project.cache / "downloads")
+    signer = signing.load_signer(config.signing) if config.signing else None
+    folders = RunFolders.new(project, "verify-rebuild-")
+
+    def one(target: BuildTarget, work: Path, log: TextIO) -> RebuildResult:
+        def sink(line: str) -> None:
+            log.write(line + "\n")
+
+        result = rebuild.verify_rebuild(
+            config,
+            target,
+            podman=podman,
+            registry=registry,
+            packages=packages,
+            dockerfile=project.dockerfile,
+            work=work,
+            signer=signer,
+            on_line=sink,
+        )
+        sink(str(result.failure) if result.failure else f"reproduced: {result.rebuilt}")
+        return result
+
+    results = per_target(folders, targets, one)
+    return RebuildRun(tuple(results), write_report(folders.report, results))
+
+
 def load_test_images(
     project: Project,
     config: Config,
@@ -171,28 +238,14 @@ def load_test_images(
     store = KernelModuleStore(podman, project.kernels)
     workers = WorkerTools(podman, project.dockerfile, project.kernels)
     folders = RunFolders.new(project, "load-test-")
-    folders.logs.mkdir(parents=True, exist_ok=True)
-    results = []
-    for target in targets:
-        work = folders.work / target.tag
-        with (folders.logs / f"{target.tag}.log").open("w", encoding="utf-8") as log:
-            try:
-                results.append(
-                    retest_image(
-                        podman,
-                        store,
-                        registry,
-                        config,
-                        target,
-                        image or target.image,
-                        work,
-                        log,
-                        workers,
-                        timeout,
-                    )
-                )
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
+
+    def one(target: BuildTarget, work: Path, log: TextIO) -> LoadTestResult:
+        image_ref = image or target.image
+        return retest_image(
+            podman, store, registry, config, target, image_ref, work, log, workers, timeout
+        )
+
+    results = per_target(folders, targets, one)
     return LoadTestRun(tuple(results), write_report(folders.report, results))
 
 

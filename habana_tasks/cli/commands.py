@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from habana_tasks.build import rebuild, service
+from habana_tasks.build import service
 from habana_tasks.build.reporter import make_console, make_reporter
 from habana_tasks.build.results import JobResult
 from habana_tasks.build.service import BuildOptions, BuildRun
@@ -126,7 +126,7 @@ def verify_rebuild(
     console = console or make_console()
     config = load_inputs(project, versions)
     targets = config.select(kernel, driver)
-    run = rebuild.verify_rebuilds(project, config, targets, service.make_podman(announcer(console)))
+    run = service.verify_rebuilds(project, config, targets, service.make_podman(announcer(console)))
     console.print(tables.rebuild_table(run.results))
     print_line(console, f"report: {run.report}")
     return run.exit_code

@@ -122,6 +122,18 @@ def test_init_runs_kmms_image_extractor_command_in_the_image_as_its_user() -> No
     assert "mount --bind /tmp /image/tmp" in plain
 
 
+def extract(cpio: Path, into: Path) -> Path:
+    """The archive unpacked by the real cpio (its device node left out: no root needed)."""
+    into.mkdir()
+    subprocess.run(
+        ["cpio", "-id", "--quiet", "--no-absolute-filenames", "--nonmatching", "dev/console"],
+        stdin=cpio.open("rb"),
+        cwd=into,
+        check=True,
+    )
+    return into
+
+
 def test_initramfs_is_a_faithful_newc_archive(tmp_path: Path) -> None:
     require_tools("cpio")
     rootfs = tmp_path / "rootfs.tar"
@@ -151,14 +163,7 @@ def test_initramfs_is_a_faithful_newc_archive(tmp_path: Path) -> None:
     ).stdout
     assert "crw-------" in listing and "dev/console" in listing
     assert "bin -> usr/bin" in listing
-    extracted = tmp_path / "x"
-    extracted.mkdir()
-    subprocess.run(
-        ["cpio", "-id", "--quiet", "--no-absolute-filenames", "--nonmatching", "dev/console"],
-        stdin=out.open("rb"),
-        cwd=extracted,
-        check=True,
-    )
+    extracted = extract(out, tmp_path / "x")
     assert (extracted / "usr/bin/tool").read_bytes() == b"#!/bin/sh\necho hi\n"
     assert (extracted / "usr/bin/tool").stat().st_mode & 0o777 == 0o755
     assert (extracted / "etc/b").read_bytes() == b"xxxxx"
@@ -179,14 +184,7 @@ def test_a_second_root_filesystem_sits_under_its_prefix_and_the_first_wins(
                 tar.addfile(info, io.BytesIO(body))
     out = tmp_path / "initrd.cpio"
     rootfs_to_cpio([(trees[0], ""), (trees[1], "image"), (trees[1], "")], out, {})
-    extracted = tmp_path / "x"
-    extracted.mkdir()
-    subprocess.run(
-        ["cpio", "-id", "--quiet", "--no-absolute-filenames", "--nonmatching", "dev/console"],
-        stdin=out.open("rb"),
-        cwd=extracted,
-        check=True,
-    )
+    extracted = extract(out, tmp_path / "x")
     assert (extracted / "usr/bin/sh").read_bytes() == b"worker's"
     assert (extracted / "image/usr/bin/sh").read_bytes() == b"image's"
     assert (extracted / "image/only-image").is_file() and (extracted / "only-image").is_file()
