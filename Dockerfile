@@ -24,17 +24,18 @@ RUN set -e; root=/rootfs; mkdir -p "${root}"; \
       case "${path}" in /*) ;; *) \
         echo "error: the toolkit image has no ${tool} to copy into the image" >&2; exit 1 ;; esac; \
       cp -L "${path}" "${root}/usr/bin/${tool}"; \
-      if ! libs="$(ldd "${path}" 2>&1)"; then \
-        case "${libs}" in *"not a dynamic executable"*) libs="" ;; \
-          *) echo "error: ldd ${path}: ${libs}" >&2; exit 1 ;; esac; fi; \
-      case "${libs}" in *"not found"*) \
-        echo "error: ${tool} (${path}) needs a library the toolkit lacks: ${libs}" >&2; exit 1 ;; esac; \
-      for lib in $(echo "${libs}" | sed -n 's|.*=> \(/[^ ]*\) (.*|\1|p; s|^[[:space:]]*\(/[^ ]*\) (.*|\1|p'); do \
+      if ! ldd "${path}" > /tmp/ldd 2>&1; then \
+        if grep -q "not a dynamic executable" /tmp/ldd; then : > /tmp/ldd; \
+        else echo "error: ldd ${path}: $(cat /tmp/ldd)" >&2; exit 1; fi; fi; \
+      if grep -q "not found" /tmp/ldd; then \
+        echo "error: ${tool} (${path}) needs a library the toolkit lacks: $(cat /tmp/ldd)" >&2; exit 1; fi; \
+      sed -n 's|.*=> \(/[^ ]*\) (.*|\1|p; s|^[[:space:]]*\(/[^ ]*\) (.*|\1|p' /tmp/ldd > /tmp/libs; \
+      while read -r lib; do \
         mkdir -p "${root}$(dirname "${lib}")"; \
         if [ ! -e "${root}${lib}" ]; then cp -L "${lib}" "${root}${lib}"; fi; \
-      done; \
+      done < /tmp/libs; \
     done; \
-    tar -C "${root}" -cf /rootfs.tar .
+    rm -f /tmp/ldd /tmp/libs; tar -C "${root}" -cf /rootfs.tar .
 
 FROM ${TOOLKIT_IMAGE} AS builder
 ARG KERNEL_RELEASE

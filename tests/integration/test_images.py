@@ -160,3 +160,25 @@ def test_the_manifest_carries_the_labels_as_annotations(library: tuple[Project, 
         before = registry.requests_sent
         assert registry.inspect(target.image, labels.FINGERPRINT).labels == annotations
         assert registry.requests_sent - before == 1
+
+
+def test_the_tools_stage_names_a_tool_the_toolkit_lacks(
+    test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    """The image gets its tools from the toolkit or not at all: nothing is installed."""
+    (tmp_path / "Dockerfile").write_bytes((ROOT / "Dockerfile").read_bytes())
+    toolkit = f"{test_upstream.upstream.registry}/upstream/driver-toolkit:{NEW}"
+    podman = Podman(ProcessRunner())
+    podman.ensure(toolkit, tls_verify=False)
+    spec = BuildSpec(
+        tmp_path,
+        tmp_path / "Dockerfile",
+        tmp_path / "iid",
+        build_args={"TOOLKIT_IMAGE": toolkit, "IMAGE_TOOLS": "cp no-such-tool"},
+        target="tools",
+    )
+    with pytest.raises(CommandError) as refused:
+        podman.build(spec)
+    assert "error: the toolkit image has no no-such-tool to copy into the image" in " ".join(
+        refused.value.tail
+    )
