@@ -7,25 +7,14 @@ from __future__ import annotations
 import functools
 import io
 import shutil
-import subprocess
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from habana_tasks.core.process import ProcessRunner
+from habana_tasks.engine.isolation import shared_libraries
+
 LINKS = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
-
-
-def libraries(binary: str) -> list[str]:
-    """The paths ldd resolves for a binary: its libraries and its program interpreter."""
-    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=False).stdout
-    found = []
-    for line in out.splitlines():
-        words = line.split()
-        if "=>" in words and words[words.index("=>") + 1].startswith("/"):
-            found.append(words[words.index("=>") + 1])
-        elif words and words[0].startswith("/"):
-            found.append(words[0])
-    return found
 
 
 @functools.cache
@@ -36,8 +25,8 @@ def tool_files(tools: tuple[str, ...]) -> tuple[tuple[str, bytes, int], ...]:
         path = shutil.which(tool)
         assert path, f"{tool} is not on this host's PATH"
         files[f"usr/bin/{tool}"] = (Path(path).resolve().read_bytes(), 0o755)
-        for library in libraries(path):
-            name = library.lstrip("/")
+        for library in shared_libraries(ProcessRunner(), Path(path)):
+            name = str(library).removeprefix("/")
             first, _, rest = name.partition("/")
             name = f"{LINKS[first]}/{rest}" if first in LINKS else name
             files.setdefault(name, (Path(library).resolve().read_bytes(), 0o755))

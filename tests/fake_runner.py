@@ -11,9 +11,16 @@ from pathlib import Path
 
 from habana_tasks.core.errors import CommandError
 from habana_tasks.core.process import Completed, LineSink, ProcessRunner
+from habana_tasks.engine.podman import EMPTY_NETWORK
 
 # argv -> (exit code, output lines); None means "exit 0, no output".
 Answer = Callable[[list[str]], tuple[int, list[str]] | None]
+
+
+def without_empty_network(argv: list[str]) -> list[str]:
+    """The podman command a chroot build runs inside `unshare --net` (as root)."""
+    prefix = list(EMPTY_NETWORK)
+    return argv[len(prefix) :] if argv[: len(prefix)] == prefix else argv
 
 
 class FakeRunner(ProcessRunner):

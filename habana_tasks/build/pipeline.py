@@ -53,6 +53,12 @@ class RunOptions:
     # Files, history and `created` of every image (reproducible: see labels.source_date_epoch).
     source_date_epoch: int = 0
 
+    @property
+    def image(self) -> ImageOptions:
+        # Only an image that passes the load test is ever published, so a published image
+        # with load-tested=true was booted in its kernel with its driver loaded.
+        return ImageOptions(self.dockerfile, self.source_date_epoch, self.load_test)
+
 
 class Pipeline:
     def __init__(
@@ -228,12 +234,7 @@ class Pipeline:
         target, inputs = job.target, job.inputs
         assert inputs is not None and job.fingerprint is not None
         stage("build")
-        # Only an image that passes the load test below is ever published, so a published
-        # image with load-tested=true was booted in its kernel with its driver loaded.
-        made = ImageOptions(
-            self.options.dockerfile, self.options.source_date_epoch, self.options.load_test
-        )
-        image_id = build_image(self.podman, self.config, job, work, made, sink)
+        image_id = build_image(self.podman, self.config, job, work, self.options.image, sink)
         stage("check")
         kernel = self.kernels.load(inputs.toolkit.pinned, target.kernel)
         rootfs = image_checks.check_image(

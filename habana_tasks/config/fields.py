@@ -7,13 +7,14 @@ import difflib
 import json
 import re
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 PLACEHOLDERS = ("kernel", "arch", "oci_arch", "driver", "rhel_version", "rhel_major")
 MAX_SHOWN = 80  # longer values are named by their type in messages
+NAMES_SHOWN = 3  # names listed in one message before "and N more"
 
 
 class Problems:
@@ -156,3 +157,9 @@ def render(
             )
             return None
     return template.format(**values)
+
+
+def names_shown(names: Sequence[str], limit: int = NAMES_SHOWN) -> str:
+    """`a, b, c and 4 more`: a long list named in a one-line message."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

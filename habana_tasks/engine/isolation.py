@@ -103,7 +103,7 @@ def probe(runner: ProcessRunner, flag: str | None = None) -> Isolation:
     (or with --isolation flag, to learn whether that isolation works here)."""
     with tempfile.TemporaryDirectory(prefix="habana-isolation-") as tmp:
         context = Path(tmp)
-        for source in (PROBE_BINARY, *_shared_libraries(runner, PROBE_BINARY)):
+        for source in (PROBE_BINARY, *shared_libraries(runner, PROBE_BINARY)):
             target = context / "rootfs" / source.relative_to("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source.resolve(), target)
@@ -135,7 +135,7 @@ def probe(runner: ProcessRunner, flag: str | None = None) -> Isolation:
     return Isolation(FALLBACK, "probe", _cause(done.tail))
 
 
-def _shared_libraries(runner: ProcessRunner, binary: Path) -> list[Path]:
+def shared_libraries(runner: ProcessRunner, binary: Path) -> list[Path]:
     """The libraries and loader a dynamically linked binary needs, as ldd lists them."""
     done = runner.run(["ldd", str(binary)], keep_output=True, check=False)
     found = []

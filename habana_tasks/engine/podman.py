@@ -20,6 +20,7 @@ PODMAN = "podman"
 # isolation). The same build, run again, passes; any other failure is the build's own.
 TRANSIENT_RUNTIME_FAILURES = ("sealing memfd copy: Device or resource busy",)
 UNSHARED = "unshared"
+EMPTY_NETWORK = ("unshare", "--net", "--")  # runs the build in a new, empty network namespace
 SHARED_NETWORK_NOTICE = (
     "chroot isolation as an unprivileged user cannot cut a build off the network: builds share "
     "this host's network (nothing in the Dockerfile downloads anything)"
@@ -81,7 +82,7 @@ class BuildSpec:
         for secret, path in sorted(self.secrets.items()):
             argv += ["--secret", f"id={secret},src={path}"]
         argv.append(str(self.context))
-        return ["unshare", "--net", "--", *argv] if self.network == UNSHARED else argv
+        return [*EMPTY_NETWORK, *argv] if self.network == UNSHARED else argv
 
 
 def tls_flag(tls_verify: bool) -> list[str]:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from habana_tasks.config.fields import names_shown
 from habana_tasks.config.targets import BuildTarget
 from habana_tasks.core import archive
 from habana_tasks.core.errors import CheckError, CommandError
@@ -34,7 +35,6 @@ from habana_tasks.verification.signing import Signer, accepted_hashes, signature
 # The link KMM's convention puts in the image; what it points to is the node's, not ours.
 HOST_LINK = "host"
 FIRMWARE_SUFFIXES = ("", ".xz", ".zst")
-SHOWN = 3  # names shown per problem before "and N more"
 
 
 @dataclass(frozen=True)
@@ -129,11 +129,6 @@ def read_module(
     )
 
 
-def _names(names: Sequence[str]) -> str:
-    shown = ", ".join(names[:SHOWN])
-    return shown + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
-
-
 def dependency_problems(modules: Sequence[ModuleFacts], kernel: KernelModules) -> list[str]:
     """Each module's dependencies and imported symbols resolve inside the image or to a module
     the target kernel ships, with the same symbol CRCs; pure, so every case is unit-tested."""
@@ -162,7 +157,7 @@ def dependency_problems(modules: Sequence[ModuleFacts], kernel: KernelModules) -
         unknown = [s for s, _ in external if s not in kernel.symbols]
         if unknown:
             problems.append(
-                f"{module.name}: needs {_names(unknown)}, exported by neither the image nor "
+                f"{module.name}: needs {names_shown(unknown)}, exported by neither the image nor "
                 f"{release}"
             )
         differ = [
@@ -173,8 +168,9 @@ def dependency_problems(modules: Sequence[ModuleFacts], kernel: KernelModules) -
         if differ:
             symbol, crc, export = differ[0]
             owner = "the kernel" if export.owner == VMLINUX else export.owner
+            symbols = names_shown([d[0] for d in differ])
             problems.append(
-                f"{module.name}: disagrees about the version of {_names([d[0] for d in differ])} "
+                f"{module.name}: disagrees about the version of {symbols} "
                 f"(e.g. {symbol}: 0x{crc:08x} here, 0x{export.crc or 0:08x} in {release}'s "
                 f"{owner})"
             )
@@ -190,8 +186,9 @@ def listing_problems(listed: Sequence[str], built: Sequence[str], release: str) 
     ]
     extra = sorted(set(built) - set(listed))
     if extra:
+        built = names_shown([e + ".ko" for e in extra])
         problems.append(
-            f"the package also built {_names([e + '.ko' for e in extra])}, which modules does not "
+            f"the package also built {built}, which modules does not "
             "list: KMM would never load it (add it to modules, in load order)"
         )
     return problems
@@ -215,8 +212,9 @@ def firmware_problems(
             )
         ]
         if missing:
+            files = names_shown(missing)
             problems.append(
-                f"{module.name}: declares firmware {_names(missing)}, not under /opt/lib/firmware"
+                f"{module.name}: declares firmware {files}, not under /opt/lib/firmware"
             )
     return problems
 

@@ -18,6 +18,7 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
+from habana_tasks.config.fields import names_shown
 from habana_tasks.config.flavours import FLAVOURS
 from habana_tasks.core import archive
 
@@ -38,7 +39,6 @@ EM_X86_64 = "EM_X86_64"
 # The usr-merge links the tools stage writes (as distributions lay out their root).
 USR_MERGE = frozenset({"bin", "sbin", "lib", "lib64"})
 MAX_LINKS = 40  # symbolic links followed while resolving one path
-SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -97,11 +97,14 @@ class RootFs:
 
 
 def find_tool(root: RootFs, tool: str, trail: set[str] | None = None) -> str | None:
-    """Where a container finds the command: /bin/sh by that path, the others through PATH."""
-    if tool in EXACT_PATHS:
-        return root.resolve(EXACT_PATHS[tool], trail)
-    for directory in PATH_DIRS:
-        if found := root.resolve(f"{directory}/{tool}", trail):
+    """Where a container finds the command: /bin/sh by that path, the others through PATH. The
+    links on the way to the file found are added to `trail`."""
+    candidates = [EXACT_PATHS[tool]] if tool in EXACT_PATHS else [f"{d}/{tool}" for d in PATH_DIRS]
+    for candidate in candidates:
+        passed: set[str] = set()
+        if found := root.resolve(candidate, passed):
+            if trail is not None:
+                trail |= passed
             return found
     return None
 
@@ -196,7 +199,8 @@ def flavour_problems(tar: tarfile.TarFile, flavour: str, has_base: bool) -> list
     problems: list[str] = []
     used: set[str] = set()
     for tool in wanted.tools:
-        path = find_tool(root, tool)
+        trail: set[str] = set()
+        path = find_tool(root, tool, trail)
         if path is None:
             where = f"/{EXACT_PATHS[tool]}" if tool in EXACT_PATHS else "the image's PATH"
             source = "the base image" if has_base else "the image"
@@ -206,9 +210,8 @@ def flavour_problems(tar: tarfile.TarFile, flavour: str, has_base: bool) -> list
             )
             continue
         needs = closure(root, tool, path)
-        find_tool(root, tool, needs.used)
         problems += needs.problems
-        used |= needs.used
+        used |= trail | needs.used
     if not has_base:
         extra = sorted(
             name
@@ -221,9 +224,6 @@ def flavour_problems(tar: tarfile.TarFile, flavour: str, has_base: bool) -> list
             and not (name in USR_MERGE and member.issym())
         )
         if extra:
-            shown = ", ".join(f"/{n}" for n in extra[:SHOWN])
-            more = f" and {len(extra) - SHOWN} more" if len(extra) > SHOWN else ""
-            problems.append(
-                f"files outside /opt that flavour {flavour} has no use for: {shown}{more}"
-            )
+            shown = names_shown([f"/{name}" for name in extra])
+            problems.append(f"files outside /opt that flavour {flavour} has no use for: {shown}")
     return problems

@@ -18,6 +18,7 @@ from habana_tasks.config.flavours import KMM1, MINIMAL
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.config.project import Project
 from habana_tasks.core import errors
+from habana_tasks.core.archive import relative_name
 from habana_tasks.core.errors import CommandError
 from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.podman import SHARED_NETWORK_NOTICE, BuildSpec, Podman
@@ -76,7 +77,7 @@ def test_the_example_images_hold_the_driver_and_the_minimal_tools_only(
         rootfs = exported(target.image, tmp_path / f"{target.kernel}.tar")
         with tarfile.open(rootfs) as tar:
             assert flavour_problems(tar, "minimal", has_base=False) == []
-            names = {m.name.lstrip("./") for m in tar.getmembers() if not m.isdir()}
+            names = {relative_name(m.name) for m in tar.getmembers() if not m.isdir()}
         outside = {n for n in names if not n.startswith("opt/")}
         assert {f"usr/bin/{tool}" for tool in MINIMAL.tools} <= outside
         assert not {n for n in outside if "apt" in n or "dpkg" in n or "rpm" in n}
@@ -135,7 +136,7 @@ def test_a_kmm1_image_carries_kmod_and_a_base_must_bring_the_flavours_tools(
     cfg = config.load(tmp_path / "kmm1.toml")
     with tarfile.open(exported(cfg.targets[0].image, tmp_path / "kmm1.tar")) as tar:
         assert flavour_problems(tar, "kmm1", has_base=False) == []
-        names = {m.name.lstrip("./") for m in tar.getmembers()}
+        names = {relative_name(m.name) for m in tar.getmembers()}
     assert {f"usr/bin/{tool}" for tool in KMM1.tools} <= names
     remote = RegistryClient(cfg.insecure_registries).inspect(cfg.targets[0].image)
     assert remote.labels[labels.PREFIX + "image.flavour"] == "kmm1"

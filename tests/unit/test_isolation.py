@@ -16,7 +16,7 @@ from habana_tasks.core.http_client import HTTPClient
 from habana_tasks.engine.isolation import BuildIsolation, explicit_choice
 from habana_tasks.engine.podman import BuildSpec, Podman
 from tests.conftest import ROOT
-from tests.fake_runner import FakeRunner
+from tests.fake_runner import FakeRunner, without_empty_network
 
 CRUN = (
     "error running container: from /usr/bin/crun creating container for [/usr/bin/true]: "
@@ -25,7 +25,7 @@ CRUN = (
 
 
 def host_without_runtime(argv: list[str]) -> tuple[int, list[str]] | None:
-    argv = argv[3:] if argv[:3] == ["unshare", "--net", "--"] else argv
+    argv = without_empty_network(argv)
     if argv[:2] == ["podman", "--version"]:
         return 0, ["podman version 4.3.1"]
     if argv[:2] == ["podman", "build"] and "--no-cache" in argv and "--quiet" in argv:

@@ -33,7 +33,7 @@ from habana_tasks.verification.load_test import MARK
 from tests.conftest import ROOT
 from tests.fake_image import add_tools
 from tests.fake_registry import FakeRegistry
-from tests.fake_runner import FakeRunner
+from tests.fake_runner import FakeRunner, without_empty_network
 
 KERNELS = ("6.1.0-55-amd64", "6.1.0-56-amd64")
 DRIVER = "6.1.0-1"
@@ -97,7 +97,7 @@ class FakePodman(FakeRunner):
 
     def answer_for(self, argv: list[str]) -> tuple[int, list[str]] | None:
         # As root, chroot builds run in a network namespace of their own (unshare --net).
-        argv = argv[3:] if argv[:3] == ["unshare", "--net", "--"] else argv
+        argv = without_empty_network(argv)
         command = argv[:2]
         if command == ["podman", "image"] and argv[2] == "exists":
             return 1, []
