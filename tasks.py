@@ -68,6 +68,7 @@ BUILD_HELP = {
     "push": "push checked images (default); --no-push only builds and checks",
     "load-test": "boot the target kernel and load the driver before pushing (default); "
     "--no-load-test skips it",
+    "retry-failed": "build pairs that failed before with the same inputs (held otherwise)",
 }
 
 
@@ -88,6 +89,7 @@ def build(
     dry_run: bool = False,
     push: bool = True,
     load_test: bool = True,
+    retry_failed: bool = False,
 ) -> None:
     """Build, check, load-test and push the image(s) of one kernel."""
     from habana_tasks.build.service import BuildOptions
@@ -99,21 +101,35 @@ def build(
             versions,
             arguments.release("--kernel", kernel),
             arguments.optional("--driver", driver, arguments.driver),
-            options=BuildOptions(force=force, dry_run=dry_run, push=push, load_test=load_test),
+            options=BuildOptions(
+                force=force,
+                dry_run=dry_run,
+                push=push,
+                load_test=load_test,
+                retry_failed=retry_failed,
+            ),
         )
     )
 
 
-@task(help={"jobs": JOBS_HELP, **BUILD_HELP})
+@task(
+    help={
+        "jobs": JOBS_HELP,
+        "only": "only these pairs, by image tag, comma-separated (a batch of `invoke matrix`)",
+        **BUILD_HELP,
+    }
+)
 @documented
 def build_all(
     c: Context,
     versions: str | None = None,
     jobs: str = "1",
+    only: str | None = None,
     force: bool = False,
     dry_run: bool = False,
     push: bool = True,
     load_test: bool = True,
+    retry_failed: bool = False,
 ) -> None:
     """Build, check, load-test and push every kernel x driver pair that is missing or stale."""
     from habana_tasks.build.service import BuildOptions
@@ -123,12 +139,14 @@ def build_all(
         lambda: commands.build(
             project(),
             versions,
+            only=arguments.tag_list("--only", only) if only is not None else (),
             options=BuildOptions(
                 jobs=arguments.count("--jobs", jobs, arguments.JOBS),
                 force=force,
                 dry_run=dry_run,
                 push=push,
                 load_test=load_test,
+                retry_failed=retry_failed,
             ),
         )
     )
@@ -251,15 +269,44 @@ def status(c: Context, versions: str | None = None, format: str = "table") -> No
     )
 
 
-@task(help={"versions": "versions file (default: versions.toml)", "format": "github"})
+@task(
+    help={
+        "reports": "a report.json, or a folder searched for them (default: .cache/logs)",
+    }
+)
 @documented
-def matrix(c: Context, versions: str | None = None, format: str = "github") -> None:
-    """Print the pending pairs (missing or stale) as a GitHub Actions matrix."""
+def summary(c: Context, reports: str | None = None) -> None:
+    """Print several build runs' results (a matrix's batches) as one Markdown summary; the exit
+    code is theirs together."""
+    from habana_tasks.cli import commands
+
+    def show() -> int:
+        text, code = commands.summary(project(), reports)
+        print(text, end="")
+        return code
+
+    _run(show)
+
+
+@task(
+    help={
+        "versions": "versions file (default: versions.toml)",
+        "max-jobs": "at most this many jobs, {}-{} (default {}: a GitHub Actions matrix's limit); "
+        "pairs of one kernel share a job".format(*arguments.MAX_JOBS, arguments.MAX_JOBS[1]),
+        "format": "github (the matrix JSON) or markdown (the plan, for a job summary)",
+    }
+)
+@documented
+def matrix(
+    c: Context, versions: str | None = None, max_jobs: str = "256", format: str = "github"
+) -> None:
+    """Print the pending pairs (missing or stale) in batches, as a GitHub Actions matrix."""
     from habana_tasks.cli import commands
 
     def show() -> None:
-        arguments.choice("--format", format, ("github",))
-        print(commands.matrix(project(), versions))
+        jobs = arguments.count("--max-jobs", max_jobs, arguments.MAX_JOBS)
+        chosen = arguments.choice("--format", format, ("github", "markdown"))
+        print(commands.matrix(project(), versions, max_jobs=jobs, output_format=chosen))
 
     _run(show)
 

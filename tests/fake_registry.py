@@ -57,7 +57,21 @@ class FakeRegistry:
                 self._send(*registry.answer(self.path, dict(self.headers), self.server))
 
             do_HEAD = do_GET
-            do_DELETE = do_GET
+
+            def do_DELETE(self) -> None:
+                registry.log.append((self.command, self.path, dict(self.headers)))
+                self._send(*(registry.answer(self.path, dict(self.headers), self.server, "DELETE")))
+
+            def do_POST(self) -> None:
+                self.do_PUT()
+
+            def do_PUT(self) -> None:
+                registry.log.append((self.command, self.path, dict(self.headers)))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                answer = registry.answer(self.path, dict(self.headers), self.server, self.command)
+                if answer[0] == 0:  # not scripted, hooked or refused: a write to carry out
+                    answer = registry.write(self.command, self.path, dict(self.headers), body)
+                self._send(*answer)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
@@ -109,7 +123,36 @@ class FakeRegistry:
         self.manifests[f"{repo}:{tag}"] = ("application/vnd.oci.image.index.v1+json", body)
         return digest(body)
 
-    def answer(self, path: str, headers: dict[str, str], server: Any) -> Response:
+    def tags(self, repo: str) -> list[str]:
+        return sorted(
+            key.split(":", 1)[1]
+            for key in self.manifests
+            if key.split(":", 1)[0] == repo and not key.split(":", 1)[1].startswith("sha256")
+        )
+
+    def write(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
+        """Uploads as the distribution API takes them: POST starts a blob upload, PUT with
+        ?digest= ends it, PUT on a manifest stores it under its tag and its digest."""
+        bare, _, query = path.partition("?")
+        repo = _repo_of(bare)
+        if method == "POST" and bare.endswith("/blobs/uploads/"):
+            return 202, {"Location": f"/v2/{repo}/blobs/uploads/u{len(self.log)}?_state=x"}, b""
+        if method == "PUT" and "/blobs/uploads/" in bare:
+            wanted = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("digest")
+            if wanted != digest(body):
+                return 400, {}, b'{"errors":[{"code":"DIGEST_INVALID"}]}'
+            self.blobs[wanted] = body
+            return 201, {"Docker-Content-Digest": wanted}, b""
+        if method == "PUT" and "/manifests/" in bare:
+            media_type = headers.get("Content-Type", "")
+            self.manifests[f"{repo}:{bare.rsplit('/', 1)[1]}"] = (media_type, body)
+            self.manifests[f"{repo}:{digest(body)}"] = (media_type, body)
+            return 201, {"Docker-Content-Digest": digest(body)}, b""
+        return 405, {}, b'{"errors":[{"code":"UNSUPPORTED"}]}'
+
+    def answer(
+        self, path: str, headers: dict[str, str], server: Any, method: str = "GET"
+    ) -> Response:
         if self.script:
             return self.script.pop(0)
         if self.hook and (hooked := self.hook(path)):
@@ -131,7 +174,31 @@ class FakeRegistry:
                 f'scope="repository:{_repo_of(path)}:pull"'
             )
             return 401, {"WWW-Authenticate": challenge}, b'{"errors":[{"code":"UNAUTHORIZED"}]}'
-        parts = path.split("/")
+        if method in ("POST", "PUT"):
+            return 0, {}, b""
+        parts = path.split("?", 1)[0].split("/")
+        if method == "DELETE" and "/manifests/" in path:
+            repo = "/".join(parts[2 : parts.index("manifests")])
+            gone = [
+                k
+                for k, (_, body) in self.manifests.items()
+                if k.startswith(f"{repo}:") and digest(body) == parts[-1]
+            ]
+            for key in gone:
+                del self.manifests[key]
+            return (
+                (202, {}, b"") if gone else (404, {}, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
+            )
+        if parts[-2:] == ["tags", "list"]:
+            repo = "/".join(parts[2:-2])
+            tags = self.tags(repo)
+            if not tags:
+                return 404, {}, b'{"errors":[{"code":"NAME_UNKNOWN"}]}'
+            return (
+                200,
+                {"Content-Type": "application/json"},
+                json.dumps({"name": repo, "tags": tags}).encode(),
+            )
         if "/manifests/" in path:
             repo = "/".join(parts[2 : parts.index("manifests")])
             ref = parts[-1]

@@ -13,13 +13,17 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
-from habana_tasks.build import labels
+from habana_tasks.build import failure_records, labels
 from habana_tasks.build.driver_package import link_into
+from habana_tasks.build.failure_records import memorable, new_record, record_tag
 from habana_tasks.build.plan import Action, BuildJob
 from habana_tasks.build.reporter import Reporter
 from habana_tasks.build.results import JobResult, JobStatus, write_report
+from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core.errors import CheckError, Failure, HabanaError, Interrupted
 from habana_tasks.core.process import LineSink, interruption
@@ -88,6 +92,10 @@ class Pipeline:
                     job.reason,
                     job.remote_digest,
                     load_tested=job.load_tested,
+                )
+            elif job.action is Action.HOLD:
+                results[job.target.tag] = JobResult(
+                    job.target.tag, Action.HOLD, JobStatus.HELD, job.reason
                 )
             elif job.action is Action.FAIL:
                 results[job.target.tag] = JobResult(
@@ -207,6 +215,8 @@ class Pipeline:
                 log.write(traceback.format_exc())
             finally:
                 shutil.rmtree(work, ignore_errors=True)
+            if self.options.push:
+                self._remember(job, failure, log)
         result = JobResult(
             target.tag,
             Action.BUILD,
@@ -277,6 +287,27 @@ class Pipeline:
         stage("verify")
         verify_pushed(self.registry, target, digest, job.fingerprint)
         return f"pushed ({job.reason})", digest
+
+    def _remember(self, job: BuildJob, failure: Failure | None, log: TextIO) -> None:
+        """After a push, the pair's failure record is obsolete; after a failure of the inputs,
+        one is written (the previous one deleted). A registry that refuses either is noted in
+        the log: the target's own outcome stands."""
+        repository = self.config.repository
+        try:
+            if failure is None or memorable(failure):
+                digest = None
+                if failure is not None:
+                    assert job.fingerprint is not None
+                    record = new_record(job.target.tag, job.fingerprint, failure, datetime.now(UTC))
+                    digest = failure_records.write_record(self.registry, repository, record)
+                    log.write(f"failure recorded: {repository}:{record_tag(job.target.tag)}\n")
+                if job.record is not None and job.record.digest != digest:
+                    self.registry.delete_manifest(
+                        ImageReference.parse(repository), job.record.digest
+                    )
+        except HabanaError as exc:
+            log.write(f"failure record of {job.target.tag} not updated: {exc}\n")
+            self.reporter.message(f"{job.target.tag}: failure record not updated: {exc}")
 
     def _write_report(self, results: Sequence[JobResult]) -> Path:
         return write_report(self.options.logs_dir / "report.json", results)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from habana_tasks.build import labels
+from habana_tasks.build.failure_records import FailureRecord
 from habana_tasks.build.labels import TargetInputs
 from habana_tasks.config.targets import BuildTarget
 from habana_tasks.core.errors import Failure
@@ -17,6 +18,8 @@ class Action(enum.StrEnum):
     BUILD = "build"
     SKIP = "skip"
     FAIL = "fail"
+    # Pending, but the same inputs and tool failed before (build/failure_records): not rebuilt.
+    HOLD = "hold"
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class BuildJob:
     remote_digest: str | None = None
     load_tested: bool = False
     failure: Failure | None = None
+    # The pair's failure record in the repository, if any (deleted once the pair is pushed).
+    record: FailureRecord | None = None
 
 
 def plan_job(
@@ -76,6 +81,18 @@ def plan_job(
     else:
         why = "build recipe changed"
     return BuildJob(target, Action.BUILD, f"stale: {why}", inputs, current, remote.digest)
+
+
+def recalled(job: BuildJob, record: FailureRecord | None, tool: str, retry: bool) -> BuildJob:
+    """A pending job in the light of its pair's failure record: held when the same inputs and
+    tool failed before, unless retried (--retry-failed, --force); else built as planned."""
+    if record is None or job.action is not Action.BUILD or job.fingerprint is None:
+        return job
+    if not record.holds(job.fingerprint, tool):
+        return replace(job, record=record)
+    if retry:
+        return replace(job, reason=f"{job.reason}; retrying: {record.line}", record=record)
+    return replace(job, action=Action.HOLD, reason=record.line, record=record)
 
 
 def plan(

@@ -11,15 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from habana_tasks.build.plan import Action
-from habana_tasks.core.errors import Failure
+from habana_tasks.core import local_files
+from habana_tasks.core.errors import Failure, UsageError
 
 
 class JobStatus(enum.StrEnum):
-    """How a target ended. PLANNED is a dry run's "would do"; SKIPPED a real run's "up to date"."""
+    """How a target ended. PLANNED is a dry run's "would do"; SKIPPED a real run's "up to date";
+    HELD "failed before with the same inputs": no new failure, so not one for the exit code."""
 
     OK = "ok"
     PLANNED = "planned"
     SKIPPED = "skipped"
+    HELD = "held"  # not built: its inputs failed before (build/failure_records)
     FAILED = "failed"
     INTERRUPTED = "interrupted"
     TERMINATED = "terminated"
@@ -48,7 +51,39 @@ class JobResult:
 
     @property
     def ok(self) -> bool:
-        return self.status in (JobStatus.OK, JobStatus.PLANNED, JobStatus.SKIPPED)
+        return self.status in (JobStatus.OK, JobStatus.PLANNED, JobStatus.SKIPPED, JobStatus.HELD)
+
+
+def read_report(path: Path) -> list[JobResult]:
+    """A build run's report.json, as write_report wrote it; anything else is named (exit 2)."""
+    text = local_files.read_text(path, local_files.RUN_REPORT)
+    try:
+        entries = json.loads(text)
+        if not isinstance(entries, list):
+            raise TypeError(f"a JSON {type(entries).__name__}, expected a list of results")
+        return [_result(entry) for entry in entries]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise UsageError(f"{path}: not a build run's report.json: {exc}") from None
+
+
+def _result(entry: Any) -> JobResult:
+    if not isinstance(entry, dict):
+        raise TypeError(f"an entry is a JSON {type(entry).__name__}, expected an object")
+    failure = entry.get("failure")
+    fields = {
+        **entry,
+        "action": Action(entry["action"]),
+        "status": JobStatus(entry["status"]),
+        "failure": Failure(**failure) if isinstance(failure, dict) else None,
+    }
+    result = JobResult(**fields)
+    if not isinstance(result.tag, str) or not isinstance(result.detail, str):
+        raise TypeError(f"{str(result.tag)[:80]!r}: tag and detail must be strings")
+    if not isinstance(result.seconds, int | float) or isinstance(result.seconds, bool):
+        raise TypeError(f"{result.tag[:80]!r}: seconds must be a number")
+    if result.digest is not None and not isinstance(result.digest, str):
+        raise TypeError(f"{result.tag[:80]!r}: digest must be a string")
+    return result
 
 
 def write_report(path: Path, records: Sequence[Any]) -> Path:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO, TypeVar
 
-from habana_tasks.build import labels, metadata, rebuild
+from habana_tasks.build import failure_records, labels, metadata, rebuild
 from habana_tasks.build.driver_package import PackageCache
 from habana_tasks.build.pipeline import Pipeline, RunOptions, run_stamp
-from habana_tasks.build.plan import Action, BuildJob, plan
+from habana_tasks.build.plan import Action, BuildJob, plan, recalled
 from habana_tasks.build.rebuild import RebuildResult
 from habana_tasks.build.reporter import Reporter
 from habana_tasks.build.results import JobResult, JobStatus, write_report
@@ -45,6 +45,7 @@ class BuildOptions:
     dry_run: bool = False  # the plan only
     push: bool = True
     load_test: bool = True
+    retry_failed: bool = False  # build pairs whose inputs failed before (failure_records)
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,22 @@ class PlannedRun:
     registry: RegistryClient
     packages: PackageCache
     seconds: float
+    memory_problem: str | None = None  # the failure records could not be read
 
     @property
     def summary(self) -> str:
+        held = sum(job.action is Action.HOLD for job in self.jobs)
         return (
             f"resolved {len(self.jobs)} target(s) in {self.seconds:.2f} s: "
             f"{self.registry.requests_sent} HTTP request(s), "
             f"{self.packages.downloads} package download(s), "
             f"{self.packages.revalidations} package check(s)"
+            + (
+                f"; {held} held: failed before with the same inputs (--retry-failed)"
+                if held
+                else ""
+            )
+            + (f"; {self.memory_problem}" if self.memory_problem else "")
         )
 
 
@@ -91,9 +100,11 @@ def resolve_and_plan(
     *,
     force: bool = False,
     load_tests: bool = True,
+    retry_failed: bool = False,
     http: HTTPClient | None = None,
 ) -> PlannedRun:
-    """Every input and registry state resolved once, concurrently; then the pure plan."""
+    """Every input and registry state resolved once, concurrently; then the pure plan, and
+    for the pairs it would build, their failure records (read only when some are pending)."""
     http = http or HTTPClient()
     registry = RegistryClient(config.insecure_registries, http, blob_cache=project.cache / "blobs")
     packages = PackageCache(project.cache / "downloads", http)
@@ -102,7 +113,15 @@ def resolve_and_plan(
     signer = signing.load_signer(config.signing) if config.signing else None
     resolution = metadata.resolve(targets, registry, packages, project.dockerfile, signer=signer)
     jobs = plan(targets, resolution.inputs, resolution.remote, force, require_load_test=load_tests)
-    return PlannedRun(jobs, resolution.remote, registry, packages, time.monotonic() - started)
+    pending = [job.target.tag for job in jobs if job.action is Action.BUILD]
+    memory = failure_records.recall(registry, config.repository, pending)
+    tool = failure_records.tool_digest()
+    jobs = tuple(
+        recalled(job, memory.records.get(job.target.tag), tool, force or retry_failed)
+        for job in jobs
+    )
+    seconds = time.monotonic() - started
+    return PlannedRun(jobs, resolution.remote, registry, packages, seconds, memory.problem)
 
 
 def make_podman(announce: Callable[[str], None], runner: ProcessRunner | None = None) -> Podman:
@@ -114,13 +133,16 @@ def make_podman(announce: Callable[[str], None], runner: ProcessRunner | None = 
     return Podman(runner, BuildIsolation(runner, announce=announce))
 
 
+DRY_RUN_STATUS = {Action.FAIL: JobStatus.FAILED, Action.HOLD: JobStatus.HELD}
+
+
 def dry_run_results(planned: PlannedRun) -> tuple[JobResult, ...]:
     """What a dry run reports: the plan itself, a target that cannot be planned as failed."""
     return tuple(
         JobResult(
             job.target.tag,
             job.action,
-            JobStatus.FAILED if job.action is Action.FAIL else JobStatus.PLANNED,
+            DRY_RUN_STATUS.get(job.action, JobStatus.PLANNED),
             job.reason,
             failure=job.failure,
         )
@@ -144,6 +166,12 @@ class RunFolders:
     @property
     def report(self) -> Path:
         return self.logs / "report.json"
+
+
+def build_reports(root: Path) -> list[Path]:
+    """The build runs' report.json files under root: their folders are named by the bare stamp
+    (load-test and verify-rebuild runs' by a prefixed one, and their reports differ)."""
+    return [p for p in root.rglob("report.json") if p.parent.name[:1].isdigit()]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from habana_tasks.config import kernel_release, sections
 from habana_tasks.config import versions as config
 from habana_tasks.config.fields import MAX_SHOWN
 from habana_tasks.config.image_reference import ImageReference
+from habana_tasks.config.tags import tag_problem
 from habana_tasks.core import local_files
 from habana_tasks.core.errors import UsageError
 
@@ -21,6 +22,10 @@ from habana_tasks.core.errors import UsageError
 JOBS = (1, 32)
 TIMEOUT_SECONDS = (1.0, 3600.0)
 OLDER_THAN_DAYS = (0, 36500)
+# A matrix holds at most 256 jobs per workflow run (GitHub Actions' documented limit).
+MAX_JOBS = (1, 256)
+# One argument stays under Linux's MAX_ARG_STRLEN (128 KiB): `--only` of any batch can be run.
+MAX_SELECTOR = 100_000
 FORMATS = ("table", "json", "markdown")
 # Kubernetes names: a namespace is a DNS-1123 label; KMM puts the Module's name in node label
 # keys (kmm.node.kubernetes.io/<namespace>.<name>.ready), so it must be one too.
@@ -115,6 +120,20 @@ def dns_subdomain(option: str, value: str) -> str:
             f"at most {MAX_SUBDOMAIN}",
         )
     return value
+
+
+def tag_list(option: str, value: str) -> tuple[str, ...]:
+    """Image tags separated by commas or spaces (a matrix job's batch): at least one, each a
+    valid tag, the whole at most MAX_SELECTOR characters."""
+    if len(value) > MAX_SELECTOR:
+        raise _fail(option, value, f"at most {MAX_SELECTOR} characters")
+    tags = tuple(dict.fromkeys(value.replace(",", " ").split()))
+    if not tags:
+        raise _fail(option, value, "image tags separated by commas")
+    for tag in tags:
+        if why := tag_problem(tag):
+            raise _fail(option, tag, f"image tags separated by commas (this one {why})")
+    return tags
 
 
 def _reference(option: str, value: str) -> ImageReference:

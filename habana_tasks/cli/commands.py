@@ -10,9 +10,10 @@ from rich.console import Console
 
 from habana_tasks.build import service
 from habana_tasks.build.reporter import make_console, make_reporter
-from habana_tasks.build.results import JobResult
+from habana_tasks.build.results import JobResult, read_report
 from habana_tasks.build.service import BuildOptions, BuildRun
 from habana_tasks.cli import tables
+from habana_tasks.cli.arguments import MAX_SELECTOR
 from habana_tasks.cli.tables import print_line
 from habana_tasks.config.project import Project
 from habana_tasks.config.targets import BuildTarget, Config
@@ -20,6 +21,12 @@ from habana_tasks.core import errors
 from habana_tasks.core.errors import Interrupted, UsageError
 from habana_tasks.engine.podman import Podman
 from habana_tasks.maintenance import status
+from habana_tasks.maintenance.matrix import (
+    DEFAULT_MAX_JOBS,
+    batches,
+    github_matrix,
+    markdown_plan,
+)
 from habana_tasks.registry.auth import authfile_environment, check_credential_files
 from habana_tasks.verification.load_test import DEFAULT_TIMEOUT
 
@@ -53,12 +60,14 @@ def build(
     kernel: str | None = None,
     driver: str | None = None,
     *,
+    only: Sequence[str] = (),
     options: BuildOptions = DEFAULT_OPTIONS,
     console: Console | None = None,
 ) -> int:
-    """Resolve, plan and (unless a dry run) build, check, load-test and push; the exit code."""
+    """Resolve, plan and (unless a dry run) build, check, load-test and push; the exit code.
+    `only`: exactly these pairs, by tag (a matrix batch)."""
     config = load_inputs(project, versions)
-    targets = config.select(kernel, driver)
+    targets = config.only(only) if only else config.select(kernel, driver)
     return run_build(project, config, targets, console or make_console(), options).exit_code
 
 
@@ -74,7 +83,12 @@ def run_build(
     reporter = make_reporter(console)
     podman = podman or service.make_podman(reporter.message)
     planned = service.resolve_and_plan(
-        project, config, targets, force=options.force, load_tests=options.load_test
+        project,
+        config,
+        targets,
+        force=options.force,
+        load_tests=options.load_test,
+        retry_failed=options.retry_failed,
     )
     console.print(tables.plan_table(planned.jobs))
     print_line(console, planned.summary)
@@ -147,8 +161,34 @@ def status_command(
     return errors.OK if found.ok else errors.UNKNOWN_STATE
 
 
-def matrix(project: Project, versions: str | None = None) -> str:
-    """The pending pairs (missing or stale) for a CI fan-out; printed by the task."""
+def summary(project: Project, reports: str | None = None) -> tuple[str, int]:
+    """Every report.json under `reports` (default: this project's logs; in CI, a matrix's
+    downloaded batches) as one Markdown summary, and the exit code of all of them together."""
+    root = Path(reports).expanduser() if reports is not None else project.cache / "logs"
+    found = [root] if root.is_file() else sorted(service.build_reports(root))
+    if not found:
+        raise UsageError(
+            f"--reports {str(root)!r}: expected a build run's report.json or a folder holding "
+            "some (`invoke build` and `build-all` write one per run under .cache/logs)"
+        )
+    results = [result for report in found for result in read_report(report)]
+    code = errors.exit_code_for(result.failure for result in results)
+    return tables.markdown_summary(results, len(found)), code
+
+
+def matrix(
+    project: Project,
+    versions: str | None = None,
+    *,
+    max_jobs: int = DEFAULT_MAX_JOBS,
+    output_format: str = "github",
+) -> str:
+    """The pending pairs (missing or stale) in at most `max_jobs` batches for a CI fan-out, or
+    that plan as Markdown; printed by the task."""
     config = load_inputs(project, versions)
     run = service.resolve_and_plan(project, config, config.targets)
-    return status.github_matrix(status.statuses(run.jobs, run.remote))
+    items = status.statuses(run.jobs, run.remote)
+    found = batches(items, max_jobs)
+    if output_format == "markdown":
+        return markdown_plan(items, found)
+    return github_matrix(found, MAX_SELECTOR)

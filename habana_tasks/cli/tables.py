@@ -16,7 +16,7 @@ from habana_tasks.build import labels
 from habana_tasks.build.labels import short_digest
 from habana_tasks.build.plan import Action, BuildJob
 from habana_tasks.build.rebuild import RebuildResult
-from habana_tasks.build.results import JobResult
+from habana_tasks.build.results import JobResult, JobStatus
 from habana_tasks.maintenance import preflight, status
 from habana_tasks.maintenance.discover import Discovery, DiscoveryRun
 from habana_tasks.maintenance.preflight import Answer, PreflightReport
@@ -24,8 +24,18 @@ from habana_tasks.maintenance.prune import PruneOutcome
 from habana_tasks.maintenance.status import LibraryStatus, State, TargetStatus
 from habana_tasks.verification.load_test import LoadTestResult
 
-ACTION_STYLE = {Action.BUILD: "yellow", Action.SKIP: "green", Action.FAIL: "red"}
-STATE_STYLE = {State.CURRENT: "green", State.STALE: "yellow", State.MISSING: "yellow"}
+ACTION_STYLE = {
+    Action.BUILD: "yellow",
+    Action.SKIP: "green",
+    Action.FAIL: "red",
+    Action.HOLD: "magenta",
+}
+STATE_STYLE = {
+    State.CURRENT: "green",
+    State.STALE: "yellow",
+    State.MISSING: "yellow",
+    State.FAILING: "magenta",
+}
 
 
 def short(digest: str | None) -> str:
@@ -82,7 +92,8 @@ def summary_table(results: Sequence[JobResult], title: str = "summary") -> Table
                 if r.load_test_kernel
                 else "yes"
             )
-        result = r.status.value if r.ok else f"{r.status.value}: {r.detail}"
+        quiet = r.ok and r.status is not JobStatus.HELD
+        result = r.status.value if quiet else f"{r.status.value}: {r.detail}"
         add_row(
             out,
             r.tag,
@@ -269,3 +280,29 @@ def show_discovery(console: Console, run: DiscoveryRun, known: set[str], path: P
         print_line(console, f"updated {path}")
     else:
         print_line(console, change.diff or "no change")
+
+
+def markdown_summary(results: Sequence[JobResult], reports: int) -> str:
+    """Several runs' results as one job summary (a matrix's batches): counts, then every
+    target that did something or failed; the current ones are counted only."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status.value] = counts.get(r.status.value, 0) + 1
+    shown = [r for r in results if r.status is not JobStatus.SKIPPED]
+    lines = [
+        f"## Build: {len(results)} pair(s) from {reports} run(s): "
+        + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())),
+        "",
+    ]
+    if shown:
+        lines += [
+            "| pair | result | digest | seconds | detail |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for r in sorted(shown, key=lambda r: (r.ok, r.tag)):
+            detail = " ".join(r.detail.split()).replace("|", "\\|")
+            lines.append(
+                f"| `{r.tag}` | {r.status.value} | {short(r.digest) or '-'} | "
+                f"{r.seconds:.0f} | {detail[:300]} |"
+            )
+    return "\n".join(lines) + "\n"

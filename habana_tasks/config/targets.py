@@ -4,6 +4,7 @@ settings and the signing files; selection by kernel and driver with a hint for a
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,20 @@ class Config:
                 hint=self._hint(kernel, driver),
             )
         return chosen
+
+    def only(self, tags: Sequence[str]) -> tuple[BuildTarget, ...]:
+        """The targets with these image tags (a matrix batch); a tag the file does not name is
+        a usage error, so a batch planned from another versions file never builds by halves."""
+        by_tag = {t.tag: t for t in self.targets}
+        unknown = [tag for tag in tags if tag not in by_tag]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], list(by_tag), n=1)
+            raise UsageError(
+                f"--only {unknown[0]!r}: expected the tag of a pair {self.path} lists"
+                + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
+                hint=f"did you mean {close[0]!r}?" if close else "`invoke matrix` lists them",
+            )
+        return tuple(t for t in self.targets if t.tag in set(tags))
 
     @staticmethod
     def _wanted(kernel: str | None, driver: str | None) -> str:

@@ -182,6 +182,7 @@ class HTTPClient:
         auth: tuple[str, str] | None = None,
         params: dict[str, str] | None = None,
         netrc: bool = False,
+        data: bytes | None = None,
     ) -> requests.Response:
         """Send, retrying connection errors, timeouts, 429 (Retry-After) and 500/502/503/504.
 
@@ -202,6 +203,7 @@ class HTTPClient:
                     url,
                     headers=headers,
                     params=params,
+                    data=data,
                     auth=auth if auth is not None or netrc else NO_AUTH,
                     stream=True,
                     timeout=(policy.connect_timeout, policy.read_timeout),

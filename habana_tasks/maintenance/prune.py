@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from habana_tasks.build import labels
+from habana_tasks.build.failure_records import is_record_tag, record_tag
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.config.targets import Config
 from habana_tasks.core.errors import Failure, HabanaError
@@ -35,13 +36,18 @@ def prune_plan(
     now: datetime,
 ) -> list[PruneItem]:
     """Tags the matrix no longer names, optionally only those older than N days (a rollback
-    window). Never a named tag, nor a tag whose digest a named tag also points to: deleting by
-    digest would take the named tag with it."""
-    protected = {info.digest for tag, info in tags.items() if tag in named}
+    window), and the failure records of pairs no longer named (whatever their age). Never a
+    named tag or a named pair's record, nor a tag whose digest one of those also points to:
+    deleting by digest would take it with it."""
+    kept = set(named) | {record_tag(tag) for tag in named}
+    protected = {info.digest for tag, info in tags.items() if tag in kept}
     limit = now - timedelta(days=older_than_days) if older_than_days is not None else None
     items = []
     for tag, info in sorted(tags.items()):
-        if tag in named or info.digest in protected:
+        if tag in kept or info.digest in protected:
+            continue
+        if is_record_tag(tag):  # a failure record says nothing once its pair is gone
+            items.append(PruneItem(tag, info.digest, "failure record of a pair no longer listed"))
             continue
         if limit is not None:
             if info.created is None or info.created >= limit:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, replace
 
 from habana_tasks.build import labels
 from habana_tasks.build import service as build_service
+from habana_tasks.build.failure_records import is_record_tag, orphan_records
 from habana_tasks.build.plan import Action, BuildJob
 from habana_tasks.config.project import Project
 from habana_tasks.config.targets import BuildTarget, Config
@@ -21,6 +22,7 @@ class State(enum.Enum):
     CURRENT = "current"
     STALE = "stale"
     MISSING = "missing"
+    FAILING = "failing"  # pending, but its inputs failed before (build/failure_records)
     UNKNOWN = "unknown"
 
 
@@ -59,6 +61,8 @@ def target_status(job: BuildJob, remote: RemoteImage) -> TargetStatus:
     )
     if remote.existence is Existence.UNKNOWN:
         return replace(missing, state=State.UNKNOWN, reason=remote.error or "registry error")
+    if job.action is Action.HOLD and remote.existence is Existence.ABSENT:
+        return replace(missing, state=State.FAILING, reason=job.reason)
     if remote.existence is Existence.ABSENT:
         return missing
     found = replace(
@@ -71,6 +75,8 @@ def target_status(job: BuildJob, remote: RemoteImage) -> TargetStatus:
     )
     if job.action is Action.SKIP:
         return replace(found, state=State.CURRENT, reason=job.reason)
+    if job.action is Action.HOLD:
+        return replace(found, state=State.FAILING, reason=job.reason)
     if job.action is Action.BUILD:
         return replace(found, state=State.STALE, reason=job.reason.removeprefix("stale: "))
     return replace(found, state=State.UNKNOWN, reason=f"cannot tell if current: {job.reason}")
@@ -88,9 +94,11 @@ def statuses(jobs: Sequence[BuildJob], remote: Mapping[str, RemoteImage]) -> lis
 
 
 def orphan_tags(tags: Iterable[str], targets: Iterable[BuildTarget]) -> list[str]:
-    """Tags in the repository that the matrix no longer names."""
-    named = {t.tag for t in targets}
-    return sorted(tag for tag in tags if tag not in named)
+    """Tags in the repository that the matrix no longer names: images, and failure records of
+    pairs no longer listed (a listed pair's record is not an orphan)."""
+    tags, named = list(tags), {t.tag for t in targets}
+    images = [tag for tag in tags if not is_record_tag(tag) and tag not in named]
+    return sorted([*images, *orphan_records(tags, named)])
 
 
 def to_json(
@@ -117,12 +125,6 @@ def to_markdown(items: Sequence[TargetStatus], repository: str) -> str:
             f"{'yes' if s.load_tested else 'no'} | {s.signing or '-'} | {s.created or '-'} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def github_matrix(items: Sequence[TargetStatus]) -> str:
-    """Pending pairs as a GitHub Actions matrix (`fromJSON` of one line)."""
-    include = [{"kernel": s.kernel, "driver": s.driver, "tag": s.tag} for s in items if s.pending]
-    return json.dumps({"include": include}, separators=(",", ":"))
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ from habana_tasks.registry.responses import (
     next_link,
     raise_for_status,
     says_absent,
+    upload_location,
 )
 
 MAX_PAGES = 1000
@@ -265,6 +266,48 @@ class RegistryClient:
                 return match.content
         return None
 
+    def put_blob(self, ref: ImageReference, body: bytes) -> str:
+        """Upload a small blob (one POST, one PUT) unless the repository has it; its digest."""
+        digest = sha256_digest(body)
+        url = f"{self._base(ref)}/blobs/{digest}"
+        if self._request("HEAD", url, ref, scope_action="pull,push").status_code == HTTPStatus.OK:
+            return digest
+        what = f"{ref.name}@{digest} (upload)"
+        started = self._request(
+            "POST", f"{self._base(ref)}/blobs/uploads/", ref, scope_action="pull,push"
+        )
+        raise_for_status(started, what)
+        location = upload_location(started, self._scheme(ref.api_host) + "://" + ref.api_host, what)
+        joiner = "&" if "?" in location else "?"
+        finished = self._request(
+            "PUT",
+            f"{location}{joiner}digest={digest}",
+            ref,
+            headers={"Content-Type": "application/octet-stream"},
+            scope_action="pull,push",
+            data=body,
+        )
+        raise_for_status(finished, what)
+        return digest
+
+    def put_manifest(self, ref: ImageReference, body: bytes, media_type: str) -> str:
+        """Store a manifest under ref's tag; its digest, checked against the registry's."""
+        digest = sha256_digest(body)
+        url = f"{self._base(ref)}/manifests/{ref.reference}"
+        response = self._request(
+            "PUT",
+            url,
+            ref,
+            headers={"Content-Type": media_type},
+            scope_action="pull,push",
+            data=body,
+        )
+        raise_for_status(response, f"{ref} (push)")
+        header = response.headers.get("Docker-Content-Digest")
+        if header and header != digest:
+            raise DigestMismatchError(f"{ref}: registry stored {header}, the manifest is {digest}")
+        return digest
+
     def delete_manifest(self, ref: ImageReference, digest: str) -> None:
         url = f"{self._base(ref)}/manifests/{digest}"
         response = self._request("DELETE", url, ref, scope_action="delete")
@@ -286,20 +329,21 @@ class RegistryClient:
         headers: dict[str, str] | None = None,
         scope_action: str = "pull",
         stream: bool = False,
+        data: bytes | None = None,
     ) -> requests.Response:
         headers = dict(headers or {})
         scope = f"repository:{ref.repository}:{scope_action}"
         token = self.auth.known(ref, scope)
         if token:
             headers["Authorization"] = token
-        response = self._send(method, url, headers, stream)
+        response = self._send(method, url, headers, stream, data)
         if response.status_code == HTTPStatus.UNAUTHORIZED:
             response.close()
             challenge = response.headers.get("WWW-Authenticate", "")
             headers["Authorization"] = self.auth.answer(
                 ref, scope, challenge, headers.get("Authorization")
             )
-            response = self._send(method, url, headers, stream)
+            response = self._send(method, url, headers, stream, data)
             if response.status_code == HTTPStatus.UNAUTHORIZED:
                 raise RegistryError(
                     f"{ref.name}: authentication refused (401); check `podman login {ref.registry}`"
@@ -307,10 +351,15 @@ class RegistryClient:
         return response
 
     def _send(
-        self, method: str, url: str, headers: dict[str, str], stream: bool = False
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        stream: bool = False,
+        data: bytes | None = None,
     ) -> requests.Response:
         try:
-            return self.http.send(method, url, headers=headers, stream=stream)
+            return self.http.send(method, url, headers=headers, stream=stream, data=data)
         except requests.exceptions.SSLError as exc:
             raise RegistryError(f"{method} {host_of(url)}: TLS error: {short_reason(exc)}") from exc
         except TransientHTTPError as exc:

@@ -60,3 +60,15 @@ def next_link(response: requests.Response, base: str) -> str | None:
         return None
     target = m.group(1)
     return target if "://" in target else base + target
+
+
+def upload_location(response: requests.Response, origin: str, what: str) -> str:
+    """Where an upload continues (Location, absolute or relative); on the registry's own host
+    only, so that credentials never go elsewhere."""
+    location = response.headers.get("Location", "")
+    if not location:
+        raise RegistryError(f"{what}: the registry gave no upload location")
+    url = location if "://" in location else origin + location
+    if not url.startswith(origin + "/"):
+        raise RegistryError(f"{what}: the upload continues on another host; refused")
+    return url

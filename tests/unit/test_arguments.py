@@ -46,6 +46,14 @@ REFUSED: list[tuple[list[str], str, str]] = [
     (["build", "--kernel", KERNEL, "--driver", "1.x"], "--driver", "'1.x'"),
     (["status", "--format", "yaml"], "--format", "'yaml'"),
     (["matrix", "--format", "gitlab"], "--format", "'gitlab'"),
+    (["matrix", "--max-jobs", "0"], "--max-jobs", "'0'"),
+    (["matrix", "--max-jobs", "257"], "--max-jobs", "'257'"),
+    (["matrix", "--max-jobs", "all"], "--max-jobs", "'all'"),
+    (["build-all", "--only", " , "], "--only", "' , '"),
+    (["build-all", "--only", "6.1.0-1-k,bad/tag"], "--only", "'bad/tag'"),
+    (["build-all", "--only", "9.9.9-1-not-listed"], "--only", "'9.9.9-1-not-listed'"),
+    (["build-all", "--only", "x" * 100_001], "--only", "'xxxx"),
+    (["summary", "--reports", "/nonexistent/logs"], "--reports", "'/nonexistent/logs'"),
     (["kmm-module", "--driver", DRIVER, "--namespace", "Bad_NS!"], "--namespace", "'Bad_NS!'"),
     (["kmm-module", "--driver", DRIVER, "--name", "UPPER case"], "--name", "'UPPER case'"),
     (["kmm-module", "--driver", DRIVER, "--name", "a" * 64], "--name", "'aaaa"),
@@ -116,7 +124,7 @@ def test_a_bad_argument_is_refused_before_any_request_or_process(
     no_side_effects: list[str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    versions = [] if argv[0] == "example" else ["--versions", EXAMPLE]
+    versions = [] if argv[0] in ("example", "summary") else ["--versions", EXAMPLE]
     code, err = invoke([*argv, *versions], capsys)
     assert code == 2, err
     lines = err.strip().splitlines()

@@ -128,6 +128,7 @@ def test_each_file_kind_has_a_bound() -> None:
         "signing key",
         "auth file",
         "netrc file",
+        "run report",
     }
     assert all(0 < kind.limit <= 256 * local_files.MiB for kind in local_files.KINDS)
 

@@ -12,8 +12,9 @@ from habana_tasks.build import labels
 from habana_tasks.build.plan import plan_job
 from habana_tasks.core.errors import Failure, HabanaError
 from habana_tasks.maintenance import discover, kmm
+from habana_tasks.maintenance.matrix import batches, github_matrix
 from habana_tasks.maintenance.prune import PruneItem, TagInfo, parse_time, prune_plan
-from habana_tasks.maintenance.status import State, github_matrix, orphan_tags, statuses, to_markdown
+from habana_tasks.maintenance.status import State, orphan_tags, statuses, to_markdown
 from habana_tasks.registry.client import Existence, RemoteImage
 from tests.kmm_schema import kmm_load_sequence, schema_errors
 from tests.unit.test_plan import CONFIG, INPUTS, TARGET
@@ -69,11 +70,11 @@ def test_status_states_and_pending_matrix() -> None:
         (State.UNKNOWN, "HTTP 503 after 4 attempt(s)"),
     ]
     assert items[0].load_tested and items[0].created == "2026-01-01T00:00:00Z"
-    matrix = json.loads(github_matrix(items))
+    matrix = json.loads(github_matrix(batches(items, 256), 1000))
     assert matrix == {
         "include": [
-            {"kernel": "k-stale", "driver": TARGET.driver, "tag": "stale"},
-            {"kernel": "k-missing", "driver": TARGET.driver, "tag": "missing"},
+            {"name": "k-missing: 1 pair(s)", "kernels": "k-missing", "only": "missing", "pairs": 1},
+            {"name": "k-stale: 1 pair(s)", "kernels": "k-stale", "only": "stale", "pairs": 1},
         ]
     }
     assert "| `k-current` | 6.1.0-1 | `r.example/lib/drv@sha256:1` | - | yes |" in to_markdown(

@@ -70,6 +70,7 @@ class FakePodman(FakeRunner):
         super().__init__(self.answer_for)
         self.registry = registry
         self.failing_pulls: set[str] = set()
+        self.failing_builds: dict[str, str] = {}  # release -> the line its build fails with
         self.vermagic: dict[str, str] = {}  # release -> what modinfo says
         self.labels: dict[str, dict[str, str]] = {}  # image id -> labels given to the build
         self.annotations: dict[str, dict[str, str]] = {}  # ... and its annotations
@@ -174,6 +175,8 @@ class FakePodman(FakeRunner):
             for i, a in enumerate(argv)
             if a == "--build-arg" and argv[i + 1].startswith("KERNEL_RELEASE=")
         )
+        if release in self.failing_builds:
+            return 1, [self.failing_builds[release]]
         image_id = f"sha256:{release}-{len(self.labels)}"
         self.labels[image_id], self.release_of[image_id] = given, release
         self.annotations[image_id] = annotated
@@ -215,11 +218,12 @@ def run(
     *,
     push: bool = True,
     load_test: bool = False,
+    retry_failed: bool = False,
 ) -> build_service.BuildRun:
     project = Project(ROOT, cache_dir=tmp_path / "cache")
     http = HTTPClient(RetryPolicy(attempts=1))
     planned = build_service.resolve_and_plan(
-        project, cfg, cfg.targets, load_tests=load_test, http=http
+        project, cfg, cfg.targets, load_tests=load_test, retry_failed=retry_failed, http=http
     )
     isolation = BuildIsolation(runner, env={"HABANA_ISOLATION": "chroot"})
     return build_service.execute(
