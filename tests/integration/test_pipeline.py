@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from devtools import local_upstream
-from habana_tasks.build import labels
+from habana_tasks.build import failure_records, labels
 from habana_tasks.build.service import BuildOptions
 from habana_tasks.cli import commands
 from habana_tasks.config import versions as config
@@ -312,6 +312,26 @@ def test_9_a_kernel_without_a_symbol_the_driver_needs_is_reported_by_its_cause(
     assert '"hwmon_device_register_with_info"' in out  # the summary (its table folds long lines)
     saved = json.loads((Path(report[0]["log"]).parent / "report.json").read_text())
     assert cause.search(saved[0]["detail"])
+
+    # Remembered in the registry by the failed inputs' fingerprint: the next run holds the
+    # pair with the cause and builds nothing; a new toolkit (an input) is tried again.
+    target = config.load(versions).targets[0]
+    registry = registry_for(test_upstream)
+    held = failure_records.read_records(registry, target.repository, [target.tag])[target.tag]
+    assert cause.search(held.cause) and held.step == "build"
+    code, out, report = run(project, versions)
+    assert code == errors.OK, out
+    assert (report[0]["action"], report[0]["status"]) == ("hold", "held")
+    assert report[0]["detail"] == held.line
+    assert "failed before with the same inputs (" in out and "1 held" in out
+    (tmp_path / "Containerfile").write_text(
+        f"FROM {no_hwmon}\nRUN touch /etc/a-new-toolkit-build\n"
+    )
+    test_upstream.build_and_push(tmp_path, no_hwmon)
+    code, out, report = run(project, versions)
+    assert code == errors.TARGET_FAILED and report[0]["action"] == "build", out
+    again = failure_records.read_records(registry, target.repository, [target.tag])[target.tag]
+    assert again.fingerprint != held.fingerprint and again.digest != held.digest
 
 
 def test_10_an_in_tree_dependency_the_target_kernel_lacks_is_refused_before_push(

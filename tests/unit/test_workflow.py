@@ -1,0 +1,94 @@
+"""The library workflow as GitHub would run it: its triggers, what a pull request may do, the
+matrix's bound, and every `invoke` line naming a task and options that exist (lint checks the
+file against the workflow schema)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+import yaml
+from invoke.collection import Collection
+from invoke.parser import Parser
+from invoke.parser.context import ParserContext
+
+import tasks
+from habana_tasks.cli import arguments
+from tests.conftest import ROOT
+
+WORKFLOW = ROOT / ".github" / "workflows" / "library.yml"
+# What can change an image or the plan: a push touching any of it builds.
+PRODUCT = {"versions.toml", "Dockerfile", "habana_tasks/**", "tasks.py", "pyproject.toml"}
+
+
+def workflow() -> dict[Any, Any]:
+    data = yaml.safe_load(WORKFLOW.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def triggers() -> dict[str, Any]:
+    data = workflow()
+    found = data.get("on", data.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert isinstance(found, dict)
+    return found
+
+
+def invoke_lines(job: dict[str, Any]) -> list[list[str]]:
+    """Every `invoke ...` command of a job's run steps, split as the shell would (variables
+    left as written)."""
+    lines = []
+    for step in job["steps"]:
+        for line in str(step.get("run", "")).splitlines():
+            match = re.search(r"\binvoke (.+?)(?:\s*(?:>>?|\|\|)|$)", line)
+            if match:
+                lines.append(shlex.split(match.group(1)))
+    return lines
+
+
+def test_it_builds_daily_on_changes_to_the_default_branch_and_plans_pull_requests() -> None:
+    on = triggers()
+    assert set(on) == {"schedule", "push", "pull_request", "workflow_dispatch"}
+    assert on["push"]["branches"] == ["main"]
+    assert set(on["push"]["paths"]) >= PRODUCT
+    assert set(on["pull_request"]["paths"]) == set(on["push"]["paths"])
+
+
+def test_a_pull_request_plans_only_without_secrets_or_push() -> None:
+    jobs = workflow()["jobs"]
+    assert "github.event_name != 'pull_request'" in jobs["build"]["if"]
+    for step in jobs["plan"]["steps"]:
+        if "secrets." in yaml.safe_dump(step):
+            assert step["if"] == "github.event_name != 'pull_request'", step
+    assert jobs["plan"]["permissions"]["packages"] == "read"
+    plan = invoke_lines(jobs["plan"])
+    assert ["matrix", "--max-jobs", "256", "--format", "markdown"] in plan
+
+
+def test_the_matrix_stays_within_githubs_limit_and_each_job_builds_its_batch() -> None:
+    jobs = workflow()["jobs"]
+    for line in invoke_lines(jobs["plan"]):
+        assert line[0] == "matrix"
+        assert int(line[line.index("--max-jobs") + 1]) <= arguments.MAX_JOBS[1] == 256
+    assert jobs["build"]["strategy"]["matrix"] == "${{ fromJSON(needs.plan.outputs.matrix) }}"
+    assert invoke_lines(jobs["build"]) == [["build-all", "--only", "${ONLY}"]]
+    assert jobs["build"]["steps"][-2]["env"]["ONLY"] == "${{ matrix.only }}"
+    assert jobs["summary"]["needs"] == "build"
+    assert invoke_lines(jobs["summary"]) == [["summary", "--reports", "reports"]]
+
+
+def test_every_invoke_line_parses_with_the_tasks_own_arguments() -> None:
+    """invoke's own parser: an option a task lacks, or a flag given a value, is a ParseError."""
+    collection = Collection.from_module(tasks)
+    contexts = [
+        ParserContext(name=name, args=collection[name].get_arguments())
+        for name in collection.task_names
+    ]
+    # The preflight step builds its arguments in a shell array, one --openshift per release.
+    array = {"${args[@]}": ["--openshift", "4.16.12"]}
+    for job in workflow()["jobs"].values():
+        for written in invoke_lines(job):
+            line = [word for token in written for word in array.get(token, [token])]
+            parsed = Parser(contexts=contexts).parse_argv(line)
+            assert [context.name for context in parsed] == [line[0]]
