@@ -5,7 +5,8 @@ A record is a small OCI artifact under the tag `failed-<pair's tag>`: an image m
 annotations say which inputs failed (the fingerprint), with which tool (a digest of this
 package's code: a fixed check retries), when, at which step and why; its one layer holds the
 same as JSON. A record is kept only for a failure that says something about the inputs: a
-build, a check or a load test that failed, never a registry or network that could not answer.
+build, a check or a load test that failed, never a registry or network that could not answer
+(nor, decided by the pipeline, a command stopped by a signal).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from habana_tasks.build.reporter import Reporter
 from habana_tasks.build.results import JobResult, JobStatus, write_report
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.config.targets import BuildTarget, Config
-from habana_tasks.core.errors import CheckError, Failure, HabanaError, Interrupted
+from habana_tasks.core.errors import CheckError, CommandError, Failure, HabanaError, Interrupted
 from habana_tasks.core.process import LineSink, interruption
 from habana_tasks.engine.podman import BuildSpec, Podman
 from habana_tasks.registry.client import Existence, RegistryClient
@@ -202,12 +202,16 @@ class Pipeline:
 
             tested: list[load_test_module.LoadTestResult] = []
             failure: Failure | None = None
+            stopped = False
             try:
                 detail, digest = self._build_check_publish(job, work, stage, sink, tested)
                 status = JobStatus.OK
             except HabanaError as exc:
                 detail, digest, status = str(exc), None, JobStatus.FAILED
                 failure = Failure.of(current[0], exc, target.image)
+                # A command stopped by a signal (an interrupt, a runner shutting down) failed
+                # for a reason of the moment, not of its inputs.
+                stopped = isinstance(exc, CommandError) and exc.returncode < 0
                 log.write(f"FAILED: {exc}\n" + (f"{exc.details}\n" if exc.details else ""))
             except Exception as exc:  # a bug in one target must not take the others down
                 detail, digest, status = f"internal error: {exc!r}", None, JobStatus.FAILED
@@ -215,7 +219,7 @@ class Pipeline:
                 log.write(traceback.format_exc())
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-            if self.options.push:
+            if self.options.push and not (stopped or self.podman.runner.stopping):
                 self._remember(job, failure, log)
         result = JobResult(
             target.tag,

@@ -158,6 +158,11 @@ class ProcessRunner:
             raise CommandError(argv, proc.returncode, list(tail))
         return done
 
+    @property
+    def stopping(self) -> bool:
+        """Stopped by terminate_all: a command failing now failed because it was stopped."""
+        return self._stopping.is_set()
+
     def terminate_all(self) -> None:
         """Stop every running command (and its children) and refuse to start new ones."""
         self._stopping.set()

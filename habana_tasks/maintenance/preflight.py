@@ -154,6 +154,9 @@ def answer(
         )
     elif job.action is Action.FAIL:
         detail, action = f"cannot tell: {job.reason}", "fix the error above, then run again"
+    elif job.action is Action.HOLD:  # failed before with these inputs: a build would again
+        detail = job.reason
+        action = f"fix the cause (or change an input), then {build} --retry-failed"
     elif not present:
         detail, action = "no image", build
     elif not (current and tested and signed is not False):

@@ -92,9 +92,9 @@ class FakePodman(FakeRunner):
         self.guest = [f"{MARK} booted {{release}}", f"{MARK} PASS"]
 
     def terminate_all(self) -> None:
+        super().terminate_all()  # as the real runner: stopping is known before any child ends
         self.terminated.set()
         self.block_builds.clear()
-        super().terminate_all()
 
     def answer_for(self, argv: list[str]) -> tuple[int, list[str]] | None:
         # As root, chroot builds run in a network namespace of their own (unshare --net).
@@ -388,6 +388,8 @@ def test_an_interrupt_stops_every_child_and_pushes_nothing(
         signal.signal(signal.SIGINT, previous)
     assert runner.terminated.is_set()  # every child was told to stop
     assert pushes(runner) == []
+    # A build that failed because it was stopped says nothing of its inputs: no failure record.
+    assert [key for key in fake.manifests if ":failed-" in key] == []
     stopped = [r.status for r in info.value.results if isinstance(r, JobResult)]
     assert stopped == [JobStatus.INTERRUPTED] * 2
     assert info.value.report is not None and info.value.report.is_file()

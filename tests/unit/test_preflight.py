@@ -63,6 +63,12 @@ def test_each_no_says_what_to_do() -> None:
         RELEASE, TARGET.driver, signing, jobs(Action.SKIP), lambda _: image_labels()
     )
     assert (unsigned.signed, unsigned.ok, unsigned.detail) == (False, False, "unsigned")
+    cause = "failed before with the same inputs (2026-12-02): build: modpost: x undefined!"
+    held = preflight.answer(
+        RELEASE, TARGET.driver, CONFIG_ONE, jobs(Action.HOLD, cause), lambda _: None
+    )
+    assert (held.ok, held.detail) == (False, cause)
+    assert held.action == f"fix the cause (or change an input), then {build} --retry-failed"
 
 
 def test_node_lists_are_read_from_kubectl_json(tmp_path: Path) -> None:
