@@ -7,6 +7,7 @@ import json
 import re
 import tarfile
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from rich.console import Console
 
 from devtools import local_upstream
 from habana_tasks.build import failure_records, labels
+from habana_tasks.build.failure_records import record_tag
 from habana_tasks.build.service import BuildOptions
 from habana_tasks.cli import commands
 from habana_tasks.config import versions as config
@@ -23,6 +25,7 @@ from habana_tasks.config.project import Project
 from habana_tasks.core import errors
 from habana_tasks.core.errors import ConfigError
 from habana_tasks.engine.podman import Podman
+from habana_tasks.maintenance import prune
 from habana_tasks.registry.client import Existence, RegistryClient
 from tests.conftest import ROOT, free_port
 from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture, copy_library
@@ -332,6 +335,16 @@ def test_9_a_kernel_without_a_symbol_the_driver_needs_is_reported_by_its_cause(
     assert code == errors.TARGET_FAILED and report[0]["action"] == "build", out
     again = failure_records.read_records(registry, target.repository, [target.tag])[target.tag]
     assert again.fingerprint != held.fingerprint and again.digest != held.digest
+    # The pair leaves the versions file: prune deletes its record from the registry.
+    other = test_upstream.versions(
+        tmp_path / "other.toml", (KERNELS[1],), repository="library/no-hwmon"
+    )
+    count, outcomes = prune.prune_library(
+        config.load(other), registry, older_than_days=None, apply=True, now=datetime.now(UTC)
+    )
+    assert count == 1
+    assert [(o.item.tag, o.deleted) for o in outcomes] == [(record_tag(target.tag), True)]
+    assert registry.list_tags(target.repository) == []
 
 
 def test_10_an_in_tree_dependency_the_target_kernel_lacks_is_refused_before_push(
