@@ -69,6 +69,8 @@ BUILD_HELP = {
     "load-test": "boot the target kernel and load the driver before pushing (default); "
     "--no-load-test skips it",
     "retry-failed": "build pairs that failed before with the same inputs (held otherwise)",
+    "secure-boot": "with [signing], load-test through a Secure Boot node's boot chain, the "
+    "certificate enrolled as a machine-owner key (default); --no-secure-boot boots plainly",
 }
 
 
@@ -90,6 +92,7 @@ def build(
     push: bool = True,
     load_test: bool = True,
     retry_failed: bool = False,
+    secure_boot: bool = True,
 ) -> None:
     """Build, check, load-test and push the image(s) of one kernel."""
     from habana_tasks.build.service import BuildOptions
@@ -107,6 +110,7 @@ def build(
                 push=push,
                 load_test=load_test,
                 retry_failed=retry_failed,
+                secure_boot=secure_boot,
             ),
         )
     )
@@ -130,6 +134,7 @@ def build_all(
     push: bool = True,
     load_test: bool = True,
     retry_failed: bool = False,
+    secure_boot: bool = True,
 ) -> None:
     """Build, check, load-test and push every kernel x driver pair that is missing or stale."""
     from habana_tasks.build.service import BuildOptions
@@ -147,6 +152,7 @@ def build_all(
                 push=push,
                 load_test=load_test,
                 retry_failed=retry_failed,
+                secure_boot=secure_boot,
             ),
         )
     )
@@ -161,6 +167,8 @@ def build_all(
         "library's, for one kernel",
         "timeout": "seconds before a guest that has not finished is killed, "
         "{:g}-{:g} (default 120)".format(*arguments.TIMEOUT_SECONDS),
+        "secure-boot": "boot as a Secure Boot node: UEFI firmware, shim, GRUB, the library's "
+        "certificate enrolled as a machine-owner key (needs [signing])",
     }
 )
 @documented
@@ -171,6 +179,7 @@ def load_test(
     versions: str | None = None,
     image: str | None = None,
     timeout: str = "120",
+    secure_boot: bool = False,
 ) -> None:
     """Boot each image's exact kernel under qemu and load its driver as KMM does."""
     from habana_tasks.cli import commands
@@ -183,6 +192,7 @@ def load_test(
             arguments.optional("--driver", driver, arguments.driver),
             image=arguments.optional("--image", image, arguments.image),
             timeout=arguments.seconds("--timeout", timeout, arguments.TIMEOUT_SECONDS),
+            secure_boot=secure_boot,
         )
     )
 

@@ -254,7 +254,7 @@ class Bench:
         for target in cfg.targets:
             inputs = resolution.inputs[target.tag]
             assert not isinstance(inputs, Failure), inputs
-            image_labels = labels.image_labels(cfg, target, inputs, labels.rfc3339(0), True)
+            image_labels = labels.image_labels(cfg, target, inputs, labels.rfc3339(0), "plain")
             self.push_labelled(repo, target.tag, image_labels, self._layer())
         return versions
 

@@ -25,7 +25,10 @@ from habana_tasks.verification.signing import UNSIGNED, Signer
 PREFIX = "io.habana-ai-driver."
 OCI = "org.opencontainers.image."
 FINGERPRINT = PREFIX + "fingerprint"
+# The boot that proved the image ("secure-boot" or "plain"), or "false"; "true" from before
+# the boot was named means a plain boot.
 LOAD_TESTED = PREFIX + "load-tested"
+BOOTS = ("plain", "secure-boot")
 KERNEL = PREFIX + "kernel.release"
 DRIVER = PREFIX + "driver.version"
 SIGNING = PREFIX + "signing"  # "signed" or "unsigned"
@@ -145,9 +148,23 @@ def epoch_of(created: str) -> int | None:
         return None
 
 
+def load_test_boot(image_labels: Mapping[str, str]) -> str | None:
+    """Which boot proved an image (load-tested label), or None when none did."""
+    value = image_labels.get(LOAD_TESTED)
+    if value == "true":
+        return "plain"
+    return value if value in BOOTS else None
+
+
 def image_labels(
-    config: Config, target: BuildTarget, inputs: TargetInputs, created: str, load_tested: bool
+    config: Config,
+    target: BuildTarget,
+    inputs: TargetInputs,
+    created: str,
+    load_tested: str,
 ) -> dict[str, str]:
+    """`load_tested`: the load-tested label's value (the boot the image passes before it is
+    pushed, or "false"), written as given so that a rebuild reproduces it."""
     values = input_values(target, inputs)
     labels = {INPUT_LABELS[name]: value for name, value in values.items() if value}
     labels.update(
@@ -166,7 +183,7 @@ def image_labels(
             PREFIX + "driver.package": inputs.package.filename,
             PREFIX + "toolkit.name": inputs.toolkit.requested,
             FINGERPRINT: fingerprint(target, inputs),
-            LOAD_TESTED: "true" if load_tested else "false",
+            LOAD_TESTED: load_tested,
         }
     )
     if inputs.signer:

@@ -32,6 +32,7 @@ from habana_tasks.registry.client import Existence, RegistryClient
 from habana_tasks.verification import image_checks, signing
 from habana_tasks.verification import load_test as load_test_module
 from habana_tasks.verification.kernel_modules import KernelModuleStore
+from habana_tasks.verification.secure_boot import SecureBootSetup
 from habana_tasks.verification.worker import WorkerTools
 
 
@@ -41,7 +42,7 @@ class ImageOptions:
 
     dockerfile: Path
     source_date_epoch: int
-    load_tested: bool  # the claim written in the load-tested label
+    load_tested: str  # the claim written in the load-tested label: the boot, or "false"
 
 
 @dataclass(frozen=True)
@@ -54,14 +55,18 @@ class RunOptions:
     push: bool = True
     load_test: bool = True
     load_test_timeout: float = load_test_module.DEFAULT_TIMEOUT
+    # The load test boots as a Secure Boot node when set (a signing library), else plainly.
+    secure_boot: SecureBootSetup | None = None
     # Files, history and `created` of every image (reproducible: see labels.source_date_epoch).
     source_date_epoch: int = 0
 
     @property
     def image(self) -> ImageOptions:
         # Only an image that passes the load test is ever published, so a published image
-        # with load-tested=true was booted in its kernel with its driver loaded.
-        return ImageOptions(self.dockerfile, self.source_date_epoch, self.load_test)
+        # whose load-tested label names a boot was booted that way with its driver loaded.
+        boot = "plain" if self.secure_boot is None else "secure-boot"
+        claim = boot if self.load_test else "false"
+        return ImageOptions(self.dockerfile, self.source_date_epoch, claim)
 
 
 class Pipeline:
@@ -92,6 +97,7 @@ class Pipeline:
                     job.reason,
                     job.remote_digest,
                     load_tested=job.load_tested,
+                    load_test_boot=job.load_test_boot,
                 )
             elif job.action is Action.HOLD:
                 results[job.target.tag] = JobResult(
@@ -231,6 +237,7 @@ class Pipeline:
             str(log_path),
             load_tested=bool(tested) and tested[0].passed,
             load_test_kernel=tested[0].kernel if tested else None,
+            load_test_boot=tested[0].boot if tested else None,
             load_test_seconds=round(tested[0].seconds, 1) if tested else None,
             failure=failure,
         )
@@ -273,6 +280,7 @@ class Pipeline:
                 work / "load-test",
                 timeout=self.options.load_test_timeout,
                 on_line=sink,
+                secure_boot=self.options.secure_boot,
             )
             tested.append(result)
             if not result.passed:

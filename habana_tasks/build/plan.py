@@ -33,6 +33,7 @@ class BuildJob:
     fingerprint: str | None = None
     remote_digest: str | None = None
     load_tested: bool = False
+    load_test_boot: str | None = None  # the boot that proved the repository's image
     failure: Failure | None = None
     # The pair's failure record in the repository, if any (deleted once the pair is pushed).
     record: FailureRecord | None = None
@@ -44,6 +45,7 @@ def plan_job(
     remote: RemoteImage,
     force: bool = False,
     require_load_test: bool = False,
+    require_boot: str | None = None,
 ) -> BuildJob:
     if isinstance(inputs, Failure):
         return BuildJob(target, Action.FAIL, str(inputs), failure=inputs)
@@ -58,12 +60,15 @@ def plan_job(
         return BuildJob(target, Action.BUILD, "forced", inputs, current, remote.digest)
     if remote.existence is Existence.ABSENT:
         return BuildJob(target, Action.BUILD, "not in the repository", inputs, current)
-    load_tested = remote.labels.get(labels.LOAD_TESTED) == "true"
+    boot = labels.load_test_boot(remote.labels)
     if remote.labels.get(labels.FINGERPRINT) == current:
-        if require_load_test and not load_tested:
-            return BuildJob(
-                target, Action.BUILD, "stale: never load-tested", inputs, current, remote.digest
-            )
+        unproven = None
+        if require_load_test and boot is None:
+            unproven = "stale: never load-tested"
+        elif require_load_test and require_boot and boot != require_boot:
+            unproven = f"stale: load-tested by a {boot} boot, not {require_boot}"
+        if unproven:
+            return BuildJob(target, Action.BUILD, unproven, inputs, current, remote.digest)
         return BuildJob(
             target,
             Action.SKIP,
@@ -71,7 +76,8 @@ def plan_job(
             inputs,
             current,
             remote.digest,
-            load_tested=load_tested,
+            load_tested=boot is not None,
+            load_test_boot=boot,
         )
     changed = labels.changed_inputs(target, inputs, remote.labels)
     if labels.FINGERPRINT not in remote.labels:
@@ -101,7 +107,9 @@ def plan(
     remote: Mapping[str, RemoteImage],
     force: bool = False,
     require_load_test: bool = False,
+    require_boot: str | None = None,
 ) -> tuple[BuildJob, ...]:
     return tuple(
-        plan_job(t, inputs[t.tag], remote[t.tag], force, require_load_test) for t in targets
+        plan_job(t, inputs[t.tag], remote[t.tag], force, require_load_test, require_boot)
+        for t in targets
     )

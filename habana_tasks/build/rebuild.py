@@ -249,7 +249,7 @@ def verify_rebuild(
         created = remote.labels.get(labels.OCI + "created")
         text = f"its created label {created!r} is not one this tool writes"
         return replace(result, failure=Failure(STEP, text, target.image))
-    tested = remote.labels.get(labels.LOAD_TESTED) == "true"
+    tested = remote.labels.get(labels.LOAD_TESTED, "false")
     job = BuildJob(target, Action.BUILD, "rebuild", inputs, remote.labels[labels.FINGERPRINT])
     try:
         bases = [inputs.base.pinned] if inputs.base else []

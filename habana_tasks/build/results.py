@@ -41,6 +41,7 @@ class JobResult:
     log: str | None = None
     load_tested: bool = False
     load_test_kernel: str | None = None
+    load_test_boot: str | None = None  # "secure-boot" or "plain"
     load_test_seconds: float | None = None
     failure: Failure | None = None  # set exactly when the target failed
 

@@ -28,7 +28,7 @@ from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.isolation import BuildIsolation, explicit_choice
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import RegistryClient, RemoteImage
-from habana_tasks.verification import signing
+from habana_tasks.verification import secure_boot, signing
 from habana_tasks.verification.kernel_modules import KernelModuleStore
 from habana_tasks.verification.load_test import DEFAULT_TIMEOUT, LoadTestResult, retest_image
 from habana_tasks.verification.worker import WorkerTools
@@ -46,6 +46,14 @@ class BuildOptions:
     push: bool = True
     load_test: bool = True
     retry_failed: bool = False  # build pairs whose inputs failed before (failure_records)
+    # A signing library's load test boots as a Secure Boot node does (False: a plain boot).
+    secure_boot: bool = True
+
+    def boot(self, config: Config) -> str | None:
+        """The boot the load test proves images with: None without a load test."""
+        if not self.load_test:
+            return None
+        return "secure-boot" if self.secure_boot and config.signing is not None else "plain"
 
 
 @dataclass(frozen=True)
@@ -101,6 +109,7 @@ def resolve_and_plan(
     force: bool = False,
     load_tests: bool = True,
     retry_failed: bool = False,
+    boot: str | None = None,
     http: HTTPClient | None = None,
 ) -> PlannedRun:
     """Every input and registry state resolved once, concurrently; then the pure plan, and
@@ -112,7 +121,14 @@ def resolve_and_plan(
     # The certificate and key are checked before any request: a wrong pair stops here.
     signer = signing.load_signer(config.signing) if config.signing else None
     resolution = metadata.resolve(targets, registry, packages, project.dockerfile, signer=signer)
-    jobs = plan(targets, resolution.inputs, resolution.remote, force, require_load_test=load_tests)
+    jobs = plan(
+        targets,
+        resolution.inputs,
+        resolution.remote,
+        force,
+        require_load_test=load_tests,
+        require_boot=boot,
+    )
     pending = [job.target.tag for job in jobs if job.action is Action.BUILD]
     memory = failure_records.recall(registry, config.repository, pending)
     tool = failure_records.tool_digest()
@@ -257,11 +273,23 @@ def load_test_images(
     podman: Podman,
     image: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    secure_boot_test: bool = False,
 ) -> LoadTestRun:
     """Pull each target's published image (or `image`, for one target) and its toolkit, and
-    load-test it in the exact kernel again, as `build` did; one log per image."""
+    load-test it in the exact kernel again, as `build` did; one log per image. With
+    `secure_boot_test`, through a Secure Boot node's chain with the library's certificate
+    enrolled as a machine-owner key."""
     if image and len(targets) != 1:
         raise UsageError("--image tests one image: name its --kernel (and --driver)")
+    setup = None
+    if secure_boot_test:
+        if config.signing is None:
+            raise UsageError(
+                f"--secure-boot: {config.path} has no [signing]: expected the certificate the "
+                "library signs with (it is enrolled as the node's machine-owner key)"
+            )
+        certificate = signing.load_signer(config.signing).certificate_pem
+        setup = secure_boot.prepare(project.root, project.cache, certificate)
     registry = RegistryClient(config.insecure_registries)
     store = KernelModuleStore(podman, project.kernels)
     workers = WorkerTools(podman, project.dockerfile, project.kernels)
@@ -270,7 +298,7 @@ def load_test_images(
     def one(target: BuildTarget, work: Path, log: TextIO) -> LoadTestResult:
         image_ref = image or target.image
         return retest_image(
-            podman, store, registry, config, target, image_ref, work, log, workers, timeout
+            podman, store, registry, config, target, image_ref, work, log, workers, timeout, setup
         )
 
     results = per_target(folders, targets, one)
@@ -288,6 +316,11 @@ def execute(
     """Build, check, load-test and push what the plan says; raises Interrupted (with every
     target's result) when stopped by a signal."""
     options = options or BuildOptions()
+    setup = None
+    if options.boot(config) == "secure-boot":
+        assert config.signing is not None
+        certificate = signing.load_signer(config.signing).certificate_pem
+        setup = secure_boot.prepare(project.root, project.cache, certificate)
     folders = RunFolders.new(project)
     run_options = RunOptions(
         dockerfile=project.dockerfile,
@@ -298,6 +331,7 @@ def execute(
         push=options.push,
         load_test=options.load_test,
         source_date_epoch=labels.source_date_epoch(),
+        secure_boot=setup,
     )
     pipeline = Pipeline(config, podman, planned.registry, reporter, run_options)
     results = pipeline.execute(planned.jobs)

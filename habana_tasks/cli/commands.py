@@ -89,6 +89,7 @@ def run_build(
         force=options.force,
         load_tests=options.load_test,
         retry_failed=options.retry_failed,
+        boot=options.boot(config),
     )
     console.print(tables.plan_table(planned.jobs))
     print_line(console, planned.summary)
@@ -113,6 +114,7 @@ def load_tests(
     *,
     image: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    secure_boot: bool = False,
     console: Console | None = None,
 ) -> int:
     """Load-test published (or local) images in their exact kernels; the exit code."""
@@ -121,7 +123,13 @@ def load_tests(
     targets = config.select(kernel, driver)
     podman = service.make_podman(announcer(console))
     run = service.load_test_images(
-        project, config, targets, podman=podman, image=image, timeout=timeout
+        project,
+        config,
+        targets,
+        podman=podman,
+        image=image,
+        timeout=timeout,
+        secure_boot_test=secure_boot,
     )
     console.print(tables.load_test_table(run.results))
     print_line(console, f"report: {run.report}")

@@ -87,11 +87,9 @@ def summary_table(results: Sequence[JobResult], title: str = "summary") -> Table
             continue
         tested = "no"
         if r.load_tested:  # an image skipped as up to date was load-tested by an earlier run
-            tested = (
-                f"yes ({r.load_test_kernel}, {r.load_test_seconds} s)"
-                if r.load_test_kernel
-                else "yes"
-            )
+            how = [r.load_test_boot or "", r.load_test_kernel or ""]
+            how += [f"{r.load_test_seconds} s"] if r.load_test_seconds is not None else []
+            tested = f"yes ({', '.join(w for w in how if w)})" if any(how) else "yes"
         quiet = r.ok and r.status is not JobStatus.HELD
         result = r.status.value if quiet else f"{r.status.value}: {r.detail}"
         add_row(
@@ -112,7 +110,14 @@ def summary_table(results: Sequence[JobResult], title: str = "summary") -> Table
 
 def load_test_table(reports: Iterable[LoadTestResult]) -> Table:
     out = table(
-        "load tests", "image", "result", "kernel booted", "seconds", "initramfs MB", "reason"
+        "load tests",
+        "image",
+        "result",
+        "kernel booted",
+        "boot",
+        "seconds",
+        "initramfs MB",
+        "reason",
     )
     for r in reports:
         add_row(
@@ -120,6 +125,7 @@ def load_test_table(reports: Iterable[LoadTestResult]) -> Table:
             r.image or "",
             Text("pass", "green") if r.passed else Text("FAIL", "red"),
             r.kernel,
+            r.boot if r.kernel else "",
             f"{r.seconds:.1f}" if r.kernel else "",
             f"{r.initramfs_bytes / 1e6:.0f}" if r.initramfs_bytes else "",
             "\n".join([r.reason, *r.evidence]),
@@ -175,7 +181,7 @@ def status_table(repository: str, items: Iterable[TargetStatus]) -> Table:
             item.reason,
             short(item.digest),
             size,
-            "yes" if item.load_tested else "no",
+            status.tested_by(item.load_test_boot),
             item.signing or "",
             item.created or "",
         )

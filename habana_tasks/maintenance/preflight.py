@@ -138,7 +138,7 @@ def answer(
     found = labels_of(image)
     present = found is not None
     image_labels = found or {}
-    tested = image_labels.get(labels.LOAD_TESTED) == "true"
+    tested = labels.load_test_boot(image_labels) is not None
     signed = None if config.signing is None else image_labels.get(labels.SIGNING) == "signed"
     current = job is not None and job.action is Action.SKIP
     build = f"invoke build --kernel {kernel} --driver {driver}"

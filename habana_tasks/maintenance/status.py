@@ -38,6 +38,7 @@ class TargetStatus:
     size: int | None = None
     created: str | None = None
     load_tested: bool = False
+    load_test_boot: str | None = None  # "secure-boot" or "plain": the boot that proved it
     openshift: tuple[str, ...] = ()
     # "signed by <signer>", "unsigned", or None (no image, or an image from before signing labels)
     signing: str | None = None
@@ -70,7 +71,8 @@ def target_status(job: BuildJob, remote: RemoteImage) -> TargetStatus:
         digest=remote.digest,
         size=remote.size,
         created=remote.labels.get(labels.OCI + "created"),
-        load_tested=remote.labels.get(labels.LOAD_TESTED) == "true",
+        load_tested=labels.load_test_boot(remote.labels) is not None,
+        load_test_boot=labels.load_test_boot(remote.labels),
         signing=signing_of(remote.labels),
     )
     if job.action is Action.SKIP:
@@ -87,6 +89,11 @@ def signing_of(image_labels: Mapping[str, str]) -> str | None:
     if state == "signed":
         return f"signed by {image_labels.get(labels.SIGNER, '?')}"
     return state
+
+
+def tested_by(boot: str | None) -> str:
+    """The load-tested cell: which boot proved the image."""
+    return f"yes ({boot})" if boot else "no"
 
 
 def statuses(jobs: Sequence[BuildJob], remote: Mapping[str, RemoteImage]) -> list[TargetStatus]:
@@ -122,7 +129,7 @@ def to_markdown(items: Sequence[TargetStatus], repository: str) -> str:
         image = f"`{s.image.rsplit(':', 1)[0]}@{s.digest}`" if s.digest else f"_{s.state.value}_"
         lines.append(
             f"| `{s.kernel}` | {s.driver} | {image} | {', '.join(s.openshift) or '-'} | "
-            f"{'yes' if s.load_tested else 'no'} | {s.signing or '-'} | {s.created or '-'} |"
+            f"{tested_by(s.load_test_boot)} | {s.signing or '-'} | {s.created or '-'} |"
         )
     return "\n".join(lines) + "\n"
 

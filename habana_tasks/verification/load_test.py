@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tarfile
 import time
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,9 @@ from habana_tasks.core.process import LineSink
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import RegistryClient
 from habana_tasks.verification import initramfs
+from habana_tasks.verification import secure_boot as boot_chain
 from habana_tasks.verification.kernel_modules import KernelModuleStore, module_name
+from habana_tasks.verification.secure_boot import SecureBootSetup, secure_boot_problem
 from habana_tasks.verification.worker import WorkerTools
 
 MARK = "SMOKE:"
@@ -38,10 +41,12 @@ DEFAULT_TIMEOUT = 120.0
 LOAD_FAILURES = re.compile(
     r"disagrees about version of symbol|Unknown symbol|version magic|Invalid module format|"
     r"invalid module|decompression failed|Failed to decompress|module_layout|"
-    r"Loading of .* is rejected"
+    r"Loading of .* is rejected|module loading is restricted"
 )
 # Signature enforcement, as on a Secure Boot node (lockdown makes the kernel enforce it).
 ENFORCE_SIGNATURES = "module.sig_enforce=1"
+CMDLINE = "console=ttyS0 panic=-1 quiet"
+MEMORY_MB = 1024
 
 INIT = """#!/bin/sh
 # KMM's two steps: the image's own sh, mkdir and cp copy its tree out (as the image's user);
@@ -52,6 +57,9 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 release="$(uname -r)"
 echo "SMOKE: booted $release"
+mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
+echo "SMOKE: lockdown $(cat /sys/kernel/security/lockdown 2>/dev/null || echo unavailable)"
+dmesg | sed -n '/secureboot:\\|locked down\\|MokListRT\\|Loaded X.509 cert/s/^/SMOKE: boot /p'
 status=PASS
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /image/tmp && mount --bind /tmp /image/tmp
@@ -115,6 +123,7 @@ class LoadTestResult:
     # The node's in-tree modules the image needed (paths under /lib/modules/<release>).
     node_modules: tuple[str, ...] = ()
     image: str | None = None  # what was tested, when it was a pushed or named image
+    boot: str = "plain"  # or "secure-boot": firmware, shim, GRUB, lockdown
     log: str | None = None
     failure: Failure | None = None  # set by retest_image when the image did not pass
 
@@ -132,7 +141,7 @@ def init_script(modules: Sequence[str], release: str, firmware: bool = False) ->
 def qemu_argv(
     kernel: Path,
     initrd: Path,
-    memory_mb: int = 1024,
+    memory_mb: int = MEMORY_MB,
     accel: str = "tcg",
     kernel_args: Sequence[str] = (),
 ) -> list[str]:
@@ -157,12 +166,15 @@ def qemu_argv(
         "-initrd",
         str(initrd),
         "-append",
-        " ".join(("console=ttyS0 panic=-1 quiet", *kernel_args)),
+        " ".join((CMDLINE, *kernel_args)),
     ]
 
 
-def evaluate(lines: Sequence[str], release: str) -> tuple[bool, str, tuple[str, ...]]:
-    """The verdict from the guest console: pure, so every failure shape is unit-tested."""
+def evaluate(
+    lines: Sequence[str], release: str, secure_boot: bool = False
+) -> tuple[bool, str, tuple[str, ...]]:
+    """The verdict from the guest console: pure, so every failure shape is unit-tested. A
+    Secure Boot test first needs the guest's own proof of Secure Boot and lockdown."""
     clean = [line.replace("\r", "").rstrip() for line in lines]
     marks = [line.split(MARK, 1)[1].strip() for line in clean if MARK in line]
     failures = [line for line in clean if LOAD_FAILURES.search(line)]
@@ -173,6 +185,8 @@ def evaluate(lines: Sequence[str], release: str) -> tuple[bool, str, tuple[str, 
         return False, "the guest never reached /init (see console tail)", tail
     if booted != release:
         return False, f"booted kernel {booted!r}, expected {release!r}", evidence
+    if secure_boot and (problem := secure_boot_problem(marks)):
+        return False, problem, (*evidence, *(m for m in marks if m.startswith(("boot ", "lock"))))
     fails = [m[5:] for m in marks if m.startswith("FAIL ")]
     kernel_said = [line for line in failures if MARK not in line or f"{MARK} dmesg" in line]
     if fails and kernel_said and fails[0].startswith("modprobe "):
@@ -243,6 +257,7 @@ def run_load_test(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     on_line: LineSink | None = None,
+    secure_boot: SecureBootSetup | None = None,
 ) -> LoadTestResult:
     """An exported image booted in the kernel its toolkit image carries, on a node made of that
     toolkit's worker tools and that kernel's in-tree modules the image depends on."""
@@ -258,6 +273,7 @@ def run_load_test(
         firmware=target.firmware_url is not None,
         timeout=timeout,
         on_line=on_line,
+        secure_boot=secure_boot,
     )
 
 
@@ -274,10 +290,12 @@ def boot_and_load(
     timeout: float = DEFAULT_TIMEOUT,
     on_line: LineSink | None = None,
     enforce_signatures: bool = False,
+    secure_boot: SecureBootSetup | None = None,
 ) -> LoadTestResult:
     """Boot `kernel` on `node` with the image at /image; the node's in-tree module files go
     where KMM's worker sees them. With `enforce_signatures`, the kernel refuses modules not
-    signed by a key it trusts."""
+    signed by a key it trusts. With `secure_boot`, the guest boots as a Secure Boot node does
+    (firmware, shim, GRUB) and passes only if it reports Secure Boot on and lockdown."""
     work.mkdir(parents=True, exist_ok=True)
     initrd = work / "initrd.cpio"
     extra = {"init": (0o755, init_script(modules, release, firmware))}
@@ -287,15 +305,21 @@ def boot_and_load(
     size = initramfs.rootfs_to_cpio(sources, initrd, extra)
     provided = tuple(module_name(p) for p in sorted(node.modules))
     accel = os.environ.get("HABANA_QEMU_ACCEL", "tcg")
+    kernel_args = [ENFORCE_SIGNATURES] if enforce_signatures else []
+    if secure_boot is None:
+        argv = qemu_argv(kernel, initrd, accel=accel, kernel_args=kernel_args)
+    else:  # the node's chain: firmware, shim, GRUB, the kernel; its own per-boot variables
+        esp = boot_chain.boot_disk(
+            secure_boot.parts, work, kernel, initrd, " ".join((CMDLINE, *kernel_args))
+        )
+        variables = work / "OVMF_VARS.fd"
+        shutil.copyfile(secure_boot.variables, variables)
+        argv = boot_chain.qemu_argv(secure_boot.parts, variables, esp, MEMORY_MB, accel)
+    boot = "plain" if secure_boot is None else "secure-boot"
     started = time.monotonic()
     try:
         done = podman.runner.run(
-            qemu_argv(
-                kernel,
-                initrd,
-                accel=accel,
-                kernel_args=[ENFORCE_SIGNATURES] if enforce_signatures else [],
-            ),
+            argv,
             timeout=timeout,
             keep_output=True,
             check=False,
@@ -312,14 +336,16 @@ def boot_and_load(
             size,
             tuple(exc.tail[-12:]),
             provided,
+            boot=boot,
         )
     except CommandError as exc:
         raise HabanaError(f"qemu could not run: {exc}") from exc
     finally:
         initrd.unlink(missing_ok=True)
+        shutil.rmtree(work / "esp", ignore_errors=True)
     seconds = time.monotonic() - started
-    passed, reason, evidence = evaluate(lines, release)
-    return LoadTestResult(passed, reason, release, seconds, size, evidence, provided)
+    passed, reason, evidence = evaluate(lines, release, secure_boot=secure_boot is not None)
+    return LoadTestResult(passed, reason, release, seconds, size, evidence, provided, boot=boot)
 
 
 def retest_image(
@@ -333,6 +359,7 @@ def retest_image(
     log: TextIO,
     workers: WorkerTools,
     timeout: float = DEFAULT_TIMEOUT,
+    secure_boot: SecureBootSetup | None = None,
 ) -> LoadTestResult:
     """Pull an image (and its target's toolkit) and load-test it again, as `build` did."""
 
@@ -355,6 +382,7 @@ def retest_image(
             work,
             timeout=timeout,
             on_line=sink,
+            secure_boot=secure_boot,
         )
     except HabanaError as exc:
         log.write(f"FAILED: {exc}\n")

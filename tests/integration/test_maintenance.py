@@ -143,9 +143,13 @@ def test_discover_adds_missing_kernels_keeping_comments(
     assert maintenance_commands.discover(project, str(edited), console=out()[0], **args) == 0
     assert edited.read_text() == before
 
-    # matrix lists exactly the pending pairs: the two new kernels, not the built ones.
-    pending = json.loads(commands.matrix(project, str(edited)))["include"]
-    assert sorted(p["kernel"] for p in pending) == sorted([KERNEL_A, KERNEL_B + ".x86_64"])
+    # matrix lists exactly the pending pairs: the two new kernels, not the built ones, one
+    # job each (or one job for both, with --max-jobs 1).
+    jobs = json.loads(commands.matrix(project, str(edited)))["include"]
+    assert sorted(j["kernels"] for j in jobs) == sorted([KERNEL_A, KERNEL_B + ".x86_64"])
+    assert all(j["pairs"] == 1 and j["only"].startswith(f"{DRIVER}-") for j in jobs)
+    one = json.loads(commands.matrix(project, str(edited), max_jobs=1))["include"]
+    assert [sorted(one[0]["only"].split(","))] == [sorted(j["only"] for j in jobs)]
 
     console, buffer = out()
     commands.status_command(project, str(edited), output_format="markdown", console=console)

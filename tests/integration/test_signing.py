@@ -4,6 +4,7 @@ nothing else), the PKCS#7 check on the real modules, and the target kernel enfor
 from __future__ import annotations
 
 import base64
+import io
 import os
 import subprocess
 import tarfile
@@ -23,7 +24,7 @@ from habana_tasks.core.errors import UsageError
 from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import RegistryClient
-from habana_tasks.verification import load_test
+from habana_tasks.verification import load_test, secure_boot
 from habana_tasks.verification.kernel_modules import KernelModuleStore
 from habana_tasks.verification.signing import load_signer, signature_problems
 from habana_tasks.verification.worker import WorkerTools
@@ -104,6 +105,9 @@ def test_a_signed_image_is_built_checked_labelled_and_pushed(
     assert remote.labels[labels.SIGNER] == "habana library signing key"
     assert remote.labels[labels.PREFIX + "signing.key-id"] == signer.key_id
     assert remote.labels[labels.INPUT_LABELS["signing certificate"]] == signer.certificate_sha256
+    # A signing library proves each image on a Secure Boot node before it pushes it.
+    assert remote.labels[labels.LOAD_TESTED] == "secure-boot"
+    assert "secure-boot" in str(signed["output"])  # the summary says which boot
     record_property("signed build seconds", f"{signed['seconds']:.1f}")
 
 
@@ -221,3 +225,86 @@ def test_kmm_sign_flow_is_refused_for_images_the_library_signed(
         maintenance_commands.kmm_module(
             project, DRIVER, str(signed["versions"]), sign_key_secret="k", sign_cert_secret="c"
         )
+
+
+def tampered_copy(rootfs: Path, module: str, out: Path) -> Path:
+    """The image's root filesystem with one byte of one signed module changed after signing."""
+    with tarfile.open(rootfs) as source, tarfile.open(out, "w") as copy:
+        for member in source:
+            handle = source.extractfile(member) if member.isfile() else None
+            data = handle.read() if handle else None
+            if data is not None and member.name.endswith(f"/{module}.ko"):
+                middle = len(data) // 2
+                data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+            copy.addfile(member, io.BytesIO(data) if data is not None else None)
+    return out
+
+
+def test_a_secure_boot_node_loads_the_signed_image_and_refuses_the_rest(
+    signed: dict[str, object],
+    library: tuple[Project, Path],
+    test_upstream: UpstreamFixture,
+    tmp_path: Path,
+    record_property: RecordProperty,
+) -> None:
+    """OVMF with Secure Boot on and Microsoft's keys, shim, Debian's GRUB, the stock kernel; the
+    library's certificate enrolled as a machine-owner key. The signed image loads; an unsigned
+    image, the signed image on a node that enrolled another key, and a module changed after
+    signing are refused with the kernel's own reason."""
+    assert isinstance(signed["versions"], Path) and isinstance(signed["pair"], SigningFiles)
+    signer = load_signer(signed["pair"])
+    other = load_signer(make_pair(tmp_path / "other", "someone else"))
+    podman = Podman(ProcessRunner())
+    store = KernelModuleStore(podman, tmp_path / "kernels")
+    workers = WorkerTools(podman, ROOT / "Dockerfile", tmp_path / "kernels")
+    ours = secure_boot.prepare(ROOT, tmp_path / "cache", signer.certificate_pem)
+    theirs = secure_boot.prepare(ROOT, tmp_path / "cache", other.certificate_pem)
+    unsigned_target = config.load(library[1]).targets[1]
+    signed_target = config.load(signed["versions"]).targets[0]
+    toolkit = unsigned_target.toolkit_image
+    rootfs = {}
+    for name, image in (("unsigned", unsigned_target.image), ("signed", signed_target.image)):
+        rootfs[name] = tmp_path / f"{name}.tar"
+        podman.export_rootfs(image, rootfs[name])
+    rootfs["tampered"] = tampered_copy(rootfs["signed"], EXAMPLE_MODULES[0], tmp_path / "t.tar")
+    cases = {
+        "signed": (rootfs["signed"], ours),
+        "unsigned": (rootfs["unsigned"], ours),
+        "foreign key": (rootfs["signed"], theirs),
+        "tampered": (rootfs["tampered"], ours),
+    }
+    outcomes, consoles = {}, {}
+    for name, (tar, setup) in cases.items():
+        node = load_test.node_for(store, workers, tar, toolkit, KERNEL)
+        lines: list[str] = []
+        outcomes[name] = load_test.boot_and_load(
+            podman,
+            tar,
+            store.vmlinuz(toolkit, KERNEL),
+            KERNEL,
+            signed_target.modules,
+            tmp_path / name,
+            node,
+            secure_boot=setup,
+            on_line=lines.append,
+        )
+        consoles[name] = "\n".join(lines)
+        # Every boot is a Secure Boot node's, by the guest's own account.
+        assert "secureboot: Secure boot enabled" in consoles[name], consoles[name]
+        assert "SMOKE: lockdown none [integrity] confidentiality" in consoles[name]
+        assert outcomes[name].boot == "secure-boot"
+    assert outcomes["signed"].passed, (outcomes["signed"].reason, consoles["signed"])
+    assert "UEFI:MokListRT (MOKvar table)" in consoles["signed"]
+    assert f"Loaded X.509 cert '{signer.subject}" in consoles["signed"]
+    refused = "modprobe -d /tmp/opt habanalabs failed: modprobe: ERROR: could not insert "
+    refused += "'habanalabs': Key was rejected by service"
+    kernel_said = {
+        "unsigned": " (kernel: Loading of unsigned module is rejected)",
+        "foreign key": " (kernel: Loading of module with unavailable key is rejected)",
+        "tampered": "",  # the signature does not verify: the kernel says no more than modprobe
+    }
+    for name, said in kernel_said.items():
+        assert (outcomes[name].passed, outcomes[name].reason) == (False, refused + said), name
+    assert f"Loaded X.509 cert '{other.subject}" in consoles["foreign key"]
+    assert f"Loaded X.509 cert '{signer.subject}" not in consoles["foreign key"]
+    record_property("secure boot load test seconds", f"{outcomes['signed'].seconds:.1f}")

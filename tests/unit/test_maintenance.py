@@ -44,7 +44,7 @@ def test_prune_never_touches_named_tags_or_their_digests() -> None:
 
 def test_status_states_and_pending_matrix() -> None:
     current = replace(TARGET, tag="current", kernel="k-current")
-    present = labels.image_labels(CONFIG, current, INPUTS, "2026-01-01T00:00:00Z", True)
+    present = labels.image_labels(CONFIG, current, INPUTS, "2026-01-01T00:00:00Z", "plain")
     remote = {
         "current": RemoteImage("x", Existence.PRESENT, "sha256:1", present, 10),
         "stale": RemoteImage(
@@ -77,8 +77,9 @@ def test_status_states_and_pending_matrix() -> None:
             {"name": "k-stale: 1 pair(s)", "kernels": "k-stale", "only": "stale", "pairs": 1},
         ]
     }
-    assert "| `k-current` | 6.1.0-1 | `r.example/lib/drv@sha256:1` | - | yes |" in to_markdown(
-        items, "r"
+    assert (
+        "| `k-current` | 6.1.0-1 | `r.example/lib/drv@sha256:1` | - | yes (plain) |"
+        in to_markdown(items, "r")
     )
     assert orphan_tags(
         ["current", "old-1", "stale"], [replace(TARGET, tag=t) for t in ("current", "stale")]

@@ -356,7 +356,8 @@ def test_a_passing_load_test_is_pushed_and_labelled(fake: FakeRegistry, tmp_path
     assert len(pushes(runner)) == 2
     built = list(runner.labels.values())
     assert len(built) == 2
-    assert {labels_[labels.PREFIX + "load-tested"] for labels_ in built} == {"true"}
+    assert {labels_[labels.PREFIX + "load-tested"] for labels_ in built} == {"plain"}
+    assert {r.load_test_boot for r in result.results} == {"plain"}
 
 
 def test_no_push_builds_and_checks_only(fake: FakeRegistry, tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ UNAVAILABLE = Failure("registry state", "HTTP 503 after 4 attempt(s)", transient
 
 
 def present(inputs: TargetInputs = INPUTS) -> RemoteImage:
-    image_labels = labels.image_labels(CONFIG, TARGET, inputs, "2026-01-01T00:00:00Z", False)
+    image_labels = labels.image_labels(CONFIG, TARGET, inputs, "2026-01-01T00:00:00Z", "false")
     return RemoteImage(TARGET.image, Existence.PRESENT, "sha256:" + "e" * 64, image_labels)
 
 
@@ -130,7 +130,34 @@ def test_an_image_never_load_tested_is_rebuilt_when_load_tests_are_required() ->
     assert (job.action, job.reason) == (Action.BUILD, "stale: never load-tested")
     tested = replace(remote, labels={**remote.labels, labels.LOAD_TESTED: "true"})
     job = plan_job(TARGET, INPUTS, tested, require_load_test=True)
-    assert (job.action, job.load_tested) == (Action.SKIP, True)
+    assert (job.action, job.load_tested, job.load_test_boot) == (Action.SKIP, True, "plain")
+
+
+@pytest.mark.parametrize(
+    ("label", "boot"),
+    [("secure-boot", "secure-boot"), ("plain", "plain"), ("true", "plain"), ("false", None),
+     ("yes", None)],
+)  # fmt: skip
+def test_the_load_tested_label_names_the_boot_that_proved_the_image(
+    label: str, boot: str | None
+) -> None:
+    assert labels.load_test_boot({labels.LOAD_TESTED: label}) == boot
+
+
+def test_a_secure_boot_library_rebuilds_an_image_a_plain_boot_proved() -> None:
+    """A signing library proves images on a Secure Boot node: an image proven only by a plain
+    boot is rebuilt once, and says why; one proven by Secure Boot is current."""
+    plain = replace(present(), labels={**present().labels, labels.LOAD_TESTED: "plain"})
+    job = plan_job(TARGET, INPUTS, plain, require_load_test=True, require_boot="secure-boot")
+    assert (job.action, job.reason) == (
+        Action.BUILD,
+        "stale: load-tested by a plain boot, not secure-boot",
+    )
+    proven = replace(plain, labels={**plain.labels, labels.LOAD_TESTED: "secure-boot"})
+    job = plan_job(TARGET, INPUTS, proven, require_load_test=True, require_boot="secure-boot")
+    assert (job.action, job.load_test_boot) == (Action.SKIP, "secure-boot")
+    # Either boot satisfies a library that boots plainly.
+    assert plan_job(TARGET, INPUTS, proven, require_load_test=True).action is Action.SKIP
 
 
 def test_force_rebuilds_an_up_to_date_image() -> None:
@@ -175,7 +202,7 @@ def test_plan_keeps_target_order() -> None:
 
 
 def test_labels_carry_provenance_and_no_secret() -> None:
-    image_labels = labels.image_labels(CONFIG, TARGET, INPUTS, "2026-01-01T00:00:00Z", False)
+    image_labels = labels.image_labels(CONFIG, TARGET, INPUTS, "2026-01-01T00:00:00Z", "false")
     assert image_labels["org.opencontainers.image.base.name"] == "r.example/base:12"
     assert image_labels["org.opencontainers.image.base.digest"] == D
     assert image_labels["org.opencontainers.image.revision"] == INPUTS.git_sha
@@ -199,8 +226,8 @@ def test_fingerprint_follows_digests_not_registry_names() -> None:
 
 
 def test_fingerprint_ignores_created_time_and_load_test_but_not_inputs() -> None:
-    monday = labels.image_labels(CONFIG, TARGET, INPUTS, "2026-01-05T00:00:00Z", True)
-    friday = labels.image_labels(CONFIG, TARGET, INPUTS, "2026-01-09T00:00:00Z", False)
+    monday = labels.image_labels(CONFIG, TARGET, INPUTS, "2026-01-05T00:00:00Z", "plain")
+    friday = labels.image_labels(CONFIG, TARGET, INPUTS, "2026-01-09T00:00:00Z", "false")
     assert monday[labels.FINGERPRINT] == friday[labels.FINGERPRINT]
     changed = replace(INPUTS, package=replace(INPUTS.package, sha256="9" * 64))
     assert labels.fingerprint(TARGET, INPUTS) != labels.fingerprint(TARGET, changed)
@@ -214,7 +241,7 @@ def test_without_a_base_the_build_starts_from_scratch_with_the_flavours_tools() 
     assert kmm1 == "sh mkdir cp modprobe depmod sleep"
     # A base brings its own tools: nothing is copied into it.
     assert labels.build_args(TARGET, INPUTS)["IMAGE_TOOLS"] == ""
-    image_labels = labels.image_labels(CONFIG, TARGET, scratch, labels.rfc3339(0), False)
+    image_labels = labels.image_labels(CONFIG, TARGET, scratch, labels.rfc3339(0), "false")
     assert "org.opencontainers.image.base.name" not in image_labels
     assert "org.opencontainers.image.base.digest" not in image_labels
     assert image_labels["io.habana-ai-driver.image.flavour"] == "minimal"
