@@ -31,6 +31,7 @@ from habana_tasks.registry.client import RegistryClient
 from habana_tasks.verification import initramfs
 from habana_tasks.verification import secure_boot as boot_chain
 from habana_tasks.verification.kernel_modules import KernelModuleStore, module_name
+from habana_tasks.verification.qemu import console_machine
 from habana_tasks.verification.secure_boot import SecureBootSetup, secure_boot_problem
 from habana_tasks.verification.worker import WorkerTools
 
@@ -145,22 +146,10 @@ def qemu_argv(
     accel: str = "tcg",
     kernel_args: Sequence[str] = (),
 ) -> list[str]:
-    """TCG unless asked: a /dev/kvm that exists can still be unusable (nested virtualisation)."""
+    """The kernel and initramfs handed to qemu directly (a plain boot)."""
     return [
         "qemu-system-x86_64",
-        "-accel",
-        accel,
-        "-m",
-        str(memory_mb),
-        "-smp",
-        "1",
-        "-nographic",
-        "-no-reboot",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-monitor",
-        "none",
+        *console_machine(memory_mb, accel),
         "-kernel",
         str(kernel),
         "-initrd",

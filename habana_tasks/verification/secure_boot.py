@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from habana_tasks.core.errors import HabanaError
+from habana_tasks.verification.qemu import console_machine
 
 SHIM_GUID = "605dab50-e046-4300-abb6-3dd810dd8b23"  # shim's vendor GUID: MokList's owner
 # Where install-deps unpacks the bootloader packages it does not install (see find_parts).
@@ -148,23 +149,9 @@ def qemu_argv(
         f"if=pflash,format=raw,unit=1,file={variables}",
         "-drive",
         f"file=fat:{esp},format=raw,if=virtio,readonly=on",
-        "-accel",
-        accel,
         "-cpu",
         "max",
-        "-m",
-        str(memory_mb),
-        "-smp",
-        "1",
-        "-nographic",
-        "-no-reboot",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-monitor",
-        "none",
-        "-net",
-        "none",
+        *console_machine(memory_mb, accel),
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -308,3 +309,26 @@ def test_a_secure_boot_node_loads_the_signed_image_and_refuses_the_rest(
     assert f"Loaded X.509 cert '{other.subject}" in consoles["foreign key"]
     assert f"Loaded X.509 cert '{signer.subject}" not in consoles["foreign key"]
     record_property("secure boot load test seconds", f"{outcomes['signed'].seconds:.1f}")
+
+
+def test_load_test_secure_boot_retests_the_published_signed_image(
+    signed: dict[str, object], tmp_path: Path
+) -> None:
+    """`invoke load-test --secure-boot` as a user runs it: the pushed image pulled and booted on
+    a Secure Boot node with the library's certificate enrolled; report.json says which boot."""
+    assert isinstance(signed["versions"], Path)
+    done = subprocess.run(
+        invoke_argv(
+            "load-test", "--secure-boot", "--kernel", KERNEL, "--versions", str(signed["versions"])
+        ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+        env={**os.environ, "HABANA_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (report,) = (tmp_path / "cache" / "logs").glob("load-test-*/report.json")
+    (result,) = json.loads(report.read_text())
+    assert (result["passed"], result["boot"], result["kernel"]) == (True, "secure-boot", KERNEL)

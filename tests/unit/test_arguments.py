@@ -54,6 +54,7 @@ REFUSED: list[tuple[list[str], str, str]] = [
     (["build-all", "--only", "9.9.9-1-not-listed"], "--only", "'9.9.9-1-not-listed'"),
     (["build-all", "--only", "x" * 100_001], "--only", "'xxxx"),
     (["summary", "--reports", "/nonexistent/logs"], "--reports", "'/nonexistent/logs'"),
+    (["load-test", "--secure-boot"], "--secure-boot", "has no [signing]"),
     (["kmm-module", "--driver", DRIVER, "--namespace", "Bad_NS!"], "--namespace", "'Bad_NS!'"),
     (["kmm-module", "--driver", DRIVER, "--name", "UPPER case"], "--name", "'UPPER case'"),
     (["kmm-module", "--driver", DRIVER, "--name", "a" * 64], "--name", "'aaaa"),
