@@ -45,7 +45,7 @@ def plan_job(
     remote: RemoteImage,
     force: bool = False,
     require_load_test: bool = False,
-    require_boot: str | None = None,
+    require_secure_boot: bool = False,
 ) -> BuildJob:
     if isinstance(inputs, Failure):
         return BuildJob(target, Action.FAIL, str(inputs), failure=inputs)
@@ -65,8 +65,8 @@ def plan_job(
         unproven = None
         if require_load_test and boot is None:
             unproven = "stale: never load-tested"
-        elif require_load_test and require_boot and boot != require_boot:
-            unproven = f"stale: load-tested by a {boot} boot, not {require_boot}"
+        elif require_load_test and require_secure_boot and boot != "secure-boot":
+            unproven = f"stale: load-tested by a {boot} boot, not secure-boot"
         if unproven:
             return BuildJob(target, Action.BUILD, unproven, inputs, current, remote.digest)
         return BuildJob(
@@ -107,9 +107,9 @@ def plan(
     remote: Mapping[str, RemoteImage],
     force: bool = False,
     require_load_test: bool = False,
-    require_boot: str | None = None,
+    require_secure_boot: bool = False,
 ) -> tuple[BuildJob, ...]:
     return tuple(
-        plan_job(t, inputs[t.tag], remote[t.tag], force, require_load_test, require_boot)
+        plan_job(t, inputs[t.tag], remote[t.tag], force, require_load_test, require_secure_boot)
         for t in targets
     )

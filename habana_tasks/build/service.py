@@ -109,11 +109,12 @@ def resolve_and_plan(
     force: bool = False,
     load_tests: bool = True,
     retry_failed: bool = False,
-    boot: str | None = None,
+    secure_boot: bool = True,
     http: HTTPClient | None = None,
 ) -> PlannedRun:
     """Every input and registry state resolved once, concurrently; then the pure plan, and
-    for the pairs it would build, their failure records (read only when some are pending)."""
+    for the pairs it would build, their failure records (read only when some are pending).
+    Defaults plan as a default build would: status, matrix and preflight agree with it."""
     http = http or HTTPClient()
     registry = RegistryClient(config.insecure_registries, http, blob_cache=project.cache / "blobs")
     packages = PackageCache(project.cache / "downloads", http)
@@ -121,13 +122,14 @@ def resolve_and_plan(
     # The certificate and key are checked before any request: a wrong pair stops here.
     signer = signing.load_signer(config.signing) if config.signing else None
     resolution = metadata.resolve(targets, registry, packages, project.dockerfile, signer=signer)
+    proof = BuildOptions(load_test=load_tests, secure_boot=secure_boot).boot(config)
     jobs = plan(
         targets,
         resolution.inputs,
         resolution.remote,
         force,
         require_load_test=load_tests,
-        require_boot=boot,
+        require_secure_boot=proof == "secure-boot",
     )
     pending = [job.target.tag for job in jobs if job.action is Action.BUILD]
     memory = failure_records.recall(registry, config.repository, pending)

@@ -89,7 +89,7 @@ def run_build(
         force=options.force,
         load_tests=options.load_test,
         retry_failed=options.retry_failed,
-        boot=options.boot(config),
+        secure_boot=options.secure_boot,
     )
     console.print(tables.plan_table(planned.jobs))
     print_line(console, planned.summary)

@@ -148,16 +148,17 @@ def test_a_secure_boot_library_rebuilds_an_image_a_plain_boot_proved() -> None:
     """A signing library proves images on a Secure Boot node: an image proven only by a plain
     boot is rebuilt once, and says why; one proven by Secure Boot is current."""
     plain = replace(present(), labels={**present().labels, labels.LOAD_TESTED: "plain"})
-    job = plan_job(TARGET, INPUTS, plain, require_load_test=True, require_boot="secure-boot")
+    job = plan_job(TARGET, INPUTS, plain, require_load_test=True, require_secure_boot=True)
     assert (job.action, job.reason) == (
         Action.BUILD,
         "stale: load-tested by a plain boot, not secure-boot",
     )
     proven = replace(plain, labels={**plain.labels, labels.LOAD_TESTED: "secure-boot"})
-    job = plan_job(TARGET, INPUTS, proven, require_load_test=True, require_boot="secure-boot")
+    job = plan_job(TARGET, INPUTS, proven, require_load_test=True, require_secure_boot=True)
     assert (job.action, job.load_test_boot) == (Action.SKIP, "secure-boot")
     # Either boot satisfies a library that boots plainly.
     assert plan_job(TARGET, INPUTS, proven, require_load_test=True).action is Action.SKIP
+    assert plan_job(TARGET, INPUTS, plain, require_load_test=True).action is Action.SKIP
 
 
 def test_force_rebuilds_an_up_to_date_image() -> None:
