@@ -20,6 +20,7 @@ from habana_tasks.config.flavours import FLAVOURS
 from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core.errors import UsageError
 from habana_tasks.registry.client import ResolvedImage
+from habana_tasks.verification.secure_boot import PLAIN, SECURE_BOOT
 from habana_tasks.verification.signing import UNSIGNED, Signer
 
 PREFIX = "io.habana-ai-driver."
@@ -28,7 +29,7 @@ FINGERPRINT = PREFIX + "fingerprint"
 # The boot that proved the image ("secure-boot" or "plain"), or "false"; "true" from before
 # the boot was named means a plain boot.
 LOAD_TESTED = PREFIX + "load-tested"
-BOOTS = ("plain", "secure-boot")
+BOOTS = (PLAIN, SECURE_BOOT)
 KERNEL = PREFIX + "kernel.release"
 DRIVER = PREFIX + "driver.version"
 SIGNING = PREFIX + "signing"  # "signed" or "unsigned"
@@ -152,7 +153,7 @@ def load_test_boot(image_labels: Mapping[str, str]) -> str | None:
     """Which boot proved an image (load-tested label), or None when none did."""
     value = image_labels.get(LOAD_TESTED)
     if value == "true":
-        return "plain"
+        return PLAIN
     return value if value in BOOTS else None
 
 

@@ -32,7 +32,7 @@ from habana_tasks.registry.client import Existence, RegistryClient
 from habana_tasks.verification import image_checks, signing
 from habana_tasks.verification import load_test as load_test_module
 from habana_tasks.verification.kernel_modules import KernelModuleStore
-from habana_tasks.verification.secure_boot import SecureBootSetup
+from habana_tasks.verification.secure_boot import SecureBootSetup, boot_name
 from habana_tasks.verification.worker import WorkerTools
 
 
@@ -64,8 +64,7 @@ class RunOptions:
     def image(self) -> ImageOptions:
         # Only an image that passes the load test is ever published, so a published image
         # whose load-tested label names a boot was booted that way with its driver loaded.
-        boot = "plain" if self.secure_boot is None else "secure-boot"
-        claim = boot if self.load_test else "false"
+        claim = boot_name(self.secure_boot) if self.load_test else "false"
         return ImageOptions(self.dockerfile, self.source_date_epoch, claim)
 
 

@@ -12,6 +12,7 @@ from habana_tasks.build.labels import TargetInputs
 from habana_tasks.config.targets import BuildTarget
 from habana_tasks.core.errors import Failure
 from habana_tasks.registry.client import Existence, RemoteImage
+from habana_tasks.verification.secure_boot import SECURE_BOOT
 
 
 class Action(enum.StrEnum):
@@ -65,8 +66,8 @@ def plan_job(
         unproven = None
         if require_load_test and boot is None:
             unproven = "stale: never load-tested"
-        elif require_load_test and require_secure_boot and boot != "secure-boot":
-            unproven = f"stale: load-tested by a {boot} boot, not secure-boot"
+        elif require_load_test and require_secure_boot and boot != SECURE_BOOT:
+            unproven = f"stale: load-tested by a {boot} boot, not {SECURE_BOOT}"
         if unproven:
             return BuildJob(target, Action.BUILD, unproven, inputs, current, remote.digest)
         return BuildJob(

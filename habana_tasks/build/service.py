@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import Generic, Protocol, TextIO, TypeVar
 
 from habana_tasks.build import failure_records, labels, metadata, rebuild
 from habana_tasks.build.driver_package import PackageCache
@@ -21,8 +21,8 @@ from habana_tasks.build.rebuild import RebuildResult
 from habana_tasks.build.reporter import Reporter
 from habana_tasks.build.results import JobResult, JobStatus, write_report
 from habana_tasks.config.project import Project
-from habana_tasks.config.targets import BuildTarget, Config
-from habana_tasks.core.errors import UsageError, exit_code_for
+from habana_tasks.config.targets import BuildTarget, Config, SigningFiles
+from habana_tasks.core.errors import Failure, UsageError, exit_code_for
 from habana_tasks.core.http_client import HTTPClient
 from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.isolation import BuildIsolation, explicit_choice
@@ -31,6 +31,7 @@ from habana_tasks.registry.client import RegistryClient, RemoteImage
 from habana_tasks.verification import secure_boot, signing
 from habana_tasks.verification.kernel_modules import KernelModuleStore
 from habana_tasks.verification.load_test import DEFAULT_TIMEOUT, LoadTestResult, retest_image
+from habana_tasks.verification.secure_boot import PLAIN, SECURE_BOOT, SecureBootSetup
 from habana_tasks.verification.worker import WorkerTools
 
 R = TypeVar("R")
@@ -51,9 +52,21 @@ class BuildOptions:
 
     def boot(self, config: Config) -> str | None:
         """The boot the load test proves images with: None without a load test."""
-        if not self.load_test:
-            return None
-        return "secure-boot" if self.secure_boot and config.signing is not None else "plain"
+        return load_test_boot(config, self.load_test, self.secure_boot)
+
+
+def load_test_boot(config: Config, load_test: bool, secure_boot: bool) -> str | None:
+    """A signing library's load test boots as a Secure Boot node (unless told not to); any
+    other boots plainly; None without a load test."""
+    if not load_test:
+        return None
+    return SECURE_BOOT if secure_boot and config.signing is not None else PLAIN
+
+
+def secure_boot_node(project: Project, signing_files: SigningFiles) -> SecureBootSetup:
+    """The Secure Boot node load tests boot: the library's certificate enrolled as its MOK."""
+    certificate = signing.load_signer(signing_files).certificate_pem
+    return secure_boot.prepare(project.root, project.cache, certificate)
 
 
 @dataclass(frozen=True)
@@ -122,18 +135,19 @@ def resolve_and_plan(
     # The certificate and key are checked before any request: a wrong pair stops here.
     signer = signing.load_signer(config.signing) if config.signing else None
     resolution = metadata.resolve(targets, registry, packages, project.dockerfile, signer=signer)
-    proof = BuildOptions(load_test=load_tests, secure_boot=secure_boot).boot(config)
+    proof = load_test_boot(config, load_tests, secure_boot)
     jobs = plan(
         targets,
         resolution.inputs,
         resolution.remote,
         force,
         require_load_test=load_tests,
-        require_secure_boot=proof == "secure-boot",
+        require_secure_boot=proof == SECURE_BOOT,
     )
     pending = [job.target.tag for job in jobs if job.action is Action.BUILD]
     memory = failure_records.recall(registry, config.repository, pending)
-    tool = failure_records.tool_digest()
+    # The tool's own digest (its code hashed) is asked for only when some record is there.
+    tool = failure_records.tool_digest() if memory.records else ""
     jobs = tuple(
         recalled(job, memory.records.get(job.target.tag), tool, force or retry_failed)
         for job in jobs
@@ -192,16 +206,29 @@ def build_reports(root: Path) -> list[Path]:
     return [p for p in root.rglob("report.json") if p.parent.name[:1].isdigit()]
 
 
-@dataclass(frozen=True)
-class LoadTestRun:
-    """What `load-test` did: one result per image, and where report.json is."""
+class Checked(Protocol):
+    @property
+    def failure(self) -> Failure | None: ...
 
-    results: tuple[LoadTestResult, ...]
+
+C = TypeVar("C", bound=Checked)
+
+
+@dataclass(frozen=True)
+class ReportedRun(Generic[C]):
+    """What `load-test` or `verify-rebuild` did: one result per image, and where report.json
+    is; the exit code from the results' failures."""
+
+    results: tuple[C, ...]
     report: Path
 
     @property
     def exit_code(self) -> int:
         return exit_code_for(r.failure for r in self.results)
+
+
+LoadTestRun = ReportedRun[LoadTestResult]
+RebuildRun = ReportedRun[RebuildResult]
 
 
 def per_target(
@@ -221,18 +248,6 @@ def per_target(
             finally:
                 shutil.rmtree(work, ignore_errors=True)
     return results
-
-
-@dataclass(frozen=True)
-class RebuildRun:
-    """What `verify-rebuild` did: one result per image, and where report.json is."""
-
-    results: tuple[RebuildResult, ...]
-    report: Path
-
-    @property
-    def exit_code(self) -> int:
-        return exit_code_for(r.failure for r in self.results)
 
 
 def verify_rebuilds(
@@ -290,8 +305,7 @@ def load_test_images(
                 f"--secure-boot: {config.path} has no [signing]: expected the certificate the "
                 "library signs with (it is enrolled as the node's machine-owner key)"
             )
-        certificate = signing.load_signer(config.signing).certificate_pem
-        setup = secure_boot.prepare(project.root, project.cache, certificate)
+        setup = secure_boot_node(project, config.signing)
     registry = RegistryClient(config.insecure_registries)
     store = KernelModuleStore(podman, project.kernels)
     workers = WorkerTools(podman, project.dockerfile, project.kernels)
@@ -319,10 +333,9 @@ def execute(
     target's result) when stopped by a signal."""
     options = options or BuildOptions()
     setup = None
-    if options.boot(config) == "secure-boot":
+    if options.boot(config) == SECURE_BOOT:
         assert config.signing is not None
-        certificate = signing.load_signer(config.signing).certificate_pem
-        setup = secure_boot.prepare(project.root, project.cache, certificate)
+        setup = secure_boot_node(project, config.signing)
     folders = RunFolders.new(project)
     run_options = RunOptions(
         dockerfile=project.dockerfile,

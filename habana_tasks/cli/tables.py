@@ -19,6 +19,7 @@ from habana_tasks.build.rebuild import RebuildResult
 from habana_tasks.build.results import JobResult, JobStatus
 from habana_tasks.maintenance import preflight, status
 from habana_tasks.maintenance.discover import Discovery, DiscoveryRun
+from habana_tasks.maintenance.matrix import cell
 from habana_tasks.maintenance.preflight import Answer, PreflightReport
 from habana_tasks.maintenance.prune import PruneOutcome
 from habana_tasks.maintenance.status import LibraryStatus, State, TargetStatus
@@ -306,9 +307,8 @@ def markdown_summary(results: Sequence[JobResult], reports: int) -> str:
             "| --- | --- | --- | --- | --- |",
         ]
         for r in sorted(shown, key=lambda r: (r.ok, r.tag)):
-            detail = " ".join(r.detail.split()).replace("|", "\\|")
             lines.append(
                 f"| `{r.tag}` | {r.status.value} | {short(r.digest) or '-'} | "
-                f"{r.seconds:.0f} | {detail[:300]} |"
+                f"{r.seconds:.0f} | {cell(r.detail)[:300]} |"
             )
     return "\n".join(lines) + "\n"

@@ -103,7 +103,8 @@ class Config:
                 + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
                 hint=f"did you mean {close[0]!r}?" if close else "`invoke matrix` lists them",
             )
-        return tuple(t for t in self.targets if t.tag in set(tags))
+        wanted = set(tags)
+        return tuple(t for t in self.targets if t.tag in wanted)
 
     @staticmethod
     def _wanted(kernel: str | None, driver: str | None) -> str:

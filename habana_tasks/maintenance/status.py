@@ -66,13 +66,14 @@ def target_status(job: BuildJob, remote: RemoteImage) -> TargetStatus:
         return replace(missing, state=State.FAILING, reason=job.reason)
     if remote.existence is Existence.ABSENT:
         return missing
+    boot = labels.load_test_boot(remote.labels)
     found = replace(
         missing,
         digest=remote.digest,
         size=remote.size,
         created=remote.labels.get(labels.OCI + "created"),
-        load_tested=labels.load_test_boot(remote.labels) is not None,
-        load_test_boot=labels.load_test_boot(remote.labels),
+        load_tested=boot is not None,
+        load_test_boot=boot,
         signing=signing_of(remote.labels),
     )
     if job.action is Action.SKIP:

@@ -124,7 +124,7 @@ class LoadTestResult:
     # The node's in-tree modules the image needed (paths under /lib/modules/<release>).
     node_modules: tuple[str, ...] = ()
     image: str | None = None  # what was tested, when it was a pushed or named image
-    boot: str = "plain"  # or "secure-boot": firmware, shim, GRUB, lockdown
+    boot: str = boot_chain.PLAIN  # or SECURE_BOOT: firmware, shim, GRUB, lockdown
     log: str | None = None
     failure: Failure | None = None  # set by retest_image when the image did not pass
 
@@ -297,14 +297,10 @@ def boot_and_load(
     kernel_args = [ENFORCE_SIGNATURES] if enforce_signatures else []
     if secure_boot is None:
         argv = qemu_argv(kernel, initrd, accel=accel, kernel_args=kernel_args)
-    else:  # the node's chain: firmware, shim, GRUB, the kernel; its own per-boot variables
-        esp = boot_chain.boot_disk(
-            secure_boot.parts, work, kernel, initrd, " ".join((CMDLINE, *kernel_args))
-        )
-        variables = work / "OVMF_VARS.fd"
-        shutil.copyfile(secure_boot.variables, variables)
-        argv = boot_chain.qemu_argv(secure_boot.parts, variables, esp, MEMORY_MB, accel)
-    boot = "plain" if secure_boot is None else "secure-boot"
+    else:  # the node's chain: firmware, shim, GRUB, the kernel
+        cmdline = " ".join((CMDLINE, *kernel_args))
+        argv = boot_chain.node_argv(secure_boot, work, kernel, initrd, cmdline, MEMORY_MB, accel)
+    boot = boot_chain.boot_name(secure_boot)
     started = time.monotonic()
     try:
         done = podman.runner.run(
@@ -331,7 +327,7 @@ def boot_and_load(
         raise HabanaError(f"qemu could not run: {exc}") from exc
     finally:
         initrd.unlink(missing_ok=True)
-        shutil.rmtree(work / "esp", ignore_errors=True)
+        shutil.rmtree(work / boot_chain.ESP, ignore_errors=True)
     seconds = time.monotonic() - started
     passed, reason, evidence = evaluate(lines, release, secure_boot=secure_boot is not None)
     return LoadTestResult(passed, reason, release, seconds, size, evidence, provided, boot=boot)

@@ -22,6 +22,10 @@ from habana_tasks.core.errors import HabanaError
 from habana_tasks.verification.qemu import console_machine
 
 SHIM_GUID = "605dab50-e046-4300-abb6-3dd810dd8b23"  # shim's vendor GUID: MokList's owner
+# The two boots a load test can prove an image with (the load-tested label's values).
+PLAIN = "plain"
+SECURE_BOOT = "secure-boot"
+ESP = "esp"  # the EFI system partition's folder in a boot's work folder
 # Where install-deps unpacks the bootloader packages it does not install (see find_parts).
 UNPACKED = Path(".cache") / "boot-parts"
 
@@ -118,7 +122,7 @@ boot
 def boot_disk(parts: BootParts, work: Path, kernel: Path, initrd: Path, cmdline: str) -> Path:
     """An EFI system partition as a folder (qemu serves it as a FAT disk): shim as the default
     loader, GRUB beside it with a grub.cfg booting the kernel and the initramfs."""
-    esp = work / "esp"
+    esp = work / ESP
     boot = esp / "EFI" / "BOOT"
     boot.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(parts.shim, boot / "BOOTX64.EFI")
@@ -167,6 +171,28 @@ class SecureBootSetup:
 def prepare(project_root: Path, cache: Path, certificate: bytes | None) -> SecureBootSetup:
     parts = find_parts(project_root)
     return SecureBootSetup(parts, enrolled_variables(parts, certificate, cache))
+
+
+def boot_name(setup: SecureBootSetup | None) -> str:
+    """Which boot a load test with this setup (or none) proves an image with."""
+    return PLAIN if setup is None else SECURE_BOOT
+
+
+def node_argv(
+    setup: SecureBootSetup,
+    work: Path,
+    kernel: Path,
+    initrd: Path,
+    cmdline: str,
+    memory_mb: int,
+    accel: str,
+) -> list[str]:
+    """One boot of the Secure Boot node: its ESP (the initramfs moved into it) and its own copy
+    of the enrolled variables under `work`, and the qemu command that boots them."""
+    esp = boot_disk(setup.parts, work, kernel, initrd, cmdline)
+    variables = work / "OVMF_VARS.fd"
+    shutil.copyfile(setup.variables, variables)
+    return qemu_argv(setup.parts, variables, esp, memory_mb, accel)
 
 
 # What the guest's console must show for a boot to count as a Secure Boot node's.

@@ -11,7 +11,9 @@ import subprocess
 import tarfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -180,29 +182,20 @@ def test_the_kernel_enforcing_signatures_refuses_unsigned_and_unknown_key_module
     the distribution, still load from the node (ib_core and ib_uverbs below)."""
     assert isinstance(signed["versions"], Path)
     podman = Podman(ProcessRunner())
-    store = KernelModuleStore(podman, tmp_path / "kernels")
     unsigned_target = config.load(library[1]).targets[1]
     signed_target = config.load(signed["versions"]).targets[0]
     outcomes = {}
     for name, image in (("unsigned", unsigned_target.image), ("signed", signed_target.image)):
         rootfs = tmp_path / f"{name}.tar"
         podman.export_rootfs(image, rootfs)
-        toolkit = unsigned_target.toolkit_image
-        workers = WorkerTools(podman, ROOT / "Dockerfile", tmp_path / "kernels")
-        node = load_test.node_for(store, workers, rootfs, toolkit, KERNEL)
-        lines: list[str] = []
-        outcomes[name] = load_test.boot_and_load(
+        outcomes[name], console = boot(
             podman,
             rootfs,
-            store.vmlinuz(toolkit, KERNEL),
-            KERNEL,
+            unsigned_target.toolkit_image,
             list(reversed(EXAMPLE_MODULES)),  # the stand-in first: its in-tree deps load first
             tmp_path / name,
-            node,
             enforce_signatures=True,
-            on_line=lines.append,
         )
-        console = "\n".join(lines)
         assert "insmod /tmp/opt/lib/modules/" in console
         # Debian's own ib_core is signed by a key the kernel trusts: it loaded.
         assert "ib_core" in console
@@ -226,6 +219,34 @@ def test_kmm_sign_flow_is_refused_for_images_the_library_signed(
         maintenance_commands.kmm_module(
             project, DRIVER, str(signed["versions"]), sign_key_secret="k", sign_cert_secret="c"
         )
+
+
+def boot(
+    podman: Podman,
+    rootfs: Path,
+    toolkit: str,
+    modules: Sequence[str],
+    work: Path,
+    **options: Any,
+) -> tuple[load_test.LoadTestResult, str]:
+    """An exported image booted in KERNEL on the node its toolkit makes (as the load test
+    does); the result and the guest's console."""
+    store = KernelModuleStore(podman, work.parent / "kernels")
+    workers = WorkerTools(podman, ROOT / "Dockerfile", work.parent / "kernels")
+    node = load_test.node_for(store, workers, rootfs, toolkit, KERNEL)
+    lines: list[str] = []
+    result = load_test.boot_and_load(
+        podman,
+        rootfs,
+        store.vmlinuz(toolkit, KERNEL),
+        KERNEL,
+        modules,
+        work,
+        node,
+        on_line=lines.append,
+        **options,
+    )
+    return result, "\n".join(lines)
 
 
 def tampered_copy(rootfs: Path, module: str, out: Path) -> Path:
@@ -256,8 +277,6 @@ def test_a_secure_boot_node_loads_the_signed_image_and_refuses_the_rest(
     signer = load_signer(signed["pair"])
     other = load_signer(make_pair(tmp_path / "other", "someone else"))
     podman = Podman(ProcessRunner())
-    store = KernelModuleStore(podman, tmp_path / "kernels")
-    workers = WorkerTools(podman, ROOT / "Dockerfile", tmp_path / "kernels")
     ours = secure_boot.prepare(ROOT, tmp_path / "cache", signer.certificate_pem)
     theirs = secure_boot.prepare(ROOT, tmp_path / "cache", other.certificate_pem)
     unsigned_target = config.load(library[1]).targets[1]
@@ -276,20 +295,9 @@ def test_a_secure_boot_node_loads_the_signed_image_and_refuses_the_rest(
     }
     outcomes, consoles = {}, {}
     for name, (tar, setup) in cases.items():
-        node = load_test.node_for(store, workers, tar, toolkit, KERNEL)
-        lines: list[str] = []
-        outcomes[name] = load_test.boot_and_load(
-            podman,
-            tar,
-            store.vmlinuz(toolkit, KERNEL),
-            KERNEL,
-            signed_target.modules,
-            tmp_path / name,
-            node,
-            secure_boot=setup,
-            on_line=lines.append,
+        outcomes[name], consoles[name] = boot(
+            podman, tar, toolkit, signed_target.modules, tmp_path / name, secure_boot=setup
         )
-        consoles[name] = "\n".join(lines)
         # Every boot is a Secure Boot node's, by the guest's own account.
         assert "secureboot: Secure boot enabled" in consoles[name], consoles[name]
         assert "SMOKE: lockdown none [integrity] confidentiality" in consoles[name]
