@@ -18,9 +18,11 @@ Answer = Callable[[list[str]], tuple[int, list[str]] | None]
 
 
 def without_empty_network(argv: list[str]) -> list[str]:
-    """The podman command a chroot build runs inside `unshare --net` (as root)."""
-    prefix = list(EMPTY_NETWORK)
-    return argv[len(prefix) :] if argv[: len(prefix)] == prefix else argv
+    """The podman command a chroot build runs inside an empty network namespace."""
+    for prefix in EMPTY_NETWORK.values():
+        if argv[: len(prefix)] == list(prefix):
+            return argv[len(prefix) :]
+    return argv
 
 
 class FakeRunner(ProcessRunner):

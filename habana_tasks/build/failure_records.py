@@ -4,9 +4,10 @@ with unchanged inputs is not rebuilt on every run (CI runners share nothing but 
 A record is a small OCI artifact under the tag `failed-<pair's tag>`: an image manifest whose
 annotations say which inputs failed (the fingerprint), with which tool (a digest of this
 package's code: a fixed check retries), when, at which step and why; its one layer holds the
-same as JSON. A record is kept only for a failure that says something about the inputs: a
-build, a check or a load test that failed, never a registry or network that could not answer
-(nor, decided by the pipeline, a command stopped by a signal).
+same as JSON. A record is kept only for a failure whose origin is the pair's inputs (a build
+step that failed, a check or the load test that refused the image), never one of the host
+(podman, the container runtime, storage, a tool, a signal) or a registry that could not answer.
+A record says its origin; one without it (written by an older version) holds nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import habana_tasks
 from habana_tasks.config.image_reference import MAX_TAG_LENGTH, ImageReference
-from habana_tasks.core.errors import Failure, HabanaError, RegistryError
+from habana_tasks.core.errors import INPUTS, Failure, HabanaError, RegistryError
 from habana_tasks.registry.client import RegistryClient
 from habana_tasks.registry.manifests import OCI_MANIFEST
 
@@ -30,8 +31,9 @@ PREFIX = "failed-"
 ARTIFACT_TYPE = "application/vnd.habana-ai-driver.failure.v1+json"
 EMPTY_TYPE = "application/vnd.oci.empty.v1+json"
 ANNOTATION = "io.habana-ai-driver.failure."
-# Steps whose failure is a property of the inputs (and the tool), not of the moment.
-MEMORABLE_STEPS = frozenset(("build", "check", "load test"))
+# Said of a failure in a pushing run that the memory does not keep.
+NOT_RECORDED = "; nothing about this pair is recorded"
+OPTIONAL = ("origin", "digest")  # fields a record's annotations may lack
 MAX_CAUSE = 1000  # characters of the cause kept: its first lines name it
 READ_THREADS = 16
 
@@ -46,11 +48,13 @@ class FailureRecord:
     date: str  # RFC 3339, UTC
     step: str
     cause: str
+    origin: str = ""  # INPUTS; "" in records of older versions, which may be the host's
     digest: str = ""
 
     def holds(self, fingerprint: str, tool: str) -> bool:
-        """The same inputs and the same tool failed before: building again would fail again."""
-        return self.fingerprint == fingerprint and self.tool == tool
+        """The same inputs and the same tool failed before, for a reason of those inputs:
+        building again would fail again."""
+        return self.origin == INPUTS and self.fingerprint == fingerprint and self.tool == tool
 
     @property
     def line(self) -> str:
@@ -72,7 +76,8 @@ def is_record_tag(tag: str) -> bool:
 
 
 def memorable(failure: Failure | None) -> bool:
-    return failure is not None and not failure.transient and failure.step in MEMORABLE_STEPS
+    """Only what the pair's inputs decide is remembered."""
+    return failure is not None and not failure.transient and failure.origin == INPUTS
 
 
 @functools.cache
@@ -94,6 +99,7 @@ def new_record(tag: str, fingerprint: str, failure: Failure, now: datetime) -> F
         now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         failure.step,
         " ".join(failure.why.split())[:MAX_CAUSE],
+        failure.origin,
     )
 
 
@@ -120,19 +126,48 @@ def write_record(registry: RegistryClient, repository: str, record: FailureRecor
     return registry.put_manifest(ref, json.dumps(manifest).encode(), OCI_MANIFEST)
 
 
+def update(
+    registry: RegistryClient,
+    repository: str,
+    tag: str,
+    fingerprint: str,
+    previous: FailureRecord | None,
+    failure: Failure | None,
+) -> str | None:
+    """After a push, the pair's record is obsolete; after a failure of its inputs, one is
+    written (the previous one deleted); after any other failure, the memory is left as it is.
+    Returns what to log."""
+    if failure is not None and not memorable(failure):
+        return None
+    digest, said = None, None
+    if failure is not None:
+        record = new_record(tag, fingerprint, failure, datetime.now(UTC))
+        digest = write_record(registry, repository, record)
+        said = f"failure recorded: {repository}:{record_tag(tag)}"
+    if previous is not None and previous.digest != digest:
+        registry.delete_manifest(ImageReference.parse(repository), previous.digest)
+    return said
+
+
 def read_record(registry: RegistryClient, repository: str, tag: str) -> FailureRecord:
     """The record under a record tag, from its manifest's annotations (one request)."""
     ref = ImageReference.parse(f"{repository}:{tag}")
     manifest = registry.get_manifest(ref)
     annotations = manifest.json().get("annotations")
-    names = [name for name in FailureRecord.__dataclass_fields__ if name != "digest"]
+    # An older version's record has no origin: read as "", it holds nothing.
+    names = [name for name in FailureRecord.__dataclass_fields__ if name not in OPTIONAL]
     if not isinstance(annotations, dict):
         raise RegistryError(f"{ref}: a failure record without annotations")
     values = {name: annotations.get(ANNOTATION + name) for name in names}
     missing = [name for name, value in values.items() if not isinstance(value, str)]
     if missing:
         raise RegistryError(f"{ref}: failure record lacks {', '.join(missing)}")
-    return FailureRecord(**{k: str(v) for k, v in values.items()}, digest=manifest.digest)
+    origin = annotations.get(ANNOTATION + "origin")
+    return FailureRecord(
+        **{k: str(v) for k, v in values.items()},
+        origin=origin if isinstance(origin, str) else "",
+        digest=manifest.digest,
+    )
 
 
 def read_records(

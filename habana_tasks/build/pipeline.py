@@ -13,19 +13,24 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
 from habana_tasks.build import failure_records, labels
 from habana_tasks.build.driver_package import link_into
-from habana_tasks.build.failure_records import memorable, new_record, record_tag
+from habana_tasks.build.failure_records import NOT_RECORDED, memorable
 from habana_tasks.build.plan import Action, BuildJob
 from habana_tasks.build.reporter import Reporter
 from habana_tasks.build.results import JobResult, JobStatus, write_report
-from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.config.targets import BuildTarget, Config
-from habana_tasks.core.errors import CheckError, CommandError, Failure, HabanaError, Interrupted
+from habana_tasks.core.errors import (
+    HOST,
+    CheckError,
+    CommandError,
+    Failure,
+    HabanaError,
+    Interrupted,
+)
 from habana_tasks.core.process import LineSink, interruption
 from habana_tasks.engine.podman import BuildSpec, Podman
 from habana_tasks.registry.client import Existence, RegistryClient
@@ -218,6 +223,10 @@ class Pipeline:
                 # for a reason of the moment, not of its inputs.
                 stopped = isinstance(exc, CommandError) and exc.returncode < 0
                 log.write(f"FAILED: {exc}\n" + (f"{exc.details}\n" if exc.details else ""))
+            except OSError as exc:  # the host's files: a full disk, a permission, a quota
+                detail, digest, status = f"the host failed: {exc}", None, JobStatus.FAILED
+                failure = Failure(current[0], detail, target.image, origin=HOST)
+                log.write(traceback.format_exc())
             except Exception as exc:  # a bug in one target must not take the others down
                 detail, digest, status = f"internal error: {exc!r}", None, JobStatus.FAILED
                 failure = Failure(current[0], detail, target.image)
@@ -226,6 +235,8 @@ class Pipeline:
                 shutil.rmtree(work, ignore_errors=True)
             if self.options.push and not (stopped or self.podman.runner.stopping):
                 self._remember(job, failure, log)
+                if failure is not None and not memorable(failure):
+                    detail += NOT_RECORDED
         result = JobResult(
             target.tag,
             Action.BUILD,
@@ -300,22 +311,19 @@ class Pipeline:
         return f"pushed ({job.reason})", digest
 
     def _remember(self, job: BuildJob, failure: Failure | None, log: TextIO) -> None:
-        """After a push, the pair's failure record is obsolete; after a failure of the inputs,
-        one is written (the previous one deleted). A registry that refuses either is noted in
-        the log: the target's own outcome stands."""
-        repository = self.config.repository
+        """The pair's failure memory after its run; a registry that refuses the update is noted
+        in the log: the target's own outcome stands."""
+        assert job.fingerprint is not None
         try:
-            if failure is None or memorable(failure):
-                digest = None
-                if failure is not None:
-                    assert job.fingerprint is not None
-                    record = new_record(job.target.tag, job.fingerprint, failure, datetime.now(UTC))
-                    digest = failure_records.write_record(self.registry, repository, record)
-                    log.write(f"failure recorded: {repository}:{record_tag(job.target.tag)}\n")
-                if job.record is not None and job.record.digest != digest:
-                    self.registry.delete_manifest(
-                        ImageReference.parse(repository), job.record.digest
-                    )
+            if said := failure_records.update(
+                self.registry,
+                self.config.repository,
+                job.target.tag,
+                job.fingerprint,
+                job.record,
+                failure,
+            ):
+                log.write(said + "\n")
         except HabanaError as exc:
             log.write(f"failure record of {job.target.tag} not updated: {exc}\n")
             self.reporter.message(f"{job.target.tag}: failure record not updated: {exc}")

@@ -20,6 +20,7 @@ BAD_INPUT = 2  # an argument, the versions file or a local file: fix it; nothing
 TARGET_FAILED = 3  # a target failed its build, checks, load test, push or verification
 UNKNOWN_STATE = 4  # a registry or the network could not answer; nothing was decided on it
 NOT_READY = 5  # preflight's answer is no: a kernel x driver lacks a current image
+HOST_FAILED = 6  # the host failed (podman, the container runtime, storage, a tool): no pair's fault
 INTERNAL_ERROR_CODE = 70  # a bug: EX_SOFTWARE (sysexits.h)
 INTERRUPTED = 130  # Ctrl-C; every child process stopped, no tag moved
 TERMINATED = 143  # SIGTERM, handled like Ctrl-C
@@ -30,10 +31,19 @@ EXIT_CODES = (
     (TARGET_FAILED, "a target failed its build, checks, load test, push or verification"),
     (UNKNOWN_STATE, "a registry or the network could not answer; retry later"),
     (NOT_READY, "preflight: a kernel x driver lacks a current, load-tested image"),
+    (HOST_FAILED, "the host failed (podman, container runtime, storage, a tool); fix it, retry"),
     (INTERNAL_ERROR_CODE, "internal error (a bug; the traceback is in a file)"),
     (INTERRUPTED, "interrupted (Ctrl-C)"),
     (TERMINATED, "terminated (SIGTERM)"),
 )
+
+
+# Whose fault a failure is. Only a failure the pair's inputs determine (the driver does not
+# compile against the kernel, a check or the load test refuses the image) says anything about
+# the next run with the same inputs; one of the host says nothing about the pair. "" is neither
+# (a registry that refused a push, a digest that differs after it).
+INPUTS = "inputs"
+HOST = "host"
 
 
 def exit_codes_text() -> str:
@@ -48,15 +58,23 @@ class HabanaError(Exception):
 
     exit_code = FAILED
     transient = False
+    origin = ""  # INPUTS, HOST or neither: see above
 
     def __init__(
-        self, message: str, *, hint: str | None = None, transient: bool | None = None
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        transient: bool | None = None,
+        origin: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
         if transient is not None:
             self.transient = transient
+        if origin is not None:
+            self.origin = origin
 
     def __str__(self) -> str:
         return self.message if self.hint is None else f"{self.message} (hint: {self.hint})"
@@ -184,10 +202,44 @@ class CommandTimeout(CommandError):
     """A command outlived its deadline and was killed."""
 
 
+class ClassifiedCommandError(CommandError):
+    """A failed command once it is known whose fault it is: a one-line message that says so,
+    the command line and output tail kept for the log."""
+
+    def __init__(self, message: str, error: CommandError) -> None:
+        super().__init__(error.argv, error.returncode, error.tail)
+        self.message = message
+
+
+class BuildStepError(ClassifiedCommandError):
+    """A build step's own command ran and failed (the driver does not compile against the
+    kernel, the toolkit lacks a tool): the pair's inputs decide it."""
+
+    exit_code = TARGET_FAILED
+    origin = INPUTS
+
+
+class HostCommandError(ClassifiedCommandError):
+    """A command failed for a reason of the host, said first: podman refusing its command line
+    or configuration, the container runtime unable to start a step, storage, a missing tool."""
+
+    exit_code = HOST_FAILED
+    origin = HOST
+
+
 class CheckError(HabanaError):
     """A built image failed a check; it must not be published."""
 
     exit_code = TARGET_FAILED
+    origin = INPUTS
+
+
+class HostError(HabanaError):
+    """The host failed, not the pair: podman refusing its command line or configuration, the
+    container runtime unable to start a step, storage full or unwritable, a missing tool."""
+
+    exit_code = HOST_FAILED
+    origin = HOST
 
 
 class Interrupted(HabanaError):
@@ -222,29 +274,36 @@ class Failure:
     why: str
     subject: str = ""  # the input: an image reference, a package, a tag
     transient: bool = False
+    origin: str = ""  # INPUTS (the pair's own), HOST (the environment's) or neither
 
     def __str__(self) -> str:
         return f"{self.subject}: {self.why}" if self.subject else self.why
 
     @classmethod
     def of(cls, step: str, exc: HabanaError, subject: str = "") -> Failure:
-        return cls(step, str(exc), subject, exc.transient)
+        return cls(step, str(exc), subject, exc.transient, exc.origin)
 
 
 def combined(failures: Sequence[Failure]) -> Failure:
-    """Several failures of one target as one record: transient only if every part is."""
+    """Several failures of one target as one record: transient only if every part is, of an
+    origin only if every part is."""
     if len(failures) == 1:
         return failures[0]
     text = "; ".join(dict.fromkeys(str(f) for f in failures))
-    return Failure(failures[0].step, text, "", all(f.transient for f in failures))
+    origins = {f.origin for f in failures}
+    origin = origins.pop() if len(origins) == 1 else ""
+    return Failure(failures[0].step, text, "", all(f.transient for f in failures), origin)
 
 
 def exit_code_for(failures: Iterable[Failure | None]) -> int:
-    """A run's exit code from its targets' failures: a definite failure outranks an unknown."""
+    """A run's exit code from its targets' failures: a definite failure of a target outranks
+    a failure of the host, which outranks an unknown (retrying cannot help until it is fixed)."""
     found = [f for f in failures if f is not None]
     if not found:
         return OK
-    return UNKNOWN_STATE if all(f.transient for f in found) else TARGET_FAILED
+    if any(not f.transient and f.origin != HOST for f in found):
+        return TARGET_FAILED
+    return HOST_FAILED if any(f.origin == HOST for f in found) else UNKNOWN_STATE
 
 
 def internal_error(exc: BaseException) -> str:

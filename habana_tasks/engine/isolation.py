@@ -6,7 +6,7 @@ relying on the host being configured, the tool asks podman once: it builds a two
 only RUN step is `/usr/bin/true`. If that fails, every build uses chroot isolation, which needs no
 runtime. The answer is remembered per host (podman version, boot, user, containers.conf), so the
 probe costs about half a second once. An explicit choice always wins and is never probed:
-`BUILDAH_ISOLATION` (podman's own) or `HABANA_ISOLATION` (ours, passed as `--isolation`).
+`BUILDAH_ISOLATION` (podman's own) or `HABANA_ISOLATION` (ours); either is passed as `--isolation`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from habana_tasks.core.errors import UsageError
 from habana_tasks.core.process import ProcessRunner
+from habana_tasks.engine.build_failure import runtime_reason
 
 ISOLATIONS = ("oci", "chroot", "rootless")
 FALLBACK = "chroot"
@@ -64,9 +65,9 @@ def explicit_choice(env: Mapping[str, str]) -> Isolation | None:
             raise UsageError(
                 f"environment {name}={value!r}: expected one of {', '.join(ISOLATIONS)}"
             )
-        # podman reads BUILDAH_ISOLATION itself: passing a flag would only repeat it.
-        flag = None if name == "BUILDAH_ISOLATION" else value
-        return Isolation(flag, name, f"{name}={value} set by the user")
+        # podman reads BUILDAH_ISOLATION itself; the flag repeats it so that every build's
+        # network follows the isolation actually used (chroot cannot take --network none).
+        return Isolation(value, name, f"{name}={value} set by the user")
     return None
 
 
@@ -147,12 +148,10 @@ def shared_libraries(runner: ProcessRunner, binary: Path) -> list[Path]:
 
 
 def _cause(tail: tuple[str, ...]) -> str:
-    """The runtime's own complaint ("error running container: … for [argv]: why"), else the
-    last line podman printed."""
+    """The runtime's own complaint, else the last line podman printed."""
     lines = [line.strip() for line in tail if line.strip()]
-    for line in lines:
-        if line.startswith("error running container"):
-            return line.rsplit("]: ", 1)[-1][:160]
+    if reason := runtime_reason(lines):
+        return reason[:160]
     return lines[-1][:160] if lines else "the RUN step failed"
 
 

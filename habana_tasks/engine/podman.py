@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -12,19 +14,27 @@ from pathlib import Path
 
 from habana_tasks.core.errors import CommandError, cause_of
 from habana_tasks.core.process import LineSink, ProcessRunner
+from habana_tasks.engine import build_failure
 from habana_tasks.engine.isolation import BuildIsolation
 
 PODMAN = "podman"
-# Failures of the container runtime itself, not of the build: the runtime's copy of its own
-# binary into a sealed memfd can meet EBUSY while the host is busy (seen with buildah's chroot
-# isolation). The same build, run again, passes; any other failure is the build's own.
-TRANSIENT_RUNTIME_FAILURES = ("sealing memfd copy: Device or resource busy",)
+# chroot isolation cannot take --network none: its RUN steps share podman's own network
+# namespace. So podman itself runs in a new, empty one: as root with `unshare --net`; as an
+# ordinary user inside podman's own user namespace (`podman unshare`), where the user may make one.
 UNSHARED = "unshared"
-EMPTY_NETWORK = ("unshare", "--net", "--")  # runs the build in a new, empty network namespace
-SHARED_NETWORK_NOTICE = (
-    "chroot isolation as an unprivileged user cannot cut a build off the network: builds share "
-    "this host's network (nothing in the Dockerfile downloads anything)"
-)
+USER_UNSHARED = "user-unshared"
+EMPTY_NETWORK = {
+    UNSHARED: ("unshare", "--net", "--"),
+    USER_UNSHARED: (PODMAN, "unshare", "unshare", "--net", "--"),
+}
+
+
+def shared_network_notice(why: str) -> str:
+    """The one line a run prints when its chroot builds cannot be cut off the network."""
+    return (
+        f"chroot isolation cannot cut builds off the network here ({why}): builds share this "
+        "host's network (nothing in the Dockerfile downloads anything)"
+    )
 
 
 @dataclass(frozen=True)
@@ -51,8 +61,7 @@ class BuildSpec:
     target: str | None = None  # build up to this stage only
     # No RUN step reaches any network: everything a build uses is in its context or its FROM
     # images. Only the local upstream's stand-ins, which play a vendor's build, set "host".
-    # UNSHARED: chroot isolation cannot take --network none, so podman itself runs in a new,
-    # empty network namespace (unshare --net, as root), which its RUN steps share.
+    # UNSHARED, USER_UNSHARED: podman runs in an empty network namespace (chroot isolation).
     network: str = "none"
 
     @property
@@ -61,7 +70,7 @@ class BuildSpec:
         # parallel builds never pull into the shared storage at once.
         argv = [PODMAN, "build", "--pull=never", "--layers", "--file", str(self.containerfile)]
         argv += ["--iidfile", str(self.iidfile)]
-        if self.network != UNSHARED:
+        if self.network not in EMPTY_NETWORK:
             argv += ["--network", self.network]
         if self.timestamp is not None:
             argv += ["--timestamp", str(self.timestamp)]
@@ -82,7 +91,7 @@ class BuildSpec:
         for secret, path in sorted(self.secrets.items()):
             argv += ["--secret", f"id={secret},src={path}"]
         argv.append(str(self.context))
-        return [*EMPTY_NETWORK, *argv] if self.network == UNSHARED else argv
+        return [*EMPTY_NETWORK.get(self.network, ()), *argv]
 
 
 def tls_flag(tls_verify: bool) -> list[str]:
@@ -118,7 +127,8 @@ class Podman:
     def __init__(self, runner: ProcessRunner, isolation: BuildIsolation | None = None) -> None:
         self.runner = runner
         self.isolation = isolation or BuildIsolation(runner)
-        self._told_shared_network = False
+        self._lock = threading.Lock()
+        self._chroot_network: str | None = None  # decided on the first chroot build
 
     def image_exists(self, image: str) -> bool:
         done = self.runner.run([PODMAN, "image", "exists", image], check=False)
@@ -139,28 +149,44 @@ class Podman:
         if spec.isolation is None:
             spec = replace(spec, isolation=self.isolation.choose().flag)
         if spec.isolation == "chroot" and spec.network == "none":
-            spec = replace(spec, network=self._chroot_network(on_line))
+            spec = replace(spec, network=self.chroot_network(on_line))
         spec.iidfile.unlink(missing_ok=True)
         try:
-            self.runner.run(spec.argv, on_line=on_line)
+            try:
+                self.runner.run(spec.argv, on_line=on_line)
+            except CommandError as exc:
+                if exc.returncode < 0 or not any(
+                    signature in line
+                    for line in exc.tail
+                    for signature in build_failure.TRANSIENT_RUNTIME_FAILURES
+                ):
+                    raise
+                if on_line is not None:
+                    on_line(
+                        f"the container runtime failed ({cause_of(exc.tail)}); building again once"
+                    )
+                self.runner.run(spec.argv, on_line=on_line)
         except CommandError as exc:
-            if exc.returncode < 0 or not any(
-                signature in line for line in exc.tail for signature in TRANSIENT_RUNTIME_FAILURES
-            ):
-                raise
-            if on_line is not None:
-                on_line(f"the container runtime failed ({cause_of(exc.tail)}); building again once")
-            self.runner.run(spec.argv, on_line=on_line)
+            raise build_failure.classified(exc) from None
         return spec.iidfile.read_text().strip()
 
-    def _chroot_network(self, on_line: LineSink | None) -> str:
-        """No network for chroot builds: a fresh namespace as root; said once when impossible."""
-        if os.geteuid() == 0:
-            return UNSHARED
-        if not self._told_shared_network and on_line is not None:
-            self._told_shared_network = True
-            on_line(SHARED_NETWORK_NOTICE)
-        return "host"
+    def chroot_network(self, on_line: LineSink | None = None) -> str:
+        """The network of chroot builds, tried once: an empty namespace (UNSHARED as root,
+        USER_UNSHARED otherwise); "host" when neither can be made here, said once, by name."""
+        with self._lock:
+            if self._chroot_network is None:
+                mode = UNSHARED if os.geteuid() == 0 else USER_UNSHARED
+                try:
+                    self.runner.run([*EMPTY_NETWORK[mode], "true"])
+                    self._chroot_network = mode
+                except CommandError as exc:
+                    if exc.returncode < 0:  # stopped: nothing was learnt
+                        raise
+                    self._chroot_network = "host"
+                    why = f"{shlex.join(EMPTY_NETWORK[mode])}: {cause_of(exc.tail)}"
+                    if announce := self.isolation.announce or on_line:
+                        announce(shared_network_notice(why))
+            return self._chroot_network
 
     def tag(self, image_id: str, name: str) -> None:
         self.runner.run([PODMAN, "tag", image_id, name])

@@ -24,7 +24,14 @@ from typing import TextIO
 
 from habana_tasks.config import flavours
 from habana_tasks.config.targets import BuildTarget, Config
-from habana_tasks.core.errors import CommandError, CommandTimeout, Failure, HabanaError
+from habana_tasks.core.errors import (
+    CommandError,
+    CommandTimeout,
+    Failure,
+    HabanaError,
+    HostError,
+    cause_of,
+)
 from habana_tasks.core.process import LineSink
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import RegistryClient
@@ -301,18 +308,27 @@ def boot_and_load(
         cmdline = " ".join((CMDLINE, *kernel_args))
         argv = boot_chain.node_argv(secure_boot, work, kernel, initrd, cmdline, MEMORY_MB, accel)
     boot = boot_chain.boot_name(secure_boot)
+    reached_init: list[str] = []  # the guest's own word that the kernel started /init
+
+    def watch(line: str) -> None:
+        reached_init.extend([line] if f"{MARK} booted " in line else [])
+        if on_line is not None:
+            on_line(line)
+
     started = time.monotonic()
     try:
         done = podman.runner.run(
-            argv,
-            timeout=timeout,
-            keep_output=True,
-            check=False,
-            on_line=on_line,
+            argv, timeout=timeout, keep_output=True, check=False, on_line=watch
         )
         lines: Sequence[str] = done.output
     except CommandTimeout as exc:
         seconds = time.monotonic() - started
+        if not reached_init:
+            # A stock kernel that never reached /init: qemu or the host was too slow or hung.
+            raise HostError(
+                f"the guest did not reach /init within {timeout:g} s (qemu killed): "
+                f"the host, not the image ({cause_of(exc.tail)})"
+            ) from None
         return LoadTestResult(
             False,
             f"guest timed out after {timeout:g} s (qemu killed)",
@@ -324,11 +340,14 @@ def boot_and_load(
             boot=boot,
         )
     except CommandError as exc:
-        raise HabanaError(f"qemu could not run: {exc}") from exc
+        raise HostError(f"qemu could not run: {exc}") from exc
     finally:
         initrd.unlink(missing_ok=True)
         shutil.rmtree(work / boot_chain.ESP, ignore_errors=True)
     seconds = time.monotonic() - started
+    if done.returncode != 0 and not reached_init:
+        # The guest powers off when done (qemu exits 0): qemu itself failed to run it.
+        raise HostError(f"qemu could not run: exit {done.returncode}: {cause_of(done.tail)}")
     passed, reason, evidence = evaluate(lines, release, secure_boot=secure_boot is not None)
     return LoadTestResult(passed, reason, release, seconds, size, evidence, provided, boot=boot)
 

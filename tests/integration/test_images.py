@@ -1,10 +1,10 @@
-"""What the library's images are, with real podman and the real registry: built without any
-network, minimal, held to their flavour, and reproducible (verify-rebuild)."""
+"""What the library's images are, with real podman and the real registry: minimal, held to
+their flavour, and reproducible (verify-rebuild). That no build reaches a network, whatever the
+isolation: test_build_network.py."""
 
 from __future__ import annotations
 
 import io
-import os
 import tarfile
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from habana_tasks.core import errors
 from habana_tasks.core.archive import relative_name
 from habana_tasks.core.errors import CommandError
 from habana_tasks.core.process import ProcessRunner
-from habana_tasks.engine.podman import SHARED_NETWORK_NOTICE, BuildSpec, Podman
+from habana_tasks.engine.podman import BuildSpec, Podman
 from habana_tasks.registry.client import RegistryClient
 from habana_tasks.verification.image_tools import flavour_problems
 from tests.conftest import ROOT
@@ -39,34 +39,6 @@ def console() -> tuple[Console, io.StringIO]:
 def exported(image: str, to: Path) -> Path:
     Podman(ProcessRunner()).export_rootfs(image, to)
     return to
-
-
-def test_a_build_step_cannot_reach_any_network(
-    test_upstream: UpstreamFixture, tmp_path: Path
-) -> None:
-    """Built the way every library image is built (BuildSpec's default, this host's isolation):
-    a step that connects to the registry on this very host fails; given the host's network, the
-    same step connects, so the probe itself works."""
-    registry = test_upstream.upstream.registry
-    host, port = registry.split(":")
-    (tmp_path / "Containerfile").write_text(
-        f"FROM {test_upstream.upstream.base_image}\n"
-        f"RUN bash -c 'exec 3<>/dev/tcp/{host}/{port} && echo reached {registry}'\n"
-    )
-    podman = Podman(ProcessRunner())
-    said: list[str] = []
-    spec = BuildSpec(tmp_path, tmp_path / "Containerfile", tmp_path / "iid", no_cache=True)
-    chroot_as_user = podman.isolation.choose().flag == "chroot" and os.geteuid() != 0
-    if chroot_as_user:  # podman cannot cut chroot builds off the network; the user is told
-        podman.build(spec, said.append)
-        assert said == [SHARED_NETWORK_NOTICE]
-        return
-    with pytest.raises(CommandError) as refused:
-        podman.build(spec, said.append)
-    assert "Connection refused" in " ".join(refused.value.tail) or "unreachable" in " ".join(
-        refused.value.tail
-    )
-    podman.build(BuildSpec(tmp_path, tmp_path / "Containerfile", tmp_path / "iid2", network="host"))
 
 
 def test_the_example_images_hold_the_driver_and_the_minimal_tools_only(

@@ -16,14 +16,14 @@ from habana_tasks.build.plan import Action
 from habana_tasks.build.results import JobStatus
 from habana_tasks.config.project import Project
 from habana_tasks.core import errors
-from habana_tasks.core.errors import Failure
+from habana_tasks.core.errors import HOST, INPUTS, Failure
 from habana_tasks.core.http_client import HTTPClient, RetryPolicy
 from habana_tasks.maintenance import prune, status
 from habana_tasks.maintenance.status import State
 from habana_tasks.registry.client import RegistryClient
 from habana_tasks.registry.manifests import OCI_MANIFEST
 from tests.conftest import ROOT
-from tests.fake_registry import FakeRegistry
+from tests.fake_registry import FakeRegistry, digest
 from tests.unit.test_pipeline_decisions import KERNELS, FakePodman, library, pushes, run
 
 MODPOST = 'ERROR: modpost: "hwmon_device_register_with_info" [habanalabs.ko] undefined!'
@@ -110,14 +110,87 @@ def test_a_failure_of_the_inputs_is_recorded_held_then_retried_when_an_input_cha
 def test_failures_of_the_moment_are_not_remembered_and_no_push_records_nothing(
     fake: FakeRegistry, tmp_path: Path
 ) -> None:
-    assert memorable(Failure("build", "x")) and memorable(Failure("load test", "x"))
-    assert not memorable(Failure("build", "x", transient=True))
+    assert memorable(Failure("build", "x", origin=INPUTS))
+    assert memorable(Failure("load test", "x", origin=INPUTS))
+    assert not memorable(Failure("build", "x", transient=True, origin=INPUTS))
+    assert not memorable(Failure("build", "podman refused the build command", origin=HOST))
+    assert not memorable(Failure("build", "a failure of no known origin"))
     assert not memorable(Failure("pull", "manifest unknown"))
     assert not memorable(Failure("push", "denied")) and not memorable(None)
     runner = FakePodman(fake)
     runner.failing_builds[KERNELS[0]] = MODPOST
     cfg = library(fake, tmp_path)
     run(runner, cfg, tmp_path, push=False)
+    assert records(fake) == {}
+
+
+@pytest.mark.parametrize(
+    ("code", "tail", "said"),
+    [
+        (
+            125,
+            ["Error: cannot set --network other than host with --isolation chroot"],
+            "podman refused the build command: Error: cannot set --network other than host",
+        ),
+        (
+            1,
+            [
+                "error running container: from /usr/bin/crun creating container for [/bin/sh -c "
+                "make]: cgroups in hybrid mode not supported",
+                'Error: building at STEP "RUN make": while running runtime: exit status 1',
+            ],
+            "the container runtime could not start a build step: cgroups in hybrid mode",
+        ),
+        (
+            2,
+            [
+                "cc1: fatal error: error writing to /tmp/ccX.s: No space left on device",
+                'Error: building at STEP "RUN make": while running runtime: exit status 2',
+            ],
+            "the host's storage failed: cc1: fatal error",
+        ),
+    ],
+)
+def test_a_failure_of_the_host_is_not_recorded_and_the_next_run_builds_the_pair(
+    fake: FakeRegistry, tmp_path: Path, code: int, tail: list[str], said: str
+) -> None:
+    cfg = library(fake, tmp_path)
+    first = FakePodman(fake)
+    first.failing_builds[KERNELS[1]] = MODPOST
+    first.host_failure = (code, tail)
+    result = run(first, cfg, tmp_path)
+    failed = result.results[1]
+    assert failed.failure is not None and failed.failure.origin == HOST
+    assert failed.detail.startswith(said) and failed.detail.endswith(
+        "; nothing about this pair is recorded"
+    )
+    assert result.exit_code == errors.HOST_FAILED and records(fake) == {}
+    # The host is fixed: the next run builds the pair, unasked.
+    second = FakePodman(fake)
+    again = run(second, cfg, tmp_path)
+    assert again.planned.jobs[1].action is Action.BUILD and len(builds(second)) == 1
+    assert again.exit_code == errors.OK
+
+
+def test_a_record_without_an_origin_holds_nothing(fake: FakeRegistry, tmp_path: Path) -> None:
+    """An older version recorded the host's failures too, without saying whose they were: such
+    a record does not hold its pair, which is built and, once pushed, the record deleted."""
+    cfg = library(fake, tmp_path)
+    first = FakePodman(fake)
+    first.failing_builds[KERNELS[1]] = MODPOST
+    run(first, cfg, tmp_path)
+    (tag,) = records(fake)
+    media_type, body = fake.manifests.pop(f"library/driver:{tag}")
+    del fake.manifests[f"library/driver:{digest(body)}"]
+    manifest = json.loads(body)
+    del manifest["annotations"][failure_records.ANNOTATION + "origin"]
+    older = json.dumps(manifest).encode()
+    for ref in (tag, digest(older)):
+        fake.manifests[f"library/driver:{ref}"] = (media_type, older)
+    second = FakePodman(fake)
+    again = run(second, cfg, tmp_path)
+    assert again.planned.jobs[1].action is Action.BUILD
+    assert [r.status for r in again.results] == [JobStatus.SKIPPED, JobStatus.OK]
     assert records(fake) == {}
 
 

@@ -40,8 +40,8 @@ def test_the_users_choice_wins_and_is_never_probed(tmp_path: Path) -> None:
     chosen = BuildIsolation(
         runner, state_file=tmp_path / "s.json", env={"BUILDAH_ISOLATION": "oci"}
     ).choose()
-    # podman reads BUILDAH_ISOLATION itself: no flag, and no probe that could override it.
-    assert (chosen.flag, chosen.source) == (None, "BUILDAH_ISOLATION")
+    # podman reads BUILDAH_ISOLATION itself; the flag says the same, and no probe overrides it.
+    assert (chosen.flag, chosen.source) == ("oci", "BUILDAH_ISOLATION")
     ours = BuildIsolation(runner, state_file=tmp_path / "s.json", env={"HABANA_ISOLATION": "oci"})
     assert ours.choose().flag == "oci"
     assert runner.calls == []

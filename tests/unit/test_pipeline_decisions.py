@@ -71,6 +71,7 @@ class FakePodman(FakeRunner):
         self.registry = registry
         self.failing_pulls: set[str] = set()
         self.failing_builds: dict[str, str] = {}  # release -> the line its build fails with
+        self.host_failure: tuple[int, list[str]] | None = None  # how those builds fail instead
         self.vermagic: dict[str, str] = {}  # release -> what modinfo says
         self.labels: dict[str, dict[str, str]] = {}  # image id -> labels given to the build
         self.annotations: dict[str, dict[str, str]] = {}  # ... and its annotations
@@ -176,7 +177,9 @@ class FakePodman(FakeRunner):
             if a == "--build-arg" and argv[i + 1].startswith("KERNEL_RELEASE=")
         )
         if release in self.failing_builds:
-            return 1, [self.failing_builds[release]]
+            # As podman ends a RUN step whose command failed (a host's failure: host_failure).
+            step = 'Error: building at STEP "RUN make": while running runtime: exit status 1'
+            return self.host_failure or (1, [self.failing_builds[release], step])
         image_id = f"sha256:{release}-{len(self.labels)}"
         self.labels[image_id], self.release_of[image_id] = given, release
         self.annotations[image_id] = annotated
@@ -431,6 +434,7 @@ def test_a_run_says_what_failed_in_a_typed_record_and_its_exit_code(
         "why": failed.failure.why,
         "subject": cfg.targets[1].image,
         "transient": False,
+        "origin": errors.INPUTS,
     }
     assert report[0]["failure"] is None
 

@@ -4,16 +4,18 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks.core.errors import CommandError
+from habana_tasks.core.errors import BuildStepError, HostCommandError
 from habana_tasks.engine.podman import (
-    SHARED_NETWORK_NOTICE,
     BuildSpec,
     Podman,
     export_argv,
     pull_argv,
     push_argv,
+    shared_network_notice,
 )
 from tests.fake_runner import FakeRunner
+
+STEP_2 = 'Error: building at STEP "RUN make": while running runtime: exit status 2'
 
 
 def test_build_argv_is_complete_and_ordered() -> None:
@@ -119,22 +121,26 @@ def test_a_transient_runtime_failure_is_built_again_once_and_nothing_else_is(
     assert any("building again once" in line for line in said)
 
     # The build's own failure (and a second runtime failure) is reported, not retried.
-    outcomes[:] = [(2, ["make: *** [all] Error 2"])]
-    with pytest.raises(CommandError, match="Error 2"):
+    outcomes[:] = [(2, ["x.c:1:1: error: unknown type name", "make: *** [all] Error 2", STEP_2])]
+    with pytest.raises(BuildStepError, match=r"exited with 2: x\.c:1:1: error: unknown type"):
         Podman(FakeRunner(answer)).build(spec)
     outcomes[:] = [(1, busy), (1, busy)]
     again = FakeRunner(answer)
-    with pytest.raises(CommandError, match="sealing memfd copy"):
+    with pytest.raises(HostCommandError, match="sealing memfd copy"):
         Podman(again).build(spec)
     assert len(again.commands("podman", "build")) == 2
 
 
-@pytest.mark.parametrize(("euid", "prefix"), [(0, ["unshare", "--net", "--"]), (1000, [])])
-def test_chroot_builds_get_no_network_as_root_and_say_so_otherwise(
+@pytest.mark.parametrize(
+    ("euid", "prefix"),
+    [(0, ["unshare", "--net", "--"]), (1000, ["podman", "unshare", "unshare", "--net", "--"])],
+)
+def test_chroot_builds_run_in_an_empty_network_namespace(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, euid: int, prefix: list[str]
 ) -> None:
-    """podman refuses --network none with chroot isolation: as root the whole build runs in an
-    empty network namespace; an unprivileged user is told, once, that builds share the host's."""
+    """podman refuses --network none with chroot isolation, so podman itself runs in an empty
+    network namespace: as root with unshare, as an ordinary user inside podman's own user
+    namespace. The namespace is tried once per run, before the first build."""
     monkeypatch.setattr("os.geteuid", lambda: euid)
     spec = BuildSpec(tmp_path, tmp_path / "Dockerfile", tmp_path / "iid", isolation="chroot")
 
@@ -147,7 +153,36 @@ def test_chroot_builds_get_no_network_as_root_and_say_so_otherwise(
     podman = Podman(runner)
     podman.build(spec, said.append)
     podman.build(spec, said.append)
-    argv = runner.calls[0]
-    assert argv[: len(prefix) + 2] == [*prefix, "podman", "build"]
-    assert "--network" not in argv if prefix else argv[argv.index("--network") + 1] == "host"
-    assert said == ([] if prefix else [SHARED_NETWORK_NOTICE])
+    assert runner.calls[0] == [*prefix, "true"]
+    builds = runner.commands(*prefix, "podman", "build")
+    assert len(builds) == 2 and len(runner.calls) == 3
+    assert "--network" not in builds[0] and said == []
+
+
+def test_chroot_builds_that_cannot_be_cut_off_say_so_once_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where no empty network namespace can be made, the run says so once, naming what failed,
+    before the first build; the builds then share the host's network instead of failing."""
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    spec = BuildSpec(tmp_path, tmp_path / "Dockerfile", tmp_path / "iid", isolation="chroot")
+
+    def answer(argv: list[str]) -> tuple[int, list[str]] | None:
+        if argv[-1] == "true":
+            return 1, ["unshare: unshare failed: Operation not permitted"]
+        spec.iidfile.write_text("sha256:abc\n")
+        return 0, []
+
+    runner = FakeRunner(answer)
+    said: list[str] = []
+    podman = Podman(runner)
+    podman.build(spec, said.append)
+    podman.build(spec, said.append)
+    assert said == [
+        shared_network_notice(
+            "podman unshare unshare --net --: unshare: unshare failed: Operation not permitted"
+        )
+    ]
+    builds = runner.commands("podman", "build")
+    assert len(builds) == 2
+    assert builds[0][builds[0].index("--network") + 1] == "host"

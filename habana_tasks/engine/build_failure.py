@@ -1,0 +1,62 @@
+"""Whose fault a failed `podman build` is, decided from what podman printed, where it is seen.
+
+Only a RUN step whose own command ran and exited non-zero is the pair's (the driver does not
+compile against that kernel, the toolkit lacks a tool): its inputs decide it, and the failure
+memory may keep it. Everything else is the host's and says nothing about the pair: podman
+refusing its command line or configuration before any step ran, the container runtime unable to
+start a step, storage that is full or read-only, podman missing, a signal.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from habana_tasks.core.errors import BuildStepError, CommandError, HostCommandError, cause_of
+
+# podman's last word on a RUN step whose command exited (OCI runtimes add "while running
+# runtime: "; chroot isolation does not).
+RUN_STEP_EXITED = re.compile(
+    r'^Error: building at STEP "RUN .*": (while running runtime: )?exit status \d+$'
+)
+# The runtime could not create the step's container; the reason follows the step's argv.
+RUNTIME_FAILED = re.compile(r"^error running container: from \S+ creating container for \[")
+# ... unless the step's program is what is missing (a toolkit without it: the pair's input).
+PROGRAM_MISSING = re.compile(r"(?i)exec: .*no such file or directory|executable file .* not found")
+STORAGE_FAILED = re.compile(
+    r"(?i)no space left on device|disk quota exceeded|read-only file system"
+)
+# The runtime's copy of its own binary into a sealed memfd can meet EBUSY while the host is
+# busy (seen with chroot isolation): the runtime's failure, and the same build, run again, passes.
+TRANSIENT_RUNTIME_FAILURES = ("sealing memfd copy: Device or resource busy",)
+
+
+def runtime_reason(tail: Sequence[str]) -> str | None:
+    """The runtime's own complaint ("error running container: … for [argv]: why"), if any."""
+    for line in tail:
+        if RUNTIME_FAILED.match(line.strip()):
+            return line.strip().rsplit("]: ", 1)[-1]
+    return None
+
+
+def classified(error: CommandError) -> CommandError:
+    """The same failure as the pair's (BuildStepError) or the host's (HostCommandError)."""
+    lines = [line.strip() for line in error.tail]
+    storage = [line for line in lines if STORAGE_FAILED.search(line)]
+    reason = runtime_reason(lines)
+    if error.returncode < 0:
+        return HostCommandError(error.message, error)
+    if storage:
+        return HostCommandError(f"the host's storage failed: {storage[0][-200:]}", error)
+    if any(signature in line for line in lines for signature in TRANSIENT_RUNTIME_FAILURES):
+        return HostCommandError(f"the container runtime failed: {cause_of(lines)}", error)
+    if reason is not None and not PROGRAM_MISSING.search(reason):
+        return HostCommandError(
+            f"the container runtime could not start a build step: {reason[:200]}", error
+        )
+    if reason is not None or any(RUN_STEP_EXITED.match(line) for line in lines):
+        why = reason or cause_of(lines)
+        return BuildStepError(f"podman build exited with {error.returncode}: {why}", error)
+    if any(line.startswith("cannot start ") for line in lines):  # the runner could not exec it
+        return HostCommandError(f"podman could not be started: {cause_of(lines)}", error)
+    return HostCommandError(f"podman refused the build command: {cause_of(lines)}", error)
