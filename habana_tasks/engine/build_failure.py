@@ -39,15 +39,25 @@ def runtime_reason(tail: Sequence[str]) -> str | None:
     return None
 
 
+def host_fault(error: CommandError) -> HostCommandError | None:
+    """A failure of any podman command that is the host's whatever the command: storage that
+    is full or read-only, podman that could not be started."""
+    lines = [line.strip() for line in error.tail]
+    if storage := [line for line in lines if STORAGE_FAILED.search(line)]:
+        return HostCommandError(f"the host's storage failed: {storage[0][-200:]}", error)
+    if any(line.startswith("cannot start ") for line in lines):  # the runner could not exec it
+        return HostCommandError(f"podman could not be started: {cause_of(lines)}", error)
+    return None
+
+
 def classified(error: CommandError) -> CommandError:
     """The same failure as the pair's (BuildStepError) or the host's (HostCommandError)."""
     lines = [line.strip() for line in error.tail]
-    storage = [line for line in lines if STORAGE_FAILED.search(line)]
     reason = runtime_reason(lines)
     if error.returncode < 0:
         return HostCommandError(error.message, error)
-    if storage:
-        return HostCommandError(f"the host's storage failed: {storage[0][-200:]}", error)
+    if host := host_fault(error):
+        return host
     if any(signature in line for line in lines for signature in TRANSIENT_RUNTIME_FAILURES):
         return HostCommandError(f"the container runtime failed: {cause_of(lines)}", error)
     if reason is not None and not PROGRAM_MISSING.search(reason):
@@ -57,6 +67,4 @@ def classified(error: CommandError) -> CommandError:
     if reason is not None or any(RUN_STEP_EXITED.match(line) for line in lines):
         why = reason or cause_of(lines)
         return BuildStepError(f"podman build exited with {error.returncode}: {why}", error)
-    if any(line.startswith("cannot start ") for line in lines):  # the runner could not exec it
-        return HostCommandError(f"podman could not be started: {cause_of(lines)}", error)
     return HostCommandError(f"podman refused the build command: {cause_of(lines)}", error)

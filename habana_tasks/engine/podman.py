@@ -130,12 +130,19 @@ class Podman:
         self._lock = threading.Lock()
         self._chroot_network: str | None = None  # decided on the first chroot build
 
+    def _run(self, argv: Sequence[str], on_line: LineSink | None = None) -> None:
+        """A podman command whose failure is the host's when its output says so (storage)."""
+        try:
+            self.runner.run(argv, on_line=on_line)
+        except CommandError as exc:
+            raise build_failure.host_fault(exc) or exc from None
+
     def image_exists(self, image: str) -> bool:
         done = self.runner.run([PODMAN, "image", "exists", image], check=False)
         return done.returncode == 0
 
     def pull(self, image: str, tls_verify: bool, on_line: LineSink | None = None) -> None:
-        self.runner.run(pull_argv(image, tls_verify), on_line=on_line)
+        self._run(pull_argv(image, tls_verify), on_line)
 
     def ensure(self, image: str, tls_verify: bool, on_line: LineSink | None = None) -> bool:
         """Pull the image unless local storage has it; True when it was pulled."""
@@ -189,7 +196,7 @@ class Podman:
             return self._chroot_network
 
     def tag(self, image_id: str, name: str) -> None:
-        self.runner.run([PODMAN, "tag", image_id, name])
+        self._run([PODMAN, "tag", image_id, name])
 
     def push(
         self,
@@ -200,7 +207,7 @@ class Podman:
         on_line: LineSink | None = None,
     ) -> str:
         digestfile.unlink(missing_ok=True)
-        self.runner.run(push_argv(image_id, destination, digestfile, tls_verify), on_line=on_line)
+        self._run(push_argv(image_id, destination, digestfile, tls_verify), on_line)
         return digestfile.read_text().strip()
 
     def push_to_layout(
@@ -212,14 +219,14 @@ class Podman:
         if layout.exists():
             shutil.rmtree(layout)
         argv = [PODMAN, "push", "--quiet", "--digestfile", str(digestfile), image_id]
-        self.runner.run([*argv, f"oci:{layout}:image"], on_line=on_line)
+        self._run([*argv, f"oci:{layout}:image"], on_line)
         return digestfile.read_text().strip()
 
     @contextmanager
     def _container(self, image: str, on_line: LineSink | None = None) -> Iterator[str]:
         """A created, never started container of the image, removed afterwards."""
         name = f"habana-{uuid.uuid4().hex[:12]}"
-        self.runner.run([PODMAN, "create", "--name", name, image, "/bin/true"], on_line=on_line)
+        self._run([PODMAN, "create", "--name", name, image, "/bin/true"], on_line)
         try:
             yield name
         finally:
@@ -228,7 +235,7 @@ class Podman:
     def export_rootfs(self, image: str, output: Path, on_line: LineSink | None = None) -> None:
         """The image's filesystem as a tar, without running anything inside it."""
         with self._container(image, on_line) as name:
-            self.runner.run(export_argv(name, output), on_line=on_line)
+            self._run(export_argv(name, output), on_line)
 
     def copy_files_from_image(
         self, image: str, wanted: Mapping[str, Iterable[str]], dest_dir: Path
@@ -266,4 +273,4 @@ class Podman:
         argv = [PODMAN, "import"]
         for change in changes:
             argv += ["--change", change]
-        self.runner.run([*argv, str(tarball), name])
+        self._run([*argv, str(tarball), name])

@@ -6,13 +6,15 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
 
 from devtools import local_upstream
+from habana_tasks.build.service import BuildOptions
 from habana_tasks.cli import commands
 from habana_tasks.config import versions as config
 from habana_tasks.config.project import Project
@@ -62,6 +64,19 @@ class UpstreamFixture:
             BuildSpec(context, context / "Containerfile", context / "image-id", tags=(image,))
         )
         self.runner.run(["podman", "push", "--quiet", "--tls-verify=false", image])
+
+
+def run(
+    project: Project, versions: Path, jobs: int = 1, dry_run: bool = False
+) -> tuple[int, str, list[dict[str, Any]]]:
+    """Run the build as `invoke build-all` does; returns exit code, console text, results."""
+    out = io.StringIO()
+    cfg = config.load(versions)
+    options = BuildOptions(jobs=jobs, dry_run=dry_run)
+    run = commands.run_build(project, cfg, cfg.targets, Console(file=out, width=250), options)
+    results = run.results
+    code = run.exit_code
+    return code, out.getvalue(), [asdict(r) for r in results]
 
 
 def route_through(source: Path, target: Path, key: str, registry: str, proxy: str) -> Path:

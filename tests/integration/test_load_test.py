@@ -18,6 +18,7 @@ from devtools.local_upstream import EXAMPLE_MODULES, STANDIN_MODULE
 from habana_tasks.cli import commands
 from habana_tasks.config import versions as config
 from habana_tasks.config.project import Project
+from habana_tasks.core.errors import HostError
 from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.podman import Podman
 from habana_tasks.verification import load_test
@@ -316,6 +317,19 @@ def test_default_xz_module_is_accepted_because_kmod_decompresses_in_userspace(
     result = boot(parts, rootfs, tmp_path, node={}, modules=["habanalabs"])
     assert (result.passed, result.reason) == (True, "loaded")
     assert any("habanalabs.ko.xz" in line for line in boot.console)  # type: ignore[attr-defined]
+
+
+def test_a_guest_that_never_reaches_init_is_the_hosts_fault(
+    parts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stock kernel that does not reach /init in time, or a qemu that cannot start (KVM asked
+    for where it does not work), says nothing about the image: the host's failure, never a
+    verdict on the image that the failure memory could keep."""
+    with pytest.raises(HostError, match=r"did not reach /init within 1 s \(qemu killed\)"):
+        boot(parts, parts[NEW], tmp_path / "slow", timeout=1)
+    monkeypatch.setenv("HABANA_QEMU_ACCEL", "no-such-accelerator")
+    with pytest.raises(HostError, match=r"^qemu could not run: exit 1: .*no-such-accelerator"):
+        boot(parts, parts[NEW], tmp_path / "no-qemu")
 
 
 def test_hanging_guest_is_killed_and_reported(parts: dict[str, Path], tmp_path: Path) -> None:

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import tarfile
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from rich.console import Console
 
 from devtools import local_upstream
 from habana_tasks.build import failure_records, labels
 from habana_tasks.build.failure_records import record_tag
-from habana_tasks.build.service import BuildOptions
-from habana_tasks.cli import commands
 from habana_tasks.config import versions as config
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.config.project import Project
@@ -28,22 +23,9 @@ from habana_tasks.engine.podman import Podman
 from habana_tasks.maintenance import prune
 from habana_tasks.registry.client import Existence, RegistryClient
 from tests.conftest import ROOT, free_port
-from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture, copy_library
+from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture, copy_library, run
 
 pytestmark = pytest.mark.integration
-
-
-def run(
-    project: Project, versions: Path, jobs: int = 1, dry_run: bool = False
-) -> tuple[int, str, list[dict[str, Any]]]:
-    """Run the build as `invoke build-all` does; returns exit code, console text, results."""
-    out = io.StringIO()
-    cfg = config.load(versions)
-    options = BuildOptions(jobs=jobs, dry_run=dry_run)
-    run = commands.run_build(project, cfg, cfg.targets, Console(file=out, width=250), options)
-    results = run.results
-    code = run.exit_code
-    return code, out.getvalue(), [asdict(r) for r in results]
 
 
 @pytest.fixture(scope="module")

@@ -186,3 +186,17 @@ def test_chroot_builds_that_cannot_be_cut_off_say_so_once_by_name(
     builds = runner.commands("podman", "build")
     assert len(builds) == 2
     assert builds[0][builds[0].index("--network") + 1] == "host"
+
+
+def test_a_full_disk_is_the_hosts_fault_in_any_podman_command(tmp_path: Path) -> None:
+    """Not only the build: an export or a push that meets a full disk names the host."""
+    full = "Error: write /var/tmp/x: no space left on device"
+
+    def answer(argv: list[str]) -> tuple[int, list[str]] | None:
+        return (125, [full]) if argv[1] in ("export", "push") else None
+
+    podman = Podman(FakeRunner(answer))
+    with pytest.raises(HostCommandError, match=f"^the host's storage failed: {full}$"):
+        podman.export_rootfs("img", tmp_path / "rootfs.tar")
+    with pytest.raises(HostCommandError, match="storage failed"):
+        podman.push("img", "r/x:1", tmp_path / "digest", tls_verify=True)
