@@ -19,7 +19,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from habana_tasks.core.errors import CommandError, CommandTimeout, Interrupted, Terminated
+from habana_tasks.core.errors import (
+    CommandError,
+    CommandTimeout,
+    HostCommandError,
+    Interrupted,
+    Terminated,
+)
 
 LineSink = Callable[[str], None]
 TAIL_LINES = 40
@@ -119,8 +125,9 @@ class ProcessRunner:
                 errors="replace",
                 bufsize=1,
             )
-        except OSError as exc:
-            raise CommandError(argv, 127, [f"cannot start {argv[0]}: {exc.strerror}"]) from exc
+        except OSError as exc:  # a missing or unusable tool: the host's, whatever the inputs
+            said = f"cannot start {argv[0]}: {exc.strerror}"
+            raise HostCommandError(said, CommandError(argv, 127, [said])) from exc
         tail: deque[str] = deque(maxlen=TAIL_LINES)
         kept: list[str] = []
 

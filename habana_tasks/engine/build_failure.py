@@ -41,12 +41,12 @@ def runtime_reason(tail: Sequence[str]) -> str | None:
 
 def host_fault(error: CommandError) -> HostCommandError | None:
     """A failure of any podman command that is the host's whatever the command: storage that
-    is full or read-only, podman that could not be started."""
+    is full or read-only, a podman that could not be started (said by the process runner)."""
+    if isinstance(error, HostCommandError):  # known already (a tool that could not start)
+        return error
     lines = [line.strip() for line in error.tail]
     if storage := [line for line in lines if STORAGE_FAILED.search(line)]:
         return HostCommandError(f"the host's storage failed: {storage[0][-200:]}", error)
-    if any(line.startswith("cannot start ") for line in lines):  # the runner could not exec it
-        return HostCommandError(f"podman could not be started: {cause_of(lines)}", error)
     return None
 
 

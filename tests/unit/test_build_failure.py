@@ -17,6 +17,7 @@ from habana_tasks.core.errors import (
     CommandError,
     HostCommandError,
 )
+from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.build_failure import classified
 
 ARGV = ["podman", "build", "--network", "none", "/ctx"]
@@ -127,11 +128,6 @@ def test_a_step_whose_own_command_failed_is_the_pairs(
             ["Close_Fd sealing memfd copy: Device or resource busy", f"{STEP}: exit status 1"],
             "the container runtime failed: Close_Fd sealing memfd copy: Device or resource busy",
         ),
-        (
-            127,
-            ["cannot start podman: No such file or directory"],
-            "podman could not be started: cannot start podman: No such file or directory",
-        ),
     ],
 )
 def test_a_failure_of_the_host_is_never_the_pairs(
@@ -149,3 +145,13 @@ def test_a_build_stopped_by_a_signal_is_the_hosts() -> None:
     error = fault(-signal.SIGTERM, "STEP 3/4: RUN make")
     assert isinstance(error, HostCommandError)
     assert error.message.startswith("podman build was stopped by SIGTERM")
+
+
+def test_a_podman_that_could_not_start_stays_the_hosts() -> None:
+    """The process runner says it first (a missing tool); the build keeps that word."""
+    missing = ProcessRunner()
+    with pytest.raises(HostCommandError) as raised:
+        missing.run(["/nonexistent/podman", "build", "."])
+    assert classified(raised.value) is raised.value
+    assert raised.value.message == "cannot start /nonexistent/podman: No such file or directory"
+    assert raised.value.exit_code == HOST_FAILED

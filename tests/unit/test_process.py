@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from habana_tasks.core import process
-from habana_tasks.core.errors import CommandError, CommandTimeout
+from habana_tasks.core.errors import HOST, CommandError, CommandTimeout, HostCommandError
 from habana_tasks.core.process import ProcessRunner
 from tests.conftest import require, require_tools
 
@@ -43,9 +43,10 @@ def test_failure_keeps_the_tail_in_the_error() -> None:
     assert str(info.value) == "sh -c exited with 3: line100"
 
 
-def test_missing_program_is_a_command_error() -> None:
-    with pytest.raises(CommandError, match="cannot start no-such-program"):
+def test_missing_program_is_the_hosts_command_error() -> None:
+    with pytest.raises(HostCommandError, match=r"^cannot start no-such-program") as raised:
         ProcessRunner().run(["no-such-program-xyz"])
+    assert raised.value.origin == HOST and raised.value.returncode == 127
 
 
 def test_timeout_kills_the_whole_process_group() -> None:
