@@ -4,6 +4,8 @@ real build that succeeds through the fallback."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,10 @@ import pytest
 from devtools import local_upstream
 from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.isolation import BuildIsolation, probe
-from habana_tasks.engine.podman import BuildSpec, Podman
-from tests.conftest import require_tools
-from tests.integration.conftest import UpstreamFixture
+from habana_tasks.engine.podman import UNSHARED, USER_UNSHARED, BuildSpec, Podman
+from habana_tasks.verification.worker import WorkerTools
+from tests.conftest import ROOT, require_tools
+from tests.integration.conftest import KERNELS, UpstreamFixture
 
 pytestmark = pytest.mark.integration
 
@@ -64,3 +67,28 @@ def test_a_runtime_that_cannot_start_falls_back_to_chroot_and_builds(
     ]
     assert isolation.choose().flag == "chroot" and len(said) == 1
     runner.run(["podman", "rmi", "--force", image])
+
+
+def test_podmans_own_variable_builds_the_librarys_tools_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, test_upstream: UpstreamFixture
+) -> None:
+    """BUILDAH_ISOLATION=chroot, as buildah's and podman's own images and many CI runners set
+    it: the library's `--target tools` build (the load test's worker) builds, with no network."""
+    monkeypatch.setenv("BUILDAH_ISOLATION", "chroot")
+    runner = test_upstream.runner
+    podman = Podman(runner, BuildIsolation(runner, state_file=tmp_path / "state.json"))
+    # A toolkit of its own (one more file), so that no step comes from podman's layer cache.
+    u = test_upstream.upstream
+    (tmp_path / "Containerfile").write_text(
+        f"FROM {u.toolkit_image(KERNELS[0])}\nRUN echo {uuid.uuid4().hex} > /etc/this-test\n"
+    )
+    toolkit = f"{u.registry}/upstream/isolation-test-toolkit:{KERNELS[0]}"
+    monkeypatch.delenv("BUILDAH_ISOLATION")
+    test_upstream.build_and_push(tmp_path, toolkit)
+    monkeypatch.setenv("BUILDAH_ISOLATION", "chroot")
+    lines: list[str] = []
+    tar = WorkerTools(podman, ROOT / "Dockerfile", tmp_path / "kernels").tar(toolkit, lines.append)
+    assert tar.is_file() and tar.stat().st_size > 0
+    assert not any("Using cache" in line for line in lines), lines
+    assert any(line.startswith("STEP") and " RUN " in f" {line}" for line in lines), lines
+    assert podman.chroot_network() == (UNSHARED if os.geteuid() == 0 else USER_UNSHARED)

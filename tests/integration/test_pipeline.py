@@ -303,7 +303,7 @@ def test_9_a_kernel_without_a_symbol_the_driver_needs_is_reported_by_its_cause(
     target = config.load(versions).targets[0]
     registry = registry_for(test_upstream)
     held = failure_records.read_records(registry, target.repository, [target.tag])[target.tag]
-    assert cause.search(held.cause) and held.step == "build"
+    assert cause.search(held.cause) and (held.step, held.origin) == ("build", errors.INPUTS)
     code, out, report = run(project, versions)
     assert code == errors.OK, out
     assert (report[0]["action"], report[0]["status"]) == ("hold", "held")
