@@ -235,8 +235,8 @@ class CheckError(HabanaError):
 
 
 class HostError(HabanaError):
-    """The host failed, not the pair: podman refusing its command line or configuration, the
-    container runtime unable to start a step, storage full or unwritable, a missing tool."""
+    """The host failed, not the pair, where no command's output says so (a qemu that cannot
+    run, a guest that never reached /init): HostCommandError's kin."""
 
     exit_code = HOST_FAILED
     origin = HOST

@@ -39,6 +39,13 @@ def runtime_reason(tail: Sequence[str]) -> str | None:
     return None
 
 
+def runtime_busy(error: CommandError) -> bool:
+    """The runtime failed for a reason of the moment: the same build, run again, may pass."""
+    return error.returncode > 0 and any(
+        signature in line for line in error.tail for signature in TRANSIENT_RUNTIME_FAILURES
+    )
+
+
 def host_fault(error: CommandError) -> HostCommandError | None:
     """A failure of any podman command that is the host's whatever the command: storage that
     is full or read-only, a podman that could not be started (said by the process runner)."""
@@ -58,7 +65,7 @@ def classified(error: CommandError) -> CommandError:
         return HostCommandError(error.message, error)
     if host := host_fault(error):
         return host
-    if any(signature in line for line in lines for signature in TRANSIENT_RUNTIME_FAILURES):
+    if runtime_busy(error):
         return HostCommandError(f"the container runtime failed: {cause_of(lines)}", error)
     if reason is not None and not PROGRAM_MISSING.search(reason):
         return HostCommandError(

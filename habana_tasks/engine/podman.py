@@ -158,23 +158,17 @@ class Podman:
         if spec.isolation == "chroot" and spec.network == "none":
             spec = replace(spec, network=self.chroot_network(on_line))
         spec.iidfile.unlink(missing_ok=True)
-        try:
+        for last in (False, True):  # a runtime failure of the moment is built again once
             try:
                 self.runner.run(spec.argv, on_line=on_line)
+                break
             except CommandError as exc:
-                if exc.returncode < 0 or not any(
-                    signature in line
-                    for line in exc.tail
-                    for signature in build_failure.TRANSIENT_RUNTIME_FAILURES
-                ):
-                    raise
+                if last or not build_failure.runtime_busy(exc):
+                    raise build_failure.classified(exc) from None
                 if on_line is not None:
                     on_line(
                         f"the container runtime failed ({cause_of(exc.tail)}); building again once"
                     )
-                self.runner.run(spec.argv, on_line=on_line)
-        except CommandError as exc:
-            raise build_failure.classified(exc) from None
         return spec.iidfile.read_text().strip()
 
     def chroot_network(self, on_line: LineSink | None = None) -> str:
