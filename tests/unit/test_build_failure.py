@@ -125,6 +125,16 @@ def test_a_step_whose_own_command_failed_is_the_pairs(
         ),
         (
             1,
+            [
+                'time="2026-12-02T21:38:06Z" level=error msg="reading system config '
+                '\\"/tmp/bad.conf\\": decode configuration /tmp/bad.conf: toml: line 2: expected"',
+            ],
+            'podman cannot read its configuration: time="2026-12-02T21:38:06Z" level=error '
+            'msg="reading system config \\"/tmp/bad.conf\\": decode configuration /tmp/bad.conf: '
+            'toml: line 2: expected"',
+        ),
+        (
+            1,
             ["Close_Fd sealing memfd copy: Device or resource busy", f"{STEP}: exit status 1"],
             "the container runtime failed: Close_Fd sealing memfd copy: Device or resource busy",
         ),
