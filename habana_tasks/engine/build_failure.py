@@ -26,11 +26,25 @@ PROGRAM_MISSING = re.compile(r"(?i)exec: .*no such file or directory|executable 
 STORAGE_FAILED = re.compile(
     r"(?i)no space left on device|disk quota exceeded|read-only file system"
 )
+# podman's own word (not a step's output) that it may not write or read what it needs.
+PODMAN_DENIED = re.compile(r"(?i)^Error: (?!building at STEP).*permission denied")
+# Memory the host could not give: the kernel's OOM killer ended the compiler, or podman.
+MEMORY_FAILED = re.compile(
+    r"(?i)cannot allocate memory|out of memory|killed signal terminated program"
+)
 # podman could not read its own configuration (containers.conf, storage.conf).
 CONFIG_FAILED = re.compile(r"(?i)reading system config|failed to obtain podman configuration")
 # The runtime's copy of its own binary into a sealed memfd can meet EBUSY while the host is
 # busy (seen with chroot isolation): the runtime's failure, and the same build, run again, passes.
 TRANSIENT_RUNTIME_FAILURES = ("sealing memfd copy: Device or resource busy",)
+
+
+HOST_FAULTS = (
+    (STORAGE_FAILED, "the host's storage failed"),
+    (PODMAN_DENIED, "the host's storage failed"),
+    (MEMORY_FAILED, "the host ran out of memory"),
+    (CONFIG_FAILED, "podman cannot read its configuration"),
+)
 
 
 def runtime_reason(tail: Sequence[str]) -> str | None:
@@ -50,15 +64,14 @@ def runtime_busy(error: CommandError) -> bool:
 
 def host_fault(error: CommandError) -> HostCommandError | None:
     """A failure of any podman command that is the host's whatever the command: storage that
-    is full or read-only, a configuration podman cannot read, a podman that could not be
-    started (said by the process runner)."""
+    is full, read-only or not podman's to write, memory, a configuration podman cannot read, a
+    podman that could not be started (said by the process runner)."""
     if isinstance(error, HostCommandError):  # known already (a tool that could not start)
         return error
     lines = [line.strip() for line in error.tail]
-    if storage := [line for line in lines if STORAGE_FAILED.search(line)]:
-        return HostCommandError(f"the host's storage failed: {storage[0][-200:]}", error)
-    if config := [line for line in lines if CONFIG_FAILED.search(line)]:
-        return HostCommandError(f"podman cannot read its configuration: {config[0][-200:]}", error)
+    for pattern, what in HOST_FAULTS:
+        if said := [line for line in lines if pattern.search(line)]:
+            return HostCommandError(f"{what}: {said[0][-200:]}", error)
     return None
 
 

@@ -50,6 +50,15 @@ def fault(returncode: int, *tail: str) -> CommandError:
             ],
             "error: the toolkit image has no depmod to copy into the image",
         ),
+        # A step's own "Permission denied" (a vendor script not executable) is the pair's.
+        (
+            126,
+            [
+                "/bin/sh: 1: ./configure: Permission denied",
+                f"{STEP}: while running runtime: exit status 126",
+            ],
+            "/bin/sh: 1: ./configure: Permission denied",
+        ),
         # runc reports a step program that does not exist as a failure to create the container.
         (
             1,
@@ -132,6 +141,24 @@ def test_a_step_whose_own_command_failed_is_the_pairs(
             'podman cannot read its configuration: time="2026-12-02T21:38:06Z" level=error '
             'msg="reading system config \\"/tmp/bad.conf\\": decode configuration /tmp/bad.conf: '
             'toml: line 2: expected"',
+        ),
+        (
+            125,
+            [
+                "Error: creating build container: mkdir /var/lib/containers/storage/overlay/l: "
+                "permission denied"
+            ],
+            "the host's storage failed: Error: creating build container: mkdir "
+            "/var/lib/containers/storage/overlay/l: permission denied",
+        ),
+        (
+            1,
+            [
+                "gcc: fatal error: Killed signal terminated program cc1",
+                "make[2]: *** [scripts/Makefile.build:250: habanalabs.o] Error 1",
+                f"{STEP}: while running runtime: exit status 1",
+            ],
+            "the host ran out of memory: gcc: fatal error: Killed signal terminated program cc1",
         ),
         (
             1,
