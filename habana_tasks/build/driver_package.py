@@ -26,7 +26,12 @@ import rpmfile
 
 from habana_tasks.core import local_files
 from habana_tasks.core.archive import relative_name
-from habana_tasks.core.errors import BodyDeadlineError, DriverPackageError, TransientHTTPError
+from habana_tasks.core.errors import (
+    BodyDeadlineError,
+    DriverPackageError,
+    HostError,
+    TransientHTTPError,
+)
 from habana_tasks.core.http_client import (
     BODY_ERRORS,
     BodyReader,
@@ -162,7 +167,6 @@ class PackageCache:
     def _download(self, url: str, out: BinaryIO) -> tuple[str, int, dict[str, Any]]:
         hasher = hashlib.sha256()
         size = 0
-        write = out.write
         parts = urlsplit(url)
         if parts.scheme == "file" or not parts.scheme:
             return _copy_local(Path(unquote(parts.path)), out)
@@ -201,7 +205,7 @@ class PackageCache:
                 for chunk in reader.chunks():
                     hasher.update(chunk)
                     size += len(chunk)
-                    write(chunk)
+                    _write(out, chunk)
         except BodyDeadlineError as exc:
             raise DriverPackageError(
                 f"{exc} (bound: {self.http.retry.download_deadline:g} s)"
@@ -215,6 +219,15 @@ class PackageCache:
                 f"{redact(url)}: download truncated: got {size} of {expected} bytes"
             )
         return hasher.hexdigest(), size, validators
+
+
+def _write(out: BinaryIO, chunk: bytes) -> None:
+    """A write into the cache that fails is the host's (a full disk), never the package's or
+    the network's."""
+    try:
+        out.write(chunk)
+    except OSError as exc:
+        raise HostError(f"{out.name}: cannot write into the cache: {exc.strerror}") from exc
 
 
 def _copy_local(source: Path, out: BinaryIO) -> tuple[str, int, dict[str, Any]]:
@@ -231,7 +244,7 @@ def _copy_local(source: Path, out: BinaryIO) -> tuple[str, int, dict[str, Any]]:
                     raise DriverPackageError(
                         f"{source}: the package is larger than {local_files.PACKAGE.bound}; refused"
                     )
-                out.write(chunk)
+                _write(out, chunk)
     except local_files.LocalFileError as exc:
         raise DriverPackageError(str(exc)) from exc
     except OSError as exc:

@@ -11,7 +11,7 @@ from typing import TypeVar
 from habana_tasks.build.driver_package import CachedPackage, PackageCache, read_git_sha, sha256_file
 from habana_tasks.build.labels import FINGERPRINT, TargetInputs
 from habana_tasks.config.targets import BuildTarget
-from habana_tasks.core.errors import Failure, HabanaError, combined
+from habana_tasks.core.errors import HOST, Failure, HabanaError, combined
 from habana_tasks.registry.client import Existence, RegistryClient, RemoteImage, ResolvedImage
 from habana_tasks.verification.signing import Signer
 
@@ -47,6 +47,8 @@ def _outcome(future: Future[T], what: str) -> T | Failure:
         return future.result()
     except HabanaError as exc:
         return Failure.of("resolve", exc, what)
+    except OSError as exc:  # the cache's files: a full disk, a permission
+        return Failure("resolve", f"the host failed: {exc}", what, origin=HOST)
 
 
 def resolve(

@@ -108,8 +108,10 @@ class Pipeline:
                     job.target.tag, Action.HOLD, JobStatus.HELD, job.reason
                 )
             elif job.action is Action.FAIL:
+                host = self.options.push and job.failure is not None and job.failure.origin == HOST
+                reason = job.reason + (NOT_RECORDED if host else "")
                 results[job.target.tag] = JobResult(
-                    job.target.tag, Action.FAIL, JobStatus.FAILED, job.reason, failure=job.failure
+                    job.target.tag, Action.FAIL, JobStatus.FAILED, reason, failure=job.failure
                 )
         to_build = [job for job in jobs if job.action is Action.BUILD]
         if to_build:

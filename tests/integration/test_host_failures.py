@@ -1,6 +1,7 @@
 """The host's fault is not the pair's: pushing runs against docker-registry in which the host
 fails — a podman that refuses the build command (exit 125), a container runtime that cannot
-create a container, podman's storage full (a small tmpfs) — each end with exit 6, a line that
+create a container, podman's storage full, the tool's cache full (small tmpfs) — each end with
+exit 6, a line that
 names the host's fault and says nothing is recorded, no `failed-` tag in the repository, and a
 next run that plans to build the pair; once the host is fixed, the next run builds and pushes it.
 """
@@ -166,6 +167,22 @@ def test_podmans_storage_full(
     assert "no space left on device" in line.lower()
     monkeypatch.undo()
     assert_the_next_run_builds_it(project, versions)
+
+
+def test_a_full_cache(versions: Path, test_upstream: UpstreamFixture, tmp_path: Path) -> None:
+    """The tool's own cache (HABANA_CACHE_DIR) on a tmpfs too small for the driver package:
+    the download fails for the host's reason, named, exit 6, nothing recorded."""
+    require(os.geteuid() == 0, "root, to mount a tmpfs")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(cache)], check=True)
+    try:
+        outcome = run(Project(ROOT, cache_dir=cache), versions)
+    finally:
+        subprocess.run(["umount", "--lazy", str(cache)], check=False)
+    line = assert_the_hosts_fault(versions, test_upstream, outcome)
+    assert line.startswith("driver package: "), line
+    assert line.endswith(f": cannot write into the cache: No space left on device{NOT_RECORDED}")
 
 
 def test_once_the_host_is_fixed_the_pair_is_built_and_pushed(
