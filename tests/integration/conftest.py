@@ -89,6 +89,12 @@ def route_through(source: Path, target: Path, key: str, registry: str, proxy: st
     return target
 
 
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The recipe with a cache of the module's own."""
+    return Project(ROOT, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
 @pytest.fixture(scope="session")
 def test_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamFixture]:
     require_tools(

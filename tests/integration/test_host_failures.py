@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,6 @@ exec {podman} "$@"
 """
 BROKEN_RUNTIME = '#!/bin/sh\necho "this runtime cannot create containers" >&2\nexit 1\n'
 HEADROOM_MB = 16  # free space left in the storage once the toolkit is in it
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    return Project(ROOT, cache_dir=tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="module")
@@ -87,44 +82,50 @@ def assert_the_next_run_builds_it(project: Project, versions: Path) -> None:
     ), out
 
 
-def test_a_podman_that_refuses_the_build_command(
-    project: Project,
-    versions: Path,
-    test_upstream: UpstreamFixture,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def refusing_podman(tmp_path: Path, env: pytest.MonkeyPatch) -> None:
     real = shutil.which("podman")
     assert real is not None
     (tmp_path / "podman").write_text(REFUSING_PODMAN.format(podman=real))
     (tmp_path / "podman").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    line = assert_the_hosts_fault(versions, test_upstream, run(project, versions))
-    assert line.startswith(
-        "podman refused the build command: Error: this podman refuses every build command"
-    )
-    monkeypatch.undo()
-    assert_the_next_run_builds_it(project, versions)
+    env.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
 
 
-def test_a_runtime_that_cannot_create_a_container(
-    project: Project,
-    versions: Path,
-    test_upstream: UpstreamFixture,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def broken_runtime(tmp_path: Path, env: pytest.MonkeyPatch) -> None:
     runtime = tmp_path / "broken-runtime"
     runtime.write_text(BROKEN_RUNTIME)
     runtime.chmod(0o755)
     conf = tmp_path / "containers.conf"
     conf.write_text(f'[engine]\nruntime = "broken"\n[engine.runtimes]\nbroken = ["{runtime}"]\n')
-    monkeypatch.setenv("CONTAINERS_CONF", str(conf))
-    line = assert_the_hosts_fault(versions, test_upstream, run(project, versions))
-    assert line.startswith(
-        "the container runtime could not start a build step: this runtime cannot create containers"
-    )
-    monkeypatch.undo()
+    env.setenv("CONTAINERS_CONF", str(conf))
+
+
+@pytest.mark.parametrize(
+    ("fault", "said"),
+    [
+        (
+            refusing_podman,
+            "podman refused the build command: Error: this podman refuses every build command",
+        ),
+        (
+            broken_runtime,
+            "the container runtime could not start a build step: "
+            "this runtime cannot create containers",
+        ),
+    ],
+)
+def test_podman_or_its_runtime_refusing(
+    project: Project,
+    versions: Path,
+    test_upstream: UpstreamFixture,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: Callable[[Path, pytest.MonkeyPatch], None],
+    said: str,
+) -> None:
+    with monkeypatch.context() as env:
+        fault(tmp_path, env)
+        line = assert_the_hosts_fault(versions, test_upstream, run(project, versions))
+    assert line.startswith(said), line
     assert_the_next_run_builds_it(project, versions)
 
 
@@ -161,11 +162,11 @@ def test_podmans_storage_full(
     small_storage: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(small_storage))
-    line = assert_the_hosts_fault(versions, test_upstream, run(project, versions))
+    with monkeypatch.context() as env:
+        env.setenv("CONTAINERS_STORAGE_CONF", str(small_storage))
+        line = assert_the_hosts_fault(versions, test_upstream, run(project, versions))
     assert line.startswith("the host's storage failed: "), line
     assert "no space left on device" in line.lower()
-    monkeypatch.undo()
     assert_the_next_run_builds_it(project, versions)
 
 

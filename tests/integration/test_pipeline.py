@@ -29,11 +29,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
-    return Project(ROOT, cache_dir=tmp_path_factory.mktemp("cache"))
-
-
-@pytest.fixture(scope="module")
 def versions(test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
     # A repository of its own: the first test starts from an empty one, whatever ran before.
     path = tmp_path_factory.mktemp("v") / "versions.toml"

@@ -131,6 +131,27 @@ def test_a_transient_runtime_failure_is_built_again_once_and_nothing_else_is(
     assert len(again.commands("podman", "build")) == 2
 
 
+def chroot_built_twice(
+    tmp_path: Path, namespace: tuple[int, list[str]]
+) -> tuple[FakeRunner, list[str]]:
+    """Two chroot builds through one Podman; `namespace` is how the try of an empty network
+    namespace ends. Returns every command run and what the run said."""
+    spec = BuildSpec(tmp_path, tmp_path / "Dockerfile", tmp_path / "iid", isolation="chroot")
+
+    def answer(argv: list[str]) -> tuple[int, list[str]] | None:
+        if argv[-1] == "true":
+            return namespace
+        spec.iidfile.write_text("sha256:abc\n")
+        return 0, []
+
+    runner = FakeRunner(answer)
+    said: list[str] = []
+    podman = Podman(runner)
+    podman.build(spec, said.append)
+    podman.build(spec, said.append)
+    return runner, said
+
+
 @pytest.mark.parametrize(
     ("euid", "prefix"),
     [(0, ["unshare", "--net", "--"]), (1000, ["podman", "unshare", "unshare", "--net", "--"])],
@@ -142,17 +163,7 @@ def test_chroot_builds_run_in_an_empty_network_namespace(
     network namespace: as root with unshare, as an ordinary user inside podman's own user
     namespace. The namespace is tried once per run, before the first build."""
     monkeypatch.setattr("os.geteuid", lambda: euid)
-    spec = BuildSpec(tmp_path, tmp_path / "Dockerfile", tmp_path / "iid", isolation="chroot")
-
-    def answer(argv: list[str]) -> tuple[int, list[str]] | None:
-        spec.iidfile.write_text("sha256:abc\n")
-        return 0, []
-
-    runner = FakeRunner(answer)
-    said: list[str] = []
-    podman = Podman(runner)
-    podman.build(spec, said.append)
-    podman.build(spec, said.append)
+    runner, said = chroot_built_twice(tmp_path, (0, []))
     assert runner.calls[0] == [*prefix, "true"]
     builds = runner.commands(*prefix, "podman", "build")
     assert len(builds) == 2 and len(runner.calls) == 3
@@ -165,19 +176,8 @@ def test_chroot_builds_that_cannot_be_cut_off_say_so_once_by_name(
     """Where no empty network namespace can be made, the run says so once, naming what failed,
     before the first build; the builds then share the host's network instead of failing."""
     monkeypatch.setattr("os.geteuid", lambda: 1000)
-    spec = BuildSpec(tmp_path, tmp_path / "Dockerfile", tmp_path / "iid", isolation="chroot")
-
-    def answer(argv: list[str]) -> tuple[int, list[str]] | None:
-        if argv[-1] == "true":
-            return 1, ["unshare: unshare failed: Operation not permitted"]
-        spec.iidfile.write_text("sha256:abc\n")
-        return 0, []
-
-    runner = FakeRunner(answer)
-    said: list[str] = []
-    podman = Podman(runner)
-    podman.build(spec, said.append)
-    podman.build(spec, said.append)
+    refused = (1, ["unshare: unshare failed: Operation not permitted"])
+    runner, said = chroot_built_twice(tmp_path, refused)
     assert said == [
         shared_network_notice(
             "podman unshare unshare --net --: unshare: unshare failed: Operation not permitted"
