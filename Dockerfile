@@ -4,7 +4,10 @@
 # flavour needs (see README, "Image flavours"), copied with their libraries from the toolkit.
 # Built by `invoke build` with --network none: every ARG below is set by the tool (see
 # habana_tasks/build/labels.py), the vendor packages arrive through the build context
-# (packages/*.rpm), and no step installs or downloads anything.
+# (packages/*.rpm), and no step installs or downloads anything. Three builds of this file make
+# an image: `--target compile-inputs` (the compile's key, once per toolkit), `--target compiled`
+# (only when the compile cache has no entry for that key) and the last stage, which assembles the
+# image from the compiled files and the flavour's tools.
 ARG TOOLKIT_IMAGE
 # No base: the image holds nothing but the driver and its tools. A configured [base] image must
 # already hold the flavour's tools; nothing is installed into it.
@@ -36,6 +39,25 @@ RUN set -e; root=/rootfs; mkdir -p "${root}"; \
       done < /tmp/libs; \
     done; \
     rm -f /tmp/ldd /tmp/libs; tar -C "${root}" -cf /rootfs.tar .
+
+# What the compile reads from the toolkit, as one digest the build prints: every file the kernel's
+# build tree (/lib/modules/<release>/build) leads to, and the toolchain (gcc, cc1, as, ld, make:
+# their binaries and gcc's version). The compile cache's key holds it: a toolkit rebuilt with the
+# same kernel and compiler compiles nothing again (see habana_tasks/build/compile.py).
+FROM ${TOOLKIT_IMAGE} AS compile-inputs
+ARG KERNEL_RELEASE
+RUN set -e; build="/lib/modules/${KERNEL_RELEASE}/build"; \
+    if [ ! -d "${build}/" ]; then echo "error: the toolkit has no ${build}" >&2; exit 1; fi; \
+    find -L "${build}/" -type f -print0 > /tmp/files; sort -z -o /tmp/files /tmp/files; \
+    xargs -0r sha256sum < /tmp/files > /tmp/inputs; count="$(wc -l < /tmp/inputs)"; \
+    for tool in gcc as ld make; do \
+      path="$(command -v "${tool}" || true)"; \
+      case "${path}" in /*) ;; *) echo "error: the toolkit has no ${tool}" >&2; exit 1 ;; esac; \
+      sha256sum "$(readlink -f "${path}")" >> /tmp/inputs; \
+    done; \
+    sha256sum "$(gcc -print-prog-name=cc1)" >> /tmp/inputs; gcc --version > /tmp/version; \
+    head -n 1 /tmp/version >> /tmp/inputs; sha256sum /tmp/inputs > /tmp/digest; \
+    echo "COMPILE-INPUTS $(cut -c1-64 /tmp/digest) ${count} files"
 
 FROM ${TOOLKIT_IMAGE} AS builder
 ARG KERNEL_RELEASE
@@ -105,8 +127,13 @@ RUN set -e; dest="/out/lib/modules/${KERNEL_RELEASE}"; \
     depmod -b /out "${KERNEL_RELEASE}"; \
     test -s "${dest}/modules.dep"
 
+# What the compile made, alone: the compile cache keeps these files, and every image is assembled
+# from them (compiled/ in the build context), whether compiled now or before.
+FROM scratch AS compiled
+COPY --from=builder /out/ /compiled/
+
 FROM ${BASE_IMAGE}
 # Nothing runs in this stage: it only receives files, so any base (or none) serves every kernel.
 COPY --from=tools /rootfs/ /
-COPY --from=builder /out/ /opt/
+COPY compiled/ /opt/
 USER 1001

@@ -5,6 +5,7 @@ fails it: nothing passes by skipping."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
 
@@ -16,8 +17,11 @@ SMOKE_TOOLS = ("podman", "qemu-system-x86_64", "docker-registry", "mmdebstrap", 
 HAS_TOOLS = IN_CI or all(find_tool(tool) for tool in SMOKE_TOOLS)
 EXAMPLE = "examples/local/versions.toml"
 # What an ordinary user runs, in order: the README's first command, then each task once more.
+# The compile cache is this checkout's (root's): what root compiled, the user reads and does
+# not compile again; what it lacks, the user compiles into its own work folder.
 ROOTLESS_COMMAND = (
-    "scripts/install-deps && .venv/bin/invoke example"
+    f"export HABANA_COMPILE_CACHE_DIR={Path(__file__).resolve().parent / '.cache' / 'compile'}"
+    " && scripts/install-deps && .venv/bin/invoke example"
     f" && .venv/bin/invoke build --kernel 6.1.0-55-amd64 --versions {EXAMPLE}"
     f" && .venv/bin/invoke build-all --versions {EXAMPLE}"
     f" && .venv/bin/invoke status --versions {EXAMPLE}"
@@ -66,9 +70,10 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def unit(session: nox.Session) -> None:
-    """The fast tests only (fakes at the process and HTTP boundaries): seconds, no podman."""
+    """The fast tests only (fakes at the process and HTTP boundaries): seconds, no podman (the
+    integration modules are not even collected)."""
     session.install("-e", ".[test]")
-    session.run("pytest", "-m", "not integration", "-q", "-ra", *session.posargs)
+    session.run("pytest", "tests/unit", "-m", "not integration", "-q", "-ra", *session.posargs)
 
 
 @nox.session

@@ -63,7 +63,7 @@ def _run(call: Callable[[], int | None]) -> None:
 JOBS_HELP = "targets built at once, {}-{} (default 1)".format(*arguments.JOBS)
 BUILD_HELP = {
     "versions": "versions file (default: versions.toml)",
-    "force": "rebuild (without the layer cache) even when the image is up to date",
+    "force": "rebuild even when the image is up to date (compiled files from the compile cache)",
     "dry-run": "print the plan (target, image, action, reason) and stop",
     "push": "push checked images (default); --no-push only builds and checks",
     "load-test": "boot the target kernel and load the driver before pushing (default); "
@@ -71,6 +71,8 @@ BUILD_HELP = {
     "retry-failed": "build pairs that failed before with the same inputs (held otherwise)",
     "secure-boot": "with [signing], load-test through a Secure Boot node's boot chain, the "
     "certificate enrolled as a machine-owner key (default); --no-secure-boot boots plainly",
+    "compile-cache": "take compiled modules from the compile cache when their inputs match "
+    "(default); --no-compile-cache compiles afresh and refreshes the entry",
 }
 
 
@@ -93,6 +95,7 @@ def build(
     load_test: bool = True,
     retry_failed: bool = False,
     secure_boot: bool = True,
+    compile_cache: bool = True,
 ) -> None:
     """Build, check, load-test and push the image(s) of one kernel."""
     from habana_tasks.build.service import BuildOptions
@@ -111,6 +114,7 @@ def build(
                 load_test=load_test,
                 retry_failed=retry_failed,
                 secure_boot=secure_boot,
+                compile_cache=compile_cache,
             ),
         )
     )
@@ -135,6 +139,7 @@ def build_all(
     load_test: bool = True,
     retry_failed: bool = False,
     secure_boot: bool = True,
+    compile_cache: bool = True,
 ) -> None:
     """Build, check, load-test and push every kernel x driver pair that is missing or stale."""
     from habana_tasks.build.service import BuildOptions
@@ -153,6 +158,7 @@ def build_all(
                 load_test=load_test,
                 retry_failed=retry_failed,
                 secure_boot=secure_boot,
+                compile_cache=compile_cache,
             ),
         )
     )
@@ -373,6 +379,23 @@ def kmm_module(
             print(text, end="")
 
     _run(write)
+
+
+@task(
+    help={
+        "versions": "versions file, for [cache] max_size (default: versions.toml)",
+        "stats": "show entries, size, hits and misses (the default)",
+        "clear": "remove every entry and the counters",
+    }
+)
+@documented
+def cache(
+    c: Context, versions: str | None = None, stats: bool = False, clear: bool = False
+) -> None:
+    """The compile cache: compiled modules kept by what the compile reads (see README)."""
+    from habana_tasks.cli import maintenance_commands
+
+    _run(lambda: maintenance_commands.cache_command(project(), versions, clear=clear))
 
 
 @task(

@@ -6,6 +6,7 @@ tests/unit/test_process.py and by every integration test.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -43,6 +44,8 @@ class FakeRunner(ProcessRunner):
         keep_output: bool = False,
     ) -> Completed:
         argv = [str(a) for a in argv]
+        if self.stopping:  # as the real runner: nothing starts once every child was stopped
+            raise CommandError(argv, -signal.SIGINT, ["not started: interrupted"])
         self.calls.append(argv)
         code, lines = (self.answer(argv) if self.answer else None) or (0, [])
         for line in lines:

@@ -12,12 +12,13 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from habana_tasks.build import failure_records, labels
-from habana_tasks.build.driver_package import link_into
+from habana_tasks.build.assembly import ImageOptions, build_image
+from habana_tasks.build.compile import CompileRecord, CompileSettings
 from habana_tasks.build.failure_records import NOT_RECORDED, memorable
 from habana_tasks.build.plan import Action, BuildJob
 from habana_tasks.build.reporter import Reporter
@@ -32,22 +33,13 @@ from habana_tasks.core.errors import (
     Interrupted,
 )
 from habana_tasks.core.process import LineSink, interruption
-from habana_tasks.engine.podman import BuildSpec, Podman
+from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import Existence, RegistryClient
-from habana_tasks.verification import image_checks, signing
+from habana_tasks.verification import image_checks
 from habana_tasks.verification import load_test as load_test_module
 from habana_tasks.verification.kernel_modules import KernelModuleStore
 from habana_tasks.verification.secure_boot import SecureBootSetup, boot_name
 from habana_tasks.verification.worker import WorkerTools
-
-
-@dataclass(frozen=True)
-class ImageOptions:
-    """What, besides the job, makes the image: the same values give the same digest."""
-
-    dockerfile: Path
-    source_date_epoch: int
-    load_tested: str  # the claim written in the load-tested label: the boot, or "false"
 
 
 @dataclass(frozen=True)
@@ -64,13 +56,23 @@ class RunOptions:
     secure_boot: SecureBootSetup | None = None
     # Files, history and `created` of every image (reproducible: see labels.source_date_epoch).
     source_date_epoch: int = 0
+    compiling: CompileSettings = field(default_factory=CompileSettings)  # None: compile afresh
 
     @property
     def image(self) -> ImageOptions:
         # Only an image that passes the load test is ever published, so a published image
         # whose load-tested label names a boot was booted that way with its driver loaded.
         claim = boot_name(self.secure_boot) if self.load_test else "false"
-        return ImageOptions(self.dockerfile, self.source_date_epoch, claim)
+        return ImageOptions(self.dockerfile, self.source_date_epoch, claim, self.compiling)
+
+
+@dataclass
+class _Progress:
+    """How far one job got: its current step (a failure's), what it compiled and tested."""
+
+    step: str = "build"
+    compiled: CompileRecord | None = None
+    tested: load_test_module.LoadTestResult | None = None
 
 
 class Pipeline:
@@ -204,34 +206,33 @@ class Pipeline:
                 log.write(f"[{time.monotonic() - started:7.1f}] {line}\n")
                 self.reporter.line(target.tag, line)
 
-            current = ["build"]
+            progress = _Progress()
 
             def stage(name: str) -> None:
-                current[0] = name
+                progress.step = name
                 log.write(f"[{time.monotonic() - started:7.1f}] ==> {name}\n")
                 log.flush()
                 self.reporter.stage(target.tag, name)
 
-            tested: list[load_test_module.LoadTestResult] = []
             failure: Failure | None = None
             stopped = False
             try:
-                detail, digest = self._build_check_publish(job, work, stage, sink, tested)
+                detail, digest = self._build_check_publish(job, work, stage, sink, progress)
                 status = JobStatus.OK
             except HabanaError as exc:
                 detail, digest, status = str(exc), None, JobStatus.FAILED
-                failure = Failure.of(current[0], exc, target.image)
+                failure = Failure.of(progress.step, exc, target.image)
                 # A command stopped by a signal (an interrupt, a runner shutting down) failed
                 # for a reason of the moment, not of its inputs.
                 stopped = isinstance(exc, CommandError) and exc.returncode < 0
                 log.write(f"FAILED: {exc}\n" + (f"{exc.details}\n" if exc.details else ""))
             except OSError as exc:  # the host's files: a full disk, a permission, a quota
                 detail, digest, status = f"the host failed: {exc}", None, JobStatus.FAILED
-                failure = Failure(current[0], detail, target.image, origin=HOST)
+                failure = Failure(progress.step, detail, target.image, origin=HOST)
                 log.write(traceback.format_exc())
             except Exception as exc:  # a bug in one target must not take the others down
                 detail, digest, status = f"internal error: {exc!r}", None, JobStatus.FAILED
-                failure = Failure(current[0], detail, target.image)
+                failure = Failure(progress.step, detail, target.image)
                 log.write(traceback.format_exc())
             finally:
                 shutil.rmtree(work, ignore_errors=True)
@@ -239,6 +240,7 @@ class Pipeline:
                 self._remember(job, failure, log)
                 if failure is not None and not memorable(failure):
                     detail += NOT_RECORDED
+        tested = progress.tested
         result = JobResult(
             target.tag,
             Action.BUILD,
@@ -247,11 +249,12 @@ class Pipeline:
             digest,
             time.monotonic() - started,
             str(log_path),
-            load_tested=bool(tested) and tested[0].passed,
-            load_test_kernel=tested[0].kernel if tested else None,
-            load_test_boot=tested[0].boot if tested else None,
-            load_test_seconds=round(tested[0].seconds, 1) if tested else None,
+            load_tested=tested is not None and tested.passed,
+            load_test_kernel=tested.kernel if tested else None,
+            load_test_boot=tested.boot if tested else None,
+            load_test_seconds=round(tested.seconds, 1) if tested else None,
             failure=failure,
+            compiled=progress.compiled,
         )
         self.reporter.finish(result)
         return result
@@ -262,12 +265,13 @@ class Pipeline:
         work: Path,
         stage: Callable[[str], None],
         sink: LineSink,
-        tested: list[load_test_module.LoadTestResult],
+        progress: _Progress,
     ) -> tuple[str, str | None]:
         target, inputs = job.target, job.inputs
         assert inputs is not None and job.fingerprint is not None
         stage("build")
-        image_id = build_image(self.podman, self.config, job, work, self.options.image, sink)
+        built = build_image(self.podman, self.config, job, work, self.options.image, sink)
+        image_id, progress.compiled = built.image_id, built.compiled
         stage("check")
         kernel = self.kernels.load(inputs.toolkit.pinned, target.kernel)
         rootfs = image_checks.check_image(
@@ -294,7 +298,7 @@ class Pipeline:
                 on_line=sink,
                 secure_boot=self.options.secure_boot,
             )
-            tested.append(result)
+            progress.tested = result
             if not result.passed:
                 raise CheckError(
                     f"load test in {target.kernel} failed: {result.reason}"
@@ -332,52 +336,6 @@ class Pipeline:
 
     def _write_report(self, results: Sequence[JobResult]) -> Path:
         return write_report(self.options.logs_dir / "report.json", results)
-
-
-def build_image(
-    podman: Podman,
-    config: Config,
-    job: BuildJob,
-    work: Path,
-    options: ImageOptions,
-    on_line: LineSink | None = None,
-) -> str:
-    """The build context (Dockerfile, packages, certificate) made afresh under `work`, and the
-    build, every step fresh: the same job and options always give the same image. podman's
-    layer cache is keyed on neither the labels nor the timestamp, so a step taken from it
-    could carry another build's parent ID (history's "FROM <id>") or time; and each image is
-    built once per change of its inputs, so the cache would save little."""
-    target, inputs = job.target, job.inputs
-    assert inputs is not None
-    if work.exists():
-        shutil.rmtree(work)
-    context = work / "context"
-    context.mkdir(parents=True)
-    shutil.copyfile(options.dockerfile, context / "Dockerfile")
-    link_into(inputs.package, context / "packages", "habanalabs.rpm")
-    if inputs.firmware:
-        link_into(inputs.firmware, context / "packages", "habanalabs-firmware.rpm")
-    # The certificate is public and goes in the context; the key goes in as a secret.
-    (context / "signing").mkdir()
-    secrets = {}
-    if inputs.signer:
-        (context / "signing" / "certificate").write_bytes(inputs.signer.certificate_pem)
-        secrets[signing.SECRET_ID] = inputs.signer.files.key
-    image_labels = labels.image_labels(
-        config, target, inputs, labels.rfc3339(options.source_date_epoch), options.load_tested
-    )
-    spec = BuildSpec(
-        context=context,
-        containerfile=context / "Dockerfile",
-        iidfile=work / "image-id",
-        build_args=labels.build_args(target, inputs),
-        labels=image_labels,
-        annotations=labels.image_annotations(image_labels),
-        timestamp=options.source_date_epoch,
-        no_cache=True,
-        secrets=secrets,
-    )
-    return podman.build(spec, on_line)
 
 
 def run_stamp() -> str:

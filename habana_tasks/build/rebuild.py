@@ -23,8 +23,8 @@ from typing import Any
 import zstandard
 
 from habana_tasks.build import labels, metadata
+from habana_tasks.build.assembly import ImageOptions, build_image
 from habana_tasks.build.driver_package import PackageCache
-from habana_tasks.build.pipeline import ImageOptions, build_image
 from habana_tasks.build.plan import Action, BuildJob
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.config.targets import BuildTarget, Config
@@ -256,7 +256,8 @@ def verify_rebuild(
         for image in (inputs.toolkit.pinned, *bases):
             podman.ensure(image, config.tls_verify(image), on_line)
         made = ImageOptions(dockerfile, epoch, tested)
-        image_id = build_image(podman, config, job, work, made, on_line)
+        # Never from the compile cache: the published digest is proven from a fresh compile.
+        image_id = build_image(podman, config, job, work, made, on_line).image_id
         layout = work / "layout"
         rebuilt = podman.push_to_layout(image_id, layout, work / "layout-digest", on_line)
     except HabanaError as exc:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from habana_tasks.build.compile import CompileRecord
 from habana_tasks.build.plan import Action
 from habana_tasks.core import local_files
 from habana_tasks.core.errors import Failure, UsageError
@@ -44,6 +45,7 @@ class JobResult:
     load_test_boot: str | None = None  # "secure-boot" or "plain"
     load_test_seconds: float | None = None
     failure: Failure | None = None  # set exactly when the target failed
+    compiled: CompileRecord | None = None  # how the build got its compiled files
 
     def __post_init__(self) -> None:
         # The exit code is computed from failures: a failed result without one would exit 0.
@@ -70,12 +72,13 @@ def read_report(path: Path) -> list[JobResult]:
 def _result(entry: Any) -> JobResult:
     if not isinstance(entry, dict):
         raise TypeError(f"an entry is a JSON {type(entry).__name__}, expected an object")
-    failure = entry.get("failure")
+    failure, compiled = entry.get("failure"), entry.get("compiled")
     fields = {
         **entry,
         "action": Action(entry["action"]),
         "status": JobStatus(entry["status"]),
         "failure": Failure(**failure) if isinstance(failure, dict) else None,
+        "compiled": CompileRecord(**compiled) if isinstance(compiled, dict) else None,
     }
     result = JobResult(**fields)
     if not isinstance(result.tag, str) or not isinstance(result.detail, str):

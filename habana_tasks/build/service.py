@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Generic, Protocol, TextIO, TypeVar
 
 from habana_tasks.build import failure_records, labels, metadata, rebuild
+from habana_tasks.build.compile import CompileSettings
+from habana_tasks.build.compile_cache import CompileCache
 from habana_tasks.build.driver_package import PackageCache
 from habana_tasks.build.pipeline import Pipeline, RunOptions, run_stamp
 from habana_tasks.build.plan import Action, BuildJob, plan, recalled
@@ -42,13 +44,15 @@ class BuildOptions:
     """How a build run goes: the flags of `build` and `build-all`."""
 
     jobs: int = 1
-    force: bool = False  # rebuild, without the layer cache, even what is up to date
+    force: bool = False  # rebuild even what is up to date (compiled files may come from the cache)
     dry_run: bool = False  # the plan only
     push: bool = True
     load_test: bool = True
     retry_failed: bool = False  # build pairs whose inputs failed before (failure_records)
     # A signing library's load test boots as a Secure Boot node does (False: a plain boot).
     secure_boot: bool = True
+    # False (--no-compile-cache): compile afresh, and refresh the compile cache's entry.
+    compile_cache: bool = True
 
     def boot(self, config: Config) -> str | None:
         """The boot the load test proves images with: None without a load test."""
@@ -250,6 +254,11 @@ def per_target(
     return results
 
 
+def compile_cache(project: Project, config: Config) -> CompileCache:
+    """The compile cache under the cache directory, bounded by [cache] max_size."""
+    return CompileCache(project.compile_cache, config.cache.max_size)
+
+
 def verify_rebuilds(
     project: Project, config: Config, targets: Sequence[BuildTarget], podman: Podman
 ) -> RebuildRun:
@@ -347,6 +356,9 @@ def execute(
         load_test=options.load_test,
         source_date_epoch=labels.source_date_epoch(),
         secure_boot=setup,
+        compiling=CompileSettings(
+            compile_cache(project, config), refresh=not options.compile_cache
+        ),
     )
     pipeline = Pipeline(config, podman, planned.registry, reporter, run_options)
     results = pipeline.execute(planned.jobs)

@@ -63,6 +63,29 @@ def prune_command(
     return errors.exit_code_for(o.failure for o in outcomes)
 
 
+def cache_command(
+    project: Project,
+    versions: str | None = None,
+    *,
+    clear: bool = False,
+    console: Console | None = None,
+) -> int:
+    """The compile cache's entries, size, hits and misses; with clear, every entry removed."""
+    console = console or make_console()
+    cache = service.compile_cache(project, load_inputs(project, versions))
+    try:
+        if clear:
+            removed = cache.clear()
+            word = "entry" if removed == 1 else "entries"
+            print_line(console, f"compile cache cleared: {removed} {word} removed")
+        stats = cache.stats()
+    except OSError as exc:
+        raise errors.HostError(f"compile cache {cache.root}: {exc.strerror}") from exc
+    print_line(console, f"compile cache: {cache.root}")
+    console.print(tables.cache_table(stats))
+    return errors.OK
+
+
 def discover(
     project: Project,
     versions: str | None = None,

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from habana_tasks.build import labels
+from habana_tasks.build.compile_cache import CacheStats
 from habana_tasks.build.labels import short_digest
 from habana_tasks.build.plan import Action, BuildJob
 from habana_tasks.build.rebuild import RebuildResult
@@ -80,7 +81,9 @@ def plan_table(jobs: Sequence[BuildJob]) -> Table:
 
 
 def summary_table(results: Sequence[JobResult], title: str = "summary") -> Table:
-    out = table(title, "target", "action", "result", "digest", "load-tested", "seconds", "log")
+    out = table(
+        title, "target", "action", "result", "digest", "compile", "load-tested", "seconds", "log"
+    )
     current = [r for r in results if r.action is Action.SKIP and r.ok]
     fold = len(current) > FOLD_CURRENT_AFTER
     for r in results:
@@ -99,13 +102,21 @@ def summary_table(results: Sequence[JobResult], title: str = "summary") -> Table
             r.action.value,
             result,
             short(r.digest),
+            r.compiled.cache if r.compiled else "",
             tested,
             f"{r.seconds:.1f}",
             r.log or "",
         )
     if fold:
         targets, reason = _folded_row(len(current))
-        add_row(out, targets, Action.SKIP.value, reason, "", "", "", "")
+        add_row(out, targets, Action.SKIP.value, reason, "", "", "", "", "")
+    return out
+
+
+def cache_table(stats: CacheStats) -> Table:
+    out = table("compile cache", "entries", "size", "max size", "hits", "misses")
+    mib = [f"{size / 2**20:.1f} MiB" for size in (stats.size, stats.max_size)]
+    add_row(out, str(stats.entries), *mib, str(stats.hits), str(stats.misses))
     return out
 
 

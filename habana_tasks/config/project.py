@@ -21,6 +21,13 @@ class Project:
         return self.cache_dir or Path(os.environ.get("HABANA_CACHE_DIR", self.root / ".cache"))
 
     @property
+    def compile_cache(self) -> Path:
+        """$HABANA_COMPILE_CACHE_DIR (a volume several checkouts or users share, or a CI
+        cache), else compile/ in the cache."""
+        given = os.environ.get("HABANA_COMPILE_CACHE_DIR")
+        return Path(given) if given else self.cache / "compile"
+
+    @property
     def kernels(self) -> Path:
         """Target kernels read from toolkit images, keyed by the toolkit's digest."""
         return self.cache / "kernels"

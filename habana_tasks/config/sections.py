@@ -12,7 +12,7 @@ from typing import Any
 
 from habana_tasks.config import fields, flavours, kernel_release
 from habana_tasks.config.image_reference import ImageReference, registry_host_problem
-from habana_tasks.config.targets import DiscoverSettings, SigningFiles
+from habana_tasks.config.targets import CacheSettings, DiscoverSettings, SigningFiles
 
 DRIVER_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)+(-[0-9A-Za-z.]+)?\Z")
 DRIVER_EXPECTED = "expected a driver version like 1.6.0-439"
@@ -20,6 +20,11 @@ DRIVER_EXPECTED = "expected a driver version like 1.6.0-439"
 SIGNING_KEY_ENV = "HABANA_SIGNING_KEY"
 SIGNING_KEYS = ("certificate", "key")
 DISCOVER_KEYS = ("release_repository", "minors", "arches", "drivers", "rt")
+CACHE_KEYS = ("max_size",)
+SIZE_RE = re.compile(r"^([0-9]{1,15})\s*([KMGT]?)(i?B)?\Z", re.IGNORECASE)
+SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+MAX_CACHE_SIZE = 1024**5  # 1 PiB: anything larger is a typo
+SIZE_EXPECTED = 'expected a size like "10G", "500M" or a number of bytes (0 keeps nothing)'
 
 
 def signing(
@@ -76,6 +81,33 @@ def library(problems: fields.Problems, table: Mapping[str, Any]) -> Library:
     source = fields.text(problems, table, "library.source") or ""
     vendor = fields.text(problems, table, "library.vendor") or ""
     return Library(repository, source, vendor, insecure)
+
+
+def cache_settings(problems: fields.Problems, table: Mapping[str, Any]) -> CacheSettings:
+    """[cache] max_size: bytes, or a number with K, M, G or T (powers of 1024)."""
+    fields.check_keys(problems, table, "cache", CACHE_KEYS)
+    value = table.get("max_size")
+    if value is None:
+        return CacheSettings()
+    size = parse_size(value)
+    if size is None:
+        problems.add("cache.max_size", value, SIZE_EXPECTED)
+        return CacheSettings()
+    return CacheSettings(size)
+
+
+def parse_size(value: object) -> int | None:
+    """A size in bytes from an integer or a text like "10G"; None when it is not one (or is
+    beyond MAX_CACHE_SIZE)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str) and (match := SIZE_RE.match(value.strip())):
+        size = int(match.group(1)) * SIZE_UNITS[match.group(2).upper()]
+    else:
+        return None
+    return size if 0 <= size <= MAX_CACHE_SIZE else None
 
 
 def discover_settings(problems: fields.Problems, table: Mapping[str, Any]) -> DiscoverSettings:

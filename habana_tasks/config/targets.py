@@ -57,6 +57,13 @@ class DiscoverSettings:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    """[cache]: how large the compile cache may grow before its least recently used entries go."""
+
+    max_size: int = 10 * 1024**3
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     repository: str
@@ -66,6 +73,7 @@ class Config:
     targets: tuple[BuildTarget, ...] = field(default=())
     discover: DiscoverSettings = field(default_factory=DiscoverSettings)
     signing: SigningFiles | None = None
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     def tls_verify(self, image: str) -> bool:
         """Whether podman must verify TLS for this image's registry (not an insecure mirror)."""

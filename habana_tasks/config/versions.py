@@ -38,6 +38,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
             "kernels",
             "discover",
             "signing",
+            "cache",
         ]
     ),
     "library": ("repository", "source", "vendor", "insecure_registries"),
@@ -49,6 +50,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "kernels[]": ("release", "drivers", "arch", "rhel_version", "openshift"),
     "discover": sections.DISCOVER_KEYS,
     "signing": sections.SIGNING_KEYS,
+    "cache": sections.CACHE_KEYS,
 }
 
 
@@ -80,6 +82,7 @@ def parse(data: Mapping[str, Any], path: Path, environ: Mapping[str, str] | None
     targets, used = _targets(problems, kernels, templates, library.repository)
     discover = sections.discover_settings(problems, fields.table(problems, data, "discover"))
     signing = sections.signing(problems, data, path, environ or {})
+    cache = sections.cache_settings(problems, fields.table(problems, data, "cache"))
     for version in sorted(set(templates.overrides) - used):
         problems.add(
             f"drivers.{fields.quote(version)}", version, "no [[kernels]] entry uses this driver"
@@ -96,6 +99,7 @@ def parse(data: Mapping[str, Any], path: Path, environ: Mapping[str, str] | None
         tuple(targets),
         discover,
         signing,
+        cache,
     )
 
 

@@ -67,8 +67,11 @@ class BuildSpec:
     @property
     def argv(self) -> list[str]:
         # --pull=never: every FROM image was pulled by digest before, one at a time, so that
-        # parallel builds never pull into the shared storage at once.
-        argv = [PODMAN, "build", "--pull=never", "--layers", "--file", str(self.containerfile)]
+        # parallel builds never pull into the shared storage at once. A build that takes nothing
+        # from the layer cache keeps no layers for it either: each stage is committed once, not
+        # once per step (an image's twenty labels cost twenty commits with --layers).
+        layers = "--layers=false" if self.no_cache else "--layers"
+        argv = [PODMAN, "build", "--pull=never", layers, "--file", str(self.containerfile)]
         argv += ["--iidfile", str(self.iidfile)]
         if self.network not in EMPTY_NETWORK:
             argv += ["--network", self.network]
@@ -188,6 +191,10 @@ class Podman:
                     if announce := self.isolation.announce or on_line:
                         announce(shared_network_notice(why))
             return self._chroot_network
+
+    def remove_image(self, image_id: str) -> None:
+        """An intermediate image (the compile's) removed; one that stays only takes space."""
+        self.runner.run([PODMAN, "image", "rm", "--force", image_id], check=False)
 
     def tag(self, image_id: str, name: str) -> None:
         self._run([PODMAN, "tag", image_id, name])

@@ -23,6 +23,7 @@ from habana_tasks.engine.podman import BuildSpec, Podman
 from tests.conftest import ROOT, free_port, require_tools
 
 KERNELS = ("6.1.0-55-amd64", "6.1.0-56-amd64")
+COMPILE_CACHE_VARIABLE = "HABANA_COMPILE_CACHE_DIR"
 DRIVER = "6.1.0-1"
 
 
@@ -67,12 +68,17 @@ class UpstreamFixture:
 
 
 def run(
-    project: Project, versions: Path, jobs: int = 1, dry_run: bool = False
+    project: Project,
+    versions: Path,
+    jobs: int = 1,
+    dry_run: bool = False,
+    compile_cache: bool = True,
+    force: bool = False,
 ) -> tuple[int, str, list[dict[str, Any]]]:
     """Run the build as `invoke build-all` does; returns exit code, console text, results."""
     out = io.StringIO()
     cfg = config.load(versions)
-    options = BuildOptions(jobs=jobs, dry_run=dry_run)
+    options = BuildOptions(jobs=jobs, dry_run=dry_run, compile_cache=compile_cache, force=force)
     run = commands.run_build(project, cfg, cfg.targets, Console(file=out, width=250), options)
     results = run.results
     code = run.exit_code
@@ -87,6 +93,27 @@ def route_through(source: Path, target: Path, key: str, registry: str, proxy: st
         text.replace("insecure_registries = [", f'insecure_registries = ["{proxy}", ')
     )
     return target
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_compile_cache() -> Iterator[Path]:
+    """The checkout's own compile cache, named through HABANA_COMPILE_CACHE_DIR (the tool's own
+    way), as the tests share .cache/upstream: each distinct pair is compiled once, by whichever
+    test (or `invoke example`) builds it first, and a second run compiles nothing that did not
+    change. Entries are keyed by content, so sharing cannot serve a wrong one. Tests that must
+    compile say so (--no-compile-cache); verify-rebuild never reads it."""
+    path = ROOT / ".cache" / "compile"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(COMPILE_CACHE_VARIABLE, str(path))
+        yield path
+
+
+@pytest.fixture(autouse=True)
+def shared_compile_cache(
+    own_environment: None, session_compile_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session's compile cache again, after the suite cleared the tool's variables."""
+    monkeypatch.setenv(COMPILE_CACHE_VARIABLE, str(session_compile_cache))
 
 
 @pytest.fixture(scope="module")

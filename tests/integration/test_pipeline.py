@@ -129,6 +129,8 @@ def test_3_new_toolkit_for_one_kernel_rebuilds_only_that_image(
     assert code == 0, text
     assert [(r["action"], r["status"]) for r in report] == [("skip", "skipped"), ("build", "ok")]
     assert "stale: toolkit image digest changed" in report[1]["detail"]
+    # The refreshed toolkit has the same build tree and toolchain: nothing is compiled again.
+    assert report[1]["compiled"]["cache"] == "hit", report[1]["compiled"]
 
 
 def test_4_module_for_another_abi_is_refused_before_push(
@@ -384,3 +386,49 @@ def test_11_modules_must_match_what_the_package_builds(
     for versions in (listed, unlisted):
         target = config.load(versions).targets[0]
         assert registry_for(test_upstream).inspect(target.image).existence is Existence.ABSENT
+
+
+def compiled_of(report: list[dict[str, Any]]) -> list[str]:
+    return [r["compiled"]["cache"] for r in report]
+
+
+def made(report: list[dict[str, Any]]) -> bool:
+    """Whether any target's log shows the driver's make running."""
+    return any('RUN make -j"$(nproc)"' in Path(r["log"]).read_text() for r in report)
+
+
+def test_12_a_cache_hit_gives_the_digest_a_fresh_compile_gives(
+    first_build: Outcome, project: Project, versions: Path, test_upstream: UpstreamFixture
+) -> None:
+    copied = copy_library(
+        test_upstream, versions, "library/pipeline-hit", Path(str(versions) + ".hit.toml")
+    )
+    code, text, fresh = run(project, copied, force=True, compile_cache=False)
+    assert code == 0, text
+    assert compiled_of(fresh) == ["refreshed", "refreshed"] and made(fresh)
+    code, text, hit = run(project, copied, force=True)
+    assert code == 0, text
+    assert compiled_of(hit) == ["hit", "hit"] and not made(hit)
+    assert [r["digest"] for r in hit] == [r["digest"] for r in fresh]
+    assert [r["digest"] for r in hit] == [r["digest"] for r in first_build[2]]
+    # What the key holds is in report.json and the log.
+    inputs = hit[0]["compiled"]["inputs"]
+    assert inputs["kernel release"] == KERNELS[0] and re.fullmatch(
+        "[0-9a-f]{64}", inputs["toolkit build tree and toolchain"]
+    )
+    assert "compile cache hit: " in Path(hit[0]["log"]).read_text()
+
+
+def test_13_a_flavour_change_assembles_every_pair_again_and_compiles_nothing(
+    first_build: Outcome, project: Project, versions: Path, test_upstream: UpstreamFixture
+) -> None:
+    copied = copy_library(
+        test_upstream, versions, "library/pipeline-kmm1", Path(str(versions) + ".kmm1.toml")
+    )
+    kmm1 = Path(str(versions) + ".kmm1-flavour.toml")
+    kmm1.write_text(copied.read_text() + '\n[image]\nflavour = "kmm1"\n')
+    code, text, report = run(project, kmm1)
+    assert code == 0, text
+    assert all("stale: image flavour changed" in r["detail"] for r in report), report
+    assert compiled_of(report) == ["hit", "hit"] and not made(report)
+    assert all(r["load_tested"] for r in report)

@@ -142,7 +142,7 @@ def test_signal_stops_every_child_and_moves_no_tag(
         log = tmp_path / "output.log"
         argv = invoke_argv("build", "--kernel", target.kernel, "--versions", str(versions))
         if stage == "build":
-            argv.append("--force")  # every RUN step really runs
+            argv += ["--force", "--no-compile-cache"]  # make really runs
         with log.open("w") as out:
             proc = subprocess.Popen(
                 [*WITH_DEFAULT_SIGINT, *argv],

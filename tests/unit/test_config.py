@@ -325,3 +325,37 @@ def test_an_architecture_the_library_cannot_build_is_refused_at_parse_time(
     with pytest.raises(ConfigError) as info:
         load_text(tmp_path, text)
     assert f"kernels[0].arch = '{arch}': not supported" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        ('"10G"', 10 * 1024**3),
+        ('"500M"', 500 * 1024**2),
+        ('"64KiB"', 64 * 1024),
+        ('"2t"', 2 * 1024**4),
+        ("1048576", 1048576),
+        ("0", 0),
+    ],
+)
+def test_the_compile_cache_size_takes_bytes_or_units(tmp_path: Path, value: str, size: int) -> None:
+    cfg = load_text(tmp_path, GOOD + f"[cache]\nmax_size = {value}\n")
+    assert cfg.cache.max_size == size
+
+
+def test_the_compile_cache_size_defaults_to_ten_gib(tmp_path: Path) -> None:
+    assert load_text(tmp_path, GOOD).cache.max_size == 10 * 1024**3
+
+
+@pytest.mark.parametrize(
+    "value", ['"10 parsecs"', "-1", "true", '"2P"', '"99999999999999T"', "1.5"]
+)
+def test_a_bad_compile_cache_size_is_one_line_naming_the_key(tmp_path: Path, value: str) -> None:
+    problems = problems_of(tmp_path, GOOD + f"[cache]\nmax_size = {value}\n")
+    assert len(problems) == 1
+    assert "cache.max_size" in problems[0] and 'expected a size like "10G"' in problems[0]
+
+
+def test_an_unknown_cache_key_is_refused(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, GOOD + '[cache]\nmax_szie = "1G"\n')
+    assert len(problems) == 1 and "cache.max_szie" in problems[0]

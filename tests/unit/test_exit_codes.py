@@ -12,7 +12,7 @@ from invoke.collection import Collection
 from invoke.program import Program
 
 import tasks
-from habana_tasks.core import errors
+from habana_tasks.core import errors, http_client
 from habana_tasks.registry.manifests import OCI_MANIFEST
 from tests.conftest import ROOT
 from tests.fake_registry import FakeRegistry
@@ -46,9 +46,21 @@ def test_the_readme_table_matches_the_codes() -> None:
 
 
 def test_a_registry_that_cannot_answer_ends_status_with_exit_4(
-    fake: FakeRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fake: FakeRegistry,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The library's repository answers 503 (every retry): its state is unknown, never absent."""
+    """The library's repository answers 503 (every retry): its state is unknown, never absent.
+    The back-off between retries is asked for, and recorded instead of slept."""
+    waits: list[float] = []
+    real_init = http_client.HTTPClient.__init__
+
+    def recording(self: http_client.HTTPClient, retry: http_client.RetryPolicy | None = None,
+                  sleep: object = None) -> None:  # fmt: skip
+        real_init(self, retry, waits.append)
+
+    monkeypatch.setattr(http_client.HTTPClient, "__init__", recording)
     fake.add_image("base/debian", "12", {}, OCI_MANIFEST)
     fake.add_image("dtk", "6.1.0-56-amd64", {}, OCI_MANIFEST)
     fake.hook = lambda path: (503, {}, b"") if path.startswith("/v2/lib/driver/") else None
@@ -67,6 +79,7 @@ def test_a_registry_that_cannot_answer_ends_status_with_exit_4(
     code, out, err = invoke(["status", "--versions", str(versions)], capsys)
     assert code == errors.UNKNOWN_STATE, (out, err)
     assert "unknown" in out
+    assert waits and all(wait > 0 for wait in waits), waits
 
 
 def test_a_bug_is_exit_70_with_one_line(

@@ -51,7 +51,7 @@ def synthetic_library(fake: FakeRegistry, tmp_path: Path, pairs: int) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("pairs", "max_jobs"), [(21, 256), (201, 256), (2001, 256), (2001, 40)])
+@pytest.mark.parametrize(("pairs", "max_jobs"), [(21, 256), (201, 256), (2001, 256), (201, 40)])
 def test_pending_pairs_fit_the_matrix_each_in_exactly_one_batch(
     fake: FakeRegistry,
     tmp_path: Path,

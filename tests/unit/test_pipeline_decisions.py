@@ -4,6 +4,7 @@ tests/integration/test_pipeline.py and test_signals.py."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import signal
@@ -18,7 +19,7 @@ from habana_tasks.build import labels, metadata
 from habana_tasks.build import service as build_service
 from habana_tasks.build.plan import Action
 from habana_tasks.build.reporter import PlainReporter
-from habana_tasks.build.results import JobResult, JobStatus
+from habana_tasks.build.results import JobResult, JobStatus, read_report
 from habana_tasks.config import targets
 from habana_tasks.config import versions as config
 from habana_tasks.config.flavours import MINIMAL
@@ -47,15 +48,16 @@ KERNEL_FILES = {
 }
 
 
-def image_tar(release: str) -> bytes:
+def image_tar(release: str, under: str = "opt") -> bytes:
     """An exported minimal image as the checks expect it: the flavour's tools with their
-    libraries, a module and its modules.dep."""
+    libraries, a module and its modules.dep (under compiled/: the compiled stage's image)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
-        add_tools(tar, MINIMAL.tools)
+        if under == "opt":
+            add_tools(tar, MINIMAL.tools)
         for name, data in (
-            (f"opt/lib/modules/{release}/extra/habanalabs.ko", b"\x7fELF module"),
-            (f"opt/lib/modules/{release}/modules.dep", b"extra/habanalabs.ko:\n"),
+            (f"{under}/lib/modules/{release}/extra/habanalabs.ko", b"\x7fELF module"),
+            (f"{under}/lib/modules/{release}/modules.dep", b"extra/habanalabs.ko:\n"),
         ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -70,8 +72,10 @@ class FakePodman(FakeRunner):
         super().__init__(self.answer_for)
         self.registry = registry
         self.failing_pulls: set[str] = set()
-        self.failing_builds: dict[str, str] = {}  # release -> the line its build fails with
-        self.host_failure: tuple[int, list[str]] | None = None  # how those builds fail instead
+        self.failing_builds: dict[str, str] = {}  # release -> the line its compile fails with
+        # How those builds fail instead, at their first podman build: a failure of the host.
+        self.host_failure: tuple[int, list[str]] | None = None
+        self.compiles: list[str] = []  # the release of each compile, in order
         self.vermagic: dict[str, str] = {}  # release -> what modinfo says
         self.labels: dict[str, dict[str, str]] = {}  # image id -> labels given to the build
         self.annotations: dict[str, dict[str, str]] = {}  # ... and its annotations
@@ -114,7 +118,8 @@ class FakePodman(FakeRunner):
         if command == ["podman", "export"]:
             container = argv[-1]
             image = self.created[container]
-            Path(argv[argv.index("--output") + 1]).write_bytes(image_tar(self.release_of[image]))
+            tar = image_tar(self.release_of[image], "compiled" if "compiled" in image else "opt")
+            Path(argv[argv.index("--output") + 1]).write_bytes(tar)
         if command == ["podman", "create"]:
             self.created[argv[argv.index("--name") + 1]] = argv[-2]
         if command == ["podman", "push"]:
@@ -156,13 +161,35 @@ class FakePodman(FakeRunner):
         return 0, []
 
     def build(self, argv: list[str]) -> tuple[int, list[str]]:
-        if "--target" in argv:  # the tools stage, for the load test's worker
-            Path(argv[argv.index("--iidfile") + 1]).write_text("sha256:worker-tools\n")
+        """The three builds of an image (compile-inputs, compiled, the assembly) and the
+        worker's tools stage."""
+        target = argv[argv.index("--target") + 1] if "--target" in argv else None
+        iidfile = Path(argv[argv.index("--iidfile") + 1])
+        args = dict(argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--build-arg")
+        release = args.get("KERNEL_RELEASE", "")
+        if target == "tools":  # the load test's worker
+            iidfile.write_text("sha256:worker-tools\n")
             return 0, []
-        self.building.set()
-        if self.block_builds.is_set():
-            self.terminated.wait(10)
-            return -15, ["make: *** [all] Terminated"]
+        if target == "compile-inputs":  # what the toolkit gives the compile: its digest here
+            if self.host_failure and release in self.failing_builds:
+                return self.host_failure
+            content = hashlib.sha256(args["TOOLKIT_IMAGE"].encode()).hexdigest()
+            iidfile.write_text(f"sha256:inputs-{release}\n")
+            return 0, [f"COMPILE-INPUTS {content} 3 files"]
+        if target == "compiled":
+            self.compiles.append(release)
+            self.building.set()
+            if self.block_builds.is_set():
+                self.terminated.wait(10)
+                return -15, ["make: *** [all] Terminated"]
+            if release in self.failing_builds:
+                # As podman ends a RUN step whose command failed.
+                step = 'Error: building at STEP "RUN make": while running runtime: exit status 1'
+                return 1, [self.failing_builds[release], step]
+            image_id = f"sha256:compiled-{release}-{len(self.compiles)}"
+            self.release_of[image_id] = release
+            iidfile.write_text(image_id + "\n")
+            return 0, ["STEP 1/1: done"]
         given, annotated = (
             {
                 argv[i + 1].split("=", 1)[0]: argv[i + 1].split("=", 1)[1]
@@ -171,19 +198,10 @@ class FakePodman(FakeRunner):
             }
             for flag in ("--label", "--annotation")
         )
-        release = next(
-            argv[i + 1].split("=", 1)[1]
-            for i, a in enumerate(argv)
-            if a == "--build-arg" and argv[i + 1].startswith("KERNEL_RELEASE=")
-        )
-        if release in self.failing_builds:
-            # As podman ends a RUN step whose command failed (a host's failure: host_failure).
-            step = 'Error: building at STEP "RUN make": while running runtime: exit status 1'
-            return self.host_failure or (1, [self.failing_builds[release], step])
         image_id = f"sha256:{release}-{len(self.labels)}"
         self.labels[image_id], self.release_of[image_id] = given, release
         self.annotations[image_id] = annotated
-        Path(argv[argv.index("--iidfile") + 1]).write_text(image_id + "\n")
+        iidfile.write_text(image_id + "\n")
         return 0, ["STEP 1/1: done"]
 
     def push(self, argv: list[str]) -> tuple[int, list[str]]:
@@ -222,11 +240,19 @@ def run(
     push: bool = True,
     load_test: bool = False,
     retry_failed: bool = False,
+    force: bool = False,
+    compile_cache: bool = True,
 ) -> build_service.BuildRun:
     project = Project(ROOT, cache_dir=tmp_path / "cache")
     http = HTTPClient(RetryPolicy(attempts=1))
     planned = build_service.resolve_and_plan(
-        project, cfg, cfg.targets, load_tests=load_test, retry_failed=retry_failed, http=http
+        project,
+        cfg,
+        cfg.targets,
+        force=force,
+        load_tests=load_test,
+        retry_failed=retry_failed,
+        http=http,
     )
     isolation = BuildIsolation(runner, env={"HABANA_ISOLATION": "chroot"})
     return build_service.execute(
@@ -235,7 +261,9 @@ def run(
         planned,
         Podman(runner, isolation),
         PlainReporter(Console(file=io.StringIO())),
-        build_service.BuildOptions(jobs=2, push=push, load_test=load_test),
+        build_service.BuildOptions(
+            jobs=2, push=push, load_test=load_test, compile_cache=compile_cache
+        ),
     )
 
 
@@ -263,9 +291,11 @@ def test_every_target_is_built_checked_pushed_and_verified(
         assert result_.digest is not None
         assert pushed["annotations"] == labels.image_annotations(config_blob["config"]["Labels"])
     # Every build is cut off the network (chroot isolation: in an empty namespace, as root),
-    # takes one timestamp and nothing from the layer cache (keyed on neither).
+    # takes one timestamp and nothing from the layer cache (keyed on neither): per pair, the
+    # compile's inputs, the compile, the assembly.
     builds = [c for c in runner.calls if "build" in c and "--file" in c]
-    assert len(builds) == 2
+    stages = [c[c.index("--target") + 1] if "--target" in c else "" for c in builds]
+    assert sorted(stages) == sorted(["compile-inputs", "compiled", ""] * 2)
     for argv in builds:
         assert argv[:3] == ["unshare", "--net", "--"] or "--network" in argv
         assert "host" not in argv and "--no-cache" in argv
@@ -377,9 +407,14 @@ def test_an_interrupt_stops_every_child_and_pushes_nothing(
     runner.block_builds.set()
     cfg = library(fake, tmp_path)
 
+    main = threading.main_thread().ident
+    assert main is not None
+
     def interrupt_once_building() -> None:
         runner.building.wait(10)
-        signal.raise_signal(signal.SIGINT)
+        # To the main thread, as a terminal's Ctrl-C reaches it (raise_signal would signal this
+        # thread, and the main thread would see it only once a build returned).
+        signal.pthread_kill(main, signal.SIGINT)
 
     threading.Thread(target=interrupt_once_building, daemon=True).start()
     # Ctrl-C as a terminal delivers it, even when this test runs in a background job that
@@ -473,3 +508,59 @@ def test_a_failed_result_always_carries_its_failure() -> None:
 def test_a_definite_failure_outranks_an_unknown(transient: tuple[bool, ...], expected: int) -> None:
     failures = [errors.Failure("build", "why", "x", t) for t in transient]
     assert errors.exit_code_for([None, *failures]) == expected
+
+
+def test_a_forced_rebuild_takes_the_compiled_files_from_the_cache(
+    fake: FakeRegistry, tmp_path: Path
+) -> None:
+    cfg = library(fake, tmp_path)
+    first = FakePodman(fake)
+    cold = run(first, cfg, tmp_path)
+    assert sorted(first.compiles) == sorted(KERNELS)
+    assert [r.compiled.cache for r in cold.results if r.compiled] == ["miss", "miss"]
+    # --force: every pair assembled, checked and pushed again, nothing compiled.
+    second = FakePodman(fake)
+    warm = run(second, cfg, tmp_path, force=True)
+    assert [r.status for r in warm.results] == [JobStatus.OK, JobStatus.OK]
+    assert second.compiles == [] and len(pushes(second)) == 2
+    # What each toolkit gives the compile was digested once, in the first run.
+    digested = [c for c in (*first.calls, *second.calls) if "compile-inputs" in c]
+    assert len(digested) == len(KERNELS)
+    compiled = [r.compiled for r in warm.results]
+    assert [c.cache if c else None for c in compiled] == ["hit", "hit"]
+    assert all(c and c.inputs["kernel release"] in KERNELS for c in compiled)
+    assert warm.report is not None
+    report = json.loads(warm.report.read_text())
+    assert [entry["compiled"]["cache"] for entry in report] == ["hit", "hit"]
+    assert read_report(warm.report) == list(warm.results)
+    # --no-compile-cache: compiled afresh, the entry refreshed.
+    third = FakePodman(fake)
+    fresh = run(third, cfg, tmp_path, force=True, compile_cache=False)
+    assert sorted(third.compiles) == sorted(KERNELS)
+    assert [r.compiled.cache for r in fresh.results if r.compiled] == ["refreshed"] * 2
+    log = Path(fresh.results[0].log or "").read_text()
+    assert "compile key " in log and "driver package: " in log
+
+
+def test_the_compile_cache_lives_where_habana_compile_cache_dir_says(
+    fake: FakeRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = tmp_path / "shared-compile-cache"
+    monkeypatch.setenv("HABANA_COMPILE_CACHE_DIR", str(shared))
+    cfg = library(fake, tmp_path)
+    run(FakePodman(fake), cfg, tmp_path)
+    assert len(list((shared / "entries").iterdir())) == len(KERNELS)
+    assert not (tmp_path / "cache" / "compile").exists()
+    # Another checkout (another cache directory) with the same variable compiles nothing.
+    other = FakePodman(fake)
+    project = Project(ROOT, cache_dir=tmp_path / "other-cache")
+    planned = build_service.resolve_and_plan(project, cfg, cfg.targets, force=True)
+    build_service.execute(
+        project,
+        cfg,
+        planned,
+        Podman(other, BuildIsolation(other, env={"HABANA_ISOLATION": "chroot"})),
+        PlainReporter(Console(file=io.StringIO())),
+        build_service.BuildOptions(load_test=False),
+    )
+    assert other.compiles == [] and len(pushes(other)) == len(KERNELS)

@@ -49,8 +49,9 @@ def test_build_argv_is_complete_and_ordered() -> None:
     ]
 
 
-def test_forced_build_bypasses_the_layer_cache() -> None:
+def test_forced_build_bypasses_the_layer_cache_and_keeps_no_layers() -> None:
     spec = BuildSpec(Path("/c"), Path("/c/Dockerfile"), Path("/i"), no_cache=True)
+    assert spec.argv[3] == "--layers=false"
     assert spec.argv[6:11] == ["--iidfile", "/i", "--network", "none", "--no-cache"]
 
 
