@@ -17,7 +17,7 @@ from habana_tasks.maintenance.prune import PruneItem, TagInfo, parse_time, prune
 from habana_tasks.maintenance.status import State, orphan_tags, statuses, to_markdown
 from habana_tasks.registry.client import Existence, RemoteImage
 from tests.kmm_schema import kmm_load_sequence, schema_errors
-from tests.unit.test_plan import CONFIG, INPUTS, TARGET
+from tests.samples import CONFIG, INPUTS, TARGET
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 26, tzinfo=UTC)

@@ -11,7 +11,7 @@ from habana_tasks.build.plan import Action, BuildJob
 from habana_tasks.config.targets import SigningFiles
 from habana_tasks.core.errors import ConfigError
 from habana_tasks.maintenance import preflight
-from tests.unit.test_plan import CONFIG, INPUTS, TARGET
+from tests.samples import CONFIG, INPUTS, TARGET
 
 RELEASE = preflight.KernelSource(
     "OpenShift 4.16.12 (x86_64)", TARGET.kernel, "x86_64", release="4.16.12"

@@ -15,7 +15,7 @@ from habana_tasks.build.reporter import (
 from habana_tasks.build.results import JobResult, JobStatus
 from habana_tasks.cli.tables import FOLD_CURRENT_AFTER, plan_table, summary_table
 from habana_tasks.core.errors import Failure
-from tests.unit.test_plan import TARGET
+from tests.samples import TARGET
 
 RESULT = JobResult(
     "1.0-k",
