@@ -62,6 +62,10 @@ def test_verify_rebuild_reproduces_each_published_image(library: tuple[Project, 
     code = commands.verify_rebuild(project, str(versions), NEW, console=out)
     assert code == errors.OK, text.getvalue()
     assert "reproduced" in text.getvalue()
+    # Proven from a fresh compile: the compile cache is not read.
+    runs = sorted((project.cache / "logs").glob("verify-rebuild-*"))
+    log = next(runs[-1].glob("*.log")).read_text()
+    assert "compile cache: not used (compiled afresh)" in log and 'RUN make -j"$(nproc)"' in log
 
 
 def test_verify_rebuild_names_the_layer_and_the_files_that_differ(

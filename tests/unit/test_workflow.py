@@ -92,3 +92,15 @@ def test_every_invoke_line_parses_with_the_tasks_own_arguments() -> None:
             line = [word for token in written for word in array.get(token, [token])]
             parsed = Parser(contexts=contexts).parse_argv(line)
             assert [context.name for context in parsed] == [line[0]]
+
+
+def test_each_batch_restores_the_compile_cache_of_its_kernels() -> None:
+    """A flavour, base or label change rebuilds every pair without compiling: each batch starts
+    from its kernels' compiled files of earlier runs (entries are keyed by content)."""
+    steps = workflow()["jobs"]["build"]["steps"]
+    cache = next(s for s in steps if str(s.get("uses", "")).startswith("actions/cache@"))
+    assert cache["with"]["path"] == ".cache/compile"
+    assert cache["with"]["key"].startswith("compile-${{ matrix.kernels }}-")
+    assert cache["with"]["restore-keys"] == "compile-${{ matrix.kernels }}-"
+    build = next(s for s in steps if "invoke build-all" in str(s.get("run", "")))
+    assert steps.index(cache) < steps.index(build)
