@@ -86,11 +86,8 @@ def build_image(
         content = compiling.toolkit_content(podman, spec, memo, on_line)
         recipe = compiling.recipe_digest(options.dockerfile.read_text())
         key = compiling.compile_key(target, inputs, content, recipe)
-    files, record = compiling.compiled_files(podman, options.compiling, spec, key, work, on_line)
     assembled = context / compiling.COMPILED_DIR
-    if files != assembled:
-        shutil.copytree(files, assembled, symlinks=True)
-    assembled.chmod(0o755)
+    record = compiling.compiled_files(podman, options.compiling, spec, key, assembled, on_line)
     image_labels = labels.image_labels(
         config, target, inputs, labels.rfc3339(options.source_date_epoch), options.load_tested
     )

@@ -184,13 +184,15 @@ def compiled_files(
     settings: CompileSettings,
     spec: BuildSpec,
     key: CompileKey | None,
-    work: Path,
+    destination: Path,
     on_line: LineSink | None,
-) -> tuple[Path, CompileRecord]:
-    """The compiled files: the cache's entry for the key on a hit; else compiled now (and
-    stored, when there is a cache). What was done is logged and returned."""
+) -> CompileRecord:
+    """The compiled files, in destination (which must not exist): the cache's entry for the key
+    on a hit; else compiled now (and stored, when there is a cache). What was done is logged
+    and returned."""
     started = time.monotonic()
     say = on_line or (lambda line: None)
+    work = spec.iidfile.parent
 
     def record(cache: str, note: str) -> CompileRecord:
         digest, inputs = (key.digest, dict(key.inputs)) if key else ("", {})
@@ -198,34 +200,37 @@ def compiled_files(
 
     if settings.cache is None or key is None:
         say(note := "compile cache: not used (compiled afresh)")
-        return _fresh(podman, spec, work / COMPILED_DIR, work, on_line), record(NOT_USED, note)
+        _fresh(podman, spec, destination, work, on_line)
+        return record(NOT_USED, note)
     say(f"compile key {key.digest[:16]}:\n{key.text}")
     state, note = REFRESHED, "compile cache: not read (--no-compile-cache); compiled afresh"
-    files: Path | None = None
     if not settings.refresh:
-        found = settings.cache.lookup(key)
-        state, note, files = (HIT if found.hit else MISS), found.note, found.files
-    say(note)
-    if files is not None:
-        return files, record(state, note)
+        found = settings.cache.fetch(key, destination)
+        say(found.note)
+        if found.hit:
+            return record(HIT, found.note)
+        state, note = MISS, found.note
+    else:
+        say(note)
     try:
         staged = settings.cache.staging()
     except OSError as exc:  # another user's cache, readable but not ours to write
         say(note := f"{note}; not stored ({exc.strerror})")
-        return _fresh(podman, spec, work / COMPILED_DIR, work, on_line), record(state, note)
+        _fresh(podman, spec, destination, work, on_line)
+        return record(state, note)
     try:
         _fresh(podman, spec, staged / FILES, work, on_line)
-        files = settings.cache.store(key, staged)
+        shutil.copytree(staged / FILES, destination, symlinks=True)
+        settings.cache.store(key, staged)
     finally:
         shutil.rmtree(staged, ignore_errors=True)  # gone already once stored
     say(f"compiled files stored in the compile cache: {key.digest[:16]}")
-    return files, record(state, note)
+    return record(state, note)
 
 
 def _fresh(
     podman: Podman, spec: BuildSpec, destination: Path, work: Path, on_line: LineSink | None
-) -> Path:
+) -> None:
     destination.mkdir(parents=True, exist_ok=True)
-    destination.chmod(0o755)
+    destination.chmod(0o755)  # the same mode whatever the umask: COPY reads it
     compile_into(podman, spec, destination, work, on_line)
-    return destination

@@ -4,11 +4,12 @@ keys on what the compiler reads and Bazel's action cache on an action's inputs.
 
 An entry is `entries/<key digest>/`: `files/` (what the Dockerfile's `compiled` stage holds),
 `key.json` (the key's inputs: on a miss, the nearest entry says which input differs) and
-`manifest.json` (each file's type, mode, size and sha256). Every read checks the files against
-the manifest: a corrupt or truncated entry is a miss that names what differs, and is removed.
-Entries are made under `tmp/` and renamed into place, so a reader never sees half of one. A hit
-touches the manifest; beyond `max_size`, the least recently used entries go. Hits and misses
-are counted in `stats.json` under a lock, across processes.
+`manifest.json` (each file's type, mode, size and sha256). A read copies the files out and
+checks the copy against the manifest, so what a build uses is what was checked: a corrupt or
+truncated entry is a miss that names what differs, and is removed. Entries are made under
+`tmp/` and renamed into place, so a reader never sees half of one. A hit touches the manifest;
+beyond `max_size`, the least recently used entries go. Hits and misses are counted in
+`stats.json` under a lock, across processes.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class CompileKey:
 class Lookup:
     """A lookup's answer: the entry's files on a hit, and what to say either way."""
 
-    files: Path | None
+    files: Path | None  # where the entry's files were copied, on a hit
     note: str
 
     @property
@@ -140,12 +141,14 @@ class CompileCache:
         (path / FILES).mkdir(parents=True)
         return path
 
-    def lookup(self, key: CompileKey) -> Lookup:
-        """The entry for the key if it is whole; else a miss that says why (no entry, and the
-        inputs that differ from the nearest entry; or what is corrupt in this one)."""
+    def fetch(self, key: CompileKey, destination: Path) -> Lookup:
+        """The key's entry copied to destination (which must not exist) and checked there
+        against its manifest, so what is used is what was checked, whatever another process
+        does to the entry meanwhile; else a miss that says why (no entry, and the inputs that
+        differ from the nearest one; or what was wrong with this one) and no destination."""
         entry = self.entries / key.digest
         try:
-            why = self._nearest(key) if not entry.is_dir() else self._corrupt(entry)
+            why = self._nearest(key) if not entry.is_dir() else self._copied(entry, destination)
         except OSError as exc:  # a cache another user keeps, not ours to read
             return Lookup(None, f"compile cache miss: the cache cannot be read ({exc.strerror})")
         counted = self._count("misses" if why else "hits")
@@ -154,18 +157,23 @@ class CompileCache:
                 os.utime(entry / MANIFEST)  # recently used
             except OSError as exc:  # another user's cache, readable but not ours to write
                 counted = f" (not marked as used: {exc.strerror})"
-            return Lookup(entry / FILES, f"compile cache hit: {key.digest[:16]}{counted}")
+            return Lookup(destination, f"compile cache hit: {key.digest[:16]}{counted}")
         return Lookup(None, f"compile cache miss: {why}{counted}")
 
-    def _corrupt(self, entry: Path) -> str | None:
-        """What makes the entry unusable, having removed it (None: it is whole)."""
+    def _copied(self, entry: Path, destination: Path) -> str | None:
+        """Why the entry could not serve (None: destination holds its files, checked)."""
         try:
             recorded = json.loads((entry / MANIFEST).read_text())
-            difference = _difference(recorded, manifest_of(entry / FILES))
+            shutil.copytree(entry / FILES, destination, symlinks=True)
+            difference = _difference(recorded, manifest_of(destination))
+        except FileNotFoundError:  # evicted or cleared while it was read: not corrupt
+            shutil.rmtree(destination, ignore_errors=True)
+            return f"entry {entry.name[:16]} was removed while it was read"
         except (OSError, ValueError) as exc:
-            difference = f"its manifest is unreadable ({exc.__class__.__name__})"
+            difference = f"it is unreadable ({exc.__class__.__name__})"
         if difference is None:
             return None
+        shutil.rmtree(destination, ignore_errors=True)
         try:
             self._discard(entry)
         except OSError as exc:
@@ -215,7 +223,8 @@ class CompileCache:
 
     def store(self, key: CompileKey, staged: Path) -> Path:
         """The staged directory (from staging(), its files/ filled) becomes the key's entry;
-        the least recently used entries beyond max_size are evicted. Returns the entry's files."""
+        the least recently used entries beyond max_size are evicted (never the new one; a
+        reader copies an entry before using it). Returns the entry's files."""
         manifest = manifest_of(staged / FILES)
         _write_json(staged / MANIFEST, manifest)
         _write_json(staged / KEY, dict(key.inputs))

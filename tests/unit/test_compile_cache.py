@@ -3,13 +3,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from habana_tasks.build import compile as compiling
-from habana_tasks.build.compile_cache import FILES, MANIFEST, CompileCache, CompileKey
+from habana_tasks.build.compile_cache import FILES, MANIFEST, CompileCache, CompileKey, Lookup
 from habana_tasks.core.errors import HabanaError
 from tests.conftest import invoke_argv
 from tests.samples import INPUTS, ONE_INPUT_CHANGED, TARGET
@@ -21,6 +23,11 @@ def key(**changed: str) -> CompileKey:
     values = {"kernel release": "6.1.0-55-amd64", "driver package": "aa", "modules": "habanalabs"}
     values.update(changed)
     return CompileKey(tuple(values.items()))
+
+
+def fetched(cache: CompileCache, k: CompileKey) -> Lookup:
+    """A build's read of the cache: the entry copied into a folder of its own."""
+    return cache.fetch(k, cache.root.parent / f"out-{uuid.uuid4().hex}")
 
 
 def stored(cache: CompileCache, k: CompileKey, content: bytes = b"module") -> Path:
@@ -36,10 +43,12 @@ def stored(cache: CompileCache, k: CompileKey, content: bytes = b"module") -> Pa
 
 def test_a_stored_entry_is_a_hit_with_the_same_files(tmp_path: Path) -> None:
     cache = CompileCache(tmp_path / "cache", 10**9)
-    files = stored(cache, key())
-    found = cache.lookup(key())
-    assert found.hit and found.files == files
+    entry = stored(cache, key())
+    found = fetched(cache, key())
+    assert found.hit and found.files is not None and found.files != entry
     assert "compile cache hit" in found.note
+    files = found.files  # a copy, checked against the entry's manifest
+    assert files.stat().st_mode & 0o777 == 0o755
     module = files / "lib/modules/6.1.0-55-amd64/extra/habanalabs.ko"
     assert module.read_bytes() == b"module"
     assert os.readlink(files / "lib/modules/6.1.0-55-amd64/host") == (
@@ -52,10 +61,10 @@ def test_a_stored_entry_is_a_hit_with_the_same_files(tmp_path: Path) -> None:
 
 def test_a_miss_names_the_inputs_that_differ_from_the_nearest_entry(tmp_path: Path) -> None:
     cache = CompileCache(tmp_path / "cache", 10**9)
-    assert "none to compare with" in (cache.lookup(key()).note)
+    assert "none to compare with" in (fetched(cache, key()).note)
     stored(cache, key())
     stored(cache, key(**{"kernel release": "6.1.0-56-amd64", "modules": "x"}))
-    found = cache.lookup(key(**{"driver package": "bb"}))
+    found = fetched(cache, key(**{"driver package": "bb"}))
     assert not found.hit
     assert found.note.endswith("(the nearest differs in: driver package)")
     assert cache.stats().misses == 2
@@ -81,14 +90,14 @@ def test_a_corrupt_entry_is_a_named_miss_and_is_removed(tmp_path: Path, damage: 
         module.unlink()
     else:
         (files.parent / MANIFEST).write_text("{not json")
-    found = cache.lookup(key())
+    found = fetched(cache, key())
     assert not found.hit
     assert "was corrupt" in found.note and "removed" in found.note
     if damage != "manifest":
         assert ("stray" if damage == "extra" else "habanalabs.ko") in found.note
     assert not files.exists()
     stored(cache, key())
-    assert cache.lookup(key()).hit, "compiled again, the entry serves"
+    assert fetched(cache, key()).hit, "compiled again, the entry serves"
 
 
 def test_least_recently_used_entries_go_beyond_max_size(tmp_path: Path) -> None:
@@ -99,9 +108,9 @@ def test_least_recently_used_entries_go_beyond_max_size(tmp_path: Path) -> None:
     for number, when in (("1", old + 10), ("2", old)):  # 1 used after 2
         os.utime(cache.entries / key(modules=number).digest / MANIFEST, (when, when))
     stored(cache, key(modules="3"), b"0123456789")
-    assert cache.lookup(key(modules="1")).files == first
-    assert not cache.lookup(key(modules="2")).hit, "the least recently used went"
-    assert cache.lookup(key(modules="3")).hit
+    assert fetched(cache, key(modules="1")).hit and first.exists()
+    assert not fetched(cache, key(modules="2")).hit, "the least recently used went"
+    assert fetched(cache, key(modules="3")).hit
     assert cache.stats().entries == 2
 
 
@@ -117,14 +126,14 @@ def test_storing_again_replaces_the_entry(tmp_path: Path) -> None:
     stored(cache, key(), b"old")
     files = stored(cache, key(), b"new")
     assert (files / "lib/modules/6.1.0-55-amd64/extra/habanalabs.ko").read_bytes() == b"new"
-    assert cache.lookup(key()).hit
+    assert fetched(cache, key()).hit
 
 
 def test_clear_removes_every_entry_and_the_counters(tmp_path: Path) -> None:
     cache = CompileCache(tmp_path / "cache", 10**9)
     stored(cache, key(modules="1"))
     stored(cache, key(modules="2"))
-    cache.lookup(key(modules="1"))
+    fetched(cache, key(modules="1"))
     assert cache.clear() == 2
     stats = cache.stats()
     assert (stats.entries, stats.size, stats.hits, stats.misses) == (0, 0, 0, 0)
@@ -238,8 +247,8 @@ def test_invoke_cache_shows_the_counts_and_clear_empties_it(tmp_path: Path) -> N
     cache = CompileCache(tmp_path / "compile", 10**9)
     stored(cache, key(modules="1"), b"0123456789")
     stored(cache, key(modules="2"), b"0123456789")
-    cache.lookup(key(modules="1"))
-    cache.lookup(key(modules="3"))
+    fetched(cache, key(modules="1"))
+    fetched(cache, key(modules="3"))
     shown = invoke_cache(tmp_path, "--stats")
     assert shown.returncode == 0, shown.stderr
     row = next(line for line in shown.stdout.splitlines() if "MiB" in line and "│" in line)
@@ -270,7 +279,7 @@ def test_a_cache_that_cannot_be_read_or_written_is_a_named_miss(tmp_path: Path) 
     own folder, tested with podman in the rootless session)."""
     (tmp_path / "not-a-directory").write_text("x")
     cache = CompileCache(tmp_path / "not-a-directory" / "compile", 10**9)
-    found = cache.lookup(key())
+    found = fetched(cache, key())
     assert not found.hit
     assert found.note == "compile cache miss: the cache cannot be read (Not a directory)"
     with pytest.raises(OSError):
@@ -281,14 +290,18 @@ def test_an_entry_another_user_keeps_is_read_but_not_marked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = CompileCache(tmp_path / "compile", 10**9)
-    files = stored(cache, key())
+    stored(cache, key())
+    real_utime = os.utime
 
-    def refused(*args: object, **kwargs: object) -> None:
-        raise PermissionError(1, "Operation not permitted")
+    def refused(path: Path, *args: Any, **kwargs: Any) -> None:
+        """Another user's manifest is not ours to touch; the copies we make are."""
+        if Path(path).name == MANIFEST:
+            raise PermissionError(1, "Operation not permitted")
+        real_utime(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "utime", refused)
-    found = cache.lookup(key())
-    assert found.files == files
+    found = fetched(cache, key())
+    assert found.hit
     assert found.note.endswith("(not marked as used: Operation not permitted)")
 
 
