@@ -18,9 +18,11 @@ HAS_TOOLS = IN_CI or all(find_tool(tool) for tool in SMOKE_TOOLS)
 EXAMPLE = "examples/local/versions.toml"
 # What an ordinary user runs, in order: the README's first command, then each task once more.
 # The compile cache is this checkout's (root's): what root compiled, the user reads and does
-# not compile again; what it lacks, the user compiles into its own work folder.
+# not compile again (the summaries' compile column says hit); what it lacks, the user compiles
+# into its own work folder.
+COMPILE_CACHE = Path(__file__).resolve().parent / ".cache" / "compile"
 ROOTLESS_COMMAND = (
-    f"export HABANA_COMPILE_CACHE_DIR={Path(__file__).resolve().parent / '.cache' / 'compile'}"
+    f"export HABANA_COMPILE_CACHE_DIR={COMPILE_CACHE}"
     " && scripts/install-deps && .venv/bin/invoke example"
     f" && .venv/bin/invoke build --kernel 6.1.0-55-amd64 --versions {EXAMPLE}"
     f" && .venv/bin/invoke build-all --versions {EXAMPLE}"

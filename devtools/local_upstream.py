@@ -329,8 +329,20 @@ mkdir -p %{buildroot}/usr/src
 cp -a %{srcdir}/habanalabs-%{drv_full} %{buildroot}/usr/src/
 
 %files
+%defattr(-,root,root,-)
 /usr/src/habanalabs-%{drv_full}
 """
+
+
+# The same package, byte for byte, wherever and whenever it is made (as a vendor's release is
+# one file): the build time, every file's time and the build host are fixed, so the compile
+# cache's key (the package's sha256) is the same in every checkout and for every user.
+RPM_EPOCH = {"SOURCE_DATE_EPOCH": "1700000000"}
+REPRODUCIBLE_RPM = {
+    "use_source_date_epoch_as_buildtime": "1",
+    "clamp_mtime_to_source_date_epoch": "1",
+    "_buildhost": "habana-upstream",
+}
 
 
 def dkms_conf(version: str, git_sha: str, source: str) -> str:
@@ -368,7 +380,8 @@ def build_driver_rpm(
     out_dir = output_dir or upstream.package_dir
     rpm = out_dir / f"habanalabs-{version}.el8.noarch.rpm"
     standin = {p.name: p.read_bytes() for p in sorted(STANDIN_SOURCE.iterdir()) if p.is_file()}
-    key = _key(source, version, payload, conf, hashlib.sha256(repr(standin).encode()).hexdigest())
+    recipe = repr((standin, SPEC, REPRODUCIBLE_RPM))  # a new recipe makes the package again
+    key = _key(source, version, payload, conf, hashlib.sha256(recipe.encode()).hexdigest())
     stamp = out_dir / f".{rpm.name}.key"
     if rpm.exists() and stamp.exists() and stamp.read_text() == key:
         return rpm
@@ -394,11 +407,12 @@ def build_driver_rpm(
         "drv_full": version,
         "_binary_payload": PAYLOADS[payload],
         "_rpmfilename": "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}.rpm",
+        **REPRODUCIBLE_RPM,
     }
     argv = ["rpmbuild", "-bb", "--quiet"]
     for name, value in defines.items():
         argv += ["--define", f"{name} {value}"]
-    runner.run([*argv, str(work / "habanalabs.spec")], env={"SOURCE_DATE_EPOCH": "1700000000"})
+    runner.run([*argv, str(work / "habanalabs.spec")], env=RPM_EPOCH)
     built = work / "top" / "RPMS" / f"habanalabs-{version}.el8.noarch.rpm"
     out_dir.mkdir(parents=True, exist_ok=True)
     built.replace(rpm)
@@ -422,7 +436,8 @@ def build_firmware_rpm(
     rpm = upstream.package_dir / (name or f"habanalabs-firmware-{version}.el8.{arch}.rpm")
     wanted = sorted(files)
     stamp = rpm.with_name(f".{rpm.name}.key")
-    if rpm.exists() and stamp.exists() and stamp.read_text() == _key(*wanted):
+    key = _key(*wanted, REPRODUCIBLE_RPM)
+    if rpm.exists() and stamp.exists() and stamp.read_text() == key:
         return rpm
     work = upstream.root / "rpmbuild" / f"firmware-{rpm.name}"
     runner.run(["rm", "-rf", str(work)])
@@ -451,13 +466,19 @@ def build_firmware_rpm(
             f"_topdir {work / 'top'}",
             "--define",
             "_rpmfilename %{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}.rpm",
+            *(
+                f
+                for name, value in REPRODUCIBLE_RPM.items()
+                for f in ("--define", f"{name} {value}")
+            ),
             str(work / "fw.spec"),
-        ]
+        ],
+        env=RPM_EPOCH,
     )
     upstream.package_dir.mkdir(parents=True, exist_ok=True)
     built = work / "top" / "RPMS" / f"habanalabs-firmware-{version}.el8.{arch}.rpm"
     built.replace(rpm)
-    stamp.write_text(_key(*wanted))
+    stamp.write_text(key)
     return rpm
 
 
