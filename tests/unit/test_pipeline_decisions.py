@@ -215,7 +215,7 @@ class FakePodman(FakeRunner):
         return 0, []
 
 
-def library(fake: FakeRegistry, tmp_path: Path) -> targets.Config:
+def library(fake: FakeRegistry, tmp_path: Path, extra: str = "") -> targets.Config:
     host = fake.host
     fake.add_image("base/debian", "12", {}, OCI_MANIFEST)
     for kernel in KERNELS:  # one toolkit per kernel, each with its own digest
@@ -227,7 +227,7 @@ def library(fake: FakeRegistry, tmp_path: Path) -> targets.Config:
     path.write_text(
         f'[library]\nrepository = "{host}/library/driver"\ninsecure_registries = ["{host}"]\n'
         f'[base]\nimage = "{host}/base/debian:12"\n[toolkit]\nimage = "{host}/dtk:{{kernel}}"\n'
-        f'[driver]\npackage_url = "{package.as_uri()}"\n{entries}'
+        f'[driver]\npackage_url = "{package.as_uri()}"\n{extra}{entries}'
     )
     return config.load(path)
 
@@ -564,3 +564,15 @@ def test_the_compile_cache_lives_where_habana_compile_cache_dir_says(
         build_service.BuildOptions(load_test=False),
     )
     assert other.compiles == [] and len(pushes(other)) == len(KERNELS)
+
+
+def test_the_compile_cache_keeps_to_its_configured_size(fake: FakeRegistry, tmp_path: Path) -> None:
+    """[cache] max_size read from the versions file by a real run: with 0, each store evicts
+    every other entry, and every build still gets its files (a copy checked on read)."""
+    cfg = library(fake, tmp_path, extra='[cache]\nmax_size = "0"\n')
+    assert cfg.cache.max_size == 0
+    runner = FakePodman(fake)
+    result = run(runner, cfg, tmp_path)
+    assert [r.status for r in result.results] == [JobStatus.OK, JobStatus.OK]
+    entries = list((tmp_path / "cache" / "compile" / "entries").iterdir())
+    assert len(entries) == 1 and sorted(runner.compiles) == sorted(KERNELS)
