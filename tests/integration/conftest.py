@@ -74,11 +74,14 @@ def run(
     dry_run: bool = False,
     compile_cache: bool = True,
     force: bool = False,
+    load_test: bool = True,
 ) -> tuple[int, str, list[dict[str, Any]]]:
     """Run the build as `invoke build-all` does; returns exit code, console text, results."""
     out = io.StringIO()
     cfg = config.load(versions)
-    options = BuildOptions(jobs=jobs, dry_run=dry_run, compile_cache=compile_cache, force=force)
+    options = BuildOptions(
+        jobs=jobs, dry_run=dry_run, compile_cache=compile_cache, force=force, load_test=load_test
+    )
     run = commands.run_build(project, cfg, cfg.targets, Console(file=out, width=250), options)
     results = run.results
     code = run.exit_code
