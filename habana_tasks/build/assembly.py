@@ -24,8 +24,6 @@ from habana_tasks.core.process import LineSink
 from habana_tasks.engine.podman import BuildSpec, Podman
 from habana_tasks.verification import signing
 
-TOOLKIT_MEMO = "toolkits"  # under the compile cache: what each toolkit's compile reads
-
 
 @dataclass(frozen=True)
 class ImageOptions:
@@ -82,9 +80,9 @@ def build_image(
     cache = options.compiling.cache
     key = None
     if cache is not None:
-        memo = cache.root / TOOLKIT_MEMO
-        content = compiling.toolkit_content(podman, spec, memo, on_line)
-        recipe = compiling.recipe_digest(options.dockerfile.read_text())
+        dockerfile = (context / "Dockerfile").read_text()
+        content = compiling.toolkit_content(podman, spec, dockerfile, cache, on_line)
+        recipe = compiling.recipe_digest(dockerfile)
         key = compiling.compile_key(target, inputs, content, recipe)
     assembled = context / compiling.COMPILED_DIR
     record = compiling.compiled_files(podman, options.compiling, spec, key, assembled, on_line)

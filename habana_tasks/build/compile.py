@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import tarfile
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -108,14 +106,18 @@ def compile_key(
 
 
 def toolkit_content(
-    podman: Podman, spec: BuildSpec, memo: Path | None, on_line: LineSink | None
+    podman: Podman,
+    spec: BuildSpec,
+    dockerfile: str,
+    cache: CompileCache,
+    on_line: LineSink | None,
 ) -> str:
     """The digest of what the compile reads from the toolkit, printed by the compile-inputs
-    stage; remembered per toolkit digest, release and stage recipe under `memo`."""
-    recipe = recipe_digest(spec.containerfile.read_text(), (INPUTS_STAGE,))
+    stage; remembered in the cache per toolkit digest, release and stage recipe."""
+    recipe = recipe_digest(dockerfile, (INPUTS_STAGE,))
     material = [spec.build_args["TOOLKIT_IMAGE"], spec.build_args["KERNEL_RELEASE"], recipe]
     name = hashlib.sha256(json.dumps(material).encode()).hexdigest()
-    if memo is not None and (known := _memo(memo / f"{name}.json")):
+    if known := cache.remembered(name):
         return known
     printed: list[str] = []
 
@@ -129,24 +131,9 @@ def toolkit_content(
     podman.remove_image(podman.build(stage, watch))
     if len(printed) != 1:
         raise HabanaError("the compile-inputs stage did not print one COMPILE-INPUTS line")
-    if memo is not None:
-        try:
-            memo.mkdir(parents=True, exist_ok=True)
-            part = memo / f".{name}.{os.getpid()}.{threading.get_ident()}"
-            part.write_text(json.dumps({"content": printed[0]}))
-            part.replace(memo / f"{name}.json")
-        except OSError as exc:  # another user's cache: digested again next time
-            if on_line is not None:
-                on_line(f"compile inputs not remembered: {exc.strerror}")
+    if (said := cache.remember(name, printed[0])) and on_line is not None:
+        on_line(said)
     return printed[0]
-
-
-def _memo(path: Path) -> str | None:
-    try:
-        value = json.loads(path.read_text()).get("content")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) and re.fullmatch("[0-9a-f]{64}", value) else None
 
 
 def compile_into(

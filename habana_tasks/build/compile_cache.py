@@ -9,7 +9,8 @@ checks the copy against the manifest, so what a build uses is what was checked: 
 truncated entry is a miss that names what differs, and is removed. Entries are made under
 `tmp/` and renamed into place, so a reader never sees half of one. A hit touches the manifest;
 beyond `max_size`, the least recently used entries go. Hits and misses are counted in
-`stats.json` under a lock, across processes.
+`stats.json` under a lock, across processes; `toolkits/` remembers what each toolkit gives the
+compile (a digest per toolkit digest and release).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -30,6 +32,8 @@ FILES = "files"
 KEY = "key.json"
 MANIFEST = "manifest.json"
 STATS = "stats.json"
+TOOLKITS = "toolkits"  # what each toolkit gives the compile, by toolkit digest and release
+DIGEST = re.compile("[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,21 @@ class CompileCache:
             int(counts.get("misses", 0)),
             self.max_size,
         )
+
+    def remembered(self, name: str) -> str | None:
+        """A digest remembered under name (what a toolkit gives the compile), if any."""
+        value = _read_json(self.root / TOOLKITS / f"{name}.json")
+        found = value.get("content") if isinstance(value, dict) else None
+        return found if isinstance(found, str) and DIGEST.fullmatch(found) else None
+
+    def remember(self, name: str, digest: str) -> str | None:
+        """Keep a digest under name; what to say when the cache is not ours to write."""
+        try:
+            (self.root / TOOLKITS).mkdir(parents=True, exist_ok=True)
+            _write_json(self.root / TOOLKITS / f"{name}.json", {"content": digest})
+        except OSError as exc:  # another user's cache: digested again next time
+            return f"compile inputs not remembered: {exc.strerror}"
+        return None
 
     def clear(self) -> int:
         """Every entry and the counters removed (a compile under way keeps its staging
