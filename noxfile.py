@@ -85,7 +85,7 @@ def load_test(session: nox.Session) -> None:
     session.install("-e", ".")
     try:
         session.run("invoke", "example")
-        session.run("invoke", "load-test", "--versions", EXAMPLE)
+        session.run("invoke", "load-test", "--jobs", "2", "--versions", EXAMPLE)
     finally:
         session.run("invoke", "upstream-down")
 

@@ -175,6 +175,9 @@ def build_all(
         "{:g}-{:g} (default 120)".format(*arguments.TIMEOUT_SECONDS),
         "secure-boot": "boot as a Secure Boot node: UEFI firmware, shim, GRUB, the library's "
         "certificate enrolled as a machine-owner key (needs [signing])",
+        "jobs": "images tested at once (a guest uses one core), {}-{} (default 1)".format(
+            *arguments.JOBS
+        ),
     }
 )
 @documented
@@ -186,6 +189,7 @@ def load_test(
     image: str | None = None,
     timeout: str = "120",
     secure_boot: bool = False,
+    jobs: str = "1",
 ) -> None:
     """Boot each image's exact kernel under qemu and load its driver as KMM does."""
     from habana_tasks.cli import commands
@@ -199,6 +203,7 @@ def load_test(
             image=arguments.optional("--image", image, arguments.image),
             timeout=arguments.seconds("--timeout", timeout, arguments.TIMEOUT_SECONDS),
             secure_boot=secure_boot,
+            jobs=arguments.count("--jobs", jobs, arguments.JOBS),
         )
     )
 

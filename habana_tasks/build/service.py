@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TextIO, TypeVar
@@ -239,19 +240,34 @@ def per_target(
     folders: RunFolders,
     targets: Sequence[BuildTarget],
     run: Callable[[BuildTarget, Path, TextIO], R],
+    jobs: int = 1,
+    runner: ProcessRunner | None = None,
 ) -> list[R]:
-    """`run` for each target in turn, each with a scratch folder (removed afterwards) and its
-    own log in the run's logs folder."""
+    """`run` for each target, `jobs` at a time, each with a scratch folder (removed afterwards)
+    and its own log in the run's logs folder; results in the targets' order. Interrupted, the
+    runner's commands are stopped before the interrupt goes on (workers hold no signal)."""
     folders.logs.mkdir(parents=True, exist_ok=True)
-    results = []
-    for target in targets:
+
+    def one(target: BuildTarget) -> R:
         work = folders.work / target.tag
         with (folders.logs / f"{target.tag}.log").open("w", encoding="utf-8") as log:
             try:
-                results.append(run(target, work, log))
+                return run(target, work, log)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-    return results
+
+    if jobs <= 1 or len(targets) <= 1:
+        return [one(target) for target in targets]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(one, target) for target in targets]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            if runner is not None:
+                runner.terminate_all()
+            raise
 
 
 def compile_cache(project: Project, config: Config) -> CompileCache:
@@ -300,6 +316,7 @@ def load_test_images(
     image: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     secure_boot_test: bool = False,
+    jobs: int = 1,
 ) -> LoadTestRun:
     """Pull each target's published image (or `image`, for one target) and its toolkit, and
     load-test it in the exact kernel again, as `build` did; one log per image. With
@@ -326,7 +343,7 @@ def load_test_images(
             podman, store, registry, config, target, image_ref, work, log, workers, timeout, setup
         )
 
-    results = per_target(folders, targets, one)
+    results = per_target(folders, targets, one, jobs, podman.runner)
     return LoadTestRun(tuple(results), write_report(folders.report, results))
 
 

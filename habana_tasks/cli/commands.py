@@ -115,6 +115,7 @@ def load_tests(
     image: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     secure_boot: bool = False,
+    jobs: int = 1,
     console: Console | None = None,
 ) -> int:
     """Load-test published (or local) images in their exact kernels; the exit code."""
@@ -130,6 +131,7 @@ def load_tests(
         image=image,
         timeout=timeout,
         secure_boot_test=secure_boot,
+        jobs=jobs,
     )
     console.print(tables.load_test_table(run.results))
     print_line(console, f"report: {run.report}")

@@ -144,8 +144,12 @@ class ProcessRunner:
         reader = threading.Thread(target=pump, daemon=True)
         with self._lock:
             self._live.add(proc)
+            # terminate_all may have taken its list between the check above and now.
+            stopped_meanwhile = self._stopping.is_set()
         reader.start()
         try:
+            if stopped_meanwhile:
+                _terminate(proc)
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             _terminate(proc)

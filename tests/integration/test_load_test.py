@@ -106,7 +106,8 @@ def boot(
 def test_the_example_library_passes_in_both_kernels(library: tuple[Project, Path]) -> None:
     project, versions = library
     out = io.StringIO()
-    assert commands.load_tests(project, str(versions), console=Console(file=out, width=250)) == 0
+    console = Console(file=out, width=250)
+    assert commands.load_tests(project, str(versions), jobs=2, console=console) == 0
     text = out.getvalue()
     for kernel in KERNELS:
         assert f"{DRIVER}-{kernel}" in text and kernel in text
@@ -340,8 +341,8 @@ def test_hanging_guest_is_killed_and_reported(parts: dict[str, Path], tmp_path: 
         return [(info, data)]
 
     rootfs = rewrite(parts[NEW], tmp_path / "r.tar", hang)
-    result = boot(parts, rootfs, tmp_path, timeout=25)
-    assert (result.passed, result.reason) == (False, "guest timed out after 25 s (qemu killed)")
+    result = boot(parts, rootfs, tmp_path, timeout=15)
+    assert (result.passed, result.reason) == (False, "guest timed out after 15 s (qemu killed)")
     left = subprocess.run(
         ["pgrep", "-f", f"qemu-system-x86_64.*{tmp_path}"], capture_output=True, check=False
     )

@@ -11,7 +11,8 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -184,18 +185,19 @@ def test_the_kernel_enforcing_signatures_refuses_unsigned_and_unknown_key_module
     podman = Podman(ProcessRunner())
     unsigned_target = config.load(library[1]).targets[1]
     signed_target = config.load(signed["versions"]).targets[0]
-    outcomes = {}
+    rootfs = {}
     for name, image in (("unsigned", unsigned_target.image), ("signed", signed_target.image)):
-        rootfs = tmp_path / f"{name}.tar"
-        podman.export_rootfs(image, rootfs)
-        outcomes[name], console = boot(
-            podman,
-            rootfs,
-            unsigned_target.toolkit_image,
-            list(reversed(EXAMPLE_MODULES)),  # the stand-in first: its in-tree deps load first
-            tmp_path / name,
-            enforce_signatures=True,
-        )
+        rootfs[name] = tmp_path / f"{name}.tar"
+        podman.export_rootfs(image, rootfs[name])
+    booted = boot_all(
+        podman,
+        unsigned_target.toolkit_image,
+        list(reversed(EXAMPLE_MODULES)),  # the stand-in first: its in-tree deps load first
+        tmp_path,
+        {name: (tar, {"enforce_signatures": True}) for name, tar in rootfs.items()},
+    )
+    outcomes = {}
+    for name, (outcomes[name], console) in booted.items():
         assert "insmod /tmp/opt/lib/modules/" in console
         # Debian's own ib_core is signed by a key the kernel trusts: it loaded.
         assert "ib_core" in console
@@ -221,32 +223,34 @@ def test_kmm_sign_flow_is_refused_for_images_the_library_signed(
         )
 
 
-def boot(
+def boot_all(
     podman: Podman,
-    rootfs: Path,
     toolkit: str,
     modules: Sequence[str],
     work: Path,
-    **options: Any,
-) -> tuple[load_test.LoadTestResult, str]:
-    """An exported image booted in KERNEL on the node its toolkit makes (as the load test
-    does); the result and the guest's console."""
-    store = KernelModuleStore(podman, work.parent / "kernels")
-    workers = WorkerTools(podman, ROOT / "Dockerfile", work.parent / "kernels")
-    node = load_test.node_for(store, workers, rootfs, toolkit, KERNEL)
-    lines: list[str] = []
-    result = load_test.boot_and_load(
-        podman,
-        rootfs,
-        store.vmlinuz(toolkit, KERNEL),
-        KERNEL,
-        modules,
-        work,
-        node,
-        on_line=lines.append,
-        **options,
-    )
-    return result, "\n".join(lines)
+    cases: Mapping[str, tuple[Path, dict[str, Any]]],
+) -> dict[str, tuple[load_test.LoadTestResult, str]]:
+    """Exported images booted in KERNEL on the node its toolkit makes (as the load test does),
+    two at a time (a TCG guest uses one core); each case's result and the guest's console."""
+    store = KernelModuleStore(podman, work / "kernels")
+    workers = WorkerTools(podman, ROOT / "Dockerfile", work / "kernels")
+    vmlinuz = store.vmlinuz(toolkit, KERNEL)
+    nodes = {
+        name: load_test.node_for(store, workers, tar, toolkit, KERNEL)
+        for name, (tar, _) in cases.items()
+    }
+
+    def one(name: str) -> tuple[load_test.LoadTestResult, str]:
+        tar, options = cases[name]
+        lines: list[str] = []
+        result = load_test.boot_and_load(
+            podman, tar, vmlinuz, KERNEL, modules, work / name, nodes[name],
+            on_line=lines.append, **options,
+        )  # fmt: skip
+        return result, "\n".join(lines)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(cases, pool.map(one, cases), strict=True))
 
 
 def tampered_copy(rootfs: Path, module: str, out: Path) -> Path:
@@ -288,16 +292,14 @@ def test_a_secure_boot_node_loads_the_signed_image_and_refuses_the_rest(
         podman.export_rootfs(image, rootfs[name])
     rootfs["tampered"] = tampered_copy(rootfs["signed"], EXAMPLE_MODULES[0], tmp_path / "t.tar")
     cases = {
-        "signed": (rootfs["signed"], ours),
-        "unsigned": (rootfs["unsigned"], ours),
-        "foreign key": (rootfs["signed"], theirs),
-        "tampered": (rootfs["tampered"], ours),
+        "signed": (rootfs["signed"], {"secure_boot": ours}),
+        "unsigned": (rootfs["unsigned"], {"secure_boot": ours}),
+        "foreign key": (rootfs["signed"], {"secure_boot": theirs}),
+        "tampered": (rootfs["tampered"], {"secure_boot": ours}),
     }
+    booted = boot_all(podman, toolkit, signed_target.modules, tmp_path, cases)
     outcomes, consoles = {}, {}
-    for name, (tar, setup) in cases.items():
-        outcomes[name], consoles[name] = boot(
-            podman, tar, toolkit, signed_target.modules, tmp_path / name, secure_boot=setup
-        )
+    for name, (outcomes[name], consoles[name]) in booted.items():
         # Every boot is a Secure Boot node's, by the guest's own account.
         assert "secureboot: Secure boot enabled" in consoles[name], consoles[name]
         assert "SMOKE: lockdown none [integrity] confidentiality" in consoles[name]
