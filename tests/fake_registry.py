@@ -88,6 +88,15 @@ class FakeRegistry:
         media_type: str,
         annotations: object = None,
     ) -> str:
+        body = self.image_manifest(labels, media_type, annotations)
+        self.manifests[f"{repo}:{tag}"] = (media_type, body)
+        self.manifests[f"{repo}:{digest(body)}"] = (media_type, body)
+        return digest(body)
+
+    def image_manifest(
+        self, labels: dict[str, str], media_type: str, annotations: object = None
+    ) -> bytes:
+        """An image's manifest (its config blob stored): what a push would upload."""
         config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Labels": labels}})
         config_bytes = config.encode()
         self.blobs[digest(config_bytes)] = config_bytes
@@ -100,10 +109,7 @@ class FakeRegistry:
             manifest["mediaType"] = media_type
         if annotations is not None:
             manifest["annotations"] = annotations
-        body = json.dumps(manifest).encode()
-        self.manifests[f"{repo}:{tag}"] = (media_type, body)
-        self.manifests[f"{repo}:{digest(body)}"] = (media_type, body)
-        return digest(body)
+        return json.dumps(manifest).encode()
 
     def add_index(self, repo: str, tag: str, children: dict[str, str]) -> str:
         index = {

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from habana_tasks.build import failure_records, labels
+from habana_tasks.build import failure_records, labels, publish
 from habana_tasks.build.assembly import ImageOptions, build_image
 from habana_tasks.build.compile import CompileRecord, CompileSettings
 from habana_tasks.build.failure_records import NOT_RECORDED, memorable
@@ -35,6 +35,7 @@ from habana_tasks.core.errors import (
 from habana_tasks.core.process import LineSink, interruption
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import Existence, RegistryClient
+from habana_tasks.trust.signer import ImageSigner
 from habana_tasks.verification import image_checks
 from habana_tasks.verification import load_test as load_test_module
 from habana_tasks.verification.kernel_modules import KernelModuleStore
@@ -57,6 +58,8 @@ class RunOptions:
     # Files, history and `created` of every image (reproducible: see labels.source_date_epoch).
     source_date_epoch: int = 0
     compiling: CompileSettings = field(default_factory=CompileSettings)  # None: compile afresh
+    # Signs each image by digest after its push, before its tag moves ([cosign]).
+    signer: ImageSigner | None = None
 
     @property
     def image(self) -> ImageOptions:
@@ -309,8 +312,22 @@ class Pipeline:
         if not self.options.push:
             return f"built and checked, not pushed ({job.reason})", None
         stage("push")
-        digest = self.podman.push(
-            image_id, target.image, work / "digest", self.config.tls_verify(target.image), sink
+        signer = self.options.signer
+
+        def sign(by_digest: str) -> None:
+            assert signer is not None
+            stage("sign")
+            signer.attach(by_digest, sink)
+
+        digest = publish.publish(
+            self.podman,
+            self.registry,
+            target,
+            image_id,
+            work,
+            self.config.tls_verify(target.image),
+            sink,
+            attach=sign if signer is not None else None,
         )
         stage("verify")
         verify_pushed(self.registry, target, digest, job.fingerprint)

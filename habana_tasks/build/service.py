@@ -31,6 +31,7 @@ from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.isolation import BuildIsolation, explicit_choice
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import RegistryClient, RemoteImage
+from habana_tasks.trust import signer as image_signer
 from habana_tasks.verification import secure_boot, signing
 from habana_tasks.verification.kernel_modules import KernelModuleStore
 from habana_tasks.verification.load_test import DEFAULT_TIMEOUT, LoadTestResult, retest_image
@@ -362,6 +363,12 @@ def execute(
     if options.boot(config) == SECURE_BOOT:
         assert config.signing is not None
         setup = secure_boot_node(project, config.signing)
+    # Before anything is built: a cosign that cannot sign with this key stops the run here.
+    signer = (
+        image_signer.prepare(config, podman.runner, project.root, os.environ)
+        if options.push
+        else None
+    )
     folders = RunFolders.new(project)
     run_options = RunOptions(
         dockerfile=project.dockerfile,
@@ -376,6 +383,7 @@ def execute(
         compiling=CompileSettings(
             compile_cache(project, config), refresh=not options.compile_cache
         ),
+        signer=signer,
     )
     pipeline = Pipeline(config, podman, planned.registry, reporter, run_options)
     results = pipeline.execute(planned.jobs)

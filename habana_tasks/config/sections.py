@@ -1,6 +1,6 @@
 """The small tables of versions.toml, each parsed by its own helper: [library], [image],
-[signing] and [discover]. Problems are collected, never raised, so that a file's every problem
-is reported at once."""
+[signing], [cosign], [cache] and [discover]. Problems are collected, never raised, so that a
+file's every problem is reported at once."""
 
 from __future__ import annotations
 
@@ -12,13 +12,25 @@ from typing import Any
 
 from habana_tasks.config import fields, flavours, kernel_release
 from habana_tasks.config.image_reference import ImageReference, registry_host_problem
-from habana_tasks.config.targets import CacheSettings, DiscoverSettings, SigningFiles
+from habana_tasks.config.targets import (
+    CacheSettings,
+    DiscoverSettings,
+    ImageSigning,
+    SigningFiles,
+)
 
 DRIVER_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)+(-[0-9A-Za-z.]+)?\Z")
 DRIVER_EXPECTED = "expected a driver version like 1.6.0-439"
 # The signing key's path, for CI runners that write the key from a secret store to a file.
 SIGNING_KEY_ENV = "HABANA_SIGNING_KEY"
 SIGNING_KEYS = ("certificate", "key")
+COSIGN_KEYS = ("key", "public_key", "password_file")
+# A key cosign reads from a key management service: passed to cosign untouched.
+KMS_RE = re.compile(r"^(awskms|gcpkms|azurekms|hashivault|k8s|gitlab)://[!-~]+\Z|^pkcs11:[!-~]+\Z")
+COSIGN_KEY_EXPECTED = (
+    "expected the path of a cosign private key (cosign.key) or a KMS URI cosign understands "
+    "(awskms://, gcpkms://, azurekms://, hashivault://, k8s://, gitlab://, pkcs11:)"
+)
 DISCOVER_KEYS = ("release_repository", "minors", "arches", "drivers", "rt")
 CACHE_KEYS = ("max_size",)
 SIZE_RE = re.compile(r"^([0-9]{1,15})\s*([KMGT]?)(i?B)?\Z", re.IGNORECASE)
@@ -136,3 +148,32 @@ def discover_settings(problems: fields.Problems, table: Mapping[str, Any]) -> Di
         problems.add("discover.rt", rt, "expected true or false")
         rt = False
     return DiscoverSettings(repository or defaults.release_repository, minors, arches, drivers, rt)
+
+
+def image_signing(
+    problems: fields.Problems, table: Mapping[str, Any], path: Path
+) -> ImageSigning | None:
+    """[cosign]: the image-signing key, its public key and the password's file; paths are
+    relative to the versions file. A KMS URI is cosign's to read, and has no password file."""
+    if not table:
+        return None
+    fields.check_keys(problems, table, "cosign", COSIGN_KEYS)
+    key = fields.text(problems, table, "cosign.key", required=True)
+    public = fields.text(problems, table, "cosign.public_key", required=True)
+    password_file = fields.text(problems, table, "cosign.password_file")
+    if key is None or public is None:
+        return None
+    kms = KMS_RE.match(key) is not None
+    if not kms and ("://" in key or not key.strip() or not key.isprintable()):
+        problems.add("cosign.key", key, COSIGN_KEY_EXPECTED)
+        return None
+    if kms and password_file is not None:
+        problems.add("cosign.password_file", password_file, "a KMS key has no password file")
+        return None
+    base = path.parent
+    return ImageSigning(
+        key=key,
+        key_file=None if kms else base / Path(key).expanduser(),
+        public_key=base / Path(public).expanduser(),
+        password_file=base / Path(password_file).expanduser() if password_file else None,
+    )

@@ -23,6 +23,18 @@ class SigningFiles:
 
 
 @dataclass(frozen=True)
+class ImageSigning:
+    """[cosign]: the key cosign signs images with (never the module key of [signing]), its
+    public key, and where the key's password is (else COSIGN_PASSWORD). `key` is what cosign
+    is given: a file's path, or a KMS URI passed through untouched (`key_file` None)."""
+
+    key: str
+    key_file: Path | None
+    public_key: Path
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class BuildTarget:
     """One image to maintain: one driver version for one kernel release."""
 
@@ -74,6 +86,7 @@ class Config:
     discover: DiscoverSettings = field(default_factory=DiscoverSettings)
     signing: SigningFiles | None = None
     cache: CacheSettings = field(default_factory=CacheSettings)
+    image_signing: ImageSigning | None = None
 
     def tls_verify(self, image: str) -> bool:
         """Whether podman must verify TLS for this image's registry (not an insecure mirror)."""

@@ -38,6 +38,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
             "kernels",
             "discover",
             "signing",
+            "cosign",
             "cache",
         ]
     ),
@@ -50,6 +51,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "kernels[]": ("release", "drivers", "arch", "rhel_version", "openshift"),
     "discover": sections.DISCOVER_KEYS,
     "signing": sections.SIGNING_KEYS,
+    "cosign": sections.COSIGN_KEYS,
     "cache": sections.CACHE_KEYS,
 }
 
@@ -83,6 +85,7 @@ def parse(data: Mapping[str, Any], path: Path, environ: Mapping[str, str] | None
     discover = sections.discover_settings(problems, fields.table(problems, data, "discover"))
     signing = sections.signing(problems, data, path, environ or {})
     cache = sections.cache_settings(problems, fields.table(problems, data, "cache"))
+    image_signing = sections.image_signing(problems, fields.table(problems, data, "cosign"), path)
     for version in sorted(set(templates.overrides) - used):
         problems.add(
             f"drivers.{fields.quote(version)}", version, "no [[kernels]] entry uses this driver"
@@ -100,6 +103,7 @@ def parse(data: Mapping[str, Any], path: Path, environ: Mapping[str, str] | None
         discover,
         signing,
         cache,
+        image_signing,
     )
 
 

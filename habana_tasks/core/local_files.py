@@ -36,9 +36,23 @@ CERTIFICATE = FileKind("signing certificate", 1 * MiB)
 PRIVATE_KEY = FileKind("signing key", 1 * MiB)
 AUTH_FILE = FileKind("auth file", 4 * MiB)
 NETRC = FileKind("netrc file", 1 * MiB)
+COSIGN_KEY = FileKind("cosign private key", 64 * 1024)
+COSIGN_PUBLIC_KEY = FileKind("cosign public key", 64 * 1024)
+COSIGN_PASSWORD = FileKind("cosign password file", 4096)
 # A run's report.json: about 1 KiB per pair; a batch of a 100,000-pair library stays below.
 RUN_REPORT = FileKind("run report", 64 * MiB, "UTF-8 JSON")
-KINDS = (VERSIONS_FILE, NODES_JSON, CERTIFICATE, PRIVATE_KEY, AUTH_FILE, NETRC, RUN_REPORT)
+KINDS = (
+    VERSIONS_FILE,
+    NODES_JSON,
+    CERTIFICATE,
+    PRIVATE_KEY,
+    AUTH_FILE,
+    NETRC,
+    RUN_REPORT,
+    COSIGN_KEY,
+    COSIGN_PUBLIC_KEY,
+    COSIGN_PASSWORD,
+)
 # A driver or firmware RPM: from a file:// URL, or the most a download may bring.
 PACKAGE = FileKind("package", 4096 * MiB)
 

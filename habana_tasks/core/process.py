@@ -32,6 +32,8 @@ TAIL_LINES = 40
 TERMINATE_GRACE_SECONDS = 5.0
 # kmod's modinfo/depmod/modprobe live in /sbin, which an ordinary user's PATH often lacks.
 SYSTEM_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+# cosign's key password: given to the cosign call that signs, never to any other child.
+NOT_INHERITED = ("COSIGN_PASSWORD",)
 
 
 class TerminationSignal(KeyboardInterrupt):
@@ -66,8 +68,9 @@ def find_tool(name: str) -> str | None:
 def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment for a child, in the C locale: the product parses what podman,
     openssl, kmod and coreutils print (causes, versions, symbols), so a user's language must not
-    change a decision. LANGUAGE is dropped too (gettext prefers it to LC_ALL elsewhere)."""
-    env = {k: v for k, v in os.environ.items() if k != "LANGUAGE"}
+    change a decision. LANGUAGE is dropped too (gettext prefers it to LC_ALL elsewhere), and so
+    is a secret the user set for one tool: only the call that passes it in `extra` gets it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LANGUAGE", *NOT_INHERITED)}
     env["LC_ALL"] = "C"
     env.update(extra or {})
     return env

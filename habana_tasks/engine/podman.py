@@ -18,6 +18,7 @@ from habana_tasks.engine import build_failure
 from habana_tasks.engine.isolation import BuildIsolation
 
 PODMAN = "podman"
+LAYOUT_NAME = "image"  # the one image a layout written by push_to_layout holds
 # chroot isolation cannot take --network none: its RUN steps share podman's own network
 # namespace. So podman itself runs in a new, empty one: as root with `unshare --net`; as an
 # ordinary user inside podman's own user namespace (`podman unshare`), where the user may make one.
@@ -220,7 +221,7 @@ class Podman:
         if layout.exists():
             shutil.rmtree(layout)
         argv = [PODMAN, "push", "--quiet", "--digestfile", str(digestfile), image_id]
-        self._run([*argv, f"oci:{layout}:image"], on_line)
+        self._run([*argv, f"oci:{layout}:{LAYOUT_NAME}"], on_line)
         return digestfile.read_text().strip()
 
     @contextmanager

@@ -1,3 +1,3 @@
 """Looking after a published library: status, OpenShift kernel discovery, KMM Modules,
 retention (prune) and upgrade preflight.
-May import core, config, registry, engine, verification and build."""
+May import core, config, registry, engine, verification, trust and build."""

@@ -129,6 +129,9 @@ def test_each_file_kind_has_a_bound() -> None:
         "auth file",
         "netrc file",
         "run report",
+        "cosign private key",
+        "cosign public key",
+        "cosign password file",
     }
     assert all(0 < kind.limit <= 256 * local_files.MiB for kind in local_files.KINDS)
 

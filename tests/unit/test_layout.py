@@ -16,10 +16,13 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "registry": frozenset({"core", "config"}),
     "engine": frozenset({"core", "config"}),
     "verification": frozenset({"core", "config", "registry", "engine"}),
-    "build": frozenset({"core", "config", "registry", "engine", "verification"}),
-    "maintenance": frozenset({"core", "config", "registry", "engine", "verification", "build"}),
+    "trust": frozenset({"core", "config", "registry", "engine"}),
+    "build": frozenset({"core", "config", "registry", "engine", "verification", "trust"}),
+    "maintenance": frozenset(
+        {"core", "config", "registry", "engine", "verification", "trust", "build"}
+    ),
     "cli": frozenset(
-        {"core", "config", "registry", "engine", "verification", "build", "maintenance"}
+        {"core", "config", "registry", "engine", "verification", "trust", "build", "maintenance"}
     ),
 }
 LARGEST_MODULE = 400  # lines

@@ -124,6 +124,8 @@ class FakePodman(FakeRunner):
             self.created[argv[argv.index("--name") + 1]] = argv[-2]
         if command == ["podman", "push"]:
             return self.push(argv)
+        if command == ["skopeo", "copy"]:
+            return self.copy_layout(argv)
         if argv[0] == "modinfo":
             release = argv[-1].split("/modules/", 1)[1].split("/", 1)[0]
             vermagic = self.vermagic.get(release, f"{release} SMP preempt mod_unload")
@@ -205,13 +207,30 @@ class FakePodman(FakeRunner):
         return 0, ["STEP 1/1: done"]
 
     def push(self, argv: list[str]) -> tuple[int, list[str]]:
-        image_id, destination = argv[-2], argv[-1].removeprefix("docker://")
-        name, tag = destination.rsplit(":", 1)
-        repo = name.split("/", 1)[1]
-        digest = self.registry.add_image(
-            repo, tag, self.labels[image_id], OCI_MANIFEST, self.annotations[image_id]
+        """Into an OCI layout (the pipeline's publish), or straight to the FakeRegistry."""
+        image_id, destination = argv[-2], argv[-1]
+        body = self.registry.image_manifest(
+            self.labels[image_id], OCI_MANIFEST, self.annotations[image_id]
         )
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        if destination.startswith("oci:"):
+            layout = Path(destination.split(":")[1])
+            (layout / "blobs" / "sha256").mkdir(parents=True)
+            (layout / "blobs" / "sha256" / digest.split(":")[1]).write_bytes(body)
+            index = {"manifests": [{"mediaType": OCI_MANIFEST, "digest": digest}]}
+            (layout / "index.json").write_text(json.dumps(index))
+        else:
+            name, tag = destination.removeprefix("docker://").rsplit(":", 1)
+            self.registry.manifests[f"{name.split('/', 1)[1]}:{tag}"] = (OCI_MANIFEST, body)
         Path(argv[argv.index("--digestfile") + 1]).write_text(digest)
+        return 0, []
+
+    def copy_layout(self, argv: list[str]) -> tuple[int, list[str]]:
+        """skopeo copy oci:<layout>:image docker://<host>/<repo>@<digest>: by digest, no tag."""
+        layout = Path(argv[-2].split(":")[1])
+        name, digest = argv[-1].removeprefix("docker://").split("@")
+        body = (layout / "blobs" / "sha256" / digest.split(":")[1]).read_bytes()
+        self.registry.manifests[f"{name.split('/', 1)[1]}:{digest}"] = (OCI_MANIFEST, body)
         return 0, []
 
 
@@ -274,7 +293,14 @@ def fixed_git_sha(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def pushes(runner: FakePodman) -> list[str]:
-    return [c[-1] for c in runner.commands("podman", "push")]
+    """What was published, as docker://<repository>:<tag>: each image copied to the registry
+    by digest (its layout sits in the job's folder, named by the tag)."""
+    published = []
+    for argv in runner.commands("skopeo", "copy"):
+        layout = Path(argv[-2].split(":")[1])
+        repository = argv[-1].split("@")[0]
+        published.append(f"{repository}:{layout.parent.name}")
+    return published
 
 
 def test_every_target_is_built_checked_pushed_and_verified(

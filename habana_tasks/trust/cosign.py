@@ -1,0 +1,228 @@
+"""cosign, the one tool that signs, attests and verifies the library's images: found (PATH
+first, else the copy scripts/install-deps unpacked), its version checked, and always given an
+image by digest. The tool never writes a signature format itself. A key's password reaches
+cosign through its environment (COSIGN_PASSWORD), never its argv, a log or a report."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from habana_tasks.config.image_reference import ImageReference
+from habana_tasks.config.targets import ImageSigning
+from habana_tasks.core import local_files
+from habana_tasks.core.errors import CommandError, HabanaError, UsageError
+from habana_tasks.core.process import LineSink, ProcessRunner, find_tool
+
+MINIMUM = (2, 2)  # slsaprovenance1 attestations; --tlog-upload=false
+UNPACKED = Path(".cache") / "tools" / "cosign" / "usr" / "bin" / "cosign"
+PASSWORD_VARIABLE = "COSIGN_PASSWORD"  # noqa: S105  (a variable's name, not a password)
+VERSION_RE = re.compile(r"^v?([0-9]+)\.([0-9]+)")
+PUBLIC_KEY_PEM = "-----BEGIN PUBLIC KEY-----"
+GET_IT = (
+    "run scripts/install-deps (on Debian 12 it unpacks Debian 13's cosign package under "
+    ".cache/tools), or put cosign 2.2 or newer on PATH"
+)
+# Attestation types as cosign names them, and the predicate type each statement then carries.
+SBOM = "cyclonedx"
+PROVENANCE = "slsaprovenance1"
+PREDICATE_TYPES = {SBOM: "https://cyclonedx.org/bom", PROVENANCE: "https://slsa.dev/provenance/v1"}
+
+
+@dataclass(frozen=True)
+class Cosign:
+    """A usable cosign: where it is, what it calls its version, and the runner it runs with."""
+
+    path: str
+    version: str
+    runner: ProcessRunner
+
+    def run(
+        self,
+        args: Sequence[str],
+        *,
+        password: str | None = None,
+        on_line: LineSink | None = None,
+        keep_output: bool = False,
+    ) -> str:
+        env = {PASSWORD_VARIABLE: password} if password is not None else None
+        done = self.runner.run(
+            [self.path, *args], env=env, on_line=on_line, keep_output=keep_output
+        )
+        return done.text
+
+
+def _version(runner: ProcessRunner, path: str) -> tuple[str, bool]:
+    """cosign's version and whether it is new enough. A distribution's build may call itself
+    "devel": then what the library needs is looked for by name in its help."""
+    done = runner.run([path, "version", "--json"], keep_output=True, check=False)
+    said = ""
+    if done.returncode == 0:
+        try:
+            said = str(json.loads(done.text).get("gitVersion", ""))
+        except (ValueError, AttributeError):
+            said = ""
+    if match := VERSION_RE.match(said):
+        return said, (int(match[1]), int(match[2])) >= MINIMUM
+    attest = runner.run([path, "attest", "--help"], keep_output=True, check=False).text
+    sign = runner.run([path, "sign", "--help"], keep_output=True, check=False).text
+    return said or "unknown", PROVENANCE in attest and "--tlog-upload" in sign
+
+
+def find(runner: ProcessRunner, project_root: Path) -> Cosign:
+    """The first usable cosign: on PATH, else the unpacked copy. None usable: a one-line
+    UsageError (exit 2) naming what was found and how to get one."""
+    tried: list[str] = []
+    for path in (find_tool("cosign"), str(project_root / UNPACKED)):
+        if path is None or not Path(path).is_file():
+            continue
+        try:
+            version, usable = _version(runner, path)
+        except (CommandError, HabanaError) as exc:
+            tried.append(f"{path} cannot run: {exc}")
+            continue
+        if usable:
+            return Cosign(path, version, runner)
+        tried.append(f"{path} is {version}, older than 2.2")
+    found = f" ({'; '.join(tried)})" if tried else ""
+    raise UsageError(
+        f"[cosign] is configured but no cosign 2.2 or newer was found{found}", hint=GET_IT
+    )
+
+
+def password(signing: ImageSigning, environ: Mapping[str, str]) -> str | None:
+    """The key's password: the file the config names, else COSIGN_PASSWORD; a KMS key has none."""
+    if signing.key_file is None:
+        return None
+    if signing.password_file is not None:
+        text = local_files.read_text(signing.password_file, local_files.COSIGN_PASSWORD)
+        return text.rstrip("\r\n")
+    if PASSWORD_VARIABLE in environ:
+        return environ[PASSWORD_VARIABLE]
+    raise UsageError(
+        f"{signing.key_file}: a cosign key is encrypted; set {PASSWORD_VARIABLE} or name a "
+        "file holding the password with [cosign] password_file"
+    )
+
+
+def public_key(path: Path) -> str:
+    """The public key's PEM, checked to be one (cosign verifies against it; nodes enforce it)."""
+    text = local_files.read_text(path, local_files.COSIGN_PUBLIC_KEY)
+    if PUBLIC_KEY_PEM not in text:
+        raise UsageError(f"{path}: expected a PEM public key ({PUBLIC_KEY_PEM}), as cosign.pub")
+    return text
+
+
+def check_key(cosign: Cosign, signing: ImageSigning, secret: str | None) -> None:
+    """Before anything is built: the key opens with its password and is the public key's
+    pair (cosign derives the public key; a wrong password or another key is named)."""
+    if signing.key_file is not None:
+        local_files.check_optional(signing.key_file, local_files.COSIGN_KEY)
+        if not signing.key_file.exists():
+            raise UsageError(f"{signing.key_file}: no such cosign key ([cosign] key)")
+    expected = public_key(signing.public_key)
+    try:
+        derived = cosign.run(
+            ["public-key", "--key", signing.key], password=secret, keep_output=True
+        )
+    except CommandError as exc:
+        said = exc.tail[-1] if exc.tail else str(exc)
+        raise UsageError(
+            f"{signing.key}: cosign cannot open the key (wrong password?): {said}"
+        ) from None
+    if _pem_body(derived) != _pem_body(expected):
+        raise UsageError(
+            f"{signing.public_key}: not the public key of {signing.key} "
+            "([cosign] public_key must be the key's own pair)"
+        )
+
+
+def _pem_body(text: str) -> str:
+    return "".join(line.strip() for line in text.splitlines() if line and "-----" not in line)
+
+
+def registry_flags(reference: str, insecure: frozenset[str]) -> list[str]:
+    """cosign's flags for a registry the library reaches over plain HTTP (insecure_registries)."""
+    if ImageReference.parse(reference).registry in insecure:
+        return ["--allow-http-registry", "--allow-insecure-registry"]
+    return []
+
+
+def sign(
+    cosign: Cosign,
+    signing: ImageSigning,
+    secret: str | None,
+    by_digest: str,
+    insecure: frozenset[str],
+    on_line: LineSink | None = None,
+) -> None:
+    """Sign the image by digest. cosign keeps one signature per key: signing again adds none."""
+    cosign.run(
+        ["sign", "--key", signing.key, "--tlog-upload=false", "--yes",
+         *registry_flags(by_digest, insecure), by_digest],
+        password=secret, on_line=on_line,
+    )  # fmt: skip
+
+
+def attest(
+    cosign: Cosign,
+    signing: ImageSigning,
+    secret: str | None,
+    by_digest: str,
+    kind: str,
+    predicate: Path,
+    insecure: frozenset[str],
+    on_line: LineSink | None = None,
+) -> None:
+    """Attest a predicate of `kind` (SBOM or PROVENANCE); --replace keeps one per type."""
+    cosign.run(
+        ["attest", "--key", signing.key, "--tlog-upload=false", "--yes", "--replace",
+         "--type", kind, "--predicate", str(predicate),
+         *registry_flags(by_digest, insecure), by_digest],
+        password=secret, on_line=on_line,
+    )  # fmt: skip
+
+
+def verify(
+    cosign: Cosign, public: Path, reference: str, insecure: frozenset[str]
+) -> list[dict[str, Any]]:
+    """cosign's own verification of the image's signatures with the public key; what it
+    verified (one simple-signing payload per signature)."""
+    out = cosign.run(
+        ["verify", "--key", str(public), "--insecure-ignore-tlog", "--output", "json",
+         *registry_flags(reference, insecure), reference],
+        keep_output=True,
+    )  # fmt: skip
+    return _json_lines(out, reference)
+
+
+def verify_attestation(
+    cosign: Cosign, public: Path, reference: str, kind: str, insecure: frozenset[str]
+) -> list[dict[str, Any]]:
+    """cosign's own verification of the attestations of `kind`; their in-toto statements."""
+    out = cosign.run(
+        ["verify-attestation", "--key", str(public), "--insecure-ignore-tlog", "--type", kind,
+         "--output", "json", *registry_flags(reference, insecure), reference],
+        keep_output=True,
+    )  # fmt: skip
+    return _json_lines(out, reference)
+
+
+def _json_lines(text: str, reference: str) -> list[dict[str, Any]]:
+    """The JSON cosign printed (one document per line, or one array); warnings are skipped."""
+    found: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        if not line.startswith(("{", "[")):
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            raise HabanaError(
+                f"{reference}: cosign printed JSON that does not parse: {exc}"
+            ) from None
+        found.extend(value if isinstance(value, list) else [value])
+    return found
