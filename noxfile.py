@@ -59,7 +59,15 @@ def lint(session: nox.Session) -> None:
 @nox.session(tags=["check"])
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on everything that runs: the package, devtools, tests, tasks and nox."""
-    session.install("-e", ".[test]", "mypy", "types-requests", "types-PyYAML", "types-jsonschema")
+    session.install(
+        "-e",
+        ".[test]",
+        "mypy",
+        "types-requests",
+        "types-PyYAML",
+        "types-jsonschema",
+        "types-protobuf",
+    )
     session.run("mypy", "habana_tasks", "devtools", "tests", "tasks.py", "noxfile.py")
 
 

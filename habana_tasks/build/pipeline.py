@@ -13,10 +13,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
-from habana_tasks.build import failure_records, labels, publish
+from habana_tasks.build import evidence, failure_records, labels, publish
 from habana_tasks.build.assembly import ImageOptions, build_image
 from habana_tasks.build.compile import CompileRecord, CompileSettings
 from habana_tasks.build.failure_records import NOT_RECORDED, memorable
@@ -272,6 +273,7 @@ class Pipeline:
     ) -> tuple[str, str | None]:
         target, inputs = job.target, job.inputs
         assert inputs is not None and job.fingerprint is not None
+        started = datetime.now(UTC)
         stage("build")
         built = build_image(self.podman, self.config, job, work, self.options.image, sink)
         image_id, progress.compiled = built.image_id, built.compiled
@@ -311,13 +313,20 @@ class Pipeline:
         self.podman.tag(image_id, target.image)
         if not self.options.push:
             return f"built and checked, not pushed ({job.reason})", None
+        signer, found = self.options.signer, None
+        if signer is not None:
+            stage("evidence")
+            found = evidence.gather(
+                self.podman.runner, self.config, target, inputs, rootfs, work / "evidence",
+                self.options.logs_dir.name, started,
+            )  # fmt: skip
         stage("push")
-        signer = self.options.signer
 
         def sign(by_digest: str) -> None:
-            assert signer is not None
+            assert signer is not None and found is not None
             stage("sign")
-            signer.attach(by_digest, sink)
+            digest = by_digest.rsplit("@", 1)[1]
+            signer.attach(by_digest, found.sbom(digest), found.provenance(), work / "trust", sink)
 
         digest = publish.publish(
             self.podman,

@@ -21,9 +21,27 @@ class ImageSigner:
     insecure: frozenset[str]
     secret: str | None = field(default=None, repr=False)
 
-    def attach(self, by_digest: str, on_line: LineSink | None = None) -> None:
-        """Sign the image the registry holds under `by_digest` (repository@sha256:…)."""
+    def attach(
+        self,
+        by_digest: str,
+        sbom_json: str,
+        provenance_json: str,
+        work: Path,
+        on_line: LineSink | None = None,
+    ) -> None:
+        """Sign the image the registry holds under `by_digest` (repository@sha256:…) and
+        attest its SBOM and provenance (one of each: cosign replaces an earlier one)."""
         cosign.sign(self.tool, self.signing, self.secret, by_digest, self.insecure, on_line)
+        work.mkdir(parents=True, exist_ok=True)
+        for kind, text, name in (
+            (cosign.SBOM, sbom_json, "sbom.cdx.json"),
+            (cosign.PROVENANCE, provenance_json, "provenance.json"),
+        ):
+            (work / name).write_text(text, encoding="utf-8")
+            cosign.attest(
+                self.tool, self.signing, self.secret, by_digest, kind, work / name,
+                self.insecure, on_line,
+            )  # fmt: skip
 
 
 def prepare(

@@ -4,11 +4,13 @@ not open stops the run before anything is built; the password reaches cosign onl
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,8 +18,10 @@ from habana_tasks.config import versions as config
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.core.errors import BAD_INPUT, OK
 from habana_tasks.core.process import ProcessRunner
+from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import RegistryClient
 from habana_tasks.trust import cosign
+from habana_tasks.trust.sbom import accounted_for, image_files
 from tests.conftest import ROOT, invoke_argv
 from tests.integration.conftest import KERNELS, UpstreamFixture
 from tests.integration.test_secrets import argv_snapshots
@@ -53,13 +57,20 @@ def build(versions: Path, cache: Path, *extra: str, password: str = PASSWORD) ->
     return done.returncode, done.stdout + done.stderr
 
 
-def signatures(registry: RegistryClient, repository: str, digest: str) -> int:
-    """How many signatures the image's .sig attachment holds (0 without one)."""
-    tag = digest.replace(":", "-") + ".sig"
+def attached(registry: RegistryClient, repository: str, digest: str, suffix: str) -> int:
+    """How many signatures (.sig) or attestations (.att) are attached to the image."""
+    tag = digest.replace(":", "-") + suffix
     if tag not in registry.list_tags(repository):
         return 0
     manifest = registry.get_manifest(ImageReference.parse(f"{repository}:{tag}")).json()
     return len(manifest["layers"])
+
+
+def statement(verified: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one in-toto statement cosign verified (its DSSE payload, decoded)."""
+    (envelope,) = verified
+    decoded: dict[str, Any] = json.loads(base64.b64decode(envelope["payload"]))
+    return decoded
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +111,32 @@ def test_an_image_is_signed_by_digest_before_its_tag_moves(
     insecure = frozenset({test_upstream.upstream.registry})
     verified = cosign.verify(tool, public, target.image, insecure)
     assert [v["critical"]["image"]["docker-manifest-digest"] for v in verified] == [digest]
-    assert signatures(registry, target.repository, digest) == 1
+    assert attached(registry, target.repository, digest, ".sig") == 1
+    # Both attestations verify with the same key, and say what the image is.
+    sbom = statement(cosign.verify_attestation(tool, public, target.image, cosign.SBOM, insecure))
+    assert sbom["predicateType"] == cosign.PREDICATE_TYPES[cosign.SBOM]
+    assert sbom["subject"][0]["digest"]["sha256"] == digest.split(":")[1]
+    rootfs = work / "rootfs.tar"
+    Podman(ProcessRunner()).export_rootfs(target.image, rootfs)
+    files = image_files(rootfs)
+    assert accounted_for(json.dumps(sbom["predicate"]), files) == []
+    components = {c["name"]: c for c in sbom["predicate"]["components"]}
+    module = components[f"/opt/lib/modules/{target.kernel}/extra/habanalabs.ko"]
+    props = {p["name"].split(":")[-1]: p["value"] for p in module["properties"]}
+    assert props["kind"] == "kernel module" and props["vermagic"].startswith(target.kernel)
+    assert module["licenses"] == [{"license": {"name": "GPL v2"}}]  # MODULE_LICENSE("GPL v2")
+    driver = next(c for c in components.values() if c.get("purl", "").startswith("pkg:rpm/"))
+    assert driver["purl"].startswith(f"pkg:rpm/habanalabs@{target.driver}?arch=noarch")
+    provenance = statement(
+        cosign.verify_attestation(tool, public, target.image, cosign.PROVENANCE, insecure)
+    )
+    assert provenance["predicateType"] == cosign.PREDICATE_TYPES[cosign.PROVENANCE]
+    resolved = {
+        d["name"]: d for d in provenance["predicate"]["buildDefinition"]["resolvedDependencies"]
+    }
+    toolkit = registry.resolve(target.toolkit_image, "x86_64")
+    assert resolved["toolkit image"]["digest"]["sha256"] == toolkit.digest.split(":")[1]
+    assert attached(registry, target.repository, digest, ".att") == 2
     # The password reached cosign through its environment only: no argv, log or report.
     assert not [line for line in seen if PASSWORD in line]
     logged = [
@@ -114,7 +150,8 @@ def test_an_image_is_signed_by_digest_before_its_tag_moves(
     code, out = build(versions, work / "cache", "--no-load-test", "--force")
     assert code == OK, out
     assert registry.inspect(target.image).digest == digest
-    assert signatures(registry, target.repository, digest) == 1
+    assert attached(registry, target.repository, digest, ".sig") == 1
+    assert attached(registry, target.repository, digest, ".att") == 2
 
 
 def test_a_key_that_does_not_open_stops_the_run_before_any_build(

@@ -16,7 +16,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "registry": frozenset({"core", "config"}),
     "engine": frozenset({"core", "config"}),
     "verification": frozenset({"core", "config", "registry", "engine"}),
-    "trust": frozenset({"core", "config", "registry", "engine"}),
+    "trust": frozenset({"core", "config", "registry", "engine", "verification"}),
     "build": frozenset({"core", "config", "registry", "engine", "verification", "trust"}),
     "maintenance": frozenset(
         {"core", "config", "registry", "engine", "verification", "trust", "build"}

@@ -1,0 +1,136 @@
+"""What a published image's attestations say, gathered from its build: the exported image's
+files and modules for the SBOM, the resolved inputs for the provenance. Made once the image
+has passed its checks; the SBOM is completed with the digest the push gives."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from habana_tasks.build import failure_records
+from habana_tasks.build.labels import TargetInputs
+from habana_tasks.config.targets import BuildTarget, Config
+from habana_tasks.core.process import ProcessRunner
+from habana_tasks.trust import provenance, sbom
+from habana_tasks.trust.provenance import Dependency, ProvenanceInputs
+from habana_tasks.trust.sbom import ImageFile, ModuleInfo, Package, Pinned, SbomInputs
+
+TOOL_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class Evidence:
+    target: BuildTarget
+    inputs: TargetInputs
+    config: Config
+    files: tuple[ImageFile, ...]
+    modules: tuple[ModuleInfo, ...]
+    invocation: str
+    started: datetime
+
+    def packages(self) -> tuple[Package, ...]:
+        found = [("driver", self.inputs.package)]
+        if self.inputs.firmware is not None:
+            found.append(("firmware", self.inputs.firmware))
+        return tuple(
+            Package(
+                role,
+                package.filename,
+                package.sha256,
+                package.url,
+                self.target.driver,
+                self.inputs.git_sha if role == "driver" else "",
+            )
+            for role, package in found
+        )
+
+    def images(self) -> tuple[Pinned, ...]:
+        used = [Pinned("toolkit", self.inputs.toolkit.name, self.inputs.toolkit.digest)]
+        if self.inputs.base is not None:
+            used.append(Pinned("base", self.inputs.base.name, self.inputs.base.digest))
+        return tuple(used)
+
+    def sbom(self, digest: str) -> str:
+        return sbom.document(
+            SbomInputs(
+                repository=self.target.repository,
+                digest=digest,
+                tag=self.target.tag,
+                kernel=self.target.kernel,
+                files=self.files,
+                modules=self.modules,
+                packages=self.packages(),
+                images=self.images(),
+                tool_version=TOOL_VERSION,
+                tool_digest=failure_records.tool_digest(),
+            )
+        )
+
+    def dependencies(self) -> tuple[Dependency, ...]:
+        found = [
+            Dependency(f"{i.role} image", str(sbom.oci_purl(i.name, i.digest)), _hex(i.digest))
+            for i in self.images()
+        ]
+        found += [
+            Dependency(f"{p.role} package {p.filename}", p.url, p.sha256) for p in self.packages()
+        ]
+        found.append(Dependency("Dockerfile", "Dockerfile", self.inputs.dockerfile_sha256))
+        found.append(
+            Dependency("habana-tasks", f"pkg:pypi/habana-tasks@{TOOL_VERSION}",
+                       _hex(failure_records.tool_digest()))
+        )  # fmt: skip
+        return tuple(found)
+
+    def provenance(self, finished: datetime | None = None) -> str:
+        return provenance.predicate(
+            ProvenanceInputs(
+                kernel=self.target.kernel,
+                driver=self.target.driver,
+                tag=self.target.tag,
+                repository=self.target.repository,
+                source=self.config.source,
+                revision=provenance.revision(os.environ),
+                versions_file=str(self.config.path),
+                versions_sha256=_file_sha256(self.config.path),
+                dependencies=self.dependencies(),
+                invocation=self.invocation,
+                started=self.started,
+                finished=finished or datetime.now(UTC),
+            )
+        )
+
+
+def _hex(digest: str) -> str:
+    return digest.split(":", 1)[-1]
+
+
+def _file_sha256(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def gather(
+    runner: ProcessRunner,
+    config: Config,
+    target: BuildTarget,
+    inputs: TargetInputs,
+    rootfs_tar: Path,
+    work: Path,
+    invocation: str,
+    started: datetime,
+) -> Evidence:
+    """The evidence of one checked image (its exported root filesystem)."""
+    return Evidence(
+        target,
+        inputs,
+        config,
+        sbom.image_files(rootfs_tar),
+        sbom.module_infos(runner, rootfs_tar, work / "sbom-modules"),
+        invocation,
+        started,
+    )
