@@ -18,7 +18,23 @@ ARG BASE_IMAGE=scratch
 # `--target tools` builds this stage alone (the load test's worker tools come from here too).
 FROM ${TOOLKIT_IMAGE} AS tools
 ARG IMAGE_TOOLS
+# Each file copied in is printed with the toolkit package it came from (TOOL-FILE lines: the
+# SBOM's). The pipes only trim a query's extra lines; a failed query prints "- -".
+# hadolint ignore=DL4006
 RUN set -e; root=/rootfs; mkdir -p "${root}"; \
+    owner() { \
+      real="$(readlink -f "$1")"; \
+      if command -v rpm > /dev/null 2>&1 && rpm -qf "${real}" > /dev/null 2>&1; then \
+        rpm -qf --qf '%{NAME} %{VERSION}-%{RELEASE}\n' "${real}" | head -n 1; return; fi; \
+      if command -v dpkg-query > /dev/null 2>&1; then \
+        for candidate in "${real}" "${real#/usr}"; do \
+          package="$(dpkg-query -S "${candidate}" 2> /dev/null | head -n 1 | cut -d: -f1)"; \
+          if [ -n "${package}" ]; then \
+            echo "${package} $(dpkg-query -W -f='${Version}' "${package}" 2> /dev/null | head -n 1)"; \
+            return; fi; \
+        done; fi; \
+      echo "- -"; \
+    }; \
     if [ -z "${IMAGE_TOOLS}" ]; then tar -C "${root}" -cf /rootfs.tar .; exit 0; fi; \
     mkdir -p "${root}/usr/bin" "${root}/usr/sbin" "${root}/usr/lib" "${root}/usr/lib64"; \
     for dir in bin sbin lib lib64; do ln -s "usr/${dir}" "${root}/${dir}"; done; \
@@ -27,6 +43,7 @@ RUN set -e; root=/rootfs; mkdir -p "${root}"; \
       case "${path}" in /*) ;; *) \
         echo "error: the toolkit image has no ${tool} to copy into the image" >&2; exit 1 ;; esac; \
       cp -L "${path}" "${root}/usr/bin/${tool}"; \
+      echo "TOOL-FILE /usr/bin/${tool} $(owner "${path}")"; \
       if ! ldd "${path}" > /tmp/ldd 2>&1; then \
         if grep -q "not a dynamic executable" /tmp/ldd; then : > /tmp/ldd; \
         else echo "error: ldd ${path}: $(cat /tmp/ldd)" >&2; exit 1; fi; fi; \
@@ -35,7 +52,9 @@ RUN set -e; root=/rootfs; mkdir -p "${root}"; \
       sed -n 's|.*=> \(/[^ ]*\) (.*|\1|p; s|^[[:space:]]*\(/[^ ]*\) (.*|\1|p' /tmp/ldd > /tmp/libs; \
       while read -r lib; do \
         mkdir -p "${root}$(dirname "${lib}")"; \
-        if [ ! -e "${root}${lib}" ]; then cp -L "${lib}" "${root}${lib}"; fi; \
+        if [ ! -e "${root}${lib}" ]; then \
+          cp -L "${lib}" "${root}${lib}"; copied="$(readlink -f "${root}${lib}")"; \
+          echo "TOOL-FILE ${copied#"${root}"} $(owner "${lib}")"; fi; \
       done < /tmp/libs; \
     done; \
     rm -f /tmp/ldd /tmp/libs; tar -C "${root}" -cf /rootfs.tar .

@@ -10,7 +10,9 @@ files gives the image a fresh compile gives, byte for byte.
 
 from __future__ import annotations
 
+import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,10 +37,17 @@ class ImageOptions:
     compiling: CompileSettings = field(default_factory=CompileSettings)
 
 
+# What the tools stage prints for each file it copies from the toolkit: the file's path in the
+# image, then the toolkit package that installed it and its version ("- -": none known).
+TOOL_FILE = re.compile(r"^TOOL-FILE (/\S+) (\S+) (\S+)$")
+
+
 @dataclass(frozen=True)
 class BuiltImage:
     image_id: str
     compiled: CompileRecord
+    # Path in the image -> (toolkit package, version), for the tools and libraries copied in.
+    owners: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def build_image(
@@ -95,4 +104,12 @@ def build_image(
         annotations=labels.image_annotations(image_labels),
         secrets={},
     )
-    return BuiltImage(podman.build(spec, on_line), record)
+    owners: dict[str, tuple[str, str]] = {}
+
+    def listen(line: str) -> None:
+        if (match := TOOL_FILE.match(line)) and match[2] != "-":
+            owners[match[1]] = (match[2], match[3])
+        if on_line is not None:
+            on_line(line)
+
+    return BuiltImage(podman.build(spec, listen), record, owners)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class Evidence:
     modules: tuple[ModuleInfo, ...]
     invocation: str
     started: datetime
+    owners: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     def packages(self) -> tuple[Package, ...]:
         found = [("driver", self.inputs.package)]
@@ -66,6 +68,7 @@ class Evidence:
                 images=self.images(),
                 tool_version=TOOL_VERSION,
                 tool_digest=failure_records.tool_digest(),
+                owners=self.owners,
             )
         )
 
@@ -123,6 +126,7 @@ def gather(
     work: Path,
     invocation: str,
     started: datetime,
+    owners: Mapping[str, tuple[str, str]],
 ) -> Evidence:
     """The evidence of one checked image (its exported root filesystem)."""
     return Evidence(
@@ -133,4 +137,5 @@ def gather(
         sbom.module_infos(runner, rootfs_tar, work / "sbom-modules"),
         invocation,
         started,
+        owners,
     )

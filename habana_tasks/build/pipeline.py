@@ -318,7 +318,7 @@ class Pipeline:
             stage("evidence")
             found = evidence.gather(
                 self.podman.runner, self.config, target, inputs, rootfs, work / "evidence",
-                self.options.logs_dir.name, started,
+                self.options.logs_dir.name, started, built.owners,
             )  # fmt: skip
         stage("push")
 

@@ -125,6 +125,15 @@ def test_an_image_is_signed_by_digest_before_its_tag_moves(
     props = {p["name"].split(":")[-1]: p["value"] for p in module["properties"]}
     assert props["kind"] == "kernel module" and props["vermagic"].startswith(target.kernel)
     assert module["licenses"] == [{"license": {"name": "GPL v2"}}]  # MODULE_LICENSE("GPL v2")
+    # Each tool and library copied in names the toolkit package it came from.
+    copied = [c for c in components.values() if c["name"].startswith("/usr/")]
+    assert copied
+    for component in copied:
+        said = {p["name"].split(":")[-1]: p["value"] for p in component["properties"]}
+        assert said["kind"] == "tool or library", component
+        assert said.get("toolkit-package"), component
+    cp = components["/usr/bin/cp"]
+    assert {"name": "io.habana-ai-driver:toolkit-package", "value": "coreutils"} in cp["properties"]
     driver = next(c for c in components.values() if c.get("purl", "").startswith("pkg:rpm/"))
     assert driver["purl"].startswith(f"pkg:rpm/habanalabs@{target.driver}?arch=noarch")
     provenance = statement(
