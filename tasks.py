@@ -292,6 +292,40 @@ def status(c: Context, versions: str | None = None, format: str = "table") -> No
 
 @task(
     help={
+        "kernel": "full kernel release (default: every kernel in the versions file)",
+        "driver": "driver version (default: every driver listed for the kernel)",
+        "versions": "versions file (default: versions.toml)",
+        "image": "verify this image (registry/repository:tag or @digest) instead of the "
+        "library's, for one kernel",
+        "format": "table (default) or json",
+    }
+)
+@documented
+def verify(
+    c: Context,
+    kernel: str | None = None,
+    driver: str | None = None,
+    versions: str | None = None,
+    image: str | None = None,
+    format: str = "table",
+) -> None:
+    """Verify each image's signature, SBOM and provenance with cosign, then against the image."""
+    from habana_tasks.cli import maintenance_commands
+
+    _run(
+        lambda: maintenance_commands.verify_command(
+            project(),
+            versions,
+            arguments.optional("--kernel", kernel, arguments.release),
+            arguments.optional("--driver", driver, arguments.driver),
+            image=arguments.optional("--image", image, arguments.image),
+            output_format=arguments.choice("--format", format, ("table", "json")),
+        )
+    )
+
+
+@task(
+    help={
         "reports": "a report.json, or a folder searched for them (default: .cache/logs)",
     }
 )

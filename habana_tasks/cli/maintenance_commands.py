@@ -13,14 +13,15 @@ from rich.console import Console
 from habana_tasks.build import service
 from habana_tasks.build.reporter import make_console
 from habana_tasks.cli import tables
-from habana_tasks.cli.commands import load_inputs
+from habana_tasks.cli.commands import announcer, load_inputs
 from habana_tasks.cli.tables import print_line
 from habana_tasks.config.project import Project
 from habana_tasks.core import errors
 from habana_tasks.maintenance import discover as discovery
-from habana_tasks.maintenance import kmm, preflight, prune
+from habana_tasks.maintenance import kmm, preflight, prune, verify
 from habana_tasks.registry.auth import credentials_from as credentials
 from habana_tasks.registry.client import RegistryClient
+from habana_tasks.trust import cosign
 
 
 def kmm_module(
@@ -145,3 +146,38 @@ def preflight_command(
     )
     tables.show_preflight(console, report, config.repository, output_format)
     return report.exit_code
+
+
+def verify_command(
+    project: Project,
+    versions: str | None = None,
+    kernel: str | None = None,
+    driver: str | None = None,
+    *,
+    image: str | None = None,
+    output_format: str = "table",
+    console: Console | None = None,
+) -> int:
+    """cosign's verification of each published image, then its attestations against it."""
+    console = console or make_console()
+    config = load_inputs(project, versions)
+    targets = config.select(kernel, driver)
+    if image and len(targets) != 1:
+        raise errors.UsageError("--image verifies one image: name its --kernel (and --driver)")
+    if config.image_signing is None:
+        raise errors.UsageError(
+            f"{config.path} has no [cosign]: expected the public key its images are signed with"
+        )
+    podman = service.make_podman(announcer(console))
+    tool = cosign.find(podman.runner, project.root)
+    public = config.image_signing.public_key
+    cosign.public_key(public)
+    results = verify.verify_library(
+        tool, public, RegistryClient(config.insecure_registries), podman, targets,
+        config.insecure_registries, project.cache / "work" / "verify", image,
+    )  # fmt: skip
+    if output_format == "json":
+        console.print_json(verify.to_json(results))
+    else:
+        console.print(tables.verify_table(results))
+    return verify.exit_code(results)

@@ -24,6 +24,7 @@ from habana_tasks.maintenance.matrix import cell
 from habana_tasks.maintenance.preflight import Answer, PreflightReport
 from habana_tasks.maintenance.prune import PruneOutcome
 from habana_tasks.maintenance.status import LibraryStatus, State, TargetStatus
+from habana_tasks.maintenance.verify import Verified
 from habana_tasks.verification.load_test import LoadTestResult
 
 ACTION_STYLE = {
@@ -323,3 +324,20 @@ def markdown_summary(results: Sequence[JobResult], reports: int) -> str:
                 f"{r.seconds:.0f} | {cell(r.detail)[:300]} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def verify_table(results: Iterable[Verified]) -> Table:
+    out = table("verify", "image", "digest", "result", "signed", "SBOM", "provenance", "what")
+
+    def mark(value: bool) -> Text:
+        return Text("yes", "green") if value else Text("no", "red")
+
+    for r in results:
+        result = (
+            Text("unknown", "yellow") if r.unknown else
+            Text("ok", "green") if r.ok else Text("FAIL", "red")
+        )  # fmt: skip
+        what = r.unknown or "\n".join(r.problems)
+        add_row(out, r.image, short(r.digest), result, mark(r.signed), mark(r.sbom),
+                mark(r.provenance), what)  # fmt: skip
+    return out

@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
+from devtools import local_upstream
 from habana_tasks.config import versions as config
 from habana_tasks.config.image_reference import ImageReference
-from habana_tasks.core.errors import BAD_INPUT, OK
+from habana_tasks.config.targets import ImageSigning
+from habana_tasks.core.errors import BAD_INPUT, OK, TARGET_FAILED, CommandError
 from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import RegistryClient
@@ -185,3 +187,108 @@ def test_a_public_key_that_is_not_the_keys_pair_is_refused_before_any_build(
     assert code == BAD_INPUT, out
     assert "not the public key of" in out
     assert json.dumps(str(other))[1:-1] in out
+
+
+def verify(versions: Path, cache: Path, *extra: str) -> tuple[int, list[dict[str, Any]], str]:
+    done = subprocess.run(
+        invoke_argv("verify", "--versions", str(versions), "--format", "json", *extra),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        env={**os.environ, "HABANA_CACHE_DIR": str(cache)},
+    )
+    try:
+        results = json.loads(done.stdout)
+    except ValueError:
+        results = []
+    return done.returncode, results, done.stdout + done.stderr
+
+
+def copy_of(signing_library: tuple[Path, Path, Path], repository: str, to: Path) -> Path:
+    """The signing library's versions file, naming a repository of the caller's own."""
+    versions, _, _ = signing_library
+    to.write_text(versions.read_text().replace("library/cosigned", repository))
+    return to
+
+
+def test_invoke_verify_accepts_the_library_and_names_a_tampered_attestation(
+    signing_library: tuple[Path, Path, Path], test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    versions = copy_of(signing_library, "library/cosigned-tampered", tmp_path / "v.toml")
+    code, out = build(versions, tmp_path / "cache", "--no-load-test")
+    assert code == OK, out
+    code, results, out = verify(versions, tmp_path / "cache")
+    assert code == OK, out
+    (result,) = results
+    assert (result["ok"], result["signed"], result["sbom"], result["provenance"]) == (
+        True, True, True, True,
+    )  # fmt: skip
+    # One byte of the SBOM's payload changed in the registry, its signature kept.
+    target = config.load(versions).targets[0]
+    registry = RegistryClient([test_upstream.upstream.registry])
+    digest = result["digest"]
+    att = ImageReference.parse(f"{target.repository}:{digest.replace(':', '-')}.att")
+    manifest = registry.get_manifest(att).json()
+    layer = next(
+        each for each in manifest["layers"] if "cyclonedx" in each["annotations"]["predicateType"]
+    )
+    envelope = json.loads(registry.get_blob(att, layer["digest"]))
+    payload = base64.b64decode(envelope["payload"]).replace(b'"GPL v2"', b'"GPL v3"')
+    envelope["payload"] = base64.b64encode(payload).decode()
+    body = json.dumps(envelope).encode()
+    layer["digest"], layer["size"] = registry.put_blob(att, body), len(body)
+    registry.put_manifest(att, json.dumps(manifest).encode(), manifest["mediaType"])
+    tool = cosign.find(ProcessRunner(), ROOT)
+    with pytest.raises(CommandError):
+        cosign.verify_attestation(
+            tool, signing_library[1], target.image, cosign.SBOM,
+            frozenset({test_upstream.upstream.registry}),
+        )  # fmt: skip
+    code, results, out = verify(versions, tmp_path / "cache")
+    assert code == TARGET_FAILED, out
+    (result,) = results
+    assert (result["signed"], result["sbom"], result["provenance"]) == (True, False, True)
+    assert any(p.startswith("SBOM attestation: ") for p in result["problems"]), result
+
+
+def test_invoke_verify_names_a_signed_sbom_that_lies_and_an_unsigned_image(
+    signing_library: tuple[Path, Path, Path], test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    versions = copy_of(signing_library, "library/cosigned-lie", tmp_path / "v.toml")
+    code, out = build(versions, tmp_path / "cache", "--no-load-test")
+    assert code == OK, out
+    target = config.load(versions).targets[0]
+    registry = RegistryClient([test_upstream.upstream.registry])
+    digest = registry.inspect(target.image).digest
+    assert digest is not None
+    # An SBOM signed with the library's own key whose module hash is not the image's.
+    tool = cosign.find(ProcessRunner(), ROOT)
+    insecure = frozenset({test_upstream.upstream.registry})
+    sbom = statement(cosign.verify_attestation(
+        tool, signing_library[1], target.image, cosign.SBOM, insecure
+    ))["predicate"]  # fmt: skip
+    module = f"/opt/lib/modules/{target.kernel}/extra/habanalabs.ko"
+    for component in sbom["components"]:
+        if component["name"] == module:
+            component["hashes"][0]["content"] = "0" * 64
+    lie = tmp_path / "lie.json"
+    lie.write_text(json.dumps(sbom))
+    key = Path(str(signing_library[1]).replace(".pub", ".key"))
+    signing = ImageSigning(str(key), key, signing_library[1])
+    cosign.attest(
+        tool, signing, PASSWORD, f"{target.repository}@{digest}", cosign.SBOM, lie, insecure
+    )
+    code, results, out = verify(versions, tmp_path / "cache")
+    assert code == TARGET_FAILED, out
+    assert results[0]["problems"] == [f"SBOM: {module}: the SBOM says sha256 {'0' * 64}"]
+
+    # The tag moved onto an image nobody signed: refused by name, nothing else verified.
+    test_upstream.runner.run(["podman", "tag", local_upstream.LOCAL_BASE, target.image])
+    test_upstream.runner.run(["podman", "push", "--quiet", "--tls-verify=false", target.image])
+    code, results, out = verify(versions, tmp_path / "cache")
+    assert code == TARGET_FAILED, out
+    (result,) = results
+    assert (result["signed"], result["sbom"], result["provenance"]) == (False, False, False)
+    assert result["problems"][0].startswith("signature: "), result

@@ -1,0 +1,194 @@
+"""`invoke verify`: what a node's policy checks, checked by cosign itself (the signature and
+both attestations, with the library's public key), then whether the attestations tell the
+truth: the SBOM's files are the image's, the provenance's inputs are the image's own."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from habana_tasks.build import labels
+from habana_tasks.config.image_reference import ImageReference
+from habana_tasks.config.targets import BuildTarget
+from habana_tasks.core.errors import OK, TARGET_FAILED, UNKNOWN_STATE, CommandError, HabanaError
+from habana_tasks.engine.podman import Podman
+from habana_tasks.registry.client import Existence, RegistryClient
+from habana_tasks.trust import cosign, sbom
+from habana_tasks.trust.cosign import Cosign
+
+# Provenance dependency name -> the label holding the same input's digest (sha256 hex or
+# sha256:hex) in the image itself.
+DEPENDENCY_LABELS = {
+    "toolkit image": labels.INPUT_LABELS["toolkit image digest"],
+    "base image": labels.INPUT_LABELS["base image digest"],
+    "driver package": labels.INPUT_LABELS["driver package"],
+    "firmware package": labels.INPUT_LABELS["firmware package"],
+    "Dockerfile": labels.INPUT_LABELS["Dockerfile"],
+}
+WHAT = {cosign.SBOM: "SBOM", cosign.PROVENANCE: "provenance"}
+
+
+@dataclass(frozen=True)
+class Verified:
+    """One image's verification: what verified, what did not (named), or why nothing could be
+    decided (the registry did not answer)."""
+
+    tag: str
+    image: str
+    digest: str | None = None
+    signed: bool = False
+    sbom: bool = False
+    provenance: bool = False
+    problems: tuple[str, ...] = ()
+    unknown: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.unknown is None and not self.problems
+
+
+def said(exc: CommandError) -> str:
+    """cosign's own reason: its last line that says something."""
+    lines = [line.strip() for line in exc.tail if line.strip()]
+    reason = next((line for line in reversed(lines) if line.startswith("Error:")), None)
+    return (reason or (lines[-1] if lines else str(exc))).removeprefix("Error: ")
+
+
+def statement_of(verified: list[dict[str, Any]], digest: str) -> dict[str, Any]:
+    """The in-toto statement about this digest among what cosign verified."""
+    for envelope in verified:
+        found = json.loads(base64.b64decode(envelope.get("payload", "")))
+        subjects = found.get("subject") or []
+        if any(s.get("digest", {}).get("sha256") == digest.split(":", 1)[1] for s in subjects):
+            return dict(found)
+    raise HabanaError(f"no attestation names {digest} as its subject")
+
+
+def provenance_problems(predicate: Mapping[str, Any], image_labels: Mapping[str, str]) -> list[str]:
+    """Each resolved dependency whose digest is not the one the image's own labels record."""
+    resolved = predicate.get("buildDefinition", {}).get("resolvedDependencies", [])
+    problems = []
+    for prefix, label in DEPENDENCY_LABELS.items():
+        recorded = image_labels.get(label, "").split(":", 1)[-1]
+        claimed = [
+            d.get("digest", {}).get("sha256", "")
+            for d in resolved
+            if str(d.get("name", "")).startswith(prefix)
+        ]
+        if not recorded and not claimed:
+            continue
+        if claimed != [recorded]:
+            problems.append(
+                f"provenance: {prefix} {', '.join(claimed) or 'missing'}, "
+                f"the image's label says {recorded or 'none'}"
+            )
+    return problems
+
+
+def sbom_problems(predicate: Mapping[str, Any], files: tuple[sbom.ImageFile, ...]) -> list[str]:
+    """Files of the image the SBOM omits or hashes otherwise, and files it lists that the image
+    lacks."""
+    text = json.dumps(predicate)
+    problems = [f"SBOM: {p}" for p in sbom.accounted_for(text, files)]
+    present = {f.path for f in files}
+    listed = [c["name"] for c in predicate.get("components", []) if c.get("type") == "file"]
+    problems += [f"SBOM: {name}: not in the image" for name in listed if name not in present]
+    return problems
+
+
+def verify_image(
+    tool: Cosign,
+    public_key: Path,
+    registry: RegistryClient,
+    podman: Podman,
+    target: BuildTarget,
+    reference: str,
+    insecure: frozenset[str],
+    work: Path,
+) -> Verified:
+    remote = registry.inspect(reference)
+    if remote.existence is Existence.UNKNOWN:
+        return Verified(target.tag, reference, unknown=remote.error)
+    if remote.existence is Existence.ABSENT or remote.digest is None:
+        return Verified(target.tag, reference, problems=("not in the library",))
+    digest = remote.digest
+    by_digest = f"{ImageReference.parse(reference).name}@{digest}"
+    problems: list[str] = []
+    signed = True
+    try:
+        cosign.verify(tool, public_key, by_digest, insecure)
+    except CommandError as exc:
+        signed = False
+        problems.append(f"signature: {said(exc)}")
+    statements: dict[str, dict[str, Any]] = {}
+    for kind in (cosign.SBOM, cosign.PROVENANCE):
+        try:
+            verified = cosign.verify_attestation(tool, public_key, by_digest, kind, insecure)
+            statements[kind] = statement_of(verified, digest)
+        except CommandError as exc:
+            problems.append(f"{WHAT[kind]} attestation: {said(exc)}")
+        except (HabanaError, ValueError) as exc:
+            problems.append(f"{WHAT[kind]} attestation: {exc}")
+    if cosign.SBOM in statements:
+        work.mkdir(parents=True, exist_ok=True)
+        rootfs = work / "rootfs.tar"
+        podman.pull(by_digest, ImageReference.parse(reference).registry not in insecure)
+        podman.export_rootfs(by_digest, rootfs)
+        problems += sbom_problems(
+            statements[cosign.SBOM].get("predicate", {}), sbom.image_files(rootfs)
+        )
+    if cosign.PROVENANCE in statements:
+        predicate = statements[cosign.PROVENANCE].get("predicate", {})
+        problems += provenance_problems(predicate, remote.labels)
+    return Verified(
+        target.tag,
+        reference,
+        digest,
+        signed,
+        cosign.SBOM in statements,
+        cosign.PROVENANCE in statements,
+        tuple(problems),
+    )
+
+
+def verify_library(
+    tool: Cosign,
+    public_key: Path,
+    registry: RegistryClient,
+    podman: Podman,
+    targets: tuple[BuildTarget, ...],
+    insecure: frozenset[str],
+    work: Path,
+    image: str | None = None,
+) -> tuple[Verified, ...]:
+    """Each target's published image (or `image`, for one target), verified in turn."""
+    return tuple(
+        verify_image(
+            tool,
+            public_key,
+            registry,
+            podman,
+            target,
+            image or target.image,
+            insecure,
+            work / target.tag,
+        )
+        for target in targets
+    )
+
+
+def exit_code(results: tuple[Verified, ...]) -> int:
+    """3 when anything does not verify (named), else 4 when the registry could not answer."""
+    if any(r.problems for r in results):
+        return TARGET_FAILED
+    if any(r.unknown for r in results):
+        return UNKNOWN_STATE
+    return OK
+
+
+def to_json(results: tuple[Verified, ...]) -> str:
+    return json.dumps([asdict(r) | {"ok": r.ok} for r in results], indent=2)
