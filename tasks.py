@@ -326,6 +326,27 @@ def verify(
 
 @task(
     help={
+        "versions": "versions file (default: versions.toml)",
+        "format": "policy-json (containers-policy.json, default), registries-d (its "
+        "registries.d file), clusterimagepolicy (OpenShift) or kyverno (a ClusterPolicy)",
+    }
+)
+@documented
+def trust_policy(c: Context, versions: str | None = None, format: str = "policy-json") -> None:
+    """Print what nodes need to admit only the library's signed images ([cosign] public_key)."""
+    from habana_tasks.cli import maintenance_commands
+    from habana_tasks.trust.policy import FORMATS
+
+    def show() -> int:
+        form = arguments.choice("--format", format, FORMATS)
+        print(maintenance_commands.trust_policy(project(), versions, form), end="")
+        return 0
+
+    _run(show)
+
+
+@task(
+    help={
         "reports": "a report.json, or a folder searched for them (default: .cache/logs)",
     }
 )

@@ -2,54 +2,23 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections.abc import Sequence
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-from jsonschema import Draft7Validator
+from tests.crd_schema import crd_errors, crd_schema
 
 CRD = Path(__file__).parent / "kmm" / "kmm.sigs.x-k8s.io_modules.yaml"
 
 
-def _strict(node: Any) -> Any:
-    """Refuse unknown fields, as the API server's strict field validation does (by default it
-    would prune them silently: a misspelt field would vanish instead of failing)."""
-    if isinstance(node, dict):
-        node = {key: _strict(value) for key, value in node.items()}
-        if (
-            "properties" in node
-            and "additionalProperties" not in node
-            and not node.get("x-kubernetes-preserve-unknown-fields")
-        ):
-            node["additionalProperties"] = False
-        return node
-    if isinstance(node, list):
-        return [_strict(item) for item in node]
-    return node
-
-
-@cache
 def module_schema() -> dict[str, Any]:
-    crd = yaml.safe_load(CRD.read_text())
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1beta1"]
-    schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
-    # metadata is validated by the API server itself, not by the CRD's schema.
-    schema["properties"]["metadata"] = {"type": "object"}
-    strict: dict[str, Any] = _strict(schema)
-    return strict
+    return crd_schema(CRD, "v1beta1")
 
 
 def schema_errors(module: dict[str, Any]) -> list[str]:
     """Every way `module` breaks KMM's v1beta1 Module schema; empty when it is valid."""
-    validator = Draft7Validator(module_schema())
-    return sorted(
-        f"{'/'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
-        for error in validator.iter_errors(module)
-    )
+    return crd_errors(CRD, "v1beta1", module)
 
 
 def kmm_softdep_conf(modprobe: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ from habana_tasks.maintenance import discover as discovery
 from habana_tasks.maintenance import kmm, preflight, prune, verify
 from habana_tasks.registry.auth import credentials_from as credentials
 from habana_tasks.registry.client import RegistryClient
-from habana_tasks.trust import cosign
+from habana_tasks.trust import cosign, policy
 
 
 def kmm_module(
@@ -181,3 +181,15 @@ def verify_command(
     else:
         console.print(tables.verify_table(results))
     return verify.exit_code(results)
+
+
+def trust_policy(project: Project, versions: str | None = None, form: str = "policy-json") -> str:
+    """The node-side configuration that admits only the library's signed images."""
+    config = load_inputs(project, versions)
+    if config.image_signing is None:
+        raise errors.UsageError(
+            f"{config.path} has no [cosign]: expected the public key its images are signed with"
+        )
+    return policy.render(
+        form, config.repository, cosign.public_key(config.image_signing.public_key)
+    )
