@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,11 +16,13 @@ from habana_tasks.build import labels
 from habana_tasks.build import service as build_service
 from habana_tasks.build.reporter import make_console
 from habana_tasks.build.service import BuildOptions
-from habana_tasks.cli import commands, tables
+from habana_tasks.cli import commands, maintenance_commands, tables
 from habana_tasks.config.project import Project
 from habana_tasks.config.targets import BuildTarget
+from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import Existence, RegistryClient, RemoteImage
+from habana_tasks.trust import cosign
 
 EXAMPLE_VERSIONS = Path("examples/local/versions.toml")
 
@@ -54,14 +57,37 @@ def upstream_down(project: Project, console: Console | None = None) -> None:
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
+def example_key(project: Project, runner: ProcessRunner, console: Console) -> None:
+    """The example's own cosign key pair and its password (0600), made once under .cache: an
+    example key, named so; a real library brings its own."""
+    directory = project.root / ".cache" / "example-cosign"
+    if (directory / "example-only.key").is_file() and (directory / "password").is_file():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(24)
+    (directory / "password").touch(mode=0o600)
+    (directory / "password").write_text(password + "\n")
+    (directory / "README").write_text(
+        "An EXAMPLE cosign key pair, made by `invoke example` for the example library only.\n"
+    )
+    tool = cosign.find(runner, project.root)
+    tool.run(
+        ["generate-key-pair", "--output-key-prefix", str(directory / "example-only")],
+        password=password,
+    )
+    console.print(f"example cosign key pair made in {directory} (an example key)")
+
+
 def example(
     project: Project, jobs: int = 1, load_test: bool = True, console: Console | None = None
 ) -> int:
-    """The example library end to end: local upstream, build-all, and the library table."""
+    """The example library end to end: local upstream, build-all (signed and attested), the
+    library table, and `invoke verify` of every image."""
     console = console or make_console()
     versions = str(project.root / EXAMPLE_VERSIONS)
     podman = build_service.make_podman(commands.announcer(console))
     upstream_up(project, versions, console, podman)
+    example_key(project, podman.runner, console)
     config = project.load(versions)
     run = commands.run_build(
         project,
@@ -74,7 +100,9 @@ def example(
     registry = RegistryClient(config.insecure_registries)
     held = [(t, registry.inspect(t.image)) for t in config.targets]
     console.print(library_table(config.repository, held))
-    return run.exit_code
+    if run.exit_code != 0:
+        return run.exit_code
+    return maintenance_commands.verify_command(project, versions, console=console)
 
 
 def library_table(repository: str, held: Iterable[tuple[BuildTarget, RemoteImage]]) -> Table:

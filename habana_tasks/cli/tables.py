@@ -181,6 +181,7 @@ def status_table(repository: str, items: Iterable[TargetStatus]) -> Table:
         "size",
         "load-tested",
         "signing",
+        "cosign",
         "built",
     )
     for item in items:
@@ -196,6 +197,7 @@ def status_table(repository: str, items: Iterable[TargetStatus]) -> Table:
             size,
             status.tested_by(item.load_test_boot),
             item.signing or "",
+            item.cosign or "",
             item.created or "",
         )
     return out

@@ -13,6 +13,7 @@ from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.config.targets import Config
 from habana_tasks.core.errors import Failure, HabanaError
 from habana_tasks.registry.client import Existence, RegistryClient
+from habana_tasks.trust import attachments
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def prune_plan(
     limit = now - timedelta(days=older_than_days) if older_than_days is not None else None
     items = []
     for tag, info in sorted(tags.items()):
-        if tag in kept or info.digest in protected:
+        if tag in kept or info.digest in protected or attachments.is_attachment(tag):
             continue
         if is_record_tag(tag):  # a failure record says nothing once its pair is gone
             items.append(PruneItem(tag, info.digest, "failure record of a pair no longer listed"))
@@ -57,6 +58,15 @@ def prune_plan(
             )
         else:
             items.append(PruneItem(tag, info.digest, "no longer named by the matrix"))
+    # cosign's signatures and attestations go with their image, after it: never left behind.
+    going = {item.tag for item in items}
+    staying = {
+        info.digest
+        for tag, info in tags.items()
+        if tag not in going and not attachments.is_attachment(tag)
+    }
+    for tag in attachments.orphans(tags, staying):
+        items.append(PruneItem(tag, tags[tag].digest, "cosign attachment of an image not kept"))
     return items
 
 

@@ -16,6 +16,7 @@ from habana_tasks.config.project import Project
 from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core.errors import HabanaError
 from habana_tasks.registry.client import Existence, RemoteImage
+from habana_tasks.trust import attachments
 
 
 class State(enum.Enum):
@@ -42,6 +43,8 @@ class TargetStatus:
     openshift: tuple[str, ...] = ()
     # "signed by <signer>", "unsigned", or None (no image, or an image from before signing labels)
     signing: str | None = None
+    # What cosign attached to the image, from the repository's tag listing (None: not listed).
+    cosign: str | None = None
 
     @property
     def pending(self) -> bool:
@@ -101,12 +104,19 @@ def statuses(jobs: Sequence[BuildJob], remote: Mapping[str, RemoteImage]) -> lis
     return [target_status(job, remote[job.target.tag]) for job in jobs]
 
 
-def orphan_tags(tags: Iterable[str], targets: Iterable[BuildTarget]) -> list[str]:
-    """Tags in the repository that the matrix no longer names: images, and failure records of
-    pairs no longer listed (a listed pair's record is not an orphan)."""
+def orphan_tags(
+    tags: Iterable[str], targets: Iterable[BuildTarget], live: Iterable[str] = ()
+) -> list[str]:
+    """Tags in the repository that the matrix no longer names: images, failure records of
+    pairs no longer listed (a listed pair's record is not an orphan), and cosign attachments
+    of no image a named tag holds (`live`: their digests)."""
     tags, named = list(tags), {t.tag for t in targets}
-    images = [tag for tag in tags if not is_record_tag(tag) and tag not in named]
-    return sorted([*images, *orphan_records(tags, named)])
+    images = [
+        tag
+        for tag in tags
+        if not is_record_tag(tag) and not attachments.is_attachment(tag) and tag not in named
+    ]
+    return sorted([*images, *orphan_records(tags, named), *attachments.orphans(tags, live)])
 
 
 def to_json(
@@ -123,14 +133,15 @@ def to_markdown(items: Sequence[TargetStatus], repository: str) -> str:
     lines = [
         f"# habanalabs driver images in `{repository}`",
         "",
-        "| kernel | driver | image | OpenShift | load-tested | signing | built |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| kernel | driver | image | OpenShift | load-tested | signing | cosign | built |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in sorted(items, key=lambda s: (s.kernel, s.driver)):
         image = f"`{s.image.rsplit(':', 1)[0]}@{s.digest}`" if s.digest else f"_{s.state.value}_"
         lines.append(
             f"| `{s.kernel}` | {s.driver} | {image} | {', '.join(s.openshift) or '-'} | "
-            f"{tested_by(s.load_test_boot)} | {s.signing or '-'} | {s.created or '-'} |"
+            f"{tested_by(s.load_test_boot)} | {s.signing or '-'} | {s.cosign or '-'} | "
+            f"{s.created or '-'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -158,4 +169,9 @@ def library_status(project: Project, config: Config) -> LibraryStatus:
         tags = run.registry.list_tags(config.repository)
     except HabanaError as exc:
         return LibraryStatus(items, None, (f"cannot list tags: {exc}",), run.summary)
-    return LibraryStatus(items, tuple(orphan_tags(tags, config.targets)), (), run.summary)
+    live = [i.digest for i in items if i.digest]
+    items = tuple(
+        replace(i, cosign=attachments.attached(tags, i.digest).text) if i.digest else i
+        for i in items
+    )
+    return LibraryStatus(items, tuple(orphan_tags(tags, config.targets, live)), (), run.summary)

@@ -21,7 +21,7 @@ from habana_tasks.config.targets import ImageSigning
 from habana_tasks.core.errors import BAD_INPUT, OK, TARGET_FAILED, CommandError
 from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.podman import Podman
-from habana_tasks.registry.client import RegistryClient
+from habana_tasks.registry.client import Existence, RegistryClient
 from habana_tasks.trust import cosign
 from habana_tasks.trust.sbom import accounted_for, image_files
 from tests.conftest import ROOT, invoke_argv
@@ -292,3 +292,42 @@ def test_invoke_verify_names_a_signed_sbom_that_lies_and_an_unsigned_image(
     (result,) = results
     assert (result["signed"], result["sbom"], result["provenance"]) == (False, False, False)
     assert result["problems"][0].startswith("signature: "), result
+
+
+def test_a_signature_the_registry_refuses_fails_the_target_and_moves_no_tag(
+    signing_library: tuple[Path, Path, Path], test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    """cosign that opens the key but whose signing fails (as a registry refusing the .sig
+    upload makes it): exit 3, the image is in the registry by digest only, no tag names it."""
+    versions = copy_of(signing_library, "library/cosigned-refused", tmp_path / "v.toml")
+    real = cosign.find(ProcessRunner(), ROOT).path
+    wrapper = tmp_path / "bin" / "cosign"
+    wrapper.parent.mkdir()
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = sign ] && [ "$2" != --help ]; then\n'
+        '  echo "Error: signing: PUT .sig: 403 Forbidden" >&2; exit 1\n'
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    done = subprocess.run(
+        invoke_argv("build", "--kernel", KERNELS[0], "--versions", str(versions), "--no-load-test"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+        env={
+            **os.environ,
+            "PATH": f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}",
+            "HABANA_CACHE_DIR": str(tmp_path / "cache"),
+            cosign.PASSWORD_VARIABLE: PASSWORD,
+        },
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == TARGET_FAILED, out
+    assert "403 Forbidden" in out
+    target = config.load(versions).targets[0]
+    registry = RegistryClient([test_upstream.upstream.registry])
+    assert registry.inspect(target.image).existence is Existence.ABSENT

@@ -42,6 +42,35 @@ def test_prune_never_touches_named_tags_or_their_digests() -> None:
     assert prune_plan(tags, set(tags), now=NOW) == []
 
 
+def test_cosign_attachments_stay_with_a_kept_image_and_go_with_a_pruned_one() -> None:
+    kept, old, gone = ("a" * 64, "b" * 64, "c" * 64)
+    tags = {
+        "1.0-k1": TagInfo(f"sha256:{kept}", NOW),
+        f"sha256-{kept}.sig": TagInfo("sha256:s1", None),
+        f"sha256-{kept}.att": TagInfo("sha256:a1", None),
+        "0.9-k1": TagInfo(f"sha256:{old}", NOW - timedelta(days=100)),
+        f"sha256-{old}.sig": TagInfo("sha256:s2", None),
+        # An image no tag names any more (its tag moved, say): its attachments are orphans.
+        f"sha256-{gone}.att": TagInfo("sha256:a3", None),
+    }
+    assert prune_plan(tags, {"1.0-k1"}, now=NOW) == [
+        PruneItem("0.9-k1", f"sha256:{old}", "no longer named by the matrix"),
+        PruneItem(f"sha256-{old}.sig", "sha256:s2", "cosign attachment of an image not kept"),
+        PruneItem(f"sha256-{gone}.att", "sha256:a3", "cosign attachment of an image not kept"),
+    ]
+    # Within the rollback window the old image stays, and so does its signature.
+    assert prune_plan(tags, {"1.0-k1"}, older_than_days=365, now=NOW) == [
+        PruneItem(f"sha256-{gone}.att", "sha256:a3", "cosign attachment of an image not kept"),
+    ]
+    # status: the attachments of a named tag's image are not "unnamed tags"; the others are.
+    named = replace(TARGET, tag="1.0-k1")
+    assert orphan_tags(tags, [named], [f"sha256:{kept}"]) == [
+        "0.9-k1",
+        f"sha256-{old}.sig",
+        f"sha256-{gone}.att",
+    ]
+
+
 def test_status_states_and_pending_matrix() -> None:
     current = replace(TARGET, tag="current", kernel="k-current")
     present = labels.image_labels(CONFIG, current, INPUTS, "2026-01-01T00:00:00Z", "plain")

@@ -104,3 +104,17 @@ def test_each_batch_restores_the_compile_cache_of_its_kernels() -> None:
     assert cache["with"]["restore-keys"] == "compile-${{ matrix.kernels }}-"
     build = next(s for s in steps if "invoke build-all" in str(s.get("run", "")))
     assert steps.index(cache) < steps.index(build)
+
+
+def test_cosign_is_installed_pinned_by_commit_and_its_secrets_never_echoed() -> None:
+    build = workflow()["jobs"]["build"]
+    (installer,) = [s for s in build["steps"] if str(s.get("uses", "")).startswith("sigstore/")]
+    action, _, commit = installer["uses"].partition("@")
+    assert action == "sigstore/cosign-installer" and re.fullmatch("[0-9a-f]{40}", commit)
+    # cosign 2: signatures as the .sig attachments containers/image reads.
+    assert installer["with"]["cosign-release"].startswith("v2.")
+    (step,) = [s for s in build["steps"] if "COSIGN_KEY" in s.get("env", {})]
+    assert step["env"]["COSIGN_PASSWORD"] == "${{ secrets.COSIGN_PASSWORD }}"
+    script = step["run"]
+    assert "umask 077" in script and "set -x" not in script
+    assert 'echo "${COSIGN' not in script and "echo ${COSIGN" not in script
