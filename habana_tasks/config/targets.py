@@ -33,6 +33,12 @@ class ImageSigning:
     public_key: Path
     password_file: Path | None = None
 
+    @property
+    def reference(self) -> str:
+        """What cosign is given: the key file's path (resolved against the versions file, not
+        the working directory), or the KMS URI as written."""
+        return str(self.key_file) if self.key_file is not None else self.key
+
 
 @dataclass(frozen=True)
 class BuildTarget:

@@ -127,16 +127,16 @@ def check_key(cosign: Cosign, signing: ImageSigning, secret: str | None) -> None
     expected = public_key(signing.public_key)
     try:
         derived = cosign.run(
-            ["public-key", "--key", signing.key], password=secret, keep_output=True
+            ["public-key", "--key", signing.reference], password=secret, keep_output=True
         )
     except CommandError as exc:
         said = exc.tail[-1] if exc.tail else str(exc)
         raise UsageError(
-            f"{signing.key}: cosign cannot open the key (wrong password?): {said}"
+            f"{signing.reference}: cosign cannot open the key (wrong password?): {said}"
         ) from None
     if _pem_body(derived) != _pem_body(expected):
         raise UsageError(
-            f"{signing.public_key}: not the public key of {signing.key} "
+            f"{signing.public_key}: not the public key of {signing.reference} "
             "([cosign] public_key must be the key's own pair)"
         )
 
@@ -162,7 +162,7 @@ def sign(
 ) -> None:
     """Sign the image by digest. cosign keeps one signature per key: signing again adds none."""
     cosign.run(
-        ["sign", "--key", signing.key, "--tlog-upload=false", "--yes",
+        ["sign", "--key", signing.reference, "--tlog-upload=false", "--yes",
          *registry_flags(by_digest, insecure), by_digest],
         password=secret, on_line=on_line,
     )  # fmt: skip
@@ -180,7 +180,7 @@ def attest(
 ) -> None:
     """Attest a predicate of `kind` (SBOM or PROVENANCE); --replace keeps one per type."""
     cosign.run(
-        ["attest", "--key", signing.key, "--tlog-upload=false", "--yes", "--replace",
+        ["attest", "--key", signing.reference, "--tlog-upload=false", "--yes", "--replace",
          "--type", kind, "--predicate", str(predicate),
          *registry_flags(by_digest, insecure), by_digest],
         password=secret, on_line=on_line,

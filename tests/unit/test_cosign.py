@@ -23,6 +23,9 @@ def test_a_key_file_and_its_public_key_are_relative_to_the_versions_file(tmp_pat
     assert cfg.image_signing == targets.ImageSigning(
         "k/cosign.key", tmp_path / "k/cosign.key", tmp_path / "k/cosign.pub"
     )
+    # cosign is given the path resolved against the versions file, whatever the working directory.
+    assert cfg.image_signing is not None
+    assert cfg.image_signing.reference == str(tmp_path / "k/cosign.key")
     assert load_text(tmp_path, GOOD).image_signing is None
     # The module key of [signing] is another thing entirely: neither implies the other.
     assert load_text(tmp_path, GOOD).signing is None
