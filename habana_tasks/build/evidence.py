@@ -4,14 +4,15 @@ has passed its checks; the SBOM is completed with the digest the push gives."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 
 from habana_tasks.build import failure_records
+from habana_tasks.build.driver_package import sha256_file
 from habana_tasks.build.labels import TargetInputs
 from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core.process import ProcessRunner
@@ -19,7 +20,7 @@ from habana_tasks.trust import provenance, sbom
 from habana_tasks.trust.provenance import Dependency, ProvenanceInputs
 from habana_tasks.trust.sbom import ImageFile, ModuleInfo, Package, Pinned, SbomInputs
 
-TOOL_VERSION = "0.1.0"
+TOOL_VERSION = metadata.version("habana-tasks")  # the installed package's own
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class Evidence:
                 source=self.config.source,
                 revision=provenance.revision(os.environ),
                 versions_file=str(self.config.path),
-                versions_sha256=_file_sha256(self.config.path),
+                versions_sha256=sha256_file(self.config.path),
                 dependencies=self.dependencies(),
                 invocation=self.invocation,
                 started=self.started,
@@ -108,13 +109,6 @@ class Evidence:
 
 def _hex(digest: str) -> str:
     return digest.split(":", 1)[-1]
-
-
-def _file_sha256(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return ""
 
 
 def gather(

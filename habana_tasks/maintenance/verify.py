@@ -92,8 +92,7 @@ def provenance_problems(predicate: Mapping[str, Any], image_labels: Mapping[str,
 def sbom_problems(predicate: Mapping[str, Any], files: tuple[sbom.ImageFile, ...]) -> list[str]:
     """Files of the image the SBOM omits or hashes otherwise, and files it lists that the image
     lacks."""
-    text = json.dumps(predicate)
-    problems = [f"SBOM: {p}" for p in sbom.accounted_for(text, files)]
+    problems = [f"SBOM: {p}" for p in sbom.accounted_for(predicate, files)]
     present = {f.path for f in files}
     listed = [c["name"] for c in predicate.get("components", []) if c.get("type") == "file"]
     problems += [f"SBOM: {name}: not in the image" for name in listed if name not in present]

@@ -6,13 +6,12 @@ packages, the toolkit (and base) by digest, and the tool that built it."""
 from __future__ import annotations
 
 import hashlib
-import json
 import tarfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from cyclonedx.model import HashAlgorithm, HashType, Property
@@ -260,11 +259,12 @@ def document(inputs: SbomInputs) -> str:
     return text
 
 
-def accounted_for(text: str, files: Sequence[ImageFile]) -> list[str]:
-    """What an SBOM does not say of the image's files: each missing or differing file, named."""
+def accounted_for(document: Mapping[str, Any], files: Sequence[ImageFile]) -> list[str]:
+    """What an SBOM (parsed) does not say of the image's files: each missing or differing
+    file, named."""
     listed = {
         c["name"]: next((h["content"] for h in c.get("hashes", [])), "")
-        for c in json.loads(text).get("components", [])
+        for c in document.get("components", [])
         if c.get("type") == "file"
     }
     problems = []
