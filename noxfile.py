@@ -28,8 +28,10 @@ ROOTLESS_COMMAND = (
     f" && .venv/bin/invoke build-all --versions {EXAMPLE}"
     f" && .venv/bin/invoke status --versions {EXAMPLE}"
     f" && .venv/bin/invoke load-test --kernel 6.1.0-56-amd64 --versions {EXAMPLE}"
-    # Every isolation, chosen every way, builds without a network for an ordinary user too.
+    # Every isolation, chosen every way, builds without a network for an ordinary user too; the
+    # node's policy is enforced in a root the user made and entered in a user namespace.
     " && .venv/bin/python -m pytest -q -p no:cacheprovider tests/integration/test_build_network.py"
+    " tests/integration/test_node_policy.py"
     "; code=$?; .venv/bin/invoke upstream-down; exit $code"
 )
 nox.options.sessions = ["lint", "typecheck", "tests"] + (
@@ -101,7 +103,8 @@ def load_test(session: nox.Session) -> None:
 @nox.session(python=False)
 def rootless(session: nox.Session) -> None:
     """The example, build, build-all, status and smoke as an ordinary user with rootless podman,
-    then the build-network tests (as root: a user made for it, in a copy of this checkout)."""
+    then the build-network and node-policy tests (as root: a user made for it, in a copy of this
+    checkout)."""
     session.run("scripts/as-unprivileged-user", ROOTLESS_COMMAND, external=True)
 
 
