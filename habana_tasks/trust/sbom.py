@@ -20,7 +20,6 @@ from cyclonedx.model.component import Component, ComponentType
 from cyclonedx.model.license import DisjunctiveLicense
 from cyclonedx.output.json import JsonV1Dot6
 from cyclonedx.schema import SchemaVersion
-from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
 from habana_tasks.core import archive
@@ -254,6 +253,10 @@ def document(inputs: SbomInputs) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the library's own notes on graph completeness
         text = JsonV1Dot6(bom).output_as_string(indent=2)
+    # Imported here: its JSON Schema format checkers take over a second to load, which every
+    # command would pay (a dry run, status) though only a signing build makes an SBOM.
+    from cyclonedx.validation.json import JsonStrictValidator  # noqa: PLC0415
+
     if error := JsonStrictValidator(SchemaVersion.V1_6).validate_str(text):
         raise HabanaError(f"the SBOM of {inputs.tag} does not validate as CycloneDX 1.6: {error}")
     return text

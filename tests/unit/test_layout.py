@@ -4,6 +4,8 @@ that imports upwards fails here, not in a review."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,17 @@ def test_each_grammar_has_one_copy() -> None:
                 copies.append(f"{pattern} in {seen[pattern]} and {path.name}")
             seen[pattern] = path.name
     assert not copies
+
+
+def test_commands_do_not_load_what_only_a_signing_build_needs() -> None:
+    """Every command starts by importing the command layer; the SBOM's schema validator (over a
+    second of JSON Schema format checkers) loads only when an SBOM is made."""
+    probe = (
+        "import sys, habana_tasks.cli.commands, habana_tasks.cli.maintenance_commands; "
+        "heavy = ('cyclonedx.validation', 'jsonschema'); "
+        "print(sorted(m for m in sys.modules if m.startswith(heavy)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]", done.stdout
