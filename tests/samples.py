@@ -61,4 +61,5 @@ ONE_INPUT_CHANGED = {
     "modules": (replace(TARGET, modules=("habanalabs", "habanalabs_cn")), INPUTS),
     "signing certificate": (TARGET, replace(INPUTS, signer=SIGNER)),
     "image flavour": (replace(TARGET, flavour="kmm1"), INPUTS),
+    "node kernel arguments": (replace(TARGET, node_kernel_args=("efi=runtime",)), INPUTS),
 }

@@ -54,6 +54,8 @@ INPUT_LABELS = {
     "image flavour": PREFIX + "image.flavour",
     # The certificate, not the key: a new certificate rebuilds every image.
     "signing certificate": PREFIX + "signing.certificate.sha256",
+    # What the nodes boot the kernel with (the load test boots with it too).
+    "node kernel arguments": PREFIX + "node.kernel-args",
 }
 
 
@@ -89,7 +91,9 @@ def build_args(target: BuildTarget, inputs: TargetInputs) -> dict[str, str]:
 
 
 def input_values(target: BuildTarget, inputs: TargetInputs) -> dict[str, str]:
-    """The fingerprinted inputs, by the names used in reasons."""
+    """The fingerprinted inputs, by the names used in reasons. The node's kernel arguments are
+    one only when given, so that images made before they could be given stay current."""
+    node_args = {"node kernel arguments": " ".join(target.node_kernel_args)}
     return {
         "base image digest": inputs.base.digest if inputs.base else "",
         "toolkit image digest": inputs.toolkit.digest,
@@ -100,6 +104,7 @@ def input_values(target: BuildTarget, inputs: TargetInputs) -> dict[str, str]:
         "modules": ",".join(target.modules),
         "image flavour": target.flavour,
         "signing certificate": inputs.signer.certificate_sha256 if inputs.signer else "",
+        **(node_args if target.node_kernel_args else {}),
     }
 
 
@@ -118,10 +123,11 @@ def changed_inputs(
     target: BuildTarget, inputs: TargetInputs, labels: Mapping[str, str]
 ) -> list[str]:
     """Names of the inputs whose label on the existing image differs from the current value."""
+    values = input_values(target, inputs)
     return [
         name
-        for name, value in input_values(target, inputs).items()
-        if labels.get(INPUT_LABELS[name], "") != value
+        for name, label in INPUT_LABELS.items()
+        if labels.get(label, "") != values.get(name, "")
     ]
 
 

@@ -10,7 +10,7 @@ from habana_tasks.build import labels
 from habana_tasks.build.failure_records import FailureRecord
 from habana_tasks.build.labels import TargetInputs
 from habana_tasks.config.targets import BuildTarget
-from habana_tasks.core.errors import Failure
+from habana_tasks.core.errors import INPUTS, Failure
 from habana_tasks.registry.client import Existence, RemoteImage
 from habana_tasks.verification.secure_boot import SECURE_BOOT
 
@@ -100,6 +100,26 @@ def recalled(job: BuildJob, record: FailureRecord | None, tool: str, retry: bool
     if retry:
         return replace(job, reason=f"{job.reason}; retrying: {record.line}", record=record)
     return replace(job, action=Action.HOLD, reason=record.line, record=record)
+
+
+# The step a pair fails at when its kernel, booted as its nodes boot it, trusts no machine key.
+NODE_TRUST = "Secure Boot node"
+
+
+def refused_by_node(job: BuildJob, blockers: Sequence[str]) -> BuildJob:
+    """A pending job of a signing library whose kernel, booted with its nodes' arguments, loads
+    no machine-owner key (blockers: why, from its configuration): a Secure Boot node would refuse
+    its modules, so it is not built, load-tested and failed at the end; the plan says why."""
+    if job.action is not Action.BUILD or not blockers:
+        return job
+    t = job.target
+    booted = f"booted with {' '.join(t.node_kernel_args)}" if t.node_kernel_args else "as built"
+    why = (
+        f"a Secure Boot node would refuse its modules: {t.kernel} {booted} loads no "
+        f"machine-owner keys ({'; '.join(blockers)})"
+    )
+    failure = Failure(NODE_TRUST, why, t.image, origin=INPUTS)
+    return replace(job, action=Action.FAIL, reason=why, failure=failure)
 
 
 def plan(

@@ -12,31 +12,27 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, Protocol, TextIO, TypeVar
+from typing import TextIO, TypeVar
 
-from habana_tasks.build import failure_records, labels, metadata, rebuild
+from habana_tasks.build import failure_records, kernel_config, labels, metadata
 from habana_tasks.build.compile import CompileSettings
 from habana_tasks.build.compile_cache import CompileCache
 from habana_tasks.build.driver_package import PackageCache
 from habana_tasks.build.pipeline import Pipeline, RunOptions, run_stamp
-from habana_tasks.build.plan import Action, BuildJob, plan, recalled
-from habana_tasks.build.rebuild import RebuildResult
+from habana_tasks.build.plan import Action, BuildJob, plan, recalled, refused_by_node
 from habana_tasks.build.reporter import Reporter
-from habana_tasks.build.results import JobResult, JobStatus, write_report
+from habana_tasks.build.results import JobResult, JobStatus
 from habana_tasks.config.project import Project
 from habana_tasks.config.targets import BuildTarget, Config, SigningFiles
-from habana_tasks.core.errors import Failure, UsageError, exit_code_for
+from habana_tasks.core.errors import exit_code_for
 from habana_tasks.core.http_client import HTTPClient
 from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.isolation import BuildIsolation, explicit_choice
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import RegistryClient, RemoteImage
 from habana_tasks.trust import signer as image_signer
-from habana_tasks.verification import secure_boot, signing
-from habana_tasks.verification.kernel_modules import KernelModuleStore
-from habana_tasks.verification.load_test import DEFAULT_TIMEOUT, LoadTestResult, retest_image
+from habana_tasks.verification import refusal, secure_boot, signing
 from habana_tasks.verification.secure_boot import PLAIN, SECURE_BOOT, SecureBootSetup
-from habana_tasks.verification.worker import WorkerTools
 
 R = TypeVar("R")
 
@@ -71,8 +67,8 @@ def load_test_boot(config: Config, load_test: bool, secure_boot: bool) -> str | 
 
 def secure_boot_node(project: Project, signing_files: SigningFiles) -> SecureBootSetup:
     """The Secure Boot node load tests boot: the library's certificate enrolled as its MOK."""
-    certificate = signing.load_signer(signing_files).certificate_pem
-    return secure_boot.prepare(project.root, project.cache, certificate)
+    signer = signing.load_signer(signing_files)
+    return secure_boot.prepare(project.root, project.cache, signer.certificate_pem, signer.key_id)
 
 
 @dataclass(frozen=True)
@@ -158,8 +154,29 @@ def resolve_and_plan(
         recalled(job, memory.records.get(job.target.tag), tool, force or retry_failed)
         for job in jobs
     )
+    if proof == SECURE_BOOT:
+        jobs = node_trust(registry, project.cache, jobs)
     seconds = time.monotonic() - started
     return PlannedRun(jobs, resolution.remote, registry, packages, seconds, memory.problem)
+
+
+def node_trust(
+    registry: RegistryClient, cache: Path, jobs: tuple[BuildJob, ...]
+) -> tuple[BuildJob, ...]:
+    """The pending jobs whose kernel would trust no machine-owner key, flagged before building
+    (its configuration read from the toolkit, once per toolkit digest)."""
+    pending = [
+        (job.target, job.inputs.toolkit.pinned)
+        for job in jobs
+        if job.action is Action.BUILD and job.inputs is not None
+    ]
+    configs = kernel_config.kernel_configs(registry, cache, pending)
+
+    def blockers(job: BuildJob) -> list[str]:
+        text = configs.get(job.target.tag)
+        return refusal.machine_key_blockers(text, job.target.node_kernel_args) if text else []
+
+    return tuple(refused_by_node(job, blockers(job)) for job in jobs)
 
 
 def make_podman(announce: Callable[[str], None], runner: ProcessRunner | None = None) -> Podman:
@@ -212,31 +229,6 @@ def build_reports(root: Path) -> list[Path]:
     return [p for p in root.rglob("report.json") if p.parent.name[:1].isdigit()]
 
 
-class Checked(Protocol):
-    @property
-    def failure(self) -> Failure | None: ...
-
-
-C = TypeVar("C", bound=Checked)
-
-
-@dataclass(frozen=True)
-class ReportedRun(Generic[C]):
-    """What `load-test` or `verify-rebuild` did: one result per image, and where report.json
-    is; the exit code from the results' failures."""
-
-    results: tuple[C, ...]
-    report: Path
-
-    @property
-    def exit_code(self) -> int:
-        return exit_code_for(r.failure for r in self.results)
-
-
-LoadTestRun = ReportedRun[LoadTestResult]
-RebuildRun = ReportedRun[RebuildResult]
-
-
 def per_target(
     folders: RunFolders,
     targets: Sequence[BuildTarget],
@@ -274,78 +266,6 @@ def per_target(
 def compile_cache(project: Project, config: Config) -> CompileCache:
     """The compile cache under the cache directory, bounded by [cache] max_size."""
     return CompileCache(project.compile_cache, config.cache.max_size)
-
-
-def verify_rebuilds(
-    project: Project, config: Config, targets: Sequence[BuildTarget], podman: Podman
-) -> RebuildRun:
-    """Rebuild each target's published image from its inputs and compare (nothing pushed);
-    one log per image and report.json under .cache/logs/verify-rebuild-<stamp>."""
-    registry = RegistryClient(config.insecure_registries)
-    packages = PackageCache(project.cache / "downloads")
-    signer = signing.load_signer(config.signing) if config.signing else None
-    folders = RunFolders.new(project, "verify-rebuild-")
-
-    def one(target: BuildTarget, work: Path, log: TextIO) -> RebuildResult:
-        def sink(line: str) -> None:
-            log.write(line + "\n")
-
-        result = rebuild.verify_rebuild(
-            config,
-            target,
-            podman=podman,
-            registry=registry,
-            packages=packages,
-            dockerfile=project.dockerfile,
-            work=work,
-            signer=signer,
-            on_line=sink,
-        )
-        sink(str(result.failure) if result.failure else f"reproduced: {result.rebuilt}")
-        return result
-
-    results = per_target(folders, targets, one)
-    return RebuildRun(tuple(results), write_report(folders.report, results))
-
-
-def load_test_images(
-    project: Project,
-    config: Config,
-    targets: Sequence[BuildTarget],
-    *,
-    podman: Podman,
-    image: str | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    secure_boot_test: bool = False,
-    jobs: int = 1,
-) -> LoadTestRun:
-    """Pull each target's published image (or `image`, for one target) and its toolkit, and
-    load-test it in the exact kernel again, as `build` did; one log per image. With
-    `secure_boot_test`, through a Secure Boot node's chain with the library's certificate
-    enrolled as a machine-owner key."""
-    if image and len(targets) != 1:
-        raise UsageError("--image tests one image: name its --kernel (and --driver)")
-    setup = None
-    if secure_boot_test:
-        if config.signing is None:
-            raise UsageError(
-                f"--secure-boot: {config.path} has no [signing]: expected the certificate the "
-                "library signs with (it is enrolled as the node's machine-owner key)"
-            )
-        setup = secure_boot_node(project, config.signing)
-    registry = RegistryClient(config.insecure_registries)
-    store = KernelModuleStore(podman, project.kernels)
-    workers = WorkerTools(podman, project.dockerfile, project.kernels)
-    folders = RunFolders.new(project, "load-test-")
-
-    def one(target: BuildTarget, work: Path, log: TextIO) -> LoadTestResult:
-        image_ref = image or target.image
-        return retest_image(
-            podman, store, registry, config, target, image_ref, work, log, workers, timeout, setup
-        )
-
-    results = per_target(folders, targets, one, jobs, podman.runner)
-    return LoadTestRun(tuple(results), write_report(folders.report, results))
 
 
 def execute(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from habana_tasks.build import service
+from habana_tasks.build import reproof, service
 from habana_tasks.build.reporter import make_console, make_reporter
 from habana_tasks.build.results import JobResult, read_report
 from habana_tasks.build.service import BuildOptions, BuildRun
@@ -123,7 +123,7 @@ def load_tests(
     config = load_inputs(project, versions)
     targets = config.select(kernel, driver)
     podman = service.make_podman(announcer(console))
-    run = service.load_test_images(
+    run = reproof.load_test_images(
         project,
         config,
         targets,
@@ -150,7 +150,7 @@ def verify_rebuild(
     console = console or make_console()
     config = load_inputs(project, versions)
     targets = config.select(kernel, driver)
-    run = service.verify_rebuilds(project, config, targets, service.make_podman(announcer(console)))
+    run = reproof.verify_rebuilds(project, config, targets, service.make_podman(announcer(console)))
     console.print(tables.rebuild_table(run.results))
     print_line(console, f"report: {run.report}")
     return run.exit_code

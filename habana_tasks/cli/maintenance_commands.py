@@ -41,7 +41,9 @@ def kmm_module(
     sign = kmm.signing_request(config, sign_key_secret, sign_cert_secret, signed_repository)
     registry = RegistryClient(config.insecure_registries)
     module = kmm.library_module(config, driver, registry, name=name, namespace=namespace, sign=sign)
-    return yaml.safe_dump(module, sort_keys=False)
+    mapped = {m["literal"] for m in module["spec"]["moduleLoader"]["container"]["kernelMappings"]}
+    note = kmm.machine_config_note([t for t in config.select(driver=driver) if t.kernel in mapped])
+    return note + yaml.safe_dump(module, sort_keys=False)
 
 
 def prune_command(

@@ -57,6 +57,8 @@ class BuildTarget:
     tag: str
     openshift: tuple[str, ...] = ()
     flavour: str = flavours.DEFAULT
+    # What the nodes boot this kernel with ([[kernels]] node_kernel_args); the load test too.
+    node_kernel_args: tuple[str, ...] = ()
 
     @property
     def image(self) -> str:

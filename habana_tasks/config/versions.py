@@ -20,6 +20,15 @@ from habana_tasks.core.errors import ConfigError
 
 MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+\Z")
 RHEL_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)?\Z")
+# One kernel argument as a MachineConfig's kernelArguments and GRUB take it: name[=value].
+KERNEL_ARG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}(=[A-Za-z0-9_.,:/@+=-]{0,128})?\Z")
+KERNEL_ARGS_MAX = 16
+# Set by the load test itself (its console, its init, how it powers off): never the node's.
+LOAD_TEST_ARGS = ("console", "init", "rdinit", "panic", "quiet")
+KERNEL_ARG_EXPECTED = (
+    f"expected at most {KERNEL_ARGS_MAX} kernel arguments, each name or name=value "
+    f"(letters, digits, _ . - and in values , : / @ + =), none of {', '.join(LOAD_TEST_ARGS)}"
+)
 DEFAULT_MODULES = ("habanalabs",)
 RELEASE_EXPECTED = (
     "expected a full kernel release as `uname -r` prints it "
@@ -48,7 +57,7 @@ SCHEMA: dict[str, tuple[str, ...]] = {
     "toolkit": ("image",),
     "driver": ("package_url", "firmware_url", "modules"),
     "drivers.*": ("package_url", "firmware_url", "modules"),
-    "kernels[]": ("release", "drivers", "arch", "rhel_version", "openshift"),
+    "kernels[]": ("release", "drivers", "arch", "rhel_version", "openshift", "node_kernel_args"),
     "discover": sections.DISCOVER_KEYS,
     "signing": sections.SIGNING_KEYS,
     "cosign": sections.COSIGN_KEYS,
@@ -152,6 +161,7 @@ class _Kernel:
     rhel: str | None
     drivers: tuple[str, ...]
     openshift: tuple[str, ...]
+    node_kernel_args: tuple[str, ...] = ()
 
 
 def _kernel_entries(problems: fields.Problems, data: Mapping[str, Any]) -> list[_Kernel]:
@@ -191,9 +201,29 @@ def _kernel_entry(problems: fields.Problems, key: str, entry: Mapping[str, Any])
     for version in versions:
         if not sections.DRIVER_VERSION_RE.match(version):
             problems.add(f"{key}.drivers", version, sections.DRIVER_EXPECTED)
+    node_args = _node_kernel_args(problems, key, entry)
     if release is None or arch is None:
         return None
-    return _Kernel(key, release, arch, rhel, versions, openshift)
+    return _Kernel(key, release, arch, rhel, versions, openshift, node_args)
+
+
+def _node_kernel_args(
+    problems: fields.Problems, key: str, entry: Mapping[str, Any]
+) -> tuple[str, ...]:
+    """What the nodes boot this kernel with (a MachineConfig's kernelArguments): the load test
+    boots with them too, and they decide whether the kernel trusts a machine-owner key."""
+    args = fields.string_list(problems, entry, f"{key}.node_kernel_args") or ()
+    if len(args) > KERNEL_ARGS_MAX:
+        problems.add(f"{key}.node_kernel_args", f"{len(args)} arguments", KERNEL_ARG_EXPECTED)
+        return ()
+    bad = [
+        arg
+        for arg in args
+        if not KERNEL_ARG_RE.match(arg) or arg.split("=", 1)[0] in LOAD_TEST_ARGS
+    ]
+    for arg in bad:
+        problems.add(f"{key}.node_kernel_args", arg, KERNEL_ARG_EXPECTED)
+    return () if bad else tuple(dict.fromkeys(args))
 
 
 def _arch(
@@ -309,6 +339,7 @@ def _target(
         tag=tag,
         openshift=kernel.openshift,
         flavour=templates.flavour,
+        node_kernel_args=kernel.node_kernel_args,
     )
 
 

@@ -15,6 +15,8 @@ from habana_tasks.registry.client import Existence, RegistryClient
 
 API_VERSION = "kmm.sigs.x-k8s.io/v1beta1"
 FLAVOUR_ANNOTATION = "habana-ai-driver.io/image-flavour"
+# The kernel arguments the images were load-tested with, per kernel: the nodes need them too.
+KERNEL_ARGS_ANNOTATION = "habana-ai-driver.io/node-kernel-args"
 # Nodes with a Habana device (PCI vendor 0x1da3), as labelled by Node Feature Discovery.
 NODE_SELECTOR = {"feature.node.kubernetes.io/pci-1da3.present": "true"}
 
@@ -79,6 +81,36 @@ def loading_order(modules: Sequence[str]) -> list[str]:
     return list(reversed(modules))
 
 
+def node_kernel_args(targets: Sequence[BuildTarget]) -> dict[str, tuple[str, ...]]:
+    """The kernels whose nodes must boot with arguments, and those arguments."""
+    return {
+        t.kernel: t.node_kernel_args
+        for t in sorted(targets, key=lambda t: t.kernel)
+        if t.node_kernel_args
+    }
+
+
+def machine_config_note(targets: Sequence[BuildTarget]) -> str:
+    """YAML comment lines saying how OpenShift nodes get the kernel arguments the images were
+    load-tested with (a MachineConfig's kernelArguments); empty when none are needed."""
+    needed = node_kernel_args(targets)
+    if not needed:
+        return ""
+    arguments = sorted({a for args in needed.values() for a in args})
+    lines = [
+        "The nodes of these kernels must boot with these kernel arguments, as the images'",
+        "load test did: " + "; ".join(f"{k}: {' '.join(a)}" for k, a in needed.items()),
+        "On OpenShift, a MachineConfig for the pool of those nodes gives them, e.g.:",
+        "  apiVersion: machineconfiguration.openshift.io/v1",
+        "  kind: MachineConfig",
+        "  metadata:",
+        "    name: 99-habana-ai-driver-kernel-args",
+        "    labels: {machineconfiguration.openshift.io/role: worker}",
+        f"  spec: {{kernelArguments: [{', '.join(arguments)}]}}",
+    ]
+    return "".join(f"# {line}\n" for line in lines)
+
+
 def module_manifest(
     targets: Sequence[BuildTarget],
     *,
@@ -97,14 +129,20 @@ def module_manifest(
     if with_firmware:
         modprobe["firmwarePath"] = flavours.FIRMWARE_PATH
     mappings = [kernel_mapping(t, sign) for t in sorted(targets, key=lambda t: t.kernel)]
+    annotations = {FLAVOUR_ANNOTATION: targets[0].flavour}
+    if node_args := node_kernel_args(targets):
+        annotations[KERNEL_ARGS_ANNOTATION] = "; ".join(
+            f"{kernel}: {' '.join(args)}" for kernel, args in node_args.items()
+        )
     return {
         "apiVersion": API_VERSION,
         "kind": "Module",
         "metadata": {
             "name": name,
             "namespace": namespace,
-            # Which KMM can load these images (README, "Image flavours").
-            "annotations": {FLAVOUR_ANNOTATION: targets[0].flavour},
+            # Which KMM can load these images (README, "Image flavours"), and what the nodes
+            # must boot with (README, "Secure Boot refusals").
+            "annotations": annotations,
         },
         "spec": {
             "moduleLoader": {"container": {"modprobe": modprobe, "kernelMappings": mappings}},

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from habana_tasks.build import labels
-from habana_tasks.build.plan import Action, BuildJob
+from habana_tasks.build.plan import NODE_TRUST, Action, BuildJob
 from habana_tasks.build.service import PlannedRun
 from habana_tasks.config.kernel_release import KNOWN_ARCHES, derive_arch
 from habana_tasks.config.tags import image_tag
@@ -151,6 +151,12 @@ def answer(
             if source.release
             else f'add [[kernels]] release = "{kernel}", drivers = ["{driver}"] to versions.toml, '
             f"then {build}"
+        )
+    elif job.failure is not None and job.failure.step == NODE_TRUST:
+        detail = job.reason
+        action = (
+            "if the nodes boot with arguments that change this (efi=runtime turns runtime "
+            "services on), say so in node_kernel_args; else use a kernel that trusts MOK keys"
         )
     elif job.action is Action.FAIL:
         detail, action = f"cannot tell: {job.reason}", "fix the error above, then run again"

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from habana_tasks.build import labels
 from habana_tasks.build import service as build_service
 from habana_tasks.build.failure_records import is_record_tag, orphan_records
-from habana_tasks.build.plan import Action, BuildJob
+from habana_tasks.build.plan import NODE_TRUST, Action, BuildJob
 from habana_tasks.config.project import Project
 from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core.errors import HabanaError
@@ -65,7 +65,8 @@ def target_status(job: BuildJob, remote: RemoteImage) -> TargetStatus:
     )
     if remote.existence is Existence.UNKNOWN:
         return replace(missing, state=State.UNKNOWN, reason=remote.error or "registry error")
-    if job.action is Action.HOLD and remote.existence is Existence.ABSENT:
+    refused = job.failure is not None and job.failure.step == NODE_TRUST
+    if (job.action is Action.HOLD or refused) and remote.existence is Existence.ABSENT:
         return replace(missing, state=State.FAILING, reason=job.reason)
     if remote.existence is Existence.ABSENT:
         return missing
@@ -81,7 +82,7 @@ def target_status(job: BuildJob, remote: RemoteImage) -> TargetStatus:
     )
     if job.action is Action.SKIP:
         return replace(found, state=State.CURRENT, reason=job.reason)
-    if job.action is Action.HOLD:
+    if job.action is Action.HOLD or refused:
         return replace(found, state=State.FAILING, reason=job.reason)
     if job.action is Action.BUILD:
         return replace(found, state=State.STALE, reason=job.reason.removeprefix("stale: "))

@@ -10,7 +10,7 @@ import enum
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -86,6 +86,19 @@ class RemoteImage:
     @property
     def error(self) -> str | None:
         return self.failure.why if self.failure else None
+
+
+def _first_settled(
+    wanted: Sequence[str], settled: dict[str, bytes | None]
+) -> tuple[str, bytes | None] | None:
+    """In preference order: the first path an upper layer holds (its content), or ("", None)
+    when every path is settled and deleted; None while a more preferred path is unsettled."""
+    for path in wanted:
+        if path not in settled:
+            return None
+        if settled[path] is not None:
+            return path, settled[path]
+    return "", None
 
 
 class RegistryClient:
@@ -240,14 +253,21 @@ class RegistryClient:
         return tags
 
     def read_file(self, image: str, path: str, arch: str) -> bytes | None:
-        """One file from an image without pulling it: layers are read newest first, streamed as
-        tar, and each layer read is verified against its digest. None when no layer has it."""
+        """One file from an image without pulling it (see read_first)."""
+        found = self.read_first(image, (path,), arch)
+        return found[1] if found else None
+
+    def read_first(self, image: str, paths: Sequence[str], arch: str) -> tuple[str, bytes] | None:
+        """The first of `paths` the image holds, and its content, without pulling the image:
+        layers are read newest first, each streamed once as tar for every path and verified
+        against its digest. None when no layer has any of them."""
         ref = ImageReference.parse(image)
         manifest = self.get_manifest(ref)
         if manifest.media_type in INDEX_TYPES:
             child = select_platform(manifest.json(), arch, str(ref))
             manifest = self.get_manifest(ref.with_digest(child))
-        wanted = relative_name(path)
+        wanted = [relative_name(path) for path in paths]
+        settled: dict[str, bytes | None] = {}  # what the newest layer naming a path says
         for layer in reversed(manifest.json().get("layers", [])):
             digest, declared = layer["digest"], layer["size"]
             response = self._request("GET", f"{self._base(ref)}/blobs/{digest}", ref, stream=True)
@@ -261,10 +281,17 @@ class RegistryClient:
                     limit=declared,
                     what=what,
                 )
-                match = scan_layer(body, digest, what, wanted)
-            if match.content is not None or match.deleted:
-                return match.content
-        return None
+                open_paths = [path for path in wanted if path not in settled]
+                for path, match in scan_layer(body, digest, what, open_paths).items():
+                    settled[path] = match.content
+            if (decided := _first_settled(wanted, settled)) is not None:
+                return (
+                    (paths[wanted.index(decided[0])], decided[1])
+                    if decided[1] is not None
+                    else None
+                )
+        held = [(paths[i], c) for i, p in enumerate(wanted) if (c := settled.get(p)) is not None]
+        return held[0] if held else None
 
     def put_blob(self, ref: ImageReference, body: bytes) -> str:
         """Upload a small blob (one POST, one PUT) unless the repository has it; its digest."""

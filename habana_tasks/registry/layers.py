@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, cast
 
@@ -27,26 +28,30 @@ def whiteout_of(path: str) -> str:
     return f"{head}/.wh.{name}" if head else f".wh.{name}"
 
 
-def scan_layer(body: BodyReader, digest: str, what: str, path: str) -> LayerMatch:
-    """Stream one layer and look for `path` (relative, as archive.relative_name gives it)."""
+def scan_layer(
+    body: BodyReader, digest: str, what: str, paths: Sequence[str]
+) -> dict[str, LayerMatch]:
+    """Stream one layer once and look for each of `paths` (relative, as archive.relative_name
+    gives them); what the layer says of each path it holds or deletes."""
     reader = _HashingReader(body)
-    content: bytes | None = None
-    deleted = False
+    wanted = set(paths)
+    whiteouts = {whiteout_of(path): path for path in paths}
+    found: dict[str, LayerMatch] = {}
     try:
         with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|*") as tar:
             for member in tar:
                 name = relative_name(member.name)
-                if name == path and member.isfile():
+                if name in wanted and member.isfile():
                     handle = tar.extractfile(member)
-                    content = handle.read() if handle else None
-                elif name == whiteout_of(path):
-                    deleted = True
+                    found[name] = LayerMatch(handle.read() if handle else None, False)
+                elif name in whiteouts:
+                    found[whiteouts[name]] = LayerMatch(None, True)
     except tarfile.TarError as exc:
         raise RegistryError(f"{what}: not a readable tar ({exc})") from exc
     reader.drain()
     if reader.digest != digest:
         raise DigestMismatchError(f"{what}: does not hash to its digest")
-    return LayerMatch(content, deleted)
+    return found
 
 
 class _HashingReader:

@@ -13,7 +13,6 @@ closure is added, so the initramfs stays small.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tarfile
 import time
@@ -39,18 +38,12 @@ from habana_tasks.verification import initramfs
 from habana_tasks.verification import secure_boot as boot_chain
 from habana_tasks.verification.kernel_modules import KernelModuleStore, module_name
 from habana_tasks.verification.qemu import console_machine
-from habana_tasks.verification.secure_boot import SecureBootSetup, secure_boot_problem
+from habana_tasks.verification.secure_boot import SecureBootSetup
+from habana_tasks.verification.verdict import MARK, TrustContext, evaluate
 from habana_tasks.verification.worker import WorkerTools
 
-MARK = "SMOKE:"
 IMAGE_ROOT = "image"  # where the image's root filesystem sits in the guest
 DEFAULT_TIMEOUT = 120.0
-# Kernel log lines that mean a module did not load as built.
-LOAD_FAILURES = re.compile(
-    r"disagrees about version of symbol|Unknown symbol|version magic|Invalid module format|"
-    r"invalid module|decompression failed|Failed to decompress|module_layout|"
-    r"Loading of .* is rejected|module loading is restricted"
-)
 # Signature enforcement, as on a Secure Boot node (lockdown makes the kernel enforce it).
 ENFORCE_SIGNATURES = "module.sig_enforce=1"
 CMDLINE = "console=ttyS0 panic=-1 quiet"
@@ -65,9 +58,11 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 release="$(uname -r)"
 echo "SMOKE: booted $release"
+echo "SMOKE: cmdline $(cat /proc/cmdline)"
 mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
 echo "SMOKE: lockdown $(cat /sys/kernel/security/lockdown 2>/dev/null || echo unavailable)"
-dmesg | sed -n '/secureboot:\\|locked down\\|MokListRT\\|Loaded X.509 cert/s/^/SMOKE: boot /p'
+boot='efi: EFI v\\|secureboot:\\|locked down\\|MokListRT\\|Loaded X.509 cert'
+dmesg | sed -n "/$boot/s/^/SMOKE: boot /p"
 status=PASS
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /image/tmp && mount --bind /tmp /image/tmp
@@ -166,38 +161,6 @@ def qemu_argv(
     ]
 
 
-def evaluate(
-    lines: Sequence[str], release: str, secure_boot: bool = False
-) -> tuple[bool, str, tuple[str, ...]]:
-    """The verdict from the guest console: pure, so every failure shape is unit-tested. A
-    Secure Boot test first needs the guest's own proof of Secure Boot and lockdown."""
-    clean = [line.replace("\r", "").rstrip() for line in lines]
-    marks = [line.split(MARK, 1)[1].strip() for line in clean if MARK in line]
-    failures = [line for line in clean if LOAD_FAILURES.search(line)]
-    evidence = tuple([*failures, *(m for m in marks if m.startswith("FAIL"))][:12])
-    booted = next((m.split(" ", 1)[1] for m in marks if m.startswith("booted ")), None)
-    if booted is None:
-        tail = tuple(line for line in clean if line.strip())[-12:]
-        return False, "the guest never reached /init (see console tail)", tail
-    if booted != release:
-        return False, f"booted kernel {booted!r}, expected {release!r}", evidence
-    if secure_boot and (problem := secure_boot_problem(marks)):
-        return False, problem, (*evidence, *(m for m in marks if m.startswith(("boot ", "lock"))))
-    fails = [m[5:] for m in marks if m.startswith("FAIL ")]
-    kernel_said = [line for line in failures if MARK not in line or f"{MARK} dmesg" in line]
-    if fails and kernel_said and fails[0].startswith("modprobe "):
-        # modprobe only says "Invalid argument"; the kernel says which symbol or magic.
-        said = re.sub(r"^(SMOKE: dmesg )?\[[ \d.]+\]\s*", "", kernel_said[0].strip())
-        return False, f"{fails[0]} (kernel: {said})", evidence
-    if fails:
-        return False, fails[0], evidence
-    if failures:
-        return False, f"kernel log: {failures[0].strip()}", evidence
-    if "PASS" not in marks:
-        return False, "the guest stopped before its verdict", evidence
-    return True, "loaded", evidence
-
-
 def in_tree_closure(rootfs_tar: Path, release: str) -> tuple[str, ...]:
     """The in-tree modules (relative to /lib/modules/<release>) that the image's modules.dep
     reaches through its `host` link, for the image's own modules only."""
@@ -258,6 +221,12 @@ def run_load_test(
     """An exported image booted in the kernel its toolkit image carries, on a node made of that
     toolkit's worker tools and that kernel's in-tree modules the image depends on."""
     kernel = store.vmlinuz(toolkit_image, target.kernel)
+    config = store.load(toolkit_image, target.kernel).config
+    trust = TrustContext(
+        config or None,
+        target.node_kernel_args,
+        secure_boot.key_id if secure_boot is not None else "",
+    )
     return boot_and_load(
         podman,
         rootfs_tar,
@@ -270,6 +239,7 @@ def run_load_test(
         timeout=timeout,
         on_line=on_line,
         secure_boot=secure_boot,
+        trust=trust,
     )
 
 
@@ -287,6 +257,7 @@ def boot_and_load(
     on_line: LineSink | None = None,
     enforce_signatures: bool = False,
     secure_boot: SecureBootSetup | None = None,
+    trust: TrustContext | None = None,
 ) -> LoadTestResult:
     """Boot `kernel` on `node` with the image at /image; the node's in-tree module files go
     where KMM's worker sees them. With `enforce_signatures`, the kernel refuses modules not
@@ -301,7 +272,8 @@ def boot_and_load(
     size = initramfs.rootfs_to_cpio(sources, initrd, extra)
     provided = tuple(module_name(p) for p in sorted(node.modules))
     accel = os.environ.get("HABANA_QEMU_ACCEL", "tcg")
-    kernel_args = [ENFORCE_SIGNATURES] if enforce_signatures else []
+    trust = trust or TrustContext()
+    kernel_args = [*trust.kernel_args, *([ENFORCE_SIGNATURES] if enforce_signatures else [])]
     if secure_boot is None:
         argv = qemu_argv(kernel, initrd, accel=accel, kernel_args=kernel_args)
     else:  # the node's chain: firmware, shim, GRUB, the kernel
@@ -348,7 +320,7 @@ def boot_and_load(
     if done.returncode != 0 and not reached_init:
         # The guest powers off when done (qemu exits 0): qemu itself failed to run it.
         raise HostError(f"qemu could not run: exit {done.returncode}: {cause_of(done.tail)}")
-    passed, reason, evidence = evaluate(lines, release, secure_boot=secure_boot is not None)
+    passed, reason, evidence = evaluate(lines, release, secure_boot is not None, trust)
     return LoadTestResult(passed, reason, release, seconds, size, evidence, provided, boot=boot)
 
 

@@ -166,11 +166,14 @@ class SecureBootSetup:
 
     parts: BootParts
     variables: Path
+    key_id: str = ""  # the key the library's modules are signed with, named in a refusal
 
 
-def prepare(project_root: Path, cache: Path, certificate: bytes | None) -> SecureBootSetup:
+def prepare(
+    project_root: Path, cache: Path, certificate: bytes | None, key_id: str = ""
+) -> SecureBootSetup:
     parts = find_parts(project_root)
-    return SecureBootSetup(parts, enrolled_variables(parts, certificate, cache))
+    return SecureBootSetup(parts, enrolled_variables(parts, certificate, cache), key_id)
 
 
 def boot_name(setup: SecureBootSetup | None) -> str:

@@ -28,7 +28,7 @@ from habana_tasks.core.errors import UsageError
 from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import RegistryClient
-from habana_tasks.verification import load_test, secure_boot
+from habana_tasks.verification import load_test, secure_boot, verdict
 from habana_tasks.verification.kernel_modules import KernelModuleStore
 from habana_tasks.verification.signing import load_signer, signature_problems
 from habana_tasks.verification.worker import WorkerTools
@@ -181,7 +181,7 @@ def test_the_kernel_enforcing_signatures_refuses_unsigned_and_unknown_key_module
     """module.sig_enforce=1 on the stock target kernel. A key the kernel does not trust is
     refused like an unsigned module (its own reason); the kernel's own in-tree modules, signed by
     the distribution, still load from the node (ib_core and ib_uverbs below)."""
-    assert isinstance(signed["versions"], Path)
+    assert isinstance(signed["versions"], Path) and isinstance(signed["pair"], SigningFiles)
     podman = Podman(ProcessRunner())
     unsigned_target = config.load(library[1]).targets[1]
     signed_target = config.load(signed["versions"]).targets[0]
@@ -195,6 +195,7 @@ def test_the_kernel_enforcing_signatures_refuses_unsigned_and_unknown_key_module
         list(reversed(EXAMPLE_MODULES)),  # the stand-in first: its in-tree deps load first
         tmp_path,
         {name: (tar, {"enforce_signatures": True}) for name, tar in rootfs.items()},
+        load_signer(signed["pair"]).key_id,
     )
     outcomes = {}
     for name, (outcomes[name], console) in booted.items():
@@ -203,11 +204,17 @@ def test_the_kernel_enforcing_signatures_refuses_unsigned_and_unknown_key_module
         assert "ib_core" in console
     unsigned, signed_result = outcomes["unsigned"], outcomes["signed"]
     assert not unsigned.passed and not signed_result.passed
-    assert unsigned.reason.endswith(
-        "Key was rejected by service (kernel: Loading of unsigned module is rejected)"
+    # The first module modprobe loads (the stand-in) is the one named.
+    assert unsigned.reason == (
+        "habana_example_ib refused: the module is unsigned; a kernel that enforces signatures "
+        "(as under Secure Boot) loads only signed modules (kernel: Loading of unsigned module "
+        "is rejected)"
     ), unsigned.reason
-    assert signed_result.reason.endswith(
-        "Key was rejected by service (kernel: Loading of module with unavailable key is rejected)"
+    # Booted without UEFI firmware: no machine-owner key can vouch for the library's modules.
+    assert signed_result.reason == (
+        "habana_example_ib refused: the kernel loaded no machine-owner keys (the node did not "
+        "boot through UEFI firmware: there is no MokListRT to read), so no enrolled key can "
+        "vouch for the module (kernel: Loading of module with unavailable key is rejected)"
     ), signed_result.reason
     record_property("enforcing boot seconds", f"{signed_result.seconds:.1f}")
 
@@ -229,12 +236,15 @@ def boot_all(
     modules: Sequence[str],
     work: Path,
     cases: Mapping[str, tuple[Path, dict[str, Any]]],
+    key_id: str = "",
 ) -> dict[str, tuple[load_test.LoadTestResult, str]]:
     """Exported images booted in KERNEL on the node its toolkit makes (as the load test does),
-    two at a time (a TCG guest uses one core); each case's result and the guest's console."""
+    two at a time (a TCG guest uses one core); each case's result and the guest's console.
+    A refusal is explained with the kernel's configuration and the signing key's id."""
     store = KernelModuleStore(podman, work / "kernels")
     workers = WorkerTools(podman, ROOT / "Dockerfile", work / "kernels")
     vmlinuz = store.vmlinuz(toolkit, KERNEL)
+    trust = verdict.TrustContext(store.load(toolkit, KERNEL).config or None, (), key_id)
     nodes = {
         name: load_test.node_for(store, workers, tar, toolkit, KERNEL)
         for name, (tar, _) in cases.items()
@@ -245,7 +255,7 @@ def boot_all(
         lines: list[str] = []
         result = load_test.boot_and_load(
             podman, tar, vmlinuz, KERNEL, modules, work / name, nodes[name],
-            on_line=lines.append, **options,
+            on_line=lines.append, **{"trust": trust, **options},
         )  # fmt: skip
         return result, "\n".join(lines)
 
@@ -297,7 +307,7 @@ def test_a_secure_boot_node_loads_the_signed_image_and_refuses_the_rest(
         "foreign key": (rootfs["signed"], {"secure_boot": theirs}),
         "tampered": (rootfs["tampered"], {"secure_boot": ours}),
     }
-    booted = boot_all(podman, toolkit, signed_target.modules, tmp_path, cases)
+    booted = boot_all(podman, toolkit, signed_target.modules, tmp_path, cases, signer.key_id)
     outcomes, consoles = {}, {}
     for name, (outcomes[name], consoles[name]) in booted.items():
         # Every boot is a Secure Boot node's, by the guest's own account.
@@ -307,15 +317,26 @@ def test_a_secure_boot_node_loads_the_signed_image_and_refuses_the_rest(
     assert outcomes["signed"].passed, (outcomes["signed"].reason, consoles["signed"])
     assert "UEFI:MokListRT (MOKvar table)" in consoles["signed"]
     assert f"Loaded X.509 cert '{signer.subject}" in consoles["signed"]
-    refused = "modprobe -d /tmp/opt habanalabs failed: modprobe: ERROR: could not insert "
-    refused += "'habanalabs': Key was rejected by service"
-    kernel_said = {
-        "unsigned": " (kernel: Loading of unsigned module is rejected)",
-        "foreign key": " (kernel: Loading of module with unavailable key is rejected)",
-        "tampered": "",  # the signature does not verify: the kernel says no more than modprobe
+    # Each refusal names its cause, with what the kernel (or modprobe) said.
+    named = {
+        "unsigned": "habanalabs refused: the module is unsigned; a kernel that enforces "
+        "signatures (as under Secure Boot) loads only signed modules (kernel: Loading of "
+        "unsigned module is rejected)",
+        "foreign key": f"habanalabs refused: the library's certificate (key id {signer.key_id}) "
+        "is not among the keys the kernel loaded (",
+        # The signature does not verify: the kernel says no more than modprobe.
+        "tampered": "habanalabs refused: the module's signature does not verify: it changed "
+        "after it was signed (modprobe: ERROR: could not insert 'habanalabs': Key was "
+        "rejected by service)",
     }
-    for name, said in kernel_said.items():
-        assert (outcomes[name].passed, outcomes[name].reason) == (False, refused + said), name
+    for name, reason in named.items():
+        assert not outcomes[name].passed and outcomes[name].reason.startswith(reason), (
+            name,
+            outcomes[name].reason,
+        )
+    foreign = outcomes["foreign key"]
+    assert other.subject in foreign.reason and "enroll it as a machine-owner key" in foreign.reason
+    assert foreign.reason.endswith("(kernel: Loading of module with unavailable key is rejected)")
     assert f"Loaded X.509 cert '{other.subject}" in consoles["foreign key"]
     assert f"Loaded X.509 cert '{signer.subject}" not in consoles["foreign key"]
     record_property("secure boot load test seconds", f"{outcomes['signed'].seconds:.1f}")

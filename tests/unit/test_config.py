@@ -359,3 +359,32 @@ def test_a_bad_compile_cache_size_is_one_line_naming_the_key(tmp_path: Path, val
 def test_an_unknown_cache_key_is_refused(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, GOOD + '[cache]\nmax_szie = "1G"\n')
     assert len(problems) == 1 and "cache.max_szie" in problems[0]
+
+
+def test_node_kernel_args_are_read_per_kernel_and_default_to_none(tmp_path: Path) -> None:
+    text = GOOD.replace('drivers = ["1.6.0-439", "1.7.0-1"]', 'drivers = ["1.6.0-439"]')
+    plain = load_text(tmp_path, text).targets[0]
+    assert plain.node_kernel_args == ()
+    given = text + 'node_kernel_args = ["efi=runtime", "module.sig_enforce=1", "efi=runtime"]\n'
+    target = load_text(tmp_path, given).targets[0]
+    assert target.node_kernel_args == ("efi=runtime", "module.sig_enforce=1")  # once each
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ('["console=ttyS1"]', "'console=ttyS1'"),
+        ('["init=/bin/sh"]', "'init=/bin/sh'"),
+        ('["efi=runtime; rm -rf /"]', "'efi=runtime; rm -rf /'"),
+        ('["a b"]', "'a b'"),
+        ('["x=$(id)"]', "'x=$(id)'"),
+        ("[" + ", ".join(['"quiet2"'] * 17) + "]", "17 arguments"),
+        ('"efi=runtime"', "expected an array of non-empty strings"),
+    ],
+)
+def test_a_bad_node_kernel_argument_is_one_line_naming_it(
+    tmp_path: Path, value: str, named: str
+) -> None:
+    problems = problems_of(tmp_path, GOOD + f"node_kernel_args = {value}\n")
+    assert len(problems) == 1, problems
+    assert "kernels[0].node_kernel_args" in problems[0] and named in problems[0], problems[0]

@@ -6,7 +6,8 @@ import tarfile
 from pathlib import Path
 
 from habana_tasks.verification.initramfs import rootfs_to_cpio
-from habana_tasks.verification.load_test import evaluate, init_script, qemu_argv
+from habana_tasks.verification.load_test import init_script, qemu_argv
+from habana_tasks.verification.verdict import evaluate
 from tests.conftest import require_tools
 
 R = "6.1.0-56-amd64"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from habana_tasks.build import labels
-from habana_tasks.build.plan import plan_job
+from habana_tasks.build.plan import plan_job, refused_by_node
 from habana_tasks.core.errors import Failure, HabanaError
 from habana_tasks.maintenance import discover, kmm
 from habana_tasks.maintenance.matrix import batches, github_matrix
@@ -253,3 +253,27 @@ def test_an_image_without_a_source_date_is_never_older_than_a_window() -> None:
     assert parse_time("2026-01-01T00:00:00Z") is not None
     tags = {"1.0-old": TagInfo("sha256:1", parse_time("1970-01-01T00:00:00Z"))}
     assert prune_plan(tags, set(), older_than_days=1, now=NOW) == []
+
+
+def test_kmm_module_names_the_node_kernel_args_and_how_openshift_gives_them() -> None:
+    rt = replace(TARGET, kernel="6.1.0-56-rt-amd64", node_kernel_args=("efi=runtime",))
+    module = kmm.module_manifest([TARGET, rt])
+    assert schema_errors(module) == []
+    annotations = module["metadata"]["annotations"]
+    assert annotations[kmm.KERNEL_ARGS_ANNOTATION] == "6.1.0-56-rt-amd64: efi=runtime"
+    note = kmm.machine_config_note([TARGET, rt])
+    assert all(line.startswith("# ") for line in note.splitlines())
+    assert "kind: MachineConfig" in note and "spec: {kernelArguments: [efi=runtime]}" in note
+    assert yaml.safe_load(note + yaml.safe_dump(module)) == module  # comments only
+    assert kmm.machine_config_note([TARGET]) == ""
+    assert (
+        kmm.KERNEL_ARGS_ANNOTATION not in kmm.module_manifest([TARGET])["metadata"]["annotations"]
+    )
+
+
+def test_status_shows_a_flagged_pair_as_failing_with_the_reason() -> None:
+    absent = RemoteImage(TARGET.image, Existence.ABSENT)
+    flagged = refused_by_node(plan_job(TARGET, INPUTS, absent), ["EFI runtime services are off"])
+    (item,) = statuses([flagged], {TARGET.tag: absent})
+    assert (item.state, item.reason) == (State.FAILING, flagged.reason)
+    assert "would refuse its modules" in item.reason

@@ -30,7 +30,7 @@ from habana_tasks.core.http_client import HTTPClient, RetryPolicy
 from habana_tasks.engine.isolation import BuildIsolation
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.manifests import OCI_MANIFEST
-from habana_tasks.verification.load_test import MARK
+from habana_tasks.verification.verdict import MARK
 from tests.conftest import ROOT
 from tests.fake_image import add_tools
 from tests.fake_registry import FakeRegistry

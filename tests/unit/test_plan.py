@@ -7,7 +7,7 @@ import pytest
 
 from habana_tasks.build import labels
 from habana_tasks.build.labels import TargetInputs
-from habana_tasks.build.plan import Action, plan, plan_job
+from habana_tasks.build.plan import NODE_TRUST, Action, plan, plan_job, refused_by_node
 from habana_tasks.core.errors import Failure, UsageError
 from habana_tasks.registry.client import Existence, RemoteImage
 from tests.samples import BASE, CONFIG, INPUTS, ONE_INPUT_CHANGED, TARGET, D
@@ -33,6 +33,19 @@ def test_each_input_changed_alone_changes_the_fingerprint_and_is_named(name: str
     job = plan_job(target, inputs, present())
     assert job.fingerprint != before
     assert (job.action, job.reason) == (Action.BUILD, f"stale: {name} changed")
+
+
+def test_node_kernel_args_are_an_input_only_when_given() -> None:
+    """Images made before node_kernel_args existed keep their fingerprint; dropping the
+    arguments again makes an image that was tested with them stale."""
+    assert "node kernel arguments" not in labels.input_values(TARGET, INPUTS)
+    with_args = replace(TARGET, node_kernel_args=("efi=runtime", "iommu=pt"))
+    tested = labels.image_labels(CONFIG, with_args, INPUTS, "2026-01-01T00:00:00Z", "false")
+    assert tested[labels.INPUT_LABELS["node kernel arguments"]] == "efi=runtime iommu=pt"
+    remote = RemoteImage(TARGET.image, Existence.PRESENT, D, tested)
+    assert plan_job(with_args, INPUTS, remote).action is Action.SKIP
+    job = plan_job(TARGET, INPUTS, remote)
+    assert (job.action, job.reason) == (Action.BUILD, "stale: node kernel arguments changed")
 
 
 def test_same_fingerprint_skips() -> None:
@@ -220,3 +233,20 @@ def test_the_source_date_is_the_environments_or_the_epoch(value: str | None, epo
 def test_a_malformed_source_date_is_one_usage_line(value: str) -> None:
     with pytest.raises(UsageError, match=r"^SOURCE_DATE_EPOCH='.*': expected seconds since 1970"):
         labels.source_date_epoch({"SOURCE_DATE_EPOCH": value})
+
+
+def test_a_kernel_that_trusts_no_machine_key_is_flagged_not_built() -> None:
+    pending = plan_job(TARGET, INPUTS, RemoteImage(TARGET.image, Existence.ABSENT))
+    flagged = refused_by_node(pending, ["EFI runtime services are off: X"])
+    assert flagged.action is Action.FAIL and flagged.failure is not None
+    assert (flagged.failure.step, flagged.failure.origin) == (NODE_TRUST, "inputs")
+    assert flagged.reason == (
+        f"a Secure Boot node would refuse its modules: {TARGET.kernel} as built loads no "
+        "machine-owner keys (EFI runtime services are off: X)"
+    )
+    booted = replace(TARGET, node_kernel_args=("noefi",))
+    job = refused_by_node(replace(pending, target=booted), ["off"])
+    assert "booted with noefi loads no machine-owner keys" in job.reason
+    assert refused_by_node(pending, []) == pending  # nothing stands in the way
+    current = plan_job(TARGET, INPUTS, present())
+    assert refused_by_node(current, ["off"]) == current  # only pending work is flagged

@@ -363,3 +363,31 @@ def test_a_hidden_file_is_read_from_the_newest_layer_that_has_it(fake: FakeRegis
     assert client.read_file(image, "conf", "x86_64") == b"not me"
     assert client.read_file(image, "/etc/gone", "x86_64") is None
     assert client.read_file(image, "/absent", "x86_64") is None
+
+
+def test_the_first_of_several_paths_is_read_in_one_pass_over_the_layers(
+    fake: FakeRegistry,
+) -> None:
+    """Preference order wins over layer order; a deleted preferred path falls to the next;
+    each layer is fetched once for all the paths."""
+    older = _layer({"./boot/config": b"from /boot", "./usr/src/.config": b"headers"})
+    newer = _layer({"./usr/src/.config": b"newer headers", "./boot/.wh.gone": b""})
+    fake.add_image("dtk", "1", {}, OCI_MANIFEST)
+    manifest = json.loads(fake.manifests["dtk:1"][1])
+    manifest["layers"] = []
+    for body in (older, newer):
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        fake.blobs[digest] = body
+        manifest["layers"].append({"mediaType": "x", "digest": digest, "size": len(body)})
+    fake.manifests["dtk:1"] = (OCI_MANIFEST, json.dumps(manifest).encode())
+    image = f"{fake.host}/dtk:1"
+    client = RegistryClient([fake.host])
+    before = client.requests_sent
+    found = client.read_first(image, ("/lib/config", "/boot/config", "/usr/src/.config"), "x86_64")
+    assert found == ("/boot/config", b"from /boot")
+    assert client.requests_sent - before == 3  # the manifest, then each layer once
+    assert client.read_first(image, ("/boot/gone", "/usr/src/.config"), "x86_64") == (
+        "/usr/src/.config",
+        b"newer headers",
+    )
+    assert client.read_first(image, ("/nowhere", "/boot/gone"), "x86_64") is None

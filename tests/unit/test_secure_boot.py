@@ -9,7 +9,7 @@ import pytest
 
 from habana_tasks.core.errors import HabanaError
 from habana_tasks.verification import secure_boot
-from habana_tasks.verification.load_test import MARK, evaluate
+from habana_tasks.verification.verdict import MARK, evaluate
 from tests.conftest import ROOT, require
 from tests.unit.test_signing import make_pair
 
@@ -73,7 +73,7 @@ def test_lockdowns_refusal_is_the_kernels_reason() -> None:
         f"{MARK} FAIL",
     ]
     passed, reason, _ = evaluate(lines, RELEASE, secure_boot=True)
-    assert not passed
+    assert not passed and reason.startswith("habanalabs refused: the module is unsigned")
     assert reason.endswith(
         "(kernel: Lockdown: modprobe: unsigned module loading is restricted; "
         "see man kernel_lockdown.7)"
