@@ -529,6 +529,37 @@ def discover(
 
 
 @task(
+    iterable=["openshift"],
+    help={
+        "versions": "versions file (default: versions.toml)",
+        "output": "folder to write index.html into (default: site)",
+        "openshift": "OpenShift release whose coverage to show, e.g. 4.16.12 (repeatable)",
+        "nodes": "JSON of `kubectl get nodes -o json` whose coverage to show",
+    },
+)
+@documented
+def site(
+    c: Context,
+    versions: str | None = None,
+    output: str = "site",
+    openshift: list[str] | None = None,
+    nodes: str | None = None,
+) -> None:
+    """The library at a glance: a static page of every pair's state (and coverage)."""
+    from habana_tasks.cli import maintenance_commands
+
+    _run(
+        lambda: maintenance_commands.site_command(
+            project(),
+            versions,
+            output=arguments.output_dir("--output", output),
+            openshift=arguments.each("--openshift", openshift or (), arguments.openshift_release),
+            nodes=arguments.optional_file("--nodes", nodes, local_files.NODES_JSON),
+        )
+    )
+
+
+@task(
     iterable=["openshift", "driver"],
     help={
         "versions": "versions file (default: versions.toml)",

@@ -190,6 +190,21 @@ def output_file(option: str, value: str) -> Path:
     return path
 
 
+def output_dir(option: str, value: str) -> str:
+    """A folder the command can write into: an existing one, or one it can make."""
+    path = Path(value).expanduser()
+    if not value or "\0" in value:
+        raise _fail(option, value, "a folder path")
+    if path.exists() and not path.is_dir():
+        raise _fail(option, value, "a folder (it is a file)")
+    existing = path if path.is_dir() else path.parent
+    if not existing.is_dir():
+        raise _fail(option, value, f"a folder in an existing directory ({existing} is not one)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise _fail(option, value, f"a folder this user may write ({existing})")
+    return str(path)
+
+
 def each(option: str, values: Sequence[str], check: Callable[[str, str], str]) -> tuple[str, ...]:
     """A repeatable option: every value through the same check."""
     return tuple(check(option, value) for value in values)

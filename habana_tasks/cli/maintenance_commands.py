@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 
 import yaml
 from rich.console import Console
 
-from habana_tasks.build import service
+from habana_tasks.build import failure_records, service
+from habana_tasks.build.driver_package import sha256_file
 from habana_tasks.build.reporter import make_console
 from habana_tasks.cli import tables
 from habana_tasks.cli.commands import announcer, load_inputs
@@ -18,7 +20,7 @@ from habana_tasks.cli.tables import print_line
 from habana_tasks.config.project import Project
 from habana_tasks.core import errors
 from habana_tasks.maintenance import discover as discovery
-from habana_tasks.maintenance import kmm, preflight, prune, verify
+from habana_tasks.maintenance import kmm, preflight, prune, site, status, verify
 from habana_tasks.registry.auth import credentials_from as credentials
 from habana_tasks.registry.client import RegistryClient
 from habana_tasks.trust import cosign, policy
@@ -195,3 +197,49 @@ def trust_policy(project: Project, versions: str | None = None, form: str = "pol
     return policy.render(
         form, config.repository, cosign.public_key(config.image_signing.public_key)
     )
+
+
+def site_command(
+    project: Project,
+    versions: str | None = None,
+    *,
+    output: str = "site",
+    openshift: Sequence[str] = (),
+    nodes: str | None = None,
+    console: Console | None = None,
+) -> int:
+    """The library page (output/index.html) from the state `status` resolves; with releases or
+    nodes, their coverage as `preflight` answers it. The exit code is status's (or preflight's)."""
+    console = console or make_console()
+    config = load_inputs(project, versions)
+    found = status.library_status(project, config)
+    coverage: list[site.Coverage] = []
+    code = errors.OK if found.ok else errors.UNKNOWN_STATE
+    problems = [*found.problems]
+    if openshift or nodes:
+        registry = RegistryClient(config.insecure_registries)
+        report = preflight.run_preflight(
+            config,
+            registry,
+            lambda targets: service.resolve_and_plan(project, config, targets),
+            openshift=openshift,
+            nodes=Path(nodes) if nodes else None,
+        )
+        coverage = [
+            site.Coverage(a.origin, a.kernel, a.driver, a.ok, a.detail) for a in report.answers
+        ]
+        problems += report.problems
+        code = max(code, report.exit_code)
+    run = site.RunInfo(
+        datetime.now(UTC),
+        f"habana-tasks {metadata.version('habana-tasks')} ({failure_records.tool_digest()})",
+        str(config.path),
+        sha256_file(config.path),
+        config.repository,
+        frozenset(config.insecure_registries),
+    )
+    page = Path(output).expanduser() / "index.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text(site.render(found.items, run, coverage, problems), encoding="utf-8")
+    print_line(console, f"{len(found.items)} pair(s): {page}")
+    return code

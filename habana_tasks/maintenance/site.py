@@ -15,15 +15,9 @@ from datetime import datetime
 
 from habana_tasks.build import labels
 from habana_tasks.config.image_reference import ImageReference
+from habana_tasks.core.errors import EXIT_CODES
 from habana_tasks.maintenance.status import State, TargetStatus, tested_by
 
-# Exit codes as `status` and `preflight` use them (README, "Exit codes").
-EXIT_MEANING = (
-    ("0", "every pair answered"),
-    ("3", "a build, check or load test failed"),
-    ("4", "some state could not be read (registry errors)"),
-    ("5", "preflight: a kernel × driver lacks a current, load-tested image"),
-)
 STATE_ORDER = (State.CURRENT, State.STALE, State.MISSING, State.FAILING, State.UNKNOWN)
 SERIES_RE = re.compile(r"^([0-9]+\.[0-9]+)")
 CSS = """
@@ -181,7 +175,7 @@ def render(
     """The whole page."""
     tables, series = series_tables(items, run.generated, run.insecure)
     nav = "".join(f'<a href="#{anchor(s)}">{e(s)}</a>' for s in series)
-    meaning = "".join(f"<tr><td>{e(c)}</td><td>{e(m)}</td></tr>" for c, m in EXIT_MEANING)
+    meaning = "".join(f"<tr><td>{e(c)}</td><td>{e(m)}</td></tr>" for c, m in EXIT_CODES)
     troubles = "".join(f"<li>{e(p)}</li>" for p in problems)
     facts = {
         "generated": run.generated.strftime("%Y-%m-%d %H:%M:%S UTC"),
