@@ -118,3 +118,19 @@ def test_cosign_is_installed_pinned_by_commit_and_its_secrets_never_echoed() -> 
     script = step["run"]
     assert "umask 077" in script and "set -x" not in script
     assert 'echo "${COSIGN' not in script and "echo ${COSIGN" not in script
+
+
+def test_the_library_page_is_published_after_the_summary_and_never_from_a_pull_request() -> None:
+    jobs = workflow()["jobs"]
+    site, pages = jobs["site"], jobs["pages"]
+    assert site["needs"] == ["plan", "summary"] and "always()" in site["if"]
+    assert invoke_lines(site) == [["site", "--output", "site"]]
+    uploads = {
+        step["uses"].split("@")[0]: step["if"]
+        for step in site["steps"]
+        if "if" in step and "uses" in step
+    }
+    assert uploads["actions/upload-artifact"] == "github.event_name == 'pull_request'"
+    assert uploads["actions/upload-pages-artifact"] == "github.event_name != 'pull_request'"
+    assert "github.event_name != 'pull_request'" in pages["if"]
+    assert pages["permissions"] == {"pages": "write", "id-token": "write"}
