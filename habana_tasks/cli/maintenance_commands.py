@@ -233,7 +233,7 @@ def site_command(
     run = site.RunInfo(
         datetime.now(UTC),
         f"habana-tasks {metadata.version('habana-tasks')} ({failure_records.tool_digest()})",
-        str(config.path),
+        site.shown_path(config.path, project.root),
         sha256_file(config.path),
         config.repository,
         frozenset(config.insecure_registries),

@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from habana_tasks.build import labels
 from habana_tasks.config.image_reference import ImageReference
@@ -62,6 +63,12 @@ class Coverage:
 def e(value: object) -> str:
     """Every value that reaches the page goes through here."""
     return html.escape(str(value), quote=True)
+
+
+def shown_path(path: Path, root: Path) -> str:
+    """A path as a published page shows it: relative to the checkout when inside it."""
+    resolved = path.resolve()
+    return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(path)
 
 
 def series_of(kernel: str) -> str:

@@ -9,6 +9,7 @@ import html
 import re
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import html5lib
 import pytest
@@ -94,3 +95,9 @@ def test_coverage_says_covered_or_not_and_why() -> None:
     parse(page)
     assert '<td class="current">covered</td><td>ready</td>' in page
     assert '<td class="failing">not covered</td><td>no image</td>' in page
+
+
+def test_the_versions_file_is_shown_relative_to_the_checkout(tmp_path: Path) -> None:
+    inside = tmp_path / "examples" / "versions.toml"
+    assert site.shown_path(inside, tmp_path) == "examples/versions.toml"
+    assert site.shown_path(Path("/elsewhere/v.toml"), tmp_path) == "/elsewhere/v.toml"
