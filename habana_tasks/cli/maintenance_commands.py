@@ -241,5 +241,6 @@ def site_command(
     page = Path(output).expanduser() / "index.html"
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text(site.render(found.items, run, coverage, problems), encoding="utf-8")
+    print_line(console, found.summary)
     print_line(console, f"{len(found.items)} pair(s): {page}")
     return code

@@ -6,6 +6,7 @@ made no more registry requests than `status` does."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -39,12 +40,21 @@ def test_the_page_shows_every_pair_and_its_state_in_a_browser(
     # A third pair that is not in the library: missing.
     versions.write_text(text + '\n[[kernels]]\nrelease = "6.1.0-57-amd64"\ndrivers = ["6.1.0-1"]\n')
     out = tmp_path / "site"
-    done = subprocess.run(
-        invoke_argv("site", "--versions", str(versions), "--output", str(out)),
-        cwd=ROOT, capture_output=True, text=True, check=False, timeout=600,
-        env={**os.environ, "HABANA_CACHE_DIR": str(project.cache)},
-    )  # fmt: skip
+    env = {**os.environ, "HABANA_CACHE_DIR": str(project.cache)}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            invoke_argv(*args, "--versions", str(versions)),
+            cwd=ROOT, capture_output=True, text=True, check=False, timeout=600, env=env,
+        )  # fmt: skip
+
+    run("status")  # the caches warm, as for the page's run
+    done = run("site", "--output", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
+    # No request beyond what `status` makes for the same library.
+    status = run("status")
+    counts = [re.findall(r"(\d+) HTTP request", r.stdout) for r in (done, status)]
+    assert counts[0] and counts[0] == counts[1], counts
     page = out / "index.html"
     dom = chromium("--dump-dom", page.as_uri(), home=tmp_path / "profile").stdout
     for target in config.load(versions).targets:
