@@ -5,6 +5,7 @@ made no more registry requests than `status` does."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import pytest
 
 from habana_tasks.config import versions as config
 from habana_tasks.config.project import Project
+from habana_tasks.core.errors import NOT_READY
 from tests.conftest import ROOT, invoke_argv, require_tools
 
 pytestmark = [pytest.mark.integration]
@@ -68,3 +70,33 @@ def test_the_page_shows_every_pair_and_its_state_in_a_browser(
     png, blank = shots["page"].read_bytes(), shots["blank"].read_bytes()
     # A blank window compresses to almost nothing; tables, text and colours do not.
     assert png.startswith(b"\x89PNG") and len(png) > 5 * len(blank), (len(png), len(blank))
+
+
+def test_the_page_shows_the_coverage_of_the_given_nodes(
+    library: tuple[Project, Path], tmp_path: Path
+) -> None:
+    """--nodes: what preflight answers for each node, on the page; the exit code is preflight's."""
+    project, versions = library
+    nodes = tmp_path / "nodes.json"
+    kernels = {"worker-1": "6.1.0-55-amd64", "worker-2": "6.1.0-99-amd64"}
+    nodes.write_text(
+        json.dumps({"items": [
+            {"metadata": {"name": name},
+             "status": {"nodeInfo": {"kernelVersion": kernel, "architecture": "amd64"}}}
+            for name, kernel in kernels.items()
+        ]})
+    )  # fmt: skip
+    out = tmp_path / "site"
+    done = subprocess.run(
+        invoke_argv(
+            "site", "--versions", str(versions), "--output", str(out), "--nodes", str(nodes)
+        ),
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=600,
+        env={**os.environ, "HABANA_CACHE_DIR": str(project.cache)},
+    )  # fmt: skip
+    assert done.returncode == NOT_READY, done.stdout + done.stderr  # worker-2 is not covered
+    page = (out / "index.html").read_text()
+    row = '<td>node {}</td><td>{}</td><td>6.1.0-1</td><td class="{}">{}</td>'
+    assert row.format("worker-1", kernels["worker-1"], "current", "covered") in page
+    not_covered = row.format("worker-2", kernels["worker-2"], "failing", "not covered")
+    assert not_covered + "<td>kernel not in versions.toml</td>" in page
