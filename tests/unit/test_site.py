@@ -14,8 +14,12 @@ from pathlib import Path
 import html5lib
 import pytest
 
+from habana_tasks.build import labels
+from habana_tasks.build.plan import Action, plan_job
 from habana_tasks.maintenance import site
-from habana_tasks.maintenance.status import State, TargetStatus
+from habana_tasks.maintenance.status import State, TargetStatus, statuses
+from habana_tasks.registry.client import Existence, RemoteImage
+from tests.samples import CONFIG, INPUTS, TARGET
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 RUN = site.RunInfo(NOW, "habana-tasks 0.1.0", "versions.toml", "ab" * 32, "r.example/lib/drv")
@@ -101,3 +105,24 @@ def test_the_versions_file_is_shown_relative_to_the_checkout(tmp_path: Path) -> 
     inside = tmp_path / "examples" / "versions.toml"
     assert site.shown_path(inside, tmp_path) == "examples/versions.toml"
     assert site.shown_path(Path("/elsewhere/v.toml"), tmp_path) == "/elsewhere/v.toml"
+
+
+def test_hostile_labels_read_from_the_registry_stay_text() -> None:
+    """Labels as the registry returns them (a signer, a cosign listing) and a failure record's
+    cause, through status's own reading of them, onto the page."""
+    remote = RemoteImage(
+        TARGET.image,
+        Existence.PRESENT,
+        "sha256:" + "2" * 64,
+        {
+            **labels.image_labels(CONFIG, TARGET, INPUTS, HOSTILE, "secure-boot"),
+            labels.SIGNING: "signed",
+            labels.SIGNER: HOSTILE,
+        },
+    )
+    job = replace(plan_job(TARGET, INPUTS, remote), action=Action.HOLD, reason=HOSTILE)
+    (found,) = statuses([job], {TARGET.tag: remote})
+    page = site.render([replace(found, cosign=HOSTILE)], RUN)
+    parse(page)
+    assert "<script" not in page and "<img" not in page
+    assert page.count(html.escape(HOSTILE, quote=True)) >= 3  # signer, cause, cosign: as text
