@@ -99,7 +99,7 @@ class PackageCache:
         finally:
             tmp.unlink(missing_ok=True)
         record = {"url": redact(url), "sha256": digest, "size": size, **validators}
-        _atomic_write(index, json.dumps(record).encode())
+        atomic_write(index, json.dumps(record).encode())
         with self._lock:
             self.downloads += 1
             self._checked.add(url)
@@ -313,7 +313,8 @@ def sha256_file(path: Path) -> str:
     return hasher.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write data to path whole or not at all (a temporary file beside it, then renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     with os.fdopen(fd, "wb") as f:

@@ -4,11 +4,11 @@ a signing library uses it to flag, in the plan, kernels that would trust no mach
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from habana_tasks.build.driver_package import atomic_write
 from habana_tasks.config.targets import BuildTarget
 from habana_tasks.core.errors import HabanaError
 from habana_tasks.registry.client import RegistryClient
@@ -36,10 +36,7 @@ def kernel_config(
     paths = [p.format(release=release) for p in CONFIG_PATHS]
     found = registry.read_first(toolkit, paths, arch)
     text = found[1].decode("utf-8", "replace") if found else NONE_FOUND
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    partial = kept.with_name(f"{kept.name}.{os.getpid()}.partial")
-    partial.write_text(text)
-    partial.replace(kept)
+    atomic_write(kept, text.encode())
     return text or None
 
 

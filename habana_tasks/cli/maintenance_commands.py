@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 import yaml
 from rich.console import Console
 
-from habana_tasks.build import failure_records, service
+from habana_tasks.build import evidence, failure_records, service
 from habana_tasks.build.driver_package import sha256_file
 from habana_tasks.build.reporter import make_console
 from habana_tasks.cli import tables
@@ -42,10 +41,10 @@ def kmm_module(
     config = load_inputs(project, versions)
     sign = kmm.signing_request(config, sign_key_secret, sign_cert_secret, signed_repository)
     registry = RegistryClient(config.insecure_registries)
-    module = kmm.library_module(config, driver, registry, name=name, namespace=namespace, sign=sign)
-    mapped = {m["literal"] for m in module["spec"]["moduleLoader"]["container"]["kernelMappings"]}
-    note = kmm.machine_config_note([t for t in config.select(driver=driver) if t.kernel in mapped])
-    return note + yaml.safe_dump(module, sort_keys=False)
+    module, mapped = kmm.library_module(
+        config, driver, registry, name=name, namespace=namespace, sign=sign
+    )
+    return kmm.machine_config_note(mapped) + yaml.safe_dump(module, sort_keys=False)
 
 
 def prune_command(
@@ -232,7 +231,7 @@ def site_command(
         code = max(code, report.exit_code)
     run = site.RunInfo(
         datetime.now(UTC),
-        f"habana-tasks {metadata.version('habana-tasks')} ({failure_records.tool_digest()})",
+        f"habana-tasks {evidence.TOOL_VERSION} ({failure_records.tool_digest()})",
         site.shown_path(config.path, project.root),
         sha256_file(config.path),
         config.repository,

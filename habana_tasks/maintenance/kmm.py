@@ -90,6 +90,11 @@ def node_kernel_args(targets: Sequence[BuildTarget]) -> dict[str, tuple[str, ...
     }
 
 
+def kernel_args_text(needed: dict[str, tuple[str, ...]]) -> str:
+    """`kernel: arg arg; kernel: arg`, as the annotation and the note say it."""
+    return "; ".join(f"{kernel}: {' '.join(args)}" for kernel, args in needed.items())
+
+
 def machine_config_note(targets: Sequence[BuildTarget]) -> str:
     """YAML comment lines saying how OpenShift nodes get the kernel arguments the images were
     load-tested with (a MachineConfig's kernelArguments); empty when none are needed."""
@@ -99,7 +104,7 @@ def machine_config_note(targets: Sequence[BuildTarget]) -> str:
     arguments = sorted({a for args in needed.values() for a in args})
     lines = [
         "The nodes of these kernels must boot with these kernel arguments, as the images'",
-        "load test did: " + "; ".join(f"{k}: {' '.join(a)}" for k, a in needed.items()),
+        "load test did: " + kernel_args_text(needed),
         "On OpenShift, a MachineConfig for the pool of those nodes gives them, e.g.:",
         "  apiVersion: machineconfiguration.openshift.io/v1",
         "  kind: MachineConfig",
@@ -131,9 +136,7 @@ def module_manifest(
     mappings = [kernel_mapping(t, sign) for t in sorted(targets, key=lambda t: t.kernel)]
     annotations = {FLAVOUR_ANNOTATION: targets[0].flavour}
     if node_args := node_kernel_args(targets):
-        annotations[KERNEL_ARGS_ANNOTATION] = "; ".join(
-            f"{kernel}: {' '.join(args)}" for kernel, args in node_args.items()
-        )
+        annotations[KERNEL_ARGS_ANNOTATION] = kernel_args_text(node_args)
     return {
         "apiVersion": API_VERSION,
         "kind": "Module",
@@ -159,8 +162,9 @@ def library_module(
     name: str = "habanalabs",
     namespace: str = "habana-ai-operator",
     sign: KmmSigning | None = None,
-) -> dict[str, Any]:
-    """The Module for one driver, mapping every kernel whose image the repository holds."""
+) -> tuple[dict[str, Any], tuple[BuildTarget, ...]]:
+    """The Module for one driver, mapping every kernel whose image the repository holds; and
+    the targets it maps."""
     targets = config.select(driver=driver)
     with ThreadPoolExecutor(16) as pool:
         remote = list(pool.map(lambda t: registry.inspect(t.image, labels.FINGERPRINT), targets))
@@ -179,11 +183,12 @@ def library_module(
             f"{image} is already signed (by {found.get(labels.SIGNER, 'an unnamed signer')!r}); "
             "KMM's sign flow is for unsigned images: drop --sign-key-secret/--sign-cert-secret"
         )
-    held = [t for t, _ in present]
-    return module_manifest(
+    held = tuple(t for t, _ in present)
+    module = module_manifest(
         held,
         name=name,
         namespace=namespace,
         with_firmware=held[0].firmware_url is not None,
         sign=sign,
     )
+    return module, held

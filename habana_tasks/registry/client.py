@@ -88,19 +88,6 @@ class RemoteImage:
         return self.failure.why if self.failure else None
 
 
-def _first_settled(
-    wanted: Sequence[str], settled: dict[str, bytes | None]
-) -> tuple[str, bytes | None] | None:
-    """In preference order: the first path an upper layer holds (its content), or ("", None)
-    when every path is settled and deleted; None while a more preferred path is unsettled."""
-    for path in wanted:
-        if path not in settled:
-            return None
-        if settled[path] is not None:
-            return path, settled[path]
-    return "", None
-
-
 class RegistryClient:
     """Thread-safe; tokens cached per registry and scope."""
 
@@ -284,12 +271,15 @@ class RegistryClient:
                 open_paths = [path for path in wanted if path not in settled]
                 for path, match in scan_layer(body, digest, what, open_paths).items():
                     settled[path] = match.content
-            if (decided := _first_settled(wanted, settled)) is not None:
-                return (
-                    (paths[wanted.index(decided[0])], decided[1])
-                    if decided[1] is not None
-                    else None
-                )
+            # In preference order: the first path held decides, unless a more preferred one is
+            # still unsettled (a lower layer may hold it); all settled and deleted: none.
+            for i, path in enumerate(wanted):
+                if path not in settled:
+                    break
+                if (content := settled[path]) is not None:
+                    return paths[i], content
+            else:
+                return None
         held = [(paths[i], c) for i, p in enumerate(wanted) if (c := settled.get(p)) is not None]
         return held[0] if held else None
 

@@ -99,7 +99,7 @@ def machine_key_blockers(kernel_config: str, kernel_args: Sequence[str] = ()) ->
     return blockers
 
 
-def _strip(line: str) -> str:
+def kernel_words(line: str) -> str:
     """A console line without the guest's marks and the kernel's timestamp."""
     text = re.sub(r"^.*?SMOKE: (boot |dmesg |modprobe: )?", "", line.strip())
     return re.sub(r"^\[[ \d.]+\]\s*", "", text)
@@ -115,7 +115,7 @@ def explain(
     signature). key_id is the subject key id of the certificate the modules are signed for
     ("" when the library does not sign them);
     kernel_config None means the toolkit carries no configuration."""
-    said = [_strip(line) for line in lines]
+    said = [kernel_words(line) for line in lines]
     lockdown = [s for s in said if LOCKDOWN_REFUSED in s]
     refused_unsigned = [s for s in said if UNSIGNED_REFUSED in s] or ([] if key_id else lockdown)
     unavailable = [s for s in said if KEY_UNAVAILABLE in s] or (lockdown if key_id else [])

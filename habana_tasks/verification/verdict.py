@@ -61,8 +61,7 @@ def evaluate(
     kernel_said = [line for line in failures if MARK not in line or f"{MARK} dmesg" in line]
     if fails and kernel_said and fails[0].startswith("modprobe "):
         # modprobe only says "Invalid argument"; the kernel says which symbol or magic.
-        said = re.sub(r"^(SMOKE: dmesg )?\[[ \d.]+\]\s*", "", kernel_said[0].strip())
-        return False, f"{fails[0]} (kernel: {said})", evidence
+        return False, f"{fails[0]} (kernel: {refusal.kernel_words(kernel_said[0])})", evidence
     if fails:
         return False, fails[0], evidence
     if failures:

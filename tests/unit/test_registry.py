@@ -344,20 +344,25 @@ def _layer(files: dict[str, bytes]) -> bytes:
     return out.getvalue()
 
 
+def _layered(fake: FakeRegistry, repository: str, tag: str, layers: tuple[bytes, ...]) -> str:
+    """An image in the fake registry made of these layers, oldest first; its reference."""
+    fake.add_image(repository, tag, {}, OCI_MANIFEST)
+    manifest = json.loads(fake.manifests[f"{repository}:{tag}"][1])
+    manifest["layers"] = []
+    for body in layers:
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        fake.blobs[digest] = body
+        manifest["layers"].append({"mediaType": "x", "digest": digest, "size": len(body)})
+    fake.manifests[f"{repository}:{tag}"] = (OCI_MANIFEST, json.dumps(manifest).encode())
+    return f"{fake.host}/{repository}:{tag}"
+
+
 def test_a_hidden_file_is_read_from_the_newest_layer_that_has_it(fake: FakeRegistry) -> None:
     """Member names are compared without their "./" prefix only: "./.conf" stays ".conf" (and
     a whiteout in a newer layer deletes what an older layer holds)."""
     older = _layer({"./.conf": b"old", "./etc/gone": b"x", "./conf": b"not me"})
     newer = _layer({"./.conf": b"new", "./etc/.wh.gone": b""})
-    image = f"{fake.host}/ocp/release:4.90.2"
-    fake.add_image("ocp/release", "4.90.2", {}, OCI_MANIFEST)
-    manifest = json.loads(fake.manifests["ocp/release:4.90.2"][1])
-    manifest["layers"] = []
-    for body in (older, newer):
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        fake.blobs[digest] = body
-        manifest["layers"].append({"mediaType": "x", "digest": digest, "size": len(body)})
-    fake.manifests["ocp/release:4.90.2"] = (OCI_MANIFEST, json.dumps(manifest).encode())
+    image = _layered(fake, "ocp/release", "4.90.2", (older, newer))
     client = RegistryClient([fake.host])
     assert client.read_file(image, "/.conf", "x86_64") == b"new"
     assert client.read_file(image, "conf", "x86_64") == b"not me"
@@ -372,15 +377,7 @@ def test_the_first_of_several_paths_is_read_in_one_pass_over_the_layers(
     each layer is fetched once for all the paths."""
     older = _layer({"./boot/config": b"from /boot", "./usr/src/.config": b"headers"})
     newer = _layer({"./usr/src/.config": b"newer headers", "./boot/.wh.gone": b""})
-    fake.add_image("dtk", "1", {}, OCI_MANIFEST)
-    manifest = json.loads(fake.manifests["dtk:1"][1])
-    manifest["layers"] = []
-    for body in (older, newer):
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        fake.blobs[digest] = body
-        manifest["layers"].append({"mediaType": "x", "digest": digest, "size": len(body)})
-    fake.manifests["dtk:1"] = (OCI_MANIFEST, json.dumps(manifest).encode())
-    image = f"{fake.host}/dtk:1"
+    image = _layered(fake, "dtk", "1", (older, newer))
     client = RegistryClient([fake.host])
     before = client.requests_sent
     found = client.read_first(image, ("/lib/config", "/boot/config", "/usr/src/.config"), "x86_64")
