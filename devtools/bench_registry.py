@@ -95,6 +95,9 @@ class RegistryFront:
     def __init__(self, backend: str, tls_dir: Path, delay: float = 0.0) -> None:
         self.delay = delay
         self.counts: Counter[str] = Counter()
+        # What the registry was asked for, past authentication: the same reads whatever the
+        # race between parallel workers for their first token.
+        self.reads: Counter[str] = Counter()
         self.tokens: set[str] = set()
         lock = threading.Lock()
         local = threading.local()
@@ -152,6 +155,8 @@ class RegistryFront:
                         {"WWW-Authenticate": challenge + scope, "Content-Type": "application/json"},
                     )
                     return
+                with lock:
+                    front.reads[f"{self.command} {self.path}"] += 1
                 session = getattr(local, "session", None) or requests.Session()
                 local.session = session
                 forwarded = {"Accept": ", ".join(self.headers.get_all("Accept") or ["*/*"])}
@@ -184,6 +189,7 @@ class RegistryFront:
 
     def reset(self) -> None:
         self.counts.clear()
+        self.reads.clear()
 
     @property
     def requests(self) -> int:

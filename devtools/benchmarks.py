@@ -718,28 +718,44 @@ class Bench:
         for name, versions in cases:
             self._invoke("status", versions)  # the caches warm, as for the daily job
             out = self.work / f"site-{name.replace(' ', '-')}"
+            self.front.reset()
             wall, requests, _ = self._invoke("site", versions, "--output", str(out))
+            site_reads = dict(self.front.reads)
+            self.front.reset()
             _, status_requests, _ = self._invoke("status", versions)
+            status_reads = dict(self.front.reads)
             page = out / "index.html"
             drawn = statistics.median(self._chromium(page.as_uri()) for _ in range(3)) - blank
             size = page.stat().st_size
+            # Through the front, parallel workers race for their first token, so the tool's
+            # total varies run to run; what the registry was asked for past authentication
+            # does not. The example is served without authentication: its totals compare.
+            same = site_reads == status_reads if site_reads else requests == status_requests
             self.results.data[f"site_{name}"] = {
                 "wall": wall, "bytes": size, "requests": requests,
-                "status_requests": status_requests, "chromium": drawn,
+                "status_requests": status_requests, "reads": sum(site_reads.values()),
+                "status_reads": sum(status_reads.values()), "same_reads": same,
+                "chromium": drawn,
             }  # fmt: skip
+            reads = (
+                f"{sum(site_reads.values())} / {sum(status_reads.values())}" if site_reads else "–"
+            )
             rows.append(
                 f"| {name} | {wall:.2f} s | {size / 1e6:.2f} MB | {requests} / {status_requests} "
-                f"| {drawn:.2f} s |"
+                f"| {reads} | {'yes' if same else 'no'} | {drawn:.2f} s |"
             )
         self.results.sections.append(
             (
                 "7. The library page",
                 "`invoke site` as a user runs it (warm caches, as the daily job), n = 1; "
-                "requests as the tool counts them, against `invoke status` on the same library; "
+                "requests as the tool counts them (token grants included), against `invoke status` "
+                "on the same library; reads: what the registry served past authentication (site / "
+                "status) and whether both asked for the same manifests and blobs; "
                 "Chromium: headless, the page loaded from file:// and its DOM dumped, median of "
                 f"3 minus about:blank's ({blank:.2f} s, the browser's own start).\n\n"
-                "| library | invoke site | page | requests (site / status) | Chromium |\n"
-                "| --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n",
+                "| library | invoke site | page | requests (site / status) | reads (site / status) "
+                "| same reads | Chromium |\n"
+                "| --- | --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows) + "\n",
             )
         )
 
@@ -890,13 +906,12 @@ class Bench:
         page = self.results.data.get(f"site_{REFRESH_PAIRS_MAX} pairs")
         if page is None:
             return []
-        asked = f"{page['requests']} / {page['status_requests']}"
+        asked = f"{page['reads']} / {page['status_reads']}, the same: {page['same_reads']}"
         return [
             (f"the {REFRESH_PAIRS_MAX}-pair page drawn in ≤ 2 s", f"{page['chromium']:.2f} s",
              page["chromium"] <= 2),
             ("… and ≤ 2 MB", f"{page['bytes'] / 1e6:.2f} MB", page["bytes"] <= 2e6),
-            ("… no request beyond status's (site / status)", asked,
-             page["requests"] <= page["status_requests"]),
+            ("… no read beyond status's (site / status)", asked, page["same_reads"]),
         ]  # fmt: skip
 
     def write(self, seconds: float) -> Path:
