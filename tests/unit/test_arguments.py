@@ -4,19 +4,16 @@ line naming the option, the value and what is expected; --help shows the accepte
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from invoke.collection import Collection
-from invoke.program import Program
 
-import tasks
 from habana_tasks.cli import arguments
 from tests.conftest import ROOT, invoke_argv
+from tests.invoke_cli import invoke
 
 EXAMPLE = str(ROOT / "examples" / "local" / "versions.toml")
 KERNEL = "6.1.0-56-amd64"
@@ -89,33 +86,6 @@ REFUSED: list[tuple[list[str], str, str]] = [
 ]
 
 
-@pytest.fixture
-def no_side_effects(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """Any connection or child process fails the test, naming what was attempted."""
-    attempted: list[str] = []
-
-    def connect(self: socket.socket, address: object) -> None:
-        attempted.append(f"connect {address}")
-        raise AssertionError(f"a connection was attempted: {address}")
-
-    def popen(*args: object, **kwargs: object) -> None:
-        attempted.append(f"process {args[1] if len(args) > 1 else kwargs.get('args')}")
-        raise AssertionError("a child process was started")
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(subprocess.Popen, "__init__", popen)
-    yield attempted
-
-
-def invoke(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """Runs the command line in this process (as `invoke …` would); its exit code and stderr."""
-    program = Program(namespace=Collection.from_module(tasks), name="invoke", binary="invoke")
-    with pytest.raises(SystemExit) as exited:
-        program.run(["invoke", *argv], exit=True)
-    code = exited.value.code
-    return (code if isinstance(code, int) else 1), capsys.readouterr().err
-
-
 @pytest.mark.reliability("arguments", outcome="refused before any request or process")
 @pytest.mark.parametrize(("argv", "option", "shown"), REFUSED, ids=" ".join)
 def test_a_bad_argument_is_refused_before_any_request_or_process(
@@ -126,7 +96,7 @@ def test_a_bad_argument_is_refused_before_any_request_or_process(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     versions = [] if argv[0] in ("example", "summary") else ["--versions", EXAMPLE]
-    code, err = invoke([*argv, *versions], capsys)
+    code, _, err = invoke([*argv, *versions], capsys)
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -150,7 +120,7 @@ def test_an_output_path_in_a_directory_the_user_cannot_write_is_refused(
         target = locked / "m.yaml"
         expected = "may write"
     argv = ["kmm-module", "--driver", DRIVER, "--output", str(target), "--versions", EXAMPLE]
-    code, err = invoke(argv, capsys)
+    code, _, err = invoke(argv, capsys)
     assert code == 2 and expected in err and "--output" in err, err
     assert no_side_effects == []
 
@@ -178,7 +148,7 @@ def test_help_shows_the_accepted_range(task: str, option: str, shown: str) -> No
 def test_a_driver_not_listed_for_the_kernel_names_the_kernels_drivers(
     capsys: pytest.CaptureFixture[str], no_side_effects: list[str]
 ) -> None:
-    code, err = invoke(
+    code, _, err = invoke(
         ["build", "--kernel", KERNEL, "--driver", "9.9.9", "--versions", EXAMPLE], capsys
     )
     assert code == 2, err

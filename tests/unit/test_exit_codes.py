@@ -9,24 +9,15 @@ from pathlib import Path
 
 import pytest
 from invoke.collection import Collection
-from invoke.program import Program
 
 import tasks
 from habana_tasks.core import errors, http_client
 from habana_tasks.registry.manifests import OCI_MANIFEST
 from tests.conftest import ROOT
 from tests.fake_registry import FakeRegistry
+from tests.invoke_cli import invoke
 
 TASKS = sorted(Collection.from_module(tasks).task_names)
-
-
-def invoke(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    program = Program(namespace=Collection.from_module(tasks), name="invoke", binary="invoke")
-    with pytest.raises(SystemExit) as exited:
-        program.run(["invoke", *argv], exit=True)
-    code = exited.value.code
-    captured = capsys.readouterr()
-    return (code if isinstance(code, int) else 1), captured.out, captured.err
 
 
 @pytest.mark.parametrize("name", TASKS)

@@ -1,0 +1,80 @@
+"""Every task's options as invoke shows them (names, short flags, help with its range and
+default, kind, default, positional) and what each says to a value it refuses: unchanged against
+the record kept in data/task_options.json, whatever declares them."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from invoke.collection import Collection
+
+import tasks
+from tests.invoke_cli import invoke
+
+RECORD = Path(__file__).parent / "data" / "task_options.json"
+# Refused by every check a task makes: not a kernel, driver, number, choice, tag, image,
+# Kubernetes name or release, and a path whose directory does not exist.
+PROBE = "/nonexistent\x01/x"
+# Options that may be required get a good value while another is probed.
+GOOD = {"kernel": "6.1.0-56-amd64", "driver": "6.1.0-1"}
+
+
+def declared() -> dict[str, Any]:
+    """Each task: its docstring and its options as invoke's parser and --help see them."""
+    found: dict[str, Any] = {}
+    collection = Collection.from_module(tasks)
+    for name in sorted(collection.task_names):
+        task = copy.deepcopy(collection[name])  # invoke consumes a task's help as it reads it
+        found[name] = {
+            "doc": inspect.getdoc(task.body),
+            "options": [
+                {
+                    "names": list(argument.names),
+                    "help": argument.help,
+                    "kind": argument.kind.__name__,
+                    "default": argument.default,
+                    "positional": argument.positional,
+                }
+                for argument in task.get_arguments()
+            ],
+        }
+    return found
+
+
+def refusals(
+    found: dict[str, Any], capsys: pytest.CaptureFixture[str], cwd: Path
+) -> dict[str, str]:
+    """`task --option PROBE` for each option that takes a value: the exit code and first line."""
+    said: dict[str, str] = {}
+    for name, task in found.items():
+        for option in task["options"]:
+            if option["kind"] == "bool":
+                continue
+            flag = f"--{option['names'][0]}"
+            required = [
+                f"--{o['names'][0]}={GOOD[o['names'][0]]}"
+                for o in task["options"]
+                if o["names"][0] in GOOD and o is not option
+            ]
+            code, _, err = invoke([name, *required, flag, PROBE], capsys)
+            said[f"{name} {flag}"] = f"{code} {err.strip().splitlines()[0] if err.strip() else ''}"
+    return said
+
+
+def test_every_option_reads_as_recorded(
+    capsys: pytest.CaptureFixture[str],
+    no_side_effects: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    record = json.loads(RECORD.read_text())
+    found = declared()
+    assert found == record["tasks"]
+    assert refusals(found, capsys, tmp_path) == record["refusals"]
+    assert no_side_effects == []
