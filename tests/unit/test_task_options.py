@@ -4,9 +4,11 @@ the record kept in data/task_options.json, whatever declares them."""
 
 from __future__ import annotations
 
+import ast
 import copy
 import inspect
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 from invoke.collection import Collection
 
 import tasks
+from habana_tasks.cli import options
 from tests.invoke_cli import invoke
 
 RECORD = Path(__file__).parent / "data" / "task_options.json"
@@ -78,3 +81,35 @@ def test_every_option_reads_as_recorded(
     assert found == record["tasks"]
     assert refusals(found, capsys, tmp_path) == record["refusals"]
     assert no_side_effects == []
+
+
+def test_a_value_is_always_named(
+    capsys: pytest.CaptureFixture[str], no_side_effects: list[str]
+) -> None:
+    """No option is positional, so `--help` after a task is never taken for a value; a required
+    option left out is bad input (exit 2, one line naming it), before anything is done."""
+    code, out, _ = invoke(["build", "--help"], capsys)
+    assert code == 0 and "Build, check, load-test" in out
+    for argv, flag in ((["build"], "--kernel"), (["kmm-module"], "--driver")):
+        code, _, err = invoke(argv, capsys)
+        assert code == 2 and err.strip().splitlines() == [err.strip()], err
+        assert err.startswith(f"error: {flag} is required: "), err
+    assert no_side_effects == []
+
+
+def test_tasks_name_no_option_themselves() -> None:
+    """tasks.py lists declared options; a flag literal or help text written there is a second
+    place to keep in step."""
+    tree = ast.parse(Path(tasks.__file__).read_text(encoding="utf-8"))
+    literals = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+    assert not [text for text in literals if text.startswith("--")]
+    keywords = {node.arg for node in ast.walk(tree) if isinstance(node, ast.keyword)}
+    assert not keywords & {"help", "iterable", "positional"}
+    declared_twice = Counter(
+        (o.name, o.help) for o in vars(options).values() if isinstance(o, options.Option)
+    )
+    assert [key for key, n in declared_twice.items() if n > 1] == []
