@@ -13,8 +13,8 @@ from habana_tasks.core.process import find_tool
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # The load test and the rootless run need podman and qemu; outside CI they run where those exist.
-SMOKE_TOOLS = ("podman", "qemu-system-x86_64", "docker-registry", "mmdebstrap", "rpmbuild")
-HAS_TOOLS = IN_CI or all(find_tool(tool) for tool in SMOKE_TOOLS)
+REAL_TOOLS = ("podman", "qemu-system-x86_64", "docker-registry", "mmdebstrap", "rpmbuild")
+HAS_TOOLS = IN_CI or all(find_tool(tool) for tool in REAL_TOOLS)
 EXAMPLE = "examples/local/versions.toml"
 # What an ordinary user runs, in order: the README's first command, then each task once more.
 # The compile cache is this checkout's (root's): what root compiled, the user reads and does
@@ -69,6 +69,7 @@ def typecheck(session: nox.Session) -> None:
         "types-PyYAML",
         "types-jsonschema",
         "types-protobuf",
+        "types-psutil",
     )
     session.run("mypy", "habana_tasks", "devtools", "tests", "tasks.py", "noxfile.py")
 

@@ -44,7 +44,7 @@ from habana_tasks.core.http_client import HTTPClient
 from habana_tasks.core.process import ProcessRunner
 from habana_tasks.registry.client import RegistryClient
 from habana_tasks.registry.manifests import OCI_MANIFEST
-from habana_tasks.verification import load_test
+from habana_tasks.verification import load_testing
 from habana_tasks.verification.kernel_modules import KernelModuleStore
 from habana_tasks.verification.worker import WorkerTools
 
@@ -616,7 +616,7 @@ class Bench:
             reports = []
             for _ in range(3):
                 with (self.work / f"load-test-{target.tag}.log").open("w") as log:
-                    report = load_test.retest_image(
+                    report = load_testing.retest_image(
                         self.podman,
                         KernelModuleStore(self.podman, self.work / "kernels"),
                         registry,

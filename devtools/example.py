@@ -14,9 +14,9 @@ from rich.table import Table
 from devtools import local_upstream
 from habana_tasks.build import labels
 from habana_tasks.build import service as build_service
-from habana_tasks.build.reporter import make_console
 from habana_tasks.build.service import BuildOptions
 from habana_tasks.cli import commands, maintenance_commands, tables
+from habana_tasks.cli.progress import make_console
 from habana_tasks.config.project import Project
 from habana_tasks.config.targets import BuildTarget
 from habana_tasks.core.process import ProcessRunner

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import requests
 
+from devtools import services
 from habana_tasks.build.driver_package import sha256_file
-from habana_tasks.core import process
 from habana_tasks.core.errors import HabanaError
 from habana_tasks.core.process import LineSink, ProcessRunner
 from habana_tasks.engine.podman import BuildSpec, Podman
@@ -108,7 +108,7 @@ def _running(pidfile: Path) -> int | None:
         pid = int(pidfile.read_text())
     except (OSError, ValueError):
         return None
-    return pid if process.service_alive(pid) else None
+    return pid if services.service_alive(pid) else None
 
 
 def _wait_http(url: str, what: str, seconds: float = 15.0) -> None:
@@ -154,7 +154,7 @@ def start_registry(upstream: Upstream) -> int:
         "  delete:\n    enabled: true\n"
         f"http:\n  addr: {upstream.registry}\n"
     )
-    pid = process.spawn_service(
+    pid = services.spawn_service(
         ["docker-registry", "serve", str(config)], upstream.root / "logs" / "registry.log"
     )
     pidfile.parent.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,7 @@ def start_file_server(upstream: Upstream) -> int:
     upstream.package_dir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(upstream.http_port)]
     argv += ["--directory", str(upstream.package_dir)]
-    pid = process.spawn_service(argv, upstream.root / "logs" / "http.log")
+    pid = services.spawn_service(argv, upstream.root / "logs" / "http.log")
     pidfile.parent.mkdir(parents=True, exist_ok=True)
     pidfile.write_text(str(pid))
     _wait_http(f"http://127.0.0.1:{upstream.http_port}/", "package server")
@@ -185,7 +185,7 @@ def stop(upstream: Upstream) -> list[str]:
     for service in ("registry", "http"):
         pidfile = _pidfile(upstream, service)
         pid = _running(pidfile)
-        if pid is not None and process.stop_service(pid):
+        if pid is not None and services.stop_service(pid):
             stopped.append(service)
         pidfile.unlink(missing_ok=True)
     return stopped

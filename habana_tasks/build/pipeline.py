@@ -37,8 +37,7 @@ from habana_tasks.core.process import LineSink, interruption
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import Existence, RegistryClient
 from habana_tasks.trust.signer import ImageSigner
-from habana_tasks.verification import image_checks
-from habana_tasks.verification import load_test as load_test_module
+from habana_tasks.verification import image_checks, load_testing
 from habana_tasks.verification.kernel_modules import KernelModuleStore
 from habana_tasks.verification.secure_boot import SecureBootSetup, boot_name
 from habana_tasks.verification.worker import WorkerTools
@@ -53,7 +52,7 @@ class RunOptions:
     jobs: int = 1
     push: bool = True
     load_test: bool = True
-    load_test_timeout: float = load_test_module.DEFAULT_TIMEOUT
+    load_test_timeout: float = load_testing.DEFAULT_TIMEOUT
     # The load test boots as a Secure Boot node when set (a signing library), else plainly.
     secure_boot: SecureBootSetup | None = None
     # Files, history and `created` of every image (reproducible: see labels.source_date_epoch).
@@ -76,7 +75,7 @@ class _Progress:
 
     step: str = "build"
     compiled: CompileRecord | None = None
-    tested: load_test_module.LoadTestResult | None = None
+    tested: load_testing.LoadTestResult | None = None
 
 
 class Pipeline:
@@ -291,7 +290,7 @@ class Pipeline:
         )
         if self.options.load_test:
             stage("load test")
-            result = load_test_module.run_load_test(
+            result = load_testing.run_load_test(
                 self.podman,
                 self.kernels,
                 self.workers,

@@ -22,7 +22,7 @@ from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import Existence, RegistryClient
 from habana_tasks.verification import signing
 from habana_tasks.verification.kernel_modules import KernelModuleStore
-from habana_tasks.verification.load_test import DEFAULT_TIMEOUT, LoadTestResult, retest_image
+from habana_tasks.verification.load_testing import DEFAULT_TIMEOUT, LoadTestResult, retest_image
 from habana_tasks.verification.worker import WorkerTools
 
 

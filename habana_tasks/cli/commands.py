@@ -9,11 +9,11 @@ from pathlib import Path
 from rich.console import Console
 
 from habana_tasks.build import reproof, service
-from habana_tasks.build.reporter import make_console, make_reporter
 from habana_tasks.build.results import JobResult, read_report
 from habana_tasks.build.service import BuildOptions, BuildRun
 from habana_tasks.cli import tables
 from habana_tasks.cli.arguments import MAX_SELECTOR
+from habana_tasks.cli.progress import make_console, make_reporter
 from habana_tasks.cli.tables import print_line
 from habana_tasks.config.project import Project
 from habana_tasks.config.targets import BuildTarget, Config
@@ -28,7 +28,7 @@ from habana_tasks.maintenance.matrix import (
     markdown_plan,
 )
 from habana_tasks.registry.auth import authfile_environment, check_credential_files
-from habana_tasks.verification.load_test import DEFAULT_TIMEOUT
+from habana_tasks.verification.load_testing import DEFAULT_TIMEOUT
 
 DEFAULT_OPTIONS = BuildOptions()
 

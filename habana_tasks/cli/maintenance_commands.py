@@ -12,9 +12,9 @@ from rich.console import Console
 
 from habana_tasks.build import evidence, failure_records, service
 from habana_tasks.build.driver_package import sha256_file
-from habana_tasks.build.reporter import make_console
 from habana_tasks.cli import tables
 from habana_tasks.cli.commands import announcer, load_inputs
+from habana_tasks.cli.progress import make_console
 from habana_tasks.cli.tables import print_line
 from habana_tasks.config.project import Project
 from habana_tasks.core import errors

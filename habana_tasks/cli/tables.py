@@ -25,7 +25,7 @@ from habana_tasks.maintenance.preflight import Answer, PreflightReport
 from habana_tasks.maintenance.prune import PruneOutcome
 from habana_tasks.maintenance.status import LibraryStatus, State, TargetStatus
 from habana_tasks.maintenance.verify import Verified
-from habana_tasks.verification.load_test import LoadTestResult
+from habana_tasks.verification.load_testing import LoadTestResult
 
 ACTION_STYLE = {
     Action.BUILD: "yellow",

@@ -4,7 +4,6 @@ line ends with (the table is in README.md and every task's --help)."""
 from __future__ import annotations
 
 import contextlib
-import re
 import shlex
 import signal
 import tempfile
@@ -12,6 +11,8 @@ import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from habana_tasks.core.log_cause import cause_of
 
 # Exit codes scripts can act on; one per class of outcome.
 OK = 0
@@ -148,29 +149,6 @@ class DigestMismatchError(RegistryError):
 
 class DriverPackageError(HabanaError):
     """A vendor package could not be fetched or does not hold what the build needs."""
-
-
-# Lines that say a step failed without saying why: podman's and make's wrappers.
-WRAPPER_LINE = re.compile(
-    r"^(Error: building at STEP|(\[\d+/\d+\] )?STEP \d+/\d+: |make(\[\d+\])?: \*\*\*|"
-    r"error running container|"
-    r"subprocess exited with status|time=\S+ level=)"
-)
-# Lines that say why: compiler and modpost errors, missing files, refusals.
-CAUSE_LINE = re.compile(
-    r"(?i)(\berror\b|undefined!|\bfatal\b|no such file|not found|permission denied|refused|"
-    r"resource busy)"
-)
-
-
-def cause_of(tail: Sequence[str]) -> str:
-    """The first line of a failed command's output tail that says why (e.g. `ERROR: modpost:
-    "hwmon_device_register_with_info" [...] undefined!`), else its last line."""
-    lines = [line.strip() for line in tail if line.strip()]
-    for line in lines:
-        if CAUSE_LINE.search(line) and not WRAPPER_LINE.match(line):
-            return line
-    return lines[-1] if lines else "no output"
 
 
 class CommandError(HabanaError):

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from habana_tasks.core.errors import (
     CommandError,
     CommandTimeout,
@@ -214,101 +216,58 @@ SHARED_HELPERS = frozenset(("catatonit", "podman pause"))
 POLL_SECONDS = 0.05
 
 
-def _stat(pid: int) -> tuple[str, int, int, str] | None:
-    """(name, parent pid, start time, state) of a live process, from /proc; None if gone."""
+def _running(proc: psutil.Process) -> bool:
+    """Still there and not a zombie (a zombie has ended; only its parent's wait is left)."""
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    name = text[text.index("(") + 1 : text.rindex(")")]
-    fields = text[text.rindex(")") + 2 :].split()
-    return name, int(fields[1]), int(fields[19]), fields[0]
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 class ProcessTree:
-    """The processes below a root pid, remembered by (pid, start time) so that a reused pid is
-    never mistaken for one of them; children they start later join as they are seen."""
+    """The processes below a root pid. psutil's Process knows its start time, so a reused pid is
+    never mistaken for one of them; those reparented when their parent ends stay remembered, and
+    children they start later join as they are seen."""
 
     def __init__(self, root: int) -> None:
+        try:
+            self.known = {psutil.Process(root)}
+        except psutil.Error:
+            self.known = set()
         self.root = root
-        self.known: dict[int, int] = {}
-        root_stat = _stat(root)
-        if root_stat is not None:
-            self.known[root] = root_stat[2]
         self.refresh()
 
     def refresh(self) -> None:
-        """Add every live process whose parent is a remembered one (to a fixed point)."""
-        children: dict[int, list[tuple[int, str, int]]] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            found = _stat(int(entry.name))
-            if found is not None and found[0] not in SHARED_HELPERS:
-                children.setdefault(found[1], []).append((int(entry.name), found[0], found[2]))
-        todo = [pid for pid in self.known if self._alive(pid)]
-        while todo:
-            for pid, _, started in children.get(todo.pop(), []):
-                if pid not in self.known:
-                    self.known[pid] = started
-                    todo.append(pid)
+        for proc in [p for p in self.known if _running(p)]:
+            with contextlib.suppress(psutil.Error):
+                self.known.update(
+                    child
+                    for child in proc.children(recursive=True)
+                    if _name(child) not in SHARED_HELPERS
+                )
 
-    def _alive(self, pid: int) -> bool:
-        found = _stat(pid)
-        return found is not None and found[2] == self.known[pid] and found[3] != "Z"
-
-    def alive(self) -> list[int]:
-        return [pid for pid in self.known if pid != self.root and self._alive(pid)]
+    def alive(self) -> list[psutil.Process]:
+        self.refresh()
+        return [p for p in self.known if p.pid != self.root and _running(p)]
 
     def wait_gone(self, grace: float) -> None:
         """Wait up to grace seconds for every remembered process to end, then SIGKILL the
-        rest and wait for them (a killed process goes within moments)."""
-        deadline = time.monotonic() + grace
-        killed = False
-        while True:
-            self.refresh()
-            left = self.alive()
+        rest and wait for them as long again (a killed process goes within moments; one in
+        uninterruptible sleep cannot be helped)."""
+        for kill in (False, True):
+            if kill:
+                for proc in self.alive():
+                    with contextlib.suppress(psutil.Error):
+                        proc.kill()
+            deadline = time.monotonic() + grace
+            while (left := self.alive()) and time.monotonic() < deadline:
+                psutil.wait_procs(left, timeout=POLL_SECONDS)
             if not left:
                 return
-            if time.monotonic() > deadline:
-                if killed:
-                    return  # unkillable (uninterruptible sleep): nothing more can be done
-                for pid in left:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(pid, signal.SIGKILL)
-                killed = True
-                deadline = time.monotonic() + grace
-            time.sleep(POLL_SECONDS)
 
 
-def spawn_service(argv: Sequence[str], log_path: Path) -> int:
-    """Start a long-running service detached from this run; returns its pid (its group id too)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [str(a) for a in argv],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return proc.pid
-
-
-def stop_service(pid: int) -> bool:
-    """Stop a service started by spawn_service; False when it was not running."""
+def _name(proc: psutil.Process) -> str:
     try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def service_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return proc.name()
+    except psutil.Error:
+        return ""

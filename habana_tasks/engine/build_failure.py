@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from habana_tasks.core.errors import BuildStepError, CommandError, HostCommandError, cause_of
+from habana_tasks.core.errors import BuildStepError, CommandError, HostCommandError
+from habana_tasks.core.log_cause import cause_of
 
 # podman's last word on a RUN step whose command exited (OCI runtimes add "while running
 # runtime: "; chroot isolation does not).

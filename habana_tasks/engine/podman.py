@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from habana_tasks.core.errors import CommandError, cause_of
+from habana_tasks.core.errors import CommandError
+from habana_tasks.core.log_cause import cause_of
 from habana_tasks.core.process import LineSink, ProcessRunner
 from habana_tasks.engine import build_failure
 from habana_tasks.engine.isolation import BuildIsolation

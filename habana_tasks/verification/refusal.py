@@ -23,6 +23,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from habana_tasks.verification.console import kernel_words
+
 # The four causes, as report.json names them.
 NO_MACHINE_KEYS = "no-machine-keys"
 NOT_OUR_KEY = "key-not-enrolled"
@@ -97,12 +99,6 @@ def machine_key_blockers(kernel_config: str, kernel_args: Sequence[str] = ()) ->
             f"{MACHINE_KEYRING} is not set: machine-owner keys are not trusted for modules"
         )
     return blockers
-
-
-def kernel_words(line: str) -> str:
-    """A console line without the guest's marks and the kernel's timestamp."""
-    text = re.sub(r"^.*?SMOKE: (boot |dmesg |modprobe: )?", "", line.strip())
-    return re.sub(r"^\[[ \d.]+\]\s*", "", text)
 
 
 def explain(

@@ -205,7 +205,7 @@ LOCKED = ("[integrity]", "[confidentiality]")
 
 def secure_boot_problem(marks: Sequence[str]) -> str | None:
     """Why the guest's own lines do not prove Secure Boot with the kernel locked down, or None.
-    `marks` are the SMOKE lines' texts."""
+    `marks` are the texts of the lines the guest marked."""
     boot = [m for m in marks if m.startswith("boot ")]
     lockdown = next((m for m in marks if m.startswith("lockdown ")), "lockdown unknown")
     if not any(ENABLED in m for m in boot):

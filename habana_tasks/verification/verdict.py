@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from habana_tasks.verification import refusal
+from habana_tasks.verification.console import MARK, kernel_words
 from habana_tasks.verification.secure_boot import secure_boot_problem
 
-MARK = "SMOKE:"
 # Kernel log lines that mean a module did not load as built.
 LOAD_FAILURES = re.compile(
     r"disagrees about version of symbol|Unknown symbol|version magic|Invalid module format|"
@@ -61,7 +61,7 @@ def evaluate(
     kernel_said = [line for line in failures if MARK not in line or f"{MARK} dmesg" in line]
     if fails and kernel_said and fails[0].startswith("modprobe "):
         # modprobe only says "Invalid argument"; the kernel says which symbol or magic.
-        return False, f"{fails[0]} (kernel: {refusal.kernel_words(kernel_said[0])})", evidence
+        return False, f"{fails[0]} (kernel: {kernel_words(kernel_said[0])})", evidence
     if fails:
         return False, fails[0], evidence
     if failures:

@@ -21,7 +21,7 @@ from habana_tasks.config.project import Project
 from habana_tasks.core.errors import HostError
 from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.podman import Podman
-from habana_tasks.verification import load_test
+from habana_tasks.verification import load_testing
 from habana_tasks.verification.kernel_modules import KernelModuleStore
 from habana_tasks.verification.worker import WorkerTools
 from tests.conftest import ROOT, require_tools
@@ -53,7 +53,7 @@ def parts(
     store = KernelModuleStore(podman, work / "kernels")
     out["vmlinuz"] = store.vmlinuz(toolkit, NEW)
     out["worker"] = WorkerTools(podman, ROOT / "Dockerfile", work / "kernels").tar(toolkit)
-    closure = load_test.in_tree_closure(out[NEW], NEW)
+    closure = load_testing.in_tree_closure(out[NEW], NEW)
     assert IB_CORE in closure, closure
     for path, file in store.files(toolkit, NEW, closure).items():
         out[f"node:{path}"] = file
@@ -86,16 +86,16 @@ def boot(
     timeout: float = 90,
     node: Mapping[str, bytes] | None = None,
     modules: Sequence[str] = EXAMPLE_MODULES,
-) -> load_test.LoadTestResult:
+) -> load_testing.LoadTestResult:
     lines: list[str] = []
-    result = load_test.boot_and_load(
+    result = load_testing.boot_and_load(
         Podman(ProcessRunner()),
         rootfs,
         parts["vmlinuz"],
         NEW,
         modules,
         work,
-        load_test.Node(parts["worker"], node_of(parts) if node is None else node),
+        load_testing.Node(parts["worker"], node_of(parts) if node is None else node),
         timeout=timeout,
         on_line=lines.append,
     )
@@ -122,9 +122,9 @@ def test_both_modules_load_with_the_nodes_in_tree_dependencies(
     assert result.node_modules == ("ib_core", "ib_uverbs")
     console = "\n".join(boot.console)  # type: ignore[attr-defined]
     for module in EXAMPLE_MODULES:
-        assert f"SMOKE: loaded {module}" in console
+        assert f"LOAD-TEST: loaded {module}" in console
     # The image's own sh, mkdir and cp copied the tree out, as KMM's image-extractor does ...
-    assert f"SMOKE: image-extractor copied /opt/lib/modules/{NEW}" in console
+    assert f"LOAD-TEST: image-extractor copied /opt/lib/modules/{NEW}" in console
     # ... and the worker's modprobe took ib_core from the node's tree, through the host link.
     assert f"insmod /tmp/opt/lib/modules/{NEW}/host/{IB_CORE}" in console
 
@@ -138,7 +138,7 @@ def test_an_in_tree_dependency_absent_from_the_node_is_named(
         False,
         f"{STANDIN_MODULE} needs in-tree {IB_CORE}, absent from this node's /lib/modules/{NEW}",
     )
-    assert "SMOKE: loaded habanalabs" in "\n".join(boot.console)  # type: ignore[attr-defined]
+    assert "LOAD-TEST: loaded habanalabs" in "\n".join(boot.console)  # type: ignore[attr-defined]
 
 
 def flip_export_crcs(module: bytes) -> bytes:
@@ -217,7 +217,7 @@ def test_module_for_another_abi_loads_but_vermagic_catches_it(
         == f"vermagic of habanalabs is '{OLD} SMP preempt mod_unload modversions ', booted {NEW}"
     )
     # It really loaded: only the vermagic comparison stands between it and a node.
-    assert "SMOKE: loaded habanalabs" in "\n".join(boot.console)  # type: ignore[attr-defined]
+    assert "LOAD-TEST: loaded habanalabs" in "\n".join(boot.console)  # type: ignore[attr-defined]
 
 
 def patch_module(parts: dict[str, Path], tmp_path: Path, patch: Callable[[bytes], bytes]) -> Path:

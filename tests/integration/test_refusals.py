@@ -145,7 +145,7 @@ def test_a_published_image_refused_on_the_secure_boot_node_names_the_cause(
     assert "no 'Loading X.509 certificate: UEFI:MokListRT' in the kernel log" in entry["evidence"]
     assert entry["boot"] == "secure-boot"
     log = Path(entry["log"]).read_text()
-    booted = [line for line in log.splitlines() if "SMOKE: boot " in line]
+    booted = [line for line in log.splitlines() if "LOAD-TEST: boot " in line]
     assert any("secureboot: Secure boot enabled" in line for line in booted)
     assert not any("MokListRT" in line for line in booted)
 
@@ -160,7 +160,7 @@ def test_booted_with_efi_runtime_the_node_trusts_the_enrolled_key(
     assert entry["load_test_boot"] == "secure-boot" and entry["status"] == "ok"
     log = Path(entry["log"]).read_text()
     assert "UEFI:MokListRT" in log
-    (cmdline,) = [line for line in log.splitlines() if "SMOKE: cmdline " in line]
+    (cmdline,) = [line for line in log.splitlines() if "LOAD-TEST: cmdline " in line]
     assert "efi=runtime" in cmdline.split()
     target = config.load(versions).targets[0]
     remote = RegistryClient([test_upstream.upstream.registry]).inspect(target.image)

@@ -28,7 +28,7 @@ from habana_tasks.core.errors import UsageError
 from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import RegistryClient
-from habana_tasks.verification import load_test, secure_boot, verdict
+from habana_tasks.verification import load_testing, secure_boot, verdict
 from habana_tasks.verification.kernel_modules import KernelModuleStore
 from habana_tasks.verification.signing import load_signer, signature_problems
 from habana_tasks.verification.worker import WorkerTools
@@ -237,7 +237,7 @@ def boot_all(
     work: Path,
     cases: Mapping[str, tuple[Path, dict[str, Any]]],
     key_id: str = "",
-) -> dict[str, tuple[load_test.LoadTestResult, str]]:
+) -> dict[str, tuple[load_testing.LoadTestResult, str]]:
     """Exported images booted in KERNEL on the node its toolkit makes (as the load test does),
     two at a time (a TCG guest uses one core); each case's result and the guest's console.
     A refusal is explained with the kernel's configuration and the signing key's id."""
@@ -246,14 +246,14 @@ def boot_all(
     vmlinuz = store.vmlinuz(toolkit, KERNEL)
     trust = verdict.TrustContext(store.load(toolkit, KERNEL).config or None, (), key_id)
     nodes = {
-        name: load_test.node_for(store, workers, tar, toolkit, KERNEL)
+        name: load_testing.node_for(store, workers, tar, toolkit, KERNEL)
         for name, (tar, _) in cases.items()
     }
 
-    def one(name: str) -> tuple[load_test.LoadTestResult, str]:
+    def one(name: str) -> tuple[load_testing.LoadTestResult, str]:
         tar, options = cases[name]
         lines: list[str] = []
-        result = load_test.boot_and_load(
+        result = load_testing.boot_and_load(
             podman, tar, vmlinuz, KERNEL, modules, work / name, nodes[name],
             on_line=lines.append, **{"trust": trust, **options},
         )  # fmt: skip
@@ -312,7 +312,7 @@ def test_a_secure_boot_node_loads_the_signed_image_and_refuses_the_rest(
     for name, (outcomes[name], consoles[name]) in booted.items():
         # Every boot is a Secure Boot node's, by the guest's own account.
         assert "secureboot: Secure boot enabled" in consoles[name], consoles[name]
-        assert "SMOKE: lockdown none [integrity] confidentiality" in consoles[name]
+        assert "LOAD-TEST: lockdown none [integrity] confidentiality" in consoles[name]
         assert outcomes[name].boot == "secure-boot"
     assert outcomes["signed"].passed, (outcomes["signed"].reason, consoles["signed"])
     assert "UEFI:MokListRT (MOKvar table)" in consoles["signed"]

@@ -12,7 +12,7 @@ from habana_tasks.verification.kernel_modules import (
     parse_modules_dep,
     parse_symvers,
 )
-from habana_tasks.verification.load_test import in_tree_closure
+from habana_tasks.verification.load_testing import in_tree_closure
 
 R = "6.1.0-56-amd64"
 

@@ -6,20 +6,20 @@ import tarfile
 from pathlib import Path
 
 from habana_tasks.verification.initramfs import rootfs_to_cpio
-from habana_tasks.verification.load_test import init_script, qemu_argv
+from habana_tasks.verification.load_testing import init_script, qemu_argv
 from habana_tasks.verification.verdict import evaluate
 from tests.conftest import require_tools
 
 R = "6.1.0-56-amd64"
 PASSING = [
     "[    1.2] Run /init as init process\r",
-    f"SMOKE: booted {R}\r",
-    "SMOKE: modprobe habanalabs ok",
-    "SMOKE: loaded habanalabs",
-    "SMOKE: vermagic habanalabs ok",
-    "SMOKE: pci driver habanalabs registered",
-    "SMOKE: dmesg [ 4.9] habanalabs: module verification failed: signature and/or required key",
-    "SMOKE: PASS",
+    f"LOAD-TEST: booted {R}\r",
+    "LOAD-TEST: modprobe habanalabs ok",
+    "LOAD-TEST: loaded habanalabs",
+    "LOAD-TEST: vermagic habanalabs ok",
+    "LOAD-TEST: pci driver habanalabs registered",
+    "LOAD-TEST: dmesg [ 4.9] habanalabs: module verification failed: signature and/or required key",
+    "LOAD-TEST: PASS",
 ]
 
 
@@ -34,11 +34,11 @@ def test_another_booted_kernel_fails() -> None:
 
 def test_first_fail_mark_is_the_reason_and_kernel_errors_are_evidence() -> None:
     lines = [
-        f"SMOKE: booted {R}",
+        f"LOAD-TEST: booted {R}",
         "[ 5.0] habanalabs: disagrees about version of symbol module_layout",
-        "SMOKE: FAIL modprobe -d /opt habanalabs failed",
-        "SMOKE: FAIL pci driver habanalabs not registered",
-        "SMOKE: FAIL",
+        "LOAD-TEST: FAIL modprobe -d /opt habanalabs failed",
+        "LOAD-TEST: FAIL pci driver habanalabs not registered",
+        "LOAD-TEST: FAIL",
     ]
     passed, reason, evidence = evaluate(lines, R)
     # modprobe's own words say little ("Invalid argument"): the kernel's line is the reason.
@@ -52,10 +52,10 @@ def test_first_fail_mark_is_the_reason_and_kernel_errors_are_evidence() -> None:
 
 def test_a_dependency_absent_from_the_node_is_its_own_reason() -> None:
     lines = [
-        f"SMOKE: booted {R}",
-        "SMOKE: FAIL habana_example_ib needs in-tree kernel/drivers/infiniband/core/ib_core.ko,"
+        f"LOAD-TEST: booted {R}",
+        "LOAD-TEST: FAIL habana_example_ib needs in-tree kernel/drivers/infiniband/core/ib_core.ko,"
         f" absent from this node's /lib/modules/{R}",
-        "SMOKE: FAIL",
+        "LOAD-TEST: FAIL",
     ]
     assert evaluate(lines, R)[1] == (
         "habana_example_ib needs in-tree kernel/drivers/infiniband/core/ib_core.ko, "
@@ -66,12 +66,12 @@ def test_a_dependency_absent_from_the_node_is_its_own_reason() -> None:
 def test_kernel_error_alone_fails_even_with_a_pass_mark() -> None:
     lines = [
         *PASSING[:-1],
-        "SMOKE: dmesg [ 5] habanalabs: Unknown symbol foo (err -2)",
-        "SMOKE: PASS",
+        "LOAD-TEST: dmesg [ 5] habanalabs: Unknown symbol foo (err -2)",
+        "LOAD-TEST: PASS",
     ]
     passed, reason, _ = evaluate(lines, R)
     assert not passed and reason.startswith(
-        "kernel log: SMOKE: dmesg [ 5] habanalabs: Unknown symbol"
+        "kernel log: LOAD-TEST: dmesg [ 5] habanalabs: Unknown symbol"
     )
 
 

@@ -18,8 +18,8 @@ from rich.console import Console
 from habana_tasks.build import labels, metadata
 from habana_tasks.build import service as build_service
 from habana_tasks.build.plan import Action
-from habana_tasks.build.reporter import PlainReporter
 from habana_tasks.build.results import JobResult, JobStatus, read_report
+from habana_tasks.cli.progress import PlainReporter
 from habana_tasks.config import targets
 from habana_tasks.config import versions as config
 from habana_tasks.config.flavours import MINIMAL
@@ -30,7 +30,7 @@ from habana_tasks.core.http_client import HTTPClient, RetryPolicy
 from habana_tasks.engine.isolation import BuildIsolation
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.manifests import OCI_MANIFEST
-from habana_tasks.verification.verdict import MARK
+from habana_tasks.verification.console import MARK
 from tests.conftest import ROOT
 from tests.fake_image import add_tools
 from tests.fake_registry import FakeRegistry

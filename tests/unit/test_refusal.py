@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from habana_tasks.verification import refusal
-from habana_tasks.verification.verdict import MARK, TrustContext, evaluate
+from habana_tasks.verification.console import MARK
+from habana_tasks.verification.verdict import TrustContext, evaluate
 
 RELEASE = "6.1.0-56-rt-amd64"
 OURS = "3a1f0c9d2b7e4f60a1b2c3d4e5f60718293a4b5c"
@@ -175,4 +176,4 @@ def test_the_load_tests_verdict_names_the_module_and_the_cause() -> None:
     assert not passed
     assert reason.startswith("habanalabs refused: the kernel loaded no machine-owner keys (")
     assert "Loading of module with unavailable key is rejected" in evidence
-    assert not any(line.startswith("SMOKE:") for line in evidence[:2])
+    assert not any(line.startswith("LOAD-TEST:") for line in evidence[:2])

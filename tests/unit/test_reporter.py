@@ -7,12 +7,12 @@ from rich.console import Console
 from rich.table import Table
 
 from habana_tasks.build.plan import Action, BuildJob
-from habana_tasks.build.reporter import (
+from habana_tasks.build.results import JobResult, JobStatus
+from habana_tasks.cli.progress import (
     PlainReporter,
     RichReporter,
     make_reporter,
 )
-from habana_tasks.build.results import JobResult, JobStatus
 from habana_tasks.cli.tables import FOLD_CURRENT_AFTER, plan_table, summary_table
 from habana_tasks.core.errors import Failure
 from tests.samples import TARGET
@@ -46,10 +46,10 @@ def test_rich_board_has_one_row_per_running_target() -> None:
     out = io.StringIO()
     reporter = RichReporter(Console(file=out, width=200, force_terminal=True))
     reporter.start(["1.0-k", "1.0-j"])
-    reporter.stage("1.0-k", "smoke")
-    reporter.line("1.0-k", "SMOKE: booted 6.1.0-56-amd64")
+    reporter.stage("1.0-k", "load test")
+    reporter.line("1.0-k", "LOAD-TEST: booted 6.1.0-56-amd64")
     text = _render(reporter)
-    assert "smoke" in text and "SMOKE: booted 6.1.0-56-amd64" in text and "waiting" in text
+    assert "load test" in text and "LOAD-TEST: booted 6.1.0-56-amd64" in text and "waiting" in text
     reporter.finish(RESULT)
     assert "1.0-k" not in _render(reporter)  # finished rows leave the board
     reporter.close()

@@ -9,7 +9,8 @@ import pytest
 
 from habana_tasks.core.errors import HabanaError
 from habana_tasks.verification import secure_boot
-from habana_tasks.verification.verdict import MARK, evaluate
+from habana_tasks.verification.console import MARK
+from habana_tasks.verification.verdict import evaluate
 from tests.conftest import ROOT, require
 from tests.unit.test_signing import make_pair
 

@@ -29,17 +29,18 @@ from habana_tasks.core.errors import (
     Failure,
     HabanaError,
     HostError,
-    cause_of,
 )
+from habana_tasks.core.log_cause import cause_of
 from habana_tasks.core.process import LineSink
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import RegistryClient
 from habana_tasks.verification import initramfs
 from habana_tasks.verification import secure_boot as boot_chain
+from habana_tasks.verification.console import MARK
 from habana_tasks.verification.kernel_modules import KernelModuleStore, module_name
 from habana_tasks.verification.qemu import console_machine
 from habana_tasks.verification.secure_boot import SecureBootSetup
-from habana_tasks.verification.verdict import MARK, TrustContext, evaluate
+from habana_tasks.verification.verdict import TrustContext, evaluate
 from habana_tasks.verification.worker import WorkerTools
 
 IMAGE_ROOT = "image"  # where the image's root filesystem sits in the guest
@@ -57,25 +58,25 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 release="$(uname -r)"
-echo "SMOKE: booted $release"
-echo "SMOKE: cmdline $(cat /proc/cmdline)"
+echo "@MARK@ booted $release"
+echo "@MARK@ cmdline $(cat /proc/cmdline)"
 mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
-echo "SMOKE: lockdown $(cat /sys/kernel/security/lockdown 2>/dev/null || echo unavailable)"
+echo "@MARK@ lockdown $(cat /sys/kernel/security/lockdown 2>/dev/null || echo unavailable)"
 boot='efi: EFI v\\|secureboot:\\|locked down\\|MokListRT\\|Loaded X.509 cert'
-dmesg | sed -n "/$boot/s/^/SMOKE: boot /p"
+dmesg | sed -n "/$boot/s/^/@MARK@ boot /p"
 status=PASS
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /image/tmp && mount --bind /tmp /image/tmp
 dir=/tmp/opt
 if out="$(chroot --userspec=@USER@ /image /bin/sh -c '@EXTRACT@' 2>&1)" \
     && [ -d "$dir/lib/modules/$release" ]; then
-  echo "SMOKE: image-extractor copied /opt/lib/modules/$release"
+  echo "@MARK@ image-extractor copied /opt/lib/modules/$release"
 else
-  echo "$out" | sed 's/^/SMOKE: image-extractor: /'
+  echo "$out" | sed 's/^/@MARK@ image-extractor: /'
   why="$(echo "$out" | tail -n 1)"
-  echo "SMOKE: FAIL the image's own /bin/sh, mkdir and cp (KMM's image-extractor)" \\
+  echo "@MARK@ FAIL the image's own /bin/sh, mkdir and cp (KMM's image-extractor)" \\
     "did not copy its modules out: ${why:-no /opt/lib/modules/$release in the copy}"
-  echo "SMOKE: FAIL"
+  echo "@MARK@ FAIL"
   echo o > /proc/sysrq-trigger
   sleep 10
 fi
@@ -86,27 +87,27 @@ for m in @MODULES@; do
     if [ ! -e "$dir/lib/modules/$release/$file" ]; then missing="$missing ${file#host/}"; fi
   done
   if [ -n "$missing" ]; then
-    echo "SMOKE: FAIL $m needs in-tree$missing, absent from this node's /lib/modules/$release"
+    echo "@MARK@ FAIL $m needs in-tree$missing, absent from this node's /lib/modules/$release"
     status=FAIL; continue
   fi
-  if out="$(modprobe -v -d "$dir" "$m" 2>&1)"; then echo "SMOKE: modprobe $m ok"; else
-    echo "$out" | sed 's/^/SMOKE: modprobe: /'
+  if out="$(modprobe -v -d "$dir" "$m" 2>&1)"; then echo "@MARK@ modprobe $m ok"; else
+    echo "$out" | sed 's/^/@MARK@ modprobe: /'
     why="$(echo "$out" | sed -n '/^modprobe: /p' | tail -n 1)"
-    echo "SMOKE: FAIL modprobe -d $dir $m failed: ${why:-$(echo "$out" | tail -n 1)}"
+    echo "@MARK@ FAIL modprobe -d $dir $m failed: ${why:-$(echo "$out" | tail -n 1)}"
     status=FAIL; continue; fi
-  echo "$out" | sed 's/^/SMOKE: modprobe: /'
-  if [ -d "/sys/module/$m" ]; then echo "SMOKE: loaded $m"; else
-    echo "SMOKE: FAIL $m is not in /sys/module"; status=FAIL; fi
+  echo "$out" | sed 's/^/@MARK@ modprobe: /'
+  if [ -d "/sys/module/$m" ]; then echo "@MARK@ loaded $m"; else
+    echo "@MARK@ FAIL $m is not in /sys/module"; status=FAIL; fi
   magic="$(modinfo -b "$dir" -k "$release" -F vermagic "$m")"
   case "$magic" in
-    "$release "*) echo "SMOKE: vermagic $m ok" ;;
-    *) echo "SMOKE: FAIL vermagic of $m is '$magic', booted $release"; status=FAIL ;;
+    "$release "*) echo "@MARK@ vermagic $m ok" ;;
+    *) echo "@MARK@ FAIL vermagic of $m is '$magic', booted $release"; status=FAIL ;;
   esac
 done
-if [ -d /sys/bus/pci/drivers/@PCI_DRIVER@ ]; then echo "SMOKE: pci driver @PCI_DRIVER@ registered"
-else echo "SMOKE: FAIL pci driver @PCI_DRIVER@ not registered"; status=FAIL; fi
-if command -v dmesg >/dev/null; then dmesg | tail -n 40 | sed 's/^/SMOKE: dmesg /'; fi
-echo "SMOKE: $status"
+if [ -d /sys/bus/pci/drivers/@PCI_DRIVER@ ]; then echo "@MARK@ pci driver @PCI_DRIVER@ registered"
+else echo "@MARK@ FAIL pci driver @PCI_DRIVER@ not registered"; status=FAIL; fi
+if command -v dmesg >/dev/null; then dmesg | tail -n 40 | sed 's/^/@MARK@ dmesg /'; fi
+echo "@MARK@ $status"
 echo o > /proc/sysrq-trigger
 sleep 10
 """
@@ -135,6 +136,7 @@ def init_script(modules: Sequence[str], release: str, firmware: bool = False) ->
     return (
         INIT.replace("@MODULES@", " ".join(modules))
         .replace("@PCI_DRIVER@", modules[0])
+        .replace("@MARK@", MARK)
         .replace("@USER@", flavours.IMAGE_USER)
         .replace("@EXTRACT@", flavours.extractor_script(release, firmware))
         .encode()
