@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from habana_tasks.config import kernel_release, sections
+from habana_tasks.config import kernel_release, openshift, sections
 from habana_tasks.config import versions as config
 from habana_tasks.config.fields import MAX_SHOWN
 from habana_tasks.config.image_reference import ImageReference
@@ -32,10 +32,6 @@ FORMATS = ("table", "json", "markdown")
 DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 MAX_SUBDOMAIN = 253
-OPENSHIFT_MINOR_RE = re.compile(r"^[0-9]{1,3}\.[0-9]{1,3}\Z")
-OPENSHIFT_RELEASE_RE = re.compile(
-    r"^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,4}(-(ec|fc|rc)\.[0-9]{1,3})?\Z"
-)
 
 
 def _fail(option: str, value: object, expected: str) -> UsageError:
@@ -92,14 +88,14 @@ def arch(option: str, value: str) -> str:
 
 
 def openshift_minor(option: str, value: str) -> str:
-    if not OPENSHIFT_MINOR_RE.match(value):
-        raise _fail(option, value, "an OpenShift minor like 4.14")
+    if not openshift.OPENSHIFT_MINOR_RE.match(value):
+        raise _fail(option, value, openshift.MINOR_EXPECTED)
     return value
 
 
 def openshift_release(option: str, value: str) -> str:
-    if not OPENSHIFT_RELEASE_RE.match(value):
-        raise _fail(option, value, "an OpenShift release like 4.16.12 (or 4.17.0-rc.1)")
+    if not openshift.OPENSHIFT_RELEASE_RE.match(value):
+        raise _fail(option, value, openshift.RELEASE_EXPECTED)
     return value
 
 

@@ -1,16 +1,19 @@
 """Checks of single values in a versions file, each problem recorded as one line that names the
-file, the key, the value and what is expected; config.py assembles them table by table."""
+file, the key, the value and what is expected; versions.py and sections.py check the file table
+by table with them."""
 
 from __future__ import annotations
 
 import difflib
 import json
-import re
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+# What a TOML key may be written with, unquoted.
+BARE_KEY_CHARS = frozenset(string.ascii_letters + string.digits + "_-")
 
 PLACEHOLDERS = ("kernel", "arch", "oci_arch", "driver", "rhel_version", "rhel_major")
 MAX_SHOWN = 80  # longer values are named by their type in messages
@@ -36,7 +39,7 @@ class Problems:
 
 def quote(key: str) -> str:
     """A key as TOML would write it: bare when it can be, else quoted with escapes."""
-    return key if re.match(r"^[A-Za-z0-9_-]+\Z", key) else json.dumps(key)
+    return key if key and BARE_KEY_CHARS.issuperset(key) else json.dumps(key)
 
 
 def check_keys(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from habana_tasks.config import fields, flavours, kernel_release
+from habana_tasks.config import fields, flavours, kernel_release, openshift
 from habana_tasks.config.image_reference import ImageReference, registry_host_problem
 from habana_tasks.config.targets import (
     CacheSettings,
@@ -133,8 +133,8 @@ def discover_settings(problems: fields.Problems, table: Mapping[str, Any]) -> Di
             problems.add("discover.release_repository", repository, str(exc))
     minors = fields.string_list(problems, table, "discover.minors") or ()
     for minor in minors:
-        if not re.match(r"^[0-9]+\.[0-9]+\Z", minor):
-            problems.add("discover.minors", minor, "expected an OpenShift minor like 4.14")
+        if not openshift.OPENSHIFT_MINOR_RE.match(minor):
+            problems.add("discover.minors", minor, f"expected {openshift.MINOR_EXPECTED}")
     arches = fields.string_list(problems, table, "discover.arches") or defaults.arches
     for arch in arches:
         if why := kernel_release.arch_problem(arch):

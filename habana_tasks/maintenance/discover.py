@@ -27,6 +27,8 @@ from habana_tasks.core import local_files
 from habana_tasks.core.errors import Failure, HabanaError, UsageError
 from habana_tasks.registry.client import RegistryClient
 
+# A [[kernels]] entry right after another line: a blank line goes between.
+KERNELS_ENTRY_RE = re.compile(r"([^\n])\n\[\[kernels\]\]")
 RELEASE_TAG_RE = re.compile(r"^(?P<version>[0-9]+\.[0-9]+\.[0-9]+)-(?P<arch>[a-z0-9_]+)\Z")
 IMAGE_REFERENCES = "release-manifests/image-references"
 TOOLKIT_RELEASE = "etc/driver-toolkit-release.json"
@@ -183,7 +185,7 @@ def update_versions(
         entries.append(table)
         added.append(kernel)
     # Each [[kernels]] entry stands apart, as a person writes them.
-    text = re.sub(r"([^\n])\n\[\[kernels\]\]", "\\1\n\n[[kernels]]", tomlkit.dumps(doc))
+    text = KERNELS_ENTRY_RE.sub("\\1\n\n[[kernels]]", tomlkit.dumps(doc))
     return text, added, updated
 
 

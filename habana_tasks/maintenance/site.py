@@ -21,6 +21,7 @@ from habana_tasks.maintenance.status import State, TargetStatus, tested_by
 
 STATE_ORDER = (State.CURRENT, State.STALE, State.MISSING, State.FAILING, State.UNKNOWN)
 SERIES_RE = re.compile(r"^([0-9]+\.[0-9]+)")
+NOT_IN_ANCHOR_RE = re.compile(r"[^A-Za-z0-9._-]")
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#1b1b1b;background:#fff}
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
@@ -79,7 +80,7 @@ def series_of(kernel: str) -> str:
 
 def anchor(name: str) -> str:
     """An id made only of safe characters (a value never becomes markup or an attribute break)."""
-    return "series-" + re.sub(r"[^A-Za-z0-9._-]", "-", name)
+    return "series-" + NOT_IN_ANCHOR_RE.sub("-", name)
 
 
 def age(created: str | None, now: datetime) -> str:

@@ -12,6 +12,9 @@ from habana_tasks.verification import refusal
 from habana_tasks.verification.console import MARK, kernel_words
 from habana_tasks.verification.secure_boot import secure_boot_problem
 
+# The init script's line for a module modprobe would not load: the module's name.
+FAILED_MODPROBE_RE = re.compile(r"modprobe -d \S+ (\S+) failed")
+
 # Kernel log lines that mean a module did not load as built.
 LOAD_FAILURES = re.compile(
     r"disagrees about version of symbol|Unknown symbol|version magic|Invalid module format|"
@@ -53,7 +56,7 @@ def evaluate(
     trust = trust or TrustContext()
     found = refusal.explain(clean, trust.kernel_config, trust.kernel_args, trust.key_id)
     if fails and found is not None:
-        module = re.search(r"modprobe -d \S+ (\S+) failed", fails[0])
+        module = FAILED_MODPROBE_RE.search(fails[0])
         said = found.evidence[0]  # the kernel's own line, or modprobe's when the kernel had none
         said = said if said.startswith("modprobe") else f"kernel: {said}"
         named = f"{module[1] if module else fails[0]} refused: {found.reason} ({said})"

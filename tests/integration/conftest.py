@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from devtools import local_upstream
+from devtools import local_upstream, vendor_packages
 from habana_tasks.build.service import BuildOptions
 from habana_tasks.cli import commands
 from habana_tasks.config import versions as config
@@ -38,7 +38,7 @@ class UpstreamFixture:
         kernels: tuple[str, ...] = KERNELS,
         extra: str = "",
         repository: str = "library/habana-ai-driver",
-        modules: tuple[str, ...] = local_upstream.EXAMPLE_MODULES,
+        modules: tuple[str, ...] = vendor_packages.EXAMPLE_MODULES,
         base: bool = False,
     ) -> Path:
         """A versions file for the local upstream; images start from scratch unless `base`

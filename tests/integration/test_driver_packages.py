@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools import local_upstream
+from devtools import local_upstream, vendor_packages
 from habana_tasks.build.driver_package import read_git_sha
 from habana_tasks.core.errors import DriverPackageError
 from habana_tasks.core.process import ProcessRunner
@@ -33,7 +33,7 @@ class PackageCase:
 
 def rpm(payload: str = "gzip", dkms: str | None = None) -> Callable[..., Path]:
     def make(upstream: local_upstream.Upstream, out: Path) -> Path:
-        return local_upstream.build_driver_rpm(
+        return vendor_packages.build_driver_rpm(
             upstream, ProcessRunner(), VERSION, payload=payload, dkms=dkms, output_dir=out
         )
 
@@ -95,7 +95,7 @@ CASES = [
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> local_upstream.Upstream:
     require_tools("rpmbuild", "rpm2cpio", "cpio", "tar", "xz")
-    require(local_upstream.LINUX_SOURCE.exists(), str(local_upstream.LINUX_SOURCE))
+    require(vendor_packages.LINUX_SOURCE.exists(), str(vendor_packages.LINUX_SOURCE))
     root = tmp_path_factory.mktemp("upstream")
     return local_upstream.Upstream(root, cache=ROOT / ".cache" / "upstream")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from devtools.local_upstream import EXAMPLE_MODULES, STANDIN_MODULE
+from devtools.vendor_packages import EXAMPLE_MODULES, STANDIN_MODULE
 from habana_tasks.cli import commands
 from habana_tasks.config import versions as config
 from habana_tasks.config.project import Project

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from devtools.local_upstream import EXAMPLE_MODULES
+from devtools.vendor_packages import EXAMPLE_MODULES
 from habana_tasks.build.service import BuildOptions
 from habana_tasks.cli import commands, maintenance_commands
 from habana_tasks.config import versions as config

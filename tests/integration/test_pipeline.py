@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from devtools import local_upstream
+from devtools import vendor_packages
 from habana_tasks.build import failure_records, labels
 from habana_tasks.build.failure_records import record_tag
 from habana_tasks.config import versions as config
@@ -210,7 +210,7 @@ def test_8_firmware_lands_where_the_driver_requests_it(
     project: Project, test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:
     u = test_upstream.upstream
-    local_upstream.build_firmware_rpm(u, test_upstream.runner, DRIVER, "x86_64")
+    vendor_packages.build_firmware_rpm(u, test_upstream.runner, DRIVER, "x86_64")
     firmware = u.package_url("habanalabs-firmware-{driver}.el8.{arch}.rpm")
     versions = test_upstream.versions(
         tmp_path / "versions.toml",
@@ -231,7 +231,7 @@ def test_8_firmware_lands_where_the_driver_requests_it(
         names = set(tar.getnames())
     # The driver requests "habanalabs/gaudi/<file>" relative to the firmware search path.
     assert "opt/lib/firmware/habanalabs/gaudi/gaudi-boot-fit.itb" in names
-    for name in local_upstream.FIRMWARE_FILES:
+    for name in vendor_packages.FIRMWARE_FILES:
         assert f"opt/lib/firmware/{name}" in names
 
 
@@ -239,10 +239,10 @@ def test_8b_a_firmware_file_a_module_declares_but_the_package_lacks_is_refused(
     project: Project, test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:
     u = test_upstream.upstream
-    declared = f"habanalabs/example/{local_upstream.STANDIN_MODULE}.bin"
-    partial = [f for f in local_upstream.FIRMWARE_FILES if f != declared]
+    declared = f"habanalabs/example/{vendor_packages.STANDIN_MODULE}.bin"
+    partial = [f for f in vendor_packages.FIRMWARE_FILES if f != declared]
     name = "habanalabs-firmware-partial-{driver}.el8.{arch}.rpm"
-    local_upstream.build_firmware_rpm(
+    vendor_packages.build_firmware_rpm(
         u,
         test_upstream.runner,
         DRIVER,
@@ -259,7 +259,7 @@ def test_8b_a_firmware_file_a_module_declares_but_the_package_lacks_is_refused(
     code, out, report = run(project, versions)
     assert code == errors.TARGET_FAILED, out
     assert (
-        f"{local_upstream.STANDIN_MODULE}: declares firmware {declared}, not under "
+        f"{vendor_packages.STANDIN_MODULE}: declares firmware {declared}, not under "
         "/opt/lib/firmware" in report[0]["detail"]
     )
     target = config.load(versions).targets[0]
@@ -349,7 +349,7 @@ def test_10_an_in_tree_dependency_the_target_kernel_lacks_is_refused_before_push
     code, out, report = run(project, versions)
     assert code == errors.TARGET_FAILED, out
     assert (
-        f"{local_upstream.STANDIN_MODULE}: depends on ib_core, which is neither in the image nor "
+        f"{vendor_packages.STANDIN_MODULE}: depends on ib_core, which is neither in the image nor "
         f"a module of {kernel}" in report[0]["detail"]
     ), report[0]["detail"]
     target = config.load(versions).targets[0]
@@ -365,7 +365,7 @@ def test_11_modules_must_match_what_the_package_builds(
         tmp_path / "listed.toml",
         (kernel,),
         repository="library/listed",
-        modules=(*local_upstream.EXAMPLE_MODULES, "habanalabs_ib"),
+        modules=(*vendor_packages.EXAMPLE_MODULES, "habanalabs_ib"),
     )
     code, out, report = run(project, listed)
     assert code == errors.TARGET_FAILED, out
@@ -380,7 +380,7 @@ def test_11_modules_must_match_what_the_package_builds(
     code, out, report = run(project, unlisted)
     assert code == errors.TARGET_FAILED, out
     assert (
-        f"the package also built {local_upstream.STANDIN_MODULE}.ko, which modules does not list"
+        f"the package also built {vendor_packages.STANDIN_MODULE}.ko, which modules does not list"
         in report[0]["detail"]
     )
     for versions in (listed, unlisted):

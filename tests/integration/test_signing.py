@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from devtools.local_upstream import EXAMPLE_MODULES
+from devtools.vendor_packages import EXAMPLE_MODULES
 from habana_tasks.build import labels
 from habana_tasks.cli import maintenance_commands
 from habana_tasks.config import versions as config

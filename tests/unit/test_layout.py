@@ -76,12 +76,25 @@ def test_each_room_says_what_it_owns(room: str) -> None:
 
 
 def test_modules_stay_small() -> None:
-    sizes = {p: len(p.read_text(encoding="utf-8").splitlines()) for p in modules()}
-    too_large = {str(p.relative_to(PACKAGE)): n for p, n in sizes.items() if n > LARGEST_MODULE}
+    """The package's and devtools' modules alike; the wiring (tasks.py and the command modules)
+    smaller still."""
+    sizes = {p: len(p.read_text(encoding="utf-8").splitlines()) for p in sources()}
+    too_large = {str(p.relative_to(ROOT)): n for p, n in sizes.items() if n > LARGEST_MODULE}
     assert not too_large
     for wiring in (PACKAGE / "cli" / "commands.py", PACKAGE / "cli" / "maintenance_commands.py"):
         assert sizes[wiring] <= LARGEST_WIRING
-    assert len((ROOT / "tasks.py").read_text(encoding="utf-8").splitlines()) <= LARGEST_WIRING
+    assert sizes[ROOT / "tasks.py"] <= LARGEST_WIRING
+
+
+def test_the_package_does_not_lean_on_devtools() -> None:
+    """devtools (the local upstream, the benchmark) is left out of the wheel: nothing shipped
+    may import it; tasks.py reaches it only inside the tasks that use it."""
+    leaning = [str(p.relative_to(ROOT)) for p in modules() if "devtools" in imported_modules(p)]
+    assert not leaning
+    top = ast.parse((ROOT / "tasks.py").read_text(encoding="utf-8")).body
+    assert "devtools" not in {
+        a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names
+    } | {n.module.split(".")[0] for n in top if isinstance(n, ast.ImportFrom) and n.module}
 
 
 def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
@@ -93,32 +106,99 @@ def test_the_checker_sees_an_upward_import(tmp_path: Path) -> None:
     assert imported_rooms(module) == {"build", "cli"}
 
 
-def compiled_patterns(path: Path) -> list[str]:
-    """The literal patterns a module passes to re.compile."""
+RE_FUNCTIONS = {
+    "compile",
+    "match",
+    "fullmatch",
+    "search",
+    "sub",
+    "subn",
+    "split",
+    "findall",
+    "finditer",
+}
+
+
+def patterns(path: Path) -> list[tuple[str, str | None]]:
+    """Each literal pattern a module hands to `re`: (pattern, the module-level name it is kept
+    under, or None when it is written inline in a call)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    named = {
+        id(node.value): node.targets[0].id
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+    }
     found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(tree):
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "compile"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "re"
+            and node.func.attr in RE_FUNCTIONS
             and node.args
-            and isinstance(node.args[0], ast.Constant)
-            and isinstance(node.args[0].value, str)
+            and isinstance(node.args[0], ast.Constant | ast.JoinedStr)
         ):
-            found.append(node.args[0].value.removeprefix("^").removesuffix("\\Z"))
+            text = node.args[0].value if isinstance(node.args[0], ast.Constant) else "<f-string>"
+            name = named.get(id(node)) if node.func.attr == "compile" else None
+            found.append((str(text).removeprefix("^").removesuffix("\\Z"), name))
     return found
 
 
+def sources() -> list[Path]:
+    """Everything that runs: the package, devtools and the task and session files."""
+    return [*modules(), *sorted((ROOT / "devtools").glob("*.py")), ROOT / "tasks.py"]
+
+
 def test_each_grammar_has_one_copy() -> None:
-    """A tag, digest or reference grammar written twice drifts apart; one module owns each."""
+    """A grammar (a tag, a digest, an OpenShift minor) is compiled once, under a module-level
+    name no other module uses: written inline, or twice, two copies drift apart."""
     seen: dict[str, str] = {}
-    copies = []
-    for path in modules():
-        for pattern in compiled_patterns(path):
+    names: dict[str, str] = {}
+    problems = []
+    for path in sources():
+        where = str(path.relative_to(ROOT))
+        for pattern, name in patterns(path):
+            if name is None:
+                problems.append(f"{pattern!r} is written inline in {where}")
+                continue
             if pattern in seen:
-                copies.append(f"{pattern} in {seen[pattern]} and {path.name}")
-            seen[pattern] = path.name
-    assert not copies
+                problems.append(f"{pattern!r} in {seen[pattern]} and {where}")
+            if name in names:
+                problems.append(f"{name} in {names[name]} and {where}")
+            seen[pattern], names[name] = where, where
+    assert not problems
+
+
+def test_the_grammar_checker_sees_inline_and_repeated_patterns(tmp_path: Path) -> None:
+    module = tmp_path / "x.py"
+    module.write_text(
+        'import re\nA_RE = re.compile(r"^a+\\Z")\n'
+        'def f(s):\n    return re.match(r"[0-9]+", s) or re.compile("b")\n',
+        encoding="utf-8",
+    )
+    assert patterns(module) == [("a+", "A_RE"), ("[0-9]+", None), ("b", None)]
+
+
+def test_presentation_is_the_command_lines() -> None:
+    """Rich (the board, tables, the console) is imported by cli alone."""
+    showing = {
+        str(path.relative_to(PACKAGE))
+        for path in modules()
+        if path.parent.name != "cli" and "rich" in imported_modules(path)
+    }
+    assert not showing
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = {
+        a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    found |= {
+        n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+    }
+    return found
 
 
 def test_commands_do_not_load_what_only_a_signing_build_needs() -> None:
