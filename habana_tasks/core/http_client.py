@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 import urllib3
+from urllib3.util.retry import Retry
 
 from habana_tasks.core.errors import (
     BodyDeadlineError,
@@ -47,8 +48,28 @@ class RetryPolicy:
     # An API answer (manifest, token, tag page, error) larger than this is refused.
     max_body: int = 4 * MiB
 
-    def backoff(self, attempt: int) -> float:
-        return float(min(self.base_delay * 2 ** (attempt - 1), self.max_delay))
+    def rules(self) -> Retry:
+        """urllib3's Retry for these bounds. It decides here (what to retry, the backoff,
+        Retry-After); the loop stays ours because urllib3 retries inside the connection pool,
+        out of reach of the deadline, the request count, the injected sleep and the body bounds.
+        Every method is retried, as a registry's uploads are idempotent by digest."""
+        return _Retry(
+            total=self.attempts - 1,
+            allowed_methods=None,
+            status_forcelist=RETRY_STATUSES,
+            backoff_factor=self.base_delay,
+            backoff_max=self.max_delay,
+            redirect=False,
+            raise_on_status=False,
+        )
+
+
+class _Retry(Retry):
+    """urllib3 retries a first failure at once; here every retry waits, a first one too (a
+    registry answering 503 is given a moment): backoff_factor, doubled per failure, capped."""
+
+    def get_backoff_time(self) -> float:
+        return float(min(self.backoff_max, self.backoff_factor * 2 ** (len(self.history) - 1)))
 
 
 # Failures while a body arrives: a cut chunked body, a reset, a decoding error, a read timeout.
@@ -192,7 +213,7 @@ class HTTPClient:
         """
         policy = self.retry
         started = time.monotonic()
-        last = ""
+        retry = policy.rules()
         attempt = 0
         while True:
             attempt += 1
@@ -228,21 +249,39 @@ class HTTPClient:
                 raise
             except (requests.ConnectionError, requests.Timeout, *BODY_ERRORS) as exc:
                 last = f"cannot reach {host_of(url)} ({short_reason(exc)})"
-                delay = policy.backoff(attempt)
+                step = _next(retry, method, url, error=exc)
             else:
                 if response.status_code not in RETRY_STATUSES:
                     return response
                 last = f"HTTP {response.status_code}"
-                delay = policy.backoff(attempt)
-                retry_after = response.headers.get("Retry-After", "")
-                if response.status_code == HTTPStatus.TOO_MANY_REQUESTS and retry_after.isdigit():
-                    delay = min(float(retry_after), policy.max_delay)
+                step = _next(retry, method, url, response=response.raw)
                 response.close()
-            if attempt >= policy.attempts or time.monotonic() - started + delay > policy.deadline:
+            if step is None or time.monotonic() - started + step[1] > policy.deadline:
                 raise TransientHTTPError(
                     f"{method} {redact(url)}: {last} after {attempt} attempt(s)"
                 )
-            self._sleep(delay)
+            retry, delay = step
+            self._sleep(min(delay, policy.max_delay))
+
+
+def _next(
+    retry: Retry,
+    method: str,
+    url: str,
+    *,
+    error: Exception | None = None,
+    response: urllib3.BaseHTTPResponse | None = None,
+) -> tuple[Retry, float] | None:
+    """urllib3's Retry decides: the rules after this failure and the wait before the next
+    attempt (a Retry-After the registry sent, else the backoff); None once they are spent."""
+    try:
+        retry = retry.increment(method, url, response=response, error=error)
+    except urllib3.exceptions.MaxRetryError:
+        return None
+    after = retry.get_retry_after(response) if response is not None else None
+    if response is None or response.status not in Retry.RETRY_AFTER_STATUS_CODES:
+        after = None
+    return retry, after if after is not None else retry.get_backoff_time()
 
 
 def host_of(url: str) -> str:

@@ -8,7 +8,6 @@ import base64
 import binascii
 import json
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -17,6 +16,7 @@ from http import HTTPStatus
 from pathlib import Path
 
 import requests
+from requests.utils import parse_dict_header
 
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.core import local_files
@@ -24,8 +24,14 @@ from habana_tasks.core.errors import RegistryError, TransientHTTPError
 from habana_tasks.core.http_client import HTTPClient, host_of, short_reason
 from habana_tasks.registry.responses import json_object, raise_for_status
 
-_CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
 BASIC_LIFETIME = 3600  # seconds a Basic header is reused before the credentials are read again
+
+
+def challenge_params(text: str) -> dict[str, str]:
+    """A WWW-Authenticate challenge's parameters, by requests' own parser (a quoted value may
+    hold commas, as a scope of several actions does); a bare name without a value is dropped."""
+    parsed: dict[str, str | None] = parse_dict_header(text)  # type: ignore[no-untyped-call]
+    return {name: value for name, value in parsed.items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,7 @@ class TokenFlow:
         """The Authorization for `scope`; `own_scope`: the challenge came from another
         repository of this host, so its scope is not ours."""
         scheme, _, params_text = challenge.partition(" ")
-        params = dict(_CHALLENGE_RE.findall(params_text))
+        params = challenge_params(params_text)
         creds = self._credentials(ref.registry, ref.repository)
         if scheme.lower() == "basic":
             if creds is None:
@@ -245,4 +251,4 @@ def _usable_challenge(challenge: str) -> bool:
     scheme, _, params_text = challenge.partition(" ")
     if scheme.lower() == "basic":
         return True
-    return scheme.lower() == "bearer" and "realm" in dict(_CHALLENGE_RE.findall(params_text))
+    return scheme.lower() == "bearer" and "realm" in challenge_params(params_text)

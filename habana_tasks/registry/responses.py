@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from http import HTTPStatus
 from typing import Any
 
@@ -13,7 +12,6 @@ from habana_tasks.core.errors import RegistryError
 
 # The error codes by which a registry says, authenticated, that something does not exist.
 ABSENT_CODES = frozenset(("MANIFEST_UNKNOWN", "NAME_UNKNOWN"))
-_LINK_NEXT_RE = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
 
 def json_object(body: bytes, what: str) -> dict[str, Any]:
@@ -54,11 +52,11 @@ def raise_for_status(response: requests.Response, what: str) -> None:
 
 
 def next_link(response: requests.Response, base: str) -> str | None:
-    """The next page's URL from a Link header (relative links resolved against base)."""
-    m = _LINK_NEXT_RE.search(response.headers.get("Link", ""))
-    if not m:
+    """The next page's URL from a Link header, as requests parses it (relative links resolved
+    against base)."""
+    target = response.links.get("next", {}).get("url")
+    if not target:
         return None
-    target = m.group(1)
     return target if "://" in target else base + target
 
 

@@ -13,7 +13,7 @@ import pytest
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.core.errors import DigestMismatchError, RegistryError
 from habana_tasks.core.http_client import HTTPClient, RetryPolicy
-from habana_tasks.registry.auth import Credentials, find_credentials
+from habana_tasks.registry.auth import Credentials, challenge_params, find_credentials
 from habana_tasks.registry.client import Existence, RegistryClient
 from habana_tasks.registry.manifests import OCI_MANIFEST
 from tests.fake_registry import FakeRegistry
@@ -388,3 +388,28 @@ def test_the_first_of_several_paths_is_read_in_one_pass_over_the_layers(
         b"newer headers",
     )
     assert client.read_first(image, ("/nowhere", "/boot/gone"), "x86_64") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            'realm="https://auth.example/token",service="registry.example",'
+            'scope="repository:team/app:pull,push"',
+            {
+                "realm": "https://auth.example/token",
+                "service": "registry.example",
+                "scope": "repository:team/app:pull,push",
+            },
+        ),
+        (
+            'realm="https://a.example/t", service="s"',
+            {"realm": "https://a.example/t", "service": "s"},
+        ),
+        ('realm="https://a.example/t",error', {"realm": "https://a.example/t"}),
+    ],
+)
+def test_a_challenges_parameters_keep_commas_inside_quotes(
+    text: str, expected: dict[str, str]
+) -> None:
+    assert challenge_params(text) == expected
