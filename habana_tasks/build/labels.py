@@ -219,6 +219,10 @@ def image_annotations(image_labels: Mapping[str, str]) -> dict[str, str]:
     return {OCI + "base.name": "", OCI + "base.digest": "", **image_labels}
 
 
-def short_digest(digest: str | None, length: int = 12) -> str:
-    """The first hex digits of a digest, enough to tell images apart in a line or a table."""
-    return (digest or "").removeprefix("sha256:")[:length]
+def short_digest(digest: str | None) -> str:
+    """A digest cut to its algorithm and first 12 hex digits, enough to tell images apart in a
+    line, a table or a page; every command prints digests this way ("" for none)."""
+    if not digest:
+        return ""
+    algorithm, _, hex_digits = digest.rpartition(":")
+    return f"{algorithm or 'sha256'}:{hex_digits[:12]}"

@@ -11,6 +11,7 @@ from typing import Any
 
 from invoke.context import Context
 from invoke.exceptions import Exit
+from invoke.parser.argument import Argument
 from invoke.tasks import Task, task
 
 from habana_tasks.cli.options import Given, Option
@@ -23,6 +24,18 @@ from habana_tasks.core.errors import (
 from habana_tasks.core.process import interruption, sigterm_as_interrupt
 
 Command = Callable[[Given], int | None]
+
+
+class _Task(Task[Any]):
+    """invoke's Task hands its help out once (reading the arguments empties the help dict); this
+    one keeps it, so that a task parsed twice in one process still shows its help."""
+
+    def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Argument]:
+        kept = dict(self.help)
+        try:
+            return super().get_arguments(ignore_unknown_help)
+        finally:
+            self.help = kept
 
 
 def run(call: Callable[[], int | None]) -> None:
@@ -71,6 +84,7 @@ def tasks_in(root: Path) -> Callable[..., Callable[[Command], Task[Any]]]:
                 help={o.name: o.help for o in options},
                 iterable=[o.name for o in options if o.repeatable],
                 positional=[],  # a value is always named: `invoke build --help` shows help
+                klass=_Task,
             )(body)
             return made
 

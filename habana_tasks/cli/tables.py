@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from habana_tasks.build import labels
 from habana_tasks.build.compile_cache import CacheStats
 from habana_tasks.build.labels import short_digest
 from habana_tasks.build.plan import Action, BuildJob
@@ -39,10 +38,6 @@ STATE_STYLE = {
     State.MISSING: "yellow",
     State.FAILING: "magenta",
 }
-
-
-def short(digest: str | None) -> str:
-    return f"sha256:{labels.short_digest(digest)}" if digest else ""
 
 
 def table(title: str, *columns: str) -> Table:
@@ -102,7 +97,7 @@ def summary_table(results: Sequence[JobResult], title: str = "summary") -> Table
             r.tag,
             r.action.value,
             result,
-            short(r.digest),
+            short_digest(r.digest),
             r.compiled.cache if r.compiled else "",
             tested,
             f"{r.seconds:.1f}",
@@ -193,7 +188,7 @@ def status_table(repository: str, items: Iterable[TargetStatus]) -> Table:
             item.driver,
             state,
             item.reason,
-            short(item.digest),
+            short_digest(item.digest),
             size,
             status.tested_by(item.load_test_boot),
             item.signing or "",
@@ -207,7 +202,7 @@ def prune_table(repository: str, outcomes: Iterable[PruneOutcome], applied: bool
     title = f"prune: {repository}" + ("" if applied else " (dry run: --apply)")
     out = table(title, "tag", "digest", "reason", "result")
     for o in outcomes:
-        add_row(out, o.item.tag, short(o.item.digest), o.item.reason, o.result)
+        add_row(out, o.item.tag, short_digest(o.item.digest), o.item.reason, o.result)
     return out
 
 
@@ -322,7 +317,7 @@ def markdown_summary(results: Sequence[JobResult], reports: int) -> str:
         ]
         for r in sorted(shown, key=lambda r: (r.ok, r.tag)):
             lines.append(
-                f"| `{r.tag}` | {r.status.value} | {short(r.digest) or '-'} | "
+                f"| `{r.tag}` | {r.status.value} | {short_digest(r.digest) or '-'} | "
                 f"{r.seconds:.0f} | {cell(r.detail)[:300]} |"
             )
     return "\n".join(lines) + "\n"
@@ -340,6 +335,6 @@ def verify_table(results: Iterable[Verified]) -> Table:
             Text("ok", "green") if r.ok else Text("FAIL", "red")
         )  # fmt: skip
         what = r.unknown or "\n".join(r.problems)
-        add_row(out, r.image, short(r.digest), result, mark(r.signed), mark(r.sbom),
+        add_row(out, r.image, short_digest(r.digest), result, mark(r.signed), mark(r.sbom),
                 mark(r.provenance), what)  # fmt: skip
     return out
