@@ -29,7 +29,7 @@ from habana_tasks.build import labels, metadata
 from habana_tasks.build import service as build_service
 from habana_tasks.build.driver_package import PackageCache
 from habana_tasks.cli import commands
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.config.project import Project
 from habana_tasks.core.errors import Failure
 from habana_tasks.core.http_client import HTTPClient
@@ -232,7 +232,7 @@ class BenchBase:
         for kernel in names:  # a distinct digest per kernel: its own config blob
             self.push_labelled("bench/toolkit", kernel, {"kernel": kernel}, self._layer())
         versions = self.versions_file(f"refresh-{kernels}", names, front=True)
-        cfg = config.load(versions)
+        cfg = versions_file.load(versions)
         http = HTTPClient()
         self.front.delay = 0.0
         resolution = metadata.resolve(

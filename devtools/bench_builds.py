@@ -25,7 +25,7 @@ from devtools.bench_base import (
 )
 from habana_tasks.build.service import BuildOptions
 from habana_tasks.cli import commands
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.registry.client import RegistryClient
 from habana_tasks.verification import load_testing
 from habana_tasks.verification.kernel_modules import KernelModuleStore
@@ -51,7 +51,7 @@ class BuildSections(BenchBase):
         versions = self.versions_file(name, kernels)
         if extra:
             versions.write_text(versions.read_text() + extra)
-        cfg = config.load(versions)
+        cfg = versions_file.load(versions)
         cache_dir = self.work / f"cache-{cache or name}"
         downloads_before = len(list((cache_dir / "downloads" / "sha256").glob("*")))
         started = time.perf_counter()
@@ -180,7 +180,7 @@ class BuildSections(BenchBase):
 
     def load_test_and_sizes(self) -> None:
         versions = self.versions_file("k3-warm", BUILD_KERNELS)  # built in section 2
-        cfg = config.load(versions)
+        cfg = versions_file.load(versions)
         registry = RegistryClient(cfg.insecure_registries)
         load_test_rows, size_rows = [], []
         for target in cfg.targets[1:]:

@@ -24,7 +24,7 @@ from devtools.bench_base import (
     spread,
 )
 from habana_tasks.build.metadata import LOOKUP_THREADS as LOOKUP_CONCURRENCY
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 
 
 class RefreshSection(BenchBase):
@@ -36,7 +36,7 @@ class RefreshSection(BenchBase):
         curve: list[tuple[int, float, float, float]] = []
         for kernels in REFRESH_KERNELS:
             versions = self.synthetic_library(kernels)
-            cfg = config.load(versions)
+            cfg = versions_file.load(versions)
             pairs = len(cfg.targets)
             refs = [t.toolkit_image for t in cfg.targets[:: len(DRIVERS)]]
             refs += [t.image for t in cfg.targets]

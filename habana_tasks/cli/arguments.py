@@ -10,8 +10,7 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from habana_tasks.config import kernel_release, openshift, sections
-from habana_tasks.config import versions as config
+from habana_tasks.config import kernel_release, openshift, sections, versions_file
 from habana_tasks.config.fields import MAX_SHOWN
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.config.tags import tag_problem
@@ -73,7 +72,7 @@ def choice(option: str, value: str, choices: Sequence[str]) -> str:
 
 def release(option: str, value: str) -> str:
     if not kernel_release.is_valid_release(value):
-        raise _fail(option, value, config.RELEASE_EXPECTED.removeprefix("expected "))
+        raise _fail(option, value, versions_file.RELEASE_EXPECTED.removeprefix("expected "))
     return value
 
 

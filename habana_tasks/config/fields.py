@@ -1,5 +1,5 @@
 """Checks of single values in a versions file, each problem recorded as one line that names the
-file, the key, the value and what is expected; versions.py and sections.py check the file table
+file, the key, the value and what is expected; versions_file.py and sections.py check the file table
 by table with them."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from habana_tasks.config import versions as config_module
+from habana_tasks.config import versions_file
 from habana_tasks.config.targets import Config
 
 
@@ -42,4 +42,4 @@ class Project:
 
     def load(self, versions: str | None) -> Config:
         """The versions file, parsed; every problem in it raised at once (ConfigError)."""
-        return config_module.load(self.versions(versions))
+        return versions_file.load(self.versions(versions))

@@ -20,7 +20,7 @@ from pathlib import Path
 import tomlkit
 from tomlkit.items import AoT, Array, Table
 
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.config.kernel_release import derive_arch
 from habana_tasks.config.targets import Config, DiscoverSettings
 from habana_tasks.core import local_files
@@ -220,7 +220,7 @@ def apply_discovery(
 
 def write_versions(path: Path, new_text: str) -> None:
     """Replace versions.toml atomically, and never with a file that does not parse."""
-    config.parse(tomllib.loads(new_text), path)
+    versions_file.parse(tomllib.loads(new_text), path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(new_text, encoding="utf-8")
     tmp.replace(path)

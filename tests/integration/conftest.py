@@ -16,7 +16,7 @@ from rich.console import Console
 from devtools import local_upstream, vendor_packages
 from habana_tasks.build.service import BuildOptions
 from habana_tasks.cli import commands
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.config.project import Project
 from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.podman import BuildSpec, Podman
@@ -78,7 +78,7 @@ def run(
 ) -> tuple[int, str, list[dict[str, Any]]]:
     """Run the build as `invoke build-all` does; returns exit code, console text, results."""
     out = io.StringIO()
-    cfg = config.load(versions)
+    cfg = versions_file.load(versions)
     options = BuildOptions(
         jobs=jobs, dry_run=dry_run, compile_cache=compile_cache, force=force, load_test=load_test
     )
@@ -152,7 +152,7 @@ def built_library(test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempP
     repository directly (see `library`)."""
     project = Project(ROOT, cache_dir=tmp_path_factory.mktemp("cache"))
     versions = test_upstream.versions(tmp_path_factory.mktemp("v") / "versions.toml")
-    cfg = config.load(versions)
+    cfg = versions_file.load(versions)
     options = BuildOptions(jobs=2)  # two guests at once: one core each
     run = commands.run_build(project, cfg, cfg.targets, Console(file=io.StringIO()), options)
     assert all(r.ok and r.load_tested for r in run.results), run.results
@@ -163,7 +163,7 @@ def copy_library(test_upstream: UpstreamFixture, versions: Path, repository: str
     """The library's images copied, digests kept, into a repository of the caller's own (in
     the same registry); returns a versions file naming it. What one test adds to or removes
     from its copy is seen by no other test, whatever their order."""
-    cfg = config.load(versions)
+    cfg = versions_file.load(versions)
     registry = test_upstream.upstream.registry
     for target in cfg.targets:
         test_upstream.runner.run(

@@ -19,7 +19,7 @@ import pytest
 
 from habana_tasks.build import failure_records
 from habana_tasks.build.failure_records import NOT_RECORDED
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.config.project import Project
 from habana_tasks.config.targets import BuildTarget
 from habana_tasks.core import errors
@@ -54,7 +54,7 @@ def chosen_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def target_of(versions: Path) -> BuildTarget:
-    return config.load(versions).targets[0]
+    return versions_file.load(versions).targets[0]
 
 
 def assert_the_hosts_fault(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from devtools import local_upstream
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.config.targets import ImageSigning
 from habana_tasks.core.errors import BAD_INPUT, OK, TARGET_FAILED, CommandError
@@ -104,7 +104,7 @@ def test_an_image_is_signed_by_digest_before_its_tag_moves(
         stop.set()
         watcher.join()
     assert code == OK, out
-    target = config.load(versions).targets[0]
+    target = versions_file.load(versions).targets[0]
     registry = RegistryClient([test_upstream.upstream.registry])
     digest = registry.inspect(target.image).digest
     assert digest is not None
@@ -226,7 +226,7 @@ def test_invoke_verify_accepts_the_library_and_names_a_tampered_attestation(
         True, True, True, True,
     )  # fmt: skip
     # One byte of the SBOM's payload changed in the registry, its signature kept.
-    target = config.load(versions).targets[0]
+    target = versions_file.load(versions).targets[0]
     registry = RegistryClient([test_upstream.upstream.registry])
     digest = result["digest"]
     att = ImageReference.parse(f"{target.repository}:{digest.replace(':', '-')}.att")
@@ -259,7 +259,7 @@ def test_invoke_verify_names_a_signed_sbom_that_lies_and_an_unsigned_image(
     versions = copy_of(signing_library, "library/cosigned-lie", tmp_path / "v.toml")
     code, out = build(versions, tmp_path / "cache", "--no-load-test")
     assert code == OK, out
-    target = config.load(versions).targets[0]
+    target = versions_file.load(versions).targets[0]
     registry = RegistryClient([test_upstream.upstream.registry])
     digest = registry.inspect(target.image).digest
     assert digest is not None
@@ -328,6 +328,6 @@ def test_a_signature_the_registry_refuses_fails_the_target_and_moves_no_tag(
     out = done.stdout + done.stderr
     assert done.returncode == TARGET_FAILED, out
     assert "403 Forbidden" in out
-    target = config.load(versions).targets[0]
+    target = versions_file.load(versions).targets[0]
     registry = RegistryClient([test_upstream.upstream.registry])
     assert registry.inspect(target.image).existence is Existence.ABSENT

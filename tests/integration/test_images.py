@@ -13,7 +13,7 @@ from rich.console import Console
 
 from habana_tasks.build import labels
 from habana_tasks.cli import commands
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.config.flavours import KMM1, MINIMAL
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.config.project import Project
@@ -45,7 +45,7 @@ def test_the_example_images_hold_the_driver_and_the_minimal_tools_only(
     library: tuple[Project, Path], tmp_path: Path
 ) -> None:
     _, versions = library
-    for target in config.load(versions).targets:
+    for target in versions_file.load(versions).targets:
         rootfs = exported(target.image, tmp_path / f"{target.kernel}.tar")
         with tarfile.open(rootfs) as tar:
             assert flavour_problems(tar, "minimal", has_base=False) == []
@@ -75,7 +75,7 @@ def test_verify_rebuild_names_the_layer_and_the_files_that_differ(
     (in a copy of the library of this test's own)."""
     project, shared = library
     versions = copy_library(test_upstream, shared, "library/images-moved", tmp_path / "v.toml")
-    target = next(t for t in config.load(versions).targets if t.kernel == NEW)
+    target = next(t for t in versions_file.load(versions).targets if t.kernel == NEW)
     (tmp_path / "extra.txt").write_text("not from the recipe\n")
     (tmp_path / "Containerfile").write_text(
         f"FROM {target.image}\nCOPY extra.txt /opt/lib/modules/{NEW}/extra/extra.txt\n"
@@ -112,7 +112,7 @@ def test_a_kmm1_image_carries_kmod_and_a_base_must_bring_the_flavours_tools(
         found[name] = (commands.build(project, str(versions), console=out), text.getvalue())
     code, shown = found["kmm1"]
     assert code == errors.OK, shown
-    cfg = config.load(tmp_path / "kmm1.toml")
+    cfg = versions_file.load(tmp_path / "kmm1.toml")
     with tarfile.open(exported(cfg.targets[0].image, tmp_path / "kmm1.tar")) as tar:
         assert flavour_problems(tar, "kmm1", has_base=False) == []
         names = {relative_name(m.name) for m in tar.getmembers()}
@@ -128,7 +128,7 @@ def test_a_kmm1_image_carries_kmod_and_a_base_must_bring_the_flavours_tools(
 
 def test_the_manifest_carries_the_labels_as_annotations(library: tuple[Project, Path]) -> None:
     _, versions = library
-    cfg = config.load(versions)
+    cfg = versions_file.load(versions)
     registry = RegistryClient(cfg.insecure_registries)
     for target in cfg.targets:
         manifest = registry.get_manifest(ImageReference.parse(target.image))

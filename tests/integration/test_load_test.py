@@ -16,7 +16,7 @@ from rich.console import Console
 
 from devtools.vendor_packages import EXAMPLE_MODULES, STANDIN_MODULE
 from habana_tasks.cli import commands
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.config.project import Project
 from habana_tasks.core.errors import HostError
 from habana_tasks.core.process import ProcessRunner
@@ -42,7 +42,7 @@ def parts(
     """Exported root filesystems of both example images, the 6.1.0-56 kernel, and the node's
     in-tree modules the 6.1.0-56 image needs (taken from its toolkit, as the load test does)."""
     _, versions = library
-    cfg = config.load(versions)
+    cfg = versions_file.load(versions)
     podman = Podman(ProcessRunner())
     work = tmp_path_factory.mktemp("parts")
     out: dict[str, Path] = {}

@@ -16,7 +16,7 @@ from rich.console import Console
 from devtools.vendor_packages import EXAMPLE_MODULES
 from habana_tasks.build.service import BuildOptions
 from habana_tasks.cli import commands, maintenance_commands
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.config.project import Project
 from habana_tasks.core import errors
 from habana_tasks.engine.podman import Podman
@@ -130,7 +130,7 @@ def test_discover_adds_missing_kernels_keeping_comments(
 
     console, buffer = out()
     assert maintenance_commands.discover(project, str(edited), console=console, **args) == 0
-    cfg = config.load(edited)
+    cfg = versions_file.load(edited)
     assert edited.read_text().startswith("# Our GPU fleet: keep this comment.\n")
     by_kernel = {t.kernel: t for t in cfg.targets}
     assert by_kernel[KERNEL_A].openshift == ("4.14.1", "4.14.2")
@@ -188,7 +188,7 @@ def test_prune_removes_only_what_it_listed(
     project, shared = library
     # A repository of this test's own: the tags it adds stay out of every other test's way.
     versions = copy_library(test_upstream, shared, "library/prune", tmp_path / "versions.toml")
-    cfg = config.load(versions)
+    cfg = versions_file.load(versions)
     repo = cfg.repository
     runner = test_upstream.runner
     build_and_push(test_upstream, tmp_path / "old", {"/old": "old image\n"}, f"{repo}:0.0.1-old")
@@ -322,7 +322,7 @@ def test_preflight_an_image_that_was_not_load_tested_is_a_no(
     versions = test_upstream.versions(
         tmp_path / "versions.toml", (KERNELS[0],), repository="library/preflight-untested"
     )
-    cfg = config.load(versions)
+    cfg = versions_file.load(versions)
     options = BuildOptions(load_test=False)
     run = commands.run_build(project_cache, cfg, cfg.targets, out()[0], options)
     assert run.ok
@@ -382,7 +382,7 @@ def test_kmm_module_with_the_cluster_sign_flow_lists_every_module_file_of_each_i
     )
     module = yaml.safe_load(text)
     assert schema_errors(module) == []
-    cfg = config.load(versions)
+    cfg = versions_file.load(versions)
     for mapping, target in zip(
         module["spec"]["moduleLoader"]["container"]["kernelMappings"], cfg.targets, strict=True
     ):

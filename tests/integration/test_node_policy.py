@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from devtools import local_upstream, node_root
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.config.targets import ImageSigning
 from habana_tasks.core.errors import OK
 from habana_tasks.core.process import ProcessRunner
@@ -104,7 +104,7 @@ def test_the_node_admits_the_signed_image_only(
     library: tuple[Path, Path], node: Path, test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:
     versions, _ = library
-    target = config.load(versions).targets[0]
+    target = versions_file.load(versions).targets[0]
     accepted = pull(node, target.image)
     assert accepted.returncode == 0, accepted.stderr
 
@@ -147,7 +147,7 @@ def test_the_cluster_policies_are_valid_against_their_crds(
     versions, _ = library
     document = yaml.safe_load(trust_policy(versions, form))
     assert crd_errors(CRDS / crd, version, document) == []
-    signing = config.load(versions).image_signing
+    signing = versions_file.load(versions).image_signing
     assert signing is not None
     pem = signing.public_key.read_text()
     if form == "clusterimagepolicy":

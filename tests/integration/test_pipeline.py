@@ -14,7 +14,7 @@ import pytest
 from devtools import vendor_packages
 from habana_tasks.build import failure_records, labels
 from habana_tasks.build.failure_records import record_tag
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.config.project import Project
 from habana_tasks.core import errors
@@ -55,7 +55,7 @@ def test_1_build_all_from_scratch_in_parallel(
     assert code == 0, text
     assert [(r["tag"], r["status"]) for r in report] == [(f"{DRIVER}-{k}", "ok") for k in KERNELS]
     registry = registry_for(test_upstream)
-    cfg = config.load(versions)
+    cfg = versions_file.load(versions)
     for target, result in zip(cfg.targets, report, strict=True):
         remote = registry.inspect(target.image)  # the config blob's labels
         assert remote.existence is Existence.PRESENT
@@ -87,7 +87,7 @@ def test_2_second_run_builds_and_pushes_nothing(
     first_build: Outcome, project: Project, versions: Path, test_upstream: UpstreamFixture
 ) -> None:
     registry = registry_for(test_upstream)
-    targets = config.load(versions).targets
+    targets = versions_file.load(versions).targets
     before = {t.tag: registry.inspect(t.image).digest for t in targets}
     logs = project.cache / "logs"
     runs_before = set(logs.iterdir()) if logs.exists() else set()
@@ -158,7 +158,7 @@ def test_4_module_for_another_abi_is_refused_before_push(
         f"habanalabs: vermagic names kernel '{KERNELS[0]}', not '{KERNELS[1]}'"
         in report[0]["detail"]
     )
-    target = config.load(versions).targets[0]
+    target = versions_file.load(versions).targets[0]
     assert registry_for(test_upstream).inspect(target.image).existence is Existence.ABSENT
 
 
@@ -220,7 +220,7 @@ def test_8_firmware_lands_where_the_driver_requests_it(
     )
     code, text, _ = run(project, versions, load_test=False)  # the image's layout is the subject
     assert code == 0, text
-    target = config.load(versions).targets[0]
+    target = versions_file.load(versions).targets[0]
     remote = registry_for(test_upstream).inspect(target.image)
     assert remote.labels["io.habana-ai-driver.firmware.package"] == (
         f"habanalabs-firmware-{DRIVER}.el8.x86_64.rpm"
@@ -262,7 +262,7 @@ def test_8b_a_firmware_file_a_module_declares_but_the_package_lacks_is_refused(
         f"{vendor_packages.STANDIN_MODULE}: declares firmware {declared}, not under "
         "/opt/lib/firmware" in report[0]["detail"]
     )
-    target = config.load(versions).targets[0]
+    target = versions_file.load(versions).targets[0]
     assert registry_for(test_upstream).inspect(target.image).existence is Existence.ABSENT
 
 
@@ -297,7 +297,7 @@ def test_9_a_kernel_without_a_symbol_the_driver_needs_is_reported_by_its_cause(
 
     # Remembered in the registry by the failed inputs' fingerprint: the next run holds the
     # pair with the cause and builds nothing; a new toolkit (an input) is tried again.
-    target = config.load(versions).targets[0]
+    target = versions_file.load(versions).targets[0]
     registry = registry_for(test_upstream)
     held = failure_records.read_records(registry, target.repository, [target.tag])[target.tag]
     assert cause.search(held.cause) and (held.step, held.origin) == ("build", errors.INPUTS)
@@ -319,7 +319,7 @@ def test_9_a_kernel_without_a_symbol_the_driver_needs_is_reported_by_its_cause(
         tmp_path / "other.toml", (KERNELS[1],), repository="library/no-hwmon"
     )
     count, outcomes = prune.prune_library(
-        config.load(other), registry, older_than_days=None, apply=True, now=datetime.now(UTC)
+        versions_file.load(other), registry, older_than_days=None, apply=True, now=datetime.now(UTC)
     )
     assert count == 1
     assert [(o.item.tag, o.deleted) for o in outcomes] == [(record_tag(target.tag), True)]
@@ -352,7 +352,7 @@ def test_10_an_in_tree_dependency_the_target_kernel_lacks_is_refused_before_push
         f"{vendor_packages.STANDIN_MODULE}: depends on ib_core, which is neither in the image nor "
         f"a module of {kernel}" in report[0]["detail"]
     ), report[0]["detail"]
-    target = config.load(versions).targets[0]
+    target = versions_file.load(versions).targets[0]
     assert registry_for(test_upstream).inspect(target.image).existence is Existence.ABSENT
 
 
@@ -384,7 +384,7 @@ def test_11_modules_must_match_what_the_package_builds(
         in report[0]["detail"]
     )
     for versions in (listed, unlisted):
-        target = config.load(versions).targets[0]
+        target = versions_file.load(versions).targets[0]
         assert registry_for(test_upstream).inspect(target.image).existence is Existence.ABSENT
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from devtools import local_upstream
 from habana_tasks.build import labels
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.core.errors import OK
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import Existence, RegistryClient
@@ -106,7 +106,7 @@ def test_the_plan_flags_a_kernel_that_trusts_no_machine_key_before_building(
     (entry,) = report(cache, "2")  # the build's run folder (a timestamp)
     assert (entry["failure"]["step"], entry["failure"]["why"]) == ("Secure Boot node", FLAGGED)
     assert entry["compiled"] is None
-    target = config.load(realtime).targets[0]
+    target = versions_file.load(realtime).targets[0]
     registry = RegistryClient([test_upstream.upstream.registry])
     assert registry.inspect(target.image).existence is Existence.ABSENT  # nothing built
     done = subprocess.run(
@@ -162,6 +162,6 @@ def test_booted_with_efi_runtime_the_node_trusts_the_enrolled_key(
     assert "UEFI:MokListRT" in log
     (cmdline,) = [line for line in log.splitlines() if "LOAD-TEST: cmdline " in line]
     assert "efi=runtime" in cmdline.split()
-    target = config.load(versions).targets[0]
+    target = versions_file.load(versions).targets[0]
     remote = RegistryClient([test_upstream.upstream.registry]).inspect(target.image)
     assert remote.labels[labels.INPUT_LABELS["node kernel arguments"]] == "efi=runtime"

@@ -19,7 +19,7 @@ from devtools import local_upstream
 from habana_tasks.build import service as build_service
 from habana_tasks.build.plan import Action
 from habana_tasks.cli import commands
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.config.project import Project
 from habana_tasks.core import errors
 from habana_tasks.core.errors import RegistryError
@@ -176,7 +176,7 @@ def test_a_malformed_toolkit_manifest_fails_the_target_not_rebuilds_it(
         )
         versions = route_through(plain, tmp_path / "versions.toml", "image", u.registry, proxy)
         project = Project(ROOT, cache_dir=tmp_path / "cache")
-        cfg = config.load(versions)
+        cfg = versions_file.load(versions)
         run = build_service.resolve_and_plan(project, cfg, cfg.targets)
     (job,) = run.jobs
     assert job.action is Action.FAIL, job
@@ -419,11 +419,11 @@ def test_a_registry_fault_is_survived_or_fails_closed(
 ) -> None:
     faults, decision, reason = FAULTS[name]
     _, versions = library
-    cfg = config.load(versions)
+    cfg = versions_file.load(versions)
     registry = cfg.repository.split("/", 1)[0]
     with registry_proxy(registry, faults) as proxy:
         through = route_through(versions, tmp_path / "versions.toml", "repository", registry, proxy)
-        proxied = config.load(through)
+        proxied = versions_file.load(through)
         project = Project(ROOT, cache_dir=tmp_path / "cache")  # nothing cached
         started = time.monotonic()
         run = build_service.resolve_and_plan(

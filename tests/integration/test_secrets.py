@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.auth import Credentials
 from habana_tasks.registry.client import RegistryClient
@@ -64,7 +64,7 @@ def test_the_canary_reaches_its_registry_and_nothing_else(
         versions = route_through(
             plain, tmp_path / "versions.toml", "repository", u.registry, private
         )
-        target = config.load(versions).targets[0]
+        target = versions_file.load(versions).targets[0]
         cache = tmp_path / "cache"
         seen: list[str] = []
         stop = threading.Event()

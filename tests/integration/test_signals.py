@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from devtools import local_upstream
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.core.process import ProcessRunner, find_tool
 from habana_tasks.engine.isolation import ISOLATIONS, probe
 from habana_tasks.registry.client import RegistryClient
@@ -129,7 +129,7 @@ def test_signal_stops_every_child_and_moves_no_tag(
         )
         # The library is written through the proxy; its registry is the same real one.
         versions = route_through(plain, tmp_path / "versions.toml", "repository", u.registry, proxy)
-        target = config.load(versions).targets[0]
+        target = versions_file.load(versions).targets[0]
         # An older image already holds the tag: it must still hold it afterwards.
         old = f"{u.registry}/{repository}:{target.tag}"
         runner.run(["podman", "tag", local_upstream.LOCAL_BASE, old])

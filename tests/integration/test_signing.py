@@ -21,7 +21,7 @@ import pytest
 from devtools.vendor_packages import EXAMPLE_MODULES
 from habana_tasks.build import labels
 from habana_tasks.cli import maintenance_commands
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.config.project import Project
 from habana_tasks.config.targets import SigningFiles
 from habana_tasks.core.errors import UsageError
@@ -103,7 +103,7 @@ def test_a_signed_image_is_built_checked_labelled_and_pushed(
     pair = signed["pair"]
     assert isinstance(pair, SigningFiles) and isinstance(signed["versions"], Path)
     signer = load_signer(pair)
-    target = config.load(signed["versions"]).targets[0]
+    target = versions_file.load(signed["versions"]).targets[0]
     remote = RegistryClient([test_upstream.upstream.registry]).inspect(target.image)
     assert remote.labels[labels.SIGNING] == "signed"
     assert remote.labels[labels.SIGNER] == "habana library signing key"
@@ -122,7 +122,7 @@ def test_the_key_reaches_nothing_but_sign_file(
     assert isinstance(pair, SigningFiles) and isinstance(signed["versions"], Path)
     assert isinstance(signed["cache"], Path) and isinstance(signed["work"], Path)
     marks = canaries(pair.key)
-    target = config.load(signed["versions"]).targets[0]
+    target = versions_file.load(signed["versions"]).targets[0]
     runner = test_upstream.runner
     found: list[str] = []
     if hits(str(signed["output"]).encode(), marks):
@@ -152,7 +152,7 @@ def test_every_module_verifies_and_a_changed_or_foreign_one_does_not(
     assert isinstance(signed["versions"], Path) and isinstance(signed["pair"], SigningFiles)
     signer = load_signer(signed["pair"])
     other = load_signer(make_pair(tmp_path / "other", "someone else"))
-    target = config.load(signed["versions"]).targets[0]
+    target = versions_file.load(signed["versions"]).targets[0]
     rootfs = tmp_path / "rootfs.tar"
     Podman(test_upstream.runner).export_rootfs(target.image, rootfs)
     runner = ProcessRunner()
@@ -183,8 +183,8 @@ def test_the_kernel_enforcing_signatures_refuses_unsigned_and_unknown_key_module
     the distribution, still load from the node (ib_core and ib_uverbs below)."""
     assert isinstance(signed["versions"], Path) and isinstance(signed["pair"], SigningFiles)
     podman = Podman(ProcessRunner())
-    unsigned_target = config.load(library[1]).targets[1]
-    signed_target = config.load(signed["versions"]).targets[0]
+    unsigned_target = versions_file.load(library[1]).targets[1]
+    signed_target = versions_file.load(signed["versions"]).targets[0]
     rootfs = {}
     for name, image in (("unsigned", unsigned_target.image), ("signed", signed_target.image)):
         rootfs[name] = tmp_path / f"{name}.tar"
@@ -293,8 +293,8 @@ def test_a_secure_boot_node_loads_the_signed_image_and_refuses_the_rest(
     podman = Podman(ProcessRunner())
     ours = secure_boot.prepare(ROOT, tmp_path / "cache", signer.certificate_pem)
     theirs = secure_boot.prepare(ROOT, tmp_path / "cache", other.certificate_pem)
-    unsigned_target = config.load(library[1]).targets[1]
-    signed_target = config.load(signed["versions"]).targets[0]
+    unsigned_target = versions_file.load(library[1]).targets[1]
+    signed_target = versions_file.load(signed["versions"]).targets[0]
     toolkit = unsigned_target.toolkit_image
     rootfs = {}
     for name, image in (("unsigned", unsigned_target.image), ("signed", signed_target.image)):

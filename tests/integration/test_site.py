@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.config.project import Project
 from habana_tasks.core.errors import NOT_READY
 from tests.conftest import ROOT, invoke_argv, require_tools
@@ -59,7 +59,7 @@ def test_the_page_shows_every_pair_and_its_state_in_a_browser(
     assert counts[0] and counts[0] == counts[1], counts
     page = out / "index.html"
     dom = chromium("--dump-dom", page.as_uri(), home=tmp_path / "profile").stdout
-    for target in config.load(versions).targets:
+    for target in versions_file.load(versions).targets:
         assert target.kernel in dom
     assert dom.count('class="cell current"') == 2 and dom.count('class="cell missing"') == 1
     shots = {}

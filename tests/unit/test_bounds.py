@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from habana_tasks.build.driver_package import PackageCache
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.config.targets import SigningFiles
 from habana_tasks.core import local_files
 from habana_tasks.core.errors import ConfigError, DriverPackageError, HabanaError, RegistryError
@@ -55,7 +55,7 @@ def read_key(path: Path, tmp: Path) -> object:
 
 
 READERS: dict[str, tuple[FileKind, Reader, type[HabanaError]]] = {
-    "versions file": (local_files.VERSIONS_FILE, config.load, ConfigError),
+    "versions file": (local_files.VERSIONS_FILE, versions_file.load, ConfigError),
     "nodes JSON": (local_files.NODES_JSON, preflight.node_kernels, ConfigError),
     "certificate": (local_files.CERTIFICATE, read_certificate, ConfigError),
     "auth file": (local_files.AUTH_FILE, read_auth, RegistryError),

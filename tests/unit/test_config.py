@@ -4,8 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from habana_tasks.config import sections, targets
-from habana_tasks.config import versions as config
+from habana_tasks.config import sections, targets, versions_file
 from habana_tasks.config.kernel_release import derive_arch, derive_rhel_version
 from habana_tasks.config.tags import image_tag, tag_problem
 from habana_tasks.core.errors import ConfigError, UsageError
@@ -30,7 +29,7 @@ drivers = ["1.6.0-439", "1.7.0-1"]
 def load_text(tmp_path: Path, text: str) -> targets.Config:
     path = tmp_path / "versions.toml"
     path.write_text(text)
-    return config.load(path)
+    return versions_file.load(path)
 
 
 def problems_of(tmp_path: Path, text: str) -> list[str]:
@@ -41,7 +40,7 @@ def problems_of(tmp_path: Path, text: str) -> list[str]:
 
 
 def test_shipped_versions_file_is_valid() -> None:
-    cfg = config.load(ROOT / "versions.toml")
+    cfg = versions_file.load(ROOT / "versions.toml")
     (target,) = cfg.targets
     assert target.tag == "1.6.0-439-4.18.0-372.19.1.el8_6.x86_64"
     assert target.base_image is None  # no [base]: the image starts from scratch
@@ -52,7 +51,7 @@ def test_shipped_versions_file_is_valid() -> None:
 
 
 def test_example_versions_file_is_valid() -> None:
-    cfg = config.load(ROOT / "examples/local/versions.toml")
+    cfg = versions_file.load(ROOT / "examples/local/versions.toml")
     assert [t.kernel for t in cfg.targets] == ["6.1.0-55-amd64", "6.1.0-56-amd64"]
     assert {t.arch for t in cfg.targets} == {"x86_64"}
     assert cfg.insecure_registries == {"127.0.0.1:5055"}
@@ -280,7 +279,7 @@ def test_not_toml_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
-        config.load(tmp_path / "nope.toml")
+        versions_file.load(tmp_path / "nope.toml")
     assert "nope.toml: cannot read the versions file: No such file or directory" in str(info.value)
 
 
@@ -291,10 +290,10 @@ def test_signing_paths_are_relative_to_the_file_and_the_key_may_come_from_the_en
     assert cfg.signing == targets.SigningFiles(tmp_path / "keys/c.der", tmp_path / "keys/k.pem")
     path = tmp_path / "versions.toml"
     path.write_text(GOOD + '[signing]\ncertificate = "c.der"\n')
-    from_env = config.load(path, {sections.SIGNING_KEY_ENV: "/run/key.pem"})
+    from_env = versions_file.load(path, {sections.SIGNING_KEY_ENV: "/run/key.pem"})
     assert from_env.signing == targets.SigningFiles(tmp_path / "c.der", Path("/run/key.pem"))
     with pytest.raises(ConfigError, match=r"signing\.key is missing"):
-        config.load(path, {})
+        versions_file.load(path, {})
     assert load_text(tmp_path, GOOD).signing is None
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from habana_tasks.build import metadata
 from habana_tasks.cli import commands
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.config.project import Project
 from habana_tasks.core.errors import UsageError
 from habana_tasks.maintenance.matrix import Batch, batches, github_matrix, markdown_plan
@@ -64,7 +64,7 @@ def test_pending_pairs_fit_the_matrix_each_in_exactly_one_batch(
     project = Project(ROOT, cache_dir=tmp_path / "cache")
     matrix = json.loads(commands.matrix(project, str(versions), max_jobs=max_jobs))
     jobs = matrix["include"]
-    targets = config.load(versions).targets
+    targets = versions_file.load(versions).targets
     kernels = {t.kernel for t in targets}
     assert len(jobs) == min(max_jobs, len(kernels))
     chosen = [tag for job in jobs for tag in job["only"].split(",")]

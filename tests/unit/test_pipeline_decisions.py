@@ -20,8 +20,7 @@ from habana_tasks.build import service as build_service
 from habana_tasks.build.plan import Action
 from habana_tasks.build.results import JobResult, JobStatus, read_report
 from habana_tasks.cli.progress import PlainReporter
-from habana_tasks.config import targets
-from habana_tasks.config import versions as config
+from habana_tasks.config import targets, versions_file
 from habana_tasks.config.flavours import MINIMAL
 from habana_tasks.config.project import Project
 from habana_tasks.core import errors
@@ -248,7 +247,7 @@ def library(fake: FakeRegistry, tmp_path: Path, extra: str = "") -> targets.Conf
         f'[base]\nimage = "{host}/base/debian:12"\n[toolkit]\nimage = "{host}/dtk:{{kernel}}"\n'
         f'[driver]\npackage_url = "{package.as_uri()}"\n{extra}{entries}'
     )
-    return config.load(path)
+    return versions_file.load(path)
 
 
 def run(

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from habana_tasks.build.service import BuildOptions
 from habana_tasks.cli import commands
-from habana_tasks.config import versions as config
+from habana_tasks.config import versions_file
 from habana_tasks.config.project import Project
 from habana_tasks.core.errors import ConfigError
 from tests.conftest import ROOT, RecordProperty, invoke_argv
@@ -53,7 +53,7 @@ def test_the_corpus_is_large_and_its_good_file_is_accepted(
     assert len(CASES) >= 100
     path = tmp_path / "versions.toml"
     path.write_text(GOOD)
-    assert len(config.load(path).targets) == 3
+    assert len(versions_file.load(path).targets) == 3
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
