@@ -208,3 +208,14 @@ def send_partial(
             time.sleep(pause)
     except (BrokenPipeError, ConnectionResetError):
         return  # the client gave up, as it must
+
+
+def basic_challenge(line: str, handler: BaseHTTPRequestHandler) -> bool:
+    """The proxy demands a login, as a private registry does."""
+    if "Authorization" in handler.headers:
+        return False
+    handler.send_response(401)
+    handler.send_header("WWW-Authenticate", 'Basic realm="test"')
+    handler.send_header("Content-Length", "0")
+    handler.end_headers()
+    return True

@@ -26,37 +26,10 @@ from habana_tasks.trust import cosign
 from habana_tasks.trust.sbom import accounted_for, image_files
 from tests.conftest import ROOT, invoke_argv
 from tests.integration.conftest import KERNELS, UpstreamFixture
-from tests.integration.test_secrets import argv_snapshots
+from tests.keys import COSIGN_PASSWORD, build_signed, cosign_key_pair
+from tests.watch import argv_snapshots
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability("secrets")]
-
-PASSWORD = "canary-cosign-0c4e1d"
-
-
-def key_pair(directory: Path) -> tuple[Path, Path]:
-    """A cosign key pair made by cosign itself (the password from its environment)."""
-    tool = cosign.find(ProcessRunner(), ROOT)
-    directory.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [tool.path, "generate-key-pair", "--output-key-prefix", str(directory / "cosign")],
-        env={**os.environ, cosign.PASSWORD_VARIABLE: PASSWORD},
-        check=True,
-        capture_output=True,
-    )
-    return directory / "cosign.key", directory / "cosign.pub"
-
-
-def build(versions: Path, cache: Path, *extra: str, password: str = PASSWORD) -> tuple[int, str]:
-    done = subprocess.run(
-        invoke_argv("build", "--kernel", KERNELS[0], "--versions", str(versions), *extra),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-        env={**os.environ, "HABANA_CACHE_DIR": str(cache), cosign.PASSWORD_VARIABLE: password},
-    )
-    return done.returncode, done.stdout + done.stderr
 
 
 def attached(registry: RegistryClient, repository: str, digest: str, suffix: str) -> int:
@@ -80,7 +53,7 @@ def signing_library(
     test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path, Path]:
     work = tmp_path_factory.mktemp("cosign")
-    key, public = key_pair(work / "keys")
+    key, public = cosign_key_pair(work / "keys")
     versions = test_upstream.versions(
         work / "versions.toml", KERNELS[:1], repository="library/cosigned"
     )
@@ -99,7 +72,7 @@ def test_an_image_is_signed_by_digest_before_its_tag_moves(
     watcher = threading.Thread(target=argv_snapshots, args=(stop, seen), daemon=True)
     watcher.start()
     try:
-        code, out = build(versions, work / "cache", "--no-load-test")
+        code, out = build_signed(versions, work / "cache", "--no-load-test")
     finally:
         stop.set()
         watcher.join()
@@ -149,16 +122,16 @@ def test_an_image_is_signed_by_digest_before_its_tag_moves(
     assert resolved["toolkit image"]["digest"]["sha256"] == toolkit.digest.split(":")[1]
     assert attached(registry, target.repository, digest, ".att") == 2
     # The password reached cosign through its environment only: no argv, log or report.
-    assert not [line for line in seen if PASSWORD in line]
+    assert not [line for line in seen if COSIGN_PASSWORD in line]
     logged = [
         p
         for p in (work / "cache").rglob("*")
-        if p.is_file() and PASSWORD.encode() in p.read_bytes()
+        if p.is_file() and COSIGN_PASSWORD.encode() in p.read_bytes()
     ]
-    assert logged == [] and PASSWORD not in out
+    assert logged == [] and COSIGN_PASSWORD not in out
 
     # Rebuilt to the same digest and signed again: still one signature.
-    code, out = build(versions, work / "cache", "--no-load-test", "--force")
+    code, out = build_signed(versions, work / "cache", "--no-load-test", "--force")
     assert code == OK, out
     assert registry.inspect(target.image).digest == digest
     assert attached(registry, target.repository, digest, ".sig") == 1
@@ -169,7 +142,7 @@ def test_a_key_that_does_not_open_stops_the_run_before_any_build(
     signing_library: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     versions, _, _ = signing_library
-    code, out = build(versions, tmp_path / "cache", "--force", password="not the password")
+    code, out = build_signed(versions, tmp_path / "cache", "--force", password="not the password")
     assert code == BAD_INPUT, out
     assert "cosign cannot open the key (wrong password?)" in out and "Traceback" not in out
     assert not list((tmp_path / "cache").glob("logs/*/*.log"))  # nothing was built
@@ -179,11 +152,11 @@ def test_a_public_key_that_is_not_the_keys_pair_is_refused_before_any_build(
     signing_library: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
     versions, _, _ = signing_library
-    _, other = key_pair(tmp_path / "other")
+    _, other = cosign_key_pair(tmp_path / "other")
     text = versions.read_text()
     mixed = tmp_path / "versions.toml"
     mixed.write_text(text[: text.index("public_key = ")] + f'public_key = "{other}"\n')
-    code, out = build(mixed, tmp_path / "cache", "--force")
+    code, out = build_signed(mixed, tmp_path / "cache", "--force")
     assert code == BAD_INPUT, out
     assert "not the public key of" in out
     assert json.dumps(str(other))[1:-1] in out
@@ -217,7 +190,7 @@ def test_invoke_verify_accepts_the_library_and_names_a_tampered_attestation(
     signing_library: tuple[Path, Path, Path], test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:
     versions = copy_of(signing_library, "library/cosigned-tampered", tmp_path / "v.toml")
-    code, out = build(versions, tmp_path / "cache", "--no-load-test")
+    code, out = build_signed(versions, tmp_path / "cache", "--no-load-test")
     assert code == OK, out
     code, results, out = verify(versions, tmp_path / "cache")
     assert code == OK, out
@@ -257,7 +230,7 @@ def test_invoke_verify_names_a_signed_sbom_that_lies_and_an_unsigned_image(
     signing_library: tuple[Path, Path, Path], test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:
     versions = copy_of(signing_library, "library/cosigned-lie", tmp_path / "v.toml")
-    code, out = build(versions, tmp_path / "cache", "--no-load-test")
+    code, out = build_signed(versions, tmp_path / "cache", "--no-load-test")
     assert code == OK, out
     target = versions_file.load(versions).targets[0]
     registry = RegistryClient([test_upstream.upstream.registry])
@@ -278,7 +251,7 @@ def test_invoke_verify_names_a_signed_sbom_that_lies_and_an_unsigned_image(
     key = Path(str(signing_library[1]).replace(".pub", ".key"))
     signing = ImageSigning(str(key), key, signing_library[1])
     cosign.attest(
-        tool, signing, PASSWORD, f"{target.repository}@{digest}", cosign.SBOM, lie, insecure
+        tool, signing, COSIGN_PASSWORD, f"{target.repository}@{digest}", cosign.SBOM, lie, insecure
     )
     code, results, out = verify(versions, tmp_path / "cache")
     assert code == TARGET_FAILED, out
@@ -322,7 +295,7 @@ def test_a_signature_the_registry_refuses_fails_the_target_and_moves_no_tag(
             **os.environ,
             "PATH": f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}",
             "HABANA_CACHE_DIR": str(tmp_path / "cache"),
-            cosign.PASSWORD_VARIABLE: PASSWORD,
+            cosign.PASSWORD_VARIABLE: COSIGN_PASSWORD,
         },
     )
     out = done.stdout + done.stderr

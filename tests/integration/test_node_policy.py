@@ -24,7 +24,7 @@ from habana_tasks.trust import cosign
 from tests.conftest import ROOT, invoke_argv
 from tests.crd_schema import crd_errors
 from tests.integration.conftest import KERNELS, UpstreamFixture
-from tests.integration.test_image_trust import PASSWORD, build, key_pair
+from tests.keys import COSIGN_PASSWORD, build_signed, cosign_key_pair
 
 pytestmark = [pytest.mark.integration]
 CRDS = Path(__file__).resolve().parents[1] / "crds"
@@ -53,14 +53,14 @@ def library(
 ) -> tuple[Path, Path]:
     """A signed library of one image (built as a user builds it) and its versions file."""
     work = tmp_path_factory.mktemp("node-policy")
-    key, public = key_pair(work / "keys")
+    key, public = cosign_key_pair(work / "keys")
     versions = test_upstream.versions(
         work / "versions.toml", KERNELS[:1], repository="library/node-policy"
     )
     versions.write_text(
         versions.read_text() + f'\n[cosign]\nkey = "{key}"\npublic_key = "{public}"\n'
     )
-    code, out = build(versions, work / "cache", "--no-load-test")
+    code, out = build_signed(versions, work / "cache", "--no-load-test")
     assert code == OK, out
     return versions, work
 
@@ -116,11 +116,11 @@ def test_the_node_admits_the_signed_image_only(
     # Signed, by cosign, with a key that is not the library's.
     foreign = f"{target.repository}:foreign"
     push_base_as(test_upstream, foreign, "foreign")
-    other_key, other_public = key_pair(tmp_path / "other")
+    other_key, other_public = cosign_key_pair(tmp_path / "other")
     digest = RegistryClient([test_upstream.upstream.registry]).inspect(foreign).digest
     tool = cosign.find(ProcessRunner(), ROOT)
     cosign.sign(
-        tool, ImageSigning(str(other_key), other_key, other_public), PASSWORD,
+        tool, ImageSigning(str(other_key), other_key, other_public), COSIGN_PASSWORD,
         f"{target.repository}@{digest}", frozenset({test_upstream.upstream.registry}),
     )  # fmt: skip
     refused = pull(node, foreign)

@@ -22,7 +22,7 @@ from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import Existence, RegistryClient
 from tests.conftest import ROOT, invoke_argv, require_tools
 from tests.integration.conftest import DRIVER, UpstreamFixture
-from tests.unit.test_signing import make_pair
+from tests.keys import make_pair
 
 pytestmark = [pytest.mark.integration]
 REALTIME = "6.1.0-56-rt-amd64"

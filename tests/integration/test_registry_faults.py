@@ -29,23 +29,20 @@ from habana_tasks.registry.client import Existence, RegistryClient
 from tests import registry_proxy as proxy_faults
 from tests.conftest import ROOT, RecordProperty
 from tests.integration.conftest import KERNELS, UpstreamFixture, route_through
-from tests.registry_proxy import Answer, Faults, RawFault, Rewrite, registry_proxy, send_partial
+from tests.registry_proxy import (
+    Answer,
+    Faults,
+    RawFault,
+    Rewrite,
+    basic_challenge,
+    registry_proxy,
+    send_partial,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability("registry faults")]
 
 CANARY = "canary-Pa55-d0-not-leak"
 FAST = RetryPolicy(attempts=2, base_delay=0.05, deadline=4.0, read_timeout=2.0)
-
-
-def basic_challenge(line: str, handler: BaseHTTPRequestHandler) -> bool:
-    """The proxy demands a login, as a private registry does."""
-    if "Authorization" in handler.headers:
-        return False
-    handler.send_response(401)
-    handler.send_header("WWW-Authenticate", 'Basic realm="test"')
-    handler.send_header("Content-Length", "0")
-    handler.end_headers()
-    return True
 
 
 def client(proxy: str, policy: RetryPolicy = FAST) -> RegistryClient:

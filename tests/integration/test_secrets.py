@@ -20,23 +20,12 @@ from habana_tasks.registry.auth import Credentials
 from habana_tasks.registry.client import RegistryClient
 from tests.conftest import ROOT, RecordProperty, invoke_argv
 from tests.integration.conftest import KERNELS, UpstreamFixture, route_through
-from tests.integration.test_registry_faults import basic_challenge
-from tests.registry_proxy import Faults, registry_proxy
+from tests.registry_proxy import Faults, basic_challenge, registry_proxy
+from tests.watch import argv_snapshots
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability("secrets")]
 
 CANARY = "canary-5ecret-7f3a91"
-
-
-def argv_snapshots(stop: threading.Event, seen: list[str]) -> None:
-    """Every command line on the machine, every 50 ms, while the build runs."""
-    while not stop.wait(0.05):
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    seen.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-                except (OSError, UnicodeDecodeError):
-                    continue  # the process ended while we looked
 
 
 def hits_in_tree(root: Path) -> list[str]:

@@ -34,8 +34,8 @@ from habana_tasks.verification.signing import load_signer, signature_problems
 from habana_tasks.verification.worker import WorkerTools
 from tests.conftest import ROOT, RecordProperty, invoke_argv, require_tools
 from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
-from tests.integration.test_secrets import argv_snapshots
-from tests.unit.test_signing import make_pair
+from tests.keys import make_pair
+from tests.watch import argv_snapshots
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability("secrets")]
 KERNEL = KERNELS[1]

@@ -30,8 +30,8 @@ from habana_tasks.registry import auth
 from habana_tasks.registry.client import Existence, RegistryClient
 from habana_tasks.verification import signing
 from tests.fake_registry import FakeRegistry, digest
+from tests.keys import make_pair
 from tests.registry_proxy import send_partial
-from tests.unit.test_signing import make_pair
 
 # How each kind of local file is read by the product, as a user's file reaches it.
 Reader = Callable[[Path], object]

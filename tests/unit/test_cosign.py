@@ -13,7 +13,7 @@ from habana_tasks.config import sections, targets
 from habana_tasks.core.errors import ConfigError, UsageError
 from habana_tasks.core.process import ProcessRunner, child_environment
 from habana_tasks.trust import cosign
-from tests.unit.test_config import GOOD, load_text, problems_of
+from tests.versions_text import GOOD, load_text, problems_of
 
 COSIGN = "[cosign]\n"
 

@@ -23,8 +23,8 @@ from habana_tasks.maintenance.status import State
 from habana_tasks.registry.client import RegistryClient
 from habana_tasks.registry.manifests import OCI_MANIFEST
 from tests.conftest import ROOT
+from tests.fake_podman import KERNELS, FakePodman, library, pushes, run
 from tests.fake_registry import FakeRegistry, digest
-from tests.unit.test_pipeline_decisions import KERNELS, FakePodman, library, pushes, run
 
 MODPOST = 'ERROR: modpost: "hwmon_device_register_with_info" [habanalabs.ko] undefined!'
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)

@@ -213,3 +213,19 @@ def test_commands_do_not_load_what_only_a_signing_build_needs() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_no_test_module_imports_another() -> None:
+    """What tests share lives in support modules (fakes, samples, keys), never in a test module:
+    importing one runs its fixtures and parametrisation in another's collection."""
+    importing = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        named = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        named += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        tests = [
+            m for m in named if m.startswith("tests.") and m.rsplit(".", 1)[-1].startswith("test_")
+        ]
+        if tests:
+            importing[str(path.relative_to(ROOT))] = tests
+    assert not importing

@@ -12,7 +12,7 @@ from habana_tasks.verification import secure_boot
 from habana_tasks.verification.console import MARK
 from habana_tasks.verification.verdict import evaluate
 from tests.conftest import ROOT, require
-from tests.unit.test_signing import make_pair
+from tests.keys import make_pair
 
 RELEASE = "6.1.0-56-amd64"
 GOOD = [

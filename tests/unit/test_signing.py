@@ -19,22 +19,9 @@ from habana_tasks.verification.signing import (
     signature_problems,
     split_signature,
 )
-from tests.conftest import require_tools
+from tests.keys import make_pair
 
 R = "6.1.0-56-amd64"
-
-
-def make_pair(directory: Path, name: str) -> SigningFiles:
-    require_tools("openssl")
-    directory.mkdir(parents=True, exist_ok=True)
-    cert, key = directory / f"{name}.der", directory / f"{name}.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-new", "-nodes", "-utf8", "-sha256", "-days", "30",
-         "-batch", "-subj", f"/CN={name}", "-outform", "DER", "-out", str(cert),
-         "-keyout", str(key)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return SigningFiles(cert, key)
 
 
 def sign(content: bytes, files: SigningFiles, tmp: Path, digest: str = "sha256") -> bytes:
