@@ -150,15 +150,23 @@ def test_the_tools_stage_names_a_tool_the_toolkit_lacks(
     toolkit = f"{test_upstream.upstream.registry}/upstream/driver-toolkit:{NEW}"
     podman = Podman(ProcessRunner())
     podman.ensure(toolkit, tls_verify=False)
-    spec = BuildSpec(
-        tmp_path,
-        tmp_path / "Dockerfile",
-        tmp_path / "iid",
-        build_args={"TOOLKIT_IMAGE": toolkit, "IMAGE_TOOLS": "cp no-such-tool"},
-        target="tools",
-    )
+
+    def spec(tools: str) -> BuildSpec:
+        return BuildSpec(
+            tmp_path,
+            tmp_path / "Dockerfile",
+            tmp_path / "iid",
+            build_args={"TOOLKIT_IMAGE": toolkit, "IMAGE_TOOLS": tools},
+            target="tools",
+        )
+
+    # The control: a tool the toolkit has is copied, named with the package it came from.
+    said: list[str] = []
+    podman.build(spec("cp"), said.append)
+    copied = [line.split()[1:3] for line in said if line.startswith("TOOL-FILE ")]
+    assert ["/usr/bin/cp", "coreutils"] in copied, said
     with pytest.raises(CommandError) as refused:
-        podman.build(spec)
+        podman.build(spec("cp no-such-tool"))
     assert "error: the toolkit image has no no-such-tool to copy into the image" in " ".join(
         refused.value.tail
     )

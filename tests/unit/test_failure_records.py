@@ -4,12 +4,14 @@ against docker-registry in tests/integration/test_pipeline.py (test 9)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+import habana_tasks
 from habana_tasks.build import failure_records, metadata
 from habana_tasks.build.failure_records import FailureRecord, memorable, record_tag
 from habana_tasks.build.plan import Action
@@ -233,3 +235,30 @@ def test_a_record_tag_is_a_valid_tag_of_its_own(length: int) -> None:
     assert len(named) <= 128 and named.startswith("failed-")
     assert named != record_tag(tag[:-1] + "y")
     assert failure_records.is_record_tag(named) and not failure_records.is_record_tag(tag)
+
+
+def test_the_tool_digest_is_every_module_of_the_package_and_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record names the code that judged the pair: sha256 over each .py file's path (relative,
+    in path order), a NUL and its bytes. Worked here on a two-module package by hand."""
+    package = tmp_path / "habana_tasks"
+    (package / "core").mkdir(parents=True)
+    (package / "__init__.py").write_bytes(b"")
+    (package / "core" / "errors.py").write_bytes(b"X = 1\n")
+    monkeypatch.setattr(habana_tasks, "__file__", str(package / "__init__.py"))
+
+    def digest() -> str:
+        failure_records.tool_digest.cache_clear()  # kept per process; read afresh here
+        return failure_records.tool_digest()
+
+    try:
+        by_hand = hashlib.sha256(b"__init__.py\0" + b"core/errors.py\0X = 1\n").hexdigest()
+        assert digest() == f"sha256:{by_hand}"
+        (package / "README.md").write_text("not code")
+        (package / "core" / "data.json").write_text("{}")
+        assert digest() == f"sha256:{by_hand}"
+        (package / "core" / "errors.py").write_bytes(b"X = 2\n")
+        assert digest() != f"sha256:{by_hand}"
+    finally:
+        failure_records.tool_digest.cache_clear()

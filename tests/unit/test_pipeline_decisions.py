@@ -47,7 +47,15 @@ def test_every_target_is_built_checked_pushed_and_verified(
         config_blob = json.loads(fake.blobs[pushed["config"]["digest"]])
         assert config_blob["config"]["Labels"][labels.FINGERPRINT] == job.fingerprint
         assert result_.digest is not None
-        assert pushed["annotations"] == labels.image_annotations(config_blob["config"]["Labels"])
+        # The manifest carries the labels as annotations, and OCI's base annotations always
+        # (buildah's own would name an earlier stage): here the labels' base, written by us.
+        image_labels = config_blob["config"]["Labels"]
+        assert pushed["annotations"] == {
+            "org.opencontainers.image.base.name": "",
+            "org.opencontainers.image.base.digest": "",
+            **image_labels,
+        }
+        assert image_labels["org.opencontainers.image.base.name"] == f"{fake.host}/base/debian:12"
     # Every build is cut off the network (chroot isolation: in an empty namespace, as root),
     # takes one timestamp and nothing from the layer cache (keyed on neither): per pair, the
     # compile's inputs, the compile, the assembly.
