@@ -4,6 +4,7 @@ that imports upwards fails here, not in a review."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -229,3 +230,12 @@ def test_no_test_module_imports_another() -> None:
         if tests:
             importing[str(path.relative_to(ROOT))] = tests
     assert not importing
+
+
+@pytest.mark.parametrize("room", sorted(MAY_IMPORT))
+def test_the_architecture_page_lists_each_rooms_modules(room: str) -> None:
+    """docs/architecture.md's table names every module of a room, and no module that is gone."""
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    row = next(line for line in page.splitlines() if line.startswith(f"| `{room}` |"))
+    listed = set(re.findall(r"`([a-z_]+)`", row.split("|")[3]))
+    assert listed == {p.stem for p in (PACKAGE / room).glob("*.py") if p.stem != "__init__"}
