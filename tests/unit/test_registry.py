@@ -180,11 +180,13 @@ def test_400_is_not_retried(fake: FakeRegistry) -> None:
 
 
 def test_unreachable_registry_is_a_clear_error() -> None:
-    http = HTTPClient(RetryPolicy(attempts=2, base_delay=0.01))
+    waits: list[float] = []
+    http = HTTPClient(RetryPolicy(attempts=2, base_delay=0.01), sleep=waits.append)
     c = RegistryClient(["127.0.0.1:9"], http)
     remote = c.inspect("127.0.0.1:9/x/y:1")
     assert remote.existence is Existence.UNKNOWN
     assert "cannot reach 127.0.0.1 (connection refused) after 2 attempt(s)" in (remote.error or "")
+    assert waits == [0.01]  # the back-off between the two attempts, asked for and not slept
 
 
 def test_existence_is_tri_state(fake: FakeRegistry) -> None:
@@ -243,7 +245,7 @@ def test_credentials_most_specific_entry_wins(tmp_path: Path) -> None:
 
 def test_config_blobs_are_cached_by_digest(fake: FakeRegistry, tmp_path: Path) -> None:
     fake.add_image("lib/drv", "1.0-k", {"fp": "abc"}, OCI_MANIFEST)
-    http = HTTPClient(RetryPolicy(base_delay=0.01))
+    http = HTTPClient(RetryPolicy(attempts=1))
     c = RegistryClient([fake.host], http, credentials=lambda r, n: None, blob_cache=tmp_path)
     assert c.inspect(f"{fake.host}/lib/drv:1.0-k").labels == {"fp": "abc"}
     assert c.requests_sent == 2
