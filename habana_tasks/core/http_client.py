@@ -256,12 +256,13 @@ class HTTPClient:
                 last = f"HTTP {response.status_code}"
                 step = _next(retry, method, url, response=response.raw)
                 response.close()
-            if step is None or time.monotonic() - started + step[1] > policy.deadline:
+            delay = min(step[1], policy.max_delay) if step else 0.0
+            if step is None or time.monotonic() - started + delay > policy.deadline:
                 raise TransientHTTPError(
                     f"{method} {redact(url)}: {last} after {attempt} attempt(s)"
                 )
-            retry, delay = step
-            self._sleep(min(delay, policy.max_delay))
+            retry = step[0]
+            self._sleep(delay)
 
 
 def _next(
@@ -278,9 +279,8 @@ def _next(
         retry = retry.increment(method, url, response=response, error=error)
     except urllib3.exceptions.MaxRetryError:
         return None
-    after = retry.get_retry_after(response) if response is not None else None
-    if response is None or response.status not in Retry.RETRY_AFTER_STATUS_CODES:
-        after = None
+    waits = response is not None and response.status in Retry.RETRY_AFTER_STATUS_CODES
+    after = retry.get_retry_after(response) if waits and response is not None else None
     return retry, after if after is not None else retry.get_backoff_time()
 
 

@@ -162,6 +162,21 @@ def test_429_and_503_are_retried_then_succeed(fake: FakeRegistry) -> None:
     assert c.requests_sent == 3
 
 
+def test_a_long_retry_after_waits_the_longest_backoff_and_a_date_is_read(
+    fake: FakeRegistry,
+) -> None:
+    """A registry asking for two minutes gets max_delay (8 s) and the operation goes on within
+    its deadline; Retry-After as an HTTP date (RFC 9110) in the past means now."""
+    d = fake.add_image("base/debian", "12", {}, OCI_MANIFEST)
+    fake.script = [
+        (429, {"Retry-After": "120"}, b""),
+        (503, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, b""),
+    ]
+    c = client(fake)
+    assert c.resolve(f"{fake.host}/base/debian:12", "x86_64").digest == d
+    assert c.sleeps == [8.0, 0.0]  # type: ignore[attr-defined]
+
+
 def test_500_forever_gives_a_clear_error_after_bounded_attempts(fake: FakeRegistry) -> None:
     fake.hook = lambda path: (500, {}, b"boom")
     c = client(fake, attempts=3)
