@@ -103,9 +103,9 @@ def load_test(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def rootless(session: nox.Session) -> None:
-    """The example, build, build-all, status and smoke as an ordinary user with rootless podman,
-    then the build-network and node-policy tests (as root: a user made for it, in a copy of this
-    checkout)."""
+    """The example, build, build-all, status and load-test as an ordinary user with rootless
+    podman, then the build-network and node-policy tests (as root: a user made for it, in a copy
+    of this checkout)."""
     session.run("scripts/as-unprivileged-user", ROOTLESS_COMMAND, external=True)
 
 
