@@ -158,6 +158,7 @@ def test_the_tools_stage_names_a_tool_the_toolkit_lacks(
             tmp_path / "iid",
             build_args={"TOOLKIT_IMAGE": toolkit, "IMAGE_TOOLS": tools},
             target="tools",
+            no_cache=True,  # as the pipeline builds: the step runs and says what it copied
         )
 
     # The control: a tool the toolkit has is copied, named with the package it came from.
