@@ -13,7 +13,7 @@ from rich.console import Console
 from habana_tasks.build import evidence, failure_records, service
 from habana_tasks.build.driver_package import sha256_file
 from habana_tasks.cli import tables
-from habana_tasks.cli.commands import announcer, load_inputs
+from habana_tasks.cli.commands import announcer, load_inputs, write_output
 from habana_tasks.cli.progress import make_console
 from habana_tasks.cli.tables import print_line
 from habana_tasks.config.project import Project
@@ -211,6 +211,12 @@ def site_command(
     nodes, their coverage as `preflight` answers it. The exit code is status's (or preflight's)."""
     console = console or make_console()
     config = load_inputs(project, versions)
+    page = Path(output).expanduser() / "index.html"
+    if page.is_dir() or (page.exists() and not page.is_file()):
+        raise errors.UsageError(
+            f"--output {output!r}: expected a folder whose index.html is a file or absent "
+            f"({page} is not a file)"
+        )
     found = status.library_status(project, config)
     coverage: list[site.Coverage] = []
     code = errors.OK if found.ok else errors.UNKNOWN_STATE
@@ -237,9 +243,11 @@ def site_command(
         config.repository,
         frozenset(config.insecure_registries),
     )
-    page = Path(output).expanduser() / "index.html"
-    page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text(site.render(found.items, run, coverage, problems), encoding="utf-8")
+    try:
+        page.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise errors.UsageError(f"--output {output!r}: cannot make it: {exc.strerror}") from exc
+    write_output(page, site.render(found.items, run, coverage, problems))
     print_line(console, found.summary)
     print_line(console, f"{len(found.items)} pair(s): {page}")
     return code

@@ -19,6 +19,7 @@ from habana_tasks.build.plan import Action, plan_job
 from habana_tasks.maintenance import site
 from habana_tasks.maintenance.status import State, TargetStatus, statuses
 from habana_tasks.registry.client import Existence, RemoteImage
+from tests.invoke_cli import invoke
 from tests.samples import CONFIG, INPUTS, TARGET
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -126,3 +127,17 @@ def test_hostile_labels_read_from_the_registry_stay_text() -> None:
     parse(page)
     assert "<script" not in page and "<img" not in page
     assert page.count(html.escape(HOSTILE, quote=True)) >= 3  # signer, cause, cosign: as text
+
+
+def test_an_output_whose_index_is_not_a_file_is_refused_before_any_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_side_effects: list[str]
+) -> None:
+    """The page's own file is checked with the folder, before status asks the registry."""
+    (tmp_path / "index.html").mkdir()
+    code, _, err = invoke(["site", "--output", str(tmp_path)], capsys)
+    assert code == 2, err
+    assert err.strip() == (
+        f"error: --output {str(tmp_path)!r}: expected a folder whose index.html is a file or "
+        f"absent ({tmp_path / 'index.html'} is not a file)"
+    )
+    assert no_side_effects == []
