@@ -217,19 +217,16 @@ def site_command(
             f"--output {output!r}: expected a folder whose index.html is a file or absent "
             f"({page} is not a file)"
         )
+    # A nodes file is read before any request: a bad one ends the command with exit 2.
+    node_sources = preflight.node_kernels(Path(nodes)) if nodes else []
     found = status.library_status(project, config)
     coverage: list[site.Coverage] = []
     code = errors.OK if found.ok else errors.UNKNOWN_STATE
     problems = [*found.problems]
-    if openshift or nodes:
-        registry = RegistryClient(config.insecure_registries)
-        report = preflight.run_preflight(
-            config,
-            registry,
-            lambda targets: service.resolve_and_plan(project, config, targets),
-            openshift=openshift,
-            nodes=Path(nodes) if nodes else None,
-        )
+    if openshift or nodes:  # answered from the state status resolved (no pair asked again)
+        repository = config.discover.release_repository
+        releases = preflight.release_kernels(found.run.registry, repository, openshift)
+        report = preflight.from_resolved(config, found.run, [*releases, *node_sources])
         coverage = [
             site.Coverage(a.origin, a.kernel, a.driver, a.ok, a.detail) for a in report.answers
         ]

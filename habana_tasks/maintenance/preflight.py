@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from habana_tasks.maintenance import discover
 from habana_tasks.registry.client import Existence, RegistryClient, RemoteImage
 
 # Kubernetes' node architecture names (GOARCH) -> kernel architecture names.
+DEFAULT_ARCH = "x86_64"  # a release's image read unless told otherwise (Gaudi servers)
 NODE_ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x"}
 
 
@@ -65,7 +66,7 @@ class Answer:
 
 
 def release_kernels(
-    registry: RegistryClient, repository: str, releases: Sequence[str], arch: str
+    registry: RegistryClient, repository: str, releases: Sequence[str], arch: str = DEFAULT_ARCH
 ) -> list[KernelSource]:
     """Each release's kernel, read from its driver-toolkit through the registry API."""
     sources = []
@@ -303,7 +304,7 @@ def run_preflight(
     openshift: Sequence[str] = (),
     nodes: Path | None = None,
     drivers: Sequence[str] = (),
-    arch: str = "x86_64",
+    arch: str = DEFAULT_ARCH,
     release_repository: str | None = None,
 ) -> PreflightReport:
     """The kernels of the given OpenShift releases (or nodes) against the library, per driver."""
@@ -316,5 +317,31 @@ def run_preflight(
     else:
         repository = release_repository or config.discover.release_repository
         sources = release_kernels(registry, repository, openshift, arch)
-    answers, problems, requests = check(config, sources, chosen, registry, plan)
+    return report_on(config, sources, chosen, registry, plan, started)
+
+
+def from_resolved(
+    config: Config, resolved: PlannedRun, sources: Sequence[KernelSource]
+) -> PreflightReport:
+    """Every driver's answer for these kernels from a run already resolved (status's, for the
+    library page): no pair is asked about again."""
+
+    def plan(targets: Sequence[BuildTarget]) -> PlannedRun:
+        wanted = {target.tag for target in targets}
+        return replace(resolved, jobs=tuple(j for j in resolved.jobs if j.target.tag in wanted))
+
+    return report_on(config, sources, drivers_for(config, ()), resolved.registry, plan)
+
+
+def report_on(
+    config: Config,
+    sources: Sequence[KernelSource],
+    drivers: Sequence[str],
+    registry: RegistryClient,
+    plan: Planner,
+    started: float | None = None,
+) -> PreflightReport:
+    """The report on these kernels (releases', nodes' or both), timed from `started` (else now)."""
+    started = time.monotonic() if started is None else started
+    answers, problems, requests = check(config, sources, drivers, registry, plan)
     return PreflightReport(tuple(answers), tuple(problems), requests, time.monotonic() - started)

@@ -154,7 +154,11 @@ class LibraryStatus:
     items: tuple[TargetStatus, ...]
     orphans: tuple[str, ...] | None
     problems: tuple[str, ...]
-    summary: str
+    run: build_service.PlannedRun  # what the items were read from (preflight answers from it)
+
+    @property
+    def summary(self) -> str:
+        return self.run.summary
 
     @property
     def ok(self) -> bool:
@@ -169,10 +173,10 @@ def library_status(project: Project, config: Config) -> LibraryStatus:
     try:
         tags = run.registry.list_tags(config.repository)
     except HabanaError as exc:
-        return LibraryStatus(items, None, (f"cannot list tags: {exc}",), run.summary)
+        return LibraryStatus(items, None, (f"cannot list tags: {exc}",), run)
     live = [i.digest for i in items if i.digest]
     items = tuple(
         replace(i, cosign=attachments.attached(tags, i.digest).text) if i.digest else i
         for i in items
     )
-    return LibraryStatus(items, tuple(orphan_tags(tags, config.targets, live)), (), run.summary)
+    return LibraryStatus(items, tuple(orphan_tags(tags, config.targets, live)), (), run)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from habana_tasks.config import versions_file
 from habana_tasks.config.project import Project
 from habana_tasks.core import errors
 from habana_tasks.engine.podman import Podman
+from habana_tasks.maintenance import preflight
 from habana_tasks.registry.client import Existence, RegistryClient
 from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture, copy_library
 from tests.kmm_schema import kmm_load_sequence, schema_errors
@@ -371,6 +373,51 @@ def test_preflight_a_release_that_cannot_be_resolved_fails_clearly(
     assert code == errors.UNKNOWN_STATE and found["answers"] == [] and found["ok"] is False
     (error,) = found["errors"]
     assert error.startswith("OpenShift 4.90.9 (x86_64): cannot resolve: 4.90.9 (x86_64): ")
+
+
+def test_the_page_covers_releases_and_nodes_together_from_status_state(
+    library: tuple[Project, Path], preflight_releases: str, tmp_path: Path
+) -> None:
+    """`invoke site --openshift ... --nodes ...`: both coverages on one page, the releases read
+    from [discover] release_repository, every pair answered from what status resolved (the
+    requests beyond status's are the releases' own reads)."""
+    project, versions = library
+    versions.write_text(
+        versions.read_text() + f'\n[discover]\nrelease_repository = "{preflight_releases}"\n'
+    )
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text(json.dumps({"items": [
+        {"metadata": {"name": "gaudi-1"},
+         "status": {"nodeInfo": {"kernelVersion": KERNELS[0], "architecture": "amd64"}}},
+    ]}))  # fmt: skip
+
+    def site(output: str, **coverage: Any) -> tuple[int, int, str]:
+        """The exit code, the HTTP requests the run counted, and what it printed."""
+        console, buffer = out()
+        code = maintenance_commands.site_command(
+            project, str(versions), output=str(tmp_path / output), console=console, **coverage
+        )
+        said = buffer.getvalue()
+        return code, int(re.findall(r"(\d+) HTTP request", said)[0]), said
+
+    asked = {"openshift": ["4.90.1", "4.90.2"], "nodes": str(nodes)}
+    site("site", **asked)  # the blob cache warm, as for the daily run
+    code, with_coverage, said = site("site", **asked)
+    assert code == errors.NOT_READY, said  # 4.90.2's kernel is not in the library
+    page = (tmp_path / "site" / "index.html").read_text()
+    row = '<td>{}</td><td>{}</td><td>6.1.0-1</td><td class="{}">{}</td>'
+    assert row.format("OpenShift 4.90.1 (x86_64)", KERNELS[1], "current", "covered") in page
+    assert row.format("node gaudi-1", KERNELS[0], "current", "covered") in page
+    assert "<td>OpenShift 4.90.2 (x86_64)</td><td>" + KERNEL_A in page
+    _, plain, _ = site("plain")
+    # Beyond status's requests, only the releases' own reads (as many as reading them alone
+    # takes): no pair is resolved again.
+    registry = RegistryClient(
+        versions_file.load(versions).insecure_registries, blob_cache=project.cache / "blobs"
+    )
+    preflight.release_kernels(registry, preflight_releases, asked["openshift"])
+    assert registry.requests_sent > 0
+    assert with_coverage - plain == registry.requests_sent, (with_coverage, plain)
 
 
 def test_kmm_module_with_the_cluster_sign_flow_lists_every_module_file_of_each_image(

@@ -141,3 +141,14 @@ def test_an_output_whose_index_is_not_a_file_is_refused_before_any_request(
         f"absent ({tmp_path / 'index.html'} is not a file)"
     )
     assert no_side_effects == []
+
+
+def test_a_nodes_file_that_is_not_a_node_list_is_refused_before_any_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_side_effects: list[str]
+) -> None:
+    nodes = tmp_path / "nodes.json"
+    nodes.write_text('{"items": []}')
+    code, _, err = invoke(["site", "--output", str(tmp_path), "--nodes", str(nodes)], capsys)
+    assert code == 2, err
+    assert err.strip() == f"error: {nodes}: items: expected a non-empty list of nodes"
+    assert no_side_effects == []
