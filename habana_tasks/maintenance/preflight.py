@@ -32,8 +32,8 @@ from habana_tasks.core.errors import (
 from habana_tasks.maintenance import discover
 from habana_tasks.registry.client import Existence, RegistryClient, RemoteImage
 
-# Kubernetes' node architecture names (GOARCH) -> kernel architecture names.
 DEFAULT_ARCH = "x86_64"  # a release's image read unless told otherwise (Gaudi servers)
+# Kubernetes' node architecture names (GOARCH) -> kernel architecture names.
 NODE_ARCHES = {"amd64": "x86_64", "arm64": "aarch64", "ppc64le": "ppc64le", "s390x": "s390x"}
 
 
@@ -250,7 +250,8 @@ def check(
             for j in planned.jobs
             if j.target.tag in planned.remote
         }
-        requests += planned.registry.requests_sent
+        if planned.registry is not registry:  # a run of its own (not status's, counted below)
+            requests += planned.registry.requests_sent
 
     def labels_of(image: str) -> Mapping[str, str] | None:
         found = remote.get(image) or registry.inspect(image)
