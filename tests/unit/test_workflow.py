@@ -68,8 +68,9 @@ def test_a_pull_request_plans_only_without_secrets_or_push() -> None:
 
 def test_the_matrix_stays_within_githubs_limit_and_each_job_builds_its_batch() -> None:
     jobs = workflow()["jobs"]
-    for line in invoke_lines(jobs["plan"]):
-        assert line[0] == "matrix"
+    matrix_lines = [line for line in invoke_lines(jobs["plan"]) if line[0] == "matrix"]
+    assert len(matrix_lines) == 2  # the matrix, and its summary
+    for line in matrix_lines:
         assert int(line[line.index("--max-jobs") + 1]) <= arguments.MAX_JOBS[1] == 256
     assert jobs["build"]["strategy"]["matrix"] == "${{ fromJSON(needs.plan.outputs.matrix) }}"
     assert invoke_lines(jobs["build"]) == [["build-all", "--only", "${ONLY}"]]
@@ -120,17 +121,25 @@ def test_cosign_is_installed_pinned_by_commit_and_its_secrets_never_echoed() -> 
     assert 'echo "${COSIGN' not in script and "echo ${COSIGN" not in script
 
 
+def uses(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A job's action steps by action name (without the version)."""
+    return {step["uses"].split("@")[0]: step for step in job["steps"] if "uses" in step}
+
+
 def test_the_library_page_is_published_after_the_summary_and_never_from_a_pull_request() -> None:
     jobs = workflow()["jobs"]
-    site, pages = jobs["site"], jobs["pages"]
+    site, pages, plan = jobs["site"], jobs["pages"], jobs["plan"]
     assert site["needs"] == ["plan", "summary"] and "always()" in site["if"]
+    assert "github.event_name != 'pull_request'" in site["if"]
     assert invoke_lines(site) == [["site", "--output", "site"]]
-    uploads = {
-        step["uses"].split("@")[0]: step["if"]
-        for step in site["steps"]
-        if "if" in step and "uses" in step
-    }
-    assert uploads["actions/upload-artifact"] == "github.event_name == 'pull_request'"
-    assert uploads["actions/upload-pages-artifact"] == "github.event_name != 'pull_request'"
+    assert uses(site)["actions/upload-pages-artifact"]["with"]["path"] == "site/"
     assert "github.event_name != 'pull_request'" in pages["if"]
     assert pages["permissions"] == {"pages": "write", "id-token": "write"}
+    assert "actions/deploy-pages" in uses(pages)
+    # A pull request's plan job writes the page and uploads it as an artifact instead.
+    assert ["site", "--output", "site"] in invoke_lines(plan)
+    (page_step,) = [s for s in plan["steps"] if "invoke site" in str(s.get("run", ""))]
+    upload = uses(plan)["actions/upload-artifact"]
+    pull_request = "github.event_name == 'pull_request'"
+    assert page_step["if"] == upload["if"] == pull_request
+    assert upload["with"] == {"name": "library-page", "path": "site/"}
