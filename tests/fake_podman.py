@@ -76,6 +76,7 @@ class FakePodman(FakeRunner):
         self.block_builds = threading.Event()
         self.building = threading.Event()
         self.terminated = threading.Event()
+        self.waited_out: list[str] = []  # blocked builds nobody stopped (they gave up at 10 s)
         self.created: dict[str, str] = {}  # container name -> image id
         # What the built module declares (modinfo depends, --dump-modversions) ...
         self.depends = "ib_core"
@@ -175,7 +176,8 @@ class FakePodman(FakeRunner):
             self.compiles.append(release)
             self.building.set()
             if self.block_builds.is_set():
-                self.terminated.wait(10)
+                if not self.terminated.wait(10):
+                    self.waited_out.append(release)
                 return -15, ["make: *** [all] Terminated"]
             if release in self.failing_builds:
                 # As podman ends a RUN step whose command failed.

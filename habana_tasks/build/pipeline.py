@@ -11,7 +11,6 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +32,7 @@ from habana_tasks.core.errors import (
     HabanaError,
     Interrupted,
 )
-from habana_tasks.core.process import LineSink, interruption
+from habana_tasks.core.process import LineSink, in_parallel, interruption
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import Existence, RegistryClient
 from habana_tasks.trust.signer import ImageSigner
@@ -167,18 +166,11 @@ class Pipeline:
 
     def _run_parallel(self, jobs: Sequence[BuildJob], results: dict[str, JobResult]) -> None:
         """Run the jobs; each result lands in `results` as soon as the caller has it."""
-        with ThreadPoolExecutor(max(1, self.options.jobs), thread_name_prefix="build") as pool:
-            futures: list[Future[JobResult]] = [pool.submit(self._run_job, job) for job in jobs]
-            try:
-                for future in futures:
-                    result = future.result()
-                    results[result.tag] = result
-            except KeyboardInterrupt:
-                for future in futures:
-                    future.cancel()
-                self.podman.runner.terminate_all()
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+
+        def landed(result: JobResult) -> None:
+            results[result.tag] = result
+
+        in_parallel(self._run_job, jobs, self.options.jobs, self.podman.runner, landed)
 
     def _stopped(
         self, jobs: Sequence[BuildJob], results: dict[str, JobResult], error: type[Interrupted]

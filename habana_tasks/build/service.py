@@ -9,7 +9,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO, TypeVar
@@ -26,7 +25,7 @@ from habana_tasks.config.project import Project
 from habana_tasks.config.targets import BuildTarget, Config, SigningFiles
 from habana_tasks.core.errors import exit_code_for
 from habana_tasks.core.http_client import HTTPClient
-from habana_tasks.core.process import ProcessRunner
+from habana_tasks.core.process import ProcessRunner, in_parallel
 from habana_tasks.engine.isolation import BuildIsolation, explicit_choice
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import RegistryClient, RemoteImage
@@ -251,16 +250,7 @@ def per_target(
 
     if jobs <= 1 or len(targets) <= 1:
         return [one(target) for target in targets]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = [pool.submit(one, target) for target in targets]
-        try:
-            return [future.result() for future in futures]
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            if runner is not None:
-                runner.terminate_all()
-            raise
+    return in_parallel(one, targets, jobs, runner)
 
 
 def compile_cache(project: Project, config: Config) -> CompileCache:

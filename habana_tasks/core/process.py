@@ -15,9 +15,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
@@ -30,6 +32,8 @@ from habana_tasks.core.errors import (
 )
 
 LineSink = Callable[[str], None]
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 TAIL_LINES = 40
 TERMINATE_GRACE_SECONDS = 5.0
 # kmod's modinfo/depmod/modprobe live in /sbin, which an ordinary user's PATH often lacks.
@@ -186,6 +190,36 @@ class ProcessRunner:
             live = list(self._live)
         for proc in live:
             _terminate(proc)
+
+
+def in_parallel(
+    run: Callable[[Item], Result],
+    items: Sequence[Item],
+    workers: int,
+    runner: ProcessRunner | None,
+    each: Callable[[Result], None] | None = None,
+) -> list[Result]:
+    """`run` over the items, `workers` at a time; the results in the items' order, each given
+    to `each` as soon as the caller has it. Interrupted (or failing) at any point, submitting
+    included, the items not started are cancelled and the runner's commands stopped before the
+    exception goes on: leaving the pool waits for its workers, which wait for those commands."""
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="worker") as pool:
+        futures: list[Future[Result]] = []
+        try:
+            for item in items:
+                futures.append(pool.submit(run, item))
+            results = []
+            for future in futures:
+                results.append(future.result())
+                if each is not None:
+                    each(results[-1])
+            return results
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            if runner is not None:
+                runner.terminate_all()
+            raise
 
 
 def _terminate(proc: subprocess.Popen[str]) -> None:

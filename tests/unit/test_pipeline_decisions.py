@@ -192,6 +192,7 @@ def test_an_interrupt_stops_every_child_and_pushes_nothing(
     finally:
         signal.signal(signal.SIGINT, previous)
     assert runner.terminated.is_set()  # every child was told to stop
+    assert runner.waited_out == []  # ... while it ran, not once it had given up
     assert pushes(runner) == []
     # A build that failed because it was stopped says nothing of its inputs: no failure record.
     assert [key for key in fake.manifests if ":failed-" in key] == []

@@ -5,7 +5,9 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import overload
 
 import pytest
 
@@ -95,6 +97,51 @@ def test_terminate_all_stops_running_commands_and_refuses_new_ones() -> None:
     with pytest.raises(CommandError, match="not started: interrupted") as refused:
         runner.run(["true"])
     assert refused.value.returncode == -signal.SIGINT
+
+
+class InterruptedWhileSubmitting(Sequence[int]):
+    """Two items; reaching the second (the pool is still being given work) raises an interrupt
+    once the first item's command runs, as a Ctrl-C arriving at that moment does."""
+
+    def __init__(self, started: threading.Event) -> None:
+        self.started = started
+
+    def __len__(self) -> int:
+        return 2
+
+    @overload
+    def __getitem__(self, index: int) -> int: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[int]: ...
+    def __getitem__(self, index: int | slice) -> int | Sequence[int]:
+        if index == 1:
+            assert self.started.wait(10)
+            raise KeyboardInterrupt
+        if isinstance(index, slice) or index > 1:
+            raise IndexError(index)
+        return index
+
+
+def test_an_interrupt_while_work_is_handed_out_stops_the_commands_already_running() -> None:
+    """Leaving a pool waits for its workers: the commands are stopped first, or it would wait
+    for a command nobody stops."""
+    runner, started = ProcessRunner(), threading.Event()
+    outcomes: list[BaseException | str] = []
+
+    def work(item: int) -> None:
+        def seen(line: str) -> None:
+            started.set()
+
+        try:
+            runner.run(["sh", "-c", "echo running; exec sleep 30"], on_line=seen)
+            outcomes.append("ran to its end")
+        except CommandError as exc:
+            outcomes.append(exc)
+
+    with pytest.raises(KeyboardInterrupt):
+        process.in_parallel(work, InterruptedWhileSubmitting(started), 2, runner)
+    (stopped,) = outcomes
+    assert isinstance(stopped, CommandError) and stopped.returncode == -signal.SIGTERM, outcomes
 
 
 def test_terminate_all_returns_only_once_processes_outside_the_group_are_gone(
