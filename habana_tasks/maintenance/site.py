@@ -84,11 +84,15 @@ def anchor(name: str) -> str:
 
 
 def age(created: str | None, now: datetime) -> str:
+    """The image's age from its `created` label: SOURCE_DATE_EPOCH, so 0 (1970) says only that
+    the build was given no date, which the page says as such."""
     epoch = labels.epoch_of(created) if created else None
-    if epoch is None or epoch <= 0:
+    if epoch is None or epoch < 0:
         return "age unknown"
+    if epoch == 0:
+        return f"no build date ({labels.SOURCE_DATE_EPOCH} unset)"
     days = int((now.timestamp() - epoch) // 86400)
-    return f"{days} day(s) old"
+    return f"{days} day(s) old ({created})"
 
 
 def image_link(item: TargetStatus, insecure: frozenset[str]) -> str | None:

@@ -152,3 +152,18 @@ def test_a_nodes_file_that_is_not_a_node_list_is_refused_before_any_request(
     assert code == 2, err
     assert err.strip() == f"error: {nodes}: items: expected a non-empty list of nodes"
     assert no_side_effects == []
+
+
+@pytest.mark.parametrize(
+    ("created", "said"),
+    [
+        ("2026-11-30T00:00:00Z", "3 day(s) old (2026-11-30T00:00:00Z)"),
+        ("1970-01-01T00:00:00Z", "no build date (SOURCE_DATE_EPOCH unset)"),
+        ("yesterday", "age unknown"),
+        (None, "age unknown"),
+    ],
+)
+def test_the_age_is_said_from_the_created_label(created: str | None, said: str) -> None:
+    assert site.age(created, NOW) == said
+    page = site.render([replace(ITEMS[0], created=created)], RUN)
+    assert html.escape(said) in page
