@@ -226,7 +226,7 @@ def site_command(
     if openshift or nodes:  # answered from the state status resolved (no pair asked again)
         repository = config.discover.release_repository
         releases = preflight.release_kernels(found.run.registry, repository, openshift)
-        report = preflight.from_resolved(config, found.run, [*releases, *node_sources])
+        report = preflight.from_resolved(config, found.run, [*releases, *node_sources], found.tags)
         coverage = [
             site.Coverage(a.origin, a.kernel, a.driver, a.ok, a.detail) for a in report.answers
         ]

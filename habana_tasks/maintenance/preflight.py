@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -233,9 +233,11 @@ def check(
     drivers: Sequence[str],
     registry: RegistryClient,
     plan: Planner,
+    listed: Collection[str] | None = None,
 ) -> tuple[list[Answer], list[str], int]:
     """Every answer, every error (a source or image that cannot be told: never a "no"), and the
-    registry requests it took. The plan is the build plan: "current" means build-all would skip."""
+    registry requests it took. The plan is the build plan: "current" means build-all would skip.
+    `listed`: the repository's tags, when just listed (an image not among them is not asked for)."""
     errors = [f"{s.origin}: {s.error}" for s in sources if s.error]
     kernels = {s.kernel for s in sources if s.kernel}
     targets = [t for t in config.targets if t.kernel in kernels and t.driver in drivers]
@@ -253,7 +255,11 @@ def check(
         if planned.registry is not registry:  # a run of its own (not status's, counted below)
             requests += planned.registry.requests_sent
 
+    known = None if listed is None else {f"{config.repository}:{tag}" for tag in listed}
+
     def labels_of(image: str) -> Mapping[str, str] | None:
+        if image not in remote and known is not None and image not in known:
+            return None
         found = remote.get(image) or registry.inspect(image)
         if found.existence is Existence.UNKNOWN:
             raise RegistryError(f"{image}: {found.error or 'registry error'}")
@@ -318,31 +324,24 @@ def run_preflight(
     else:
         repository = release_repository or config.discover.release_repository
         sources = release_kernels(registry, repository, openshift, arch)
-    return report_on(config, sources, chosen, registry, plan, started)
+    answers, problems, requests = check(config, sources, chosen, registry, plan)
+    return PreflightReport(tuple(answers), tuple(problems), requests, time.monotonic() - started)
 
 
 def from_resolved(
-    config: Config, resolved: PlannedRun, sources: Sequence[KernelSource]
+    config: Config,
+    resolved: PlannedRun,
+    sources: Sequence[KernelSource],
+    listed: Collection[str] | None,
 ) -> PreflightReport:
-    """Every driver's answer for these kernels from a run already resolved (status's, for the
-    library page): no pair is asked about again."""
+    """Every driver's answer for these kernels from a run already resolved and the tags it
+    listed (status's, for the library page): nothing is asked about again."""
 
     def plan(targets: Sequence[BuildTarget]) -> PlannedRun:
         wanted = {target.tag for target in targets}
         return replace(resolved, jobs=tuple(j for j in resolved.jobs if j.target.tag in wanted))
 
-    return report_on(config, sources, drivers_for(config, ()), resolved.registry, plan)
-
-
-def report_on(
-    config: Config,
-    sources: Sequence[KernelSource],
-    drivers: Sequence[str],
-    registry: RegistryClient,
-    plan: Planner,
-    started: float | None = None,
-) -> PreflightReport:
-    """The report on these kernels (releases', nodes' or both), timed from `started` (else now)."""
-    started = time.monotonic() if started is None else started
-    answers, problems, requests = check(config, sources, drivers, registry, plan)
+    started = time.monotonic()
+    drivers = drivers_for(config, ())
+    answers, problems, requests = check(config, sources, drivers, resolved.registry, plan, listed)
     return PreflightReport(tuple(answers), tuple(problems), requests, time.monotonic() - started)

@@ -155,6 +155,7 @@ class LibraryStatus:
     orphans: tuple[str, ...] | None
     problems: tuple[str, ...]
     run: build_service.PlannedRun  # what the items were read from (preflight answers from it)
+    tags: frozenset[str] | None = None  # every tag the repository listed
 
     @property
     def summary(self) -> str:
@@ -179,4 +180,5 @@ def library_status(project: Project, config: Config) -> LibraryStatus:
         replace(i, cosign=attachments.attached(tags, i.digest).text) if i.digest else i
         for i in items
     )
-    return LibraryStatus(items, tuple(orphan_tags(tags, config.targets, live)), (), run)
+    orphans = tuple(orphan_tags(tags, config.targets, live))
+    return LibraryStatus(items, orphans, (), run, frozenset(tags))

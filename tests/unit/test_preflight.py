@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -8,9 +9,12 @@ import pytest
 
 from habana_tasks.build import labels
 from habana_tasks.build.plan import Action, BuildJob
-from habana_tasks.config.targets import SigningFiles
+from habana_tasks.build.service import PlannedRun
+from habana_tasks.config.tags import image_tag
+from habana_tasks.config.targets import BuildTarget, SigningFiles
 from habana_tasks.core.errors import ConfigError
 from habana_tasks.maintenance import preflight
+from habana_tasks.registry.client import RegistryClient
 from tests.samples import CONFIG, INPUTS, TARGET
 
 RELEASE = preflight.KernelSource(
@@ -94,3 +98,27 @@ def test_node_lists_are_read_from_kubectl_json(tmp_path: Path) -> None:
     path.write_text('{"items": []}')
     with pytest.raises(ConfigError, match="expected a non-empty list of nodes"):
         preflight.node_kernels(path)
+
+
+def test_an_image_the_listed_tags_lack_is_not_asked_for(no_side_effects: list[str]) -> None:
+    """With the tags status has just listed, a kernel the versions file lacks is answered
+    without a request when its tag is not among them, and asked about when it is."""
+    config = replace(CONFIG_ONE, repository="127.0.0.1:9/lib/drv")
+    node = preflight.KernelSource("node n", "6.1.0-99-amd64", "x86_64")
+    tag = image_tag(TARGET.driver, "6.1.0-99-amd64")
+    registry = RegistryClient(["127.0.0.1:9"])
+
+    def plan(targets: Sequence[BuildTarget]) -> PlannedRun:
+        raise AssertionError(f"nothing to plan: {targets}")
+
+    answers, problems, _ = preflight.check(
+        config, [node], [TARGET.driver], registry, plan, listed=[TARGET.tag]
+    )
+    assert problems == [] and len(answers) == 1
+    assert (answers[0].present, answers[0].ok) == (False, False)
+    assert answers[0].detail == "kernel not in versions.toml"
+    assert no_side_effects == []
+    # Listed (a tag left from an earlier versions file): its labels are asked for.
+    with pytest.raises(AssertionError, match="a connection was attempted"):
+        preflight.check(config, [node], [TARGET.driver], registry, plan, listed=[tag])
+    assert no_side_effects == ["connect ('127.0.0.1', 9)"]
