@@ -60,8 +60,7 @@ def tasks_in(root: Path) -> Callable[..., Callable[[Command], Task[Any]]]:
 
     def command(*options: Option[Any]) -> Callable[[Command], Task[Any]]:
         def make(fn: Command) -> Task[Any]:
-            def body(c: Context, *positional: Any, **typed: Any) -> None:
-                typed.update(zip((o.name for o in options), positional, strict=False))
+            def body(c: Context, **typed: Any) -> None:  # no option is positional: all named
                 run(lambda: fn(Given({o: o.value(typed[o.name]) for o in options}, root)))
 
             required = inspect.Parameter.empty

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,15 @@ from tests.conftest import ROOT, free_port, require_tools
 KERNELS = ("6.1.0-55-amd64", "6.1.0-56-amd64")
 COMPILE_CACHE_VARIABLE = "HABANA_COMPILE_CACHE_DIR"
 DRIVER = "6.1.0-1"
+# How a command reports the registry requests it made: `… 285 HTTP request(s) …`.
+REQUESTS_REPORTED = re.compile(r"(\d+) HTTP request")
+
+
+def requests_reported(output: str) -> int:
+    """The request count a command printed (its first, the resolver's summary)."""
+    found = REQUESTS_REPORTED.search(output)
+    assert found, f"no request count in: {output!r}"
+    return int(found.group(1))
 
 
 @dataclass(frozen=True)

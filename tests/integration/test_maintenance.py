@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,13 @@ from habana_tasks.core import errors
 from habana_tasks.engine.podman import Podman
 from habana_tasks.maintenance import preflight
 from habana_tasks.registry.client import Existence, RegistryClient
-from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture, copy_library
+from tests.integration.conftest import (
+    DRIVER,
+    KERNELS,
+    UpstreamFixture,
+    copy_library,
+    requests_reported,
+)
 from tests.kmm_schema import kmm_load_sequence, schema_errors
 
 pytestmark = pytest.mark.integration
@@ -398,7 +403,7 @@ def test_the_page_covers_releases_and_nodes_together_from_status_state(
             project, str(versions), output=str(tmp_path / output), console=console, **coverage
         )
         said = buffer.getvalue()
-        return code, int(re.findall(r"(\d+) HTTP request", said)[0]), said
+        return code, requests_reported(said), said
 
     asked = {"openshift": ["4.90.1", "4.90.2"], "nodes": str(nodes)}
     site("site", **asked)  # the blob cache warm, as for the daily run

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,6 +17,7 @@ from habana_tasks.config import versions_file
 from habana_tasks.config.project import Project
 from habana_tasks.core.errors import NOT_READY
 from tests.conftest import ROOT, invoke_argv, require_tools
+from tests.integration.conftest import requests_reported
 
 pytestmark = [pytest.mark.integration]
 CHROMIUM = ["--headless", "--disable-gpu", "--no-sandbox", "--no-first-run", "--disable-extensions"]
@@ -33,30 +33,31 @@ def chromium(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def invoke_on(library: tuple[Project, Path], *args: str) -> subprocess.CompletedProcess[str]:
+    """`invoke <args> --versions <the library's file>`, with the library's cache."""
+    project, versions = library
+    return subprocess.run(
+        invoke_argv(*args, "--versions", str(versions)),
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=600,
+        env={**os.environ, "HABANA_CACHE_DIR": str(project.cache)},
+    )  # fmt: skip
+
+
 def test_the_page_shows_every_pair_and_its_state_in_a_browser(
     library: tuple[Project, Path], tmp_path: Path
 ) -> None:
     require_tools("chromium")
-    project, versions = library
+    _, versions = library
     text = versions.read_text()
     # A third pair that is not in the library: missing.
     versions.write_text(text + '\n[[kernels]]\nrelease = "6.1.0-57-amd64"\ndrivers = ["6.1.0-1"]\n')
     out = tmp_path / "site"
-    env = {**os.environ, "HABANA_CACHE_DIR": str(project.cache)}
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            invoke_argv(*args, "--versions", str(versions)),
-            cwd=ROOT, capture_output=True, text=True, check=False, timeout=600, env=env,
-        )  # fmt: skip
-
-    run("status")  # the caches warm, as for the page's run
-    done = run("site", "--output", str(out))
+    invoke_on(library, "status")  # the caches warm, as for the page's run
+    done = invoke_on(library, "site", "--output", str(out))
     assert done.returncode == 0, done.stdout + done.stderr
     # No request beyond what `status` makes for the same library.
-    status = run("status")
-    counts = [re.findall(r"(\d+) HTTP request", r.stdout) for r in (done, status)]
-    assert counts[0] and counts[0] == counts[1], counts
+    counts = [requests_reported(r.stdout) for r in (done, invoke_on(library, "status"))]
+    assert counts[0] == counts[1], counts
     page = out / "index.html"
     dom = chromium("--dump-dom", page.as_uri(), home=tmp_path / "profile").stdout
     for target in versions_file.load(versions).targets:
@@ -76,7 +77,6 @@ def test_the_page_shows_the_coverage_of_the_given_nodes(
     library: tuple[Project, Path], tmp_path: Path
 ) -> None:
     """--nodes: what preflight answers for each node, on the page; the exit code is preflight's."""
-    project, versions = library
     nodes = tmp_path / "nodes.json"
     kernels = {"worker-1": "6.1.0-55-amd64", "worker-2": "6.1.0-99-amd64"}
     nodes.write_text(
@@ -87,20 +87,12 @@ def test_the_page_shows_the_coverage_of_the_given_nodes(
         ]})
     )  # fmt: skip
     out = tmp_path / "site"
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            invoke_argv(*args, "--versions", str(versions)),
-            cwd=ROOT, capture_output=True, text=True, check=False, timeout=600,
-            env={**os.environ, "HABANA_CACHE_DIR": str(project.cache)},
-        )  # fmt: skip
-
-    run("status")  # the caches warm, as for the page's run
-    done = run("site", "--output", str(out), "--nodes", str(nodes))
+    invoke_on(library, "status")  # the caches warm, as for the page's run
+    done = invoke_on(library, "site", "--output", str(out), "--nodes", str(nodes))
     assert done.returncode == NOT_READY, done.stdout + done.stderr  # worker-2 is not covered
     # The coverage is answered from the state status resolved: no request beyond status's.
-    counts = [re.findall(r"(\d+) HTTP request", r.stdout) for r in (done, run("status"))]
-    assert counts[0] and counts[0] == counts[1], counts
+    counts = [requests_reported(r.stdout) for r in (done, invoke_on(library, "status"))]
+    assert counts[0] == counts[1], counts
     page = (out / "index.html").read_text()
     row = '<td>node {}</td><td>{}</td><td>6.1.0-1</td><td class="{}">{}</td>'
     assert row.format("worker-1", kernels["worker-1"], "current", "covered") in page
