@@ -272,13 +272,18 @@ class ProcessTree:
         self.refresh()
 
     def refresh(self) -> None:
-        for proc in [p for p in self.known if _running(p)]:
-            with contextlib.suppress(psutil.Error):
-                self.known.update(
-                    child
-                    for child in proc.children(recursive=True)
-                    if _name(child) not in SHARED_HELPERS
-                )
+        """Add the children of every remembered process still running, to a fixed point, from
+        one pass over the process table (a shared helper and what runs under it are left out)."""
+        by_parent: dict[int, list[psutil.Process]] = {}
+        for proc in psutil.process_iter(["ppid", "name"]):
+            if proc.info["name"] not in SHARED_HELPERS:
+                by_parent.setdefault(proc.info["ppid"], []).append(proc)
+        todo = [p.pid for p in self.known if _running(p)]
+        while todo:
+            for child in by_parent.get(todo.pop(), []):
+                if child not in self.known:
+                    self.known.add(child)
+                    todo.append(child.pid)
 
     def alive(self) -> list[psutil.Process]:
         self.refresh()
@@ -298,10 +303,3 @@ class ProcessTree:
                 psutil.wait_procs(left, timeout=POLL_SECONDS)
             if not left:
                 return
-
-
-def _name(proc: psutil.Process) -> str:
-    try:
-        return proc.name()
-    except psutil.Error:
-        return ""
