@@ -31,7 +31,16 @@ ROOTLESS_COMMAND = (
     # Every isolation, chosen every way, builds without a network for an ordinary user too; the
     # node's policy is enforced in a root the user made and entered in a user namespace.
     " && .venv/bin/python -m pytest -q -p no:cacheprovider tests/integration/test_build_network.py"
-    " tests/integration/test_node_policy.py"
+    " tests/integration/test_node_policy.py tests/integration/test_registry_login.py"
+    "; code=$?; .venv/bin/invoke upstream-down; exit $code"
+)
+# The README's first command again for each other way an ordinary user arrives (the runs above
+# arrive with `su -`: no login session; see scripts/as-unprivileged-user).
+# Each also rebuilds a pair (podman builds, skopeo pushes, cosign signs as that user).
+OTHER_ARRIVALS = ("runuser", "sudo", "stale", "login")
+ARRIVAL_COMMAND = (
+    "scripts/install-deps && .venv/bin/invoke example"
+    f" && .venv/bin/invoke build --force --kernel 6.1.0-55-amd64 --versions {EXAMPLE}"
     "; code=$?; .venv/bin/invoke upstream-down; exit $code"
 )
 nox.options.sessions = ["lint", "typecheck", "tests"] + (
@@ -104,9 +113,13 @@ def load_test(session: nox.Session) -> None:
 @nox.session(python=False)
 def rootless(session: nox.Session) -> None:
     """The example, build, build-all, status and load-test as an ordinary user with rootless
-    podman, then the build-network and node-policy tests (as root: a user made for it, in a copy
-    of this checkout)."""
-    session.run("scripts/as-unprivileged-user", ROOTLESS_COMMAND, external=True)
+    podman, then the build-network, node-policy and registry-login tests (as root: a user made
+    for it, reached with `su -`, in a copy of this checkout); then the README's first command
+    as the same user reached each other way."""
+    user = "scripts/as-unprivileged-user"
+    session.run(user, ROOTLESS_COMMAND, external=True, env={"HABANA_TEST_ARRIVAL": "su"})
+    for arrival in OTHER_ARRIVALS:
+        session.run(user, ARRIVAL_COMMAND, external=True, env={"HABANA_TEST_ARRIVAL": arrival})
 
 
 @nox.session(default=False)

@@ -24,11 +24,12 @@ from devtools.bench_base import (
 from devtools.bench_builds import BuildSections
 from devtools.bench_page import PageSection
 from devtools.bench_refresh import RefreshSection
+from devtools.bench_rootless import GOAL_RATIO, RootlessSection
 from habana_tasks.build.metadata import LOOKUP_THREADS as LOOKUP_CONCURRENCY
 from habana_tasks.config.project import Project
 
 
-class Bench(RefreshSection, BuildSections, PageSection):
+class Bench(RefreshSection, BuildSections, PageSection, RootlessSection):
     """Every section, and the report made of them."""
 
     # -- report ------------------------------------------------------------------------------
@@ -153,6 +154,12 @@ class Bench(RefreshSection, BuildSections, PageSection):
             ),
             *(row(*goal) for goal in self._page_goals()),
             at_most(
+                "an ordinary user's cache-hit pair ≤ 2× root's (rootless podman)",
+                f"{d['rootless']['ratio_hit']:.2f}× ({d['rootless']['driver']} storage)",
+                d["rootless"]["ratio_hit"], GOAL_RATIO, "{:.2f}×",
+                "rootless podman's user namespace and storage driver",
+            ),
+            at_most(
                 "load test ≤ 10 s per image (reference)",
                 f"{load_test:.1f} s (worst median)",
                 load_test, 10, "{:.1f} s", load_test_bound,
@@ -200,6 +207,7 @@ def run(project: Project, console: Console | None = None) -> Path:
             ("load test and sizes", bench.load_test_and_sizes),
             ("compile cache", bench.compile_cache),
             ("library page", bench.library_page),
+            ("root and rootless", bench.rootless),
         )
         for name, step in steps:
             console.print(f"bench: {name}")

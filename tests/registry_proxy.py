@@ -35,6 +35,8 @@ class Faults:
     raw: RawFault | None = None
     # Authorization headers that reached the proxy, in order (for canary checks).
     authorizations: list[str] = field(default_factory=list)
+    # (User-Agent, Authorization or "") of every request: which client asked, and as whom.
+    clients: list[tuple[str, str]] = field(default_factory=list)
 
 
 Answer = tuple[int, dict[str, str], bytes]
@@ -68,6 +70,8 @@ def _handler(upstream: tuple[str, int], faults: Faults) -> type[BaseHTTPRequestH
             faults.seen.append(line)
             if "Authorization" in self.headers:
                 faults.authorizations.append(self.headers["Authorization"])
+            agent = self.headers.get("User-Agent", "")
+            faults.clients.append((agent, self.headers.get("Authorization", "")))
             body = _read_body(self)
             if faults.raw is not None and faults.raw(line, self):
                 self.close_connection = True

@@ -23,6 +23,7 @@ from habana_tasks.build.reporter import Reporter
 from habana_tasks.build.results import JobResult, JobStatus
 from habana_tasks.config.project import Project
 from habana_tasks.config.targets import BuildTarget, Config, SigningFiles
+from habana_tasks.core import user_session
 from habana_tasks.core.errors import exit_code_for
 from habana_tasks.core.http_client import HTTPClient
 from habana_tasks.core.process import ProcessRunner, in_parallel
@@ -180,9 +181,13 @@ def node_trust(
 
 def make_podman(announce: Callable[[str], None], runner: ProcessRunner | None = None) -> Podman:
     """One podman per run: its build isolation is decided once and announced once. A mistyped
-    isolation or SOURCE_DATE_EPOCH in the environment is refused here, before anything runs."""
+    isolation or SOURCE_DATE_EPOCH in the environment is refused here, before anything runs,
+    and so is a rootless host podman cannot work on (exit 6, with the fix)."""
     explicit_choice(os.environ)
     labels.source_date_epoch(os.environ)
+    user_session.check_host()
+    for notice in user_session.untold_notices():
+        announce(notice)
     runner = runner or ProcessRunner()
     return Podman(runner, BuildIsolation(runner, announce=announce))
 

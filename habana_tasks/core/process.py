@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import psutil
 
+from habana_tasks.core import user_session
 from habana_tasks.core.errors import (
     CommandError,
     CommandTimeout,
@@ -75,9 +76,11 @@ def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment for a child, in the C locale: the product parses what podman,
     openssl, kmod and coreutils print (causes, versions, symbols), so a user's language must not
     change a decision. LANGUAGE is dropped too (gettext prefers it to LC_ALL elsewhere), and so
-    is a secret the user set for one tool: only the call that passes it in `extra` gets it."""
+    is a secret the user set for one tool: only the call that passes it in `extra` gets it. An
+    ordinary user's children share one runtime directory and storage driver (user_session)."""
     env = {k: v for k, v in os.environ.items() if k not in ("LANGUAGE", *NOT_INHERITED)}
     env["LC_ALL"] = "C"
+    env.update(user_session.current().environment)
     env.update(extra or {})
     return env
 

@@ -8,9 +8,11 @@ import base64
 import binascii
 import json
 import os
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -19,11 +21,13 @@ import requests
 from requests.utils import parse_dict_header
 
 from habana_tasks.config.image_reference import ImageReference
-from habana_tasks.core import local_files
+from habana_tasks.core import local_files, user_session
 from habana_tasks.core.errors import RegistryError, TransientHTTPError
 from habana_tasks.core.http_client import HTTPClient, host_of, short_reason
 from habana_tasks.registry.responses import json_object, raise_for_status
 
+ROOT_AUTH_FILE = Path("/run/containers/0/auth.json")
+DOCKER_HUB_CONFIG_KEY = "https://index.docker.io/v1/"  # Docker Hub's key in a Docker config
 BASIC_LIFETIME = 3600  # seconds a Basic header is reused before the credentials are read again
 
 
@@ -46,16 +50,22 @@ def auth_files(env: Mapping[str, str] | None = None) -> list[Path]:
     if env.get("REGISTRY_AUTH_FILE"):
         return [Path(env["REGISTRY_AUTH_FILE"])]
     home = Path(env.get("HOME", str(Path.home())))
-    files = []
-    if env.get("XDG_RUNTIME_DIR"):
-        files.append(Path(env["XDG_RUNTIME_DIR"]) / "containers" / "auth.json")
-    else:
-        files.append(Path(f"/run/containers/{os.getuid()}/auth.json"))
+    files = [runtime_auth_file(env, os.getuid())]
     files.append(
         Path(env.get("XDG_CONFIG_HOME", str(home / ".config"))) / "containers" / "auth.json"
     )
     files.append(Path(env.get("DOCKER_CONFIG", str(home / ".docker"))) / "config.json")
     return files
+
+
+def runtime_auth_file(env: Mapping[str, str], uid: int) -> Path:
+    """podman's first choice: its runtime directory's auth.json. Root's is XDG_RUNTIME_DIR's or
+    /run/containers/0; an ordinary user's is the runtime directory rootless podman itself uses
+    (user_session), never /run/containers/<uid>, which root's podman makes unreadable."""
+    if uid == 0:
+        runtime = env.get("XDG_RUNTIME_DIR")
+        return Path(runtime) / "containers" / "auth.json" if runtime else ROOT_AUTH_FILE
+    return user_session.runtime_dir(env, uid)[0] / "containers" / "auth.json"
 
 
 def netrc_files(env: Mapping[str, str] | None = None) -> list[Path]:
@@ -86,6 +96,28 @@ def credentials_from(authfile: str | None) -> Callable[[str, str], Credentials |
     """A credential lookup that reads --authfile when given, the standard files otherwise."""
     env = authfile_environment(authfile)
     return lambda registry, repository: find_credentials(registry, repository, env)
+
+
+@contextmanager
+def docker_config(reference: str) -> Iterator[dict[str, str]]:
+    """The environment a child built on go-containerregistry (cosign) needs to log in as podman
+    would: its keychain reads ~/.docker/config.json before podman's files and never
+    ~/.config/containers/auth.json, so it is given a private Docker config holding only the
+    credentials podman's order finds for this image's repository (none: anonymous), removed
+    as soon as the child is done."""
+    image = ImageReference.parse(reference)
+    found = find_credentials(image.registry, image.repository)
+    key = DOCKER_HUB_CONFIG_KEY if image.registry == "docker.io" else image.registry
+    auths = {}
+    if found is not None:
+        secret = f"{found.username}:{found.password}".encode()
+        auths[key] = {"auth": base64.b64encode(secret).decode()}
+    with tempfile.TemporaryDirectory(prefix="habana-registry-login-") as folder:
+        config = Path(folder) / "config.json"
+        descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            json.dump({"auths": auths}, handle)
+        yield {"DOCKER_CONFIG": folder}
 
 
 def _normalise_key(key: str) -> str:

@@ -5,6 +5,7 @@ cosign through its environment (COSIGN_PASSWORD), never its argv, a log or a rep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from habana_tasks.config.targets import ImageSigning
 from habana_tasks.core import local_files
 from habana_tasks.core.errors import CommandError, HabanaError, UsageError
 from habana_tasks.core.process import LineSink, ProcessRunner, find_tool
+from habana_tasks.registry import auth
 
 MINIMUM = (2, 2)  # slsaprovenance1 attestations; --tlog-upload=false
 UNPACKED = Path(".cache") / "tools" / "cosign" / "usr" / "bin" / "cosign"
@@ -45,14 +47,19 @@ class Cosign:
         self,
         args: Sequence[str],
         *,
+        reference: str | None = None,
         password: str | None = None,
         on_line: LineSink | None = None,
         keep_output: bool = False,
     ) -> str:
-        env = {PASSWORD_VARIABLE: password} if password is not None else None
-        done = self.runner.run(
-            [self.path, *args], env=env, on_line=on_line, keep_output=keep_output
-        )
+        """cosign with args; given the image it talks to, with the login podman would use."""
+        env = {PASSWORD_VARIABLE: password} if password is not None else {}
+        with contextlib.ExitStack() as stack:
+            if reference is not None:
+                env.update(stack.enter_context(auth.docker_config(reference)))
+            done = self.runner.run(
+                [self.path, *args], env=env, on_line=on_line, keep_output=keep_output
+            )
         return done.text
 
 
@@ -164,7 +171,7 @@ def sign(
     cosign.run(
         ["sign", "--key", signing.reference, "--tlog-upload=false", "--yes",
          *registry_flags(by_digest, insecure), by_digest],
-        password=secret, on_line=on_line,
+        reference=by_digest, password=secret, on_line=on_line,
     )  # fmt: skip
 
 
@@ -183,7 +190,7 @@ def attest(
         ["attest", "--key", signing.reference, "--tlog-upload=false", "--yes", "--replace",
          "--type", kind, "--predicate", str(predicate),
          *registry_flags(by_digest, insecure), by_digest],
-        password=secret, on_line=on_line,
+        reference=by_digest, password=secret, on_line=on_line,
     )  # fmt: skip
 
 
@@ -195,7 +202,7 @@ def verify(
     out = cosign.run(
         ["verify", "--key", str(public), "--insecure-ignore-tlog", "--output", "json",
          *registry_flags(reference, insecure), reference],
-        keep_output=True,
+        reference=reference, keep_output=True,
     )  # fmt: skip
     return _json_lines(out, reference)
 
@@ -207,7 +214,7 @@ def verify_attestation(
     out = cosign.run(
         ["verify-attestation", "--key", str(public), "--insecure-ignore-tlog", "--type", kind,
          "--output", "json", *registry_flags(reference, insecure), reference],
-        keep_output=True,
+        reference=reference, keep_output=True,
     )  # fmt: skip
     return _json_lines(out, reference)
 
