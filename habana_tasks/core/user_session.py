@@ -28,12 +28,12 @@ from habana_tasks.core.errors import HostError
 NATIVE_OVERLAY_KERNEL = (5, 13)
 KERNEL_RELEASE_RE = re.compile(r"^(\d+)\.(\d+)")
 STORAGE_CONFS = (Path("/etc/containers/storage.conf"), Path("/usr/share/containers/storage.conf"))
-# Filesystems rootless podman cannot keep its storage on: the server will not hand files to
-# the user's subordinate ids (podman's troubleshooting guide: "rootless containers on NFS").
+# Filesystems rootless podman cannot keep its storage on ("podman does not support container
+# storage over NFS", containers-storage.conf(5)): the server will not hand files to the user's
+# subordinate ids. Only network filesystems known to refuse; a cluster filesystem is let be.
 NETWORK_FILESYSTEMS = frozenset(
-    ("nfs", "nfs4", "cifs", "smb3", "smbfs", "afs", "ncpfs", "fuse.sshfs", "glusterfs",
-     "fuse.glusterfs", "lustre", "gpfs", "ceph", "fuse.ceph")
-)  # fmt: skip
+    ("nfs", "nfs4", "cifs", "smb3", "smbfs", "afs", "ncpfs", "fuse.sshfs")
+)
 SUBID_RANGE = "100000-165535"
 PRIVATE = 0o700  # of the mode bits 0o722: only the owner may write (podman's test)
 TEMP_DIR = "/tmp"  # noqa: S108  (where podman puts podman-run-<uid> when TMPDIR is unset)

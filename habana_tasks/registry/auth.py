@@ -102,21 +102,22 @@ def credentials_from(authfile: str | None) -> Callable[[str, str], Credentials |
 def docker_config(reference: str) -> Iterator[dict[str, str]]:
     """The environment a child built on go-containerregistry (cosign) needs to log in as podman
     would: its keychain reads ~/.docker/config.json before podman's files and never
-    ~/.config/containers/auth.json, so it is given a private Docker config holding only the
-    credentials podman's order finds for this image's repository (none: anonymous), removed
-    as soon as the child is done."""
+    ~/.config/containers/auth.json, so when podman's order finds credentials for this image's
+    repository the child gets a private Docker config holding only those (mode 0600, removed
+    as soon as the child is done). Where it finds none, nothing changes: the child's own
+    keychain (credential helpers, cloud keychains, podman's runtime file) decides."""
     image = ImageReference.parse(reference)
     found = find_credentials(image.registry, image.repository)
+    if found is None:
+        yield {}
+        return
     key = DOCKER_HUB_CONFIG_KEY if image.registry == "docker.io" else image.registry
-    auths = {}
-    if found is not None:
-        secret = f"{found.username}:{found.password}".encode()
-        auths[key] = {"auth": base64.b64encode(secret).decode()}
+    secret = base64.b64encode(f"{found.username}:{found.password}".encode()).decode()
     with tempfile.TemporaryDirectory(prefix="habana-registry-login-") as folder:
         config = Path(folder) / "config.json"
         descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump({"auths": auths}, handle)
+            json.dump({"auths": {key: {"auth": secret}}}, handle)
         yield {"DOCKER_CONFIG": folder}
 
 

@@ -282,9 +282,9 @@ def test_cosign_is_given_only_the_login_podman_would_use(
     with auth.docker_config("docker.io/library/x:1") as env:
         hub = json.loads((Path(env["DOCKER_CONFIG"]) / "config.json").read_text())
     assert hub == {"auths": {"https://index.docker.io/v1/": {"auth": other}}}
+    # No login podman would use: cosign's own keychain (helpers, cloud keychains) decides.
     with auth.docker_config("elsewhere.example/x:1") as env:
-        anonymous = json.loads((Path(env["DOCKER_CONFIG"]) / "config.json").read_text())
-    assert anonymous == {"auths": {}}
+        assert env == {}
 
 
 def test_each_notice_is_said_once_per_run(monkeypatch: pytest.MonkeyPatch) -> None:
