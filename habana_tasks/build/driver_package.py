@@ -1,7 +1,10 @@
 """Vendor driver packages: downloaded once into a content-addressed cache, read without rpm tools.
 
 The git SHA the build passes to `make GIT_SHA=` comes from `KMD_LAST_GIT_SHA=` in the package's
-`dkms.conf`; anything but exactly one well-formed value is an error naming the package.
+`dkms.conf`; anything but exactly one well-formed value is an error naming the package. The same
+file may restrict the kernels the package builds for (DKMS's `BUILD_EXCLUSIVE_KERNEL` and
+`BUILD_EXCLUSIVE_ARCH`, regular expressions DKMS matches against the release and the
+architecture): the plan refuses other kernels before compiling.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -252,8 +255,55 @@ def _copy_local(source: Path, out: BinaryIO) -> tuple[str, int, dict[str, Any]]:
     return hasher.hexdigest(), size, {"mtime_ns": mtime_ns}
 
 
+@dataclass(frozen=True)
+class BuildExclusive:
+    """The kernels and architectures a package builds for, as its dkms.conf restricts them
+    (None: any). DKMS matches with bash's `=~`: anywhere in the value, as re.search does."""
+
+    kernel: str | None = None
+    arch: str | None = None
+
+    def refusal(self, kernel: str, arch: str) -> str | None:
+        """Why DKMS would not build the package for this kernel, or None."""
+        rules = (
+            (EXCLUSIVE_KERNEL, self.kernel, "kernel", kernel),
+            (EXCLUSIVE_ARCH, self.arch, "architecture", arch),
+        )
+        for name, pattern, what, value in rules:
+            if pattern is not None and not re.search(pattern, value):
+                return (
+                    f"its dkms.conf builds only for a {what} matching {name}={pattern!r}, "
+                    f"and {value} does not match (DKMS skips it)"
+                )
+        return None
+
+
+@dataclass(frozen=True)
+class DriverSource:
+    """What the package's dkms.conf says the build needs to know."""
+
+    git_sha: str
+    exclusive: BuildExclusive = field(default_factory=BuildExclusive)
+
+
+EXCLUSIVE_KERNEL = "BUILD_EXCLUSIVE_KERNEL"
+EXCLUSIVE_ARCH = "BUILD_EXCLUSIVE_ARCH"
+
+
+def read_driver_source(package: Path, driver_version: str, name: str | None = None) -> DriverSource:
+    """The git SHA and the kernel restrictions of ./usr/src/habanalabs-<version>/dkms.conf."""
+    text, where = read_dkms_conf(package, driver_version, name)
+    return DriverSource(parse_git_sha(text, where), parse_build_exclusive(text, where))
+
+
 def read_git_sha(package: Path, driver_version: str, name: str | None = None) -> str:
     """KMD_LAST_GIT_SHA from ./usr/src/habanalabs-<version>/dkms.conf inside the RPM payload."""
+    return parse_git_sha(*read_dkms_conf(package, driver_version, name))
+
+
+def read_dkms_conf(package: Path, driver_version: str, name: str | None = None) -> tuple[str, str]:
+    """./usr/src/habanalabs-<version>/dkms.conf's text inside the RPM payload, and where it is
+    (for messages)."""
     shown = name or package.name
     member = f"usr/src/habanalabs-{driver_version}/dkms.conf"
     try:
@@ -271,7 +321,35 @@ def read_git_sha(package: Path, driver_version: str, name: str | None = None) ->
         raise DriverPackageError(
             f"{shown}: not a readable RPM ({type(exc).__name__}: {exc})"
         ) from exc
-    return parse_git_sha(text, f"{shown}: ./{member}")
+    return text, f"{shown}: ./{member}"
+
+
+def _shell_value(raw: str) -> str:
+    """A dkms.conf assignment's value, as the shell that sources it reads a simple one: one
+    pair of enclosing quotes removed."""
+    value = raw.strip()
+    for quote in "\"'":
+        if len(value) > 1 and value.startswith(quote) and value.endswith(quote):
+            return value[1:-1]
+    return value
+
+
+def parse_build_exclusive(dkms_conf: str, where: str) -> BuildExclusive:
+    """The last BUILD_EXCLUSIVE_KERNEL / _ARCH assignment of each (a later one wins, as in the
+    shell); a value that is not a regular expression is an error naming it."""
+    found: dict[str, str] = {}
+    for line in dkms_conf.splitlines():
+        name, equals, raw = line.strip().partition("=")
+        if equals and name in (EXCLUSIVE_KERNEL, EXCLUSIVE_ARCH):
+            found[name] = _shell_value(raw)
+    for name, pattern in found.items():
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise DriverPackageError(
+                f"{where}: {name}={pattern!r} is not a regular expression ({exc})"
+            ) from None
+    return BuildExclusive(found.get(EXCLUSIVE_KERNEL) or None, found.get(EXCLUSIVE_ARCH) or None)
 
 
 def parse_git_sha(dkms_conf: str, where: str) -> str:

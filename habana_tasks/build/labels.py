@@ -12,10 +12,10 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from habana_tasks.build.driver_package import CachedPackage
+from habana_tasks.build.driver_package import BuildExclusive, CachedPackage
 from habana_tasks.config.flavours import FLAVOURS
 from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core.errors import UsageError
@@ -70,6 +70,9 @@ class TargetInputs:
     git_sha: str
     dockerfile_sha256: str
     signer: Signer | None = None
+    # The kernels the package builds for (its dkms.conf): read from the package, whose sha256
+    # the fingerprint holds already.
+    exclusive: BuildExclusive = field(default_factory=BuildExclusive)
 
 
 def image_tools(target: BuildTarget, inputs: TargetInputs) -> tuple[str, ...]:

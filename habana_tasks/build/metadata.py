@@ -8,7 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from habana_tasks.build.driver_package import CachedPackage, PackageCache, read_git_sha, sha256_file
+from habana_tasks.build.driver_package import (
+    CachedPackage,
+    DriverSource,
+    PackageCache,
+    read_driver_source,
+    sha256_file,
+)
 from habana_tasks.build.labels import FINGERPRINT, TargetInputs
 from habana_tasks.config.targets import BuildTarget
 from habana_tasks.core.errors import HOST, Failure, HabanaError, combined
@@ -70,10 +76,10 @@ def resolve(
         def package(url: str) -> Future[CachedPackage]:
             return once.get(("package", url), lambda: packages.fetch(url))
 
-        def git_sha(url: str, version: str) -> Future[str]:
-            def read() -> str:
+        def driver_source(url: str, version: str) -> Future[DriverSource]:
+            def read() -> DriverSource:
                 cached = package(url).result()
-                return read_git_sha(cached.path, version, cached.filename)
+                return read_driver_source(cached.path, version, cached.filename)
 
             return once.get(("sha", url, version), read)
 
@@ -87,7 +93,7 @@ def resolve(
                 image(t.toolkit_image, t.arch),
                 package(t.package_url),
                 package(t.firmware_url) if t.firmware_url else None,
-                git_sha(t.package_url, t.driver),
+                driver_source(t.package_url, t.driver),
                 remote_state(t.image) if with_remote else None,
             )
         inputs: dict[str, TargetInputs | Failure] = {}
@@ -102,20 +108,21 @@ def resolve(
             firmware: CachedPackage | Failure | None = None
             if firmware_f is not None:
                 firmware = _outcome(firmware_f, "firmware package")
-            # An unreadable package is reported once, not again for its git SHA.
-            sha_or_problem = _outcome(sha_f, "driver package")
-            sha = pkg if isinstance(pkg, Failure) else sha_or_problem
-            problems = [v for v in (base, toolkit, pkg, firmware, sha) if isinstance(v, Failure)]
+            # An unreadable package is reported once, not again for its dkms.conf.
+            source_or_problem = _outcome(sha_f, "driver package")
+            source = pkg if isinstance(pkg, Failure) else source_or_problem
+            problems = [v for v in (base, toolkit, pkg, firmware, source) if isinstance(v, Failure)]
             if problems:
                 inputs[t.tag] = combined(problems)
             else:
                 assert base is None or isinstance(base, ResolvedImage)
                 assert isinstance(toolkit, ResolvedImage)
-                assert isinstance(pkg, CachedPackage) and isinstance(sha, str)
+                assert isinstance(pkg, CachedPackage) and isinstance(source, DriverSource)
                 assert firmware is None or isinstance(firmware, CachedPackage)
                 inputs[t.tag] = TargetInputs(
-                    base, toolkit, pkg, firmware, sha, dockerfile_sha, signer
-                )
+                    base, toolkit, pkg, firmware, source.git_sha, dockerfile_sha, signer,
+                    source.exclusive,
+                )  # fmt: skip
             if remote_f is not None:
                 state = _outcome(remote_f, f"library image {t.image}")
                 remote[t.tag] = (

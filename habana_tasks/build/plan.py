@@ -14,6 +14,9 @@ from habana_tasks.core.errors import INPUTS, Failure
 from habana_tasks.registry.client import Existence, RemoteImage
 from habana_tasks.verification.secure_boot import SECURE_BOOT
 
+# The step a pair fails at when its driver package does not build for its kernel.
+EXCLUDED = "driver package"
+
 
 class Action(enum.StrEnum):
     BUILD = "build"
@@ -50,6 +53,10 @@ def plan_job(
 ) -> BuildJob:
     if isinstance(inputs, Failure):
         return BuildJob(target, Action.FAIL, str(inputs), failure=inputs)
+    if refusal := inputs.exclusive.refusal(target.kernel, target.arch):
+        why = f"driver {target.driver} is not built for {target.kernel}: {refusal}"
+        failure = Failure(EXCLUDED, why, target.package_url, origin=INPUTS)
+        return BuildJob(target, Action.FAIL, why, inputs, failure=failure)
     current = labels.fingerprint(target, inputs)
     if remote.existence is Existence.UNKNOWN:
         # Unknown is neither absent nor present: building could overwrite a good image.

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from devtools import local_upstream, vendor_packages
-from habana_tasks.build.driver_package import read_git_sha
+from habana_tasks.build.driver_package import read_driver_source, read_git_sha
 from habana_tasks.core.errors import DriverPackageError
 from habana_tasks.core.process import ProcessRunner
 from tests.conftest import ROOT, RecordProperty, require, require_tools
@@ -137,3 +137,30 @@ def test_a_package_of_another_version_names_what_it_holds(
         f"{NAME}: no ./usr/src/habanalabs-9.9.9-1/dkms.conf in the package; "
         f"it has usr/src/habanalabs-{VERSION}/dkms.conf"
     )
+
+
+def test_a_real_packages_kernel_restriction_is_read_from_its_dkms_conf(
+    upstream: local_upstream.Upstream, tmp_path: Path
+) -> None:
+    """A vendor-style RPM whose dkms.conf restricts its kernels, made by rpmbuild: the rule
+    read through the package reader is the one the rpm tools show, and it refuses a Debian 12
+    kernel while it allows a Debian 13 one."""
+    conf = vendor_packages.dkms_conf(VERSION, "abcdef1", "test") + (
+        'BUILD_EXCLUSIVE_KERNEL="^6\\.12\\.[0-9]+\\+deb13-"\nBUILD_EXCLUSIVE_ARCH="x86_64"\n'
+    )
+    package = vendor_packages.build_driver_rpm(
+        upstream, ProcessRunner(), VERSION, dkms=conf, output_dir=tmp_path
+    )
+    source = read_driver_source(package, VERSION)
+    assert source.git_sha == "abcdef1"
+    shown = (
+        ProcessRunner()
+        .run(
+            ["sh", "-c", f"rpm2cpio {package} | cpio -i --quiet --to-stdout {DKMS}"],
+            keep_output=True,
+        )
+        .output
+    )
+    assert 'BUILD_EXCLUSIVE_KERNEL="^6\\.12\\.[0-9]+\\+deb13-"' in shown
+    assert source.exclusive.refusal("6.12.117+deb13-amd64", "x86_64") is None
+    assert source.exclusive.refusal("6.1.0-55-amd64", "x86_64")

@@ -14,7 +14,12 @@ from typing import Any
 
 import pytest
 
-from habana_tasks.build.driver_package import PackageCache, parse_git_sha
+from habana_tasks.build.driver_package import (
+    BuildExclusive,
+    PackageCache,
+    parse_build_exclusive,
+    parse_git_sha,
+)
 from habana_tasks.core.errors import DriverPackageError
 from habana_tasks.core.http_client import HTTPClient, RetryPolicy
 from tests.conftest import RecordProperty
@@ -186,3 +191,43 @@ def test_netrc_credentials_go_to_the_package_server_only(
         server.shutdown()
     assert seen[0] is not None and seen[0].startswith("Basic ")
     assert seen[1] is None
+
+
+DKMS_13 = (
+    'PACKAGE_NAME="habanalabs"\n'
+    "KMD_LAST_GIT_SHA=abcdef1\n"
+    '# BUILD_EXCLUSIVE_KERNEL="ignored: a comment"\n'
+    'BUILD_EXCLUSIVE_KERNEL="^5\\."\n'
+    'BUILD_EXCLUSIVE_KERNEL="^6\\.12\\.[0-9]+\\+deb13-"\n'
+    "BUILD_EXCLUSIVE_ARCH='x86_64'\n"
+)
+
+
+def test_a_packages_kernel_restriction_is_read_as_the_shell_reads_it() -> None:
+    """The last assignment wins, quotes go, comments are not assignments."""
+    found = parse_build_exclusive(DKMS_13, "p.rpm: ./dkms.conf")
+    assert found == BuildExclusive("^6\\.12\\.[0-9]+\\+deb13-", "x86_64")
+    assert parse_build_exclusive("KMD_LAST_GIT_SHA=abcdef1\n", "x") == BuildExclusive()
+
+
+def test_the_restriction_refuses_other_kernels_as_dkms_would() -> None:
+    rule = parse_build_exclusive(DKMS_13, "x")
+    assert rule.refusal("6.12.117+deb13-amd64", "x86_64") is None
+    assert rule.refusal("6.12.117+deb13-rt-amd64", "x86_64") is None
+    assert rule.refusal("6.1.0-55-amd64", "x86_64") == (
+        "its dkms.conf builds only for a kernel matching "
+        "BUILD_EXCLUSIVE_KERNEL='^6\\\\.12\\\\.[0-9]+\\\\+deb13-', and 6.1.0-55-amd64 does not "
+        "match (DKMS skips it)"
+    )
+    refused = rule.refusal("6.12.117+deb13-arm64", "aarch64")
+    assert refused and "BUILD_EXCLUSIVE_ARCH='x86_64'" in refused
+    # Unanchored, as bash's =~: a pattern anywhere in the release.
+    assert BuildExclusive("deb13").refusal("6.12.117+deb13-amd64", "x86_64") is None
+
+
+def test_a_restriction_that_is_no_regular_expression_names_the_field() -> None:
+    with pytest.raises(DriverPackageError) as caught:
+        parse_build_exclusive('BUILD_EXCLUSIVE_KERNEL="^6\\.(12"\n', "p.rpm: ./dkms.conf")
+    assert str(caught.value).startswith(
+        "p.rpm: ./dkms.conf: BUILD_EXCLUSIVE_KERNEL='^6\\\\.(12' is not a regular expression ("
+    )

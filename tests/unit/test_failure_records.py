@@ -13,6 +13,7 @@ import pytest
 
 import habana_tasks
 from habana_tasks.build import failure_records, metadata
+from habana_tasks.build.driver_package import DriverSource
 from habana_tasks.build.failure_records import FailureRecord, memorable, record_tag
 from habana_tasks.build.plan import Action
 from habana_tasks.build.results import JobStatus
@@ -35,7 +36,9 @@ NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 @pytest.fixture(autouse=True)
 def fixed_git_sha(monkeypatch: pytest.MonkeyPatch) -> None:
     """The package boundary, as in test_pipeline_decisions (real: test_driver_packages.py)."""
-    monkeypatch.setattr(metadata, "read_git_sha", lambda path, version, name=None: "abcdef1")
+    monkeypatch.setattr(
+        metadata, "read_driver_source", lambda path, version, name=None: DriverSource("abcdef1")
+    )
 
 
 def records(fake: FakeRegistry) -> dict[str, dict[str, str]]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from habana_tasks.build import metadata
+from habana_tasks.build.driver_package import DriverSource
 from habana_tasks.cli import commands
 from habana_tasks.config import versions_file
 from habana_tasks.config.project import Project
@@ -59,7 +60,9 @@ def test_pending_pairs_fit_the_matrix_each_in_exactly_one_batch(
     pairs: int,
     max_jobs: int,
 ) -> None:
-    monkeypatch.setattr(metadata, "read_git_sha", lambda path, version, name=None: "abcdef1")
+    monkeypatch.setattr(
+        metadata, "read_driver_source", lambda path, version, name=None: DriverSource("abcdef1")
+    )
     versions = synthetic_library(fake, tmp_path, pairs)
     project = Project(ROOT, cache_dir=tmp_path / "cache")
     matrix = json.loads(commands.matrix(project, str(versions), max_jobs=max_jobs))

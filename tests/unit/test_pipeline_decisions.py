@@ -15,6 +15,7 @@ from rich.console import Console
 
 from habana_tasks.build import labels, metadata
 from habana_tasks.build import service as build_service
+from habana_tasks.build.driver_package import DriverSource
 from habana_tasks.build.plan import Action
 from habana_tasks.build.results import JobResult, JobStatus, read_report
 from habana_tasks.cli.progress import PlainReporter
@@ -32,7 +33,9 @@ from tests.fake_registry import FakeRegistry
 @pytest.fixture(autouse=True)
 def fixed_git_sha(monkeypatch: pytest.MonkeyPatch) -> None:
     """The package boundary: reading an RPM is tested for real in test_driver_packages.py."""
-    monkeypatch.setattr(metadata, "read_git_sha", lambda path, version, name=None: "abcdef1")
+    monkeypatch.setattr(
+        metadata, "read_driver_source", lambda path, version, name=None: DriverSource("abcdef1")
+    )
 
 
 def test_every_target_is_built_checked_pushed_and_verified(

@@ -6,8 +6,10 @@ from dataclasses import replace
 import pytest
 
 from habana_tasks.build import labels
+from habana_tasks.build.driver_package import BuildExclusive
 from habana_tasks.build.labels import TargetInputs
-from habana_tasks.build.plan import NODE_TRUST, Action, plan, plan_job, refused_by_node
+from habana_tasks.build.plan import EXCLUDED, NODE_TRUST, Action, plan, plan_job, refused_by_node
+from habana_tasks.core.errors import INPUTS as INPUTS_ORIGIN
 from habana_tasks.core.errors import Failure, UsageError
 from habana_tasks.registry.client import Existence, RemoteImage
 from tests.samples import BASE, CONFIG, INPUTS, ONE_INPUT_CHANGED, TARGET, D
@@ -250,3 +252,22 @@ def test_a_kernel_that_trusts_no_machine_key_is_flagged_not_built() -> None:
     assert refused_by_node(pending, []) == pending  # nothing stands in the way
     current = plan_job(TARGET, INPUTS, present())
     assert refused_by_node(current, ["off"]) == current  # only pending work is flagged
+
+
+def test_a_kernel_the_driver_package_excludes_is_refused_before_building() -> None:
+    """DKMS's BUILD_EXCLUSIVE_KERNEL in the package's dkms.conf: not built, whatever the
+    registry holds, with the rule named; a kernel it allows is planned as usual."""
+    only_deb13 = replace(INPUTS, exclusive=BuildExclusive("\\+deb13-"))
+    for remote in (RemoteImage(TARGET.image, Existence.ABSENT), present()):
+        job = plan_job(TARGET, only_deb13, remote, force=True)
+        assert job.action is Action.FAIL and job.failure is not None
+        assert job.failure.step == EXCLUDED and job.failure.origin == INPUTS_ORIGIN
+        assert job.reason == (
+            f"driver {TARGET.driver} is not built for {TARGET.kernel}: its dkms.conf builds "
+            f"only for a kernel matching BUILD_EXCLUSIVE_KERNEL='\\\\+deb13-', and "
+            f"{TARGET.kernel} does not match (DKMS skips it)"
+        )
+    allowed = replace(INPUTS, exclusive=BuildExclusive(re.escape(TARGET.kernel)))
+    assert plan_job(TARGET, allowed, RemoteImage(TARGET.image, Existence.ABSENT)).action is (
+        Action.BUILD
+    )
