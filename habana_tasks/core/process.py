@@ -78,9 +78,11 @@ def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     change a decision. LANGUAGE is dropped too (gettext prefers it to LC_ALL elsewhere), and so
     is a secret the user set for one tool: only the call that passes it in `extra` gets it. An
     ordinary user's children share one runtime directory and storage driver (user_session)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LANGUAGE", *NOT_INHERITED)}
+    session = user_session.current()
+    dropped = ("LANGUAGE", *NOT_INHERITED, *session.unset)
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env["LC_ALL"] = "C"
-    env.update(user_session.current().environment)
+    env.update(session.environment)
     env.update(extra or {})
     return env
 

@@ -38,6 +38,7 @@ SUBID_RANGE = "100000-165535"
 PRIVATE = 0o700  # of the mode bits 0o722: only the owner may write (podman's test)
 TEMP_DIR = "/tmp"  # noqa: S108  (where podman puts podman-run-<uid> when TMPDIR is unset)
 LOCAL_STORAGE = "/var/tmp/{user}/containers/storage"  # noqa: S108  (a suggestion in a fix)
+ROOT_RUNTIME_DIR = "/run/containers/0"  # root's auth file's folder without XDG_RUNTIME_DIR
 MOUNTINFO_POINT = 4  # the mount point's field in /proc/self/mountinfo
 
 
@@ -50,6 +51,7 @@ class Session:
     environment: Mapping[str, str] = field(default_factory=dict)
     storage: str = ""  # the storage driver the tool asked podman for ("" : podman's own choice)
     notices: tuple[str, ...] = ()
+    unset: tuple[str, ...] = ()  # variables no child is given
 
 
 def _owned_private_dir(path: Path, uid: int) -> bool:
@@ -201,6 +203,15 @@ def untold_notices() -> list[str]:
 
 def session(env: Mapping[str, str], uid: int) -> Session:
     if uid == 0:
+        # Root's podman reads XDG_RUNTIME_DIR's auth file when it is set; one naming no folder
+        # (left by a user's session: `sudo -s`, `su` without `-`) fails every registry call.
+        given = env.get("XDG_RUNTIME_DIR", "")
+        if given and not Path(given).is_dir():
+            gone = (
+                f"XDG_RUNTIME_DIR={given} does not exist; podman, skopeo and cosign use "
+                f"{ROOT_RUNTIME_DIR}"
+            )
+            return Session(uid, None, notices=(gone,), unset=("XDG_RUNTIME_DIR",))
         return Session(uid, None)
     home = Path(env.get("HOME") or Path.home())
     path, notice = runtime_dir(env, uid)

@@ -59,12 +59,15 @@ def auth_files(env: Mapping[str, str] | None = None) -> list[Path]:
 
 
 def runtime_auth_file(env: Mapping[str, str], uid: int) -> Path:
-    """podman's first choice: its runtime directory's auth.json. Root's is XDG_RUNTIME_DIR's or
-    /run/containers/0; an ordinary user's is the runtime directory rootless podman itself uses
-    (user_session), never /run/containers/<uid>, which root's podman makes unreadable."""
+    """podman's first choice: its runtime directory's auth.json. Root's is XDG_RUNTIME_DIR's
+    (when that folder exists: the tool gives children none otherwise) or /run/containers/0; an
+    ordinary user's is the runtime directory rootless podman itself uses (user_session), never
+    /run/containers/<uid>, which root's podman makes unreadable."""
     if uid == 0:
         runtime = env.get("XDG_RUNTIME_DIR")
-        return Path(runtime) / "containers" / "auth.json" if runtime else ROOT_AUTH_FILE
+        if runtime and Path(runtime).is_dir():
+            return Path(runtime) / "containers" / "auth.json"
+        return ROOT_AUTH_FILE
     return user_session.runtime_dir(env, uid)[0] / "containers" / "auth.json"
 
 

@@ -45,16 +45,21 @@ def client_of(agent: str) -> str:
     return agent
 
 
+@pytest.mark.parametrize("stale", ["", "/run/user/4242"], ids=["session", "stale"])
 def test_a_podman_login_is_every_tools_login(
-    test_upstream: UpstreamFixture, tmp_path: Path
+    test_upstream: UpstreamFixture, tmp_path: Path, stale: str
 ) -> None:
+    """stale: the build runs with another session's XDG_RUNTIME_DIR (`sudo -s`, `su` without
+    `-`): a folder that does not exist. The login, made in this session, is found all the same."""
     require_tools("skopeo")
     u = test_upstream.upstream
     faults = Faults(raw=basic_challenge)
     key, public = cosign_key_pair(tmp_path / "keys")
     with registry_proxy(u.registry, faults) as private:
         plain = test_upstream.versions(
-            tmp_path / "plain.toml", KERNELS[:1], repository="library/login"
+            tmp_path / "plain.toml",
+            KERNELS[:1],
+            repository=f"library/login-{'stale' if stale else 'session'}",
         )
         plain.write_text(
             plain.read_text() + f'\n[cosign]\nkey = "{key}"\npublic_key = "{public}"\n'
@@ -69,7 +74,8 @@ def test_a_podman_login_is_every_tools_login(
                 invoke_argv("build", "--kernel", target.kernel, "--versions", str(versions)),
                 cwd=ROOT, capture_output=True, text=True, check=False, timeout=900,
                 env={**os.environ, "HABANA_CACHE_DIR": str(tmp_path / "cache"),
-                     cosign.PASSWORD_VARIABLE: COSIGN_PASSWORD},
+                     cosign.PASSWORD_VARIABLE: COSIGN_PASSWORD,
+                     **({"XDG_RUNTIME_DIR": stale} if stale else {})},
             )  # fmt: skip
         finally:
             subprocess.run(["podman", "logout", private], check=False, capture_output=True)

@@ -83,8 +83,24 @@ def test_no_private_runtime_directory_at_all_is_the_hosts_failure(tmp_path: Path
     assert str(taken) in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_root_keeps_its_environment() -> None:
-    assert user_session.session({"XDG_RUNTIME_DIR": "/nonexistent"}, 0) == Session(0, None)
+def test_root_keeps_its_environment_unless_its_runtime_directory_is_gone(tmp_path: Path) -> None:
+    """Root keeps a XDG_RUNTIME_DIR that exists (podman reads its auth file there too); one left
+    by a user's session that names no folder is given to no child, and said."""
+    assert user_session.session({"XDG_RUNTIME_DIR": str(tmp_path)}, 0) == Session(0, None)
+    assert user_session.session({}, 0) == Session(0, None)
+    gone = user_session.session({"XDG_RUNTIME_DIR": "/run/user/1000"}, 0)
+    assert gone.unset == ("XDG_RUNTIME_DIR",) and gone.environment == {}
+    assert gone.notices == (
+        "XDG_RUNTIME_DIR=/run/user/1000 does not exist; podman, skopeo and cosign use "
+        "/run/containers/0",
+    )
+
+
+def test_a_variable_no_child_gets_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    chosen = Session(0, None, unset=("XDG_RUNTIME_DIR",))
+    monkeypatch.setattr(user_session, "current", lambda: chosen)
+    assert "XDG_RUNTIME_DIR" not in process.child_environment()
 
 
 KERNEL_NEW, KERNEL_OLD = "6.1.0-55-amd64", "5.10.0-30-amd64"
@@ -259,7 +275,14 @@ def test_the_tool_reads_the_auth_file_in_podmans_runtime_directory(
     assert auth.runtime_auth_file(env, 1001) == tmp_path / "run" / "containers" / "auth.json"
     assert asked == [(env, 1001)]
     assert auth.runtime_auth_file({}, 0) == Path("/run/containers/0/auth.json")
-    assert auth.runtime_auth_file({"XDG_RUNTIME_DIR": "/r"}, 0) == Path("/r/containers/auth.json")
+    runtime = str(tmp_path)
+    assert (
+        auth.runtime_auth_file({"XDG_RUNTIME_DIR": runtime}, 0)
+        == tmp_path / "containers" / "auth.json"
+    )
+    assert auth.runtime_auth_file({"XDG_RUNTIME_DIR": "/nonexistent"}, 0) == Path(
+        "/run/containers/0/auth.json"
+    )
 
 
 def test_cosign_is_given_only_the_login_podman_would_use(
