@@ -4,7 +4,9 @@ It stands in for the upstream pieces the pipeline talks to, on 127.0.0.1 only:
 - an OCI registry (Debian's docker-registry) holding a base image (mmdebstrap, standing in for
   ubi-minimal) and one toolkit image per kernel (headers, compiler, kmod, rpm2cpio, and the
   kernel itself: /boot/vmlinuz and its in-tree modules, as the driver-toolkit's kernel-core and
-  kernel-modules packages install them);
+  kernel-modules packages install them), each made from its own Debian release: Debian 12's
+  6.1 kernels on a Debian 12 base (gcc 12), Debian 13's `6.12.<n>+deb13-*` kernels on a Debian 13
+  base (gcc 14), as a distribution's driver-toolkit follows its kernel generation;
 - an HTTP server holding a vendor-style `habanalabs-<ver>.el8.noarch.rpm`, built with rpmbuild from
   the upstream habanalabs source in Debian's linux-source-6.1 (the driver the vendor packages),
   plus a second module, `habana_example_ib` (devtools/standin), standing in for the vendor's
@@ -33,17 +35,31 @@ from habana_tasks.core.process import LineSink
 from habana_tasks.engine.podman import BuildSpec, Podman
 
 BASE_SUITE = "bookworm"
-MMDEBSTRAP_ARGV = (
-    "mmdebstrap",
-    "--variant=minbase",
-    "--format=tar",
-    "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
-    "--dpkgopt=path-exclude=/usr/share/man/*",
-    "--dpkgopt=path-exclude=/usr/share/doc/*",
-    "--dpkgopt=path-exclude=/usr/share/locale/*",
-    "--dpkgopt=path-exclude=/usr/share/info/*",
-    BASE_SUITE,
-)
+# Debian 13's kernels name their release: 6.12.<n>+deb13-<flavour>.
+TRIXIE = "trixie"
+TRIXIE_RELEASE_MARK = "+deb13-"
+
+
+def suite_of(kernel: str) -> str:
+    """The Debian release a kernel comes from, and so its toolkit's base."""
+    return TRIXIE if TRIXIE_RELEASE_MARK in kernel else BASE_SUITE
+
+
+def mmdebstrap_argv(suite: str) -> tuple[str, ...]:
+    return (
+        "mmdebstrap",
+        "--variant=minbase",
+        "--format=tar",
+        "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
+        "--dpkgopt=path-exclude=/usr/share/man/*",
+        "--dpkgopt=path-exclude=/usr/share/doc/*",
+        "--dpkgopt=path-exclude=/usr/share/locale/*",
+        "--dpkgopt=path-exclude=/usr/share/info/*",
+        suite,
+    )
+
+
+MMDEBSTRAP_ARGV = mmdebstrap_argv(BASE_SUITE)
 TOOLKIT_PACKAGES = ("gcc", "make", "kmod", "binutils", "cpio", "rpm2cpio", "xz-utils")
 
 
@@ -174,7 +190,11 @@ def stop(upstream: Upstream) -> list[str]:
 
 # Port-independent local names: every upstream shares one base image ID, so the toolkit builds
 # hit podman's layer cache whichever registry they are pushed to.
-LOCAL_BASE = f"localhost/habana-upstream/debian:{BASE_SUITE}"
+def local_base(suite: str) -> str:
+    return f"localhost/habana-upstream/debian:{suite}"
+
+
+LOCAL_BASE = local_base(BASE_SUITE)
 
 
 def local_toolkit(kernel: str) -> str:
@@ -207,18 +227,28 @@ def _push(
 KEY_LABEL = "habana-ai-driver.upstream.key"
 
 
-def ensure_base_image(upstream: Upstream, podman: Podman, on_line: LineSink | None = None) -> None:
-    """mmdebstrap a minimal Debian once; re-import only when the recipe changes (stable digest)."""
-    key = recipe_key(*MMDEBSTRAP_ARGV)
-    if podman.image_label(LOCAL_BASE, KEY_LABEL) != key:
+def ensure_base_image(
+    upstream: Upstream,
+    podman: Podman,
+    on_line: LineSink | None = None,
+    suite: str = BASE_SUITE,
+) -> None:
+    """mmdebstrap a minimal Debian once; re-import only when the recipe changes (stable digest).
+    Debian 12's is pushed as the upstream's base image; another release's stays local (its
+    toolkits start from it)."""
+    argv = mmdebstrap_argv(suite)
+    key = recipe_key(*argv)
+    local = local_base(suite)
+    if podman.image_label(local, KEY_LABEL) != key:
         tarball = upstream.artefacts / f"base-{key}.tar"
         if not tarball.exists():
             tarball.parent.mkdir(parents=True, exist_ok=True)
             partial = tarball.with_suffix(".partial")
-            podman.runner.run([*MMDEBSTRAP_ARGV, str(partial)], on_line=on_line)
+            podman.runner.run([*argv, str(partial)], on_line=on_line)
             partial.replace(tarball)
-        podman.import_tarball(tarball, LOCAL_BASE, [f"LABEL {KEY_LABEL}={key}"])
-    _push(upstream, podman, LOCAL_BASE, upstream.base_image, on_line)
+        podman.import_tarball(tarball, local, [f"LABEL {KEY_LABEL}={key}"])
+    if suite == BASE_SUITE:
+        _push(upstream, podman, local, upstream.base_image, on_line)
 
 
 def toolkit_containerfile(base_image: str, kernel: str) -> str:
@@ -245,7 +275,10 @@ def ensure_toolkit_image(
 ) -> None:
     directory = upstream.artefacts / "toolkit" / kernel
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "Containerfile").write_text(toolkit_containerfile(LOCAL_BASE, kernel))
+    suite = suite_of(kernel)
+    if suite != BASE_SUITE:
+        ensure_base_image(upstream, podman, on_line, suite)
+    (directory / "Containerfile").write_text(toolkit_containerfile(local_base(suite), kernel))
     local = local_toolkit(kernel)
     spec = BuildSpec(
         context=directory,

@@ -4,9 +4,10 @@ a signing library uses it to flag, in the plan, kernels that would trust no mach
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from habana_tasks.build.driver_package import atomic_write
 from habana_tasks.config.targets import BuildTarget
@@ -22,6 +23,7 @@ CONFIG_PATHS = (
     "usr/src/linux-headers-{release}/.config",
 )
 NONE_FOUND = ""  # kept for a toolkit that carries no configuration
+Read = TypeVar("Read")
 
 
 def kernel_config(
@@ -45,18 +47,26 @@ def kernel_configs(
 ) -> dict[str, str | None]:
     """Each target's kernel configuration (by tag), one read per toolkit digest and release;
     a target whose toolkit cannot be read is left out (its load test still decides)."""
+    return per_toolkit(pinned, lambda *key: kernel_config(registry, cache, *key))
+
+
+def per_toolkit(
+    pinned: Sequence[tuple[BuildTarget, str]], read: Callable[[str, str, str], Read]
+) -> dict[str, Read]:
+    """`read(toolkit, release, arch)` once per distinct key, several at a time, by target tag;
+    a key whose read fails (a registry fault) is left out."""
     unique = {(toolkit, t.kernel, t.arch) for t, toolkit in pinned}
 
-    def one(key: tuple[str, str, str]) -> tuple[tuple[str, str, str], str | None] | None:
+    def one(key: tuple[str, str, str]) -> tuple[tuple[str, str, str], Read] | None:
         try:
-            return key, kernel_config(registry, cache, *key)
+            return key, read(*key)
         except HabanaError:
             return None
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        read = dict(found for found in pool.map(one, sorted(unique)) if found is not None)
+        found = dict(hit for hit in pool.map(one, sorted(unique)) if hit is not None)
     return {
-        t.tag: read[(toolkit, t.kernel, t.arch)]
+        t.tag: found[(toolkit, t.kernel, t.arch)]
         for t, toolkit in pinned
-        if (toolkit, t.kernel, t.arch) in read
+        if (toolkit, t.kernel, t.arch) in found
     }

@@ -29,6 +29,8 @@ FINGERPRINT = PREFIX + "fingerprint"
 # The boot that proved the image ("secure-boot" or "plain"), or "false"; "true" from before
 # the boot was named means a plain boot.
 LOAD_TESTED = PREFIX + "load-tested"
+# The kernel's own modules the image replaces, comma-separated: KMM removes them first.
+IN_TREE_REPLACED = PREFIX + "kernel.in-tree-replaced"
 BOOTS = (PLAIN, SECURE_BOOT)
 KERNEL = PREFIX + "kernel.release"
 DRIVER = PREFIX + "driver.version"
@@ -73,6 +75,9 @@ class TargetInputs:
     # The kernels the package builds for (its dkms.conf): read from the package, whose sha256
     # the fingerprint holds already.
     exclusive: BuildExclusive = field(default_factory=BuildExclusive)
+    # The kernel's own modules the image replaces (read from the toolkit before building, so
+    # fixed by its digest): KMM must remove them first. Empty for most kernels.
+    in_tree_replaced: tuple[str, ...] = ()
 
 
 def image_tools(target: BuildTarget, inputs: TargetInputs) -> tuple[str, ...]:
@@ -196,6 +201,8 @@ def image_labels(
             LOAD_TESTED: load_tested,
         }
     )
+    if inputs.in_tree_replaced:
+        labels[IN_TREE_REPLACED] = ",".join(inputs.in_tree_replaced)
     if inputs.signer:
         labels[SIGNING] = "signed"
         labels[SIGNER] = inputs.signer.subject

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from habana_tasks.build import labels
 from habana_tasks.build.failure_records import FailureRecord
+from habana_tasks.build.kernel_index import KernelIndex
 from habana_tasks.build.labels import TargetInputs
 from habana_tasks.config.targets import BuildTarget
 from habana_tasks.core.errors import INPUTS, Failure
@@ -107,6 +108,32 @@ def recalled(job: BuildJob, record: FailureRecord | None, tool: str, retry: bool
     if retry:
         return replace(job, reason=f"{job.reason}; retrying: {record.line}", record=record)
     return replace(job, action=Action.HOLD, reason=record.line, record=record)
+
+
+# The step a pair fails at when its kernel builds in a module of the image's.
+BUILT_IN = "kernel's own module"
+
+
+def replacing(job: BuildJob, index: KernelIndex) -> BuildJob:
+    """A pending job whose kernel ships modules of the image's (or claiming its devices): the
+    image records them (KMM removes them before loading the image's) and the plan says so; a
+    kernel that builds one in cannot be served, and the pair is refused before building."""
+    if job.action is not Action.BUILD or job.inputs is None:
+        return job
+    t = job.target
+    if built_in := index.built_in(t.modules):
+        why = (
+            f"{t.kernel} builds {', '.join(built_in)} into the kernel (modules.builtin): no "
+            "module of that name can be loaded beside it, and KMM cannot remove it"
+        )
+        failure = Failure(BUILT_IN, why, t.toolkit_image, origin=INPUTS)
+        return replace(job, action=Action.FAIL, reason=why, failure=failure)
+    replaced = index.replaced(t.modules)
+    if not replaced:
+        return job
+    inputs = replace(job.inputs, in_tree_replaced=replaced)
+    reason = f"{job.reason}; replaces the kernel's own {', '.join(replaced)}"
+    return replace(job, inputs=inputs, reason=reason)
 
 
 # The step a pair fails at when its kernel, booted as its nodes boot it, trusts no machine key.

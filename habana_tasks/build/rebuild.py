@@ -22,10 +22,10 @@ from typing import Any
 
 import zstandard
 
-from habana_tasks.build import labels, metadata
+from habana_tasks.build import kernel_index, labels, metadata
 from habana_tasks.build.assembly import ImageOptions, build_image
 from habana_tasks.build.driver_package import PackageCache
-from habana_tasks.build.plan import Action, BuildJob
+from habana_tasks.build.plan import Action, BuildJob, replacing
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core.archive import relative_name
@@ -252,6 +252,17 @@ def verify_rebuild(
     tested = remote.labels.get(labels.LOAD_TESTED, "false")
     job = BuildJob(target, Action.BUILD, "rebuild", inputs, remote.labels[labels.FINGERPRINT])
     try:
+        # What the kernel itself ships, read again from the toolkit, as the build read it.
+        index = kernel_index.kernel_index(
+            registry,
+            work.parent / "kernel-index",
+            inputs.toolkit.pinned,
+            target.kernel,
+            target.arch,
+        )
+        job = replacing(job, index)
+        if job.failure is not None:
+            return replace(result, failure=job.failure)
         bases = [inputs.base.pinned] if inputs.base else []
         for image in (inputs.toolkit.pinned, *bases):
             podman.ensure(image, config.tls_verify(image), on_line)

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO, TypeVar
 
-from habana_tasks.build import failure_records, kernel_config, labels, metadata
+from habana_tasks.build import failure_records, kernel_config, kernel_index, labels, metadata
 from habana_tasks.build.compile import CompileSettings
 from habana_tasks.build.compile_cache import CompileCache
 from habana_tasks.build.driver_package import PackageCache
 from habana_tasks.build.pipeline import Pipeline, RunOptions, run_stamp
-from habana_tasks.build.plan import Action, BuildJob, plan, recalled, refused_by_node
+from habana_tasks.build.plan import Action, BuildJob, plan, recalled, refused_by_node, replacing
 from habana_tasks.build.reporter import Reporter
 from habana_tasks.build.results import JobResult, JobStatus
 from habana_tasks.config.project import Project
@@ -154,10 +154,29 @@ def resolve_and_plan(
         recalled(job, memory.records.get(job.target.tag), tool, force or retry_failed)
         for job in jobs
     )
+    jobs = kernels_own_modules(registry, project.cache, jobs)
     if proof == SECURE_BOOT:
         jobs = node_trust(registry, project.cache, jobs)
     seconds = time.monotonic() - started
     return PlannedRun(jobs, resolution.remote, registry, packages, seconds, memory.problem)
+
+
+def kernels_own_modules(
+    registry: RegistryClient, cache: Path, jobs: tuple[BuildJob, ...]
+) -> tuple[BuildJob, ...]:
+    """The pending jobs in the light of what their kernel itself ships of the image's modules
+    (its module index read from the toolkit, once per toolkit digest): the modules KMM must
+    remove first, or a refusal where the kernel builds one in."""
+    pending = [
+        (job.target, job.inputs.toolkit.pinned)
+        for job in jobs
+        if job.action is Action.BUILD and job.inputs is not None
+    ]
+    indexes = kernel_index.kernel_indexes(registry, cache, pending)
+    return tuple(
+        replacing(job, indexes[job.target.tag]) if job.target.tag in indexes else job
+        for job in jobs
+    )
 
 
 def node_trust(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -59,19 +59,32 @@ def files_to_sign(target: BuildTarget) -> list[str]:
     return [f"{flavours.DIR_NAME}/lib/modules/{target.kernel}/extra/{m}.ko" for m in target.modules]
 
 
-def kernel_mapping(target: BuildTarget, sign: KmmSigning | None) -> dict[str, Any]:
-    if sign is None:
-        return {"literal": target.kernel, "containerImage": target.image}
-    return {
-        "literal": target.kernel,
-        "containerImage": f"{sign.signed_repository}:{target.tag}",
-        "sign": {
+def kernel_mapping(
+    target: BuildTarget, sign: KmmSigning | None, replaced: Sequence[str] = ()
+) -> dict[str, Any]:
+    """One kernel's mapping; `replaced`: the kernel's own modules its image replaces, which
+    KMM removes before loading the image's (in the field the image's flavour's KMM has)."""
+    mapping: dict[str, Any] = {"literal": target.kernel, "containerImage": target.image}
+    if sign is not None:
+        mapping["containerImage"] = f"{sign.signed_repository}:{target.tag}"
+        mapping["sign"] = {
             "unsignedImage": target.image,
             "keySecret": {"name": sign.key_secret},
             "certSecret": {"name": sign.cert_secret},
             "filesToSign": files_to_sign(target),
-        },
-    }
+        }
+    # The flavour made for KMM 1.x, whose Module removes at most one in-tree module.
+    if replaced and target.flavour == flavours.KMM1.name:
+        if len(replaced) > 1:
+            raise HabanaError(
+                f"{target.kernel} ships {', '.join(replaced)}, which its image replaces; KMM 1.x "
+                "removes one in-tree module (inTreeModuleToRemove): use the minimal flavour "
+                "with KMM 2.x"
+            )
+        mapping["inTreeModuleToRemove"] = replaced[0]
+    elif replaced:
+        mapping["inTreeModulesToRemove"] = list(replaced)
+    return mapping
 
 
 def loading_order(modules: Sequence[str]) -> list[str]:
@@ -123,8 +136,11 @@ def module_manifest(
     namespace: str = "habana-ai-operator",
     with_firmware: bool = False,
     sign: KmmSigning | None = None,
+    replaced: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """Literal kernelMappings, one per target, each naming its exact image tag."""
+    """Literal kernelMappings, one per target, each naming its exact image tag; `replaced`:
+    per kernel, the kernel's own modules its image replaces."""
+    replaced = replaced or {}
     if not targets:
         raise ValueError("no images to map")
     order = loading_order(targets[0].modules)
@@ -133,7 +149,10 @@ def module_manifest(
         modprobe["modulesLoadingOrder"] = order
     if with_firmware:
         modprobe["firmwarePath"] = flavours.FIRMWARE_PATH
-    mappings = [kernel_mapping(t, sign) for t in sorted(targets, key=lambda t: t.kernel)]
+    mappings = [
+        kernel_mapping(t, sign, replaced.get(t.kernel, ()))
+        for t in sorted(targets, key=lambda t: t.kernel)
+    ]
     annotations = {FLAVOUR_ANNOTATION: targets[0].flavour}
     if node_args := node_kernel_args(targets):
         annotations[KERNEL_ARGS_ANNOTATION] = kernel_args_text(node_args)
@@ -184,11 +203,17 @@ def library_module(
             "KMM's sign flow is for unsigned images: drop --sign-key-secret/--sign-cert-secret"
         )
     held = tuple(t for t, _ in present)
+    replaced = {
+        t.kernel: tuple(r.labels[labels.IN_TREE_REPLACED].split(","))
+        for t, r in present
+        if r.labels.get(labels.IN_TREE_REPLACED)
+    }
     module = module_manifest(
         held,
         name=name,
         namespace=namespace,
         with_firmware=held[0].firmware_url is not None,
         sign=sign,
+        replaced=replaced,
     )
     return module, held

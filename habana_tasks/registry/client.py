@@ -10,7 +10,7 @@ import enum
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -50,6 +50,7 @@ from habana_tasks.registry.responses import (
 
 MAX_PAGES = 1000
 STEP = "registry state"  # the step a failed inspection is recorded under
+Settled = dict[str, bytes | None]  # a path read from layers: its content, or None if deleted
 
 
 @dataclass(frozen=True)
@@ -241,20 +242,46 @@ class RegistryClient:
 
     def read_file(self, image: str, path: str, arch: str) -> bytes | None:
         """One file from an image without pulling it (see read_first)."""
-        found = self.read_first(image, (path,), arch)
-        return found[1] if found else None
+        return self.read_each(image, (path,), arch).get(path)
 
     def read_first(self, image: str, paths: Sequence[str], arch: str) -> tuple[str, bytes] | None:
         """The first of `paths` the image holds, and its content, without pulling the image:
         layers are read newest first, each streamed once as tar for every path and verified
         against its digest. None when no layer has any of them."""
+        wanted = [relative_name(path) for path in paths]
+        settled: Settled = {}
+        for settled in self._settle(image, wanted, arch):
+            # The first path held decides, unless a preferred one is unsettled (older layers).
+            for i, path in enumerate(wanted):
+                if path not in settled:
+                    break
+                if (content := settled[path]) is not None:
+                    return paths[i], content
+            else:
+                return None
+        held = [(paths[i], c) for i, p in enumerate(wanted) if (c := settled.get(p)) is not None]
+        return held[0] if held else None
+
+    def read_each(self, image: str, paths: Sequence[str], arch: str) -> dict[str, bytes]:
+        """Each of `paths` the image holds, with its content, from one pass over its layers
+        (stopped once every path is settled)."""
+        wanted = [relative_name(path) for path in paths]
+        settled: Settled = {}
+        for settled in self._settle(image, wanted, arch):
+            if len(settled) == len(set(wanted)):
+                break
+        found = {g: settled.get(p) for g, p in zip(paths, wanted, strict=True)}
+        return {given: content for given, content in found.items() if content is not None}
+
+    def _settle(self, image: str, wanted: Sequence[str], arch: str) -> Iterator[Settled]:
+        """After each layer, newest first: what the newest layer naming each path says of it
+        (its content; None when that layer deletes it)."""
         ref = ImageReference.parse(image)
         manifest = self.get_manifest(ref)
         if manifest.media_type in INDEX_TYPES:
             child = select_platform(manifest.json(), arch, str(ref))
             manifest = self.get_manifest(ref.with_digest(child))
-        wanted = [relative_name(path) for path in paths]
-        settled: dict[str, bytes | None] = {}  # what the newest layer naming a path says
+        settled: Settled = {}
         for layer in reversed(manifest.json().get("layers", [])):
             digest, declared = layer["digest"], layer["size"]
             response = self._request("GET", f"{self._base(ref)}/blobs/{digest}", ref, stream=True)
@@ -271,17 +298,7 @@ class RegistryClient:
                 open_paths = [path for path in wanted if path not in settled]
                 for path, match in scan_layer(body, digest, what, open_paths).items():
                     settled[path] = match.content
-            # In preference order: the first path held decides, unless a more preferred one is
-            # still unsettled (a lower layer may hold it); all settled and deleted: none.
-            for i, path in enumerate(wanted):
-                if path not in settled:
-                    break
-                if (content := settled[path]) is not None:
-                    return paths[i], content
-            else:
-                return None
-        held = [(paths[i], c) for i, p in enumerate(wanted) if (c := settled.get(p)) is not None]
-        return held[0] if held else None
+            yield settled
 
     def put_blob(self, ref: ImageReference, body: bytes) -> str:
         """Upload a small blob (one POST, one PUT) unless the repository has it; its digest."""

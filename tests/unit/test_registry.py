@@ -407,6 +407,25 @@ def test_the_first_of_several_paths_is_read_in_one_pass_over_the_layers(
     assert client.read_first(image, ("/nowhere", "/boot/gone"), "x86_64") is None
 
 
+def test_several_files_are_read_in_one_pass_and_the_pass_stops_when_all_are_settled(
+    fake: FakeRegistry,
+) -> None:
+    """Each path from the newest layer that names it (a whiteout deletes it); once every path
+    is settled, older layers are not fetched."""
+    oldest = _layer({"./a": b"oldest a", "./b": b"oldest b"})
+    older = _layer({"./a": b"older a", "./c": b"c", "./.wh.b": b""})
+    newer = _layer({"./a": b"newest a"})
+    image = _layered(fake, "dtk", "2", (oldest, older, newer))
+    client = RegistryClient([fake.host])
+    before = client.requests_sent
+    found = client.read_each(image, ("/a", "/b", "/c", "/nowhere"), "x86_64")
+    assert found == {"/a": b"newest a", "/c": b"c"}
+    assert client.requests_sent - before == 4  # the manifest and all three layers
+    before = client.requests_sent
+    assert client.read_each(image, ("/a", "/c"), "x86_64") == {"/a": b"newest a", "/c": b"c"}
+    assert client.requests_sent - before == 3  # settled after two layers: the oldest not read
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
