@@ -256,6 +256,10 @@ def toolkit_containerfile(base_image: str, kernel: str) -> str:
     modules with their depmod indexes (the real toolkit installs kernel-core + kernel-modules)."""
     packages = " ".join((*TOOLKIT_PACKAGES, f"linux-headers-{kernel}"))
     release = json.dumps({"KERNEL_VERSION": kernel, "RT_KERNEL_VERSION": "", "RHEL_VERSION": ""})
+    # Debian 13's kernel packages keep their modules under /usr/lib/modules (merged /usr).
+    modules = f"./lib/modules/{kernel}"
+    if suite_of(kernel) != BASE_SUITE:
+        modules = f"--wildcards '*/lib/modules/{kernel}'"
     return (
         f"FROM {base_image}\n"
         "RUN apt-get update -q \\\n"
@@ -263,7 +267,7 @@ def toolkit_containerfile(base_image: str, kernel: str) -> str:
         f" && cd /tmp && apt-get download -q linux-image-{kernel} \\\n"
         f" && dpkg-deb --fsys-tarfile linux-image-{kernel}_*.deb \\\n"
         "    | tar -x --keep-directory-symlink -C / \\\n"
-        f"      ./boot/vmlinuz-{kernel} ./lib/modules/{kernel} \\\n"
+        f"      ./boot/vmlinuz-{kernel} {modules} \\\n"
         f" && depmod {kernel} && test -s /lib/modules/{kernel}/modules.dep \\\n"
         " && rm -f /tmp/*.deb && rm -rf /var/lib/apt/lists/*\n"
         f"RUN echo '{release}' > /etc/driver-toolkit-release.json\n"

@@ -1,13 +1,19 @@
-"""The local upstream's vendor packages, made from Debian's linux-source-6.1 the way the vendor
+"""The local upstream's vendor packages, made from Debian's kernel sources the way the vendor
 packages its driver: `habanalabs-<version>.el8.noarch.rpm` (DKMS-style source, the upstream
 habanalabs driver and the habana_example_ib stand-in) and a placeholder firmware package; each
-made once per content, byte for byte the same wherever it is made."""
+made once per content, byte for byte the same wherever it is made.
+
+Two generations of the driver's source: Debian 12's linux-source-6.1 (`drivers/misc/habanalabs`)
+for driver versions 6.1.*, and Debian 13's linux-source-6.12 (`drivers/accel/habanalabs`, which
+builds against the kernel's own accel/DRM core) for 6.12.*, whose package says in its dkms.conf
+that it builds for Debian 13's kernels only (BUILD_EXCLUSIVE_KERNEL)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +27,40 @@ if TYPE_CHECKING:
 LINUX_SOURCE = Path("/usr/src/linux-source-6.1.tar.xz")
 DRIVER_SUBDIR = "drivers/misc/habanalabs"
 UAPI_HEADER = "include/uapi/misc/habanalabs.h"
+
+
+@dataclass(frozen=True)
+class SourceGeneration:
+    """Where one generation of the kernel's source keeps the driver, and how it is built."""
+
+    tarball: Path
+    top: str  # the tarball's top folder
+    driver: str  # the driver's folder in it
+    uapi: str  # its user API header, which the driver includes by a path under include/
+    config: str  # the Kconfig symbol a module build sets
+    exclusive: str  # the kernels its package builds for (dkms.conf), "" for any
+
+
+GENERATION_6_1 = SourceGeneration(
+    LINUX_SOURCE, "linux-source-6.1", DRIVER_SUBDIR, UAPI_HEADER, "CONFIG_HABANA_AI", ""
+)
+# Debian 13's linux-source-6.12, unpacked from its package by scripts/install-deps.
+GENERATION_6_12 = SourceGeneration(
+    Path(__file__).resolve().parent.parent
+    / ".cache/tools/linux-source-6.12/usr/src/linux-source-6.12.tar.xz",
+    "linux-source-6.12",
+    "drivers/accel/habanalabs",
+    "include/uapi/drm/habanalabs_accel.h",
+    "CONFIG_DRM_ACCEL_HABANALABS",
+    "^6\\.12\\.[0-9]+\\+deb13-",
+)
+
+
+def generation_of(version: str) -> SourceGeneration:
+    """The source a driver version of the example is made from: 6.12.* from Linux 6.12."""
+    return GENERATION_6_12 if version.startswith("6.12.") else GENERATION_6_1
+
+
 # The stand-in for habanalabs_ib: a name no kernel has in tree (tests check the targets').
 STANDIN_MODULE = "habana_example_ib"
 STANDIN_SOURCE = Path(__file__).parent / "standin"
@@ -43,22 +83,24 @@ def recipe_key(*parts: object) -> str:
     return hashlib.sha256(json.dumps([RECIPE_VERSION, *map(str, parts)]).encode()).hexdigest()[:16]
 
 
-def extract_driver_source(upstream: Upstream, runner: ProcessRunner) -> Path:
-    """The habanalabs subtree of linux-source-6.1, extracted once per tarball content."""
-    if not LINUX_SOURCE.exists():
+def extract_driver_source(
+    upstream: Upstream, runner: ProcessRunner, generation: SourceGeneration = GENERATION_6_1
+) -> Path:
+    """The driver's subtree of a generation's kernel source, extracted once per content."""
+    if not generation.tarball.exists():
         raise HabanaError(
-            f"{LINUX_SOURCE} is missing; install it: apt-get install linux-source-6.1"
+            f"{generation.tarball} is missing; scripts/install-deps installs or unpacks it"
         )
-    key = recipe_key(sha256_file(LINUX_SOURCE))
+    key = recipe_key(sha256_file(generation.tarball))
     target = upstream.artefacts / "source" / key
-    if (target / "linux-source-6.1" / DRIVER_SUBDIR / "Makefile").exists():
-        return target / "linux-source-6.1"
+    if (target / generation.top / generation.driver / "Makefile").exists():
+        return target / generation.top
     partial = target.with_suffix(".partial")
     partial.mkdir(parents=True, exist_ok=True)
-    members = [f"linux-source-6.1/{DRIVER_SUBDIR}", f"linux-source-6.1/{UAPI_HEADER}"]
-    runner.run(["tar", "-xJf", str(LINUX_SOURCE), "-C", str(partial), *members])
+    members = [f"{generation.top}/{generation.driver}", f"{generation.top}/{generation.uapi}"]
+    runner.run(["tar", "-xJf", str(generation.tarball), "-C", str(partial), *members])
     partial.replace(target)
-    return target / "linux-source-6.1"
+    return target / generation.top
 
 
 def tree_sha(directory: Path) -> str:
@@ -77,14 +119,21 @@ GIT_SHA ?= unknown
 KDIR ?= /lib/modules/$(KVERSION)/build
 
 all:
-\t$(MAKE) -C $(KDIR) M=$(CURDIR)/drivers/misc/habanalabs CONFIG_HABANA_AI=m modules
+\t$(MAKE) -C $(KDIR) M=$(CURDIR)/@DRIVER@ @CONFIG@=m modules
 \t$(MAKE) -C $(KDIR) M=$(CURDIR)/@STANDIN_SUBDIR@ modules
 \t@echo "habanalabs built for $(KVERSION) from $(GIT_SHA)"
 
 clean:
-\t$(MAKE) -C $(KDIR) M=$(CURDIR)/drivers/misc/habanalabs clean
+\t$(MAKE) -C $(KDIR) M=$(CURDIR)/@DRIVER@ clean
 \t$(MAKE) -C $(KDIR) M=$(CURDIR)/@STANDIN_SUBDIR@ clean
 """.replace("@STANDIN_SUBDIR@", STANDIN_SUBDIR)
+
+
+def vendor_makefile(generation: SourceGeneration) -> str:
+    return VENDOR_MAKEFILE.replace("@DRIVER@", generation.driver).replace(
+        "@CONFIG@", generation.config
+    )
+
 
 SPEC = """\
 Name: habanalabs
@@ -123,14 +172,18 @@ REPRODUCIBLE_RPM = {
 }
 
 
-def dkms_conf(version: str, git_sha: str, source: str) -> str:
+def dkms_conf(
+    version: str, git_sha: str, source: str, generation: SourceGeneration = GENERATION_6_1
+) -> str:
+    exclusive = f'BUILD_EXCLUSIVE_KERNEL="{generation.exclusive}"\n' if generation.exclusive else ""
     return (
         'PACKAGE_NAME="habanalabs"\n'
         f'PACKAGE_VERSION="{version}"\n'
         f"KMD_LAST_GIT_SHA={git_sha}\n"
         f"# Source: {source}\n"
+        f"{exclusive}"
         'BUILT_MODULE_NAME[0]="habanalabs"\n'
-        f'BUILT_MODULE_LOCATION[0]="{DRIVER_SUBDIR}"\n'
+        f'BUILT_MODULE_LOCATION[0]="{generation.driver}"\n'
         'DEST_MODULE_LOCATION[0]="/extra"\n'
         f'BUILT_MODULE_NAME[1]="{STANDIN_MODULE}"\n'
         f'BUILT_MODULE_LOCATION[1]="{STANDIN_SUBDIR}"\n'
@@ -152,9 +205,10 @@ def build_driver_rpm(
     """`habanalabs-<version>.el8.noarch.rpm`, made once per (version, payload, dkms.conf)."""
     if "-" not in version:
         raise HabanaError(f"driver version {version!r}: expected VERSION-RELEASE, e.g. 6.1.0-1")
-    source = extract_driver_source(upstream, runner)
-    git_sha = tree_sha(source / DRIVER_SUBDIR)
-    conf = dkms if dkms is not None else dkms_conf(version, git_sha, "linux-source-6.1")
+    generation = generation_of(version)
+    source = extract_driver_source(upstream, runner, generation)
+    git_sha = tree_sha(source / generation.driver)
+    conf = dkms if dkms is not None else dkms_conf(version, git_sha, generation.top, generation)
     out_dir = output_dir or upstream.package_dir
     rpm = out_dir / f"habanalabs-{version}.el8.noarch.rpm"
     standin = {p.name: p.read_bytes() for p in sorted(STANDIN_SOURCE.iterdir()) if p.is_file()}
@@ -166,14 +220,13 @@ def build_driver_rpm(
     work = upstream.artefacts / "rpmbuild" / key
     tree = work / "src" / f"habanalabs-{version}"
     runner.run(["rm", "-rf", str(work)])
-    (tree / "drivers" / "misc").mkdir(parents=True)
-    runner.run(["cp", "-a", str(source / DRIVER_SUBDIR), str(tree / "drivers" / "misc")])
-    (tree / "include" / "uapi" / "misc").mkdir(parents=True)
-    runner.run(["cp", "-a", str(source / UAPI_HEADER), str(tree / "include" / "uapi" / "misc")])
+    for part in (generation.driver, generation.uapi):
+        (tree / part).parent.mkdir(parents=True, exist_ok=True)
+        runner.run(["cp", "-a", str(source / part), str(tree / part)])
     (tree / STANDIN_SUBDIR).mkdir(parents=True)
     for name, data in standin.items():
         (tree / STANDIN_SUBDIR / name).write_bytes(data)
-    (tree / "Makefile").write_text(VENDOR_MAKEFILE)
+    (tree / "Makefile").write_text(vendor_makefile(generation))
     (tree / "dkms.conf").write_text(conf)
     (work / "habanalabs.spec").write_text(SPEC)
     ver, rel = version.rsplit("-", 1)
