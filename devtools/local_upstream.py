@@ -30,6 +30,7 @@ import requests
 
 from devtools import services
 from devtools.vendor_packages import build_driver_rpm, recipe_key
+from habana_tasks.config import tags
 from habana_tasks.core.errors import HabanaError
 from habana_tasks.core.process import LineSink
 from habana_tasks.engine.podman import BuildSpec, Podman
@@ -86,7 +87,7 @@ class Upstream:
         return f"{self.registry}/upstream/debian:{BASE_SUITE}"
 
     def toolkit_image(self, kernel: str) -> str:
-        return f"{self.registry}/upstream/driver-toolkit:{kernel}"
+        return f"{self.registry}/upstream/driver-toolkit:{tags.tag_text(kernel)}"
 
     @property
     def package_dir(self) -> Path:
@@ -198,7 +199,7 @@ LOCAL_BASE = local_base(BASE_SUITE)
 
 
 def local_toolkit(kernel: str) -> str:
-    return f"localhost/habana-upstream/driver-toolkit:{kernel}"
+    return f"localhost/habana-upstream/driver-toolkit:{tags.tag_text(kernel)}"
 
 
 def _push(

@@ -272,7 +272,7 @@ class BuildExclusive:
         for name, pattern, what, value in rules:
             if pattern is not None and not re.search(pattern, value):
                 return (
-                    f"its dkms.conf builds only for a {what} matching {name}={pattern!r}, "
+                    f'its dkms.conf builds only for a {what} matching {name}="{pattern}", '
                     f"and {value} does not match (DKMS skips it)"
                 )
         return None

@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 # What a TOML key may be written with, unquoted.
 BARE_KEY_CHARS = frozenset(string.ascii_letters + string.digits + "_-")
 
-PLACEHOLDERS = ("kernel", "arch", "oci_arch", "driver", "rhel_version", "rhel_major")
+PLACEHOLDERS = (
+    "kernel", "kernel_tag", "arch", "oci_arch", "driver", "rhel_version", "rhel_major"
+)  # fmt: skip
 MAX_SHOWN = 80  # longer values are named by their type in messages
 NAMES_SHOWN = 3  # names listed in one message before "and N more"
 

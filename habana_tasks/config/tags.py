@@ -10,7 +10,11 @@ TAG_CHARACTER_MAP = {"+": "_"}
 
 
 def image_tag(driver_version: str, kernel_release: str) -> str:
-    raw = f"{driver_version}-{kernel_release}"
+    return tag_text(f"{driver_version}-{kernel_release}")
+
+
+def tag_text(raw: str) -> str:
+    """A text as a tag holds it (KMM's rule): 6.12.117+deb13-amd64 -> 6.12.117_deb13-amd64."""
     return "".join(TAG_CHARACTER_MAP.get(c, c) for c in raw)
 
 

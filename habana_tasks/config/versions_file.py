@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from habana_tasks.config import fields, kernel_release, sections
+from habana_tasks.config import fields, kernel_release, sections, tags
 from habana_tasks.config.flavours import DEFAULT as DEFAULT_FLAVOUR
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.config.tags import image_tag, tag_problem
@@ -300,6 +300,8 @@ def _target(
     settings = templates.overrides.get(version, templates.defaults)
     values = {
         "kernel": kernel.release,
+        # The release as a tag can hold it ('+' as '_'), for images tagged by kernel.
+        "kernel_tag": tags.tag_text(kernel.release),
         "arch": kernel.arch,
         "oci_arch": kernel_release.OCI_ARCH[kernel.arch],
         "driver": version,
@@ -313,13 +315,17 @@ def _target(
     firmware = fields.render(
         problems, f"{key} (firmware_url)", settings.get("firmware_url"), values
     )
-    for name, image in (("base.image", base), ("toolkit.image", toolkit)):
+    images = (("base.image", base, templates.base), ("toolkit.image", toolkit, templates.toolkit))
+    for name, image, template in images:
         if image is None:
             continue
         try:
             ImageReference.parse(image)
         except ValueError as exc:
-            problems.add(f"{key} ({name})", image, str(exc))
+            hint = ""
+            if "+" in kernel.release and "{kernel}" in (template or ""):
+                hint = "; a tag cannot hold '+': write {kernel_tag} where the tag names the kernel"
+            problems.add(f"{key} ({name})", image, f"{exc}{hint}")
             return None
     if (templates.base is not None and base is None) or toolkit is None or package is None:
         return None

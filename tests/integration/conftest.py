@@ -61,7 +61,7 @@ class UpstreamFixture:
             f'[library]\nrepository = "{u.registry}/{repository}"\n'
             f'source = "https://example.invalid/src"\ninsecure_registries = ["{u.registry}"]\n'
             + (f'[base]\nimage = "{u.base_image}"\n' if base else "")
-            + f'[toolkit]\nimage = "{u.registry}/upstream/driver-toolkit:{{kernel}}"\n'
+            + f'[toolkit]\nimage = "{u.registry}/upstream/driver-toolkit:{{kernel_tag}}"\n'
             f'[driver]\npackage_url = "{u.package_url("habanalabs-{driver}.el8.noarch.rpm")}"\n'
             f"modules = {json.dumps(list(modules))}\n"
             f"{extra}{entries}"

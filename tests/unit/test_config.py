@@ -361,3 +361,38 @@ def test_a_bad_node_kernel_argument_is_one_line_naming_it(
     problems = problems_of(tmp_path, GOOD + f"node_kernel_args = {value}\n")
     assert len(problems) == 1, problems
     assert "kernels[0].node_kernel_args" in problems[0] and named in problems[0], problems[0]
+
+
+DEB13 = """\
+[library]
+repository = "r.example/lib/drv"
+[toolkit]
+image = "r.example/dtk:{TOOLKIT}"
+[driver]
+package_url = "https://vault.example/{kernel}/habanalabs-{driver}.el8.noarch.rpm"
+modules = ["habanalabs"]
+[[kernels]]
+release = "6.12.117+deb13-amd64"
+drivers = ["6.12.0-1"]
+"""
+
+
+def test_a_release_with_plus_is_tagged_as_kmm_tags_it(tmp_path: Path) -> None:
+    """The image's tag writes '+' as '_' (KMM's rule); {kernel_tag} does the same for images
+    tagged by kernel; the release itself keeps its '+' where it is the release (a URL)."""
+    (target,) = load_text(tmp_path, DEB13.replace("{TOOLKIT}", "{kernel_tag}")).targets
+    assert target.kernel == "6.12.117+deb13-amd64"
+    assert target.tag == "6.12.0-1-6.12.117_deb13-amd64"
+    assert target.image == "r.example/lib/drv:6.12.0-1-6.12.117_deb13-amd64"
+    assert target.toolkit_image == "r.example/dtk:6.12.117_deb13-amd64"
+    assert target.package_url == (
+        "https://vault.example/6.12.117+deb13-amd64/habanalabs-6.12.0-1.el8.noarch.rpm"
+    )
+
+
+def test_kernel_in_a_tag_with_plus_names_kernel_tag(tmp_path: Path) -> None:
+    (problem,) = problems_of(tmp_path, DEB13.replace("{TOOLKIT}", "{kernel}"))
+    assert "(toolkit.image) = 'r.example/dtk:6.12.117+deb13-amd64'" in problem
+    assert problem.endswith(
+        "; a tag cannot hold '+': write {kernel_tag} where the tag names the kernel"
+    )

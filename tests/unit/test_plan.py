@@ -264,7 +264,7 @@ def test_a_kernel_the_driver_package_excludes_is_refused_before_building() -> No
         assert job.failure.step == EXCLUDED and job.failure.origin == INPUTS_ORIGIN
         assert job.reason == (
             f"driver {TARGET.driver} is not built for {TARGET.kernel}: its dkms.conf builds "
-            f"only for a kernel matching BUILD_EXCLUSIVE_KERNEL='\\\\+deb13-', and "
+            f'only for a kernel matching BUILD_EXCLUSIVE_KERNEL="\\+deb13-", and '
             f"{TARGET.kernel} does not match (DKMS skips it)"
         )
     allowed = replace(INPUTS, exclusive=BuildExclusive(re.escape(TARGET.kernel)))
