@@ -18,6 +18,7 @@ from pathlib import Path
 from habana_tasks.build.driver_package import atomic_write
 from habana_tasks.build.kernel_config import per_toolkit
 from habana_tasks.config.targets import BuildTarget
+from habana_tasks.core.errors import HabanaError
 from habana_tasks.registry.client import RegistryClient
 from habana_tasks.verification.kernel_modules import module_name
 
@@ -89,7 +90,15 @@ def kernel_index(
 
 def kernel_indexes(
     registry: RegistryClient, cache: Path, pinned: Sequence[tuple[BuildTarget, str]]
-) -> dict[str, KernelIndex]:
-    """Each target's kernel index (by tag), one read per toolkit digest and release; a target
-    whose toolkit cannot be read is left out (its image checks and load test still decide)."""
-    return per_toolkit(pinned, lambda *key: kernel_index(registry, cache, *key))
+) -> dict[str, KernelIndex | HabanaError]:
+    """Each target's kernel index (by tag), one read per toolkit digest and release; a read
+    the registry could not answer is the error itself: the caller must not build as if the
+    kernel shipped nothing."""
+
+    def read(toolkit: str, release: str, arch: str) -> KernelIndex | HabanaError:
+        try:
+            return kernel_index(registry, cache, toolkit, release, arch)
+        except HabanaError as exc:
+            return exc
+
+    return per_toolkit(pinned, read)

@@ -11,7 +11,7 @@ from habana_tasks.build.failure_records import FailureRecord
 from habana_tasks.build.kernel_index import KernelIndex
 from habana_tasks.build.labels import TargetInputs
 from habana_tasks.config.targets import BuildTarget
-from habana_tasks.core.errors import INPUTS, Failure
+from habana_tasks.core.errors import INPUTS, Failure, HabanaError
 from habana_tasks.registry.client import Existence, RemoteImage
 from habana_tasks.verification.secure_boot import SECURE_BOOT
 
@@ -114,13 +114,19 @@ def recalled(job: BuildJob, record: FailureRecord | None, tool: str, retry: bool
 BUILT_IN = "kernel's own module"
 
 
-def replacing(job: BuildJob, index: KernelIndex) -> BuildJob:
+def replacing(job: BuildJob, index: KernelIndex | HabanaError) -> BuildJob:
     """A pending job whose kernel ships modules of the image's (or claiming its devices): the
     image records them (KMM removes them before loading the image's) and the plan says so; a
-    kernel that builds one in cannot be served, and the pair is refused before building."""
+    kernel that builds one in cannot be served, and the pair is refused before building. An
+    index the registry could not give fails the pair (transient as the fault was): building
+    as if the kernel shipped nothing could leave its own driver on the nodes."""
     if job.action is not Action.BUILD or job.inputs is None:
         return job
     t = job.target
+    if isinstance(index, HabanaError):
+        why = f"the kernel's module index could not be read from its toolkit: {index}"
+        unread = Failure(BUILT_IN, why, t.toolkit_image, transient=index.transient)
+        return replace(job, action=Action.FAIL, reason=why, failure=unread)
     if built_in := index.built_in(t.modules):
         why = (
             f"{t.kernel} builds {', '.join(built_in)} into the kernel (modules.builtin): no "

@@ -176,7 +176,7 @@ def kernels_own_modules(
     return tuple(
         replacing(job, indexes[job.target.tag]) if job.target.tag in indexes else job
         for job in jobs
-    )
+    )  # a job not pending has no index read: left as planned
 
 
 def node_trust(

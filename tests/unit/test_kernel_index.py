@@ -16,6 +16,7 @@ from habana_tasks.build import labels
 from habana_tasks.build.kernel_index import KernelIndex, kernel_index, parse_index
 from habana_tasks.build.plan import BUILT_IN, Action, BuildJob, replacing
 from habana_tasks.core.errors import INPUTS as INPUTS_ORIGIN
+from habana_tasks.core.errors import TransientHTTPError
 from habana_tasks.maintenance import kmm
 from habana_tasks.registry.client import RegistryClient
 from habana_tasks.registry.manifests import OCI_MANIFEST
@@ -119,3 +120,15 @@ def test_the_index_is_read_once_per_toolkit_through_the_registry(
     before = client.requests_sent
     again = kernel_index(client, tmp_path, toolkit, release, "x86_64")
     assert again == first and client.requests_sent == before
+
+
+def test_an_index_the_registry_could_not_give_fails_the_pair_not_silently() -> None:
+    """Building as if the kernel shipped nothing could leave its own driver on the nodes."""
+    fault = TransientHTTPError("r.example/dtk@sha256:1 (layer): HTTP 503")
+    failed = replacing(BuildJob(TARGET, Action.BUILD, "not in the repository", INPUTS), fault)
+    assert failed.action is Action.FAIL and failed.failure is not None
+    assert failed.failure.transient and failed.failure.step == BUILT_IN
+    assert failed.reason == (
+        "the kernel's module index could not be read from its toolkit: "
+        "r.example/dtk@sha256:1 (layer): HTTP 503"
+    )
