@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from habana_tasks.build import labels
 from habana_tasks.build import service as build_service
 from habana_tasks.build.failure_records import is_record_tag, orphan_records
-from habana_tasks.build.plan import NODE_TRUST, Action, BuildJob
+from habana_tasks.build.plan import BUILT_IN, EXCLUDED, NODE_TRUST, Action, BuildJob
 from habana_tasks.config.project import Project
 from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core.errors import HabanaError
@@ -52,6 +52,10 @@ class TargetStatus:
         return self.state in (State.MISSING, State.STALE)
 
 
+# The plan's definite refusals: a Secure Boot node's, the package's kernel rule, a built-in module.
+PLAN_REFUSALS = frozenset((NODE_TRUST, EXCLUDED, BUILT_IN))
+
+
 def target_status(job: BuildJob, remote: RemoteImage) -> TargetStatus:
     t = job.target
     missing = TargetStatus(
@@ -65,7 +69,8 @@ def target_status(job: BuildJob, remote: RemoteImage) -> TargetStatus:
     )
     if remote.existence is Existence.UNKNOWN:
         return replace(missing, state=State.UNKNOWN, reason=remote.error or "registry error")
-    refused = job.failure is not None and job.failure.step == NODE_TRUST
+    # Refused by the plan for good (not a fault): it will not be built, whatever the registry.
+    refused = job.failure is not None and job.failure.step in PLAN_REFUSALS
     if (job.action is Action.HOLD or refused) and remote.existence is Existence.ABSENT:
         return replace(missing, state=State.FAILING, reason=job.reason)
     if remote.existence is Existence.ABSENT:
@@ -81,6 +86,9 @@ def target_status(job: BuildJob, remote: RemoteImage) -> TargetStatus:
         signing=signing_of(remote.labels),
     )
     if job.action is Action.SKIP:
+        if replaced := remote.labels.get(labels.IN_TREE_REPLACED):
+            why = f"{job.reason}; replaces the kernel's own {replaced.replace(',', ', ')}"
+            return replace(found, state=State.CURRENT, reason=why)
         return replace(found, state=State.CURRENT, reason=job.reason)
     if job.action is Action.HOLD or refused:
         return replace(found, state=State.FAILING, reason=job.reason)

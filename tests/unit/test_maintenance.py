@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from habana_tasks.build import labels
-from habana_tasks.build.plan import plan_job, refused_by_node
+from habana_tasks.build.driver_package import BuildExclusive
+from habana_tasks.build.kernel_index import parse_index
+from habana_tasks.build.plan import plan_job, refused_by_node, replacing
 from habana_tasks.core.errors import Failure, HabanaError
 from habana_tasks.maintenance import discover, kmm
 from habana_tasks.maintenance.matrix import batches, github_matrix
@@ -277,3 +279,25 @@ def test_status_shows_a_flagged_pair_as_failing_with_the_reason() -> None:
     (item,) = statuses([flagged], {TARGET.tag: absent})
     assert (item.state, item.reason) == (State.FAILING, flagged.reason)
     assert "would refuse its modules" in item.reason
+
+
+def test_status_shows_pairs_the_plan_refuses_as_failing_and_what_a_current_one_replaces() -> None:
+    """A pair the package excludes, or whose kernel builds the module in, will never be built:
+    failing, with the plan's words; a current image that replaces the kernel's own driver
+    says so."""
+    absent = RemoteImage(TARGET.image, Existence.ABSENT)
+    excluded = plan_job(TARGET, replace(INPUTS, exclusive=BuildExclusive("deb13")), absent)
+    built_in = replacing(plan_job(TARGET, INPUTS, absent), parse_index("", "habanalabs.ko\n", ""))
+    for job in (excluded, built_in):
+        (item,) = statuses([job], {TARGET.tag: absent})
+        assert (item.state, item.reason) == (State.FAILING, job.reason)
+    present = RemoteImage(
+        TARGET.image,
+        Existence.PRESENT,
+        digest="sha256:" + "1" * 64,
+        labels={labels.FINGERPRINT: labels.fingerprint(TARGET, INPUTS),
+                labels.IN_TREE_REPLACED: "habanalabs,gaudi_rival"},
+    )  # fmt: skip
+    (item,) = statuses([plan_job(TARGET, INPUTS, present)], {TARGET.tag: present})
+    assert item.state is State.CURRENT
+    assert item.reason.endswith("; replaces the kernel's own habanalabs, gaudi_rival")

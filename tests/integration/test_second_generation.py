@@ -1,0 +1,98 @@
+"""A second kernel generation, end to end through the real registry and podman: a Debian 13
+kernel (6.12.<n>+deb13, gcc 14, `+` in its release) whose toolkit the local upstream makes on
+demand, the example driver's second generation (Linux 6.12's drivers/accel/habanalabs, a
+dkms.conf restricting it to Debian 13's kernels), and the kernel's own `habanalabs`:
+
+- the plan refuses the 6.12 driver on a Debian 12 kernel before compiling, naming the rule;
+- the Debian 13 pair is built (tag with `_` for `+`, toolkit by {kernel_tag}), its image checked
+  (modprobe resolves its modules to the image's own files, not the kernel's namesake) and
+  load-tested in that exact kernel, and it records the kernel's own module it replaces;
+- the KMM Module removes that module for exactly that kernel, valid against KMM's CRD."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devtools import local_upstream, vendor_packages
+from habana_tasks.build import labels
+from habana_tasks.cli import maintenance_commands
+from habana_tasks.config import versions_file
+from habana_tasks.config.project import Project
+from habana_tasks.engine.podman import Podman
+from habana_tasks.registry.client import Existence, RegistryClient
+from tests.conftest import ROOT, invoke_argv, require
+from tests.integration.conftest import KERNELS, UpstreamFixture
+from tests.kmm_schema import schema_errors
+
+pytestmark = pytest.mark.integration
+TRIXIE = "6.12.117+deb13-amd64"
+SECOND = "6.12.0-1"
+
+
+@pytest.fixture(scope="module")
+def second(test_upstream: UpstreamFixture, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A library of the Debian 13 kernel and a Debian 12 one, both drivers offered to both."""
+    require(vendor_packages.GENERATION_6_12.tarball.exists(), "linux-source-6.12 (install-deps)")
+    u = test_upstream.upstream
+    local_upstream.ensure_toolkit_image(u, Podman(test_upstream.runner), TRIXIE)
+    vendor_packages.build_driver_rpm(u, test_upstream.runner, SECOND)
+    versions = test_upstream.versions(
+        tmp_path_factory.mktemp("second") / "versions.toml",
+        (TRIXIE, KERNELS[0]),
+        repository="library/second",
+    )
+    versions.write_text(
+        versions.read_text().replace('drivers = ["6.1.0-1"]', f'drivers = ["{SECOND}"]')
+    )
+    return versions
+
+
+def build(versions: Path, cache: Path, kernel: str) -> tuple[int, str]:
+    done = subprocess.run(
+        invoke_argv("build", "--kernel", kernel, "--versions", str(versions)),
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=1800,
+        env={**os.environ, "HABANA_CACHE_DIR": str(cache)},
+    )  # fmt: skip
+    return done.returncode, " ".join((done.stdout + done.stderr).split())
+
+
+def test_the_second_generations_driver_is_refused_on_the_first_before_compiling(
+    second: Path, tmp_path: Path
+) -> None:
+    code, out = build(second, tmp_path / "cache", KERNELS[0])
+    assert code == 3, out
+    assert (
+        f"driver {SECOND} is not built for {KERNELS[0]}: its dkms.conf builds only for a kernel "
+        'matching BUILD_EXCLUSIVE_KERNEL="^6\\.12\\.[0-9]+\\+deb13-", and '
+        f"{KERNELS[0]} does not match (DKMS skips it)"
+    ) in out
+    assert "compile cache" not in out  # nothing was compiled
+
+
+def test_a_debian_13_pair_is_built_proven_and_mapped_replacing_the_kernels_own_driver(
+    second: Path, test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    code, out = build(second, tmp_path / "cache", TRIXIE)
+    assert code == 0, out
+    assert "replaces the kernel's own habanalabs" in out
+    (target,) = versions_file.load(second).select(TRIXIE, SECOND)
+    assert target.tag == "6.12.0-1-6.12.117_deb13-amd64"
+    remote = RegistryClient([test_upstream.upstream.registry]).inspect(target.image)
+    assert remote.existence is Existence.PRESENT
+    assert remote.labels[labels.KERNEL] == TRIXIE
+    assert remote.labels[labels.IN_TREE_REPLACED] == "habanalabs"
+    assert remote.labels[labels.LOAD_TESTED] == "plain"
+    project = Project(ROOT, cache_dir=tmp_path / "cache")
+    module = yaml.safe_load(maintenance_commands.kmm_module(project, SECOND, str(second)))
+    assert schema_errors(module) == []
+    (mapping,) = module["spec"]["moduleLoader"]["container"]["kernelMappings"]
+    assert mapping == {
+        "literal": TRIXIE,
+        "containerImage": target.image,
+        "inTreeModulesToRemove": ["habanalabs"],
+    }
