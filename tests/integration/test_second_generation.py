@@ -11,6 +11,7 @@ dkms.conf restricting it to Debian 13's kernels), and the kernel's own `habanala
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -66,12 +67,14 @@ def test_the_second_generations_driver_is_refused_on_the_first_before_compiling(
 ) -> None:
     code, out = build(second, tmp_path / "cache", KERNELS[0])
     assert code == 3, out
-    assert (
+    (entry,) = json.loads(Path(out.rsplit("report: ", 1)[1].split()[0]).read_text())
+    assert entry["failure"]["step"] == "driver package"
+    assert entry["failure"]["why"] == (
         f"driver {SECOND} is not built for {KERNELS[0]}: its dkms.conf builds only for a kernel "
         'matching BUILD_EXCLUSIVE_KERNEL="^6\\.12\\.[0-9]+\\+deb13-", and '
         f"{KERNELS[0]} does not match (DKMS skips it)"
-    ) in out
-    assert "compile cache" not in out  # nothing was compiled
+    )
+    assert entry["compiled"] is None  # refused before anything was compiled
 
 
 def test_a_debian_13_pair_is_built_proven_and_mapped_replacing_the_kernels_own_driver(
