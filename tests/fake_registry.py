@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
+import tarfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +17,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Response = tuple[int, dict[str, str], bytes]
+
+
+def _empty_tar() -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w"):
+        pass
+    return out.getvalue()
+
+
+EMPTY_LAYER = _empty_tar()
 
 
 def digest(body: bytes) -> str:
@@ -100,10 +112,13 @@ class FakeRegistry:
         config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Labels": labels}})
         config_bytes = config.encode()
         self.blobs[digest(config_bytes)] = config_bytes
+        # One layer that is an empty tar, as a real registry would serve it: a reader of its
+        # files (the kernel's module index) finds none.
+        self.blobs[digest(EMPTY_LAYER)] = EMPTY_LAYER
         manifest = {
             "schemaVersion": 2,
             "config": {"mediaType": "x", "digest": digest(config_bytes), "size": len(config_bytes)},
-            "layers": [{"mediaType": "x", "digest": "sha256:" + "0" * 64, "size": 1234}],
+            "layers": [{"mediaType": "x", "digest": digest(EMPTY_LAYER), "size": len(EMPTY_LAYER)}],
         }
         if media_type.startswith("application/vnd.docker"):
             manifest["mediaType"] = media_type

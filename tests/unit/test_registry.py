@@ -16,7 +16,7 @@ from habana_tasks.core.http_client import HTTPClient, RetryPolicy
 from habana_tasks.registry.auth import Credentials, challenge_params, find_credentials
 from habana_tasks.registry.client import Existence, RegistryClient
 from habana_tasks.registry.manifests import OCI_MANIFEST
-from tests.fake_registry import FakeRegistry
+from tests.fake_registry import EMPTY_LAYER, FakeRegistry
 
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -212,7 +212,7 @@ def test_existence_is_tri_state(fake: FakeRegistry) -> None:
         Existence.PRESENT,
         d,
         {"fp": "abc"},
-        1234,
+        len(EMPTY_LAYER),  # the compressed size the manifest declares for its one layer
     )
     assert c.inspect(f"{fake.host}/lib/drv:2.0-k").existence is Existence.ABSENT
     fake.hook = lambda path: (404, {}, b"<html>not here</html>")  # a proxy's 404: no error code
