@@ -126,6 +126,7 @@ def podman_through_the_tool(name: str, home: Path, *env: str) -> str:
         ("", "overlay"),  # nobody chose: the tool asks for native overlay (kernel ≥ 5.13)
         ("STORAGE_DRIVER=vfs", "vfs"),  # the user's variable wins
         ("storage.conf", "vfs"),  # so does the user's own storage.conf
+        ("CONTAINERS_STORAGE_CONF", "vfs"),  # and a storage.conf named by the variable
     ],
 )
 def test_a_new_users_storage_is_made_with_overlay_unless_the_user_chose(
@@ -137,11 +138,13 @@ def test_a_new_users_storage_is_made_with_overlay_unless_the_user_chose(
     name = "habana-fresh"
     home = fresh_user(name)
     env = [chosen] if chosen.startswith("STORAGE_DRIVER") else []
-    if chosen == "storage.conf":
-        conf = home / ".config" / "containers" / "storage.conf"
-        conf.parent.mkdir(parents=True)
-        conf.write_text('[storage]\ndriver = "vfs"\n')
-        subprocess.run(["chown", "-R", f"{name}:", str(home / ".config")], check=True)
+    if chosen in ("storage.conf", "CONTAINERS_STORAGE_CONF"):
+        folder = home / (".config/containers" if chosen == "storage.conf" else "elsewhere")
+        folder.mkdir(parents=True)
+        (folder / "storage.conf").write_text('[storage]\ndriver = "vfs"\n')
+        subprocess.run(["chown", "-R", f"{name}:", str(home)], check=True)
+        if chosen == "CONTAINERS_STORAGE_CONF":
+            env = [f"CONTAINERS_STORAGE_CONF={folder / 'storage.conf'}"]
     try:
         assert podman_through_the_tool(name, home, *env) == expected
     finally:
