@@ -14,11 +14,19 @@ from pathlib import Path
 import pytest
 
 from habana_tasks.core.errors import HOST_FAILED
+from habana_tasks.core.process import find_tool
 from habana_tasks.core.user_session import NATIVE_OVERLAY_KERNEL, kernel_version
 from tests.conftest import IN_CI, ROOT
 from tests.integration.conftest import KERNELS, UpstreamFixture
 
 pytestmark = pytest.mark.integration
+
+
+def tool(name: str) -> str:
+    """An administration command by its full path (/usr/sbin is not on every root's PATH)."""
+    found = find_tool(name)
+    assert found, f"{name} is missing"
+    return found
 
 
 def needs_root() -> None:
@@ -33,13 +41,15 @@ def system_user(name: str, home: str | None) -> None:
     """A system account (useradd gives it no subordinate ids), with a home or none."""
     if subprocess.run(["id", "-u", name], capture_output=True, check=False).returncode != 0:
         where = ["--create-home", "--home-dir", home] if home else ["--no-create-home"]
-        subprocess.run(["useradd", "--system", *where, "--shell", "/bin/bash", name], check=True)
+        subprocess.run(
+            [tool("useradd"), "--system", *where, "--shell", "/bin/bash", name], check=True
+        )
 
 
 def build_as(name: str, home: str, versions: Path, cache: Path) -> subprocess.CompletedProcess[str]:
     """`invoke build` as the user would type it in this checkout (the cache where it may write)."""
     return subprocess.run(
-        ["runuser", "-u", name, "--", "env", "-i", f"HOME={home}", f"USER={name}",
+        [tool("runuser"), "-u", name, "--", "env", "-i", f"HOME={home}", f"USER={name}",
          "PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", f"HABANA_CACHE_DIR={cache}",
          str(ROOT / ".venv" / "bin" / "invoke"), "build", "--kernel", KERNELS[0],
          "--versions", str(versions)],
@@ -70,7 +80,7 @@ def test_a_host_that_cannot_serve_the_user_says_so_before_anything_runs(
     needs_root()
     system_user(name, home if home != "/nonexistent" else None)
     if name == "habana-nohome":  # subordinate ids given: only the home is missing
-        subprocess.run(["usermod", "--add-subuids", "300000-365535", "--add-subgids",
+        subprocess.run([tool("usermod"), "--add-subuids", "300000-365535", "--add-subgids",
                         "300000-365535", name], check=True)  # fmt: skip
     # Where the user may read the versions file and write the cache (pytest's folder is root's).
     with tempfile.TemporaryDirectory(prefix="habana-rootless-host-") as shared:
@@ -92,10 +102,10 @@ def test_a_host_that_cannot_serve_the_user_says_so_before_anything_runs(
 
 def fresh_user(name: str) -> Path:
     """A new account with subordinate ids and an empty home, as a new colleague has."""
-    subprocess.run(["userdel", "--remove", name], capture_output=True, check=False)
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], check=True)
+    subprocess.run([tool("userdel"), "--remove", name], capture_output=True, check=False)
+    subprocess.run([tool("useradd"), "--create-home", "--shell", "/bin/bash", name], check=True)
     if subprocess.run(["grep", "-q", f"^{name}:", "/etc/subuid"], check=False).returncode:
-        subprocess.run(["usermod", "--add-subuids", "400000-465535", "--add-subgids",
+        subprocess.run([tool("usermod"), "--add-subuids", "400000-465535", "--add-subgids",
                         "400000-465535", name], check=True)  # fmt: skip
     return Path(subprocess.check_output(["getent", "passwd", name], text=True).split(":")[5])
 
@@ -107,7 +117,7 @@ def podman_through_the_tool(name: str, home: Path, *env: str) -> str:
         "from habana_tasks.core.process import ProcessRunner\n"
         "ProcessRunner().run(['podman', 'images'])\n"
     )
-    base = ["runuser", "-u", name, "--", "env", "-i", f"HOME={home}", f"USER={name}",
+    base = [tool("runuser"), "-u", name, "--", "env", "-i", f"HOME={home}", f"USER={name}",
             "PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"]  # fmt: skip
     subprocess.run(
         [*base, *env, str(ROOT / ".venv" / "bin" / "python"), "-c", script],
@@ -149,4 +159,4 @@ def test_a_new_users_storage_is_made_with_overlay_unless_the_user_chose(
         assert podman_through_the_tool(name, home, *env) == expected
     finally:
         subprocess.run(["pkill", "-u", name], capture_output=True, check=False)
-        subprocess.run(["userdel", "--remove", name], capture_output=True, check=False)
+        subprocess.run([tool("userdel"), "--remove", name], capture_output=True, check=False)
