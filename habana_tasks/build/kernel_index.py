@@ -76,16 +76,13 @@ def kernel_index(
         data = json.loads(kept.read_text("utf-8"))
         return parse_index(data["dep"], data["builtin"], data["alias"], data["found"])
     paths = [f"{d}/{name}".format(release=release) for d in MODULE_DIRS for name in INDEX_FILES]
-    held = registry.read_each(toolkit, paths, arch)
-    text = {}
-    for name in INDEX_FILES:
-        content = next((held[p] for p in paths if p.endswith("/" + name) and p in held), b"")
-        text[name] = content.decode("utf-8", "replace")
-    found = any(p.endswith("/modules.dep") for p in held)
-    data = {"dep": text["modules.dep"], "builtin": text["modules.builtin"],
-            "alias": text["modules.alias"], "found": found}  # fmt: skip
+    held: dict[str, bytes] = {}
+    for path, content in registry.read_each(toolkit, paths, arch).items():
+        held.setdefault(path.rsplit("/", 1)[1], content)  # the first directory holding it
+    dep, builtin, alias = (held.get(n, b"").decode("utf-8", "replace") for n in INDEX_FILES)
+    data = {"dep": dep, "builtin": builtin, "alias": alias, "found": "modules.dep" in held}
     atomic_write(kept, json.dumps(data).encode())
-    return parse_index(data["dep"], data["builtin"], data["alias"], found)
+    return parse_index(dep, builtin, alias, "modules.dep" in held)
 
 
 def kernel_indexes(

@@ -201,12 +201,19 @@ def untold_notices() -> list[str]:
     return fresh
 
 
+def root_runtime_dir(env: Mapping[str, str]) -> Path | None:
+    """Root's XDG_RUNTIME_DIR when it names a folder (podman reads its auth file there); None
+    when unset or gone (the children are given none: /run/containers/0 is used)."""
+    given = env.get("XDG_RUNTIME_DIR", "")
+    return Path(given) if given and Path(given).is_dir() else None
+
+
 def session(env: Mapping[str, str], uid: int) -> Session:
     if uid == 0:
         # Root's podman reads XDG_RUNTIME_DIR's auth file when it is set; one naming no folder
         # (left by a user's session: `sudo -s`, `su` without `-`) fails every registry call.
         given = env.get("XDG_RUNTIME_DIR", "")
-        if given and not Path(given).is_dir():
+        if given and root_runtime_dir(env) is None:
             gone = (
                 f"XDG_RUNTIME_DIR={given} does not exist; podman, skopeo and cosign use "
                 f"{ROOT_RUNTIME_DIR}"

@@ -64,10 +64,8 @@ def runtime_auth_file(env: Mapping[str, str], uid: int) -> Path:
     ordinary user's is the runtime directory rootless podman itself uses (user_session), never
     /run/containers/<uid>, which root's podman makes unreadable."""
     if uid == 0:
-        runtime = env.get("XDG_RUNTIME_DIR")
-        if runtime and Path(runtime).is_dir():
-            return Path(runtime) / "containers" / "auth.json"
-        return ROOT_AUTH_FILE
+        runtime = user_session.root_runtime_dir(env)
+        return runtime / "containers" / "auth.json" if runtime else ROOT_AUTH_FILE
     return user_session.runtime_dir(env, uid)[0] / "containers" / "auth.json"
 
 
