@@ -76,9 +76,20 @@ def kernel_index(
         data = json.loads(kept.read_text("utf-8"))
         return parse_index(data["dep"], data["builtin"], data["alias"], data["found"])
     paths = [f"{d}/{name}".format(release=release) for d in MODULE_DIRS for name in INDEX_FILES]
-    held: dict[str, bytes] = {}
-    for path, content in registry.read_each(toolkit, paths, arch).items():
-        held.setdefault(path.rsplit("/", 1)[1], content)  # the first directory holding it
+
+    def names(found: Mapping[str, bytes]) -> dict[str, bytes]:
+        held: dict[str, bytes] = {}
+        for path in paths:  # each file from the first directory holding it
+            if path in found:
+                held.setdefault(path.rsplit("/", 1)[1], found[path])
+        return held
+
+    def enough(found: Mapping[str, bytes]) -> bool:
+        """Layers are read newest first until the three files are held (the toolkit's own
+        layer, above the base's), not to the bottom looking for the other directory."""
+        return len(names(found)) == len(INDEX_FILES)
+
+    held = names(registry.read_each(toolkit, paths, arch, enough))
     dep, builtin, alias = (held.get(n, b"").decode("utf-8", "replace") for n in INDEX_FILES)
     data = {"dep": dep, "builtin": builtin, "alias": alias, "found": "modules.dep" in held}
     atomic_write(kept, json.dumps(data).encode())

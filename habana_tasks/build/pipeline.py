@@ -293,6 +293,7 @@ class Pipeline:
                 timeout=self.options.load_test_timeout,
                 on_line=sink,
                 secure_boot=self.options.secure_boot,
+                removes=inputs.in_tree_replaced,
             )
             progress.tested = result
             if not result.passed:

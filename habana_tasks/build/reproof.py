@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TextIO, TypeVar
 
-from habana_tasks.build import rebuild
+from habana_tasks.build import labels, rebuild
 from habana_tasks.build.driver_package import PackageCache
 from habana_tasks.build.plan import Action
 from habana_tasks.build.rebuild import RebuildResult
@@ -141,7 +141,18 @@ def load_test_images(
                 False, reason, "", 0.0, 0, image=image_ref, log=log.name, failure=refused
             )
         return retest_image(
-            podman, store, registry, config, target, image_ref, work, log, workers, timeout, setup
+            podman,
+            store,
+            registry,
+            config,
+            target,
+            image_ref,
+            work,
+            log,
+            workers,
+            timeout,
+            setup,
+            removal_label=labels.IN_TREE_REPLACED,
         )
 
     results = per_target(folders, targets, one, jobs, podman.runner)

@@ -1,7 +1,5 @@
 """OCI distribution API client: digests verified, tri-state existence, bounded retries, token auth.
-
-Lookups go through the HTTP API, never through podman or skopeo, so that one run asks each
-question once and concurrently.
+Lookups go through the HTTP API, never podman or skopeo: one run asks each question once, at once.
 """
 
 from __future__ import annotations
@@ -51,6 +49,8 @@ from habana_tasks.registry.responses import (
 MAX_PAGES = 1000
 STEP = "registry state"  # the step a failed inspection is recorded under
 Settled = dict[str, bytes | None]  # a path read from layers: its content, or None if deleted
+Held = dict[str, bytes]  # the paths an image holds, and their contents
+Enough = Callable[[Held], bool] | None  # whether the paths held so far suffice
 
 
 @dataclass(frozen=True)
@@ -262,16 +262,16 @@ class RegistryClient:
         held = [(paths[i], c) for i, p in enumerate(wanted) if (c := settled.get(p)) is not None]
         return held[0] if held else None
 
-    def read_each(self, image: str, paths: Sequence[str], arch: str) -> dict[str, bytes]:
+    def read_each(self, image: str, paths: Sequence[str], arch: str, enough: Enough = None) -> Held:
         """Each of `paths` the image holds, with its content, from one pass over its layers
-        (stopped once every path is settled)."""
-        wanted = [relative_name(path) for path in paths]
-        settled: Settled = {}
-        for settled in self._settle(image, wanted, arch):
-            if len(settled) == len(set(wanted)):
+        (stopped once every path is settled, or once `enough` says what is held suffices)."""
+        pairs = [(path, relative_name(path)) for path in paths]
+        held: Held = {}
+        for settled in self._settle(image, [p for _, p in pairs], arch):
+            held = {g: c for g, p in pairs if (c := settled.get(p)) is not None}
+            if len(settled) == len({p for _, p in pairs}) or (enough and enough(held)):
                 break
-        found = {g: settled.get(p) for g, p in zip(paths, wanted, strict=True)}
-        return {given: content for given, content in found.items() if content is not None}
+        return held
 
     def _settle(self, image: str, wanted: Sequence[str], arch: str) -> Iterator[Settled]:
         """After each layer, newest first: what the newest layer naming each path says of it

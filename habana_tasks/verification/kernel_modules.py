@@ -15,7 +15,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from habana_tasks.core.errors import HabanaError
@@ -23,7 +23,7 @@ from habana_tasks.engine.podman import Podman
 
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 # Bumped when the files read from a toolkit change, so cached copies are read again.
-INDEX_VERSION = "2"
+INDEX_VERSION = "3"
 KERNEL_PATHS = ("/lib/modules/{release}/vmlinuz", "/boot/vmlinuz-{release}")
 # Where kernels keep their exported symbols' CRCs: RHEL's kernel-core and kernel-devel,
 # Debian's linux-headers, and the build link every kernel has.
@@ -74,6 +74,9 @@ class KernelModules:
     has_index: bool = True  # False: the toolkit carries no modules.dep for this release
     has_symvers: bool = True
     config: str = ""  # the kernel's .config, when the toolkit carries it
+    # module path -> the paths it depends on (modules.dep), and (alias pattern, module name)
+    depends: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    aliases: tuple[tuple[str, str], ...] = ()
 
 
 def parse_modules_dep(text: str) -> dict[str, str]:
@@ -84,6 +87,18 @@ def parse_modules_dep(text: str) -> dict[str, str]:
         if sep and path.strip():
             modules.setdefault(module_name(path.strip()), path.strip())
     return modules
+
+
+def parse_depends(text: str) -> dict[str, tuple[str, ...]]:
+    """`path: dep dep ...` lines -> {path: (dep, ...)}."""
+    lines = (line.partition(":") for line in text.splitlines())
+    return {path.strip(): tuple(deps.split()) for path, sep, deps in lines if sep and path.strip()}
+
+
+def parse_aliases(text: str) -> tuple[tuple[str, str], ...]:
+    """modules.alias lines `alias <pattern> <module>` -> ((pattern, module name), ...)."""
+    words = (line.split() for line in text.splitlines())
+    return tuple((w[1], module_name(w[2])) for w in words if len(w) == 3 and w[0] == "alias")  # noqa: PLR2004
 
 
 def parse_builtin(text: str) -> frozenset[str]:
@@ -151,6 +166,7 @@ class KernelModuleStore:
                 wanted = {
                     "modules.dep": [f"{base}/modules.dep"],
                     "modules.builtin": [f"{base}/modules.builtin"],
+                    "modules.alias": [f"{base}/modules.alias"],
                     "symvers": [p.format(release=release) for p in SYMVERS_PATHS],
                     "config": [p.format(release=release) for p in CONFIG_PATHS],
                 }
@@ -166,15 +182,19 @@ class KernelModuleStore:
         dep = directory / "modules.dep"
         builtin = directory / "modules.builtin"
         config = directory / "config"
+        dep_text = dep.read_text() if dep.is_file() else ""
+        alias = directory / "modules.alias"
         return KernelModules(
             release=release,
-            modules=parse_modules_dep(dep.read_text()) if dep.is_file() else {},
+            modules=parse_modules_dep(dep_text),
             builtin=parse_builtin(builtin.read_text()) if builtin.is_file() else frozenset(),
             symbols=parse_symvers(text),
             source=toolkit_image,
             has_index="modules.dep" in found,
             has_symvers="symvers" in found,
             config=config.read_text("utf-8", "replace") if config.is_file() else "",
+            depends=parse_depends(dep_text),
+            aliases=parse_aliases(alias.read_text("utf-8", "replace")) if alias.is_file() else (),
         )
 
     def vmlinuz(self, toolkit_image: str, release: str) -> Path:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
-from habana_tasks.config import flavours
 from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core.errors import (
     CommandError,
@@ -34,9 +33,10 @@ from habana_tasks.core.log_cause import cause_of
 from habana_tasks.core.process import LineSink
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import RegistryClient
-from habana_tasks.verification import initramfs
+from habana_tasks.verification import card, initramfs
 from habana_tasks.verification import secure_boot as boot_chain
 from habana_tasks.verification.console import MARK
+from habana_tasks.verification.guest_init import init_script
 from habana_tasks.verification.kernel_modules import KernelModuleStore, module_name
 from habana_tasks.verification.qemu import console_machine
 from habana_tasks.verification.secure_boot import SecureBootSetup
@@ -49,68 +49,18 @@ DEFAULT_TIMEOUT = 120.0
 ENFORCE_SIGNATURES = "module.sig_enforce=1"
 CMDLINE = "console=ttyS0 panic=-1 quiet"
 MEMORY_MB = 1024
-
-INIT = """#!/bin/sh
-# KMM's two steps: the image's own sh, mkdir and cp copy its tree out (as the image's user);
-# the worker's modprobe loads the modules from the copy, in order; then report and power off.
-PATH=/usr/sbin:/usr/bin:/sbin:/bin
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev 2>/dev/null
-release="$(uname -r)"
-echo "@MARK@ booted $release"
-echo "@MARK@ cmdline $(cat /proc/cmdline)"
-mount -t securityfs securityfs /sys/kernel/security 2>/dev/null
-echo "@MARK@ lockdown $(cat /sys/kernel/security/lockdown 2>/dev/null || echo unavailable)"
-boot='efi: EFI v\\|secureboot:\\|locked down\\|MokListRT\\|Loaded X.509 cert'
-dmesg | sed -n "/$boot/s/^/@MARK@ boot /p"
-status=PASS
-mount -t tmpfs -o mode=1777 tmpfs /tmp
-mkdir -p /image/tmp && mount --bind /tmp /image/tmp
-dir=/tmp/opt
-if out="$(chroot --userspec=@USER@ /image /bin/sh -c '@EXTRACT@' 2>&1)" \
-    && [ -d "$dir/lib/modules/$release" ]; then
-  echo "@MARK@ image-extractor copied /opt/lib/modules/$release"
-else
-  echo "$out" | sed 's/^/@MARK@ image-extractor: /'
-  why="$(echo "$out" | tail -n 1)"
-  echo "@MARK@ FAIL the image's own /bin/sh, mkdir and cp (KMM's image-extractor)" \\
-    "did not copy its modules out: ${why:-no /opt/lib/modules/$release in the copy}"
-  echo "@MARK@ FAIL"
-  echo o > /proc/sysrq-trigger
-  sleep 10
-fi
-for m in @MODULES@; do
-  missing=""
-  deps="$(sed -n "s|^[^:]*/$m\\.ko[^:]*:||p" "$dir/lib/modules/$release/modules.dep" | head -n 1)"
-  for file in $deps; do
-    if [ ! -e "$dir/lib/modules/$release/$file" ]; then missing="$missing ${file#host/}"; fi
-  done
-  if [ -n "$missing" ]; then
-    echo "@MARK@ FAIL $m needs in-tree$missing, absent from this node's /lib/modules/$release"
-    status=FAIL; continue
-  fi
-  if out="$(modprobe -v -d "$dir" "$m" 2>&1)"; then echo "@MARK@ modprobe $m ok"; else
-    echo "$out" | sed 's/^/@MARK@ modprobe: /'
-    why="$(echo "$out" | sed -n '/^modprobe: /p' | tail -n 1)"
-    echo "@MARK@ FAIL modprobe -d $dir $m failed: ${why:-$(echo "$out" | tail -n 1)}"
-    status=FAIL; continue; fi
-  echo "$out" | sed 's/^/@MARK@ modprobe: /'
-  if [ -d "/sys/module/$m" ]; then echo "@MARK@ loaded $m"; else
-    echo "@MARK@ FAIL $m is not in /sys/module"; status=FAIL; fi
-  magic="$(modinfo -b "$dir" -k "$release" -F vermagic "$m")"
-  case "$magic" in
-    "$release "*) echo "@MARK@ vermagic $m ok" ;;
-    *) echo "@MARK@ FAIL vermagic of $m is '$magic', booted $release"; status=FAIL ;;
-  esac
-done
-if [ -d /sys/bus/pci/drivers/@PCI_DRIVER@ ]; then echo "@MARK@ pci driver @PCI_DRIVER@ registered"
-else echo "@MARK@ FAIL pci driver @PCI_DRIVER@ not registered"; status=FAIL; fi
-if command -v dmesg >/dev/null; then dmesg | tail -n 40 | sed 's/^/@MARK@ dmesg /'; fi
-echo "@MARK@ $status"
-echo o > /proc/sysrq-trigger
-sleep 10
-"""
+# The node's module index as its kernel package left it (what the node's kmod reads: udev's
+# lookup of the card's modalias, the worker's `modprobe -r`), beside the module files it needs.
+NODE_INDEX = (
+    "modules.dep.bin",
+    "modules.alias.bin",
+    "modules.symbols.bin",
+    "modules.builtin.bin",
+    "modules.builtin.alias.bin",
+    "modules.softdep",
+    "modules.weakdep",
+    "modules.devname",
+)
 
 
 @dataclass(frozen=True)
@@ -130,17 +80,6 @@ class LoadTestResult:
     boot: str = boot_chain.PLAIN  # or SECURE_BOOT: firmware, shim, GRUB, lockdown
     log: str | None = None
     failure: Failure | None = None  # set by retest_image when the image did not pass
-
-
-def init_script(modules: Sequence[str], release: str, firmware: bool = False) -> bytes:
-    return (
-        INIT.replace("@MODULES@", " ".join(modules))
-        .replace("@PCI_DRIVER@", modules[0])
-        .replace("@MARK@", MARK)
-        .replace("@USER@", flavours.IMAGE_USER)
-        .replace("@EXTRACT@", flavours.extractor_script(release, firmware))
-        .encode()
-    )
 
 
 def qemu_argv(
@@ -163,16 +102,20 @@ def qemu_argv(
     ]
 
 
-def in_tree_closure(rootfs_tar: Path, release: str) -> tuple[str, ...]:
-    """The in-tree modules (relative to /lib/modules/<release>) that the image's modules.dep
-    reaches through its `host` link, for the image's own modules only."""
-    name = f"opt/lib/modules/{release}/modules.dep"
+def image_file(rootfs_tar: Path, name: str) -> str:
+    """A text file of the exported image ("" when it has none)."""
     with tarfile.open(rootfs_tar) as tar:
         try:
             handle = tar.extractfile(name) or tar.extractfile("./" + name)
         except KeyError:
-            return ()
-        text = handle.read().decode("utf-8", "replace") if handle else ""
+            return ""
+        return handle.read().decode("utf-8", "replace") if handle else ""
+
+
+def in_tree_closure(rootfs_tar: Path, release: str) -> tuple[str, ...]:
+    """The in-tree modules (relative to /lib/modules/<release>) that the image's modules.dep
+    reaches through its `host` link, for the image's own modules only."""
+    text = image_file(rootfs_tar, f"opt/lib/modules/{release}/modules.dep")
     needed: set[str] = set()
     for line in text.splitlines():
         module, sep, deps = line.partition(":")
@@ -183,11 +126,14 @@ def in_tree_closure(rootfs_tar: Path, release: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Node:
-    """What the guest holds besides the image: the worker's tools (a tar) and the node's in-tree
-    modules (path under /lib/modules/<release> -> content)."""
+    """What the guest holds besides the image: the worker's tools (a tar), the node's in-tree
+    modules (path under /lib/modules/<release> -> content), the card's devices (modaliases) and
+    which of those modules the image itself needs (the rest are there for the card)."""
 
     worker: Path
     modules: Mapping[str, bytes] = field(default_factory=dict)
+    card: tuple[str, ...] = ()
+    needed: tuple[str, ...] = ()
 
 
 def node_for(
@@ -196,14 +142,24 @@ def node_for(
     rootfs_tar: Path,
     toolkit_image: str,
     release: str,
+    modules: Sequence[str],
     on_line: LineSink | None = None,
 ) -> Node:
-    """The node an image lands on: the toolkit's worker tools and the in-tree modules that the
-    image's modules.dep reaches, from the kernel the toolkit carries."""
-    files = store.files(toolkit_image, release, in_tree_closure(rootfs_tar, release))
+    """The node an image lands on, with the card: the toolkit's worker tools, the in-tree
+    modules that the image's modules.dep reaches, and the modules of the kernel the toolkit
+    carries that claim the card's devices (udev loads them), with what they depend on."""
+    kernel = store.load(toolkit_image, release)
+    aliases = image_file(rootfs_tar, f"opt/lib/modules/{release}/modules.alias")
+    devices = card.card_devices(aliases, modules)
+    claiming = card.claimants(kernel.aliases, devices)
+    own = card.closure(kernel.depends, [kernel.modules[m] for m in claiming])
+    needed = in_tree_closure(rootfs_tar, release)
+    files = store.files(toolkit_image, release, {*needed, *own, *NODE_INDEX})
     return Node(
         workers.tar(toolkit_image, on_line),
         {path: file.read_bytes() for path, file in files.items()},
+        devices,
+        needed,
     )
 
 
@@ -219,9 +175,11 @@ def run_load_test(
     timeout: float = DEFAULT_TIMEOUT,
     on_line: LineSink | None = None,
     secure_boot: SecureBootSetup | None = None,
+    removes: Sequence[str] = (),
 ) -> LoadTestResult:
     """An exported image booted in the kernel its toolkit image carries, on a node made of that
-    toolkit's worker tools and that kernel's in-tree modules the image depends on."""
+    toolkit's worker tools and that kernel's in-tree modules (those the image depends on, and
+    those claiming the card), KMM's worker removing `removes` first."""
     kernel = store.vmlinuz(toolkit_image, target.kernel)
     config = store.load(toolkit_image, target.kernel).config
     trust = TrustContext(
@@ -236,12 +194,13 @@ def run_load_test(
         target.kernel,
         target.modules,
         work,
-        node_for(store, workers, rootfs_tar, toolkit_image, target.kernel, on_line),
+        node_for(store, workers, rootfs_tar, toolkit_image, target.kernel, target.modules, on_line),
         firmware=target.firmware_url is not None,
         timeout=timeout,
         on_line=on_line,
         secure_boot=secure_boot,
         trust=trust,
+        removes=removes,
     )
 
 
@@ -260,19 +219,23 @@ def boot_and_load(
     enforce_signatures: bool = False,
     secure_boot: SecureBootSetup | None = None,
     trust: TrustContext | None = None,
+    removes: Sequence[str] = (),
 ) -> LoadTestResult:
     """Boot `kernel` on `node` with the image at /image; the node's in-tree module files go
-    where KMM's worker sees them. With `enforce_signatures`, the kernel refuses modules not
-    signed by a key it trusts. With `secure_boot`, the guest boots as a Secure Boot node does
-    (firmware, shim, GRUB) and passes only if it reports Secure Boot on and lockdown."""
+    where KMM's worker sees them, and the worker removes the in-tree `removes` (as the Module's
+    inTreeModulesToRemove says) before loading the image's. With `enforce_signatures`, the
+    kernel refuses modules not signed by a key it trusts. With `secure_boot`, the guest boots
+    as a Secure Boot node does (firmware, shim, GRUB) and passes only if it reports Secure Boot
+    on and lockdown."""
     work.mkdir(parents=True, exist_ok=True)
     initrd = work / "initrd.cpio"
-    extra = {"init": (0o755, init_script(modules, release, firmware))}
+    script = init_script(modules, release, firmware, node.card, removes)
+    extra = {"init": (0o755, script)}
     for path, data in node.modules.items():
         extra[f"host/lib/modules/{release}/{path}"] = (0o644, data)
     sources = [(node.worker, ""), (rootfs_tar, IMAGE_ROOT)]
     size = initramfs.rootfs_to_cpio(sources, initrd, extra)
-    provided = tuple(module_name(p) for p in sorted(node.modules))
+    provided = tuple(module_name(p) for p in node.needed)
     accel = os.environ.get("HABANA_QEMU_ACCEL", "tcg")
     trust = trust or TrustContext()
     kernel_args = [*trust.kernel_args, *([ENFORCE_SIGNATURES] if enforce_signatures else [])]
@@ -338,8 +301,10 @@ def retest_image(
     workers: WorkerTools,
     timeout: float = DEFAULT_TIMEOUT,
     secure_boot: SecureBootSetup | None = None,
+    removal_label: str = "",
 ) -> LoadTestResult:
-    """Pull an image (and its target's toolkit) and load-test it again, as `build` did."""
+    """Pull an image (and its target's toolkit) and load-test it again, as `build` did: the
+    in-tree modules the worker removes first are those its `removal_label` names."""
 
     def sink(line: str) -> None:
         log.write(line + "\n")
@@ -350,6 +315,7 @@ def retest_image(
         podman.ensure(toolkit, config.tls_verify(toolkit), sink)
         work.mkdir(parents=True, exist_ok=True)
         podman.export_rootfs(image, work / "rootfs.tar", sink)
+        named = podman.image_label(image, removal_label) if removal_label else None
         outcome = run_load_test(
             podman,
             store,
@@ -361,6 +327,7 @@ def retest_image(
             timeout=timeout,
             on_line=sink,
             secure_boot=secure_boot,
+            removes=tuple(n for n in (named or "").split(",") if n),
         )
     except HabanaError as exc:
         log.write(f"FAILED: {exc}\n")

@@ -23,6 +23,12 @@ LOAD_FAILURES = re.compile(
 )
 
 
+# The guest's lines that prove which module holds the name: what udev loaded for the card, what
+# the worker removed, and the kernel's word that the module now loaded is the image's.
+REMOVED = "worker removed the in-tree"
+PROOF = ("card ", "node's own ", REMOVED, "image's ")
+
+
 @dataclass(frozen=True)
 class TrustContext:
     """What names a signature refusal's cause: the target kernel's configuration (None: the
@@ -43,7 +49,8 @@ def evaluate(
     clean = [line.replace("\r", "").rstrip() for line in lines]
     marks = [line.split(MARK, 1)[1].strip() for line in clean if MARK in line]
     failures = [line for line in clean if LOAD_FAILURES.search(line)]
-    evidence = tuple([*failures, *(m for m in marks if m.startswith("FAIL"))][:12])
+    proof = tuple(m for m in marks if m.startswith(PROOF))
+    evidence = tuple([*failures, *(m for m in marks if m.startswith("FAIL")), *proof][:16])
     booted = next((m.split(" ", 1)[1] for m in marks if m.startswith("booted ")), None)
     if booted is None:
         tail = tuple(line for line in clean if line.strip())[-12:]
@@ -71,4 +78,6 @@ def evaluate(
         return False, f"kernel log: {failures[0].strip()}", evidence
     if "PASS" not in marks:
         return False, "the guest stopped before its verdict", evidence
-    return True, "loaded", evidence
+    removed = [m for m in marks if m.startswith(REMOVED)]
+    said = removed[0].removeprefix(REMOVED).split(" (", 1)[0] if removed else ""
+    return True, f"loaded, replacing the kernel's own{said}" if said else "loaded", proof

@@ -26,6 +26,7 @@ TOOLS = (
     "chroot",
     "modprobe",
     "modinfo",
+    "ln",
     "sed",
     "head",
     "tail",

@@ -88,6 +88,7 @@ def boot(
     modules: Sequence[str] = EXAMPLE_MODULES,
 ) -> load_testing.LoadTestResult:
     lines: list[str] = []
+    files = node_of(parts) if node is None else node
     result = load_testing.boot_and_load(
         Podman(ProcessRunner()),
         rootfs,
@@ -95,7 +96,7 @@ def boot(
         NEW,
         modules,
         work,
-        load_testing.Node(parts["worker"], node_of(parts) if node is None else node),
+        load_testing.Node(parts["worker"], files, needed=tuple(sorted(files))),
         timeout=timeout,
         on_line=lines.append,
     )

@@ -7,7 +7,9 @@ dkms.conf restricting it to Debian 13's kernels), and the kernel's own `habanala
 - the Debian 13 pair is built (tag with `_` for `+`, toolkit by {kernel_tag}), its image checked
   (modprobe resolves its modules to the image's own files, not the kernel's namesake) and
   load-tested in that exact kernel, and it records the kernel's own module it replaces;
-- the KMM Module removes that module for exactly that kernel, valid against KMM's CRD."""
+- the KMM Module removes that module for exactly that kernel, valid against KMM's CRD;
+- the load test plays a node with the card: the kernel's own module loaded first (udev), the
+  worker's removal, and the kernel's word that the module then loaded is the image's."""
 
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ from habana_tasks.config import versions_file
 from habana_tasks.config.project import Project
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import Existence, RegistryClient
+from habana_tasks.verification import load_testing
+from habana_tasks.verification.kernel_modules import KernelModuleStore
+from habana_tasks.verification.worker import WorkerTools
 from tests.conftest import ROOT, invoke_argv, require
 from tests.integration.conftest import KERNELS, UpstreamFixture
 from tests.kmm_schema import schema_errors
@@ -99,3 +104,52 @@ def test_a_debian_13_pair_is_built_proven_and_mapped_replacing_the_kernels_own_d
         "containerImage": target.image,
         "inTreeModulesToRemove": ["habanalabs"],
     }
+
+
+def test_the_load_test_plays_a_node_with_the_card_and_proves_the_images_module_replaced_it(
+    second: Path, test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    """`invoke load-test` pulls the pushed Debian 13 image and boots its kernel as a node with
+    the card: udev loads the kernel's own habanalabs first; the worker removes it (the image's
+    label, as the Module's inTreeModulesToRemove) and loads the image's, which the kernel marks
+    out of tree. The same image without the removal fails, naming the kernel's module."""
+    code, out = build(second, tmp_path / "cache", TRIXIE)
+    assert code == 0, out
+    done = subprocess.run(
+        invoke_argv("load-test", "--kernel", TRIXIE, "--versions", str(second)),
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=900,
+        env={**os.environ, "HABANA_CACHE_DIR": str(tmp_path / "cache")},
+    )  # fmt: skip
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 0, said
+    (entry,) = json.loads(Path(said.rsplit("report: ", 1)[1].split()[0]).read_text())
+    assert entry["passed"] and entry["reason"] == "loaded, replacing the kernel's own habanalabs"
+    proof = "\n".join(entry["evidence"])
+    assert "udev loaded the node's /lib/modules/" + TRIXIE in proof
+    assert "kernel/drivers/accel/habanalabs/habanalabs.ko" in proof
+    assert "node's own habanalabs loaded (taint '')" in proof
+    assert "worker removed the in-tree habanalabs" in proof
+    assert "image's habanalabs loaded: the kernel marks it out-of-tree (taint O" in proof
+
+    (target,) = versions_file.load(second).select(TRIXIE, SECOND)
+    podman = Podman(test_upstream.runner)
+    kernels = tmp_path / "kernels"
+    config = versions_file.load(second)
+    with (tmp_path / "without.log").open("w") as log:
+        kept = load_testing.retest_image(
+            podman,
+            KernelModuleStore(podman, kernels),
+            RegistryClient(config.insecure_registries),
+            config,
+            target,
+            target.image,
+            tmp_path / "without",
+            log,
+            WorkerTools(podman, ROOT / "Dockerfile", kernels),
+        )  # a Module without inTreeModulesToRemove
+    assert not kept.passed
+    assert kept.reason == (
+        "the habanalabs loaded is the kernel's own (in-tree, taint ''), not the image's: it was "
+        "loaded before KMM's modprobe, which then did nothing"
+    ), kept.reason
+    assert any("udev loaded the node's" in line for line in kept.evidence), kept.evidence

@@ -246,7 +246,7 @@ def boot_all(
     vmlinuz = store.vmlinuz(toolkit, KERNEL)
     trust = verdict.TrustContext(store.load(toolkit, KERNEL).config or None, (), key_id)
     nodes = {
-        name: load_testing.node_for(store, workers, tar, toolkit, KERNEL)
+        name: load_testing.node_for(store, workers, tar, toolkit, KERNEL, modules)
         for name, (tar, _) in cases.items()
     }
 

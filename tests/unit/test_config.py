@@ -26,7 +26,12 @@ def test_shipped_versions_file_is_valid() -> None:
 
 def test_example_versions_file_is_valid() -> None:
     cfg = versions_file.load(ROOT / "examples/local/versions.toml")
-    assert [t.kernel for t in cfg.targets] == ["6.1.0-55-amd64", "6.1.0-56-amd64"]
+    assert [(t.kernel, t.driver) for t in cfg.targets] == [
+        ("6.1.0-55-amd64", "6.1.0-1"),
+        ("6.1.0-56-amd64", "6.1.0-1"),
+        ("6.12.117+deb13-amd64", "6.12.0-1"),
+    ]
+    assert cfg.targets[2].tag == "6.12.0-1-6.12.117_deb13-amd64"
     assert {t.arch for t in cfg.targets} == {"x86_64"}
     assert cfg.insecure_registries == {"127.0.0.1:5055"}
 

@@ -5,8 +5,9 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+from habana_tasks.verification.guest_init import init_script
 from habana_tasks.verification.initramfs import rootfs_to_cpio
-from habana_tasks.verification.load_testing import init_script, qemu_argv
+from habana_tasks.verification.load_testing import qemu_argv
 from habana_tasks.verification.verdict import evaluate
 from tests.conftest import require_tools
 

@@ -426,6 +426,23 @@ def test_several_files_are_read_in_one_pass_and_the_pass_stops_when_all_are_sett
     assert client.requests_sent - before == 3  # settled after two layers: the oldest not read
 
 
+def test_a_pass_stops_once_what_is_held_is_enough(fake: FakeRegistry) -> None:
+    """Alternative directories (lib/ or usr/lib/): the pass stops once the caller holds what
+    it needs, not after reading every layer to settle the alternative never present."""
+    base = _layer({"./usr/lib/modules/r/modules.dep": b"base's"})
+    toolkit = _layer({"./usr/lib/modules/r/modules.dep": b"toolkit's"})
+    image = _layered(fake, "dtk", "3", (base, toolkit))
+    paths = ("/lib/modules/r/modules.dep", "/usr/lib/modules/r/modules.dep")
+    client = RegistryClient([fake.host])
+    before = client.requests_sent
+    found = client.read_each(image, paths, "x86_64", lambda held: len(held) == 1)
+    assert found == {"/usr/lib/modules/r/modules.dep": b"toolkit's"}
+    assert client.requests_sent - before == 2  # the manifest and the newest layer
+    before = client.requests_sent
+    assert client.read_each(image, paths, "x86_64") == found
+    assert client.requests_sent - before == 3  # without it, every layer
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
