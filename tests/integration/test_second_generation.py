@@ -31,8 +31,9 @@ from habana_tasks.registry.client import Existence, RegistryClient
 from habana_tasks.verification import load_testing
 from habana_tasks.verification.kernel_modules import KernelModuleStore
 from habana_tasks.verification.worker import WorkerTools
-from tests.conftest import ROOT, invoke_argv, require
+from tests.conftest import ROOT, invoke_argv, require, require_tools
 from tests.integration.conftest import KERNELS, UpstreamFixture
+from tests.keys import make_pair
 from tests.kmm_schema import schema_errors
 
 pytestmark = pytest.mark.integration
@@ -153,3 +154,30 @@ def test_the_load_test_plays_a_node_with_the_card_and_proves_the_images_module_r
         "loaded before KMM's modprobe, which then did nothing"
     ), kept.reason
     assert any("udev loaded the node's" in line for line in kept.evidence), kept.evidence
+
+
+def test_a_signed_debian_13_pair_loads_on_a_secure_boot_node_replacing_the_kernels_own(
+    second: Path, test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    """The Debian 13 kernel boots the same chain as Debian 12's (firmware, Debian's shim and
+    GRUB, the library's certificate enrolled as the machine-owner key): its configuration lets
+    machine-owner keys sign modules, so the plan lets the pair through, and a signing library's
+    build proves it on that node, the kernel's own habanalabs replaced under lockdown."""
+    require_tools("openssl")
+    pair = make_pair(tmp_path / "keys", "habana library signing key")
+    versions = tmp_path / "signed.toml"
+    versions.write_text(
+        second.read_text().replace("library/second", "library/second-signed")
+        + f'\n[signing]\ncertificate = "{pair.certificate}"\nkey = "{pair.key}"\n'
+    )
+    code, out = build(versions, tmp_path / "cache", TRIXIE)
+    assert code == 0, out
+    (target,) = versions_file.load(versions).select(TRIXIE, SECOND)
+    remote = RegistryClient([test_upstream.upstream.registry]).inspect(target.image)
+    assert remote.labels[labels.LOAD_TESTED] == "secure-boot"
+    assert remote.labels[labels.SIGNING] == "signed"
+    (log,) = (tmp_path / "cache" / "logs").glob(f"*/{target.tag}.log")
+    console = log.read_text()
+    assert "Secure boot enabled" in console or "secureboot: Secure boot enabled" in console
+    assert "worker removed the in-tree habanalabs" in console
+    assert "image's habanalabs loaded: the kernel marks it out-of-tree (taint O)" in console
