@@ -31,6 +31,7 @@ FINGERPRINT = PREFIX + "fingerprint"
 LOAD_TESTED = PREFIX + "load-tested"
 # The kernel's own modules the image replaces, comma-separated: KMM removes them first.
 IN_TREE_REPLACED = PREFIX + "kernel.in-tree-replaced"
+
 BOOTS = (PLAIN, SECURE_BOOT)
 KERNEL = PREFIX + "kernel.release"
 DRIVER = PREFIX + "driver.version"
@@ -236,3 +237,8 @@ def short_digest(digest: str | None) -> str:
         return ""
     algorithm, _, hex_digits = digest.rpartition(":")
     return f"{algorithm or 'sha256'}:{hex_digits[:12]}"
+
+
+def in_tree_replaced(image_labels: Mapping[str, str]) -> tuple[str, ...]:
+    """The kernel's own modules the image replaces (KMM removes them first), from its label."""
+    return tuple(n for n in image_labels.get(IN_TREE_REPLACED, "").split(",") if n)

@@ -114,6 +114,11 @@ def recalled(job: BuildJob, record: FailureRecord | None, tool: str, retry: bool
 BUILT_IN = "kernel's own module"
 
 
+def replacing_words(replaced: Sequence[str]) -> str:
+    """How the plan, status, preflight and the page say it."""
+    return f"replaces the kernel's own {', '.join(replaced)}"
+
+
 def replacing(job: BuildJob, index: KernelIndex | HabanaError) -> BuildJob:
     """A pending job whose kernel ships modules of the image's (or claiming its devices): the
     image records them (KMM removes them before loading the image's) and the plan says so; a
@@ -138,7 +143,7 @@ def replacing(job: BuildJob, index: KernelIndex | HabanaError) -> BuildJob:
     if not replaced:
         return job
     inputs = replace(job.inputs, in_tree_replaced=replaced)
-    reason = f"{job.reason}; replaces the kernel's own {', '.join(replaced)}"
+    reason = f"{job.reason}; {replacing_words(replaced)}"
     return replace(job, inputs=inputs, reason=reason)
 
 

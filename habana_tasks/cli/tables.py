@@ -224,6 +224,7 @@ def preflight_table(repository: str, answers: Iterable[Answer]) -> Table:
         "load-tested",
         "signed",
         "current",
+        "detail",
         "to do",
     )
 
@@ -242,6 +243,7 @@ def preflight_table(repository: str, answers: Iterable[Answer]) -> Table:
             cell(a.load_tested),
             cell(a.signed),
             cell(a.current),
+            a.detail,
             a.action or "-",
         )
     return out

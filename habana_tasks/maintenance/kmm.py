@@ -203,11 +203,7 @@ def library_module(
             "KMM's sign flow is for unsigned images: drop --sign-key-secret/--sign-cert-secret"
         )
     held = tuple(t for t, _ in present)
-    replaced = {
-        t.kernel: tuple(r.labels[labels.IN_TREE_REPLACED].split(","))
-        for t, r in present
-        if r.labels.get(labels.IN_TREE_REPLACED)
-    }
+    replaced = {t.kernel: names for t, r in present if (names := labels.in_tree_replaced(r.labels))}
     module = module_manifest(
         held,
         name=name,

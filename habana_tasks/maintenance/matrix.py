@@ -4,6 +4,7 @@ once; and the same plan as a Markdown table for a job summary."""
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 from collections.abc import Sequence
@@ -25,6 +26,13 @@ class Batch:
     @property
     def selector(self) -> str:
         return ",".join(self.tags)
+
+    @property
+    def cache_key(self) -> str:
+        """The batch's name for actions/cache: the same for the same kernels, bounded (a key
+        holds at most 512 characters and no comma, however many kernels a batch has)."""
+        digest = hashlib.sha256(" ".join(self.kernels).encode()).hexdigest()[:16]
+        return f"{self.kernels[0][:100]}-{len(self.kernels)}-{digest}"
 
     @property
     def name(self) -> str:
@@ -66,6 +74,7 @@ def github_matrix(found: Sequence[Batch], limit: int) -> str:
         {
             "name": batch.name,
             "kernels": " ".join(batch.kernels),
+            "cache_key": batch.cache_key,
             "only": batch.selector,
             "pairs": len(batch.tags),
         }

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from habana_tasks.build import labels
-from habana_tasks.build.plan import NODE_TRUST, Action, BuildJob
+from habana_tasks.build.driver_package import BuildExclusive
+from habana_tasks.build.plan import EXCLUDED, NODE_TRUST, Action, BuildJob, replacing_words
 from habana_tasks.build.service import PlannedRun
 from habana_tasks.config.kernel_release import KNOWN_ARCHES, derive_arch
 from habana_tasks.config.tags import image_tag
@@ -130,12 +131,19 @@ def answer(
     config: Config,
     jobs: Mapping[tuple[str, str], BuildJob],
     labels_of: Callable[[str], Mapping[str, str] | None],
+    exclusive: BuildExclusive | None = None,
 ) -> Answer:
-    """The answers for one kernel x driver (pure: the plan and the remote labels are given)."""
+    """The answers for one kernel x driver (pure: the plan, the remote labels and the driver
+    package's kernel rule are given)."""
     assert source.kernel is not None
     kernel = source.kernel
     job = jobs.get((kernel, driver))
     image = job.target.image if job else f"{config.repository}:{image_tag(driver, kernel)}"
+    if job is not None and job.failure is not None and job.failure.step == EXCLUDED:
+        return not_for(source, kernel, driver, image, job.reason)
+    if job is None and exclusive and (refusal := exclusive.refusal(kernel, source.arch)):
+        said = f"driver {driver} is not built for {kernel}: {refusal}"
+        return not_for(source, kernel, driver, image, said)
     found = labels_of(image)
     present = found is not None
     image_labels = found or {}
@@ -172,11 +180,31 @@ def answer(
                                 ("unsigned", signed is False)) if bad]  # fmt: skip
         detail, action = "; ".join(why), build
     else:
-        detail, action = "ready", ""
+        replaced = labels.in_tree_replaced(image_labels)
+        detail, action = f"ready; {replacing_words(replaced)}" if replaced else "ready", ""
     ok = present and tested and current and signed is not False
     return Answer(
         source.origin, kernel, driver, image, present, tested, signed, current, ok, detail, action
     )
+
+
+NOT_FOR = "not for this kernel: "  # an answer whose driver does not build for the kernel
+
+
+def not_for(source: KernelSource, kernel: str, driver: str, image: str, why: str) -> Answer:
+    """A driver whose package does not build for the kernel (DKMS's BUILD_EXCLUSIVE rules):
+    nothing to do for that pair, unless no driver serves the kernel (see served)."""
+    return Answer(
+        source.origin, kernel, driver, image, False, False, None, False, True, NOT_FOR + why, ""
+    )
+
+
+def served(answers: Sequence[Answer]) -> list[Answer]:
+    """A kernel every driver's package refuses gets no driver at all: those answers are "no"."""
+    refused = {a.origin for a in answers if a.detail.startswith(NOT_FOR)}
+    unserved = refused - {a.origin for a in answers if not a.detail.startswith(NOT_FOR)}
+    action = "add a driver whose package builds for this kernel to versions.toml"
+    return [replace(a, ok=False, action=action) if a.origin in unserved else a for a in answers]
 
 
 def to_json(answers: Sequence[Answer], errors: Sequence[str]) -> str:
@@ -199,13 +227,13 @@ def to_markdown(answers: Sequence[Answer], errors: Sequence[str], repository: st
         "",
         f"Library: `{repository}`",
         "",
-        "| source | kernel | driver | image | load-tested | signed | current | to do |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| source | kernel | driver | image | load-tested | signed | current | detail | to do |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for a in answers:
         lines.append(
             f"| {a.origin} | `{a.kernel}` | {a.driver} | {yes_no(a.present)} | "
-            f"{yes_no(a.load_tested)} | {yes_no(a.signed)} | {yes_no(a.current)} | "
+            f"{yes_no(a.load_tested)} | {yes_no(a.signed)} | {yes_no(a.current)} | {a.detail} | "
             f"{f'`{a.action}`' if a.action else '-'} |"
         )
     lines += ["", *(f"- error: {e}" for e in errors)] if errors else []
@@ -241,12 +269,21 @@ def check(
     errors = [f"{s.origin}: {s.error}" for s in sources if s.error]
     kernels = {s.kernel for s in sources if s.kernel}
     targets = [t for t in config.targets if t.kernel in kernels and t.driver in drivers]
+    # A driver none of these kernels lists is planned once anyway, for its package's kernel rule.
+    covered = {t.driver for t in targets}
+    probes = {t.driver: t for t in reversed(config.targets) if t.driver not in covered}
     jobs: dict[tuple[str, str], BuildJob] = {}
+    exclusive: dict[str, BuildExclusive] = {}
     remote: dict[str, RemoteImage] = {}
     requests = 0
-    if targets:
-        planned = plan(targets)
-        jobs = {(j.target.kernel, j.target.driver): j for j in planned.jobs}
+    if targets or probes:
+        planned = plan([*targets, *(probes[d] for d in drivers if d in probes)])
+        exclusive = {j.target.driver: j.inputs.exclusive for j in planned.jobs if j.inputs}
+        jobs = {
+            (j.target.kernel, j.target.driver): j
+            for j in planned.jobs
+            if j.target.kernel in kernels
+        }
         remote = {
             j.target.image: planned.remote[j.target.tag]
             for j in planned.jobs
@@ -269,10 +306,11 @@ def check(
     for source in sources:
         for driver in drivers if source.kernel else ():
             try:
-                answers.append(answer(source, driver, config, jobs, labels_of))
+                rule = exclusive.get(driver)
+                answers.append(answer(source, driver, config, jobs, labels_of, rule))
             except RegistryError as exc:
                 errors.append(f"{source.origin}, driver {driver}: cannot tell: {exc}")
-    return answers, errors, requests + registry.requests_sent
+    return served(answers), errors, requests + registry.requests_sent
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from habana_tasks.build import labels
+from habana_tasks.build.plan import replacing_words
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.core.errors import EXIT_CODES
 from habana_tasks.maintenance.status import State, TargetStatus, tested_by
@@ -109,6 +110,8 @@ def cell(item: TargetStatus, now: datetime, insecure: frozenset[str]) -> str:
     lines = [f'<span class="state">{e(state)}</span>']
     if item.state is not State.CURRENT:
         lines.append(f'<span class="detail">{e(item.reason)}</span>')
+    elif item.replaces:  # a node's own driver gives way: worth seeing at a glance
+        lines.append(f'<span class="detail">{e(replacing_words(item.replaces))}</span>')
     if item.digest:
         size = f"{item.size / 1e6:.1f} MB" if item.size else "size unknown"
         proven = tested_by(item.load_test_boot)

@@ -11,7 +11,14 @@ from dataclasses import asdict, dataclass, replace
 from habana_tasks.build import labels
 from habana_tasks.build import service as build_service
 from habana_tasks.build.failure_records import is_record_tag, orphan_records
-from habana_tasks.build.plan import BUILT_IN, EXCLUDED, NODE_TRUST, Action, BuildJob
+from habana_tasks.build.plan import (
+    BUILT_IN,
+    EXCLUDED,
+    NODE_TRUST,
+    Action,
+    BuildJob,
+    replacing_words,
+)
 from habana_tasks.config.project import Project
 from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core.errors import HabanaError
@@ -45,6 +52,9 @@ class TargetStatus:
     signing: str | None = None
     # What cosign attached to the image, from the repository's tag listing (None: not listed).
     cosign: str | None = None
+    # The kernel's own modules KMM removes first (the image's label, or the plan's for a pair
+    # to build): the kernel ships a module of the image's name or claiming its devices.
+    replaces: tuple[str, ...] = ()
 
     @property
     def pending(self) -> bool:
@@ -66,6 +76,7 @@ def target_status(job: BuildJob, remote: RemoteImage) -> TargetStatus:
         State.MISSING,
         "not in the repository",
         openshift=t.openshift,
+        replaces=job.inputs.in_tree_replaced if job.inputs is not None else (),
     )
     if remote.existence is Existence.UNKNOWN:
         return replace(missing, state=State.UNKNOWN, reason=remote.error or "registry error")
@@ -84,12 +95,11 @@ def target_status(job: BuildJob, remote: RemoteImage) -> TargetStatus:
         load_tested=boot is not None,
         load_test_boot=boot,
         signing=signing_of(remote.labels),
+        replaces=labels.in_tree_replaced(remote.labels) or missing.replaces,
     )
     if job.action is Action.SKIP:
-        if replaced := remote.labels.get(labels.IN_TREE_REPLACED):
-            why = f"{job.reason}; replaces the kernel's own {replaced.replace(',', ', ')}"
-            return replace(found, state=State.CURRENT, reason=why)
-        return replace(found, state=State.CURRENT, reason=job.reason)
+        said = f"; {replacing_words(found.replaces)}" if found.replaces else ""
+        return replace(found, state=State.CURRENT, reason=job.reason + said)
     if job.action is Action.HOLD or refused:
         return replace(found, state=State.FAILING, reason=job.reason)
     if job.action is Action.BUILD:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from devtools import local_upstream, vendor_packages
-from habana_tasks.build import labels
+from habana_tasks.build import failure_records, labels
 from habana_tasks.cli import maintenance_commands
 from habana_tasks.config import versions_file
 from habana_tasks.config.project import Project
@@ -181,3 +181,23 @@ def test_a_signed_debian_13_pair_loads_on_a_secure_boot_node_replacing_the_kerne
     assert "Secure boot enabled" in console or "secureboot: Secure boot enabled" in console
     assert "worker removed the in-tree habanalabs" in console
     assert "image's habanalabs loaded: the kernel marks it out-of-tree (taint O)" in console
+
+
+def test_a_failing_debian_13_pair_is_remembered_under_its_tag_and_held(
+    test_upstream: UpstreamFixture, second: Path, tmp_path: Path
+) -> None:
+    """The first generation's driver on a Debian 13 kernel cannot compile (its uapi header is
+    not where 6.12 looks): the pair fails as its own, its record is pushed under the `_` tag,
+    and the next run holds the `+` release's pair without compiling."""
+    versions = test_upstream.versions(
+        tmp_path / "versions.toml", (TRIXIE,), repository="library/second-fails"
+    )
+    code, out = build(versions, tmp_path / "cache", TRIXIE)
+    assert code == 3, out
+    (target,) = versions_file.load(versions).targets
+    registry = RegistryClient([test_upstream.upstream.registry])
+    held = failure_records.read_records(registry, target.repository, [target.tag])[target.tag]
+    assert held is not None and "habanalabs.h" in held.cause, held
+    assert failure_records.record_tag(target.tag) == "failed-6.1.0-1-6.12.117_deb13-amd64"
+    code, out = build(versions, tmp_path / "cache", TRIXIE)
+    assert code == 0 and "1 held" in out and "failed before with the same inputs (" in out, out

@@ -81,6 +81,10 @@ def test_pending_pairs_fit_the_matrix_each_in_exactly_one_batch(
     assert sorted(covered) == sorted(kernels)
     sizes = [job["pairs"] for job in jobs]
     assert max(sizes) - min(sizes) <= len(DRIVERS)
+    # actions/cache: a key of at most 512 characters, no comma, one per batch.
+    keys = [job["cache_key"] for job in jobs]
+    assert len(set(keys)) == len(jobs)
+    assert all(len(f"compile-{k}-12345678901") <= 512 and "," not in k for k in keys)
 
 
 def test_a_kernel_with_many_pairs_stays_whole_and_the_rest_balance() -> None:
@@ -113,3 +117,18 @@ def test_the_markdown_plan_names_each_job_and_the_pairs_held() -> None:
     assert "| 1 | `k1` | 6.1.0-1 | missing |" in text
     assert "| 2 | `k2` | 1.0 | toolkit image digest \\| changed |" in text
     assert "| `k3` | 1.0 | failed before ... (2026-12-02) |" in text
+
+
+def test_debian_13_releases_go_through_the_matrix_as_they_are() -> None:
+    """`+` in a release: the job's name and kernels keep it (build-all takes the release), the
+    tags have `_`, and a batch of many such kernels still has a short cache key."""
+    kernels = [f"6.12.{100 + i}+deb13-{f}" for i in range(60) for f in ("amd64", "rt-amd64")]
+    items = [pending(k, "6.12.0-1-" + k.replace("+", "_")) for k in kernels]
+    (batch,) = batches(items, 1)
+    (job,) = json.loads(github_matrix((batch,), 100_000))["include"]
+    assert job["name"] == "6.12.100+deb13-amd64 +119 kernel(s): 120 pair(s)"
+    assert set(job["kernels"].split()) == set(kernels)
+    assert "+" not in job["only"] and len(job["only"].split(",")) == 120
+    assert len(job["cache_key"]) < 200 and job["cache_key"].startswith("6.12.100+deb13-amd64-120-")
+    again = batches(list(reversed(items)), 1)[0]
+    assert again.cache_key == batch.cache_key  # the same kernels, the same key

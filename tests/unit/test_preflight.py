@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from habana_tasks.build import labels
+from habana_tasks.build.driver_package import BuildExclusive, PackageCache
 from habana_tasks.build.plan import Action, BuildJob
 from habana_tasks.build.service import PlannedRun
 from habana_tasks.config.tags import image_tag
@@ -100,7 +101,9 @@ def test_node_lists_are_read_from_kubectl_json(tmp_path: Path) -> None:
         preflight.node_kernels(path)
 
 
-def test_an_image_the_listed_tags_lack_is_not_asked_for(no_side_effects: list[str]) -> None:
+def test_an_image_the_listed_tags_lack_is_not_asked_for(
+    no_side_effects: list[str], tmp_path: Path
+) -> None:
     """With the tags status has just listed, a kernel the versions file lacks is answered
     without a request when its tag is not among them, and asked about when it is."""
     config = replace(CONFIG_ONE, repository="127.0.0.1:9/lib/drv")
@@ -109,7 +112,9 @@ def test_an_image_the_listed_tags_lack_is_not_asked_for(no_side_effects: list[st
     registry = RegistryClient(["127.0.0.1:9"])
 
     def plan(targets: Sequence[BuildTarget]) -> PlannedRun:
-        raise AssertionError(f"nothing to plan: {targets}")
+        """Only the driver's own pair, for its package's kernel rule (here: already known)."""
+        assert list(targets) == [TARGET]
+        return PlannedRun((), {}, registry, PackageCache(tmp_path), 0.0)
 
     answers, problems, _ = preflight.check(
         config, [node], [TARGET.driver], registry, plan, listed=[TARGET.tag]
@@ -122,3 +127,32 @@ def test_an_image_the_listed_tags_lack_is_not_asked_for(no_side_effects: list[st
     with pytest.raises(AssertionError, match="a connection was attempted"):
         preflight.check(config, [node], [TARGET.driver], registry, plan, listed=[tag])
     assert no_side_effects == ["connect ('127.0.0.1', 9)"]
+
+
+def test_a_driver_whose_package_refuses_the_kernel_is_not_asked_for_it() -> None:
+    """DKMS's BUILD_EXCLUSIVE_KERNEL: a kernel the driver does not build for is no work (the
+    plan's refusal, or the package's rule for a kernel not in the versions file), unless no
+    driver at all serves that kernel."""
+    rule = BuildExclusive(kernel=r"^6\.12\.[0-9]+\+deb13-")
+    trixie = preflight.KernelSource("node t", "6.12.118+deb13-amd64", "x86_64")
+    serves = preflight.answer(trixie, "6.12.0-1", CONFIG_ONE, {}, lambda _: None, rule)
+    assert serves.detail == "kernel not in versions.toml" and not serves.ok
+    refused = preflight.answer(RELEASE, "6.12.0-1", CONFIG_ONE, {}, lambda _: None, rule)
+    assert refused.ok and refused.action == ""
+    assert refused.detail == (
+        f"not for this kernel: driver 6.12.0-1 is not built for {TARGET.kernel}: its dkms.conf "
+        'builds only for a kernel matching BUILD_EXCLUSIVE_KERNEL="^6\\.12\\.[0-9]+\\+deb13-", '
+        f"and {TARGET.kernel} does not match (DKMS skips it)"
+    )
+    ready = preflight.answer(
+        RELEASE, TARGET.driver, CONFIG_ONE, jobs(Action.SKIP), lambda _: image_labels()
+    )
+    assert [a.ok for a in preflight.served([ready, refused])] == [True, True]
+    (alone,) = preflight.served([refused])  # no driver serves the kernel: that is a "no"
+    assert not alone.ok and "builds for this kernel" in alone.action
+
+
+def test_a_ready_image_that_replaces_the_kernels_own_driver_says_so() -> None:
+    found = {**image_labels(), labels.IN_TREE_REPLACED: "habanalabs,gaudi_rival"}
+    ready = preflight.answer(RELEASE, TARGET.driver, CONFIG_ONE, jobs(Action.SKIP), lambda _: found)
+    assert ready.ok and ready.detail == "ready; replaces the kernel's own habanalabs, gaudi_rival"

@@ -16,6 +16,7 @@ import pytest
 
 from habana_tasks.build import labels
 from habana_tasks.build.plan import Action, plan_job
+from habana_tasks.config.tags import image_tag
 from habana_tasks.maintenance import site
 from habana_tasks.maintenance.status import State, TargetStatus, statuses
 from habana_tasks.registry.client import Existence, RemoteImage
@@ -28,7 +29,7 @@ HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>&"\''
 
 
 def item(kernel: str, driver: str, state: State, **fields: object) -> TargetStatus:
-    tag = f"{driver}-{kernel}"
+    tag = image_tag(driver, kernel)
     base = TargetStatus(kernel, driver, tag, f"r.example/lib/drv:{tag}", state, state.value)
     return replace(base, **fields)  # type: ignore[arg-type]
 
@@ -69,6 +70,22 @@ def test_every_pair_is_on_the_page_with_its_state_in_words_grouped_by_series() -
     assert "load-tested: yes (secure-boot); signed by habana library; 3.0 MB; 3 day(s) old" in page
     assert f'href="https://r.example/v2/lib/drv/manifests/sha256:{"1" * 64}"' in page
     assert "ab" * 32 in page and "habana-tasks 0.1.0" in page
+
+
+def test_a_pair_replacing_the_kernels_own_driver_says_so_on_the_page() -> None:
+    """A Debian 13 kernel (`+` in its release) whose own habanalabs the image replaces."""
+    trixie = item(
+        "6.12.117+deb13-amd64",
+        "6.12.0-1",
+        State.CURRENT,
+        digest="sha256:" + "2" * 64,
+        replaces=("habanalabs",),
+    )
+    page = site.render([*ITEMS, trixie], RUN)
+    parse(page)
+    assert '<h2 id="series-6.12">' in page and "6.12.117+deb13-amd64" in page
+    assert "replaces the kernel&#x27;s own habanalabs" in page
+    assert page.count("replaces the kernel") == 1  # only where it does
 
 
 @pytest.mark.parametrize("field", ["reason", "signing", "cosign"])
