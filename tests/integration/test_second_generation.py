@@ -38,6 +38,7 @@ from tests.kmm_schema import schema_errors
 
 pytestmark = pytest.mark.integration
 TRIXIE = "6.12.117+deb13-amd64"
+TRIXIE_RT = "6.12.117+deb13-rt-amd64"
 SECOND = "6.12.0-1"
 
 
@@ -201,3 +202,28 @@ def test_a_failing_debian_13_pair_is_remembered_under_its_tag_and_held(
     assert failure_records.record_tag(target.tag) == "failed-6.1.0-1-6.12.117_deb13-amd64"
     code, out = build(versions, tmp_path / "cache", TRIXIE)
     assert code == 0 and "1 held" in out and "failed before with the same inputs (" in out, out
+
+
+def test_debian_13s_rt_flavour_is_made_on_demand_and_served_like_the_generic_one(
+    test_upstream: UpstreamFixture, second: Path, tmp_path: Path
+) -> None:
+    """Debian 13 publishes -rt (and -cloud) kernels too: the local upstream makes the toolkit
+    of any flavour a versions file names, and the rt kernel, which ships its own habanalabs
+    too, gets an image that replaces it, proven in that kernel (`second`: the driver's RPM)."""
+    local_upstream.ensure_toolkit_image(
+        test_upstream.upstream, Podman(test_upstream.runner), TRIXIE_RT
+    )
+    versions = test_upstream.versions(
+        tmp_path / "versions.toml", (TRIXIE_RT,), repository="library/second-rt"
+    )
+    versions.write_text(
+        versions.read_text().replace('drivers = ["6.1.0-1"]', f'drivers = ["{SECOND}"]')
+    )
+    code, out = build(versions, tmp_path / "cache", TRIXIE_RT)
+    assert code == 0, out
+    (target,) = versions_file.load(versions).targets
+    assert target.tag == "6.12.0-1-6.12.117_deb13-rt-amd64"
+    remote = RegistryClient([test_upstream.upstream.registry]).inspect(target.image)
+    assert remote.labels[labels.KERNEL] == TRIXIE_RT
+    assert remote.labels[labels.IN_TREE_REPLACED] == "habanalabs"
+    assert remote.labels[labels.LOAD_TESTED] == "plain"
