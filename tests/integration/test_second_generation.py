@@ -227,3 +227,48 @@ def test_debian_13s_rt_flavour_is_made_on_demand_and_served_like_the_generic_one
     assert remote.labels[labels.KERNEL] == TRIXIE_RT
     assert remote.labels[labels.IN_TREE_REPLACED] == "habanalabs"
     assert remote.labels[labels.LOAD_TESTED] == "plain"
+
+
+def invoke(*args: str, cache: Path) -> tuple[int, str]:
+    done = subprocess.run(
+        invoke_argv(*args), cwd=ROOT, capture_output=True, text=True, check=False, timeout=600,
+        env={**os.environ, "HABANA_CACHE_DIR": str(cache), "COLUMNS": "400"},
+    )  # fmt: skip
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_status_preflight_and_the_page_name_the_plus_release_and_what_it_replaces(
+    second: Path, tmp_path: Path
+) -> None:
+    """After the Debian 13 pair is built: status and the page show the real release (with
+    `+`) and that its image replaces the kernel's own habanalabs; preflight for nodes running
+    it, a newer point release and a Debian 12 kernel asks only for what the package builds."""
+    cache = tmp_path / "cache"
+    assert build(second, cache, TRIXIE)[0] == 0
+    code, out = invoke("status", "--versions", str(second), "--format", "json", cache=cache)
+    assert code in (0, 5), out  # the Debian 12 kernel's pair is refused by the package
+    rows = {row["kernel"]: row for row in json.loads(out[out.index("{") :])["targets"]}
+    assert rows[TRIXIE]["state"] == "current" and rows[TRIXIE]["replaces"] == ["habanalabs"]
+    assert rows[TRIXIE]["tag"] == "6.12.0-1-6.12.117_deb13-amd64"
+    nodes = tmp_path / "nodes.json"
+    kernels = {"a": TRIXIE, "b": "6.12.118+deb13-amd64", "c": KERNELS[0]}
+    info = [{"kernelVersion": k, "architecture": "amd64"} for k in kernels.values()]
+    items = [{"metadata": {"name": n}, "status": {"nodeInfo": i}} for n, i in zip(kernels, info)]
+    nodes.write_text(json.dumps({"items": items}))
+    code, out = invoke(
+        "preflight", "--versions", str(second), "--nodes", str(nodes), "--format", "json",
+        cache=cache,
+    )  # fmt: skip
+    answers = {a["origin"]: a for a in json.loads(out[out.index("{") :])["answers"]}
+    assert code == 5, out  # node b's kernel has no image yet
+    assert answers["node a"]["ok"] and answers["node a"]["detail"] == (
+        "ready; replaces the kernel's own habanalabs"
+    )
+    assert not answers["node b"]["ok"] and "6.12.118+deb13-amd64" in answers["node b"]["action"]
+    assert answers["node c"]["ok"] and answers["node c"]["detail"].startswith(
+        "not for this kernel: driver 6.12.0-1 is not built for"
+    )
+    page = tmp_path / "page"
+    code, out = invoke("site", "--versions", str(second), "--output", str(page), cache=cache)
+    html = (page / "index.html").read_text()
+    assert TRIXIE in html and "replaces the kernel&#x27;s own habanalabs" in html, out
