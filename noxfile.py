@@ -87,7 +87,7 @@ def typecheck(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Unit and integration tests (real registry, podman, rpmbuild); posargs go to pytest."""
     session.install("-e", ".[test]")
-    session.run("pytest", *(session.posargs or ["-ra"]))
+    session.run("pytest", *(session.posargs or ["-ra", "--durations=15"]))  # the slowest named
 
 
 @nox.session(default=False)
