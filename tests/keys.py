@@ -46,10 +46,10 @@ def cosign_key_pair(directory: Path) -> tuple[Path, Path]:
 
 
 def build_signed(
-    versions: Path, cache: Path, *extra: str, password: str = COSIGN_PASSWORD
+    versions: Path, cache: Path, *extra: str, password: str = COSIGN_PASSWORD, kernel: str = KERNEL
 ) -> tuple[int, str]:
     done = subprocess.run(
-        invoke_argv("build", "--kernel", KERNEL, "--versions", str(versions), *extra),
+        invoke_argv("build", "--kernel", kernel, "--versions", str(versions), *extra),
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -242,3 +242,12 @@ def short_digest(digest: str | None) -> str:
 def in_tree_replaced(image_labels: Mapping[str, str]) -> tuple[str, ...]:
     """The kernel's own modules the image replaces (KMM removes them first), from its label."""
     return tuple(n for n in image_labels.get(IN_TREE_REPLACED, "").split(",") if n)
+
+
+TAG = PREFIX + "tag"  # in a signature's annotations only (the tag is not in the image)
+
+
+def pair_identity(target: BuildTarget) -> dict[str, str]:
+    """What names the pair an image was built for, as its signature's annotations carry it:
+    a signature of one pair's image then cannot pass for another pair's."""
+    return {KERNEL: target.kernel, DRIVER: target.driver, TAG: target.tag}

@@ -318,7 +318,14 @@ class Pipeline:
             assert signer is not None and found is not None
             stage("sign")
             digest = by_digest.rsplit("@", 1)[1]
-            signer.attach(by_digest, found.sbom(digest), found.provenance(), work / "trust", sink)
+            signer.attach(
+                by_digest,
+                found.sbom(digest),
+                found.provenance(),
+                work / "trust",
+                sink,
+                labels.pair_identity(target),
+            )
 
         digest = publish.publish(
             self.podman,

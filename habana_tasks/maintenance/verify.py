@@ -1,6 +1,8 @@
 """`invoke verify`: what a node's policy checks, checked by cosign itself (the signature and
 both attestations, with the library's public key), then whether the attestations tell the
-truth: the SBOM's files are the image's, the provenance's inputs are the image's own."""
+truth: the SBOM's files are the image's, the provenance's inputs are the image's own, and the
+image, its provenance and its signature all name the pair asked about (a tag moved onto another
+pair's signed image is refused)."""
 
 from __future__ import annotations
 
@@ -89,6 +91,42 @@ def provenance_problems(predicate: Mapping[str, Any], image_labels: Mapping[str,
     return problems
 
 
+def pair_problems(
+    target: BuildTarget,
+    image_labels: Mapping[str, str],
+    provenance: Mapping[str, Any] | None,
+    signed_for: list[dict[str, str]] | None,
+) -> list[str]:
+    """What names another pair than the one asked about: the image's own labels (its config,
+    which its digest covers), the provenance's parameters, and the signatures' annotations
+    (None: not read, as when the signature did not verify). A tag moved onto another pair's
+    signed image fails here, naming both."""
+    asked = labels.pair_identity(target)
+    said = f"{target.driver} for {target.kernel} (tag {target.tag})"
+    problems = []
+    named = (image_labels.get(labels.DRIVER, "?"), image_labels.get(labels.KERNEL, "?"))
+    if named != (target.driver, target.kernel):
+        problems.append(f"pair: the image is {named[0]} for {named[1]} (its labels), not {said}")
+    if provenance is not None:
+        params = provenance.get("buildDefinition", {}).get("externalParameters", {})
+        claimed = (params.get("driver"), params.get("kernel"), params.get("tag"))
+        if claimed != (target.driver, target.kernel, target.tag):
+            problems.append(
+                f"pair: the provenance is of {claimed[0]} for {claimed[1]} (tag {claimed[2]}), "
+                f"not {said}"
+            )
+    if signed_for is not None and not any(
+        all(found.get(k) == v for k, v in asked.items()) for found in signed_for
+    ):
+        seen = sorted({f"{f.get(labels.DRIVER)} for {f.get(labels.KERNEL)}" for f in signed_for})
+        problems.append(
+            f"signature: none names {said} (signed for: {', '.join(seen) or 'no pair'}; "
+            "an image signed before signatures named their pair is signed again by a build "
+            "with --force)"
+        )
+    return problems
+
+
 def sbom_problems(predicate: Mapping[str, Any], files: tuple[sbom.ImageFile, ...]) -> list[str]:
     """Files of the image the SBOM omits or hashes otherwise, and files it lists that the image
     lacks."""
@@ -118,8 +156,9 @@ def verify_image(
     by_digest = f"{ImageReference.parse(reference).name}@{digest}"
     problems: list[str] = []
     signed = True
+    signed_for: list[dict[str, str]] | None = None
     try:
-        cosign.verify(tool, public_key, by_digest, insecure)
+        signed_for = cosign.signed_pairs(cosign.verify(tool, public_key, by_digest, insecure))
     except CommandError as exc:
         signed = False
         problems.append(f"signature: {said(exc)}")
@@ -140,9 +179,10 @@ def verify_image(
         problems += sbom_problems(
             statements[cosign.SBOM].get("predicate", {}), sbom.image_files(rootfs)
         )
-    if cosign.PROVENANCE in statements:
-        predicate = statements[cosign.PROVENANCE].get("predicate", {})
-        problems += provenance_problems(predicate, remote.labels)
+    provenance = statements.get(cosign.PROVENANCE, {}).get("predicate")
+    if provenance is not None:
+        problems += provenance_problems(provenance, remote.labels)
+    problems += pair_problems(target, remote.labels, provenance, signed_for)
     return Verified(
         target.tag,
         reference,

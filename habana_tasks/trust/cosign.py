@@ -166,13 +166,27 @@ def sign(
     by_digest: str,
     insecure: frozenset[str],
     on_line: LineSink | None = None,
+    pair: Mapping[str, str] | None = None,
 ) -> None:
-    """Sign the image by digest. cosign keeps one signature per key: signing again adds none."""
+    """Sign the image by digest, the signed payload naming the pair (`pair`: annotations, which
+    `cosign verify -a` and `invoke verify` check): a signature of one pair's image cannot pass
+    for another's. cosign keeps one signature per key and payload: signing again adds none."""
+    annotations = [f"--annotations={key}={value}" for key, value in sorted((pair or {}).items())]
     cosign.run(
-        ["sign", "--key", signing.reference, "--tlog-upload=false", "--yes",
+        ["sign", "--key", signing.reference, "--tlog-upload=false", "--yes", *annotations,
          *registry_flags(by_digest, insecure), by_digest],
         reference=by_digest, password=secret, on_line=on_line,
     )  # fmt: skip
+
+
+def signed_pairs(verified: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The annotations ("optional") of each simple-signing payload cosign verified."""
+    found = []
+    for payload in verified:
+        optional = payload.get("optional")
+        pairs = optional.items() if isinstance(optional, dict) else ()
+        found.append({str(k): str(v) for k, v in pairs})
+    return found
 
 
 def attest(

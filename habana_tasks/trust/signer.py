@@ -28,10 +28,12 @@ class ImageSigner:
         provenance_json: str,
         work: Path,
         on_line: LineSink | None = None,
+        pair: Mapping[str, str] | None = None,
     ) -> None:
-        """Sign the image the registry holds under `by_digest` (repository@sha256:…) and
-        attest its SBOM and provenance (one of each: cosign replaces an earlier one)."""
-        cosign.sign(self.tool, self.signing, self.secret, by_digest, self.insecure, on_line)
+        """Sign the image the registry holds under `by_digest` (repository@sha256:…), the
+        signature naming the pair, and attest its SBOM and provenance (one of each: cosign
+        replaces an earlier one)."""
+        cosign.sign(self.tool, self.signing, self.secret, by_digest, self.insecure, on_line, pair)
         work.mkdir(parents=True, exist_ok=True)
         for kind, text, name in (
             (cosign.SBOM, sbom_json, "sbom.cdx.json"),

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from devtools import local_upstream
+from habana_tasks.build import labels
 from habana_tasks.config import versions_file
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.config.targets import ImageSigning
@@ -25,7 +26,7 @@ from habana_tasks.registry.client import Existence, RegistryClient
 from habana_tasks.trust import cosign
 from habana_tasks.trust.sbom import accounted_for, image_files
 from tests.conftest import ROOT, invoke_argv
-from tests.integration.conftest import KERNELS, UpstreamFixture
+from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
 from tests.keys import COSIGN_PASSWORD, build_signed, cosign_key_pair
 from tests.watch import argv_snapshots
 
@@ -265,6 +266,53 @@ def test_invoke_verify_names_a_signed_sbom_that_lies_and_an_unsigned_image(
     (result,) = results
     assert (result["signed"], result["sbom"], result["provenance"]) == (False, False, False)
     assert result["problems"][0].startswith("signature: "), result
+
+
+def test_a_tag_moved_onto_another_pairs_signed_image_is_refused_naming_both(
+    signing_library: tuple[Path, Path, Path], test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    """Both pairs signed with the library's key; pair B's tag is then made to name pair A's
+    signed image (same repository, digest kept). cosign's signature check alone passes it;
+    `invoke verify` refuses B by the image's labels, the provenance and the signature's
+    annotations, each naming both pairs; cosign itself refuses it once asked for B's pair."""
+    versions = copy_of(signing_library, "library/cosigned-swap", tmp_path / "v.toml")
+    versions.write_text(
+        versions.read_text() + f'\n[[kernels]]\nrelease = "{KERNELS[1]}"\ndrivers = ["{DRIVER}"]\n'
+    )
+    for kernel in KERNELS:
+        code, out = build_signed(versions, tmp_path / "cache", "--no-load-test", kernel=kernel)
+        assert code == OK, out
+    a, b = versions_file.load(versions).targets
+    code, results, out = verify(versions, tmp_path / "cache")
+    assert code == OK and [r["ok"] for r in results] == [True, True], out
+    test_upstream.runner.run(
+        [
+            "skopeo", "copy", "--quiet", "--preserve-digests",
+            "--src-tls-verify=false", "--dest-tls-verify=false",
+            f"docker://{a.image}", f"docker://{b.image}",
+        ]
+    )  # fmt: skip
+    tool = cosign.find(ProcessRunner(), ROOT)
+    insecure = frozenset({test_upstream.upstream.registry})
+    assert cosign.verify(tool, signing_library[1], b.image, insecure)  # the key alone: passes
+    code, results, out = verify(versions, tmp_path / "cache")
+    assert code == TARGET_FAILED, out
+    ok_a, swapped = results
+    assert ok_a["ok"] and swapped["signed"], results
+    asked = f"{DRIVER} for {b.kernel} (tag {b.tag})"
+    assert swapped["problems"] == [
+        f"pair: the image is {DRIVER} for {a.kernel} (its labels), not {asked}",
+        f"pair: the provenance is of {DRIVER} for {a.kernel} (tag {a.tag}), not {asked}",
+        f"signature: none names {asked} (signed for: {DRIVER} for {a.kernel}; an image signed "
+        "before signatures named their pair is signed again by a build with --force)",
+    ], swapped
+    with pytest.raises(CommandError):  # a node's cosign asked for B's pair refuses it too
+        tool.run(
+            ["verify", "--key", str(signing_library[1]), "--insecure-ignore-tlog",
+             f"--annotations={labels.TAG}={b.tag}", *cosign.registry_flags(b.image, insecure),
+             b.image],
+            reference=b.image, keep_output=True,
+        )  # fmt: skip
 
 
 def test_a_signature_the_registry_refuses_fails_the_target_and_moves_no_tag(

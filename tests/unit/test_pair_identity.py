@@ -1,0 +1,72 @@
+"""`invoke verify`'s pair check: the image's labels, its provenance's parameters and its
+signatures' annotations must all name the pair asked about."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from habana_tasks.build import labels
+from habana_tasks.maintenance.verify import pair_problems
+from habana_tasks.trust.cosign import signed_pairs
+from tests.samples import TARGET
+
+OTHER = replace(TARGET, kernel="6.1.0-99-amd64", tag=f"{TARGET.driver}-6.1.0-99-amd64")
+
+
+def provenance_of(kernel: str, driver: str, tag: str) -> dict[str, object]:
+    return {
+        "buildDefinition": {"externalParameters": {"kernel": kernel, "driver": driver, "tag": tag}}
+    }
+
+
+def image_labels(kernel: str, driver: str) -> dict[str, str]:
+    return {labels.KERNEL: kernel, labels.DRIVER: driver}
+
+
+def test_the_pair_asked_about_passes() -> None:
+    signed = [{"Bundle": "x"}, labels.pair_identity(TARGET)]
+    found = pair_problems(
+        TARGET,
+        image_labels(TARGET.kernel, TARGET.driver),
+        provenance_of(TARGET.kernel, TARGET.driver, TARGET.tag),
+        signed,
+    )
+    assert found == []
+
+
+def test_another_pairs_image_is_named_by_each_witness() -> None:
+    found = pair_problems(
+        OTHER,
+        image_labels(TARGET.kernel, TARGET.driver),
+        provenance_of(TARGET.kernel, TARGET.driver, TARGET.tag),
+        [labels.pair_identity(TARGET)],
+    )
+    asked = f"{OTHER.driver} for {OTHER.kernel} (tag {OTHER.tag})"
+    assert found == [
+        f"pair: the image is {TARGET.driver} for {TARGET.kernel} (its labels), not {asked}",
+        f"pair: the provenance is of {TARGET.driver} for {TARGET.kernel} (tag {TARGET.tag}), "
+        f"not {asked}",
+        f"signature: none names {asked} (signed for: {TARGET.driver} for {TARGET.kernel}; an "
+        "image signed before signatures named their pair is signed again by a build with --force)",
+    ]
+
+
+def test_a_signature_naming_no_pair_or_another_tag_does_not_pass() -> None:
+    right = image_labels(TARGET.kernel, TARGET.driver)
+    unnamed = pair_problems(TARGET, right, None, [{}])
+    assert len(unnamed) == 1 and "(signed for: None for None;" in unnamed[0]
+    retagged = {**labels.pair_identity(TARGET), labels.TAG: "1.0-elsewhere"}
+    assert len(pair_problems(TARGET, right, None, [retagged])) == 1
+    # Not read (the signature did not verify): nothing said twice.
+    assert pair_problems(TARGET, right, None, None) == []
+    assert pair_problems(TARGET, {}, None, None)[0].startswith("pair: the image is ? for ?")
+
+
+def test_cosigns_verified_payloads_give_their_annotations() -> None:
+    verified: list[dict[str, Any]] = [
+        {"critical": {}, "optional": {labels.KERNEL: "k", "n": 1}},
+        {"critical": {}, "optional": None},
+        {"critical": {}},
+    ]
+    assert signed_pairs(verified) == [{labels.KERNEL: "k", "n": "1"}, {}, {}]
