@@ -20,13 +20,12 @@ from habana_tasks.build.kernel_config import per_toolkit
 from habana_tasks.config.targets import BuildTarget
 from habana_tasks.core.errors import HabanaError
 from habana_tasks.registry.client import RegistryClient
-from habana_tasks.verification.kernel_modules import module_name
+from habana_tasks.verification.kernel_modules import module_name, parse_aliases
 
 # The index files of /lib/modules/<release>, where merged-/usr toolkits keep them too.
 INDEX_FILES = ("modules.dep", "modules.builtin", "modules.alias")
 MODULE_DIRS = ("lib/modules/{release}", "usr/lib/modules/{release}")
 INDEX_VERSION = "1"  # bumped when what is read or kept changes
-ALIAS_FIELDS = 3  # `alias <pattern> <module>`
 
 
 @dataclass(frozen=True)
@@ -57,10 +56,8 @@ def parse_index(dep: str, builtin: str, alias: str, found: bool = True) -> Kerne
     )
     names = frozenset(module_name(line.strip()) for line in builtin.splitlines() if line.strip())
     aliases: dict[str, set[str]] = {}
-    for line in alias.splitlines():
-        words = line.split()
-        if len(words) == ALIAS_FIELDS and words[0] == "alias":
-            aliases.setdefault(module_name(words[2]), set()).add(words[1])
+    for pattern, module in parse_aliases(alias):
+        aliases.setdefault(module, set()).add(pattern)
     frozen = {name: frozenset(patterns) for name, patterns in aliases.items()}
     return KernelIndex(modules, names, frozen, found)
 

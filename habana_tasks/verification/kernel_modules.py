@@ -41,6 +41,7 @@ CONFIG_PATHS = (
     "/usr/src/kernels/{release}/.config",
 )
 VMLINUX = "vmlinux"
+ALIAS_WORDS = 3  # `alias <pattern> <module>`
 
 
 def module_name(path: str) -> str:
@@ -98,7 +99,9 @@ def parse_depends(text: str) -> dict[str, tuple[str, ...]]:
 def parse_aliases(text: str) -> tuple[tuple[str, str], ...]:
     """modules.alias lines `alias <pattern> <module>` -> ((pattern, module name), ...)."""
     words = (line.split() for line in text.splitlines())
-    return tuple((w[1], module_name(w[2])) for w in words if len(w) == 3 and w[0] == "alias")  # noqa: PLR2004
+    return tuple(
+        (w[1], module_name(w[2])) for w in words if len(w) == ALIAS_WORDS and w[0] == "alias"
+    )
 
 
 def parse_builtin(text: str) -> frozenset[str]:
