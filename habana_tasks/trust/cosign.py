@@ -21,13 +21,16 @@ from habana_tasks.core.process import LineSink, ProcessRunner, find_tool
 from habana_tasks.registry import auth
 
 MINIMUM = (2, 2)  # slsaprovenance1 attestations; --tlog-upload=false
+# cosign 3 changes defaults: with --tlog-upload=false it uploads anyway and stores a referrers
+# bundle instead of the .sig tag (3.0.0-3.0.2), or fails after the build; nodes read .sig/.att.
+BEYOND = (3, 0)
 UNPACKED = Path(".cache") / "tools" / "cosign" / "usr" / "bin" / "cosign"
 PASSWORD_VARIABLE = "COSIGN_PASSWORD"  # noqa: S105  (a variable's name, not a password)
 VERSION_RE = re.compile(r"^v?([0-9]+)\.([0-9]+)")
 PUBLIC_KEY_PEM = "-----BEGIN PUBLIC KEY-----"
 GET_IT = (
     "run scripts/install-deps (on Debian 12 it unpacks Debian 13's cosign package under "
-    ".cache/tools), or put cosign 2.2 or newer on PATH"
+    ".cache/tools), or put a cosign from 2.2 to 2.x first on PATH"
 )
 # Attestation types as cosign names them, and the predicate type each statement then carries.
 SBOM = "cyclonedx"
@@ -63,9 +66,10 @@ class Cosign:
         return done.text
 
 
-def _version(runner: ProcessRunner, path: str) -> tuple[str, bool]:
-    """cosign's version and whether it is new enough. A distribution's build may call itself
-    "devel": then what the library needs is looked for by name in its help."""
+def _version(runner: ProcessRunner, path: str) -> tuple[str, str | None]:
+    """cosign's version and why it cannot serve (None: it can): older than 2.2, or 3 and
+    newer. A distribution's build may call itself "devel": then what the library needs is
+    looked for by name in its help."""
     done = runner.run([path, "version", "--json"], keep_output=True, check=False)
     said = ""
     if done.returncode == 0:
@@ -74,10 +78,16 @@ def _version(runner: ProcessRunner, path: str) -> tuple[str, bool]:
         except (ValueError, AttributeError):
             said = ""
     if match := VERSION_RE.match(said):
-        return said, (int(match[1]), int(match[2])) >= MINIMUM
+        found = (int(match[1]), int(match[2]))
+        if found < MINIMUM:
+            return said, "older than 2.2"
+        if found >= BEYOND:
+            return said, "3 or newer, which stores signatures where nodes do not look (.sig/.att)"
+        return said, None
     attest = runner.run([path, "attest", "--help"], keep_output=True, check=False).text
     sign = runner.run([path, "sign", "--help"], keep_output=True, check=False).text
-    return said or "unknown", PROVENANCE in attest and "--tlog-upload" in sign
+    usable = PROVENANCE in attest and "--tlog-upload" in sign
+    return said or "unknown", None if usable else "older than 2.2"
 
 
 def find(runner: ProcessRunner, project_root: Path) -> Cosign:
@@ -88,16 +98,16 @@ def find(runner: ProcessRunner, project_root: Path) -> Cosign:
         if path is None or not Path(path).is_file():
             continue
         try:
-            version, usable = _version(runner, path)
+            version, unusable = _version(runner, path)
         except (CommandError, HabanaError) as exc:
             tried.append(f"{path} cannot run: {exc}")
             continue
-        if usable:
+        if unusable is None:
             return Cosign(path, version, runner)
-        tried.append(f"{path} is {version}, older than 2.2")
+        tried.append(f"{path} is {version}, {unusable}")
     found = f" ({'; '.join(tried)})" if tried else ""
     raise UsageError(
-        f"[cosign] is configured but no cosign 2.2 or newer was found{found}", hint=GET_IT
+        f"[cosign] is configured but no cosign from 2.2 to 2.x was found{found}", hint=GET_IT
     )
 
 

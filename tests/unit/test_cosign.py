@@ -105,6 +105,24 @@ def test_an_old_cosign_on_path_gives_way_to_the_unpacked_copy(
     assert (found.path, found.version) == (str(unpacked), "devel")
 
 
+def test_cosign_3_on_path_gives_way_to_a_2x_copy_or_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cosign 3 changes where signatures go (a referrers bundle, not the .sig tag nodes read):
+    refused before anything is built, naming the version found."""
+    three = stand_in(tmp_path / "bin", "v3.0.2")
+    project = tmp_path / "project"
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}/usr/bin:/bin")
+    with pytest.raises(UsageError) as info:
+        cosign.find(ProcessRunner(), project)
+    message = str(info.value)
+    assert info.value.exit_code == 2 and "\n" not in message
+    assert f"{three} is v3.0.2, 3 or newer, which stores signatures where nodes" in message
+    assert "no cosign from 2.2 to 2.x was found" in message
+    unpacked = stand_in((project / cosign.UNPACKED).parent, "v2.5.0")
+    assert cosign.find(ProcessRunner(), project).path == str(unpacked)
+
+
 def test_no_usable_cosign_is_one_usage_error_naming_how_to_get_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
