@@ -39,8 +39,10 @@ TAIL_LINES = 40
 TERMINATE_GRACE_SECONDS = 5.0
 # kmod's modinfo/depmod/modprobe live in /sbin, which an ordinary user's PATH often lacks.
 SYSTEM_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
-# cosign's key password: given to the cosign call that signs, never to any other child.
-NOT_INHERITED = ("COSIGN_PASSWORD",)
+# Secrets no child inherits: cosign's key password (given to the cosign call that signs, and
+# to no other), and the keys the library workflow receives as secrets (written to 0600 files
+# before the tool runs; should a step leave them set, podman, skopeo and qemu still never see them).
+NOT_INHERITED = ("COSIGN_PASSWORD", "SIGNING_KEY", "COSIGN_KEY")
 
 
 class TerminationSignal(KeyboardInterrupt):

@@ -13,7 +13,7 @@ import pytest
 
 from habana_tasks.core import process
 from habana_tasks.core.errors import HOST, CommandError, CommandTimeout, HostCommandError
-from habana_tasks.core.process import ProcessRunner
+from habana_tasks.core.process import NOT_INHERITED, ProcessRunner
 from tests.conftest import require, require_tools
 
 
@@ -226,3 +226,14 @@ def test_a_child_speaks_english_whatever_the_users_locale(
     assert str(info.value) == (
         "sh -c exited with 1: cp: cannot stat '/nonexistent': No such file or directory"
     )
+
+
+def test_no_child_inherits_a_secret_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Canaries in each secret variable: none reaches a child's environment, except the one a
+    call passes in itself (cosign's password, to the cosign call that signs)."""
+    for i, name in enumerate(NOT_INHERITED):
+        monkeypatch.setenv(name, f"canary-{i}-secret")
+    seen = ProcessRunner().run(["env"], keep_output=True).text
+    assert "canary-" not in seen
+    given = ProcessRunner().run(["env"], keep_output=True, env={"COSIGN_PASSWORD": "x1"}).text
+    assert "COSIGN_PASSWORD=x1" in given.splitlines() and "canary-" not in given

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -144,3 +146,35 @@ def test_the_library_page_is_published_after_the_summary_and_never_from_a_pull_r
     pull_request = "github.event_name == 'pull_request'"
     assert page_step["if"] == upload["if"] == pull_request
     assert upload["with"] == {"name": "library-page", "path": "site/"}
+
+
+def test_the_build_steps_keys_become_files_and_leave_the_environment(tmp_path: Path) -> None:
+    """The step's own script, run by bash with canary secrets: the tool (a stand-in `invoke`
+    that records its environment) sees the key files, 0600, but neither key in a variable; the
+    files are gone when the step ends."""
+    (step,) = [s for s in workflow()["jobs"]["build"]["steps"] if "COSIGN_KEY" in s.get("env", {})]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (
+        ("invoke", 'env > "$PWD/seen-env"; stat -c %a "$HABANA_SIGNING_KEY" .cache/cosign.key'
+         ' > "$PWD/seen-modes"'),
+        ("git", "echo 1700000000"),
+    ):  # fmt: skip
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    work = tmp_path / "checkout"
+    work.mkdir()
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "RUNNER_TEMP": str(tmp_path),
+        "SIGNING_KEY": "canary-module-key",
+        "COSIGN_KEY": "canary-cosign-key",
+        "COSIGN_PASSWORD": "canary-password",
+        "ONLY": "a,b",
+    }
+    subprocess.run(["bash", "-e", "-c", step["run"]], cwd=work, env=env, check=True)
+    seen = (work / "seen-env").read_text()
+    assert "canary-module-key" not in seen and "canary-cosign-key" not in seen
+    assert (work / "seen-modes").read_text().split() == ["600", "600"]
+    assert not (tmp_path / "signing_key.priv").exists()
+    assert not (work / ".cache" / "cosign.key").exists()
