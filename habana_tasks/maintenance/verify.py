@@ -115,15 +115,12 @@ def pair_problems(
                 f"pair: the provenance is of {claimed[0]} for {claimed[1]} (tag {claimed[2]}), "
                 f"not {said}"
             )
-    if signed_for is not None and not any(
-        all(found.get(k) == v for k, v in asked.items()) for found in signed_for
-    ):
-        seen = sorted({f"{f.get(labels.DRIVER)} for {f.get(labels.KERNEL)}" for f in signed_for})
-        problems.append(
-            f"signature: none names {said} (signed for: {', '.join(seen) or 'no pair'}; "
-            "an image signed before signatures named their pair is signed again by a build "
-            "with --force)"
-        )
+    # A signature from before signatures named their pair names none: its image is bound by its
+    # labels and provenance above. One naming pairs must name this one.
+    naming = [found for found in signed_for or () if any(k in found for k in asked)]
+    if naming and not any(all(f.get(k) == v for k, v in asked.items()) for f in naming):
+        seen = sorted({f"{f.get(labels.DRIVER)} for {f.get(labels.KERNEL)}" for f in naming})
+        problems.append(f"signature: none names {said} (signed for: {', '.join(seen)})")
     return problems
 
 
