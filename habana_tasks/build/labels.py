@@ -31,7 +31,7 @@ FINGERPRINT = PREFIX + "fingerprint"
 LOAD_TESTED = PREFIX + "load-tested"
 # The kernel's own modules the image replaces, comma-separated: KMM removes them first.
 IN_TREE_REPLACED = PREFIX + "kernel.in-tree-replaced"
-
+TAG = PREFIX + "tag"  # in a signature's annotations only (the tag is not in the image)
 BOOTS = (PLAIN, SECURE_BOOT)
 KERNEL = PREFIX + "kernel.release"
 DRIVER = PREFIX + "driver.version"
@@ -242,9 +242,6 @@ def short_digest(digest: str | None) -> str:
 def in_tree_replaced(image_labels: Mapping[str, str]) -> tuple[str, ...]:
     """The kernel's own modules the image replaces (KMM removes them first), from its label."""
     return tuple(n for n in image_labels.get(IN_TREE_REPLACED, "").split(",") if n)
-
-
-TAG = PREFIX + "tag"  # in a signature's annotations only (the tag is not in the image)
 
 
 def pair_identity(target: BuildTarget) -> dict[str, str]:

@@ -80,20 +80,23 @@ class KernelModules:
     aliases: tuple[tuple[str, str], ...] = ()
 
 
-def parse_modules_dep(text: str) -> dict[str, str]:
-    """`path: dep dep ...` lines -> {name: path}; the first path of a name wins, as in modprobe."""
+def parse_depends(text: str) -> dict[str, tuple[str, ...]]:
+    """`path: dep dep ...` lines -> {path: (dep, ...)}, in the file's order."""
+    lines = (line.partition(":") for line in text.splitlines())
+    return {path.strip(): tuple(deps.split()) for path, sep, deps in lines if sep and path.strip()}
+
+
+def modules_of(depends: Iterable[str]) -> dict[str, str]:
+    """Module paths -> {name: path}; the first path of a name wins, as in modprobe."""
     modules: dict[str, str] = {}
-    for line in text.splitlines():
-        path, sep, _ = line.partition(":")
-        if sep and path.strip():
-            modules.setdefault(module_name(path.strip()), path.strip())
+    for path in depends:
+        modules.setdefault(module_name(path), path)
     return modules
 
 
-def parse_depends(text: str) -> dict[str, tuple[str, ...]]:
-    """`path: dep dep ...` lines -> {path: (dep, ...)}."""
-    lines = (line.partition(":") for line in text.splitlines())
-    return {path.strip(): tuple(deps.split()) for path, sep, deps in lines if sep and path.strip()}
+def parse_modules_dep(text: str) -> dict[str, str]:
+    """`path: dep dep ...` lines -> {name: path} (see modules_of)."""
+    return modules_of(parse_depends(text))
 
 
 def parse_aliases(text: str) -> tuple[tuple[str, str], ...]:
@@ -136,6 +139,9 @@ class KernelModuleStore:
         self.root = root
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        # What load() parsed, by folder: a build's check, configuration read and load test
+        # each ask for the same kernel, whose symbol and alias tables are large.
+        self._loaded: dict[Path, KernelModules] = {}
 
     def _lock(self, key: str) -> threading.Lock:
         with self._guard:
@@ -164,16 +170,22 @@ class KernelModuleStore:
         """The kernel's module index and symbol versions as its toolkit image holds them."""
         directory = self._dir(toolkit_image, release) / "index"
         with self._lock(str(directory)):
-            if not (directory / "found").is_file():
-                base = f"/lib/modules/{release}"
-                wanted = {
-                    "modules.dep": [f"{base}/modules.dep"],
-                    "modules.builtin": [f"{base}/modules.builtin"],
-                    "modules.alias": [f"{base}/modules.alias"],
-                    "symvers": [p.format(release=release) for p in SYMVERS_PATHS],
-                    "config": [p.format(release=release) for p in CONFIG_PATHS],
-                }
-                self._copy(toolkit_image, wanted, directory)
+            if directory not in self._loaded:
+                self._loaded[directory] = self._read(directory, toolkit_image, release)
+            return self._loaded[directory]
+
+    def _read(self, directory: Path, toolkit_image: str, release: str) -> KernelModules:
+        """The index files copied out of the toolkit once (kept on disk), then parsed."""
+        if not (directory / "found").is_file():
+            base = f"/lib/modules/{release}"
+            wanted = {
+                "modules.dep": [f"{base}/modules.dep"],
+                "modules.builtin": [f"{base}/modules.builtin"],
+                "modules.alias": [f"{base}/modules.alias"],
+                "symvers": [p.format(release=release) for p in SYMVERS_PATHS],
+                "config": [p.format(release=release) for p in CONFIG_PATHS],
+            }
+            self._copy(toolkit_image, wanted, directory)
         found = dict(line.split("\t", 1) for line in (directory / "found").read_text().splitlines())
         symvers = directory / "symvers"
         text = ""
@@ -185,18 +197,18 @@ class KernelModuleStore:
         dep = directory / "modules.dep"
         builtin = directory / "modules.builtin"
         config = directory / "config"
-        dep_text = dep.read_text() if dep.is_file() else ""
+        depends = parse_depends(dep.read_text()) if dep.is_file() else {}
         alias = directory / "modules.alias"
         return KernelModules(
             release=release,
-            modules=parse_modules_dep(dep_text),
+            modules=modules_of(depends),
             builtin=parse_builtin(builtin.read_text()) if builtin.is_file() else frozenset(),
             symbols=parse_symvers(text),
             source=toolkit_image,
             has_index="modules.dep" in found,
             has_symvers="symvers" in found,
             config=config.read_text("utf-8", "replace") if config.is_file() else "",
-            depends=parse_depends(dep_text),
+            depends=depends,
             aliases=parse_aliases(alias.read_text("utf-8", "replace")) if alias.is_file() else (),
         )
 
