@@ -142,7 +142,7 @@ def matrix(given: Given) -> None:
 
 @command(
     o.DRIVER_TO_MAP, o.VERSIONS, o.MODULE_FILE, o.MODULE_NAME, o.MODULE_NAMESPACE,
-    o.SIGN_KEY_SECRET, o.SIGN_CERT_SECRET, o.SIGNED_REPOSITORY,
+    o.SIGN_KEY_SECRET, o.SIGN_CERT_SECRET, o.SIGNED_REPOSITORY, o.BY_TAG,
 )  # fmt: skip
 def kmm_module(given: Given) -> None:
     """Write a KMM Module whose kernelMappings cover every kernel the library holds."""
@@ -152,7 +152,7 @@ def kmm_module(given: Given) -> None:
         given.project, given[o.DRIVER_TO_MAP], given[o.VERSIONS],
         name=given[o.MODULE_NAME], namespace=given[o.MODULE_NAMESPACE],
         sign_key_secret=given[o.SIGN_KEY_SECRET], sign_cert_secret=given[o.SIGN_CERT_SECRET],
-        signed_repository=given[o.SIGNED_REPOSITORY],
+        signed_repository=given[o.SIGNED_REPOSITORY], by_tag=given[o.BY_TAG],
     )  # fmt: skip
     if target := given[o.MODULE_FILE]:
         commands.write_output(target, text)

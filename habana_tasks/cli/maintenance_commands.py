@@ -35,15 +35,23 @@ def kmm_module(
     sign_key_secret: str | None = None,
     sign_cert_secret: str | None = None,
     signed_repository: str | None = None,
+    by_tag: bool = False,
 ) -> str:
-    """A KMM Module (YAML) mapping every kernel whose image the repository holds for driver;
-    with both secrets, KMM signs each image in the cluster and pushes the signed copy."""
+    """A KMM Module (YAML) mapping every kernel whose image the repository holds for driver,
+    each to the digest verified now (by_tag: to its tag); with both secrets, KMM signs each
+    image in the cluster and pushes the signed copy."""
     config = load_inputs(project, versions)
     sign = kmm.signing_request(config, sign_key_secret, sign_cert_secret, signed_repository)
     registry = RegistryClient(config.insecure_registries)
+
+    pin = verify.pinner(
+        config, registry, lambda: service.make_podman(announcer(make_console(stderr=True))),
+        project.root, verify_work(project),
+    )  # fmt: skip
     module, mapped = kmm.library_module(
-        config, driver, registry, name=name, namespace=namespace, sign=sign
-    )
+        config, driver, registry, name=name, namespace=namespace, sign=sign,
+        pin=None if by_tag else pin,
+    )  # fmt: skip
     return kmm.machine_config_note(mapped) + yaml.safe_dump(module, sort_keys=False)
 
 
@@ -167,18 +175,10 @@ def verify_command(
     targets = config.select(kernel, driver)
     if image and len(targets) != 1:
         raise errors.UsageError("--image verifies one image: name its --kernel (and --driver)")
-    if config.image_signing is None:
-        raise errors.UsageError(
-            f"{config.path} has no [cosign]: expected the public key its images are signed with"
-        )
     podman = service.make_podman(announcer(console))
-    tool = cosign.find(podman.runner, project.root)
-    public = config.image_signing.public_key
-    cosign.public_key(public)
-    results = verify.verify_library(
-        tool, public, RegistryClient(config.insecure_registries), podman, targets,
-        config.insecure_registries, project.cache / "work" / "verify", image,
-    )  # fmt: skip
+    registry = RegistryClient(config.insecure_registries)
+    checker = verify.verifier(config, registry, podman, project.root, verify_work(project))
+    results = checker.verify(targets, image)
     if output_format == "json":
         console.print_json(verify.to_json(results))
     else:
@@ -186,16 +186,14 @@ def verify_command(
     return verify.exit_code(results)
 
 
+def verify_work(project: Project) -> Path:
+    return project.cache / "work" / "verify"
+
+
 def trust_policy(project: Project, versions: str | None = None, form: str = "policy-json") -> str:
     """The node-side configuration that admits only the library's signed images."""
     config = load_inputs(project, versions)
-    if config.image_signing is None:
-        raise errors.UsageError(
-            f"{config.path} has no [cosign]: expected the public key its images are signed with"
-        )
-    return policy.render(
-        form, config.repository, cosign.public_key(config.image_signing.public_key)
-    )
+    return policy.render(form, config.repository, cosign.public_key(verify.public_key_of(config)))
 
 
 def site_command(

@@ -283,6 +283,11 @@ SIGNED_REPOSITORY = Option(
     "signed_repository", "where KMM pushes signed images, registry/repository "
     "(default: <repository>-signed)", _maybe(arguments.repository),
 )  # fmt: skip
+BY_TAG = _switch(
+    "by_tag",
+    "map each kernel to its image's tag, as the registry resolves it when a node "
+    "pulls (weaker: a tag moved later changes what nodes load); default: the digest verified now",
+)
 
 
 def build_options(given: Given, jobs: int = 1) -> BuildOptions:

@@ -123,10 +123,11 @@ class RichReporter:
         self._live.stop()
 
 
-def make_console() -> Console:
-    """A terminal console, or a wide plain one so tables stay readable in CI logs."""
-    console = Console()
-    return console if console.is_terminal else Console(width=200, highlight=False)
+def make_console(stderr: bool = False) -> Console:
+    """A terminal console, or a wide plain one so tables stay readable in CI logs; `stderr`:
+    for what a command says beside the document it prints."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(width=200, highlight=False, stderr=stderr)
 
 
 def make_reporter(console: Console | None = None) -> Reporter:

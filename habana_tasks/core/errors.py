@@ -212,6 +212,12 @@ class CheckError(HabanaError):
     origin = INPUTS
 
 
+class UnverifiedError(HabanaError):
+    """A published image did not verify: nothing naming it is written."""
+
+    exit_code = TARGET_FAILED
+
+
 class HostError(HabanaError):
     """The host failed, not the pair, where no command's output says so (a qemu that cannot
     run, a guest that never reached /init): HostCommandError's kin."""

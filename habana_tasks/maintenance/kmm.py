@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +11,7 @@ from habana_tasks.build import labels
 from habana_tasks.config import flavours
 from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core.errors import HabanaError, UsageError
-from habana_tasks.registry.client import Existence, RegistryClient
+from habana_tasks.registry.client import Existence, RegistryClient, RemoteImage
 
 API_VERSION = "kmm.sigs.x-k8s.io/v1beta1"
 FLAVOUR_ANNOTATION = "habana-ai-driver.io/image-flavour"
@@ -19,6 +19,9 @@ FLAVOUR_ANNOTATION = "habana-ai-driver.io/image-flavour"
 KERNEL_ARGS_ANNOTATION = "habana-ai-driver.io/node-kernel-args"
 # Nodes with a Habana device (PCI vendor 0x1da3), as labelled by Node Feature Discovery.
 NODE_SELECTOR = {"feature.node.kubernetes.io/pci-1da3.present": "true"}
+# The images held, each with what the registry said of its tag -> per tag, the reference the
+# nodes pull (repository@digest once verified): given by the command, which owns verification.
+Pinner = Callable[[Sequence[tuple[BuildTarget, RemoteImage]]], Mapping[str, str]]
 
 
 @dataclass(frozen=True)
@@ -60,15 +63,21 @@ def files_to_sign(target: BuildTarget) -> list[str]:
 
 
 def kernel_mapping(
-    target: BuildTarget, sign: KmmSigning | None, replaced: Sequence[str] = ()
+    target: BuildTarget,
+    sign: KmmSigning | None,
+    replaced: Sequence[str] = (),
+    reference: str | None = None,
 ) -> dict[str, Any]:
     """One kernel's mapping; `replaced`: the kernel's own modules its image replaces, which
-    KMM removes before loading the image's (in the field the image's flavour's KMM has)."""
-    mapping: dict[str, Any] = {"literal": target.kernel, "containerImage": target.image}
+    KMM removes before loading the image's (in the field the image's flavour's KMM has);
+    `reference`: what the nodes pull (repository@digest), else the image's tag. KMM pushes the
+    image it signs in the cluster: that one is named by tag."""
+    pulled = reference or target.image
+    mapping: dict[str, Any] = {"literal": target.kernel, "containerImage": pulled}
     if sign is not None:
         mapping["containerImage"] = f"{sign.signed_repository}:{target.tag}"
         mapping["sign"] = {
-            "unsignedImage": target.image,
+            "unsignedImage": pulled,
             "keySecret": {"name": sign.key_secret},
             "certSecret": {"name": sign.cert_secret},
             "filesToSign": files_to_sign(target),
@@ -137,10 +146,13 @@ def module_manifest(
     with_firmware: bool = False,
     sign: KmmSigning | None = None,
     replaced: Mapping[str, Sequence[str]] | None = None,
+    references: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Literal kernelMappings, one per target, each naming its exact image tag; `replaced`:
-    per kernel, the kernel's own modules its image replaces."""
+    """Literal kernelMappings, one per target, each naming its exact image (`references`: per
+    tag, the pinned reference; else the tag); `replaced`: per kernel, the kernel's own modules
+    its image replaces."""
     replaced = replaced or {}
+    references = references or {}
     if not targets:
         raise ValueError("no images to map")
     order = loading_order(targets[0].modules)
@@ -150,7 +162,7 @@ def module_manifest(
     if with_firmware:
         modprobe["firmwarePath"] = flavours.FIRMWARE_PATH
     mappings = [
-        kernel_mapping(t, sign, replaced.get(t.kernel, ()))
+        kernel_mapping(t, sign, replaced.get(t.kernel, ()), references.get(t.tag))
         for t in sorted(targets, key=lambda t: t.kernel)
     ]
     annotations = {FLAVOUR_ANNOTATION: targets[0].flavour}
@@ -181,9 +193,10 @@ def library_module(
     name: str = "habanalabs",
     namespace: str = "habana-ai-operator",
     sign: KmmSigning | None = None,
+    pin: Pinner | None = None,
 ) -> tuple[dict[str, Any], tuple[BuildTarget, ...]]:
-    """The Module for one driver, mapping every kernel whose image the repository holds; and
-    the targets it maps."""
+    """The Module for one driver, mapping every kernel whose image the repository holds (each
+    by the reference `pin` gives it, else by tag); and the targets it maps."""
     targets = config.select(driver=driver)
     with ThreadPoolExecutor(16) as pool:
         remote = list(pool.map(lambda t: registry.inspect(t.image, labels.FINGERPRINT), targets))
@@ -203,6 +216,7 @@ def library_module(
             "KMM's sign flow is for unsigned images: drop --sign-key-secret/--sign-cert-secret"
         )
     held = tuple(t for t, _ in present)
+    references = pin(present) if pin is not None else {}
     replaced = {t.kernel: names for t, r in present if (names := labels.in_tree_replaced(r.labels))}
     module = module_manifest(
         held,
@@ -211,5 +225,6 @@ def library_module(
         with_firmware=held[0].firmware_url is not None,
         sign=sign,
         replaced=replaced,
+        references=references,
     )
     return module, held

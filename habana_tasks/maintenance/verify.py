@@ -8,17 +8,26 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from habana_tasks.build import labels
 from habana_tasks.config.image_reference import ImageReference
-from habana_tasks.config.targets import BuildTarget
-from habana_tasks.core.errors import OK, TARGET_FAILED, UNKNOWN_STATE, CommandError, HabanaError
+from habana_tasks.config.targets import BuildTarget, Config
+from habana_tasks.core.errors import (
+    OK,
+    TARGET_FAILED,
+    UNKNOWN_STATE,
+    CommandError,
+    HabanaError,
+    RegistryError,
+    UnverifiedError,
+    UsageError,
+)
 from habana_tasks.engine.podman import Podman
-from habana_tasks.registry.client import Existence, RegistryClient
+from habana_tasks.registry.client import Existence, RegistryClient, RemoteImage
 from habana_tasks.trust import cosign, sbom
 from habana_tasks.trust.cosign import Cosign
 
@@ -191,30 +200,90 @@ def verify_image(
     )
 
 
-def verify_library(
-    tool: Cosign,
-    public_key: Path,
-    registry: RegistryClient,
-    podman: Podman,
-    targets: tuple[BuildTarget, ...],
-    insecure: frozenset[str],
-    work: Path,
-    image: str | None = None,
-) -> tuple[Verified, ...]:
-    """Each target's published image (or `image`, for one target), verified in turn."""
-    return tuple(
-        verify_image(
-            tool,
-            public_key,
-            registry,
-            podman,
-            target,
-            image or target.image,
-            insecure,
-            work / target.tag,
+@dataclass(frozen=True)
+class Verifier:
+    """What verifies a library's published images: cosign with the public key [cosign] names,
+    the registry, and podman (the SBOM is checked against the image's own files)."""
+
+    tool: Cosign
+    public_key: Path
+    registry: RegistryClient
+    podman: Podman
+    insecure: frozenset[str]
+    work: Path
+
+    def verify(
+        self, targets: Sequence[BuildTarget], image: str | None = None
+    ) -> tuple[Verified, ...]:
+        """Each target's published image (or `image`, for one target), verified in turn."""
+        return tuple(
+            verify_image(
+                self.tool, self.public_key, self.registry, self.podman, target,
+                image or target.image, self.insecure, self.work / target.tag,
+            )
+            for target in targets
+        )  # fmt: skip
+
+
+def verifier(
+    config: Config, registry: RegistryClient, podman: Podman, project_root: Path, work: Path
+) -> Verifier:
+    """The library's verifier, checked before any image is: [cosign] and its public key, and a
+    cosign that can verify (else a one-line error, exit 2)."""
+    public = public_key_of(config)
+    cosign.public_key(public)
+    tool = cosign.find(podman.runner, project_root)
+    return Verifier(tool, public, registry, podman, config.insecure_registries, work)
+
+
+def public_key_of(config: Config) -> Path:
+    """The public key [cosign] names; none configured is a one-line error (exit 2)."""
+    if config.image_signing is None:
+        raise UsageError(
+            f"{config.path} has no [cosign]: expected the public key its images are signed with"
         )
-        for target in targets
+    return config.image_signing.public_key
+
+
+def pinner(
+    config: Config,
+    registry: RegistryClient,
+    podman: Callable[[], Podman],
+    project_root: Path,
+    work: Path,
+) -> Callable[[Sequence[tuple[BuildTarget, RemoteImage]]], dict[str, str]]:
+    """What pins a Module's images: each verified (a library that signs nothing: its labels
+    checked), then named by the digest that verified."""
+
+    def pin(held: Sequence[tuple[BuildTarget, RemoteImage]]) -> dict[str, str]:
+        if config.image_signing is None:
+            return references(labels_only(held))
+        checker = verifier(config, registry, podman(), project_root, work)
+        return references(checker.verify([t for t, _ in held]))
+
+    return pin
+
+
+def labels_only(held: Sequence[tuple[BuildTarget, RemoteImage]]) -> tuple[Verified, ...]:
+    """A library that signs nothing: each image as the registry described it, checked to be
+    the pair its tag names (its labels, which its digest covers)."""
+    return tuple(
+        Verified(t.tag, t.image, r.digest, problems=tuple(pair_problems(t, r.labels, None, None)))
+        for t, r in held
     )
+
+
+def references(results: Sequence[Verified]) -> dict[str, str]:
+    """Per tag, repository@digest of what verified; nothing when any image did not (it is named,
+    with how many others failed)."""
+    failed = [r for r in results if not r.ok]
+    if failed:
+        first = failed[0]
+        more = f" (and {len(failed) - 1} more image(s); `invoke verify` lists them)"
+        why = first.problems[0] if first.problems else first.unknown
+        error = RegistryError if not first.problems else UnverifiedError
+        raise error(f"{first.image}: {why}{more if len(failed) > 1 else ''}")
+    return {r.tag: f"{ImageReference.parse(r.image).name}@{r.digest}" for r in results}
 
 
 def exit_code(results: tuple[Verified, ...]) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from devtools import local_upstream
 from habana_tasks.build import labels
@@ -180,6 +181,23 @@ def verify(versions: Path, cache: Path, *extra: str) -> tuple[int, list[dict[str
     return done.returncode, results, done.stdout + done.stderr
 
 
+def kmm_module(versions: Path, cache: Path, *extra: str) -> tuple[int, dict[str, str], str]:
+    """`invoke kmm-module` as a user runs it: per kernel, the image its mapping names."""
+    done = subprocess.run(
+        invoke_argv("kmm-module", "--driver", DRIVER, "--versions", str(versions), *extra),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        env={**os.environ, "HABANA_CACHE_DIR": str(cache)},
+    )
+    module = yaml.safe_load(done.stdout) if done.returncode == 0 else None
+    mappings = module["spec"]["moduleLoader"]["container"]["kernelMappings"] if module else []
+    pulled = {m["literal"]: m["containerImage"] for m in mappings}
+    return done.returncode, pulled, done.stdout + done.stderr
+
+
 def copy_of(signing_library: tuple[Path, Path, Path], repository: str, to: Path) -> Path:
     """The signing library's versions file, naming a repository of the caller's own."""
     versions, _, _ = signing_library
@@ -274,7 +292,9 @@ def test_a_tag_moved_onto_another_pairs_signed_image_is_refused_naming_both(
     """Both pairs signed with the library's key; pair B's tag is then made to name pair A's
     signed image (same repository, digest kept). cosign's signature check alone passes it;
     `invoke verify` refuses B by the image's labels, the provenance and the signature's
-    annotations, each naming both pairs; cosign itself refuses it once asked for B's pair."""
+    annotations, each naming both pairs; cosign itself refuses it once asked for B's pair.
+    `invoke kmm-module` pins each kernel to the digest it verified (--by-tag: the tag), and
+    writes nothing once B's tag names A's image."""
     versions = copy_of(signing_library, "library/cosigned-swap", tmp_path / "v.toml")
     versions.write_text(
         versions.read_text() + f'\n[[kernels]]\nrelease = "{KERNELS[1]}"\ndrivers = ["{DRIVER}"]\n'
@@ -285,6 +305,16 @@ def test_a_tag_moved_onto_another_pairs_signed_image_is_refused_naming_both(
     a, b = versions_file.load(versions).targets
     code, results, out = verify(versions, tmp_path / "cache")
     assert code == OK and [r["ok"] for r in results] == [True, True], out
+    repository = versions_file.load(versions).repository
+    code, pulled, out = kmm_module(versions, tmp_path / "cache")
+    assert code == OK, out
+    verified = {
+        t.kernel: f"{repository}@{r['digest']}" for t, r in zip((a, b), results, strict=True)
+    }
+    assert pulled == verified
+    assert kmm_module(versions, tmp_path / "cache", "--by-tag")[1] == {
+        t.kernel: t.image for t in (a, b)
+    }
     test_upstream.runner.run(
         [
             "skopeo", "copy", "--quiet", "--preserve-digests",
@@ -305,6 +335,9 @@ def test_a_tag_moved_onto_another_pairs_signed_image_is_refused_naming_both(
         f"pair: the provenance is of {DRIVER} for {a.kernel} (tag {a.tag}), not {asked}",
         f"signature: none names {asked} (signed for: {DRIVER} for {a.kernel})",
     ], swapped
+    code, pulled, out = kmm_module(versions, tmp_path / "cache")
+    assert code == TARGET_FAILED and not pulled, out
+    assert f"{b.image}: pair: the image is {DRIVER} for {a.kernel} (its labels), not {asked}" in out
     with pytest.raises(CommandError):  # a node's cosign asked for B's pair refuses it too
         tool.run(
             ["verify", "--key", str(signing_library[1]), "--insecure-ignore-tlog",

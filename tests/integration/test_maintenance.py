@@ -183,7 +183,12 @@ def test_kmm_module_maps_every_built_kernel_to_an_existing_image(
     mappings = container["kernelMappings"]
     assert [m["literal"] for m in mappings] == list(KERNELS)
     registry = RegistryClient([test_upstream.upstream.registry])
+    cfg = versions_file.load(versions)
+    images = {t.kernel: t.image for t in cfg.select(driver=DRIVER)}
     for mapping in mappings:
+        # Pinned to the digest the tag named when the Module was written (it checked the pair).
+        tag = registry.inspect(images[mapping["literal"]])
+        assert mapping["containerImage"] == f"{cfg.repository}@{tag.digest}"
         remote = registry.inspect(mapping["containerImage"])
         assert remote.existence is Existence.PRESENT
         assert remote.labels["io.habana-ai-driver.kernel.release"] == mapping["literal"]
@@ -438,8 +443,10 @@ def test_kmm_module_with_the_cluster_sign_flow_lists_every_module_file_of_each_i
     for mapping, target in zip(
         module["spec"]["moduleLoader"]["container"]["kernelMappings"], cfg.targets, strict=True
     ):
+        # KMM pushes the image it signs under the tag; it pulls the unsigned one by digest.
         assert mapping["containerImage"] == f"{cfg.repository}-signed:{target.tag}"
-        assert mapping["sign"]["unsignedImage"] == target.image
+        held = RegistryClient(cfg.insecure_registries).inspect(target.image)
+        assert mapping["sign"]["unsignedImage"] == f"{cfg.repository}@{held.digest}"
         rootfs = tmp_path / f"{target.tag}.tar"
         Podman(test_upstream.runner).export_rootfs(target.image, rootfs)
         with tarfile.open(rootfs) as tar:

@@ -103,7 +103,7 @@ def test_a_debian_13_pair_is_built_proven_and_mapped_replacing_the_kernels_own_d
     (mapping,) = module["spec"]["moduleLoader"]["container"]["kernelMappings"]
     assert mapping == {
         "literal": TRIXIE,
-        "containerImage": target.image,
+        "containerImage": f"{target.repository}@{remote.digest}",
         "inTreeModulesToRemove": ["habanalabs"],
     }
 

@@ -6,8 +6,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from habana_tasks.build import labels
-from habana_tasks.maintenance.verify import pair_problems
+from habana_tasks.core.errors import UNKNOWN_STATE, RegistryError, UnverifiedError
+from habana_tasks.maintenance.verify import Verified, labels_only, pair_problems, references
+from habana_tasks.registry.client import Existence, RemoteImage
 from habana_tasks.trust.cosign import signed_pairs
 from tests.samples import TARGET
 
@@ -75,3 +79,25 @@ def test_cosigns_verified_payloads_give_their_annotations() -> None:
         {"critical": {}},
     ]
     assert signed_pairs(verified) == [{labels.KERNEL: "k", "n": "1"}, {}, {}]
+
+
+def test_the_module_pins_what_verified_and_names_what_did_not() -> None:
+    """kmm-module's references: repository@digest of each verified image; an image of another
+    pair (unsigned library: its labels) stops it, named; a registry that did not answer is
+    exit 4, never a pin."""
+    digest = "sha256:" + "a" * 64
+    good = RemoteImage(
+        TARGET.image, Existence.PRESENT, digest, image_labels(TARGET.kernel, TARGET.driver)
+    )
+    assert references(labels_only([(TARGET, good)])) == {
+        TARGET.tag: f"{TARGET.repository}@{digest}"
+    }
+    swapped = RemoteImage(OTHER.image, Existence.PRESENT, digest, good.labels)
+    with pytest.raises(
+        UnverifiedError, match=rf"^{OTHER.image}: pair: the image is .* \(and 1 more"
+    ):
+        references(labels_only([(TARGET, good), (OTHER, swapped), (OTHER, swapped)]))
+    unknown = Verified(TARGET.tag, TARGET.image, unknown="registry.example: 503")
+    with pytest.raises(RegistryError, match=r"503$") as raised:
+        references([unknown])
+    assert raised.value.exit_code == UNKNOWN_STATE
