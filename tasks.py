@@ -105,13 +105,13 @@ def verify(given: Given) -> int:
     )  # fmt: skip
 
 
-@command(o.VERSIONS, o.POLICY_FORMAT)
+@command(o.VERSIONS, o.POLICY_FORMAT, o.POLICY_OPENSHIFT)
 def trust_policy(given: Given) -> None:
     """Print what nodes need to admit only the library's signed images ([cosign] public_key)."""
     from habana_tasks.cli import maintenance_commands
 
     text = maintenance_commands.trust_policy(
-        given.project, given[o.VERSIONS], given[o.POLICY_FORMAT]
+        given.project, given[o.VERSIONS], given[o.POLICY_FORMAT], given[o.POLICY_OPENSHIFT]
     )
     print(text, end="")
 

@@ -46,7 +46,7 @@ def kmm_module(
 
     pin = verify.pinner(
         config, registry, lambda: service.make_podman(announcer(make_console(stderr=True))),
-        project.root, verify_work(project),
+        project.root, project.verify_work,
     )  # fmt: skip
     module, mapped = kmm.library_module(
         config, driver, registry, name=name, namespace=namespace, sign=sign,
@@ -177,7 +177,7 @@ def verify_command(
         raise errors.UsageError("--image verifies one image: name its --kernel (and --driver)")
     podman = service.make_podman(announcer(console))
     registry = RegistryClient(config.insecure_registries)
-    checker = verify.verifier(config, registry, podman, project.root, verify_work(project))
+    checker = verify.verifier(config, registry, podman, project.root, project.verify_work)
     results = checker.verify(targets, image)
     if output_format == "json":
         console.print_json(verify.to_json(results))
@@ -186,14 +186,16 @@ def verify_command(
     return verify.exit_code(results)
 
 
-def verify_work(project: Project) -> Path:
-    return project.cache / "work" / "verify"
-
-
-def trust_policy(project: Project, versions: str | None = None, form: str = "policy-json") -> str:
+def trust_policy(
+    project: Project,
+    versions: str | None = None,
+    form: str = "policy-json",
+    openshift: str | None = None,
+) -> str:
     """The node-side configuration that admits only the library's signed images."""
     config = load_inputs(project, versions)
-    return policy.render(form, config.repository, cosign.public_key(verify.public_key_of(config)))
+    key = cosign.public_key(verify.public_key_of(config))
+    return policy.render(form, config.repository, key, openshift)
 
 
 def site_command(

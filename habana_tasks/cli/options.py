@@ -252,6 +252,10 @@ MATRIX_FORMAT = Option(
     "format", "github (the matrix JSON) or markdown (the plan, for a job summary)",
     _one_of(("github", "markdown")), "github",
 )  # fmt: skip
+POLICY_OPENSHIFT = Option(
+    "openshift", "OpenShift minor the clusterimagepolicy is for, e.g. 4.18 (v1alpha1 on 4.16-4.19; "
+    "default: v1, as 4.20 and later serve)", _maybe(arguments.openshift_minor),
+)  # fmt: skip
 POLICY_FORMAT = Option(
     "format", "policy-json (containers-policy.json, default), registries-d (its registries.d "
     "file), clusterimagepolicy (OpenShift) or kyverno (a ClusterPolicy)",

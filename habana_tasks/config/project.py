@@ -33,6 +33,11 @@ class Project:
         return self.cache / "kernels"
 
     @property
+    def verify_work(self) -> Path:
+        """Where `verify` (and kmm-module, which verifies) exports the images it checks."""
+        return self.cache / "work" / "verify"
+
+    @property
     def dockerfile(self) -> Path:
         return self.root / "Dockerfile"
 

@@ -22,7 +22,7 @@ from habana_tasks.core.process import ProcessRunner
 from habana_tasks.registry.client import RegistryClient
 from habana_tasks.trust import cosign
 from tests.conftest import ROOT, invoke_argv
-from tests.crd_schema import crd_errors
+from tests.crd_schema import cel_errors, crd_errors
 from tests.integration.conftest import KERNELS, UpstreamFixture
 from tests.keys import COSIGN_PASSWORD, build_signed, cosign_key_pair
 
@@ -34,9 +34,9 @@ POLICY = "/etc/containers/policy.json"
 REGISTRIES_D = "/etc/containers/registries.d"
 
 
-def trust_policy(versions: Path, form: str) -> str:
+def trust_policy(versions: Path, form: str, *extra: str) -> str:
     done = subprocess.run(
-        invoke_argv("trust-policy", "--versions", str(versions), "--format", form),
+        invoke_argv("trust-policy", "--versions", str(versions), "--format", form, *extra),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -135,18 +135,34 @@ def test_the_node_admits_the_signed_image_only(
 
 
 @pytest.mark.parametrize(
-    ("form", "crd", "version"),
+    ("form", "extra", "crd", "version"),
     [
-        ("clusterimagepolicy", "openshift/config.openshift.io_clusterimagepolicies.yaml", "v1"),
-        ("kyverno", "kyverno/kyverno.io_clusterpolicies.yaml", "v1"),
+        ("clusterimagepolicy", (), "openshift/config.openshift.io_clusterimagepolicies.yaml", "v1"),
+        (
+            "clusterimagepolicy",
+            ("--openshift", "4.18"),
+            "openshift/release-4.19/config.openshift.io_clusterimagepolicies-TechPreviewNoUpgrade.yaml",
+            "v1alpha1",
+        ),
+        (
+            "clusterimagepolicy",
+            ("--openshift", "4.20"),
+            "openshift/release-4.20/config.openshift.io_clusterimagepolicies-Default.yaml",
+            "v1",
+        ),
+        ("kyverno", (), "kyverno/kyverno.io_clusterpolicies.yaml", "v1"),
     ],
 )
 def test_the_cluster_policies_are_valid_against_their_crds(
-    library: tuple[Path, Path], form: str, crd: str, version: str
+    library: tuple[Path, Path], form: str, extra: tuple[str, ...], crd: str, version: str
 ) -> None:
+    """Each document as `invoke trust-policy` prints it: the schema of the release that reads
+    it, and its CEL rules (the scope's, the key's)."""
     versions, _ = library
-    document = yaml.safe_load(trust_policy(versions, form))
+    document = yaml.safe_load(trust_policy(versions, form, *extra))
+    assert document["apiVersion"].endswith("/" + version)
     assert crd_errors(CRDS / crd, version, document) == []
+    assert cel_errors(CRDS / crd, version, document) == []
     signing = versions_file.load(versions).image_signing
     assert signing is not None
     pem = signing.public_key.read_text()
