@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from habana_tasks.config.targets import SigningFiles
@@ -46,7 +47,12 @@ def cosign_key_pair(directory: Path) -> tuple[Path, Path]:
 
 
 def build_signed(
-    versions: Path, cache: Path, *extra: str, password: str = COSIGN_PASSWORD, kernel: str = KERNEL
+    versions: Path,
+    cache: Path,
+    *extra: str,
+    password: str = COSIGN_PASSWORD,
+    kernel: str = KERNEL,
+    environment: Mapping[str, str] | None = None,
 ) -> tuple[int, str]:
     done = subprocess.run(
         invoke_argv("build", "--kernel", kernel, "--versions", str(versions), *extra),
@@ -55,6 +61,11 @@ def build_signed(
         text=True,
         check=False,
         timeout=900,
-        env={**os.environ, "HABANA_CACHE_DIR": str(cache), cosign.PASSWORD_VARIABLE: password},
+        env={
+            **os.environ,
+            "HABANA_CACHE_DIR": str(cache),
+            cosign.PASSWORD_VARIABLE: password,
+            **(environment or {}),
+        },
     )
     return done.returncode, done.stdout + done.stderr

@@ -32,6 +32,9 @@ LOAD_TESTED = PREFIX + "load-tested"
 # The kernel's own modules the image replaces, comma-separated: KMM removes them first.
 IN_TREE_REPLACED = PREFIX + "kernel.in-tree-replaced"
 TAG = PREFIX + "tag"  # in a signature's annotations only (the tag is not in the image)
+# When a signature was made (UTC, microseconds: fixed width, so text order is time order), in
+# its annotations: which of a pair's signed builds is the newest the library published.
+PUBLISHED = PREFIX + "published"
 BOOTS = (PLAIN, SECURE_BOOT)
 KERNEL = PREFIX + "kernel.release"
 DRIVER = PREFIX + "driver.version"
@@ -248,3 +251,10 @@ def pair_identity(target: BuildTarget) -> dict[str, str]:
     """What names the pair an image was built for, as its signature's annotations carry it:
     a signature of one pair's image then cannot pass for another pair's."""
     return {KERNEL: target.kernel, DRIVER: target.driver, TAG: target.tag}
+
+
+def signature_annotations(target: BuildTarget, now: datetime) -> dict[str, str]:
+    """A signature's annotations: the pair, and when it was published."""
+    return pair_identity(target) | {
+        PUBLISHED: now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    }

@@ -324,7 +324,7 @@ class Pipeline:
                 found.provenance(),
                 work / "trust",
                 sink,
-                labels.pair_identity(target),
+                labels.signature_annotations(target, datetime.now(UTC)),
             )
 
         digest = publish.publish(

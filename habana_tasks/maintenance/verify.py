@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from habana_tasks.core.errors import (
 )
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import Existence, RegistryClient, RemoteImage
-from habana_tasks.trust import cosign, sbom
+from habana_tasks.trust import attachments, cosign, sbom
 from habana_tasks.trust.cosign import Cosign
 
 # Provenance dependency name -> the label holding the same input's digest (sha256 hex or
@@ -56,6 +56,7 @@ class Verified:
     provenance: bool = False
     problems: tuple[str, ...] = ()
     unknown: str | None = None
+    published: str = ""  # when its verified signature naming the pair was made ("" unsaid)
 
     @property
     def ok(self) -> bool:
@@ -197,7 +198,54 @@ def verify_image(
         cosign.SBOM in statements,
         cosign.PROVENANCE in statements,
         tuple(problems),
+        published=published_for(target, signed_for or []),
     )
+
+
+def published_for(target: BuildTarget, signed: Sequence[Mapping[str, str]]) -> str:
+    """When the newest of these signatures naming the pair was made ("" when none says)."""
+    asked = labels.pair_identity(target).items()
+    return max(
+        (f.get(labels.PUBLISHED, "") for f in signed if all(f.get(k) == v for k, v in asked)),
+        default="",
+    )
+
+
+def newer_build(
+    tool: Cosign,
+    public_key: Path,
+    target: BuildTarget,
+    verified: Verified,
+    leads: Sequence[attachments.SignedFor],
+    insecure: frozenset[str],
+) -> str | None:
+    """A later signed build of the same pair than the one the tag names, as the repository's
+    signatures say and cosign confirms (a lead that does not verify is ignored); None if none."""
+    name = ImageReference.parse(verified.image).name
+    later = sorted(
+        {
+            (found, lead.digest)
+            for lead in leads
+            if lead.digest != verified.digest
+            and (found := published_for(target, [lead.annotations])) > verified.published
+        },
+        reverse=True,
+    )
+    for _, digest in later:
+        try:
+            checked = cosign.signed_pairs(
+                cosign.verify(tool, public_key, f"{name}@{digest}", insecure)
+            )
+        except CommandError:
+            continue
+        when = published_for(target, checked)
+        if when > verified.published:
+            this = verified.published or "before signatures were dated"
+            return (
+                f"not the newest: {name}@{digest} is a later signed build of this pair "
+                f"(published {when}; this one {this})"
+            )
+    return None
 
 
 @dataclass(frozen=True)
@@ -215,14 +263,32 @@ class Verifier:
     def verify(
         self, targets: Sequence[BuildTarget], image: str | None = None
     ) -> tuple[Verified, ...]:
-        """Each target's published image (or `image`, for one target), verified in turn."""
-        return tuple(
-            verify_image(
+        """Each target's published image (or `image`, for one target), verified in turn, then
+        checked to be the newest build of its pair the repository holds signed."""
+        leads: dict[str, list[attachments.SignedFor]] = {}
+        results = []
+        for target in targets:
+            reference = image or target.image
+            found = verify_image(
                 self.tool, self.public_key, self.registry, self.podman, target,
-                image or target.image, self.insecure, self.work / target.tag,
-            )
-            for target in targets
-        )  # fmt: skip
+                reference, self.insecure, self.work / target.tag,
+            )  # fmt: skip
+            if found.ok and found.digest is not None:  # else refused already, and why
+                name = ImageReference.parse(reference).name
+                try:
+                    if name not in leads:
+                        leads[name] = attachments.signatures(self.registry, name)
+                    newer = newer_build(
+                        self.tool, self.public_key, target, found, leads[name], self.insecure
+                    )
+                except RegistryError as exc:
+                    found = replace(found, unknown=f"the repository's signatures: {exc}")
+                else:
+                    found = replace(
+                        found, problems=(*found.problems, newer) if newer else found.problems
+                    )
+            results.append(found)
+        return tuple(results)
 
 
 def verifier(

@@ -4,9 +4,15 @@ repository. They belong to that image: kept while a tag names it, removed with i
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+from habana_tasks.config.image_reference import ImageReference
+from habana_tasks.core.errors import RegistryError
+from habana_tasks.registry.client import RegistryClient
 
 ATTACHMENT = re.compile(r"^sha256-([0-9a-f]{64})\.(sig|att|sbom)$")
 KINDS = {"sig": "signature", "att": "attestations", "sbom": "SBOM"}
@@ -54,3 +60,42 @@ def orphans(tags: Iterable[str], live: Iterable[str]) -> list[str]:
     """Attachment tags whose image no tag of the repository names any more."""
     alive = set(live)
     return sorted(t for t in tags if (s := subject(t)) is not None and s not in alive)
+
+
+@dataclass(frozen=True)
+class SignedFor:
+    """What one signature payload in the repository says (not verified: a lead, which verify
+    checks with cosign before acting on it): the image it signs and its annotations."""
+
+    digest: str
+    annotations: dict[str, str]
+
+
+def signatures(registry: RegistryClient, repository: str) -> list[SignedFor]:
+    """Every signature payload attached in the repository, read from the registry (the `.sig`
+    tags, their manifests and payload blobs). A registry that does not answer raises."""
+    found: list[SignedFor] = []
+    tags = [t for t in registry.list_tags(repository) if t.endswith(".sig") and subject(t)]
+
+    def read(tag: str) -> list[SignedFor]:
+        ref = ImageReference.parse(f"{repository}:{tag}")
+        signed = []
+        for layer in registry.get_manifest(ref).json().get("layers", []):
+            try:
+                payload = json.loads(registry.get_blob(ref, str(layer.get("digest", ""))))
+            except ValueError:
+                payload = None
+            if not isinstance(payload, dict):
+                raise RegistryError(f"{ref}: a signature payload is not a JSON object")
+            image = (payload.get("critical") or {}).get("image") or {}
+            optional = payload.get("optional") or {}
+            if image.get("docker-manifest-digest") == subject(tag) and isinstance(optional, dict):
+                signed.append(
+                    SignedFor(str(subject(tag)), {str(k): str(v) for k, v in optional.items()})
+                )
+        return signed
+
+    with ThreadPoolExecutor(8) as pool:
+        for each in pool.map(read, tags):
+            found.extend(each)
+    return found

@@ -347,6 +347,46 @@ def test_a_tag_moved_onto_another_pairs_signed_image_is_refused_naming_both(
         )  # fmt: skip
 
 
+def test_a_tag_moved_back_onto_an_older_signed_build_of_its_pair_is_refused_naming_both(
+    signing_library: tuple[Path, Path, Path], test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    """Two signed builds of the same pair (the second from another source date); the tag then
+    made to name the first again. Its labels, provenance and signature all name the pair: only
+    the signatures' publication times tell the builds apart. `invoke verify` and
+    `invoke kmm-module` refuse it, naming the newer build."""
+    versions = copy_of(signing_library, "library/cosigned-older", tmp_path / "v.toml")
+    code, out = build_signed(versions, tmp_path / "cache", "--no-load-test")
+    assert code == OK, out
+    code, (first,), out = verify(versions, tmp_path / "cache")
+    assert code == OK, out
+    code, out = build_signed(
+        versions, tmp_path / "cache", "--no-load-test", "--force",
+        environment={"SOURCE_DATE_EPOCH": "1700000000"},
+    )  # fmt: skip
+    assert code == OK, out
+    code, (second,), out = verify(versions, tmp_path / "cache")
+    assert code == OK and second["digest"] != first["digest"], out
+    (target,) = versions_file.load(versions).targets
+    test_upstream.runner.run(
+        [
+            "skopeo", "copy", "--quiet", "--preserve-digests",
+            "--src-tls-verify=false", "--dest-tls-verify=false",
+            f"docker://{target.repository}@{first['digest']}", f"docker://{target.image}",
+        ]
+    )  # fmt: skip
+    code, (older,), out = verify(versions, tmp_path / "cache")
+    assert code == TARGET_FAILED and older["digest"] == first["digest"], out
+    assert older["signed"] and older["sbom"] and older["provenance"], older
+    (problem,) = older["problems"]
+    assert problem == (
+        f"not the newest: {target.repository}@{second['digest']} is a later signed build of "
+        f"this pair (published {second['published']}; this one {first['published']})"
+    ), problem
+    assert first["published"] < second["published"]
+    code, pulled, out = kmm_module(versions, tmp_path / "cache")
+    assert code == TARGET_FAILED and not pulled and "not the newest" in out, out
+
+
 def test_a_signature_the_registry_refuses_fails_the_target_and_moves_no_tag(
     signing_library: tuple[Path, Path, Path], test_upstream: UpstreamFixture, tmp_path: Path
 ) -> None:

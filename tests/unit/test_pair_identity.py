@@ -4,13 +4,20 @@ signatures' annotations must all name the pair asked about."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from habana_tasks.build import labels
 from habana_tasks.core.errors import UNKNOWN_STATE, RegistryError, UnverifiedError
-from habana_tasks.maintenance.verify import Verified, labels_only, pair_problems, references
+from habana_tasks.maintenance.verify import (
+    Verified,
+    labels_only,
+    pair_problems,
+    published_for,
+    references,
+)
 from habana_tasks.registry.client import Existence, RemoteImage
 from habana_tasks.trust.cosign import signed_pairs
 from tests.samples import TARGET
@@ -101,3 +108,15 @@ def test_the_module_pins_what_verified_and_names_what_did_not() -> None:
     with pytest.raises(RegistryError, match=r"503$") as raised:
         references([unknown])
     assert raised.value.exit_code == UNKNOWN_STATE
+
+
+def test_publication_times_order_as_text_and_only_the_pairs_own_count() -> None:
+    """A signature's publication time is fixed width (microseconds, UTC): the latest is the
+    greatest text; a signature of another pair says nothing of this pair's builds."""
+    early = labels.signature_annotations(TARGET, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    late = labels.signature_annotations(TARGET, datetime(2026, 1, 2, 3, 4, 5, 1, tzinfo=UTC))
+    assert early[labels.PUBLISHED] == "2026-01-02T03:04:05.000000Z"
+    assert published_for(TARGET, [early, late]) == late[labels.PUBLISHED]
+    other = labels.signature_annotations(OTHER, datetime(2027, 1, 1, tzinfo=UTC))
+    assert published_for(TARGET, [early, other]) == early[labels.PUBLISHED]
+    assert published_for(TARGET, [{"legacy": "x"}]) == ""
