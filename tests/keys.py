@@ -4,10 +4,12 @@ known password that the tests then look for where it must never be)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from habana_tasks.config.targets import SigningFiles
 from habana_tasks.core.process import ProcessRunner
@@ -69,3 +71,21 @@ def build_signed(
         },
     )
     return done.returncode, done.stdout + done.stderr
+
+
+def verify(versions: Path, cache: Path, *extra: str) -> tuple[int, list[dict[str, Any]], str]:
+    """`invoke verify --format json` as a user runs it: the exit code, each image's result."""
+    done = subprocess.run(
+        invoke_argv("verify", "--versions", str(versions), "--format", "json", *extra),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+        env={**os.environ, "HABANA_CACHE_DIR": str(cache)},
+    )
+    try:
+        results = json.loads(done.stdout)
+    except ValueError:
+        results = []
+    return done.returncode, results, done.stdout + done.stderr

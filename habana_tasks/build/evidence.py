@@ -33,6 +33,7 @@ class Evidence:
     invocation: str
     started: datetime
     owners: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    after_build: bool = False  # attested later than the image was built (no rebuild)
 
     def packages(self) -> tuple[Package, ...]:
         found = [("driver", self.inputs.package)]
@@ -103,6 +104,7 @@ class Evidence:
                 invocation=self.invocation,
                 started=self.started,
                 finished=finished or datetime.now(UTC),
+                after_build=self.after_build,
             )
         )
 
@@ -121,8 +123,10 @@ def gather(
     invocation: str,
     started: datetime,
     owners: Mapping[str, tuple[str, str]],
+    after_build: bool = False,
 ) -> Evidence:
-    """The evidence of one checked image (its exported root filesystem)."""
+    """The evidence of one checked image (its exported root filesystem); `after_build`: of a
+    published image attested without rebuilding it (which tool owns each file is not known)."""
     return Evidence(
         target,
         inputs,
@@ -132,4 +136,5 @@ def gather(
         invocation,
         started,
         owners,
+        after_build,
     )

@@ -117,12 +117,12 @@ class Pipeline:
                 results[job.target.tag] = JobResult(
                     job.target.tag, Action.FAIL, JobStatus.FAILED, reason, failure=job.failure
                 )
-        to_build = [job for job in jobs if job.action is Action.BUILD]
+        to_build = [job for job in jobs if job.action in (Action.BUILD, Action.SIGN)]
         if to_build:
             self.options.logs_dir.mkdir(parents=True, exist_ok=True)
             self.reporter.start([job.target.tag for job in to_build])
             try:
-                pull_failures = self._pull_inputs(to_build)
+                pull_failures = self._pull_inputs([j for j in to_build if j.action is Action.BUILD])
                 runnable = []
                 for job in to_build:
                     if failure := pull_failures.get(job.target.tag):
@@ -212,7 +212,10 @@ class Pipeline:
             failure: Failure | None = None
             stopped = False
             try:
-                detail, digest = self._build_check_publish(job, work, stage, sink, progress)
+                if job.action is Action.SIGN:
+                    detail, digest = self._sign(job, work, stage, sink)
+                else:
+                    detail, digest = self._build_check_publish(job, work, stage, sink, progress)
                 status = JobStatus.OK
             except HabanaError as exc:
                 detail, digest, status = str(exc), None, JobStatus.FAILED
@@ -231,14 +234,15 @@ class Pipeline:
                 log.write(traceback.format_exc())
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-            if self.options.push and not (stopped or self.podman.runner.stopping):
+            remembered = self.options.push and job.action is Action.BUILD
+            if remembered and not (stopped or self.podman.runner.stopping):
                 self._remember(job, failure, log)
                 if failure is not None and not memorable(failure):
                     detail += NOT_RECORDED
         tested = progress.tested
         result = JobResult(
             target.tag,
-            Action.BUILD,
+            job.action,
             status,
             detail,
             digest,
@@ -340,6 +344,18 @@ class Pipeline:
         stage("verify")
         verify_pushed(self.registry, target, digest, job.fingerprint)
         return f"pushed ({job.reason})", digest
+
+    def _sign(
+        self, job: BuildJob, work: Path, stage: Callable[[str], None], sink: LineSink
+    ) -> tuple[str, str | None]:
+        """An up-to-date image the library's key has not signed: signed where it is."""
+        if not self.options.push or self.options.signer is None:
+            return f"not signed, not pushing ({job.reason})", job.remote_digest
+        digest = publish.sign_published(
+            self.podman, self.registry, self.config, self.options.signer, job, work,
+            self.options.logs_dir.name, stage, sink,
+        )  # fmt: skip
+        return f"signed ({job.reason})", digest
 
     def _remember(self, job: BuildJob, failure: Failure | None, log: TextIO) -> None:
         """The pair's failure memory after its run; a registry that refuses the update is noted

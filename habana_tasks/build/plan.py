@@ -13,6 +13,7 @@ from habana_tasks.build.labels import TargetInputs
 from habana_tasks.config.targets import BuildTarget
 from habana_tasks.core.errors import INPUTS, Failure, HabanaError
 from habana_tasks.registry.client import Existence, RemoteImage
+from habana_tasks.trust.signature_check import Attached
 from habana_tasks.verification.secure_boot import SECURE_BOOT
 
 # The step a pair fails at when its driver package does not build for its kernel.
@@ -25,6 +26,8 @@ class Action(enum.StrEnum):
     FAIL = "fail"
     # Pending, but the same inputs and tool failed before (build/failure_records): not rebuilt.
     HOLD = "hold"
+    # Up to date, but the library's key has not signed (or attested) it: signed, not rebuilt.
+    SIGN = "sign"
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,21 @@ def replacing(job: BuildJob, index: KernelIndex | HabanaError) -> BuildJob:
     inputs = replace(job.inputs, in_tree_replaced=replaced)
     reason = f"{job.reason}; {replacing_words(replaced)}"
     return replace(job, inputs=inputs, reason=reason)
+
+
+def unsigned(job: BuildJob, found: Attached | HabanaError) -> BuildJob:
+    """An up-to-date image of a library that signs, in the light of what its key attached: one
+    lacking a signature naming its pair or an attestation is signed and attested by digest (no
+    rebuild); one whose attachments could not be read fails (never taken as signed)."""
+    if job.action is not Action.SKIP:
+        return job
+    if isinstance(found, HabanaError):
+        why = f"what is attached to the image could not be read: {found}"
+        failure = Failure("registry state", why, job.target.image, transient=found.transient)
+        return replace(job, action=Action.FAIL, reason=why, failure=failure)
+    if (missing := found.missing()) is None:
+        return job
+    return replace(job, action=Action.SIGN, reason=f"{job.reason}, {missing}: signed, not rebuilt")
 
 
 # The step a pair fails at when its kernel, booted as its nodes boot it, trusts no machine key.

@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO, TypeVar
@@ -18,19 +19,29 @@ from habana_tasks.build.compile import CompileSettings
 from habana_tasks.build.compile_cache import CompileCache
 from habana_tasks.build.driver_package import PackageCache
 from habana_tasks.build.pipeline import Pipeline, RunOptions, run_stamp
-from habana_tasks.build.plan import Action, BuildJob, plan, recalled, refused_by_node, replacing
+from habana_tasks.build.plan import (
+    Action,
+    BuildJob,
+    plan,
+    recalled,
+    refused_by_node,
+    replacing,
+    unsigned,
+)
 from habana_tasks.build.reporter import Reporter
 from habana_tasks.build.results import JobResult, JobStatus
 from habana_tasks.config.project import Project
 from habana_tasks.config.targets import BuildTarget, Config, SigningFiles
 from habana_tasks.core import user_session
-from habana_tasks.core.errors import exit_code_for
+from habana_tasks.core.errors import HabanaError, exit_code_for
 from habana_tasks.core.http_client import HTTPClient
 from habana_tasks.core.process import ProcessRunner, in_parallel
 from habana_tasks.engine.isolation import BuildIsolation, explicit_choice
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import RegistryClient, RemoteImage
+from habana_tasks.trust import cosign, signature_check
 from habana_tasks.trust import signer as image_signer
+from habana_tasks.trust.signature_check import Attached
 from habana_tasks.verification import refusal, secure_boot, signing
 from habana_tasks.verification.secure_boot import PLAIN, SECURE_BOOT, SecureBootSetup
 
@@ -157,6 +168,8 @@ def resolve_and_plan(
     jobs = kernels_own_modules(registry, project.cache, jobs)
     if proof == SECURE_BOOT:
         jobs = node_trust(registry, project.cache, jobs)
+    if config.image_signing is not None:
+        jobs = attached_trust(registry, cosign.public_key(config.image_signing.public_key), jobs)
     seconds = time.monotonic() - started
     return PlannedRun(jobs, resolution.remote, registry, packages, seconds, memory.problem)
 
@@ -275,6 +288,30 @@ def per_target(
     if jobs <= 1 or len(targets) <= 1:
         return [one(target) for target in targets]
     return in_parallel(one, targets, jobs, runner)
+
+
+def attached_trust(
+    registry: RegistryClient, public_key_pem: str, jobs: tuple[BuildJob, ...]
+) -> tuple[BuildJob, ...]:
+    """The up-to-date images of a library that signs, each checked for what its key attached
+    (concurrently): one lacking a signature or an attestation is to be signed."""
+
+    def found(job: BuildJob) -> Attached | HabanaError:
+        assert job.remote_digest is not None
+        t = job.target
+        try:
+            return signature_check.attached(
+                registry, t.repository, job.remote_digest, public_key_pem, labels.pair_identity(t)
+            )
+        except HabanaError as exc:
+            return exc
+
+    current = [job for job in jobs if job.action is Action.SKIP and job.remote_digest]
+    with ThreadPoolExecutor(8) as pool:
+        read = dict(zip((j.target.tag for j in current), pool.map(found, current), strict=True))
+    return tuple(
+        unsigned(job, read[job.target.tag]) if job.target.tag in read else job for job in jobs
+    )
 
 
 def compile_cache(project: Project, config: Config) -> CompileCache:

@@ -31,10 +31,12 @@ ACTION_STYLE = {
     Action.SKIP: "green",
     Action.FAIL: "red",
     Action.HOLD: "magenta",
+    Action.SIGN: "yellow",
 }
 STATE_STYLE = {
     State.CURRENT: "green",
     State.STALE: "yellow",
+    State.UNSIGNED: "yellow",
     State.MISSING: "yellow",
     State.FAILING: "magenta",
 }

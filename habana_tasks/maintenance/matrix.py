@@ -97,7 +97,8 @@ def markdown_plan(items: Sequence[TargetStatus], found: Sequence[Batch]) -> str:
     if pending:
         lines += ["| job | kernel | driver | why |", "| --- | --- | --- | --- |"]
         for item in sorted(pending, key=lambda i: (job_of[i.tag], i.kernel, i.driver)):
-            why = cell(item.reason) if item.state is State.STALE else item.state.value
+            stale = item.state in (State.STALE, State.UNSIGNED)
+            why = cell(item.reason) if stale else item.state.value
             lines.append(f"| {job_of[item.tag]} | `{item.kernel}` | {item.driver} | {why} |")
         lines.append("")
     if held:

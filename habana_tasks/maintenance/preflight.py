@@ -175,7 +175,8 @@ def answer(
     elif not present:
         detail, action = "no image", build
     elif not (current and tested and signed is not False):
-        why = [w for w, bad in (("stale: " + job.reason.removeprefix("stale: "), not current),
+        stale = "stale: " + job.reason.removeprefix("stale: ")
+        why = [w for w, bad in ((job.reason if job.action is Action.SIGN else stale, not current),
                                 ("not load-tested", not tested),
                                 ("unsigned", signed is False)) if bad]  # fmt: skip
         detail, action = "; ".join(why), build

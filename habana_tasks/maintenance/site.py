@@ -20,7 +20,14 @@ from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.core.errors import EXIT_CODES
 from habana_tasks.maintenance.status import State, TargetStatus, tested_by
 
-STATE_ORDER = (State.CURRENT, State.STALE, State.MISSING, State.FAILING, State.UNKNOWN)
+STATE_ORDER = (
+    State.CURRENT,
+    State.STALE,
+    State.UNSIGNED,
+    State.MISSING,
+    State.FAILING,
+    State.UNKNOWN,
+)
 SERIES_RE = re.compile(r"^([0-9]+\.[0-9]+)")
 NOT_IN_ANCHOR_RE = re.compile(r"[^A-Za-z0-9._-]")
 CSS = """
@@ -30,7 +37,7 @@ table{border-collapse:collapse;margin:.5em 0}
 th,td{border:1px solid #bbb;padding:.3em .5em;vertical-align:top;text-align:left}
 th{background:#eee}
 td.cell{min-width:12em}
-.current{background:#d9f2d9}.stale{background:#fff1c2}.missing{background:#ececec}
+.current{background:#d9f2d9}.stale,.unsigned{background:#fff1c2}.missing{background:#ececec}
 .failing{background:#f9d0d0}.unknown{background:#e5d7f5}
 .state{font-weight:600;text-transform:uppercase;font-size:.85em}
 .detail{font-size:.85em;color:#333;word-break:break-word}

@@ -29,6 +29,7 @@ from habana_tasks.trust import attachments
 class State(enum.Enum):
     CURRENT = "current"
     STALE = "stale"
+    UNSIGNED = "unsigned"  # current, but the library's key has not signed or attested it
     MISSING = "missing"
     FAILING = "failing"  # pending, but its inputs failed before (build/failure_records)
     UNKNOWN = "unknown"
@@ -58,8 +59,9 @@ class TargetStatus:
 
     @property
     def pending(self) -> bool:
-        """Work for a builder: missing or stale (unknown is an error to look at, not work)."""
-        return self.state in (State.MISSING, State.STALE)
+        """Work for a builder: missing, stale or unsigned (unknown is an error to look at, not
+        work)."""
+        return self.state in (State.MISSING, State.STALE, State.UNSIGNED)
 
 
 # The plan's definite refusals: a Secure Boot node's, the package's kernel rule, a built-in module.
@@ -104,6 +106,8 @@ def target_status(job: BuildJob, remote: RemoteImage) -> TargetStatus:
         return replace(found, state=State.FAILING, reason=job.reason)
     if job.action is Action.BUILD:
         return replace(found, state=State.STALE, reason=job.reason.removeprefix("stale: "))
+    if job.action is Action.SIGN:
+        return replace(found, state=State.UNSIGNED, reason=job.reason)
     return replace(found, state=State.UNKNOWN, reason=f"cannot tell if current: {job.reason}")
 
 

@@ -40,6 +40,9 @@ class ProvenanceInputs:
     invocation: str  # the run's stamp
     started: datetime
     finished: datetime
+    # Attested after the image was built, without rebuilding it: the run's times are the
+    # attestation's, not the build's.
+    after_build: bool = False
 
 
 def builder_id(environ: Mapping[str, str]) -> str:
@@ -70,6 +73,8 @@ def predicate(inputs: ProvenanceInputs, environ: Mapping[str, str] | None = None
             "versionsFile": {"path": inputs.versions_file, "sha256": inputs.versions_sha256},
         }
     )
+    if inputs.after_build:
+        definition.internal_parameters.update({"attestedAfterBuild": True})
     for dependency in inputs.dependencies:
         added = definition.resolved_dependencies.add(name=dependency.name, uri=dependency.uri)
         added.digest["sha256"] = dependency.sha256

@@ -28,7 +28,7 @@ from habana_tasks.trust import cosign
 from habana_tasks.trust.sbom import accounted_for, image_files
 from tests.conftest import ROOT, invoke_argv
 from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
-from tests.keys import COSIGN_PASSWORD, build_signed, cosign_key_pair
+from tests.keys import COSIGN_PASSWORD, build_signed, cosign_key_pair, verify
 from tests.watch import argv_snapshots
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability("secrets")]
@@ -162,23 +162,6 @@ def test_a_public_key_that_is_not_the_keys_pair_is_refused_before_any_build(
     assert code == BAD_INPUT, out
     assert "not the public key of" in out
     assert json.dumps(str(other))[1:-1] in out
-
-
-def verify(versions: Path, cache: Path, *extra: str) -> tuple[int, list[dict[str, Any]], str]:
-    done = subprocess.run(
-        invoke_argv("verify", "--versions", str(versions), "--format", "json", *extra),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-        env={**os.environ, "HABANA_CACHE_DIR": str(cache)},
-    )
-    try:
-        results = json.loads(done.stdout)
-    except ValueError:
-        results = []
-    return done.returncode, results, done.stdout + done.stderr
 
 
 def kmm_module(versions: Path, cache: Path, *extra: str) -> tuple[int, dict[str, str], str]:

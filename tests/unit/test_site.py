@@ -47,6 +47,12 @@ ITEMS = [
     ),
     item("5.14.0-427.13.1.el9_4.x86_64", "1.17.0-495", State.STALE, reason="toolkit changed"),
     item("6.1.0-55-amd64", "1.16.0-526", State.MISSING, reason="not in the repository"),
+    item(
+        "6.1.0-58-amd64",
+        "1.16.0-526",
+        State.UNSIGNED,
+        reason="up to date, no signature by the library's key: signed, not rebuilt",
+    ),
     item("6.1.0-56-rt-amd64", "1.16.0-526", State.FAILING, reason="a Secure Boot node would"),
     item("6.1.0-57-amd64", "1.17.0-495", State.UNKNOWN, reason="HTTP 503 after 4 attempt(s)"),
 ]
