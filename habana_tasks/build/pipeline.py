@@ -321,14 +321,8 @@ class Pipeline:
         def sign(by_digest: str) -> None:
             assert signer is not None and found is not None
             stage("sign")
-            digest = by_digest.rsplit("@", 1)[1]
-            signer.attach(
-                by_digest,
-                found.sbom(digest),
-                found.provenance(),
-                work / "trust",
-                sink,
-                labels.signature_annotations(target, datetime.now(UTC)),
+            publish.sign_and_attest(
+                self.registry, signer, target, by_digest, found, work / "trust", sink
             )
 
         digest = publish.publish(

@@ -88,10 +88,7 @@ def sign_published(
         invocation, started, {}, after_build=True,
     )  # fmt: skip
     stage("sign")
-    annotations = labels.signature_annotations(target, datetime.now(UTC))
-    signer.attach(
-        by_digest, found.sbom(digest), found.provenance(), work / "trust", on_line, annotations
-    )
+    sign_and_attest(registry, signer, target, by_digest, found, work / "trust", on_line)
     stage("verify")
     public = cosign.public_key(signer.signing.public_key)
     attached = signature_check.attached(
@@ -100,3 +97,24 @@ def sign_published(
     if missing := attached.missing():
         raise HabanaError(f"{by_digest}: signed, yet the registry shows {missing}")
     return digest
+
+
+def sign_and_attest(
+    registry: RegistryClient,
+    signer: ImageSigner,
+    target: BuildTarget,
+    by_digest: str,
+    found: evidence.Evidence,
+    work: Path,
+    on_line: LineSink | None = None,
+) -> None:
+    """Sign the image by digest (its signature naming the pair and when it was published) and
+    attest its SBOM and provenance. A signature by the key naming the pair already there (a
+    rebuild to the same digest) is not made again: one per image and key."""
+    digest = by_digest.rsplit("@", 1)[1]
+    pair = labels.pair_identity(target)
+    public = cosign.public_key(signer.signing.public_key)
+    signed = signature_check.signature_pairs(registry, target.repository, digest, public)
+    named = any(all(s.get(k) == v for k, v in pair.items()) for s in signed)
+    annotations = None if named else labels.signature_annotations(target, datetime.now(UTC))
+    signer.attach(by_digest, found.sbom(digest), found.provenance(), work, on_line, annotations)

@@ -31,9 +31,12 @@ class ImageSigner:
         pair: Mapping[str, str] | None = None,
     ) -> None:
         """Sign the image the registry holds under `by_digest` (repository@sha256:…), the
-        signature naming the pair, and attest its SBOM and provenance (one of each: cosign
-        replaces an earlier one)."""
-        cosign.sign(self.tool, self.signing, self.secret, by_digest, self.insecure, on_line, pair)
+        signature naming the pair (None: the image has one already, it is not signed again),
+        and attest its SBOM and provenance (one of each: cosign replaces an earlier one)."""
+        if pair is not None:
+            cosign.sign(
+                self.tool, self.signing, self.secret, by_digest, self.insecure, on_line, pair
+            )
         work.mkdir(parents=True, exist_ok=True)
         for kind, text, name in (
             (cosign.SBOM, sbom_json, "sbom.cdx.json"),
