@@ -11,14 +11,16 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
+import rpmfile
+
 from habana_tasks.build import failure_records
 from habana_tasks.build.driver_package import sha256_file
 from habana_tasks.build.labels import TargetInputs
 from habana_tasks.config.targets import BuildTarget, Config
 from habana_tasks.core.process import ProcessRunner
-from habana_tasks.trust import provenance, sbom
+from habana_tasks.trust import cosign, provenance, sbom
 from habana_tasks.trust.provenance import Dependency, ProvenanceInputs
-from habana_tasks.trust.sbom import ImageFile, ModuleInfo, Package, Pinned, SbomInputs
+from habana_tasks.trust.sbom import ImageFile, ModuleInfo, Package, Pinned, RpmHeader, SbomInputs
 
 TOOL_VERSION = metadata.version("habana-tasks")  # the installed package's own
 
@@ -47,6 +49,7 @@ class Evidence:
                 package.url,
                 self.target.driver,
                 self.inputs.git_sha if role == "driver" else "",
+                rpm_header(package.path),
             )
             for role, package in found
         )
@@ -73,6 +76,11 @@ class Evidence:
                 owners=self.owners,
             )
         )
+
+    def signing_key(self) -> str:
+        """The public key of the key that signs the attestations (none configured: empty)."""
+        signing = self.config.image_signing
+        return cosign.public_key(signing.public_key) if signing is not None else ""
 
     def dependencies(self) -> tuple[Dependency, ...]:
         found = [
@@ -101,12 +109,35 @@ class Evidence:
                 versions_file=str(self.config.path),
                 versions_sha256=sha256_file(self.config.path),
                 dependencies=self.dependencies(),
+                tool_version=TOOL_VERSION,
                 invocation=self.invocation,
+                signing_key=self.signing_key(),
                 started=self.started,
                 finished=finished or datetime.now(UTC),
                 after_build=self.after_build,
             )
         )
+
+
+def rpm_header(path: Path) -> RpmHeader | None:
+    """What the package's RPM header says it is (its purl's parts); None: not an RPM."""
+    try:
+        with rpmfile.open(str(path)) as rpm:
+            said = rpm.headers
+    # rpmfile raises bare KeyError, EOFError or lzma errors on a file that is not an RPM: its
+    # purl is then the generic one, by checksum.
+    except Exception:
+        return None
+
+    def text(key: str) -> str:
+        value = said.get(key)
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
+
+    if not (text("name") and text("version")):
+        return None
+    return RpmHeader(
+        text("name"), text("version"), text("release"), text("arch"), text("vendor"), text("epoch")
+    )
 
 
 def _hex(digest: str) -> str:

@@ -41,6 +41,7 @@ class ImageFile:
     sha256: str = ""
     size: int = 0
     link: str = ""
+    mode: str = ""  # permission bits, octal ("0755")
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,19 @@ class Package:
     url: str
     version: str
     git_sha: str = ""
+    rpm: RpmHeader | None = None  # the package's own header; None: not an RPM
+
+
+@dataclass(frozen=True)
+class RpmHeader:
+    """What an RPM's header says it is."""
+
+    name: str
+    version: str
+    release: str
+    arch: str
+    vendor: str = ""
+    epoch: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,12 +112,13 @@ def image_files(rootfs_tar: Path) -> tuple[ImageFile, ...]:
     with tarfile.open(rootfs_tar) as tar:
         for member in tar:
             path = "/" + archive.relative_name(member.name)
+            mode = f"{member.mode & 0o7777:04o}"
             if member.issym() or member.islnk():
-                found.append(ImageFile(path, link=member.linkname))
+                found.append(ImageFile(path, link=member.linkname, mode=mode))
             elif member.isfile():
                 handle = tar.extractfile(member)
                 assert handle is not None
-                found.append(ImageFile(path, _sha256_of(handle), member.size))
+                found.append(ImageFile(path, _sha256_of(handle), member.size, mode=mode))
     return tuple(sorted(found, key=lambda f: f.path))
 
 
@@ -151,14 +166,22 @@ def oci_purl(name: str, digest: str) -> PackageURL:
     return PackageURL("oci", None, name.rsplit("/", 1)[-1], digest, {"repository_url": name})
 
 
-def rpm_purl(package: Package) -> PackageURL:
-    """pkg:rpm/<name>@<driver version>?arch=…: name and arch from the vendor's file name."""
-    name = package.filename.split(f"-{package.version}", 1)[0]
-    arch = package.filename.removesuffix(".rpm").rpartition(".")[2]
-    qualifiers = {"arch": arch} if arch else {}
+def package_purl(package: Package) -> PackageURL:
+    """pkg:rpm/<vendor>/<name>@<version>-<release>?arch=… from the package's own header (purl's
+    rpm type: the vendor, lowercased, is the namespace); a file that is not an RPM:
+    pkg:generic/<file name>?checksum=sha256:…"""
+    qualifiers = {}
     if urlsplit(package.url).scheme in ("http", "https"):
         qualifiers["download_url"] = package.url
-    return PackageURL("rpm", None, name, package.version, qualifiers)
+    rpm = package.rpm
+    if rpm is None:
+        qualifiers["checksum"] = f"sha256:{package.sha256}"
+        return PackageURL("generic", None, package.filename, None, qualifiers)
+    qualifiers["arch"] = rpm.arch
+    if rpm.epoch:
+        qualifiers["epoch"] = rpm.epoch
+    namespace = rpm.vendor.lower() or None
+    return PackageURL("rpm", namespace, rpm.name, f"{rpm.version}-{rpm.release}", qualifiers)
 
 
 def _sha256(value: str) -> list[HashType]:
@@ -170,7 +193,12 @@ def _properties(values: Mapping[str, str]) -> list[Property]:
 
 
 def _file(file: ImageFile, module: ModuleInfo | None, owner: tuple[str, str] | None) -> Component:
-    values = {"kind": _kind(file.path, module), "link": file.link, "size": str(file.size or "")}
+    values = {
+        "kind": _kind(file.path, module),
+        "link": file.link,
+        "mode": file.mode,
+        "size": str(file.size or ""),
+    }
     if module is not None:
         values |= {
             "vermagic": module.vermagic,
@@ -220,7 +248,7 @@ def document(inputs: SbomInputs) -> str:
             name=p.filename,
             version=p.version,
             bom_ref=f"package:{p.role}",
-            purl=rpm_purl(p),
+            purl=package_purl(p),
             hashes=_sha256(p.sha256),
             properties=_properties(
                 {"role": f"{p.role} package", "url": p.url, "git-sha": p.git_sha}
@@ -265,15 +293,28 @@ def document(inputs: SbomInputs) -> str:
 def accounted_for(document: Mapping[str, Any], files: Sequence[ImageFile]) -> list[str]:
     """What an SBOM (parsed) does not say of the image's files: each missing or differing
     file, named."""
-    listed = {
-        c["name"]: next((h["content"] for h in c.get("hashes", [])), "")
-        for c in document.get("components", [])
-        if c.get("type") == "file"
-    }
+    components = {c["name"]: c for c in document.get("components", []) if c.get("type") == "file"}
     problems = []
     for file in files:
-        if file.path not in listed:
+        if file.path not in components:
             problems.append(f"{file.path}: not in the SBOM")
-        elif listed[file.path] != file.sha256:
-            problems.append(f"{file.path}: the SBOM says sha256 {listed[file.path] or 'none'}")
+            continue
+        component = components[file.path]
+        said = {
+            str(p.get("name", "")).removeprefix(PROPERTY): str(p.get("value", ""))
+            for p in component.get("properties", [])
+        }
+        sha256 = next((h["content"] for h in component.get("hashes", [])), "")
+        if sha256 != file.sha256:
+            problems.append(f"{file.path}: the SBOM says sha256 {sha256 or 'none'}")
+        if said.get("link", "") != file.link:
+            problems.append(
+                f"{file.path}: the SBOM says it links to {said.get('link') or 'nothing'}, "
+                f"the image {file.link or 'nothing'}"
+            )
+        # An SBOM from before modes were recorded says none: its hashes and links still bind.
+        if "mode" in said and said["mode"] != file.mode:
+            problems.append(
+                f"{file.path}: the SBOM says mode {said['mode']}, the image {file.mode}"
+            )
     return problems

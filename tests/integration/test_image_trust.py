@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -25,6 +26,7 @@ from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import Existence, RegistryClient
 from habana_tasks.trust import cosign
+from habana_tasks.trust import provenance as provenance_model
 from habana_tasks.trust.sbom import accounted_for, image_files
 from tests.conftest import ROOT, invoke_argv
 from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
@@ -111,8 +113,10 @@ def test_an_image_is_signed_by_digest_before_its_tag_moves(
         assert said.get("toolkit-package"), component
     cp = components["/usr/bin/cp"]
     assert {"name": "io.habana-ai-driver:toolkit-package", "value": "coreutils"} in cp["properties"]
+    assert {"name": "io.habana-ai-driver:mode", "value": "0755"} in cp["properties"]
+    # The package's purl is its RPM header's: name, version-release, arch.
     driver = next(c for c in components.values() if c.get("purl", "").startswith("pkg:rpm/"))
-    assert driver["purl"].startswith(f"pkg:rpm/habanalabs@{target.driver}?arch=noarch")
+    assert driver["purl"].startswith(f"pkg:rpm/habanalabs@{target.driver}.el8?arch=noarch")
     provenance = statement(
         cosign.verify_attestation(tool, public, target.image, cosign.PROVENANCE, insecure)
     )
@@ -122,6 +126,12 @@ def test_an_image_is_signed_by_digest_before_its_tag_moves(
     }
     toolkit = registry.resolve(target.toolkit_image, "x86_64")
     assert resolved["toolkit image"]["digest"]["sha256"] == toolkit.digest.split(":")[1]
+    # The builder is the key that vouches and the kind of runner; the invocation is this run's.
+    run = provenance["predicate"]["runDetails"]
+    key = provenance_model.key_id(public.read_text())
+    assert run["builder"]["id"] == f"urn:habana-ai-driver:builder:local:{key}"
+    assert run["metadata"]["invocationID"].startswith("urn:habana-ai-driver:run:")
+    assert socket.gethostname() not in json.dumps(provenance)
     assert attached(registry, target.repository, digest, ".att") == 2
     # The password reached cosign through its environment only: no argv, log or report.
     assert not [line for line in seen if COSIGN_PASSWORD in line]
