@@ -40,8 +40,9 @@ KERNEL = PREFIX + "kernel.release"
 DRIVER = PREFIX + "driver.version"
 SIGNING = PREFIX + "signing"  # "signed" or "unsigned"
 SIGNER = PREFIX + "signing.signer"
-# Bump when the meaning of the fingerprint changes, so every image is rebuilt once.
-FINGERPRINT_SCHEMA = "3"
+# Bump when the meaning of the fingerprint changes, so every image is rebuilt once (4: the
+# labels no longer name where the toolkit and base were pulled from).
+FINGERPRINT_SCHEMA = "4"
 # Image references are fingerprinted by digest only (already an input): the same base or toolkit
 # served from a mirror under another name needs no rebuild.
 UNFINGERPRINTED_ARGS = ("TOOLKIT_IMAGE", "BASE_IMAGE")
@@ -200,7 +201,6 @@ def image_labels(
             PREFIX + "kernel.arch": target.arch,
             DRIVER: target.driver,
             PREFIX + "driver.package": inputs.package.filename,
-            PREFIX + "toolkit.name": inputs.toolkit.requested,
             FINGERPRINT: fingerprint(target, inputs),
             LOAD_TESTED: load_tested,
         }
@@ -213,8 +213,9 @@ def image_labels(
         labels[PREFIX + "signing.key-id"] = inputs.signer.key_id
     else:
         labels[SIGNING] = UNSIGNED
+    # The base by digest only (an input label): an image's bytes never say where an input was
+    # pulled from, so a rebuild through a mirror reproduces them.
     if inputs.base:
-        labels[OCI + "base.name"] = inputs.base.requested
         if inputs.base.index_digest:
             labels[PREFIX + "base.index-digest"] = inputs.base.index_digest
     if inputs.firmware:

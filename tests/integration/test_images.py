@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from habana_tasks.build import labels
+from habana_tasks.build.service import BuildOptions
 from habana_tasks.cli import commands
 from habana_tasks.config import versions_file
 from habana_tasks.config.flavours import KMM1, MINIMAL
@@ -66,6 +67,41 @@ def test_verify_rebuild_reproduces_each_published_image(library: tuple[Project, 
     runs = sorted((project.cache / "logs").glob("verify-rebuild-*"))
     log = next(runs[-1].glob("*.log")).read_text()
     assert "compile cache: not used (compiled afresh)" in log and 'RUN make -j"$(nproc)"' in log
+
+
+def test_verify_rebuild_through_a_mirror_reproduces_the_published_digest(
+    library: tuple[Project, Path], test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    """As a disconnected user would: the toolkit copied to a mirror path (same digest), the
+    versions file pointing there. The image's bytes say nothing of where an input was pulled
+    from: the plan finds it up to date and the rebuild gives the published digest."""
+    project, versions = library
+    target = next(t for t in versions_file.load(versions).targets if t.kernel == NEW)
+    mirrored = target.toolkit_image.replace("/upstream/", "/mirror/")
+    assert mirrored != target.toolkit_image
+    test_upstream.runner.run(
+        [
+            "skopeo", "copy", "--quiet", "--all", "--preserve-digests",
+            "--src-tls-verify=false", "--dest-tls-verify=false",
+            f"docker://{target.toolkit_image}", f"docker://{mirrored}",
+        ]
+    )  # fmt: skip
+    through = tmp_path / "versions.toml"
+    through.write_text(
+        versions.read_text().replace("/upstream/driver-toolkit", "/mirror/driver-toolkit")
+    )
+    assert through.read_text() != versions.read_text()
+    out, text = console()
+    planned = commands.build(
+        project, str(through), NEW, options=BuildOptions(dry_run=True), console=out
+    )
+    assert planned == errors.OK
+    assert "up to date" in text.getvalue(), text.getvalue()
+    out, text = console()
+    code = commands.verify_rebuild(project, str(through), NEW, console=out)
+    assert code == errors.OK and "reproduced" in text.getvalue(), text.getvalue()
+    remote = RegistryClient([test_upstream.upstream.registry]).inspect(target.image)
+    assert not [v for v in remote.labels.values() if "/upstream/" in v or "/mirror/" in v]
 
 
 def test_verify_rebuild_names_the_layer_and_the_files_that_differ(
