@@ -148,7 +148,7 @@ class FakeRegistry:
         return sorted(
             key.split(":", 1)[1]
             for key in self.manifests
-            if key.split(":", 1)[0] == repo and not key.split(":", 1)[1].startswith("sha256")
+            if key.split(":", 1)[0] == repo and not key.split(":", 1)[1].startswith("sha256:")
         )
 
     def write(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response:

@@ -215,9 +215,8 @@ def image_labels(
         labels[SIGNING] = UNSIGNED
     # The base by digest only (an input label): an image's bytes never say where an input was
     # pulled from, so a rebuild through a mirror reproduces them.
-    if inputs.base:
-        if inputs.base.index_digest:
-            labels[PREFIX + "base.index-digest"] = inputs.base.index_digest
+    if inputs.base and inputs.base.index_digest:
+        labels[PREFIX + "base.index-digest"] = inputs.base.index_digest
     if inputs.firmware:
         labels[PREFIX + "firmware.package"] = inputs.firmware.filename
     if config.source:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from habana_tasks.config.image_reference import ImageReference
-from habana_tasks.core.errors import RegistryError
+from habana_tasks.core.errors import ManifestUnknown, RegistryError
 from habana_tasks.registry.client import RegistryClient
 
 ATTACHMENT = re.compile(r"^sha256-([0-9a-f]{64})\.(sig|att|sbom)$")
@@ -76,26 +76,34 @@ def signatures(registry: RegistryClient, repository: str) -> list[SignedFor]:
     tags, their manifests and payload blobs). A registry that does not answer raises."""
     found: list[SignedFor] = []
     tags = [t for t in registry.list_tags(repository) if t.endswith(".sig") and subject(t)]
-
-    def read(tag: str) -> list[SignedFor]:
-        ref = ImageReference.parse(f"{repository}:{tag}")
-        signed = []
-        for layer in registry.get_manifest(ref).json().get("layers", []):
-            try:
-                payload = json.loads(registry.get_blob(ref, str(layer.get("digest", ""))))
-            except ValueError:
-                payload = None
-            if not isinstance(payload, dict):
-                raise RegistryError(f"{ref}: a signature payload is not a JSON object")
-            image = (payload.get("critical") or {}).get("image") or {}
-            optional = payload.get("optional") or {}
-            if image.get("docker-manifest-digest") == subject(tag) and isinstance(optional, dict):
-                signed.append(
-                    SignedFor(str(subject(tag)), {str(k): str(v) for k, v in optional.items()})
-                )
-        return signed
-
     with ThreadPoolExecutor(8) as pool:
-        for each in pool.map(read, tags):
+        for each in pool.map(lambda tag: _read(registry, repository, tag), tags):
             found.extend(each)
     return found
+
+
+def signatures_of(registry: RegistryClient, repository: str, digest: str) -> list[SignedFor]:
+    """The signature payloads attached to one image (none: empty)."""
+    try:
+        return _read(registry, repository, tags_of(digest)[0])
+    except ManifestUnknown:
+        return []
+
+
+def _read(registry: RegistryClient, repository: str, tag: str) -> list[SignedFor]:
+    """The payloads of one `.sig` tag's signatures about its subject."""
+    ref = ImageReference.parse(f"{repository}:{tag}")
+    signed = []
+    for layer in registry.get_manifest(ref).json().get("layers", []):
+        try:
+            payload = json.loads(registry.get_blob(ref, str(layer.get("digest", ""))))
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict):
+            raise RegistryError(f"{ref}: a signature payload is not a JSON object")
+        image = (payload.get("critical") or {}).get("image") or {}
+        optional = payload.get("optional") or {}
+        if image.get("docker-manifest-digest") == subject(tag) and isinstance(optional, dict):
+            said = {str(k): str(v) for k, v in optional.items()}
+            signed.append(SignedFor(str(subject(tag)), said))
+    return signed

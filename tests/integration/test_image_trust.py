@@ -10,6 +10,8 @@ import os
 import socket
 import subprocess
 import threading
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,9 @@ from habana_tasks.config.targets import ImageSigning
 from habana_tasks.core.errors import BAD_INPUT, OK, TARGET_FAILED, CommandError
 from habana_tasks.core.process import ProcessRunner
 from habana_tasks.engine.podman import Podman
+from habana_tasks.maintenance import prune as prune_module
 from habana_tasks.registry.client import Existence, RegistryClient
+from habana_tasks.trust import attachments as trust_attachments
 from habana_tasks.trust import cosign
 from habana_tasks.trust import provenance as provenance_model
 from habana_tasks.trust.sbom import accounted_for, image_files
@@ -417,3 +421,53 @@ def test_a_signature_the_registry_refuses_fails_the_target_and_moves_no_tag(
     target = versions_file.load(versions).targets[0]
     registry = RegistryClient([test_upstream.upstream.registry])
     assert registry.inspect(target.image).existence is Existence.ABSENT
+
+
+def test_prune_during_a_publish_leaves_the_image_being_signed_and_its_signature(
+    signing_library: tuple[Path, Path, Path], test_upstream: UpstreamFixture, tmp_path: Path
+) -> None:
+    """`invoke prune --apply` run while a build has pushed its image by digest and signed it,
+    before its tag moves (cosign's sign, wrapped, runs it at that very moment): the image and
+    its signature stay (a run may be publishing it); the build then tags it and it verifies.
+    An image whose pair is dropped goes, and its attachments after it."""
+    versions = copy_of(signing_library, "library/cosigned-prune", tmp_path / "v.toml")
+    real = cosign.find(ProcessRunner(), ROOT).path
+    said = tmp_path / "prune.out"
+    wrapper = tmp_path / "bin" / "cosign"
+    wrapper.parent.mkdir()
+    prune = " ".join(invoke_argv("prune", "--versions", str(versions), "--apply"))
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = sign ] && [ "$2" != --help ]; then\n'
+        f'  {real} "$@" || exit $?\n'
+        f'  (cd {ROOT} && {prune}) > {said} 2>&1; echo "exit $?" >> {said}\n'
+        "  exit 0\n"
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    code, out = build_signed(
+        versions, tmp_path / "cache", "--no-load-test",
+        environment={"PATH": f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert code == OK, out
+    pruned = said.read_text()
+    assert pruned.rstrip().endswith("exit 0") and "deleted" not in pruned, pruned
+    code, (result,), out = verify(versions, tmp_path / "cache")
+    assert code == OK and result["ok"], out
+
+    # Its pair dropped from the matrix: prune deletes the image, then its attachments.
+    (target,) = versions_file.load(versions).targets
+    digest = result["digest"]
+    registry = RegistryClient([test_upstream.upstream.registry])
+    config = replace(versions_file.load(versions), targets=())
+    later = datetime.now(UTC) + prune_module.LEASE + timedelta(minutes=1)
+    _, outcomes = prune_module.prune_library(
+        config, registry, older_than_days=None, apply=True, now=later
+    )
+    deleted = [(o.item.tag, o.deleted) for o in outcomes]
+    signature, attestations = trust_attachments.tags_of(digest)
+    assert deleted[0] == (target.tag, True), deleted
+    assert {(signature, True), (attestations, True)} <= set(deleted), deleted
+    assert registry.inspect(f"{target.repository}@{digest}").existence is Existence.ABSENT
+    assert not [t for t in registry.list_tags(target.repository) if digest[7:] in t]

@@ -13,11 +13,23 @@ from habana_tasks.build.driver_package import BuildExclusive
 from habana_tasks.build.kernel_index import parse_index
 from habana_tasks.build.plan import plan_job, refused_by_node, replacing
 from habana_tasks.core.errors import Failure, HabanaError
-from habana_tasks.maintenance import discover, kmm
+from habana_tasks.core.http_client import HTTPClient, RetryPolicy
+from habana_tasks.maintenance import discover, kmm, prune
 from habana_tasks.maintenance.matrix import batches, github_matrix
-from habana_tasks.maintenance.prune import PruneItem, TagInfo, parse_time, prune_plan
+from habana_tasks.maintenance.prune import (
+    UNTAGGED,
+    PruneItem,
+    TagInfo,
+    Untagged,
+    parse_time,
+    prune_plan,
+)
 from habana_tasks.maintenance.status import State, orphan_tags, statuses, to_markdown
-from habana_tasks.registry.client import Existence, RemoteImage
+from habana_tasks.registry.client import Existence, RegistryClient, RemoteImage
+from habana_tasks.registry.manifests import OCI_MANIFEST
+from habana_tasks.trust import attachments
+from tests.fake_podman import library
+from tests.fake_registry import FakeRegistry
 from tests.kmm_schema import kmm_load_sequence, schema_errors
 from tests.samples import CONFIG, INPUTS, TARGET
 
@@ -52,17 +64,33 @@ def test_cosign_attachments_stay_with_a_kept_image_and_go_with_a_pruned_one() ->
         f"sha256-{kept}.att": TagInfo("sha256:a1", None),
         "0.9-k1": TagInfo(f"sha256:{old}", NOW - timedelta(days=100)),
         f"sha256-{old}.sig": TagInfo("sha256:s2", None),
-        # An image no tag names any more (its tag moved, say): its attachments are orphans.
+        # An image the registry no longer holds: its attachments are left over.
         f"sha256-{gone}.att": TagInfo("sha256:a3", None),
     }
-    assert prune_plan(tags, {"1.0-k1"}, now=NOW) == [
+    absent = {f"sha256:{gone}": Untagged(present=False)}
+    assert prune_plan(tags, {"1.0-k1"}, now=NOW, untagged=absent) == [
         PruneItem("0.9-k1", f"sha256:{old}", "no longer named by the matrix"),
-        PruneItem(f"sha256-{old}.sig", "sha256:s2", "cosign attachment of an image not kept"),
-        PruneItem(f"sha256-{gone}.att", "sha256:a3", "cosign attachment of an image not kept"),
+        PruneItem(
+            f"sha256-{old}.sig",
+            "sha256:s2",
+            "cosign attachment of an image pruned",
+            f"sha256:{old}",
+        ),
+        PruneItem(
+            f"sha256-{gone}.att",
+            "sha256:a3",
+            "cosign attachment of an image gone",
+            f"sha256:{gone}",
+        ),
     ]
     # Within the rollback window the old image stays, and so does its signature.
-    assert prune_plan(tags, {"1.0-k1"}, older_than_days=365, now=NOW) == [
-        PruneItem(f"sha256-{gone}.att", "sha256:a3", "cosign attachment of an image not kept"),
+    assert prune_plan(tags, {"1.0-k1"}, older_than_days=365, now=NOW, untagged=absent) == [
+        PruneItem(
+            f"sha256-{gone}.att",
+            "sha256:a3",
+            "cosign attachment of an image gone",
+            f"sha256:{gone}",
+        ),
     ]
     # status: the attachments of a named tag's image are not "unnamed tags"; the others are.
     named = replace(TARGET, tag="1.0-k1")
@@ -71,6 +99,43 @@ def test_cosign_attachments_stay_with_a_kept_image_and_go_with_a_pruned_one() ->
         f"sha256-{old}.sig",
         f"sha256-{gone}.att",
     ]
+
+
+def test_an_untagged_image_keeps_its_attachments_until_it_goes_and_a_publishing_one_stays() -> None:
+    """An image no tag names (still pulled by digest, say) goes under the rollback window like a
+    tag, its attachments after it; one signed within the lease may be a run's, between its
+    signature and its tag: it is never touched."""
+    old, young, publishing = ("d" * 64, "e" * 64, "f" * 64)
+    tags = {
+        "1.0-k1": TagInfo("sha256:" + "a" * 64, NOW),
+        **{
+            f"sha256-{d}.sig": TagInfo(f"sha256:s{i}", None)
+            for i, d in enumerate((old, young, publishing))
+        },
+    }
+    untagged = {
+        f"sha256:{old}": Untagged(True, NOW - timedelta(days=100), NOW - timedelta(days=99)),
+        f"sha256:{young}": Untagged(True, NOW - timedelta(days=5), NOW - timedelta(days=5)),
+        f"sha256:{publishing}": Untagged(True, NOW - timedelta(days=300), NOW - timedelta(hours=1)),
+    }
+    windowed = prune_plan(tags, {"1.0-k1"}, older_than_days=30, now=NOW, untagged=untagged)
+    assert windowed == [
+        PruneItem(UNTAGGED, f"sha256:{old}", "not named, older than 30 days"),
+        PruneItem(
+            f"sha256-{old}.sig",
+            "sha256:s0",
+            "cosign attachment of an image pruned",
+            f"sha256:{old}",
+        ),
+    ]
+    everything = prune_plan(tags, {"1.0-k1"}, now=NOW, untagged=untagged)
+    assert [(i.tag, i.digest) for i in everything] == [
+        (UNTAGGED, f"sha256:{old}"),
+        (UNTAGGED, f"sha256:{young}"),
+        (f"sha256-{old}.sig", "sha256:s0"),
+        (f"sha256-{young}.sig", "sha256:s1"),
+    ]
+    assert everything[1].reason == "no longer tagged"
 
 
 def test_status_states_and_pending_matrix() -> None:
@@ -300,3 +365,26 @@ def test_status_shows_pairs_the_plan_refuses_as_failing_and_what_a_current_one_r
     (item,) = statuses([plan_job(TARGET, INPUTS, present)], {TARGET.tag: present})
     assert item.state is State.CURRENT
     assert item.reason.endswith("; replaces the kernel's own habanalabs, gaudi_rival")
+
+
+def test_an_image_that_could_not_be_deleted_keeps_its_attachments(
+    fake: FakeRegistry, tmp_path: Path
+) -> None:
+    """The registry refuses to delete the pruned image: its signature stays (it goes only once
+    its image is gone), named as kept."""
+    cfg = library(fake, tmp_path)
+    old = fake.add_image("library/driver", "0.9-old", {}, OCI_MANIFEST)
+    signature = attachments.tags_of(old)[0]
+    fake.add_image("library/driver", signature, {"a": "signature"}, OCI_MANIFEST)
+
+    def refuse(path: str) -> tuple[int, dict[str, str], bytes] | None:
+        return (500, {}, b"") if path.endswith(f"/manifests/{old}") else None
+
+    fake.hook = refuse
+    client = RegistryClient([fake.host], HTTPClient(RetryPolicy(attempts=1)))
+    _, outcomes = prune.prune_library(cfg, client, older_than_days=None, apply=True, now=NOW)
+    found = {o.item.tag: o for o in outcomes}
+    assert found["0.9-old"].failure is not None and not found["0.9-old"].deleted
+    kept = found[signature]
+    assert not kept.deleted and kept.result == "failed: kept: its image could not be deleted"
+    assert f"library/driver:{signature}" in fake.manifests
