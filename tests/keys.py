@@ -48,6 +48,21 @@ def cosign_key_pair(directory: Path) -> tuple[Path, Path]:
     return directory / "cosign.key", directory / "cosign.pub"
 
 
+def invoke_task(
+    cache: Path, *args: str, environment: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`invoke <args>` as a user runs it, its cache under `cache`."""
+    return subprocess.run(
+        invoke_argv(*args),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+        env={**os.environ, "HABANA_CACHE_DIR": str(cache), **(environment or {})},
+    )
+
+
 def build_signed(
     versions: Path,
     cache: Path,
@@ -56,34 +71,16 @@ def build_signed(
     kernel: str = KERNEL,
     environment: Mapping[str, str] | None = None,
 ) -> tuple[int, str]:
-    done = subprocess.run(
-        invoke_argv("build", "--kernel", kernel, "--versions", str(versions), *extra),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-        env={
-            **os.environ,
-            "HABANA_CACHE_DIR": str(cache),
-            cosign.PASSWORD_VARIABLE: password,
-            **(environment or {}),
-        },
-    )
+    done = invoke_task(
+        cache, "build", "--kernel", kernel, "--versions", str(versions), *extra,
+        environment={cosign.PASSWORD_VARIABLE: password, **(environment or {})},
+    )  # fmt: skip
     return done.returncode, done.stdout + done.stderr
 
 
 def verify(versions: Path, cache: Path, *extra: str) -> tuple[int, list[dict[str, Any]], str]:
     """`invoke verify --format json` as a user runs it: the exit code, each image's result."""
-    done = subprocess.run(
-        invoke_argv("verify", "--versions", str(versions), "--format", "json", *extra),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-        env={**os.environ, "HABANA_CACHE_DIR": str(cache)},
-    )
+    done = invoke_task(cache, "verify", "--versions", str(versions), "--format", "json", *extra)
     try:
         results = json.loads(done.stdout)
     except ValueError:

@@ -34,7 +34,7 @@ from habana_tasks.trust import provenance as provenance_model
 from habana_tasks.trust.sbom import accounted_for, image_files
 from tests.conftest import ROOT, invoke_argv
 from tests.integration.conftest import DRIVER, KERNELS, UpstreamFixture
-from tests.keys import COSIGN_PASSWORD, build_signed, cosign_key_pair, verify
+from tests.keys import COSIGN_PASSWORD, build_signed, cosign_key_pair, invoke_task, verify
 from tests.watch import argv_snapshots
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability("secrets")]
@@ -180,15 +180,7 @@ def test_a_public_key_that_is_not_the_keys_pair_is_refused_before_any_build(
 
 def kmm_module(versions: Path, cache: Path, *extra: str) -> tuple[int, dict[str, str], str]:
     """`invoke kmm-module` as a user runs it: per kernel, the image its mapping names."""
-    done = subprocess.run(
-        invoke_argv("kmm-module", "--driver", DRIVER, "--versions", str(versions), *extra),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-        env={**os.environ, "HABANA_CACHE_DIR": str(cache)},
-    )
+    done = invoke_task(cache, "kmm-module", "--driver", DRIVER, "--versions", str(versions), *extra)
     module = yaml.safe_load(done.stdout) if done.returncode == 0 else None
     mappings = module["spec"]["moduleLoader"]["container"]["kernelMappings"] if module else []
     pulled = {m["literal"]: m["containerImage"] for m in mappings}
