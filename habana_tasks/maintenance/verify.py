@@ -106,11 +106,12 @@ def pair_problems(
     image_labels: Mapping[str, str],
     provenance: Mapping[str, Any] | None,
     signed_for: list[dict[str, str]] | None,
+    bill: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """What names another pair than the one asked about: the image's own labels (its config,
-    which its digest covers), the provenance's parameters, and the signatures' annotations
-    (None: not read, as when the signature did not verify). A tag moved onto another pair's
-    signed image fails here, naming both."""
+    which its digest covers), the provenance's parameters, the SBOM's image (`bill`), and the
+    signatures' annotations (None: not read, as when the signature did not verify). A tag moved
+    onto another pair's signed image fails here, naming both."""
     asked = labels.pair_identity(target)
     said = f"{target.driver} for {target.kernel} (tag {target.tag})"
     problems = []
@@ -124,6 +125,16 @@ def pair_problems(
             problems.append(
                 f"pair: the provenance is of {claimed[0]} for {claimed[1]} (tag {claimed[2]}), "
                 f"not {said}"
+            )
+    if bill is not None:
+        image = (bill.get("metadata") or {}).get("component") or {}
+        props = {
+            str(p.get("name", "")).removeprefix(sbom.PROPERTY): str(p.get("value", ""))
+            for p in image.get("properties") or []
+        }
+        if (props.get("kernel"), props.get("tag")) != (target.kernel, target.tag):
+            problems.append(
+                f"pair: the SBOM is of {props.get('kernel')} (tag {props.get('tag')}), not {said}"
             )
     # A signature from before signatures named their pair names none: its image is bound by its
     # labels and provenance above. One naming pairs must name this one.
@@ -189,7 +200,8 @@ def verify_image(
     provenance = statements.get(cosign.PROVENANCE, {}).get("predicate")
     if provenance is not None:
         problems += provenance_problems(provenance, remote.labels)
-    problems += pair_problems(target, remote.labels, provenance, signed_for)
+    bill = statements.get(cosign.SBOM, {}).get("predicate")
+    problems += pair_problems(target, remote.labels, provenance, signed_for, bill)
     return Verified(
         target.tag,
         reference,

@@ -322,6 +322,7 @@ def test_a_tag_moved_onto_another_pairs_signed_image_is_refused_naming_both(
     assert swapped["problems"] == [
         f"pair: the image is {DRIVER} for {a.kernel} (its labels), not {asked}",
         f"pair: the provenance is of {DRIVER} for {a.kernel} (tag {a.tag}), not {asked}",
+        f"pair: the SBOM is of {a.kernel} (tag {a.tag}), not {asked}",
         f"signature: none names {asked} (signed for: {DRIVER} for {a.kernel})",
     ], swapped
     code, pulled, out = kmm_module(versions, tmp_path / "cache")

@@ -42,8 +42,17 @@ def test_the_pair_asked_about_passes() -> None:
         image_labels(TARGET.kernel, TARGET.driver),
         provenance_of(TARGET.kernel, TARGET.driver, TARGET.tag),
         signed,
+        sbom_of(TARGET.kernel, TARGET.tag),
     )
     assert found == []
+
+
+def sbom_of(kernel: str, tag: str) -> dict[str, object]:
+    properties = [
+        {"name": "io.habana-ai-driver:tag", "value": tag},
+        {"name": "io.habana-ai-driver:kernel", "value": kernel},
+    ]
+    return {"metadata": {"component": {"type": "container", "properties": properties}}}
 
 
 def test_another_pairs_image_is_named_by_each_witness() -> None:
@@ -52,12 +61,14 @@ def test_another_pairs_image_is_named_by_each_witness() -> None:
         image_labels(TARGET.kernel, TARGET.driver),
         provenance_of(TARGET.kernel, TARGET.driver, TARGET.tag),
         [labels.pair_identity(TARGET)],
+        sbom_of(TARGET.kernel, TARGET.tag),
     )
     asked = f"{OTHER.driver} for {OTHER.kernel} (tag {OTHER.tag})"
     assert found == [
         f"pair: the image is {TARGET.driver} for {TARGET.kernel} (its labels), not {asked}",
         f"pair: the provenance is of {TARGET.driver} for {TARGET.kernel} (tag {TARGET.tag}), "
         f"not {asked}",
+        f"pair: the SBOM is of {TARGET.kernel} (tag {TARGET.tag}), not {asked}",
         f"signature: none names {asked} (signed for: {TARGET.driver} for {TARGET.kernel})",
     ]
 
