@@ -108,6 +108,19 @@ def test_the_node_admits_the_signed_image_only(
     accepted = pull(node, target.image)
     assert accepted.returncode == 0, accepted.stderr
 
+    # Another pair's tag made to name this signed image: the node's policy binds the repository
+    # only, so it admits it (README: `invoke verify` and kmm-module's digest pins refuse it).
+    swapped = f"{target.repository}:{target.driver}-6.1.0-99-amd64"
+    test_upstream.runner.run(
+        [
+            "skopeo", "copy", "--quiet", "--preserve-digests",
+            "--src-tls-verify=false", "--dest-tls-verify=false",
+            f"docker://{target.image}", f"docker://{swapped}",
+        ]
+    )  # fmt: skip
+    admitted = pull(node, swapped)
+    assert admitted.returncode == 0, admitted.stderr
+
     unsigned = f"{target.repository}:unsigned"
     push_base_as(test_upstream, unsigned, "unsigned")
     refused = pull(node, unsigned)
