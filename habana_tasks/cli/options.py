@@ -101,6 +101,8 @@ VERSIONS = _versions("versions file (default: versions.toml)")
 VERSIONS_FOR_CACHE = _versions("versions file, for [cache] max_size (default: versions.toml)")
 VERSIONS_TO_UPDATE = _versions("versions file to update (default: versions.toml)")
 VERSIONS_OF_UPSTREAM = _versions("versions file naming the kernels (default: the example)")
+# Versions files read before the command's own modules load: a bad one is refused at once.
+READ_FIRST = (VERSIONS, VERSIONS_FOR_CACHE, VERSIONS_TO_UPDATE)
 KERNEL = Option(
     "kernel", "full kernel release (uname -r), as listed in versions.toml",
     arguments.release, required=True,

@@ -239,3 +239,40 @@ def test_the_architecture_page_lists_each_rooms_modules(room: str) -> None:
     row = next(line for line in page.splitlines() if line.startswith(f"| `{room}` |"))
     listed = set(re.findall(r"`([a-z_]+)`", row.split("|")[3]))
     assert listed == {p.stem for p in (PACKAGE / room).glob("*.py") if p.stem != "__init__"}
+
+
+HEAVY = (
+    "habana_tasks.build", "habana_tasks.maintenance", "habana_tasks.verification",
+    "habana_tasks.engine", "habana_tasks.registry", "requests", "rich", "cyclonedx",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "--versions", "{bad}"],
+        ["build", "--kernel", "6.1.0-55-amd64", "--versions", "{bad}"],
+        ["verify", "--versions", "{bad}"],
+        ["build", "--kernel", "not a kernel"],
+        ["trust-policy", "--format", "nope"],
+    ],
+)
+def test_bad_input_is_refused_before_the_commands_modules_load(
+    argv: list[str], tmp_path: Path
+) -> None:
+    """A refusal costs what reading the arguments and the versions file costs: none of the
+    rooms below the configuration, nor the libraries only they use, is imported before it (the
+    command layer's import time, bounded by what it may load)."""
+    bad = tmp_path / "versions.toml"
+    bad.write_text("[library]\nrepository = 5\n")
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "invoke", *(a.format(bad=bad) for a in argv)],
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    loaded = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert sorted(m for m in loaded if m.startswith(HEAVY)) == []
