@@ -276,3 +276,18 @@ def test_bad_input_is_refused_before_the_commands_modules_load(
         if line.startswith("import time:")
     }
     assert sorted(m for m in loaded if m.startswith(HEAVY)) == []
+
+
+def test_the_noxfile_imports_nox_and_the_standard_library_only() -> None:
+    """nox runs where the product's dependencies may not be installed: the sessions install
+    the product, the noxfile needs none of it."""
+    tree = ast.parse((ROOT / "noxfile.py").read_text(encoding="utf-8"))
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {
+        (node.module or "").split(".")[0] for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+    }  # fmt: skip
+    allowed = set(sys.stdlib_module_names) | {"nox", "__future__"}
+    assert sorted(imported - allowed) == []
