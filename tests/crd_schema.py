@@ -83,12 +83,13 @@ def _cel_value(value: Any, schema: dict[str, Any]) -> celtypes.Value:
 
 def _rules(
     schema: dict[str, Any], value: Any, where: str
-) -> list[tuple[str, str, Any, dict[str, Any]]]:
-    found = [(where, r["rule"], value, schema) for r in schema.get("x-kubernetes-validations", [])]
+) -> list[tuple[str, dict[str, str], Any, dict[str, Any]]]:
+    """Each CEL rule that applies to the document: where, the rule, the value and its schema."""
+    found = [(where, r, value, schema) for r in schema.get("x-kubernetes-validations", [])]
     if isinstance(value, dict):
         for key, sub in schema.get("properties", {}).items():
             if key in value and key != "metadata":
-                found += _rules(sub, value[key], f"{where}/{key}".lstrip("/"))
+                found += _rules(sub, value[key], f"{where}/{key}" if where else key)
     elif isinstance(value, list) and "items" in schema:
         for index, item in enumerate(value):
             found += _rules(schema["items"], item, f"{where}/{index}")
@@ -99,15 +100,12 @@ def cel_errors(path: Path, version: str, document: dict[str, Any]) -> list[str]:
     """The message of each CEL rule of the CRD's `version` that the document breaks, or that
     cannot be evaluated (named: a rule is never skipped)."""
     environment = celpy.Environment()
-    messages = {
-        r["rule"]: r["message"]
-        for _, _, _, node in _rules(served_schema(path, version), document, "")
-        for r in node.get("x-kubernetes-validations", [])
-    }
     errors = []
     for where, rule, value, schema in _rules(served_schema(path, version), document, ""):
-        program = environment.program(environment.compile(rule), functions={"split": _split})
-        verdict = program.evaluate({"self": _cel_value(value, schema)})
+        compiled = environment.compile(rule["rule"])
+        verdict = environment.program(compiled, functions={"split": _split}).evaluate(
+            {"self": _cel_value(value, schema)}
+        )
         if verdict != celtypes.BoolType(True):
-            errors.append(f"{where or '<root>'}: {messages[rule]} ({verdict!r})")
+            errors.append(f"{where or '<root>'}: {rule['message']} ({verdict!r})")
     return errors

@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
@@ -119,8 +120,10 @@ class Evidence:
         )
 
 
+@cache
 def rpm_header(path: Path) -> RpmHeader | None:
-    """What the package's RPM header says it is (its purl's parts); None: not an RPM."""
+    """What the package's RPM header says it is (its purl's parts); None: not an RPM. Read
+    once per file: the package cache's files are named by their content."""
     try:
         with rpmfile.open(str(path)) as rpm:
             said = rpm.headers

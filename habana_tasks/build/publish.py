@@ -20,7 +20,7 @@ from habana_tasks.core.process import LineSink
 from habana_tasks.engine import skopeo
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import RegistryClient
-from habana_tasks.trust import cosign, signature_check
+from habana_tasks.trust import signature_check
 from habana_tasks.trust.signer import ImageSigner
 
 # Called with the image's repository@digest once the registry holds it, before its tag moves.
@@ -90,9 +90,8 @@ def sign_published(
     stage("sign")
     sign_and_attest(registry, signer, target, by_digest, found, work / "trust", on_line)
     stage("verify")
-    public = cosign.public_key(signer.signing.public_key)
     attached = signature_check.attached(
-        registry, target.repository, digest, public, labels.pair_identity(target)
+        registry, target.repository, digest, signer.public_key_pem, labels.pair_identity(target)
     )
     if missing := attached.missing():
         raise HabanaError(f"{by_digest}: signed, yet the registry shows {missing}")
@@ -112,9 +111,8 @@ def sign_and_attest(
     attest its SBOM and provenance. A signature by the key naming the pair already there (a
     rebuild to the same digest) is not made again: one per image and key."""
     digest = by_digest.rsplit("@", 1)[1]
-    pair = labels.pair_identity(target)
-    public = cosign.public_key(signer.signing.public_key)
-    signed = signature_check.signature_pairs(registry, target.repository, digest, public)
-    named = any(all(s.get(k) == v for k, v in pair.items()) for s in signed)
+    pem = signer.public_key_pem
+    signed = signature_check.signature_pairs(registry, target.repository, digest, pem)
+    named = signature_check.names_pair(signed, labels.pair_identity(target))
     annotations = None if named else labels.signature_annotations(target, datetime.now(UTC))
     signer.attach(by_digest, found.sbom(digest), found.provenance(), work, on_line, annotations)

@@ -28,7 +28,7 @@ from habana_tasks.core.errors import (
 )
 from habana_tasks.engine.podman import Podman
 from habana_tasks.registry.client import Existence, RegistryClient, RemoteImage
-from habana_tasks.trust import attachments, cosign, sbom
+from habana_tasks.trust import attachments, cosign, sbom, signature_check
 from habana_tasks.trust.cosign import Cosign
 
 # Provenance dependency name -> the label holding the same input's digest (sha256 hex or
@@ -139,7 +139,7 @@ def pair_problems(
     # A signature from before signatures named their pair names none: its image is bound by its
     # labels and provenance above. One naming pairs must name this one.
     naming = [found for found in signed_for or () if any(k in found for k in asked)]
-    if naming and not any(all(f.get(k) == v for k, v in asked.items()) for f in naming):
+    if naming and not signature_check.names_pair(naming, asked):
         seen = sorted({f"{f.get(labels.DRIVER)} for {f.get(labels.KERNEL)}" for f in naming})
         problems.append(f"signature: none names {said} (signed for: {', '.join(seen)})")
     return problems
@@ -216,11 +216,9 @@ def verify_image(
 
 def published_for(target: BuildTarget, signed: Sequence[Mapping[str, str]]) -> str:
     """When the newest of these signatures naming the pair was made ("" when none says)."""
-    asked = labels.pair_identity(target).items()
-    return max(
-        (f.get(labels.PUBLISHED, "") for f in signed if all(f.get(k) == v for k, v in asked)),
-        default="",
-    )
+    asked = labels.pair_identity(target)
+    naming = (f for f in signed if signature_check.names_pair([f], asked))
+    return max((f.get(labels.PUBLISHED, "") for f in naming), default="")
 
 
 def newer_build(

@@ -14,6 +14,7 @@ from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.core.errors import ManifestUnknown, RegistryError
 from habana_tasks.registry.client import RegistryClient
 
+SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"  # a .sig layer's signature
 ATTACHMENT = re.compile(r"^sha256-([0-9a-f]{64})\.(sig|att|sbom)$")
 KINDS = {"sig": "signature", "att": "attestations", "sbom": "SBOM"}
 
@@ -90,13 +91,28 @@ def signatures_of(registry: RegistryClient, repository: str, digest: str) -> lis
         return []
 
 
+def signature_layers(
+    registry: RegistryClient, repository: str, tag: str
+) -> list[tuple[str, bytes]]:
+    """Each signature a `.sig` tag holds: its base64 signature (the layer's annotation, "" when
+    none) and its payload. No such tag: ManifestUnknown."""
+    ref = ImageReference.parse(f"{repository}:{tag}")
+    return [
+        (
+            str((layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION, "")),
+            registry.get_blob(ref, str(layer.get("digest", ""))),
+        )
+        for layer in registry.get_manifest(ref).json().get("layers", [])
+    ]
+
+
 def _read(registry: RegistryClient, repository: str, tag: str) -> list[SignedFor]:
     """The payloads of one `.sig` tag's signatures about its subject."""
-    ref = ImageReference.parse(f"{repository}:{tag}")
+    ref = f"{repository}:{tag}"
     signed = []
-    for layer in registry.get_manifest(ref).json().get("layers", []):
+    for _, body in signature_layers(registry, repository, tag):
         try:
-            payload = json.loads(registry.get_blob(ref, str(layer.get("digest", ""))))
+            payload = json.loads(body)
         except ValueError:
             payload = None
         if not isinstance(payload, dict):

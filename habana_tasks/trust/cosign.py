@@ -134,9 +134,10 @@ def public_key(path: Path) -> str:
     return text
 
 
-def check_key(cosign: Cosign, signing: ImageSigning, secret: str | None) -> None:
+def check_key(cosign: Cosign, signing: ImageSigning, secret: str | None) -> str:
     """Before anything is built: the key opens with its password and is the public key's
-    pair (cosign derives the public key; a wrong password or another key is named)."""
+    pair (cosign derives the public key; a wrong password or another key is named). The public
+    key's PEM."""
     if signing.key_file is not None:
         local_files.check_optional(signing.key_file, local_files.COSIGN_KEY)
         if not signing.key_file.exists():
@@ -156,6 +157,7 @@ def check_key(cosign: Cosign, signing: ImageSigning, secret: str | None) -> None
             f"{signing.public_key}: not the public key of {signing.reference} "
             "([cosign] public_key must be the key's own pair)"
         )
+    return expected
 
 
 def _pem_body(text: str) -> str:

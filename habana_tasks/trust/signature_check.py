@@ -9,21 +9,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from habana_tasks.config.image_reference import ImageReference
 from habana_tasks.core.errors import ManifestUnknown
 from habana_tasks.registry.client import RegistryClient
 from habana_tasks.trust import attachments, cosign
-
-SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
-PREDICATE_ANNOTATION = "predicateType"
 
 
 @dataclass(frozen=True)
@@ -49,10 +48,21 @@ class Attached:
         return f"no {' or '.join(lacking)} attestation by the library's key" if lacking else None
 
 
+def names_pair(signed: Iterable[Mapping[str, str]], pair: Mapping[str, str]) -> bool:
+    """Whether one of these signatures' annotations names the pair."""
+    return any(all(s.get(k) == v for k, v in pair.items()) for s in signed)
+
+
+@cache
+def _public_key(pem: str) -> PublicKeyTypes:
+    """The key, loaded once per run (a plan checks every image of the library with it)."""
+    return serialization.load_pem_public_key(pem.encode())
+
+
 def verifies(public_key_pem: str, signature: bytes, message: bytes) -> bool:
     """The signature is the key's over the message (ECDSA and RSA with SHA-256, or Ed25519,
     as cosign signs with each)."""
-    key = serialization.load_pem_public_key(public_key_pem.encode())
+    key = _public_key(public_key_pem)
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
@@ -92,17 +102,15 @@ def signature_pairs(
     registry: RegistryClient, repository: str, digest: str, public_key_pem: str
 ) -> list[dict[str, str]]:
     """The annotations of each signature of the image the key made (none: empty)."""
-    ref = ImageReference.parse(f"{repository}:{attachments.tags_of(digest)[0]}")
     try:
-        layers = registry.get_manifest(ref).json().get("layers", [])
+        layers = attachments.signature_layers(registry, repository, attachments.tags_of(digest)[0])
     except ManifestUnknown:
         return []
     found = []
-    for layer in layers:
-        signature = _b64((layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION, ""))
+    for encoded, payload in layers:
+        signature = _b64(encoded)
         if not signature:
             continue
-        payload = registry.get_blob(ref, str(layer.get("digest", "")))
         said = _json(payload)
         image = (said.get("critical") or {}).get("image") or {}
         if image.get("docker-manifest-digest") != digest:
@@ -150,6 +158,6 @@ def attached(
     signed = signature_pairs(registry, repository, digest, public_key_pem)
     return Attached(
         bool(signed),
-        any(all(s.get(k) == v for k, v in pair.items()) for s in signed),
+        names_pair(signed, pair),
         attested_types(registry, repository, digest, public_key_pem),
     )

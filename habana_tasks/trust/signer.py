@@ -20,6 +20,7 @@ class ImageSigner:
     signing: ImageSigning
     insecure: frozenset[str]
     secret: str | None = field(default=None, repr=False)
+    public_key_pem: str = ""  # the public key check_key read: what attachments are checked with
 
     def attach(
         self,
@@ -58,5 +59,5 @@ def prepare(
         return None
     tool = cosign.find(runner, project_root)
     secret = cosign.password(signing, environ)
-    cosign.check_key(tool, signing, secret)
-    return ImageSigner(tool, signing, config.insecure_registries, secret)
+    public = cosign.check_key(tool, signing, secret)
+    return ImageSigner(tool, signing, config.insecure_registries, secret, public)
